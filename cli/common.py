@@ -1,0 +1,79 @@
+"""What every ``gds-notify`` command shares: errors as one line and exit codes scripts
+can rely on.
+
+Exit codes: 0 success; 1 the operation failed (Redis unreachable, job not found, delivery
+failed); 2 bad usage, bad input or bad configuration.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+import redis
+
+from worker.exceptions import NotificationConfigError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class Failed(click.ClickException):
+    """The operation failed: one line on stderr, exit code 1."""
+
+    exit_code = EXIT_FAILED
+
+
+class BadInput(click.ClickException):
+    """Bad input or configuration: one line on stderr, exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn the service's own errors into one clear line and the right exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from tasks.schema import InvalidJobError
+
+        try:
+            return func(*args, **kwargs)
+        except NotificationConfigError as exc:
+            raise BadInput(str(exc)) from None
+        except InvalidJobError as exc:
+            raise BadInput(str(exc)) from None
+        except redis.RedisError as exc:
+            from config.settings import get_settings
+
+            raise Failed(
+                f"cannot reach Redis at {without_credentials(get_settings().redis_url)} "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+
+    return wrapper
+
+
+def without_credentials(url: str) -> str:
+    """A URL safe to print: any user and password removed."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))

@@ -1,0 +1,74 @@
+"""``gds-notify status`` and ``gds-notify schema``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from cli.common import Failed, echo_json, one_line_errors, when
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@one_line_errors
+def status(job_id: str, as_json: bool) -> None:
+    """Print a job's state per channel and every attempt it took.
+
+    Exit code 0 when the job is known, 1 when it is not (or its history expired).
+    """
+    from worker.jobs import JobStore
+
+    record = JobStore().get(job_id)
+    if record is None:
+        raise Failed(f"no job {job_id!r} (unknown, or older than JOB_TTL_SECONDS)")
+    if as_json:
+        echo_json(record)
+        return
+    _print_record(record)
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    n = record.get("notification") or {}
+    click.echo(f"job        {record['id']}  [{record['status']}]")
+    click.echo(f"action     {record['action']} (from {record['source']})")
+    if n:
+        click.echo(f"subject    {n.get('subject')}")
+        click.echo(f"recipient  {n.get('recipient')}  priority {n.get('priority')}")
+    if record.get("dedup_key"):
+        click.echo(f"dedup key  {record['dedup_key']}")
+    if record.get("team"):
+        click.echo(f"team       {record['team']}")
+    click.echo(f"created    {when(record['created_at'])}")
+    if record["duplicates"]:
+        click.echo(f"duplicates {record['duplicates']} later copies dropped")
+    if record.get("replay_of"):
+        click.echo(f"replay of  {record['replay_of']}")
+    for channel, info in record["channels"].items():
+        click.echo(f"{channel:<10} {info['state']} after {info['attempts']} attempt(s)")
+        if info.get("error"):
+            click.echo(f"{'':<10} last error: {info['error'].get('message')}")
+    click.echo("attempts:")
+    for a in record["attempts"]:
+        parts = [
+            when(a["at"]),
+            a["channel"],
+            f"#{a['attempt']}" if a["attempt"] else "-",
+            a["outcome"],
+        ]
+        if a.get("latency_ms") is not None:
+            parts.append(f"{a['latency_ms']:.0f} ms")
+        if a.get("error_class"):
+            parts.append(f"{a['error_class']}: {a.get('error')}")
+        if a.get("retry_in") is not None:
+            parts.append(f"next try in {a['retry_in']:.2f}s")
+        click.echo("  " + "  ".join(str(p) for p in parts))
+
+
+@click.command()
+def schema() -> None:
+    """Print the JSON Schema of the job payload (Celery task 'notify', one argument)."""
+    from tasks.schema import json_schema_text
+
+    click.echo(json_schema_text())

@@ -1,0 +1,86 @@
+"""The Celery configuration, derived from the settings in one place.
+
+Why each choice (see ../shared/reference/celery-on-redis.md):
+
+- JSON only, everywhere: producers in any language, and no pickle from the network.
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a job is acknowledged only after it
+  finished, so a killed worker's job comes back. Delivery is idempotent (job state and
+  PagerDuty dedup keys), which late acks require.
+- ``worker_prefetch_multiplier=1``: delivery is slow I/O; a worker holds one job per slot,
+  so a page is never stuck behind jobs another worker prefetched.
+- One visibility timeout (``CELERY_VISIBILITY_TIMEOUT``) for every producer, worker and
+  Flower; every retry delay is capped below it (``Settings.max_delay_seconds``).
+- Queues per channel; ``queue_order_strategy="priority"`` makes a worker that serves
+  several queues take from ``pagerduty`` first, then intake, then ``email``.
+- Results ignored: job state lives in our own Redis records (worker/jobs.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.entity import Queue
+
+from config.settings import Settings
+
+#: Celery's default queue: where ``send_task("notify", ...)`` lands when it names none.
+INTAKE_QUEUE = "celery"
+PAGERDUTY_QUEUE = "pagerduty"
+EMAIL_QUEUE = "email"
+#: Consumption order for a worker serving every queue: pages first.
+QUEUE_ORDER = (PAGERDUTY_QUEUE, INTAKE_QUEUE, EMAIL_QUEUE)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    vt = settings.celery_visibility_timeout
+    transport = {
+        "visibility_timeout": vt,
+        # Sweep for jobs a dead worker held about ten times per visibility timeout (kombu's
+        # default is every ~100 s), so recovery takes little more than the timeout itself.
+        "unacked_restore_interval": max(1, min(10, vt // 10)),
+        "unacked_restore_throttle": 1,
+        "queue_order_strategy": "priority",
+        "health_check_interval": 10,
+        "socket_keepalive": True,
+        "socket_connect_timeout": 5,
+        "socket_timeout": 30,
+        "retry_on_timeout": True,
+    }
+    return {
+        "broker_url": settings.redis_url,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
+        "broker_channel_error_retry": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_eta_task_limit": 5000,
+        "task_default_queue": INTAKE_QUEUE,
+        "task_queues": tuple(
+            Queue(name, routing_key=name)  # type: ignore[no-untyped-call]
+            for name in QUEUE_ORDER
+        ),
+        "task_routes": {
+            "deliver.pagerduty": {"queue": PAGERDUTY_QUEUE, "routing_key": PAGERDUTY_QUEUE},
+            "deliver.email": {"queue": EMAIL_QUEUE, "routing_key": EMAIL_QUEUE},
+        },
+        "task_create_missing_queues": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_soft_shutdown_timeout": 10.0,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }

@@ -1,0 +1,77 @@
+"""Which channel(s) a notification goes to: routing rules, first match wins.
+
+By default CRITICAL and EMERGENCY page through PagerDuty and everything else is email.
+``ROUTING_RULES`` (a JSON list) adds rules in front of that default, for example::
+
+    [{"priority": ["emergency"], "channels": ["pagerduty", "email"],
+      "email_to": "oncall@example.com"},
+     {"team": ["dba"], "alert_name": "Replica*", "channels": ["pagerduty"]},
+     {"team": ["marketing"], "channels": ["email"]}]
+
+A rule matches when every field it names matches (``alert_name`` is a shell-style
+pattern); empty fields match everything. ``email_to`` replaces the recipient for the email
+channel, so a page whose recipient is a component can also reach a mailbox.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from worker.providers.base import NotificationPriority
+
+
+class Channel(enum.StrEnum):
+    PAGERDUTY = "pagerduty"
+    EMAIL = "email"
+
+
+class RoutingRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: list[NotificationPriority] = Field(default_factory=list)
+    team: list[str] = Field(default_factory=list)
+    alert_name: str | None = None
+    channels: list[Channel] = Field(min_length=1)
+    email_to: str | None = None
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [v.lower() if isinstance(v, str) else v for v in value]
+        return value
+
+    def matches(self, priority: NotificationPriority, team: str | None, alert: str | None) -> bool:
+        if self.priority and priority not in self.priority:
+            return False
+        if self.team and (team is None or team.lower() not in {t.lower() for t in self.team}):
+            return False
+        return not (
+            self.alert_name is not None
+            and (alert is None or not fnmatch.fnmatchcase(alert, self.alert_name))
+        )
+
+
+DEFAULT_RULES = [
+    RoutingRule(
+        priority=[NotificationPriority.CRITICAL, NotificationPriority.EMERGENCY],
+        channels=[Channel.PAGERDUTY],
+    ),
+    RoutingRule(channels=[Channel.EMAIL]),
+]
+
+
+def route(
+    rules: list[RoutingRule],
+    priority: NotificationPriority,
+    team: str | None,
+    alert_name: str | None,
+) -> RoutingRule:
+    """The first rule (configured, then default) that matches."""
+    for rule in [*rules, *DEFAULT_RULES]:
+        if rule.matches(priority, team, alert_name):
+            return rule
+    raise AssertionError("the default rules match everything")  # pragma: no cover

@@ -1,0 +1,294 @@
+"""Every setting the service reads, in one place, from the environment (and ``.env``).
+
+Use :func:`get_settings` everywhere; it validates once and caches. A bad value fails here,
+at start, with :class:`worker.exceptions.NotificationConfigError` naming the environment
+variable and what it allows. Secret values are ``SecretStr`` and are never echoed, not even
+in the error that rejects them.
+
+Per-team PagerDuty routing keys come from ``PAGERDUTY_ROUTING_KEY_<TEAM>`` variables, one per
+team (``PAGERDUTY_ROUTING_KEY_DBA``, ``PAGERDUTY_ROUTING_KEY_PLATFORM_CORE``), so each key can
+be injected from a secret store on its own. Team names match case-insensitively, with ``-``
+and ``_`` the same.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from config.routing import RoutingRule
+from worker.exceptions import NotificationConfigError
+from worker.providers.pagerduty import DEFAULT_API_URL, PagerDutySeverity
+
+TEAM_KEY_PREFIX = "PAGERDUTY_ROUTING_KEY_"
+_ROUTING_KEY_RE = re.compile(r"^[A-Za-z0-9]{32}$")
+_SECRET_FIELDS = {"pagerduty_routing_key", "pagerduty_team_routing_keys", "smtp_password"}
+
+
+def normalize_team(team: str) -> str:
+    """The canonical form of a team name: lower case, ``-`` written as ``_``."""
+    return team.strip().lower().replace("-", "_")
+
+
+def _check_routing_key(value: SecretStr) -> SecretStr:
+    if not _ROUTING_KEY_RE.match(value.get_secret_value()):
+        raise ValueError("must be a PagerDuty Events API v2 integration key: 32 letters and digits")
+    return value
+
+
+RoutingKey = Annotated[SecretStr, AfterValidator(_check_routing_key)]
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value
+
+
+class _TeamRoutingKeysSource(PydanticBaseSettingsSource):
+    """Collects ``PAGERDUTY_ROUTING_KEY_<TEAM>`` variables into ``pagerduty_team_routing_keys``."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything happens in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        keys = {
+            normalize_team(name[len(TEAM_KEY_PREFIX) :]): value
+            for name, value in os.environ.items()
+            if name.upper().startswith(TEAM_KEY_PREFIX) and len(name) > len(TEAM_KEY_PREFIX)
+        }
+        return {"pagerduty_team_routing_keys": keys} if keys else {}
+
+
+class Settings(BaseSettings):
+    """The service's configuration. Field ``foo_bar`` is environment variable ``FOO_BAR``."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    pagerduty_routing_key: RoutingKey | None = Field(
+        default=None, description="Default Events API v2 integration key (secret)."
+    )
+    pagerduty_team_routing_keys: dict[str, RoutingKey] = Field(
+        default_factory=dict,
+        description="Per-team keys, from PAGERDUTY_ROUTING_KEY_<TEAM> variables (secret).",
+    )
+    pagerduty_api_url: Annotated[str, AfterValidator(_check_http_url)] = Field(
+        default=DEFAULT_API_URL, description="Events API v2 enqueue URL."
+    )
+    pagerduty_timeout: float = Field(
+        default=30.0, gt=0, le=300, description="Seconds to wait for PagerDuty's answer."
+    )
+    pagerduty_default_severity: PagerDutySeverity = Field(
+        default=PagerDutySeverity.ERROR,
+        description="Severity for events whose priority maps to none.",
+    )
+    redis_url: str = Field(
+        default="redis://localhost:6379/0", description="Broker and state store."
+    )
+
+    smtp_host: str = Field(default="localhost", min_length=1, description="SMTP server host.")
+    smtp_port: int = Field(default=587, ge=1, le=65535, description="SMTP server port.")
+    smtp_username: str | None = Field(default=None, description="SMTP AUTH user.")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP AUTH password.")
+    smtp_from: str = Field(
+        default="gds-notification@localhost", description="Sender address (From)."
+    )
+    smtp_starttls: bool | None = Field(
+        default=None, description="STARTTLS: true (required), false (never), auto (if offered)."
+    )
+    smtp_use_tls: bool = Field(default=False, description="Implicit TLS from the first byte.")
+    smtp_timeout: float = Field(default=30.0, gt=0, le=300, description="Seconds per reply.")
+    smtp_validate_certs: bool = Field(default=True, description="Verify the server's certificate.")
+    smtp_ca_file: FilePath | None = Field(
+        default=None, description="CA bundle to trust instead of the system's."
+    )
+
+    celery_visibility_timeout: int = Field(
+        default=3600,
+        ge=5,
+        le=43_200,
+        description="Seconds before Redis hands an unacknowledged job to another worker.",
+    )
+    retry_base_seconds: float = Field(default=1.0, gt=0, le=3600, description="First backoff.")
+    retry_cap_seconds: float = Field(default=300.0, gt=0, description="Longest single backoff.")
+    retry_max_attempts: int = Field(default=10, ge=1, le=1000, description="Attempts per job.")
+    retry_deadline_seconds: float = Field(
+        default=3600.0, gt=0, description="Give up (dead-letter) this long after enqueue."
+    )
+    idempotency_ttl_seconds: int = Field(
+        default=86_400, ge=1, description="How long an idempotency id is remembered."
+    )
+    job_ttl_seconds: int = Field(
+        default=7 * 86_400, ge=60, description="How long job history is kept."
+    )
+    pagerduty_rate_limit: str = Field(
+        default="120/minute", description="Events per routing key, shared by every worker."
+    )
+    routing_rules: list[RoutingRule] = Field(
+        default_factory=list, description="JSON list of routing rules, first match wins."
+    )
+
+    @field_validator("pagerduty_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(
+                "must be a rate such as '120/minute', '10/second' or '2000/hour'"
+            ) from None
+        return value
+
+    @field_validator("smtp_starttls", mode="before")
+    @classmethod
+    def _auto_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "auto"):
+            return None
+        return value
+
+    @field_validator("smtp_from")
+    @classmethod
+    def _sender_address(cls, value: str) -> str:
+        from worker.exceptions import NotificationDeliveryError
+        from worker.providers.smtp_message import parse_address
+
+        try:
+            return str(parse_address("SMTP_FROM", value))
+        except NotificationDeliveryError as exc:
+            raise ValueError(str(exc).removeprefix("SMTP_FROM: ")) from None
+
+    @model_validator(mode="after")
+    def _smtp_consistent(self) -> Settings:
+        if self.smtp_use_tls and self.smtp_starttls:
+            raise ValueError(
+                "SMTP_USE_TLS and SMTP_STARTTLS cannot both be true: implicit TLS (port 465) "
+                "or STARTTLS (port 587), not both"
+            )
+        if bool(self.smtp_username) != bool(self.smtp_password):
+            raise ValueError("SMTP_USERNAME and SMTP_PASSWORD must be set together")
+        if self.retry_cap_seconds >= self.celery_visibility_timeout * 0.9:
+            raise ValueError(
+                f"RETRY_CAP_SECONDS ({self.retry_cap_seconds:g}) must stay below 90% of "
+                f"CELERY_VISIBILITY_TIMEOUT ({self.celery_visibility_timeout}): a longer "
+                "delay makes Redis deliver the job twice"
+            )
+        if self.retry_base_seconds > self.retry_cap_seconds:
+            raise ValueError("RETRY_BASE_SECONDS must not exceed RETRY_CAP_SECONDS")
+        return self
+
+    @property
+    def max_delay_seconds(self) -> float:
+        """The longest any retry or deferral may wait: under the visibility timeout."""
+        return min(self.retry_cap_seconds, self.celery_visibility_timeout * 0.9)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("redis", "rediss", "unix", "sentinel"):
+            raise ValueError("must be a redis://, rediss://, unix:// or sentinel:// URL")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            _TeamRoutingKeysSource(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+    def routing_key_for(self, team: str | None) -> SecretStr:
+        """The routing key for ``team``, else the default key.
+
+        Raises :class:`NotificationConfigError` when neither is configured.
+        """
+        if team:
+            key = self.pagerduty_team_routing_keys.get(normalize_team(team))
+            if key is not None:
+                return key
+        if self.pagerduty_routing_key is None:
+            who = ""
+            if team:
+                who = f"team {team!r} has no {TEAM_KEY_PREFIX}{normalize_team(team).upper()} and "
+            raise NotificationConfigError(
+                who + "PAGERDUTY_ROUTING_KEY is not set: no PagerDuty routing key to use"
+            )
+        return self.pagerduty_routing_key
+
+
+def _variable_name(loc: tuple[int | str, ...]) -> str:
+    if loc and loc[0] == "pagerduty_team_routing_keys" and len(loc) > 1:
+        return f"{TEAM_KEY_PREFIX}{str(loc[1]).upper()}"
+    return str(loc[0]).upper() if loc else "settings"
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per bad variable, naming it and what it allows; secret values are not shown."""
+    lines = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if not loc:  # a rule across several variables; its message names them
+            lines.append(message)
+            continue
+        if loc[0] not in _SECRET_FIELDS and "input" in item:
+            message += f" (got {item['input']!r})"
+        lines.append(f"{_variable_name(loc)}: {message}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings now; raise a clear error naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise NotificationConfigError(describe_validation_error(exc)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, validated on first use (``get_settings.cache_clear()`` resets)."""
+    return load_settings()
+
+
+__all__ = [
+    "TEAM_KEY_PREFIX",
+    "Settings",
+    "describe_validation_error",
+    "get_settings",
+    "load_settings",
+    "normalize_team",
+]

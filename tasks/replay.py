@@ -1,0 +1,44 @@
+"""Replaying dead letters: the job goes through intake again, as a new job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.routing import Channel
+from tasks.intake import accept, lifecycle, new_job_id
+from tasks.schema import InvalidJobError, parse_request
+from worker.dead_letters import DeadLetters
+
+
+def replay(entry_id: str) -> str:
+    """Send a dead-lettered job through intake again; returns the new job id.
+
+    The dead letter is removed once the new job is queued. A job that is still invalid
+    raises :class:`InvalidJobError` and stays dead-lettered.
+    """
+    dead = DeadLetters()
+    entry = dead.get(entry_id)
+    if entry is None:
+        raise KeyError(f"no dead letter {entry_id!r}")
+    job_id = _requeue(entry)
+    dead.remove(entry_id)
+    return job_id
+
+
+def _requeue(entry: dict[str, Any]) -> str:
+    payload = entry["payload"]
+    if entry["channel"] == "intake":
+        args = payload.get("args") if isinstance(payload, dict) else None
+        if not isinstance(args, list) or len(args) != 1:
+            raise InvalidJobError(
+                [{"field": "payload", "message": "not a single job object; cannot replay"}]
+            )
+        request = parse_request(args[0])
+        return accept(request, new_job_id(), source="replay", replay_of=entry["id"])
+    action = payload.get("action")
+    if action in ("acknowledge", "resolve"):
+        return lifecycle(action, payload["dedup_key"], payload.get("team"))
+    fields = dict(payload["notification"])
+    fields["team"] = payload.get("team")
+    fields["channel"] = Channel(entry["channel"]).value  # only the channel that failed
+    return accept(parse_request(fields), new_job_id(), source="replay", replay_of=entry["job_id"])

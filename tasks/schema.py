@@ -1,0 +1,76 @@
+"""The intake payload: what producers send to ``notify`` (any language) or ``enqueue``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError, field_validator
+
+from config.routing import Channel
+from worker.providers.base import Notification
+
+
+class JobRequest(Notification):
+    """A Notification plus routing fields. ``team`` picks the PagerDuty routing key (and can
+    match routing rules); ``channel`` forces one channel instead of the routing rules."""
+
+    team: str | None = None
+    channel: Channel | None = None
+
+    @field_validator("team")
+    @classmethod
+    def _team_one_line(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or "\r" in value or "\n" in value):
+            raise ValueError("must be a non-blank single line")
+        return value
+
+    def notification(self) -> Notification:
+        return Notification.model_validate(self.model_dump(include=set(Notification.model_fields)))
+
+
+class InvalidJobError(ValueError):
+    """A job that can never be delivered as given; ``errors`` lists each bad field."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        self.errors = errors
+        super().__init__(
+            "invalid notification: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        )
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """pydantic's errors as ``[{"field": "recipient", "message": "..."}]``."""
+    out = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in error["loc"]) or "payload"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        out.append({"field": field, "message": message})
+    return out
+
+
+def parse_request(payload: Any) -> JobRequest:
+    """A JobRequest from any value, or InvalidJobError naming what is wrong."""
+    if isinstance(payload, JobRequest):
+        return payload
+    if isinstance(payload, Notification):
+        payload = payload.model_dump()
+    if not isinstance(payload, dict):
+        kind = type(payload).__name__
+        raise InvalidJobError(
+            [{"field": "payload", "message": f"must be a JSON object, not {kind}"}]
+        )
+    try:
+        return JobRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidJobError(validation_errors(exc)) from None
+
+
+def json_schema() -> dict[str, Any]:
+    schema = JobRequest.model_json_schema()
+    schema["title"] = "GDS notification job (Celery task 'notify', one argument)"
+    return schema
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2)

@@ -1,0 +1,230 @@
+"""Shared fixtures: a real sandbox over real HTTP, and routing keys."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import trustme
+
+from sandbox import EmulatorOptions, SandboxServer
+from sandbox.smtp_sink import SinkOptions
+
+ROUTING_KEY = "R0UT1NGKEY0000000000000000000001"
+OTHER_KEY = "R0UT1NGKEY0000000000000000000002"
+SMTP_USER = "gds-mailer"
+SMTP_PASSWORD = "s3cret-Pa55word-for-tests"
+
+
+@pytest.fixture
+def routing_key() -> str:
+    return ROUTING_KEY
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    """A fresh PagerDuty emulator on a free port, with no rate limit in the way."""
+    with SandboxServer(options=EmulatorOptions(rate_limit=0)) as server:
+        yield server
+
+
+class SandboxClient:
+    """Reads and steers the sandbox over its HTTP inspection API, as a user would."""
+
+    def __init__(self, server: SandboxServer, verify: ssl.SSLContext | bool = True) -> None:
+        self.server = server
+        self.http = httpx.Client(base_url=server.url, timeout=10, verify=verify)
+
+    def incidents(self, **query: str) -> list[dict[str, Any]]:
+        return list(self.http.get("/sandbox/incidents", params=query).json())
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(self.http.get("/sandbox/events").json())
+
+    def faults(self, *sequence: dict[str, Any], **plan: Any) -> None:
+        answer = self.http.post("/sandbox/faults", json={"sequence": list(sequence), **plan})
+        answer.raise_for_status()
+
+    def messages(self, **query: str) -> list[dict[str, Any]]:
+        return list(self.http.get("/sandbox/messages", params=query).json())
+
+    def smtp_stats(self) -> dict[str, Any]:
+        return dict(self.http.get("/sandbox/smtp").json())
+
+    def smtp_faults(self, *sequence: dict[str, Any], **plan: Any) -> None:
+        answer = self.http.post("/sandbox/smtp/faults", json={"sequence": list(sequence), **plan})
+        answer.raise_for_status()
+
+    def settings(self, **changes: Any) -> dict[str, Any]:
+        answer = self.http.post("/sandbox/settings", json=changes)
+        answer.raise_for_status()
+        return dict(answer.json())
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@pytest.fixture
+def sandbox_api(sandbox: SandboxServer) -> Iterator[SandboxClient]:
+    client = SandboxClient(sandbox)
+    yield client
+    client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def closed_port_url() -> str:
+    """A URL on which nothing listens, for connection-refused tests."""
+    return f"http://127.0.0.1:{free_port()}/v2/enqueue"
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A private certificate authority for TLS tests (trustme)."""
+    return trustme.CA()
+
+
+def server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+def client_tls(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+@pytest.fixture
+def mail_sandbox(ca: trustme.CA) -> Iterator[SandboxServer]:
+    """The sandbox with its SMTP sink requiring STARTTLS and AUTH, as a real relay would."""
+    sink = SinkOptions(
+        username=SMTP_USER,
+        password=SMTP_PASSWORD,
+        tls_context=server_tls(ca),
+        require_starttls=True,
+    )
+    with SandboxServer(options=EmulatorOptions(rate_limit=0), smtp_port=0, sink=sink) as server:
+        yield server
+
+
+@pytest.fixture
+def mail_api(mail_sandbox: SandboxServer) -> Iterator[SandboxClient]:
+    client = SandboxClient(mail_sandbox)
+    yield client
+    client.close()
+
+
+# -- Redis, settings and a real Celery worker ---------------------------------------------
+
+TEAM_KEY = "DBAKEY0000000000000000000000DBA1"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """REDIS_URL when set (tests own its database GDS_TEST_REDIS_DB, default 15, and empty
+    it), else a private redis-server on a free port, removed afterwards."""
+    import os
+
+    import redis as redis_lib
+
+    from sandbox.redis_server import LocalRedis
+
+    given = os.environ.get("REDIS_URL")
+    if given:
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(given)
+        db = os.environ.get("GDS_TEST_REDIS_DB", "15")
+        url = urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, ""))
+        client = redis_lib.Redis.from_url(url)
+        client.flushdb()
+        yield url
+        client.flushdb()
+        client.close()
+        return
+    with LocalRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def mail_and_pages() -> Iterator[SandboxServer]:
+    """The sandbox with an open SMTP sink (no TLS, no AUTH) and no PagerDuty rate limit."""
+    with SandboxServer(options=EmulatorOptions(rate_limit=0), smtp_port=0) as server:
+        yield server
+
+
+@pytest.fixture
+def service_env(
+    redis_url: str, mail_and_pages: SandboxServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> Iterator[SandboxServer]:
+    """Settings pointing at the sandbox and the test Redis, short retries, clean Redis."""
+    import redis as redis_lib
+
+    from config.settings import get_settings
+    from worker.celery_app import configure
+
+    monkeypatch.chdir(tmp_path)
+    env = {
+        "REDIS_URL": redis_url,
+        "PAGERDUTY_API_URL": mail_and_pages.api_url,
+        "PAGERDUTY_ROUTING_KEY": ROUTING_KEY,
+        "PAGERDUTY_ROUTING_KEY_DBA": TEAM_KEY,
+        "PAGERDUTY_TIMEOUT": "2",
+        "PAGERDUTY_RATE_LIMIT": "100000/minute",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(mail_and_pages.smtp_port),
+        "SMTP_FROM": "GDS <alerts@example.com>",
+        "SMTP_STARTTLS": "false",
+        "SMTP_TIMEOUT": "2",
+        "RETRY_BASE_SECONDS": "0.05",
+        "RETRY_CAP_SECONDS": "0.5",
+        "RETRY_MAX_ATTEMPTS": "5",
+        "CELERY_VISIBILITY_TIMEOUT": "60",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    client = redis_lib.Redis.from_url(redis_url)
+    client.flushdb()
+    configure(get_settings())
+    yield mail_and_pages
+    client.flushdb()
+    client.close()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def celery_worker(service_env: SandboxServer) -> Iterator[Any]:
+    """A real Celery worker (thread pool) in this process, consuming every queue."""
+    from celery.contrib.testing.worker import start_worker
+
+    from worker import app
+
+    with start_worker(
+        app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
+    ) as worker:
+        yield worker
+
+
+def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> Any:
+    """Poll until ``predicate()`` is truthy; return its value or fail after ``timeout``."""
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)

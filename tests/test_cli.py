@@ -1,0 +1,132 @@
+"""``gds-notify`` as a user runs it: a real process, real ports, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from click.testing import CliRunner
+
+from cli.main import main
+from tests.conftest import ROUTING_KEY, free_port
+
+GDS_NOTIFY = str(Path(sys.executable).with_name("gds-notify"))
+
+
+def test_help_lists_the_sandbox_command() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "sandbox" in result.output
+    sandbox_help = CliRunner().invoke(main, ["sandbox", "--help"])
+    assert "--rate-limit" in sandbox_help.output
+    assert "--fail-rate" in sandbox_help.output
+
+
+def test_bad_fault_option_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["sandbox", "--fail-rate", "banana"])
+    assert result.exit_code == 2
+    assert "expected STATUS=PROBABILITY" in result.output
+
+
+def _wait_for(url: str, deadline: float = 15.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} never answered")
+
+
+def test_sandbox_command_serves_and_stops_cleanly_on_ctrl_c() -> None:
+    port, smtp_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            GDS_NOTIFY,
+            "sandbox",
+            "--port",
+            str(port),
+            "--smtp-port",
+            str(smtp_port),
+            "--rate-limit",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/healthz")
+        event = {
+            "routing_key": ROUTING_KEY,
+            "event_action": "trigger",
+            "payload": {"summary": "cli test", "source": "t", "severity": "info"},
+        }
+        api = f"http://127.0.0.1:{port}/v2/enqueue"
+        assert httpx.post(api, json=event).status_code == 202
+        assert httpx.post(api, json=event).status_code == 429  # --rate-limit took effect
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=5) as client:
+            client.sendmail("a@example.com", ["b@example.com"], b"Subject: via cli\r\n\r\nhi\r\n")
+        [message] = httpx.get(f"http://127.0.0.1:{port}/sandbox/messages").json()
+        assert message["subject"] == "via cli"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert f"http://127.0.0.1:{port}/v2/enqueue" in out
+    assert "Traceback" not in err
+    for used in (port, smtp_port):  # both ports are free again: nothing left behind
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", used))
+
+
+def test_taken_port_is_reported_in_one_clear_line() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = subprocess.run(
+            [GDS_NOTIFY, "sandbox", "--port", str(port), "--smtp-port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env={**os.environ},
+        )
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_smtp_port_taken_is_reported_and_releases_the_web_port() -> None:
+    web_port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        smtp_port = sock.getsockname()[1]
+        result = subprocess.run(
+            [GDS_NOTIFY, "sandbox", "--port", str(web_port), "--smtp-port", str(smtp_port)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    assert result.returncode == 1
+    assert f"port {smtp_port} on 127.0.0.1 is already in use; pick another with --smtp-port" in (
+        result.stderr
+    )
+
+
+def test_sink_options_must_come_in_pairs() -> None:
+    result = CliRunner().invoke(main, ["sandbox", "--smtp-user", "u"])
+    assert result.exit_code == 2
+    assert "--smtp-user and --smtp-password go together" in result.output

@@ -1,0 +1,105 @@
+"""``gds-notify status``, ``schema`` and ``dlq`` against a real Redis and worker."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from click.testing import CliRunner
+
+import tasks
+from cli.main import main
+from sandbox import SandboxServer
+from tests.conftest import ROUTING_KEY, SandboxClient, wait_for
+from worker.dead_letters import DeadLetters
+from worker.jobs import JobStore
+from worker.providers.base import Notification
+
+
+def run(*args: str, input: str | None = None) -> Any:
+    return CliRunner().invoke(main, list(args), input=input)
+
+
+def test_schema_is_the_intake_payload_json_schema() -> None:
+    result = run("schema")
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert set(schema["required"]) == {"recipient", "subject"}
+    for field in ("priority", "idempotency_id", "metadata", "team", "channel", "body_html"):
+        assert field in schema["properties"]
+
+
+def test_status_prints_the_history(celery_worker: Any, service_env: SandboxServer) -> None:
+    api = SandboxClient(service_env)
+    api.faults({"status": 503})
+    job = tasks.enqueue(
+        Notification(
+            recipient="db-2", subject="Disk full", priority="critical", idempotency_id="st-1"
+        ),
+        team="dba",
+    )
+    wait_for(lambda: JobStore().get(job)["status"] == "delivered")  # type: ignore[index]
+    result = run("status", job)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert f"job        {job}  [delivered]" in out
+    assert "pagerduty  delivered after 2 attempt(s)" in out
+    assert "NotificationDeliveryError: PagerDuty answered HTTP 503" in out
+    assert "#2  delivered" in out
+    assert ROUTING_KEY not in out
+    as_json = json.loads(run("status", job, "--json").output)
+    assert as_json["channels"]["pagerduty"]["result"]["dedup_key"] == "st-1"
+    missing = run("status", "nope")
+    assert missing.exit_code == 1
+    assert "no job 'nope'" in missing.output
+    api.close()
+
+
+def test_dlq_list_show_replay_purge(celery_worker: Any, service_env: SandboxServer) -> None:
+    api = SandboxClient(service_env)
+    assert run("dlq", "list").output.strip() == "no dead letters"
+    api.smtp_faults({"status": 550}, {"status": 550})
+    jobs = [tasks.enqueue(Notification(recipient="a@example.com", subject=f"s{i}")) for i in (1, 2)]
+    wait_for(lambda: DeadLetters().count() == 2)
+    listing = run("dlq", "list")
+    assert listing.exit_code == 0
+    assert "2 of 2 shown" in listing.output
+    assert "permanent error" in listing.output
+    entry_id = f"{jobs[0]}-email"
+    shown = json.loads(run("dlq", "show", entry_id).output)
+    assert shown["last_error"]["args"][1] == 550
+    assert run("dlq", "show", "nope").exit_code == 1
+
+    replayed = run("dlq", "replay", entry_id)
+    assert replayed.exit_code == 0, replayed.output
+    new_job = replayed.output.strip().split()[-1]
+    wait_for(lambda: JobStore().get(new_job)["status"] == "delivered")  # type: ignore[index]
+    assert DeadLetters().count() == 1
+    assert run("dlq", "replay").exit_code == 2
+    assert run("dlq", "replay", "nope").exit_code == 1
+
+    assert run("dlq", "purge", input="n\n").exit_code == 1  # declined: nothing deleted
+    assert DeadLetters().count() == 1
+    purged = run("dlq", "purge", "--yes")
+    assert purged.output.strip() == "purged 1 dead letters"
+    assert DeadLetters().count() == 0
+    api.close()
+
+
+def test_unreachable_redis_is_one_line_and_exit_1(monkeypatch: Any, tmp_path: Any) -> None:
+    from config.settings import get_settings
+    from worker.redis_store import reset_redis
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REDIS_URL", "redis://:s3cretpw@127.0.0.1:1/0")
+    get_settings.cache_clear()
+    reset_redis()
+    try:
+        result = run("dlq", "list")
+    finally:
+        get_settings.cache_clear()
+        reset_redis()
+    assert result.exit_code == 1
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in result.output
+    assert "s3cretpw" not in result.output
+    assert len(result.output.strip().splitlines()) == 1

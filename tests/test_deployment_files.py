@@ -1,0 +1,112 @@
+"""The Procfile, docker-compose.yml and .env.example say what the service needs, and the
+Procfile's worker pools really keep pages away from the email backlog."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import tasks
+from config.settings import Settings
+from sandbox import SandboxServer
+from tests.conftest import SandboxClient, wait_for
+from tests.processes import CELERY, WorkerProcess
+from worker.jobs import JobStore
+from worker.providers.base import Notification
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def procfile() -> dict[str, str]:
+    entries = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, command = line.partition(":")
+            entries[name.strip()] = command.strip()
+    return entries
+
+
+def queues_of(command: str) -> list[str]:
+    args = shlex.split(command)
+    return args[args.index("-Q") + 1].split(",")
+
+
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))
+
+
+def test_procfile_runs_a_pool_per_queue_plus_beat_and_flower() -> None:
+    entries = procfile()
+    assert {"pagerduty", "email", "beat", "flower"} <= set(entries)
+    for pool in ("pagerduty", "email"):
+        assert entries[pool].startswith("celery -A worker worker ")
+        assert "-E" in shlex.split(entries[pool])
+    assert "email" not in queues_of(entries["pagerduty"])
+    assert "pagerduty" not in queues_of(entries["email"])
+    assert queues_of(entries["pagerduty"])[0] == "pagerduty"
+    assert entries["beat"].startswith("celery -A worker beat")
+    assert entries["flower"].startswith("celery -A worker flower")
+
+
+def test_compose_redis_is_persistent_private_and_protected() -> None:
+    services = compose()["services"]
+    redis = services["redis"]
+    command = " ".join(redis["command"].split())
+    assert "--appendonly yes" in command
+    assert "--maxmemory-policy noeviction" in command
+    assert "--requirepass" in command
+    assert "ports" not in redis  # only services on the internal network reach it
+    assert "healthcheck" in redis
+    flower = services["flower"]
+    assert all(p.startswith("127.0.0.1:") for p in flower["ports"])
+    assert "FLOWER_BASIC_AUTH" in flower["environment"]
+    procs = procfile()
+    assert services["worker-pagerduty"]["command"].startswith(procs["pagerduty"].split(" -n ")[0])
+    assert services["worker-email"]["command"].startswith(procs["email"].split(" -n ")[0])
+    for name in ("worker-pagerduty", "worker-email", "flower"):
+        assert "healthcheck" in services[name], name
+    for name in ("worker-pagerduty", "worker-email", "beat", "flower"):
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_env_example_names_every_setting() -> None:
+    text = (ROOT / ".env.example").read_text()
+    names = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
+    documented_elsewhere = {
+        "pagerduty_team_routing_keys",  # PAGERDUTY_ROUTING_KEY_<TEAM>, shown commented
+        "smtp_use_tls",
+        "smtp_validate_certs",
+        "smtp_ca_file",
+        "job_ttl_seconds",
+    }
+    for field in Settings.model_fields:
+        if field not in documented_elsewhere:
+            assert field.upper() in names, field
+    assert "PAGERDUTY_ROUTING_KEY_DBA" in names
+
+
+def test_procfile_pagerduty_pool_delivers_pages_past_an_email_backlog(
+    service_env: SandboxServer, tmp_path: Path
+) -> None:
+    emails = [
+        tasks.enqueue(Notification(recipient=f"u{i}@example.com", subject=f"digest {i}"))
+        for i in range(50)
+    ]
+    page = tasks.enqueue(Notification(recipient="db-2", subject="down", priority="critical"))
+    argv = [os.path.expandvars(a) for a in shlex.split(procfile()["pagerduty"])]
+    argv[0] = CELERY  # the virtualenv's celery, as the Procfile's PATH would find it
+    pool = WorkerProcess(tmp_path / "pool.log", argv=argv).start()
+    try:
+        wait_for(lambda: JobStore().get(page)["status"] == "delivered")  # type: ignore[index]
+    finally:
+        pool.stop()
+    assert all(JobStore().get(e)["status"] == "pending" for e in emails)  # type: ignore[index]
+    api = SandboxClient(service_env)
+    assert api.messages() == []
+    assert len(api.incidents()) == 1
+    api.close()

@@ -1,0 +1,394 @@
+"""The queue end to end: a real Redis, a real Celery worker, the sandbox over HTTP and SMTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import tasks
+from sandbox import SandboxServer
+from tests.conftest import SandboxClient, wait_for
+from worker.jobs import JobStore
+from worker.providers.base import Notification
+
+
+@pytest.fixture
+def api(service_env: SandboxServer) -> Any:
+    client = SandboxClient(service_env)
+    yield client
+    client.close()
+
+
+def note(**fields: Any) -> Notification:
+    values: dict[str, Any] = {
+        "recipient": "oncall@example.com",
+        "subject": "Replica lag on db-2",
+        "body": "Lag is 45 s",
+    }
+    values.update(fields)
+    return Notification.model_validate(values)
+
+
+def status(job_id: str) -> dict[str, Any]:
+    record = JobStore().get(job_id)
+    assert record is not None
+    return record
+
+
+def test_critical_pages_and_normal_mails(celery_worker: Any, api: SandboxClient) -> None:
+    page = tasks.enqueue(note(priority="critical", recipient="db-2", idempotency_id="p-1"))
+    mail = tasks.enqueue(note(priority="normal", idempotency_id="m-1"))
+    wait_for(
+        lambda: status(page)["status"] == "delivered" and status(mail)["status"] == "delivered"
+    )
+    [incident] = api.incidents()
+    assert incident["dedup_key"] == "p-1"
+    assert incident["summary"] == "Replica lag on db-2"
+    [message] = api.messages()
+    assert message["rcpt_tos"] == ["oncall@example.com"]
+    assert status(page)["channels"]["pagerduty"]["attempts"] == 1
+
+
+def test_five_copies_of_one_idempotency_id_page_once_and_mail_once(
+    celery_worker: Any, api: SandboxClient
+) -> None:
+    pages = [
+        tasks.enqueue(note(priority="critical", recipient="db-2", idempotency_id="dup-page"))
+        for _ in range(5)
+    ]
+    mails = [tasks.enqueue(note(idempotency_id="dup-mail")) for _ in range(5)]
+    assert len(set(pages)) == 1
+    assert len(set(mails)) == 1
+    wait_for(lambda: status(pages[0])["status"] == "delivered")
+    wait_for(lambda: status(mails[0])["status"] == "delivered")
+    assert status(pages[0])["duplicates"] == 4
+    assert len(api.incidents()) == 1
+    assert api.incidents()[0]["alert_count"] == 1
+    assert len(api.messages()) == 1
+
+
+def test_429_with_retry_after_is_honoured(celery_worker: Any, api: SandboxClient) -> None:
+    api.faults({"status": 429, "retry_after": "2"})
+    job = tasks.enqueue(note(priority="critical", recipient="db-2", idempotency_id="ra-1"))
+    wait_for(lambda: status(job)["status"] == "delivered", timeout=20)
+    first, second = api.events()
+    assert first["status"] == 429
+    assert second["status"] == 202
+    assert second["at"] - first["at"] >= 2.0
+    history = status(job)["attempts"]
+    assert history[0]["error_class"] == "NotificationRateLimitError"
+    assert history[0]["retry_in"] >= 2.0
+
+
+def test_server_errors_twice_then_success_delivers_once(
+    celery_worker: Any, api: SandboxClient
+) -> None:
+    api.faults({"status": 503}, {"status": 500})
+    job = tasks.enqueue(note(priority="critical", recipient="db-2", idempotency_id="5xx-1"))
+    wait_for(lambda: status(job)["status"] == "delivered")
+    assert [e["status"] for e in api.events()] == [503, 500, 202]
+    [incident] = api.incidents()
+    assert incident["alert_count"] == 1
+    record = status(job)
+    assert record["channels"]["pagerduty"]["attempts"] == 3
+    assert [a["outcome"] for a in record["attempts"]] == ["failed", "failed", "delivered"]
+
+
+def test_rejected_event_is_dead_lettered_at_once_with_pagerduty_errors(
+    celery_worker: Any, api: SandboxClient
+) -> None:
+    from worker.dead_letters import DeadLetters
+
+    api.settings(strict_keys=["SOMEOTHERKEY00000000000000000000"])
+    job = tasks.enqueue(note(priority="critical", recipient="db-2", idempotency_id="400-1"))
+    wait_for(lambda: status(job)["status"] == "dead-lettered")
+    [entry] = DeadLetters().list()
+    assert entry["job_id"] == job
+    assert entry["attempts"] == 1
+    assert entry["last_error"]["type"] == "NotificationDeliveryError"
+    assert entry["last_error"]["args"][2] == ["Invalid routing key"]
+    assert "permanent error" in entry["reason"]
+    assert "rejected event: Invalid routing key" in entry["reason"]
+    assert len(api.events()) == 1
+
+
+def test_smtp_550_is_dead_lettered_and_421_retried(celery_worker: Any, api: SandboxClient) -> None:
+    from worker.dead_letters import DeadLetters
+
+    api.smtp_faults({"status": 550}, {"status": 421})
+    rejected = tasks.enqueue(note(idempotency_id="smtp-550"))
+    wait_for(lambda: status(rejected)["status"] == "dead-lettered")
+    retried = tasks.enqueue(note(idempotency_id="smtp-421"))
+    wait_for(lambda: status(retried)["status"] == "delivered")
+    [entry] = DeadLetters().list()
+    assert entry["last_error"]["args"][1] == 550
+    assert [m["message_id"] for m in api.messages()] == [
+        status(retried)["channels"]["email"]["result"]["message_id"]
+    ]
+    assert status(retried)["channels"]["email"]["attempts"] == 2
+
+
+def test_exhausted_retries_dead_letter(celery_worker: Any, api: SandboxClient) -> None:
+    from worker.dead_letters import DeadLetters
+
+    api.faults(*[{"status": 502}] * 5)
+    job = tasks.enqueue(note(priority="critical", recipient="db-2", idempotency_id="ex-1"))
+    wait_for(lambda: status(job)["status"] == "dead-lettered")
+    [entry] = DeadLetters().list()
+    assert entry["attempts"] == 5
+    assert entry["reason"].startswith("gave up after 5 attempts")
+    assert len(api.events()) == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "reason"),
+    [
+        ([{"recipient": "", "subject": "x"}], {}, "recipient: must not be blank"),
+        ([{"recipient": "a@example.com"}], {}, "subject: Field required"),
+        ([{"recipient": "a@example.com", "subject": "s", "priority": "loud"}], {}, "priority:"),
+        ([{"recipient": "a@example.com", "subject": "s", "colour": "red"}], {}, "colour:"),
+        ([{"recipient": "not-an-email", "subject": "s"}], {}, "recipient: 'not-an-email'"),
+        (["just a string"], {}, "payload: must be a JSON object, not str"),
+        ([], {}, "exactly one argument"),
+        ([{"recipient": "a@example.com", "subject": "s"}, 2], {}, "exactly one argument"),
+        ([], {"recipient": "a@example.com"}, "exactly one argument"),
+    ],
+)
+def test_malformed_send_task_payloads_are_dead_lettered_naming_the_problem(
+    celery_worker: Any,
+    api: SandboxClient,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    reason: str,
+) -> None:
+    from worker import app
+    from worker.dead_letters import DeadLetters
+
+    result = app.send_task("notify", args=args, kwargs=kwargs)
+    entry = wait_for(lambda: DeadLetters().get(result.id))
+    assert entry["channel"] == "intake"
+    assert reason in entry["reason"]
+    # ...and the worker keeps serving.
+    ok = tasks.enqueue(note(idempotency_id=f"after-{result.id}"))
+    wait_for(lambda: status(ok)["status"] == "delivered")
+
+
+def test_send_task_with_celery_defaults_reaches_the_intake(
+    celery_worker: Any, api: SandboxClient
+) -> None:
+    from worker import app
+
+    result = app.send_task(
+        "notify",
+        args=[{"recipient": "db-2", "subject": "Disk full", "priority": "CRITICAL", "team": "dba"}],
+    )
+    wait_for(lambda: JobStore().get(result.id) and status(result.id)["status"] == "delivered")
+    [incident] = api.incidents()
+    from tests.conftest import TEAM_KEY
+
+    assert incident["routing_key"].endswith(TEAM_KEY[-4:])
+
+
+def test_replay_from_dead_letters_delivers(celery_worker: Any, api: SandboxClient) -> None:
+    from worker.dead_letters import DeadLetters
+
+    api.settings(strict_keys=["SOMEOTHERKEY00000000000000000000"])
+    job = tasks.enqueue(note(priority="critical", recipient="db-2", idempotency_id="rp-1"))
+    wait_for(lambda: status(job)["status"] == "dead-lettered")
+    api.settings(strict_keys=None)  # the operator fixed the routing key
+    [entry] = DeadLetters().list()
+    new_job = tasks.replay(entry["id"])
+    assert new_job != job
+    wait_for(lambda: status(new_job)["status"] == "delivered")
+    assert status(new_job)["replay_of"] == job
+    assert DeadLetters().list() == []
+    assert len(api.incidents()) == 1
+    # The idempotency id now names the replayed job.
+    assert tasks.enqueue(note(priority="critical", recipient="db-2", idempotency_id="rp-1")) == (
+        new_job
+    )
+
+
+def test_replay_of_an_invalid_intake_payload_after_fixing_nothing_stays_dead(
+    celery_worker: Any, api: SandboxClient
+) -> None:
+    from worker import app
+    from worker.dead_letters import DeadLetters
+
+    result = app.send_task("notify", args=[{"recipient": "", "subject": "x"}])
+    wait_for(lambda: DeadLetters().get(result.id))
+    with pytest.raises(tasks.InvalidJobError, match="recipient"):
+        tasks.replay(result.id)
+    assert DeadLetters().get(result.id) is not None
+
+
+def test_acknowledge_and_resolve_go_through_the_queue(
+    celery_worker: Any, api: SandboxClient
+) -> None:
+    from tests.conftest import TEAM_KEY
+
+    page = tasks.enqueue(
+        note(priority="critical", recipient="db-2", idempotency_id="lc-1"), team="dba"
+    )
+    wait_for(lambda: status(page)["status"] == "delivered")
+    ack = tasks.acknowledge("lc-1", team="dba")
+    wait_for(lambda: status(ack)["status"] == "delivered")
+    assert api.incidents()[0]["status"] == "acknowledged"
+    res = tasks.resolve("lc-1", team="dba")
+    wait_for(lambda: status(res)["status"] == "delivered")
+    [incident] = api.incidents()
+    assert incident["status"] == "resolved"
+    assert incident["routing_key"].endswith(TEAM_KEY[-4:])
+
+
+def test_lifecycle_jobs_retry_like_triggers(celery_worker: Any, api: SandboxClient) -> None:
+    api.faults({"status": 500})
+    job = tasks.resolve("whatever-key")
+    wait_for(lambda: status(job)["status"] == "delivered")
+    assert [e["status"] for e in api.events()] == [500, 202]
+
+
+def test_secrets_never_travel_in_task_arguments(service_env: SandboxServer) -> None:
+    import redis as redis_lib
+
+    from config.settings import get_settings
+    from tests.conftest import ROUTING_KEY, TEAM_KEY
+
+    tasks.enqueue(note(priority="critical", recipient="db-2"), team="dba")
+    tasks.enqueue(note(priority="emergency", recipient="db-2"))
+    tasks.enqueue(note())
+    tasks.acknowledge("k", team="dba")
+    client = redis_lib.Redis.from_url(get_settings().redis_url)
+    raw = b"".join(
+        item if isinstance(item, bytes) else item.encode()
+        for queue in (b"pagerduty", b"email", b"celery")
+        for item in client.lrange(queue, 0, -1)
+    )
+    assert raw.count(b"deliver.") >= 4
+    for secret in (ROUTING_KEY, TEAM_KEY):
+        assert secret.encode() not in raw
+    dump = b"".join(
+        str(client.hgetall(k)).encode()
+        for k in client.scan_iter(b"gds:job:*")
+        if client.type(k) == b"hash"
+    )
+    assert ROUTING_KEY.encode() not in dump
+
+
+@pytest.fixture
+def with_rules(service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> SandboxServer:
+    import json
+
+    from config.settings import get_settings
+    from worker.celery_app import configure
+
+    rules = [
+        {
+            "priority": ["emergency"],
+            "channels": ["pagerduty", "email"],
+            "email_to": "oncall@example.com",
+        },
+        {"team": ["dba"], "alert_name": "Replica*", "channels": ["pagerduty"]},
+    ]
+    monkeypatch.setenv("ROUTING_RULES", json.dumps(rules))
+    get_settings.cache_clear()
+    configure(get_settings())
+    return service_env
+
+
+def test_routing_rules_send_emergency_to_both_and_route_by_team_and_alert(
+    with_rules: SandboxServer, celery_worker: Any
+) -> None:
+    api = SandboxClient(with_rules)
+    both = tasks.enqueue(note(priority="emergency", recipient="db-2", idempotency_id="both"))
+    replica = tasks.enqueue(
+        note(priority="low", alert_name="ReplicaLag", idempotency_id="rep"), team="dba"
+    )
+    wait_for(
+        lambda: status(both)["status"] == "delivered" and status(replica)["status"] == "delivered"
+    )
+    assert set(status(both)["channels"]) == {"pagerduty", "email"}
+    assert sorted(i["dedup_key"] for i in api.incidents()) == ["both", "rep"]
+    [mail] = api.messages()
+    assert mail["rcpt_tos"] == ["oncall@example.com"]
+    assert mail["subject"] == "Replica lag on db-2"
+    api.close()
+
+
+def test_enqueue_refuses_bad_input_naming_the_field(service_env: SandboxServer) -> None:
+    with pytest.raises(tasks.InvalidJobError, match="recipient: must not be blank") as caught:
+        tasks.enqueue({"recipient": " ", "subject": "x"})
+    assert caught.value.errors == [{"field": "recipient", "message": "must not be blank"}]
+    with pytest.raises(tasks.InvalidJobError, match="priority"):
+        tasks.enqueue({"recipient": "a@example.com", "subject": "x", "priority": "urgent"})
+    with pytest.raises(tasks.InvalidJobError, match=r"recipient: 'nobody' is not"):
+        tasks.enqueue({"recipient": "nobody", "subject": "x"})  # routed to email
+    with pytest.raises(tasks.InvalidJobError, match="team: must be a non-blank single line"):
+        tasks.enqueue(note(), team="dba\nX-Evil: 1")
+    with pytest.raises(tasks.InvalidJobError, match="channel"):
+        tasks.enqueue(note(), channel="sms")
+    with pytest.raises(tasks.InvalidJobError, match="dedup_key"):
+        tasks.acknowledge(" ")
+    # ...and nothing was queued.
+    from worker.jobs import JobStore as Store
+
+    assert list(Store().redis.scan_iter("gds:job:*")) == []
+
+
+def test_idempotency_ttl_is_settable_and_job_history_expires(
+    service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from config.settings import get_settings
+    from worker import keys
+
+    monkeypatch.setenv("IDEMPOTENCY_TTL_SECONDS", "1")
+    get_settings.cache_clear()
+    first = tasks.enqueue(note(idempotency_id="ttl-1"))
+    assert tasks.enqueue(note(idempotency_id="ttl-1")) == first
+    time.sleep(1.2)
+    assert tasks.enqueue(note(idempotency_id="ttl-1")) != first
+    ttl = JobStore().redis.ttl(keys.job(first))
+    assert 0 < ttl <= get_settings().job_ttl_seconds
+
+
+def test_dead_lettered_lifecycle_job_can_be_replayed(
+    celery_worker: Any, api: SandboxClient
+) -> None:
+    from worker.dead_letters import DeadLetters
+
+    api.faults({"status": 400, "body": '{"status": "invalid event", "errors": ["nope"]}'})
+    job = tasks.acknowledge("lc-dead")
+    wait_for(lambda: status(job)["status"] == "dead-lettered")
+    [entry] = DeadLetters().list()
+    assert entry["payload"]["action"] == "acknowledge"
+    again = tasks.replay(entry["id"])
+    wait_for(lambda: status(again)["status"] == "delivered")
+    assert [e["status"] for e in api.events()] == [400, 202]
+
+
+def test_a_bare_celery_client_with_defaults_reaches_the_intake(
+    celery_worker: Any, api: SandboxClient
+) -> None:
+    from celery import Celery
+
+    from config.settings import get_settings
+
+    client = Celery(broker=get_settings().redis_url)  # nothing of ours: Celery's defaults
+    result = client.send_task(
+        "notify",
+        args=[
+            {
+                "recipient": "db-prod-01",
+                "subject": "Disk full on db-prod-01",
+                "priority": "critical",
+                "idempotency_id": "disk-db-prod-01",
+                "team": "dba",
+            }
+        ],
+    )
+    wait_for(lambda: JobStore().get(result.id) and status(result.id)["status"] == "delivered")
+    assert api.incidents()[0]["dedup_key"] == "disk-db-prod-01"
+    client.close()

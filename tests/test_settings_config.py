@@ -1,0 +1,132 @@
+"""Settings: defaults, per-team keys, and errors that name the variable without echoing
+secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from config.settings import get_settings, load_settings
+from worker.exceptions import NotificationConfigError
+from worker.redact import mask
+
+KEY = "A" * 16 + "B" * 16
+DBA = "D" * 32
+CORE = "C" * 31 + "1"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("PAGERDUTY_", "SMTP_", "REDIS_URL", "RETRY_", "CELERY_")):
+            monkeypatch.delenv(name)
+
+
+def fails(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(NotificationConfigError) as caught:
+        load_settings()
+    return str(caught.value)
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert s.pagerduty_api_url == "https://events.pagerduty.com/v2/enqueue"
+    assert s.pagerduty_timeout == 30.0
+    assert s.pagerduty_default_severity.value == "error"
+    assert s.pagerduty_routing_key is None
+    assert s.pagerduty_team_routing_keys == {}
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert s.pagerduty_rate_limit == "120/minute"
+    assert s.idempotency_ttl_seconds == 86_400
+
+
+def test_bad_routing_key_is_named_and_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = fails(monkeypatch, PAGERDUTY_ROUTING_KEY="my-secret-but-malformed-key")
+    assert "PAGERDUTY_ROUTING_KEY: must be a PagerDuty Events API v2 integration key" in message
+    assert "32 letters and digits" in message
+    assert "my-secret-but-malformed-key" not in message
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"PAGERDUTY_TIMEOUT": "abc"}, "PAGERDUTY_TIMEOUT: Input should be a valid number"),
+        ({"PAGERDUTY_TIMEOUT": "0"}, "PAGERDUTY_TIMEOUT: Input should be greater than 0 (got '0')"),
+        ({"PAGERDUTY_TIMEOUT": "900"}, "less than or equal to 300"),
+        ({"PAGERDUTY_DEFAULT_SEVERITY": "loud"}, "'critical', 'error', 'warning' or 'info'"),
+        ({"PAGERDUTY_API_URL": "ftp://x"}, "PAGERDUTY_API_URL: must be an http:// or https://"),
+        ({"REDIS_URL": "http://x"}, "REDIS_URL: must be a redis://"),
+        ({"PAGERDUTY_RATE_LIMIT": "lots"}, "PAGERDUTY_RATE_LIMIT: must be a rate such as"),
+        ({"RETRY_MAX_ATTEMPTS": "0"}, "RETRY_MAX_ATTEMPTS: Input should be greater than"),
+    ],
+)
+def test_bad_values_name_the_variable_and_what_is_allowed(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    assert expected in fails(monkeypatch, **env)
+
+
+def test_every_bad_variable_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = fails(monkeypatch, PAGERDUTY_TIMEOUT="x", REDIS_URL="http://x", SMTP_PORT="0")
+    for name in ("PAGERDUTY_TIMEOUT", "REDIS_URL", "SMTP_PORT"):
+        assert name in message
+
+
+def test_team_keys_one_variable_per_team(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAGERDUTY_ROUTING_KEY", KEY)
+    monkeypatch.setenv("PAGERDUTY_ROUTING_KEY_DBA", DBA)
+    monkeypatch.setenv("PAGERDUTY_ROUTING_KEY_PLATFORM_CORE", CORE)
+    s = load_settings()
+    assert s.routing_key_for("dba").get_secret_value() == DBA
+    assert s.routing_key_for("DBA").get_secret_value() == DBA
+    assert s.routing_key_for("platform-core").get_secret_value() == CORE
+    assert s.routing_key_for("web").get_secret_value() == KEY  # no key of its own
+    assert s.routing_key_for(None).get_secret_value() == KEY
+    for text in (repr(s), str(s), str(s.model_dump())):
+        for secret in (KEY, DBA, CORE):
+            assert secret not in text
+
+
+def test_no_key_at_all_names_both_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    with pytest.raises(NotificationConfigError) as caught:
+        s.routing_key_for("web")
+    assert "PAGERDUTY_ROUTING_KEY_WEB" in str(caught.value)
+    assert "PAGERDUTY_ROUTING_KEY is not set" in str(caught.value)
+
+
+def test_bad_team_key_is_named_and_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = fails(monkeypatch, PAGERDUTY_ROUTING_KEY_DBA="short-secret")
+    assert "PAGERDUTY_ROUTING_KEY_DBA: must be a PagerDuty" in message
+    assert "short-secret" not in message
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PAGERDUTY_TIMEOUT=12\n")
+    assert load_settings().pagerduty_timeout == 12
+
+
+def test_get_settings_caches_until_cleared(monkeypatch: pytest.MonkeyPatch) -> None:
+    get_settings.cache_clear()
+    try:
+        first = get_settings()
+        monkeypatch.setenv("PAGERDUTY_TIMEOUT", "7")
+        assert get_settings() is first
+        get_settings.cache_clear()
+        assert get_settings().pagerduty_timeout == 7
+    finally:
+        get_settings.cache_clear()
+
+
+def test_mask() -> None:
+    assert mask(None) == "<unset>"
+    assert mask("short") == "****"
+    assert mask(KEY) == "…BBBB"
+    assert mask(SecretStr(DBA)) == "…DDDD"

@@ -1,0 +1,530 @@
+"""SMTPProvider against a real aiosmtpd server (the sandbox's sink) that requires STARTTLS
+and AUTH, with certificates from trustme: messages, sessions, every reply class, secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email
+import email.policy
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+import trustme
+from pydantic import ValidationError
+
+import worker.providers.smtp as smtp_module
+from config.settings import load_settings
+from sandbox import SandboxServer
+from tests.conftest import SMTP_PASSWORD, SMTP_USER, SandboxClient, client_tls, free_port
+from worker.exceptions import (
+    NotificationConfigError,
+    NotificationConnectionError,
+    NotificationDeliveryError,
+    NotificationTimeoutError,
+)
+from worker.providers import SMTPProvider
+from worker.providers.base import Notification, NotificationStatus
+
+
+@pytest.fixture
+def provider(mail_sandbox: SandboxServer, ca: trustme.CA) -> Iterator[SMTPProvider]:
+    assert mail_sandbox.smtp_port is not None
+    smtp = SMTPProvider(
+        "127.0.0.1",
+        mail_sandbox.smtp_port,
+        username=SMTP_USER,
+        password=SMTP_PASSWORD,
+        from_addr="GDS Alerts <alerts@example.com>",
+        starttls=True,
+        timeout=2,
+        tls_context=client_tls(ca),
+    )
+    yield smtp
+    smtp.close()
+
+
+def mail(**fields: object) -> Notification:
+    values: dict[str, object] = {
+        "recipient": "oncall@example.com",
+        "subject": "Replica lag on db-2",
+        "body": "Lag is 45 s and rising.",
+        "idempotency_id": "job-42",
+    }
+    values.update(fields)
+    return Notification.model_validate(values)
+
+
+def headers(message: dict[str, object]) -> dict[str, str]:
+    pairs = message["headers"]
+    assert isinstance(pairs, list)
+    return {name: value for name, value in pairs}
+
+
+# -- messages -------------------------------------------------------------------------
+
+
+def test_plain_message_arrives_intact_with_the_right_headers(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    result = provider.send(mail())
+    assert result.is_success()
+    assert result.status is NotificationStatus.SENT
+    assert result.provider == "smtp"
+    [message] = mail_api.messages()
+    assert message["text"] == "Lag is 45 s and rising.\n"
+    assert message["html"] is None
+    assert message["tls"] is True
+    assert message["authenticated_as"] == SMTP_USER
+    assert message["mail_from"] == "alerts@example.com"
+    assert message["rcpt_tos"] == ["oncall@example.com"]
+    h = headers(message)
+    assert h["From"] == "GDS Alerts <alerts@example.com>"
+    assert h["To"] == "oncall@example.com"
+    assert h["Subject"] == "Replica lag on db-2"
+    assert h["Message-ID"] == result.message_id
+    assert h["Message-ID"].endswith("@example.com>")
+    assert email.utils.parsedate_to_datetime(h["Date"]).utcoffset() is not None
+    assert h["X-GDS-Idempotency-Id"] == "job-42"
+    assert "Importance" not in h
+    assert "X-Priority" not in h
+
+
+def test_html_alternative_arrives_beside_the_text(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    provider.send(mail(body_html="<p>Lag is <b>45 s</b></p>"))
+    [message] = mail_api.messages()
+    assert message["text"] == "Lag is 45 s and rising.\n"
+    assert message["html"] == "<p>Lag is <b>45 s</b></p>\n"
+    assert headers(message)["Content-Type"].startswith("multipart/alternative")
+
+
+@pytest.mark.parametrize(
+    ("priority", "importance", "x_priority"),
+    [
+        ("low", None, None),
+        ("normal", None, None),
+        ("high", "high", "2 (High)"),
+        ("critical", "high", "1 (Highest)"),
+        ("emergency", "high", "1 (Highest)"),
+    ],
+)
+def test_importance_headers_for_high_and_above(
+    provider: SMTPProvider,
+    mail_api: SandboxClient,
+    priority: str,
+    importance: str | None,
+    x_priority: str | None,
+) -> None:
+    provider.send(mail(priority=priority))
+    h = headers(mail_api.messages()[0])
+    assert h.get("Importance") == importance
+    assert h.get("X-Priority") == x_priority
+    assert h["X-GDS-Priority"] == priority
+
+
+def test_non_ascii_subject_body_and_names_round_trip(
+    provider: SMTPProvider, mail_api: SandboxClient, mail_sandbox: SandboxServer
+) -> None:
+    subject = "Réplica retardée — 数据库 ✓ 🚨"
+    body = "Ça dépasse 45 s. Проверьте репликацию. 🚨"
+    provider.send(
+        mail(
+            subject=subject,
+            body=body,
+            body_html=f"<p>{body}</p>",
+            recipient="Jürgen Müller <juergen@example.com>",
+        )
+    )
+    [message] = mail_api.messages()
+    assert message["subject"] == subject
+    assert message["text"] == body + "\n"
+    assert message["html"] == f"<p>{body}</p>\n"
+    assert headers(message)["To"] == "Jürgen Müller <juergen@example.com>"
+    raw = mail_sandbox.mailbox.messages()[0]
+    assert raw["size"] > 0
+
+
+def test_several_recipients(provider: SMTPProvider, mail_api: SandboxClient) -> None:
+    result = provider.send(mail(recipient='a@example.com, "Doe, Jane" <jane@example.org>'))
+    assert result.metadata["accepted"] == ["a@example.com", "jane@example.org"]
+    [message] = mail_api.messages()
+    assert message["rcpt_tos"] == ["a@example.com", "jane@example.org"]
+    assert headers(message)["To"] == 'a@example.com, "Doe, Jane" <jane@example.org>'
+
+
+def test_message_id_is_derived_from_the_idempotency_id(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    first = provider.send(mail())
+    resend = provider.send(mail(body="edited body, same job"))
+    other = provider.send(mail(idempotency_id="job-43"))
+    assert first.message_id == resend.message_id
+    assert other.message_id != first.message_id
+    anonymous = provider.send(mail(idempotency_id=None))
+    assert anonymous.message_id == provider.send(mail(idempotency_id=None)).message_id
+    assert len({m["message_id"] for m in mail_api.messages()}) == 3
+
+
+# -- refused before any I/O -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["subject", "recipient", "alert_name", "idempotency_id"])
+def test_header_injection_is_refused_by_the_model_naming_the_field(field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        mail(**{field: "ok@example.com\r\nBcc: victim@example.org"})
+    [error] = caught.value.errors()
+    assert error["loc"] == (field,)
+    assert "no CR or LF" in error["msg"]
+
+
+@pytest.mark.parametrize("field", ["subject", "recipient", "alert_name", "idempotency_id"])
+def test_header_injection_is_refused_by_the_builder_too_without_a_connection(
+    provider: SMTPProvider, mail_api: SandboxClient, field: str
+) -> None:
+    # model_construct skips validation, as a caller bypassing the model would.
+    values = mail().model_dump() | {field: "x@example.com\nBcc: victim@example.org"}
+    with pytest.raises(NotificationDeliveryError, match=f"^{field}: must not contain CR or LF"):
+        provider.send(Notification.model_construct(**values))
+    assert provider.sessions_opened == 0
+    assert mail_api.smtp_stats()["connections"] == 0
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    ["not-an-address", "a@b@example.com", "user@", "@example.com", "x@-bad-.com", " , "],
+)
+def test_bad_addresses_are_refused_without_a_connection(
+    provider: SMTPProvider, mail_api: SandboxClient, recipient: str
+) -> None:
+    with pytest.raises(NotificationDeliveryError, match=r"^recipient: ") as caught:
+        provider.send(mail(recipient=recipient))
+    assert not caught.value.retryable
+    assert provider.sessions_opened == 0
+    assert mail_api.smtp_stats()["connections"] == 0
+
+
+def test_bad_sender_is_a_config_error() -> None:
+    with pytest.raises(NotificationConfigError, match="from_addr"):
+        SMTPProvider("localhost", 25, from_addr="nobody")
+
+
+# -- sessions ---------------------------------------------------------------------------
+
+
+def test_one_session_for_many_messages(provider: SMTPProvider, mail_api: SandboxClient) -> None:
+    for i in range(15):
+        assert provider.send(mail(idempotency_id=f"job-{i}")).is_success()
+    results = provider.send_bulk([mail(idempotency_id=f"bulk-{i}") for i in range(10)])
+    assert all(r.is_success() for r in results)
+    assert mail_api.smtp_stats() == {"connections": 1, "messages": 25}
+    assert provider.sessions_opened == 1
+    assert {m["connection"] for m in mail_api.messages()} == {1}
+
+
+def test_session_is_reopened_after_the_server_drops_it(
+    provider: SMTPProvider, mail_api: SandboxClient, mail_sandbox: SandboxServer
+) -> None:
+    provider.send(mail(idempotency_id="before"))
+    mail_sandbox.mailbox.close_connections()  # the server hangs up, as on an idle timeout
+    time.sleep(0.1)
+    assert provider.send(mail(idempotency_id="after")).is_success()
+    assert provider.sessions_opened == 2
+    assert [m["connection"] for m in mail_api.messages()] == [1, 2]
+
+
+def test_idle_session_is_checked_with_noop_and_replaced(
+    provider: SMTPProvider,
+    mail_api: SandboxClient,
+    mail_sandbox: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(smtp_module, "IDLE_CHECK_SECONDS", 0.0)
+    provider.send(mail(idempotency_id="before"))
+    mail_sandbox.mailbox.close_connections()
+    time.sleep(0.1)
+    assert provider.send(mail(idempotency_id="after")).is_success()
+    assert mail_api.smtp_stats() == {"connections": 2, "messages": 2}
+
+
+def test_async_use_on_another_loop_then_sync_again(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    async def two() -> None:
+        await provider.asend(mail(idempotency_id="async-1"))
+        await provider.asend(mail(idempotency_id="async-2"))
+
+    asyncio.run(two())
+    provider.send(mail(idempotency_id="sync"))
+    assert len(mail_api.messages()) == 3
+    assert provider.sessions_opened == 2  # one per loop, reused within each
+
+
+def test_context_manager_quits_the_session(
+    mail_sandbox: SandboxServer, ca: trustme.CA, mail_api: SandboxClient
+) -> None:
+    assert mail_sandbox.smtp_port is not None
+    with SMTPProvider(
+        "127.0.0.1",
+        mail_sandbox.smtp_port,
+        username=SMTP_USER,
+        password=SMTP_PASSWORD,
+        from_addr="alerts@example.com",
+        tls_context=client_tls(ca),
+    ) as smtp:
+        smtp.send(mail())
+        session = smtp._smtp
+        assert session is not None
+    assert not session.is_connected
+    assert smtp._smtp is None
+
+
+# -- every reply class -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [421, 450, 451, 452])
+def test_transient_replies_are_retryable(
+    provider: SMTPProvider, mail_api: SandboxClient, code: int
+) -> None:
+    mail_api.smtp_faults({"status": code})
+    with pytest.raises(NotificationDeliveryError) as caught:
+        provider.send(mail())
+    error = caught.value
+    assert error.retryable
+    assert error.status_code == code
+    assert str(code) in error.errors[0]
+    assert provider.send(mail()).is_success()  # and the next one goes through
+
+
+@pytest.mark.parametrize("code", [550, 553, 554])
+def test_permanent_replies_are_final_with_the_code_and_text(
+    provider: SMTPProvider, mail_api: SandboxClient, code: int
+) -> None:
+    mail_api.smtp_faults({"status": code, "body": "5.1.1 no such mailbox here"})
+    with pytest.raises(NotificationDeliveryError) as caught:
+        provider.send(mail())
+    error = caught.value
+    assert not error.retryable
+    assert error.status_code == code
+    assert error.errors == [f"{code} 5.1.1 no such mailbox here"]
+    assert f"{code} 5.1.1 no such mailbox here" in str(error)
+
+
+def test_dropped_connection_is_retryable(provider: SMTPProvider, mail_api: SandboxClient) -> None:
+    mail_api.smtp_faults({"drop": True})
+    with pytest.raises(NotificationConnectionError) as caught:
+        provider.send(mail())
+    assert caught.value.retryable
+    assert provider.send(mail()).is_success()
+    assert len(mail_api.messages()) == 1
+
+
+def test_slow_server_is_a_timeout(provider: SMTPProvider, mail_api: SandboxClient) -> None:
+    mail_api.smtp_faults({"delay": 3})
+    with pytest.raises(NotificationTimeoutError) as caught:
+        provider.send(mail())
+    assert caught.value.timeout_seconds == 2
+    assert caught.value.retryable
+
+
+def test_refused_connection() -> None:
+    smtp = SMTPProvider("127.0.0.1", free_port(), from_addr="a@example.com", timeout=2)
+    with pytest.raises(NotificationConnectionError, match="cannot connect") as caught:
+        smtp.send(mail())
+    assert caught.value.retryable
+    assert smtp.health_check() is False
+    smtp.close()
+
+
+def test_some_recipients_refused_is_reported_not_hidden(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    mail_api.http.post(
+        "/sandbox/smtp/refuse", json={"recipients": {"gone@example.com": 550}}
+    ).raise_for_status()
+    result = provider.send(mail(recipient="a@example.com, gone@example.com, b@example.com"))
+    assert result.is_success()
+    assert result.metadata["accepted"] == ["a@example.com", "b@example.com"]
+    refused = result.metadata["refused"]
+    assert isinstance(refused, dict)
+    assert list(refused) == ["gone@example.com"]
+    assert str(refused["gone@example.com"]).startswith("550")
+    assert result.error_message is not None
+    assert "1 of 3 recipients refused: gone@example.com (550" in result.error_message
+    assert not result.is_retriable()
+    assert mail_api.messages()[0]["rcpt_tos"] == ["a@example.com", "b@example.com"]
+
+
+def test_transiently_refused_recipient_makes_the_result_retriable(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    mail_api.http.post("/sandbox/smtp/refuse", json={"recipients": {"full@example.com": 452}})
+    result = provider.send(mail(recipient="a@example.com, full@example.com"))
+    assert result.is_success()
+    assert result.retryable
+
+
+def test_every_recipient_refused_is_an_error(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    mail_api.http.post("/sandbox/smtp/refuse", json={"recipients": {"gone@example.com": 550}})
+    with pytest.raises(NotificationDeliveryError, match="refused every recipient") as caught:
+        provider.send(mail(recipient="gone@example.com"))
+    assert caught.value.status_code == 550
+    assert not caught.value.retryable
+    assert mail_api.messages() == []
+
+
+def test_send_bulk_reports_failures_per_message(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    mail_api.smtp_faults({}, {"status": 550})
+    results = provider.send_bulk([mail(idempotency_id=f"b{i}") for i in range(3)])
+    assert [r.status for r in results] == [
+        NotificationStatus.SENT,
+        NotificationStatus.FAILED,
+        NotificationStatus.SENT,
+    ]
+    assert results[1].error_message is not None
+    assert "550" in results[1].error_message
+    assert not results[1].is_retriable()
+
+
+# -- credentials, TLS and secrets ----------------------------------------------------------
+
+
+def test_authentication_failure_is_a_config_error_without_the_password(
+    mail_sandbox: SandboxServer, ca: trustme.CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    assert mail_sandbox.smtp_port is not None
+    wrong = "Wr0ng-" + SMTP_PASSWORD
+    smtp = SMTPProvider(
+        "127.0.0.1",
+        mail_sandbox.smtp_port,
+        username=SMTP_USER,
+        password=wrong,
+        from_addr="alerts@example.com",
+        tls_context=client_tls(ca),
+        timeout=2,
+    )
+    with pytest.raises(NotificationConfigError) as caught:
+        smtp.send(mail())
+    assert "535" in str(caught.value)
+    assert not caught.value.retryable
+    assert smtp.health_check() is False
+    smtp.close()
+    encoded = base64.b64encode(wrong.encode()).decode()
+    for text in (str(caught.value), repr(caught.value), repr(smtp), caplog.text):
+        assert wrong not in text
+        assert encoded not in text
+
+
+def test_password_is_never_logged_on_success(
+    provider: SMTPProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    provider.send(mail())
+    assert SMTP_PASSWORD not in caplog.text
+    assert SMTP_PASSWORD not in repr(provider)
+    assert SMTP_PASSWORD not in str(provider)
+    assert "password='***'" in repr(provider)
+
+
+def test_untrusted_certificate_is_a_config_error(mail_sandbox: SandboxServer) -> None:
+    assert mail_sandbox.smtp_port is not None
+    smtp = SMTPProvider(
+        "127.0.0.1",
+        mail_sandbox.smtp_port,
+        username=SMTP_USER,
+        password=SMTP_PASSWORD,
+        from_addr="alerts@example.com",
+        timeout=2,
+    )
+    with pytest.raises(NotificationConfigError, match="certificate"):
+        smtp.send(mail())
+    smtp.close()
+
+
+def test_mail_before_starttls_is_refused_by_the_server(
+    mail_sandbox: SandboxServer,
+) -> None:
+    assert mail_sandbox.smtp_port is not None
+    smtp = SMTPProvider(
+        "127.0.0.1", mail_sandbox.smtp_port, from_addr="alerts@example.com", starttls=False
+    )
+    with pytest.raises(NotificationConfigError, match="530"):
+        smtp.send(mail())
+    smtp.close()
+
+
+def test_health_check(provider: SMTPProvider, mail_api: SandboxClient) -> None:
+    assert provider.health_check() is True
+    assert mail_api.messages() == []
+
+
+def test_provider_from_settings(
+    mail_sandbox: SandboxServer,
+    ca: trustme.CA,
+    tmp_path: object,
+    monkeypatch: pytest.MonkeyPatch,
+    mail_api: SandboxClient,
+) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.chdir(tmp_path)
+    for name, value in {
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(mail_sandbox.smtp_port),
+        "SMTP_USERNAME": SMTP_USER,
+        "SMTP_PASSWORD": SMTP_PASSWORD,
+        "SMTP_FROM": "Ops <ops@example.com>",
+        "SMTP_STARTTLS": "true",
+        "SMTP_CA_FILE": str(ca_file),
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert SMTP_PASSWORD not in repr(settings)
+    with SMTPProvider.from_settings(settings) as smtp:
+        assert smtp.send(mail()).is_success()
+    assert mail_api.messages()[0]["mail_from"] == "ops@example.com"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SMTP_PORT": "70000"}, "SMTP_PORT: Input should be less than or equal to 65535"),
+        ({"SMTP_TIMEOUT": "soon"}, "SMTP_TIMEOUT: Input should be a valid number"),
+        ({"SMTP_FROM": "not an address"}, "SMTP_FROM: "),
+        ({"SMTP_STARTTLS": "maybe"}, "SMTP_STARTTLS: Input should be a valid boolean"),
+        ({"SMTP_USE_TLS": "true", "SMTP_STARTTLS": "true"}, "cannot both be true"),
+        ({"SMTP_USERNAME": "u"}, "SMTP_USERNAME and SMTP_PASSWORD must be set together"),
+        ({"SMTP_CA_FILE": "/nonexistent/ca.pem"}, "SMTP_CA_FILE: Path does not point to a file"),
+    ],
+)
+def test_bad_smtp_settings_fail_clearly(
+    env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.chdir(str(tmp_path))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(NotificationConfigError) as caught:
+        load_settings()
+    assert message in str(caught.value)
+
+
+def test_smtp_password_is_not_echoed_in_settings_errors(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.chdir(str(tmp_path))
+    monkeypatch.setenv("SMTP_PASSWORD", SMTP_PASSWORD)
+    with pytest.raises(NotificationConfigError) as caught:
+        load_settings()
+    assert "SMTP_USERNAME and SMTP_PASSWORD" in str(caught.value)
+    assert SMTP_PASSWORD not in str(caught.value)

@@ -1,0 +1,33 @@
+"""The Celery application: ``celery -A worker worker|beat|flower`` finds it as ``worker.app``.
+
+Configuration comes from config/ when the app is first used (not at import), so importing
+the providers never needs a broker or valid queue settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from config.celery_config import celery_config
+from config.settings import Settings, get_settings
+
+app = Celery("gds_notification", include=["tasks.intake", "tasks.delivery"])
+
+
+@app.on_configure.connect  # type: ignore[untyped-decorator,unused-ignore]
+def _configure(sender: Celery, **kwargs: Any) -> None:
+    sender.conf.update(celery_config(get_settings()))
+
+
+def configure(settings: Settings) -> None:
+    """Re-apply configuration (tests and the dev stack change settings at run time)."""
+    from worker.provider_pool import reset_providers
+    from worker.rate_limit import reset_limiter
+    from worker.redis_store import reset_redis
+
+    app.conf.update(celery_config(settings))
+    reset_redis()
+    reset_limiter()
+    reset_providers()

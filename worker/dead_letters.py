@@ -1,0 +1,84 @@
+"""Dead letters: every job that cannot be delivered, with its reason, attempts, last error
+and times, kept in Redis until replayed or purged (Redis has no dead-letter exchange, so
+the delivery code writes them itself)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from worker import keys
+from worker.redis_store import get_redis
+
+
+class DeadLetters:
+    def __init__(self, client: redis.Redis | None = None) -> None:
+        self._client = client
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self._client if self._client is not None else get_redis()
+
+    def add(
+        self,
+        *,
+        entry_id: str,
+        job_id: str | None,
+        channel: str,
+        reason: str,
+        payload: Any,
+        attempts: int = 0,
+        last_error: dict[str, Any] | None = None,
+        first_seen: float | None = None,
+    ) -> dict[str, Any]:
+        now = time.time()
+        record = {
+            "id": entry_id,
+            "job_id": job_id,
+            "channel": channel,
+            "reason": reason,
+            "attempts": attempts,
+            "last_error": last_error,
+            "first_seen": first_seen or now,
+            "dead_at": now,
+            "payload": payload,
+        }
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.DEAD_LETTERS, entry_id, json.dumps(record, default=str))
+        pipe.zadd(keys.DEAD_LETTER_INDEX, {entry_id: now})
+        pipe.execute()
+        return record
+
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first."""
+        found = self.redis.zrevrange(keys.DEAD_LETTER_INDEX, 0, max(0, limit - 1))
+        ids = [str(i) for i in found]
+        if not ids:
+            return []
+        raw = self.redis.hmget(keys.DEAD_LETTERS, ids)
+        return [json.loads(r) for r in raw if r is not None]
+
+    def count(self) -> int:
+        return int(self.redis.zcard(keys.DEAD_LETTER_INDEX))
+
+    def get(self, entry_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hget(keys.DEAD_LETTERS, entry_id)
+        return json.loads(raw) if raw is not None else None
+
+    def remove(self, entry_id: str) -> bool:
+        pipe = self.redis.pipeline()
+        pipe.hdel(keys.DEAD_LETTERS, entry_id)
+        pipe.zrem(keys.DEAD_LETTER_INDEX, entry_id)
+        removed, _ = pipe.execute()
+        return bool(removed)
+
+    def purge(self) -> int:
+        """Remove every dead letter; returns how many there were."""
+        pipe = self.redis.pipeline()
+        pipe.zcard(keys.DEAD_LETTER_INDEX)
+        pipe.delete(keys.DEAD_LETTERS, keys.DEAD_LETTER_INDEX)
+        count, _ = pipe.execute()
+        return int(count)

@@ -1,0 +1,178 @@
+"""Job records: what was asked, where it went, every attempt and how each one ended.
+
+A job is one accepted notification (or acknowledge/resolve). It fans out to one delivery
+per channel; each channel has a state:
+
+    queued -> (deferred | retrying)* -> delivered | dead
+
+Records live in Redis for ``JOB_TTL_SECONDS`` and answer ``gds-notify status JOB_ID``.
+The ``delivered`` state is also what stops a job that Redis redelivers (after a worker
+died) from being sent a second time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from config.settings import get_settings
+from worker import keys
+from worker.redis_store import get_redis
+
+QUEUED = "queued"
+DEFERRED = "deferred"
+RETRYING = "retrying"
+DELIVERED = "delivered"
+DEAD = "dead"
+FINAL_STATES = (DELIVERED, DEAD)
+
+
+class JobStore:
+    """Reads and writes job records; one instance per process is enough."""
+
+    def __init__(self, client: redis.Redis | None = None) -> None:
+        self._client = client
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self._client if self._client is not None else get_redis()
+
+    @property
+    def ttl(self) -> int:
+        return get_settings().job_ttl_seconds
+
+    def create(
+        self,
+        job_id: str,
+        *,
+        channels: list[str],
+        action: str,
+        source: str,
+        team: str | None = None,
+        notification: dict[str, Any] | None = None,
+        dedup_key: str | None = None,
+        replay_of: str | None = None,
+    ) -> None:
+        now = time.time()
+        fields: dict[Any, Any] = {
+            "id": job_id,
+            "created_at": repr(now),
+            "updated_at": repr(now),
+            "action": action,
+            "source": source,
+            "channels": json.dumps(channels),
+            "duplicates": "0",
+        }
+        if team:
+            fields["team"] = team
+        if notification is not None:
+            fields["notification"] = json.dumps(notification)
+        if dedup_key:
+            fields["dedup_key"] = dedup_key
+        if replay_of:
+            fields["replay_of"] = replay_of
+        for channel in channels:
+            fields[f"state:{channel}"] = QUEUED
+            fields[f"attempts:{channel}"] = "0"
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.job(job_id), mapping=fields)
+        pipe.expire(keys.job(job_id), self.ttl)
+        pipe.execute()
+
+    def state(self, job_id: str, channel: str) -> str | None:
+        value = self.redis.hget(keys.job(job_id), f"state:{channel}")
+        return str(value) if value is not None else None
+
+    def next_attempt(self, job_id: str, channel: str) -> int:
+        return int(self.redis.hincrby(keys.job(job_id), f"attempts:{channel}", 1))
+
+    def set_state(self, job_id: str, channel: str, state: str, **extra: Any) -> None:
+        fields: dict[Any, Any] = {f"state:{channel}": state, "updated_at": repr(time.time())}
+        for name, value in extra.items():
+            fields[f"{name}:{channel}"] = json.dumps(value)
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.job(job_id), mapping=fields)
+        pipe.expire(keys.job(job_id), self.ttl)
+        pipe.execute()
+
+    def record_attempt(
+        self,
+        job_id: str,
+        channel: str,
+        *,
+        attempt: int | None,
+        outcome: str,
+        latency_ms: float | None = None,
+        error: dict[str, Any] | None = None,
+        retry_in: float | None = None,
+    ) -> None:
+        entry: dict[str, Any] = {
+            "at": time.time(),
+            "channel": channel,
+            "attempt": attempt,
+            "outcome": outcome,
+        }
+        if latency_ms is not None:
+            entry["latency_ms"] = round(latency_ms, 1)
+        if error is not None:
+            entry["error_class"] = error.get("type")
+            entry["error"] = error.get("message")
+        if retry_in is not None:
+            entry["retry_in"] = round(retry_in, 3)
+        pipe = self.redis.pipeline()
+        pipe.rpush(keys.job_attempts(job_id), json.dumps(entry))
+        pipe.ltrim(keys.job_attempts(job_id), -1000, -1)
+        pipe.expire(keys.job_attempts(job_id), self.ttl)
+        pipe.execute()
+
+    def add_duplicate(self, job_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.hincrby(keys.job(job_id), "duplicates", 1)
+        pipe.incr(keys.DUPLICATES)
+        pipe.execute()
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """The job's record and attempt history, or None when unknown or expired."""
+        pipe = self.redis.pipeline()
+        pipe.hgetall(keys.job(job_id))
+        pipe.lrange(keys.job_attempts(job_id), 0, -1)
+        raw, attempts = pipe.execute()
+        if not raw:
+            return None
+        channels = json.loads(raw["channels"])
+        record: dict[str, Any] = {
+            "id": raw["id"],
+            "action": raw.get("action"),
+            "source": raw.get("source"),
+            "team": raw.get("team"),
+            "created_at": float(raw["created_at"]),
+            "updated_at": float(raw["updated_at"]),
+            "duplicates": int(raw.get("duplicates", 0)),
+            "replay_of": raw.get("replay_of"),
+            "dedup_key": raw.get("dedup_key"),
+            "notification": json.loads(raw["notification"]) if "notification" in raw else None,
+            "channels": {
+                ch: {
+                    "state": raw.get(f"state:{ch}"),
+                    "attempts": int(raw.get(f"attempts:{ch}", 0)),
+                    "result": json.loads(raw[f"result:{ch}"]) if f"result:{ch}" in raw else None,
+                    "error": json.loads(raw[f"error:{ch}"]) if f"error:{ch}" in raw else None,
+                }
+                for ch in channels
+            },
+            "attempts": [json.loads(a) for a in attempts],
+        }
+        record["status"] = overall_status(record)
+        return record
+
+
+def overall_status(record: dict[str, Any]) -> str:
+    states = [c["state"] for c in record["channels"].values()]
+    if all(s == DELIVERED for s in states):
+        return DELIVERED
+    if any(s == DEAD for s in states):
+        return "dead-lettered" if all(s in FINAL_STATES for s in states) else "partly dead"
+    return "pending"

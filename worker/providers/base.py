@@ -1,0 +1,197 @@
+"""The notification models every provider speaks, and the provider base class.
+
+``Notification`` is what producers send; ``NotificationResult`` is what a provider returns
+when a peer accepted it. Failures are raised as :mod:`worker.exceptions`, never returned,
+except where part of a send succeeded (some SMTP recipients refused, others accepted).
+
+Both models are pydantic models and round-trip through JSON without loss:
+``Notification.model_validate_json(n.model_dump_json()) == n``.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import hashlib
+import json
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    field_validator,
+)
+
+__all__ = [
+    "BaseNotificationProvider",
+    "Notification",
+    "NotificationPriority",
+    "NotificationResult",
+    "NotificationStatus",
+    "content_key",
+]
+
+
+class NotificationPriority(enum.StrEnum):
+    """How urgent a notification is; by default CRITICAL and above page, the rest email."""
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    CRITICAL = "critical"
+    EMERGENCY = "emergency"
+
+    @property
+    def rank(self) -> int:
+        """0 for LOW up to 4 for EMERGENCY, for ``>=`` comparisons."""
+        return _PRIORITY_ORDER.index(self)
+
+    def at_least(self, other: NotificationPriority) -> bool:
+        return self.rank >= other.rank
+
+
+_PRIORITY_ORDER = list(NotificationPriority)
+
+
+class NotificationStatus(enum.StrEnum):
+    """Where a notification stands after a provider call."""
+
+    PENDING = "pending"
+    SENT = "sent"  # accepted by the peer (PagerDuty 202, SMTP 250)
+    DELIVERED = "delivered"  # confirmed at the far end
+    FAILED = "failed"
+    BOUNCED = "bounced"
+    RATE_LIMITED = "rate_limited"
+    BLACKOUT = "blackout"  # held back on purpose (maintenance window)
+
+
+class Notification(BaseModel):
+    """One notification as a producer submits it.
+
+    ``recipient`` is an email address (or several, comma-separated) for email, and the
+    affected component for PagerDuty. ``idempotency_id`` is the job's identity: it becomes
+    the PagerDuty ``dedup_key`` and the email Message-ID, so a resend is recognisable.
+    ``metadata`` is free-form JSON; for PagerDuty the keys ``group``/``team``, ``links``,
+    ``images``, ``client`` and ``client_url`` have their Events API meaning.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    recipient: str = Field(description="Email address(es), or the affected component.")
+    subject: str = Field(description="One-line summary; the PagerDuty incident title.")
+    body: str = Field(default="", description="Plain-text body / incident details.")
+    body_html: str | None = Field(default=None, description="Optional HTML alternative.")
+    priority: NotificationPriority = NotificationPriority.NORMAL
+    alert_name: str | None = Field(default=None, description="Alert rule name (PagerDuty class).")
+    db_instance_id: int | str | None = None
+    idempotency_id: str | None = Field(
+        default=None, description="Stable job identity: dedup key, Message-ID seed."
+    )
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @field_validator("recipient", "subject")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("recipient", "subject", "alert_name", "idempotency_id")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        # These become email headers and PagerDuty fields: a line break here is either a
+        # mistake or a header-injection attempt.
+        if value is not None and ("\r" in value or "\n" in value):
+            raise ValueError("must be a single line (no CR or LF)")
+        return value
+
+    @field_validator("idempotency_id")
+    @classmethod
+    def _id_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank when given (omit it instead)")
+        return value
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority_any_case(cls, value: Any) -> Any:
+        # Producers in other languages send "CRITICAL" as often as "critical".
+        return value.lower() if isinstance(value, str) else value
+
+
+def content_key(notification: Notification) -> str:
+    """A stable identity for a notification that has no idempotency id: a hash of its whole
+    content, so every retry of the same job yields the same key."""
+    canonical = json.dumps(notification.model_dump(mode="json"), sort_keys=True)
+    return "gds-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:40]
+
+
+class NotificationResult(BaseModel):
+    """What a provider reports after a peer accepted (or partly accepted) a notification."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: NotificationStatus
+    recipient: str
+    provider: str
+    message_id: str | None = None
+    timestamp: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    error_message: str | None = None
+    retry_after: float | None = None
+    retryable: bool = False
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _assume_utc(cls, value: Any) -> Any:
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+    def is_success(self) -> bool:
+        """True when the peer accepted the notification."""
+        return self.status in (NotificationStatus.SENT, NotificationStatus.DELIVERED)
+
+    def is_retriable(self) -> bool:
+        """True when sending it again later may succeed (throttled, or a transient failure)."""
+        if self.is_success():
+            return False
+        return self.status is NotificationStatus.RATE_LIMITED or self.retryable
+
+
+class BaseNotificationProvider(abc.ABC):
+    """A channel to the outside world. Providers know nothing of Celery or queues."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def send(self, notification: Notification) -> NotificationResult:
+        """Deliver one notification, or raise a :class:`worker.exceptions.NotificationError`."""
+
+    @abc.abstractmethod
+    def health_check(self) -> bool:
+        """True when the peer is reachable; sends nothing anyone would see."""
+
+    def close(self) -> None:  # noqa: B027 - providers without resources need not override
+        """Release connections."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

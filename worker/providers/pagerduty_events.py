@@ -1,0 +1,237 @@
+"""Building PagerDuty Events API v2 bodies from notifications: pure functions, no I/O.
+
+PagerDuty rejects an event whose summary is over 1024 characters, whose dedup_key is over
+255, or whose body is over 512 KB, and a rejected page is a page nobody gets. So the limits
+are enforced here, before sending, the way Alertmanager does it: the summary is cut and
+ends in "…", custom_details are shed (with a note saying so) from an oversized event, and an
+over-long dedup_key is replaced by a stable hash of itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from worker.exceptions import NotificationDeliveryError
+from worker.providers.base import Notification, NotificationPriority, content_key
+
+MAX_SUMMARY_CHARS = 1024
+MAX_DEDUP_KEY_CHARS = 255
+MAX_EVENT_BYTES = 512_000
+#: Fields other than the summary that can carry user text; capped so shedding always works.
+MAX_FIELD_CHARS = 1024
+
+#: Metadata keys that are PagerDuty event fields rather than custom details.
+EVENT_METADATA_KEYS = frozenset({"group", "team", "links", "images", "client", "client_url"})
+
+
+class PagerDutySeverity(enum.StrEnum):
+    """The severities PagerDuty accepts in ``payload.severity``."""
+
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class EventAction(enum.StrEnum):
+    TRIGGER = "trigger"
+    ACKNOWLEDGE = "acknowledge"
+    RESOLVE = "resolve"
+
+
+SEVERITY_BY_PRIORITY: dict[NotificationPriority, PagerDutySeverity] = {
+    NotificationPriority.LOW: PagerDutySeverity.INFO,
+    NotificationPriority.NORMAL: PagerDutySeverity.WARNING,
+    NotificationPriority.HIGH: PagerDutySeverity.ERROR,
+    NotificationPriority.CRITICAL: PagerDutySeverity.CRITICAL,
+    NotificationPriority.EMERGENCY: PagerDutySeverity.CRITICAL,
+}
+
+
+class _Link(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    href: str = Field(min_length=1)
+    text: str | None = None
+
+
+class _Image(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    src: str = Field(pattern=r"^https://", description="PagerDuty shows only https images")
+    href: str | None = None
+    alt: str | None = None
+
+
+_LINKS = TypeAdapter(list[_Link])
+_IMAGES = TypeAdapter(list[_Image])
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    """The exact bytes sent; the size limit is measured on these."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def fit_dedup_key(key: str) -> str:
+    """``key`` itself, or a stable ``sha256:…`` stand-in when it is over PagerDuty's limit."""
+    if len(key) <= MAX_DEDUP_KEY_CHARS:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def dedup_key_for(notification: Notification) -> str:
+    """The notification's idempotency id, else a key derived from its whole content.
+
+    The derived key depends only on the notification, so every retry of the same job sends
+    the same key and PagerDuty appends to the open incident instead of opening another.
+    """
+    if notification.idempotency_id:
+        return fit_dedup_key(notification.idempotency_id)
+    return content_key(notification)
+
+
+def truncate(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, ending in "…" when it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def severity_for(
+    notification: Notification, default: PagerDutySeverity = PagerDutySeverity.ERROR
+) -> PagerDutySeverity:
+    return SEVERITY_BY_PRIORITY.get(notification.priority, default)
+
+
+def _invalid(field: str, exc: ValidationError) -> NotificationDeliveryError:
+    problems = "; ".join(
+        f"{field}{''.join(f'[{p}]' if isinstance(p, int) else f'.{p}' for p in e['loc'])}: "
+        f"{e['msg']}"
+        for e in exc.errors()
+    )
+    return NotificationDeliveryError(
+        f"notification cannot become a PagerDuty event: {problems}",
+        errors=[problems],
+        retryable=False,
+        provider="pagerduty",
+    )
+
+
+def build_trigger(
+    notification: Notification,
+    *,
+    routing_key: str,
+    source: str,
+    default_severity: PagerDutySeverity = PagerDutySeverity.ERROR,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The trigger event for ``notification``, within every PagerDuty limit.
+
+    Raises :class:`NotificationDeliveryError` (not retryable) when ``metadata.links`` or
+    ``metadata.images`` are malformed: PagerDuty would reject the whole page for them.
+    """
+    meta = notification.metadata
+    details: dict[str, Any] = {k: v for k, v in meta.items() if k not in EVENT_METADATA_KEYS}
+    details.update(
+        body=notification.body,
+        alert_name=notification.alert_name,
+        db_instance_id=notification.db_instance_id,
+        priority=notification.priority.value,
+    )
+    payload: dict[str, Any] = {
+        "summary": truncate(notification.subject, MAX_SUMMARY_CHARS),
+        "severity": severity_for(notification, default_severity).value,
+        "source": truncate(source, MAX_FIELD_CHARS),
+        "component": truncate(notification.recipient, MAX_FIELD_CHARS),
+        "timestamp": (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="milliseconds"),
+        "custom_details": details,
+    }
+    group = meta.get("group") or meta.get("team")
+    if isinstance(group, str) and group:
+        payload["group"] = truncate(group, MAX_FIELD_CHARS)
+    if notification.alert_name:
+        payload["class"] = truncate(notification.alert_name, MAX_FIELD_CHARS)
+
+    event: dict[str, Any] = {
+        "routing_key": routing_key,
+        "event_action": EventAction.TRIGGER.value,
+        "dedup_key": dedup_key_for(notification),
+        "payload": payload,
+    }
+    if "links" in meta:
+        try:
+            links = _LINKS.validate_python(meta["links"])
+        except ValidationError as exc:
+            raise _invalid("metadata.links", exc) from None
+        event["links"] = [link.model_dump(exclude_none=True) for link in links]
+    if "images" in meta:
+        try:
+            images = _IMAGES.validate_python(meta["images"])
+        except ValidationError as exc:
+            raise _invalid("metadata.images", exc) from None
+        event["images"] = [image.model_dump(exclude_none=True) for image in images]
+    for key in ("client", "client_url"):
+        if isinstance(meta.get(key), str):
+            event[key] = meta[key]
+    return fit_event_size(event)
+
+
+def fit_event_size(event: dict[str, Any], limit: int = MAX_EVENT_BYTES) -> dict[str, Any]:
+    """``event`` unchanged when it fits in ``limit`` bytes; else with custom_details (and, if
+    still needed, links and images) replaced by a note that says what was dropped and why."""
+    size = len(encode_event(event))
+    if size <= limit:
+        return event
+    shed = dict(event)
+    payload = dict(shed["payload"])
+    note = (
+        f"custom_details removed by gds-notification: the event was {size} bytes, "
+        f"over PagerDuty's {limit}-byte limit"
+    )
+    payload["custom_details"] = {"note": note}
+    shed["payload"] = payload
+    if len(encode_event(shed)) > limit:
+        shed.pop("links", None)
+        shed.pop("images", None)
+        payload["custom_details"] = {"note": note + "; links and images removed too"}
+    return shed
+
+
+def build_lifecycle(action: EventAction, *, routing_key: str, dedup_key: str) -> dict[str, Any]:
+    """An acknowledge or resolve event: PagerDuty needs only the key and the dedup_key."""
+    return {
+        "routing_key": routing_key,
+        "event_action": action.value,
+        "dedup_key": fit_dedup_key(dedup_key),
+    }
+
+
+def build_change(
+    *,
+    routing_key: str,
+    summary: str,
+    source: str | None = None,
+    timestamp: datetime | None = None,
+    custom_details: dict[str, Any] | None = None,
+    links: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A change event (a deploy, a config change): shown on the service, opens no incident."""
+    payload: dict[str, Any] = {
+        "summary": truncate(summary, MAX_SUMMARY_CHARS),
+        "timestamp": (timestamp or datetime.now(UTC)).astimezone(UTC).isoformat(),
+    }
+    if source:
+        payload["source"] = source
+    if custom_details:
+        payload["custom_details"] = custom_details
+    event: dict[str, Any] = {"routing_key": routing_key, "payload": payload}
+    if links:
+        try:
+            event["links"] = [
+                link.model_dump(exclude_none=True) for link in _LINKS.validate_python(links)
+            ]
+        except ValidationError as exc:
+            raise _invalid("links", exc) from None
+    return fit_event_size(event)

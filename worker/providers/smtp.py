@@ -1,0 +1,425 @@
+"""SMTP provider on aiosmtplib: the one place this service speaks SMTP.
+
+One session per provider, opened on first use (TCP, TLS or STARTTLS, AUTH) and reused for
+every message after it; a session that has sat idle is checked with NOOP, and one the
+server has dropped is re-opened. Every failure is classified here, once:
+
+=======================================  ===========================================
+what happened                            what the caller gets
+=======================================  ===========================================
+4xx reply (421, 450, 451, 452)           ``NotificationDeliveryError``, retryable
+5xx reply (550, 553, 554)                ``NotificationDeliveryError``, final
+authentication refused (535)             ``NotificationConfigError`` (no password in it)
+no answer in time                        ``NotificationTimeoutError(timeout_seconds)``
+connection refused / dropped             ``NotificationConnectionError``
+TLS certificate not trusted              ``NotificationConfigError``
+some recipients refused, others not      SENT result; ``metadata["refused"]`` names them
+=======================================  ===========================================
+
+``send()`` is synchronous (scripts, examples): it runs ``asend()`` on an event loop the
+provider owns. ``asend()`` is for code already on an event loop (the worker). A session is
+tied to the loop it was opened on; using the provider from another loop re-opens it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Awaitable
+from types import TracebackType
+from typing import TYPE_CHECKING, Self, TypeVar
+
+import aiosmtplib
+from pydantic import SecretStr
+
+from worker.exceptions import (
+    NotificationConfigError,
+    NotificationConnectionError,
+    NotificationDeliveryError,
+    NotificationError,
+    NotificationTimeoutError,
+)
+from worker.providers.base import (
+    BaseNotificationProvider,
+    Notification,
+    NotificationResult,
+    NotificationStatus,
+)
+from worker.providers.smtp_message import build_message, parse_address
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+__all__ = ["SMTPProvider"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: A session idle longer than this is checked with NOOP before it is trusted again.
+IDLE_CHECK_SECONDS = 5.0
+
+
+class SMTPProvider(BaseNotificationProvider):
+    """Sends notifications as email through one SMTP server.
+
+    ``starttls``: ``None`` upgrades when the server offers STARTTLS, ``True`` requires it,
+    ``False`` never upgrades. ``use_tls`` is implicit TLS from the first byte (port 465).
+    ``tls_context`` replaces the default trust store (a private CA, say).
+    """
+
+    name = "smtp"
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 587,
+        username: str | None = None,
+        password: str | SecretStr | None = None,
+        from_addr: str = "gds-notification@localhost",
+        starttls: bool | None = None,
+        use_tls: bool = False,
+        timeout: float = 30.0,
+        validate_certs: bool = True,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if not host or not host.strip():
+            raise NotificationConfigError("SMTP host is required", provider=self.name)
+        if not 0 < port < 65536:
+            raise NotificationConfigError("SMTP port must be 1-65535", provider=self.name)
+        if use_tls and starttls:
+            raise NotificationConfigError(
+                "use_tls (implicit TLS) and starttls cannot both be on", provider=self.name
+            )
+        if timeout <= 0:
+            raise NotificationConfigError("timeout must be greater than 0", provider=self.name)
+        raw_password = password.get_secret_value() if isinstance(password, SecretStr) else password
+        if bool(username) != bool(raw_password):
+            raise NotificationConfigError(
+                "username and password must be given together", provider=self.name
+            )
+        self.host = host
+        self.port = port
+        self.username = username
+        self._password = SecretStr(raw_password) if raw_password else None
+        try:
+            self.from_addr = str(parse_address("from_addr", from_addr))
+        except NotificationDeliveryError as exc:
+            raise NotificationConfigError(str(exc), provider=self.name) from None
+        self.starttls = starttls
+        self.use_tls = use_tls
+        self.timeout = float(timeout)
+        self.validate_certs = validate_certs
+        self.tls_context = tls_context
+        self._smtp: aiosmtplib.SMTP | None = None
+        self._smtp_loop: asyncio.AbstractEventLoop | None = None
+        self._last_used = 0.0
+        self._own_loop: asyncio.AbstractEventLoop | None = None
+        self._reused = False  # whether the last _session() handed out an existing session
+        #: How many sessions this provider has opened (reuse shows as a small number).
+        self.sessions_opened = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SMTPProvider:
+        """The provider the ``SMTP_*`` settings describe."""
+        context = None
+        if settings.smtp_ca_file is not None:
+            context = ssl.create_default_context(cafile=str(settings.smtp_ca_file))
+        return cls(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            from_addr=settings.smtp_from,
+            starttls=settings.smtp_starttls,
+            use_tls=settings.smtp_use_tls,
+            timeout=settings.smtp_timeout,
+            validate_certs=settings.smtp_validate_certs,
+            tls_context=context,
+        )
+
+    def __repr__(self) -> str:
+        auth = f", username={self.username!r}, password='***'" if self.username else ""
+        return f"SMTPProvider(host={self.host!r}, port={self.port}{auth})"
+
+    __str__ = __repr__
+
+    # -- sync front ---------------------------------------------------------------------
+
+    def _run(self, coro: Awaitable[T]) -> T:
+        if self._own_loop is None or self._own_loop.is_closed():
+            self._own_loop = asyncio.new_event_loop()
+        return self._own_loop.run_until_complete(coro)
+
+    def send(self, notification: Notification) -> NotificationResult:
+        """Send one notification as email; raises a classified error on failure."""
+        return self._run(self.asend(notification))
+
+    def send_bulk(self, notifications: list[Notification]) -> list[NotificationResult]:
+        """Send many over one session. A failure becomes a FAILED result for that message
+        (``retryable`` says whether to try it again); the rest still go out."""
+        return self._run(self.asend_bulk(notifications))
+
+    def health_check(self) -> bool:
+        """True when the server accepts a session (and our credentials) and answers NOOP."""
+        return self._run(self.ahealth_check())
+
+    def close(self) -> None:
+        """QUIT the session and release the provider's own event loop."""
+        if self._smtp is not None and self._smtp_loop is self._own_loop:
+            self._run(self.aclose())
+        else:
+            self._forget_session()
+        if self._own_loop is not None and not self._own_loop.is_closed():
+            self._own_loop.close()
+        self._own_loop = None
+
+    # -- async API ----------------------------------------------------------------------
+
+    async def asend(self, notification: Notification) -> NotificationResult:
+        """Send one notification as email on the running event loop."""
+        message, sender, recipients = build_message(notification, self.from_addr)
+        rcpt = [r.addr_spec for r in recipients]
+        try:
+            smtp = await self._session()
+            try:
+                refused, reply = await smtp.send_message(
+                    message, sender=sender.addr_spec, recipients=rcpt
+                )
+            except aiosmtplib.SMTPServerDisconnected:
+                if not self._reused:
+                    raise
+                # The server dropped a session we were reusing (an idle timeout, a restart):
+                # one fresh session, once. Nothing was accepted on the dead one.
+                self._forget_session()
+                smtp = await self._session()
+                refused, reply = await smtp.send_message(
+                    message, sender=sender.addr_spec, recipients=rcpt
+                )
+        except Exception as exc:
+            if isinstance(exc, aiosmtplib.SMTPServerDisconnected | OSError):
+                self._forget_session()
+            raise self._translate(exc) from None
+        self._last_used = time.monotonic()
+        return self._result(notification, message["Message-ID"], rcpt, refused, reply)
+
+    async def asend_bulk(self, notifications: list[Notification]) -> list[NotificationResult]:
+        results = []
+        for notification in notifications:
+            try:
+                results.append(await self.asend(notification))
+            except NotificationError as exc:
+                results.append(
+                    NotificationResult(
+                        status=NotificationStatus.FAILED,
+                        recipient=notification.recipient,
+                        provider=self.name,
+                        error_message=str(exc),
+                        retryable=exc.retryable,
+                        metadata={"error": exc.to_dict()},
+                    )
+                )
+        return results
+
+    async def ahealth_check(self) -> bool:
+        try:
+            smtp = await self._session()
+            await smtp.noop()
+        except Exception as exc:
+            logger.warning("smtp health check failed: %s", self._translate(exc))
+            self._forget_session()
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None and smtp.is_connected:
+            try:
+                await smtp.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                smtp.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- the session --------------------------------------------------------------------
+
+    async def _session(self) -> aiosmtplib.SMTP:
+        """The open session on this loop, checked if idle; else a new one."""
+        loop = asyncio.get_running_loop()
+        smtp = self._smtp
+        self._reused = False
+        if smtp is not None and (self._smtp_loop is not loop or not smtp.is_connected):
+            self._forget_session()
+            smtp = None
+        if smtp is not None and time.monotonic() - self._last_used > IDLE_CHECK_SECONDS:
+            try:
+                await smtp.noop()
+            except (aiosmtplib.SMTPException, OSError):
+                self._forget_session()
+                smtp = None
+        if smtp is not None:
+            self._reused = True
+            return smtp
+        smtp = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            username=self.username,
+            password=self._password.get_secret_value() if self._password else None,
+            use_tls=self.use_tls,
+            start_tls=False if self.use_tls else self.starttls,
+            validate_certs=self.validate_certs,
+            tls_context=self.tls_context,
+            timeout=self.timeout,
+        )
+        try:
+            await smtp.connect()
+        except BaseException:
+            smtp.close()  # a half-open session (TLS up, AUTH refused) must not linger
+            raise
+        self._smtp, self._smtp_loop = smtp, loop
+        self._last_used = time.monotonic()
+        self.sessions_opened += 1
+        logger.info("smtp session %d opened to %s:%s", self.sessions_opened, self.host, self.port)
+        return smtp
+
+    def _forget_session(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            # Closing a transport that belongs to another (or a closed) loop may fail; the
+            # session is abandoned either way.
+            with contextlib.suppress(Exception):
+                smtp.close()
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    def _result(
+        self,
+        notification: Notification,
+        message_id: str,
+        recipients: list[str],
+        refused: dict[str, aiosmtplib.SMTPResponse],
+        reply: str,
+    ) -> NotificationResult:
+        refused_text = {addr: f"{r.code} {r.message}" for addr, r in refused.items()}
+        accepted = [r for r in recipients if r not in refused]
+        error = None
+        if refused_text:
+            error = f"{len(refused_text)} of {len(recipients)} recipients refused: " + "; ".join(
+                f"{addr} ({why})" for addr, why in refused_text.items()
+            )
+            logger.warning("smtp partial delivery %s: %s", message_id, error)
+        return NotificationResult(
+            status=NotificationStatus.SENT,
+            recipient=notification.recipient,
+            provider=self.name,
+            message_id=message_id,
+            error_message=error,
+            retryable=any(400 <= r.code < 500 for r in refused.values()),
+            metadata={
+                "accepted": accepted,
+                "refused": dict(refused_text),
+                "server_reply": reply,
+            },
+        )
+
+    def _scrub(self, text: str) -> str:
+        if self._password is not None:
+            text = text.replace(self._password.get_secret_value(), "***")
+        return text
+
+    def _translate(self, exc: BaseException) -> NotificationError:
+        """aiosmtplib's errors (and the OS's) as this service's exception tree."""
+        if isinstance(exc, NotificationError):
+            return exc
+        where = f"{self.host}:{self.port}"
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+            return NotificationConfigError(
+                self._scrub(
+                    f"SMTP server {where} refused the credentials for user "
+                    f"{self.username!r}: {exc.code} {exc.message}"
+                ),
+                self.name,
+            )
+        if isinstance(exc, aiosmtplib.SMTPConnectTimeoutError | aiosmtplib.SMTPTimeoutError):
+            return NotificationTimeoutError(
+                f"SMTP server {where} did not answer within {self.timeout:g}s",
+                self.timeout,
+                self.name,
+            )
+        if isinstance(exc, TimeoutError):
+            return NotificationTimeoutError(
+                f"SMTP server {where} did not answer within {self.timeout:g}s",
+                self.timeout,
+                self.name,
+            )
+        if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+            codes = [r.code for r in exc.recipients]
+            texts = [self._scrub(f"{r.recipient}: {r.code} {r.message}") for r in exc.recipients]
+            transient = any(400 <= c < 500 for c in codes)
+            return NotificationDeliveryError(
+                f"SMTP server {where} refused every recipient: " + "; ".join(texts),
+                min(codes) if transient else max(codes),
+                texts,
+                retryable=transient,
+                provider=self.name,
+            )
+        if isinstance(exc, aiosmtplib.SMTPNotSupported):
+            return NotificationConfigError(
+                self._scrub(f"SMTP server {where}: {exc.message}"), self.name
+            )
+        if isinstance(exc, aiosmtplib.SMTPConnectError):
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return NotificationConfigError(
+                    f"SMTP server {where} presented a certificate we do not trust: "
+                    f"{cause.verify_message}",
+                    self.name,
+                )
+            return NotificationConnectionError(
+                f"cannot connect to SMTP server {where}: {exc}", self.name
+            )
+        if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+            return NotificationConnectionError(
+                f"SMTP server {where} closed the connection: {exc}", self.name
+            )
+        if isinstance(exc, aiosmtplib.SMTPResponseException):
+            text = self._scrub(f"{exc.code} {exc.message}")
+            if exc.code == 535 or exc.code == 530:
+                return NotificationConfigError(f"SMTP server {where}: {text}", self.name)
+            return NotificationDeliveryError(
+                f"SMTP server {where} answered {text}",
+                exc.code,
+                [text],
+                retryable=400 <= exc.code < 500,
+                provider=self.name,
+            )
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return NotificationConfigError(
+                f"SMTP server {where} presented a certificate we do not trust: "
+                f"{exc.verify_message}",
+                self.name,
+            )
+        if isinstance(exc, OSError):
+            return NotificationConnectionError(
+                f"SMTP connection to {where} failed: {type(exc).__name__}: {exc}", self.name
+            )
+        if isinstance(exc, aiosmtplib.SMTPException):
+            return NotificationDeliveryError(
+                self._scrub(f"SMTP error from {where}: {exc}"), provider=self.name
+            )
+        return NotificationDeliveryError(
+            f"unexpected SMTP failure talking to {where}: {type(exc).__name__}",
+            provider=self.name,
+        )

@@ -1,0 +1,146 @@
+"""Building email messages from notifications: pure functions, no I/O.
+
+Everything that becomes a header is checked before any connection is opened: a CR or LF in
+a header value (the classic header-injection attack) or an address that does not parse is
+refused with a :class:`~worker.exceptions.NotificationDeliveryError` (not retryable) that
+names the field. The standard library's ``email`` package does the encoding: RFC 2047 for
+non-ASCII subjects and names, quoted-printable or base64 UTF-8 for bodies.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import hashlib
+import re
+from datetime import UTC, datetime
+from email.errors import HeaderParseError
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, getaddresses
+
+from worker.exceptions import NotificationDeliveryError
+from worker.providers.base import Notification, NotificationPriority, content_key
+
+#: Headers a mail client shows as "important", by priority (HIGH and above only).
+IMPORTANCE_HEADERS: dict[NotificationPriority, dict[str, str]] = {
+    NotificationPriority.HIGH: {"Importance": "high", "X-Priority": "2 (High)"},
+    NotificationPriority.CRITICAL: {
+        "Importance": "high",
+        "X-Priority": "1 (Highest)",
+        "Priority": "urgent",
+    },
+    NotificationPriority.EMERGENCY: {
+        "Importance": "high",
+        "X-Priority": "1 (Highest)",
+        "Priority": "urgent",
+    },
+}
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_CRLF = re.compile(r"[\r\n]")
+
+
+def invalid(field: str, problem: str) -> NotificationDeliveryError:
+    """The error for a notification that can never become a valid email."""
+    return NotificationDeliveryError(
+        f"{field}: {problem}", errors=[f"{field}: {problem}"], retryable=False, provider="smtp"
+    )
+
+
+def check_header_value(field: str, value: str) -> str:
+    if _CRLF.search(value):
+        raise invalid(field, "must not contain CR or LF (header injection)")
+    return value
+
+
+def _valid_domain(domain: str) -> bool:
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    return all(_LABEL.match(label) for label in ascii_domain.split("."))
+
+
+def parse_address(field: str, text: str) -> Address:
+    """One ``user@domain`` or ``Name <user@domain>``, validated, as an ``Address``."""
+    check_header_value(field, text)
+    pairs = getaddresses([text])
+    if len(pairs) != 1 or not pairs[0][1]:
+        raise invalid(field, f"{text.strip()!r} is not one email address")
+    name, spec = pairs[0]
+    try:
+        address = Address(display_name=name, addr_spec=spec)
+    except (ValueError, IndexError, HeaderParseError) as exc:
+        raise invalid(field, f"{spec!r} is not a valid email address ({exc})") from None
+    if not address.username or not address.domain or not _valid_domain(address.domain):
+        raise invalid(field, f"{spec!r} is not a valid email address")
+    return address
+
+
+def parse_recipients(field: str, text: str) -> list[Address]:
+    """Comma-separated addresses (names may be quoted, commas and all); at least one."""
+    check_header_value(field, text)
+    parts = [spec for spec in _split_addresses(text) if spec.strip()]
+    if not parts:
+        raise invalid(field, "no email address given")
+    return [parse_address(field, part) for part in parts]
+
+
+def _split_addresses(text: str) -> list[str]:
+    # Split on commas outside quotes and angle brackets: '"Doe, J" <j@x>, a@y' is two.
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = angle = False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "<" and not quoted:
+            angle = True
+        elif ch == ">" and not quoted:
+            angle = False
+        if ch == "," and not quoted and not angle:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def message_id_for(notification: Notification, domain: str) -> str:
+    """``<gds.HASH@domain>`` from the idempotency id (or the content when there is none):
+    every resend of the same job carries the same Message-ID."""
+    seed = notification.idempotency_id or content_key(notification)
+    digest = hashlib.sha256(seed.encode("utf-8")).hexdigest()[:32]
+    return f"<gds.{digest}@{domain}>"
+
+
+def build_message(
+    notification: Notification, from_addr: str, now: datetime | None = None
+) -> tuple[EmailMessage, Address, list[Address]]:
+    """The message, its sender and its recipients; raises before any I/O if invalid."""
+    sender = parse_address("from_addr", from_addr)
+    recipients = parse_recipients("recipient", notification.recipient)
+    subject = check_header_value("subject", notification.subject)
+    for field in ("alert_name", "idempotency_id"):
+        value = getattr(notification, field)
+        if value is not None:
+            check_header_value(field, str(value))
+
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = sender
+    msg["To"] = recipients
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime((now or datetime.now(UTC)).astimezone(UTC))
+    msg["Message-ID"] = message_id_for(notification, sender.domain)
+    msg["X-GDS-Priority"] = notification.priority.value
+    if notification.alert_name:
+        msg["X-GDS-Alert-Name"] = notification.alert_name
+    if notification.idempotency_id:
+        msg["X-GDS-Idempotency-Id"] = notification.idempotency_id
+    for name, value in IMPORTANCE_HEADERS.get(notification.priority, {}).items():
+        msg[name] = value
+    msg.set_content(notification.body or "", charset="utf-8")
+    if notification.body_html:
+        msg.add_alternative(notification.body_html, subtype="html", charset="utf-8")
+    return msg, sender, recipients

@@ -11,6 +11,7 @@ import logging
 import click
 
 from cli.dlq_cmd import dlq
+from cli.heartbeats_cmd import heartbeat, heartbeats
 from cli.jobs_cmd import schema, status
 from cli.sandbox_cmd import sandbox
 
@@ -26,5 +27,5 @@ def main(verbose: bool) -> None:
     )
 
 
-for command in (sandbox, status, schema, dlq):
+for command in (sandbox, status, schema, dlq, heartbeat, heartbeats):
     main.add_command(command)

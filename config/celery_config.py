@@ -13,6 +13,8 @@ Why each choice (see ../shared/reference/celery-on-redis.md):
 - Queues per channel; ``queue_order_strategy="priority"`` makes a worker that serves
   several queues take from ``pagerduty`` first, then intake, then ``email``.
 - Results ignored: job state lives in our own Redis records (worker/jobs.py).
+- Beat schedules one task, ``heartbeat.check``, every ``HEARTBEAT_CHECK_INTERVAL`` seconds;
+  it expires after one interval, so a backlog of stale checks never builds up.
 """
 
 from __future__ import annotations
@@ -73,6 +75,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             "deliver.pagerduty": {"queue": PAGERDUTY_QUEUE, "routing_key": PAGERDUTY_QUEUE},
             "deliver.email": {"queue": EMAIL_QUEUE, "routing_key": EMAIL_QUEUE},
+            # The checker decides pages: it must not wait behind an intake or email backlog.
+            "heartbeat.check": {"queue": PAGERDUTY_QUEUE, "routing_key": PAGERDUTY_QUEUE},
+        },
+        "beat_schedule": {
+            "heartbeat-check": {
+                "task": "heartbeat.check",
+                "schedule": settings.heartbeat_check_interval,
+                # A check that waited longer than one interval is stale: the next is coming.
+                "options": {"expires": settings.heartbeat_check_interval},
+            },
         },
         "task_create_missing_queues": True,
         "worker_send_task_events": True,

@@ -149,6 +149,12 @@ class Settings(BaseSettings):
     routing_rules: list[RoutingRule] = Field(
         default_factory=list, description="JSON list of routing rules, first match wins."
     )
+    heartbeat_services_file: FilePath | None = Field(
+        default=None, description="TOML catalogue of services that send heartbeats."
+    )
+    heartbeat_check_interval: float = Field(
+        default=15.0, gt=0, le=3600, description="Seconds between heartbeat checks (beat)."
+    )
 
     @field_validator("pagerduty_rate_limit")
     @classmethod

@@ -6,11 +6,14 @@ Producers::
     job_id = tasks.enqueue(notification, team="dba")     # validates, dedupes, routes
     tasks.acknowledge("alert-12345", team="dba")
     tasks.resolve("alert-12345", team="dba")
+    tasks.heartbeat("billing-api")                        # a monitored service is alive
 
 Tasks on the wire: ``notify`` (intake, any language), ``deliver.pagerduty``,
-``deliver.email``. Tasks are thin: validation, routing and delivery live in worker/.
+``deliver.email``, ``heartbeat`` (any language) and ``heartbeat.check`` (beat). Tasks
+are thin: validation, routing and delivery live in worker/.
 """
 
+from tasks.heartbeats import InvalidHeartbeatError, heartbeat
 from tasks.intake import enqueue, lifecycle
 from tasks.replay import replay
 from tasks.schema import InvalidJobError, JobRequest, json_schema
@@ -27,10 +30,12 @@ def resolve(dedup_key: str, team: str | None = None) -> str:
 
 
 __all__ = [
+    "InvalidHeartbeatError",
     "InvalidJobError",
     "JobRequest",
     "acknowledge",
     "enqueue",
+    "heartbeat",
     "json_schema",
     "replay",
     "resolve",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -228,3 +231,28 @@ def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> A
         if time.monotonic() > end:
             raise AssertionError(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
+
+
+@pytest.fixture
+def catalogue(
+    service_env: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str], Path]:
+    """Point HEARTBEAT_SERVICES_FILE at a file the test writes (and may rewrite)."""
+    from config.settings import get_settings
+    from worker.celery_app import configure
+
+    path = tmp_path / "services.toml"
+    path.write_text("")
+    monkeypatch.setenv("HEARTBEAT_SERVICES_FILE", str(path))
+    monkeypatch.setenv("HEARTBEAT_CHECK_INTERVAL", "0.2")
+    get_settings.cache_clear()
+    configure(get_settings())
+    stamp = [time.time()]
+
+    def write(text: str) -> Path:
+        path.write_text(text)
+        stamp[0] += 10  # a distinct mtime, however fast the rewrite
+        os.utime(path, (stamp[0], stamp[0]))
+        return path
+
+    return write

@@ -86,9 +86,13 @@ def test_sandbox_command_serves_and_stops_cleanly_on_ctrl_c() -> None:
     assert proc.returncode == 0, err
     assert f"http://127.0.0.1:{port}/v2/enqueue" in out
     assert "Traceback" not in err
-    for used in (port, smtp_port):  # both ports are free again: nothing left behind
+    for used in (port, smtp_port):  # nothing listens any more: nothing left behind
         with socket.socket() as sock:
+            # SO_REUSEADDR lets the bind ignore TIME_WAIT from our own client connections
+            # while still failing if a listener is left on the port.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", used))
+            sock.listen()
 
 
 def test_taken_port_is_reported_in_one_clear_line() -> None:

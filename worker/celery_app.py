@@ -13,7 +13,7 @@ from celery import Celery
 from config.celery_config import celery_config
 from config.settings import Settings, get_settings
 
-app = Celery("gds_notification", include=["tasks.intake", "tasks.delivery"])
+app = Celery("gds_notification", include=["tasks.intake", "tasks.delivery", "tasks.heartbeats"])
 
 
 @app.on_configure.connect  # type: ignore[untyped-decorator,unused-ignore]
@@ -23,6 +23,7 @@ def _configure(sender: Celery, **kwargs: Any) -> None:
 
 def configure(settings: Settings) -> None:
     """Re-apply configuration (tests and the dev stack change settings at run time)."""
+    from config.catalogue import reset_catalogue
     from worker.provider_pool import reset_providers
     from worker.rate_limit import reset_limiter
     from worker.redis_store import reset_redis
@@ -31,3 +32,4 @@ def configure(settings: Settings) -> None:
     reset_redis()
     reset_limiter()
     reset_providers()
+    reset_catalogue()

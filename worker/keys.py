@@ -34,3 +34,15 @@ def pagerduty_pause(key_id: str) -> str:
 
 
 RATE_LIMIT_NAMESPACE = f"{PREFIX}pd:rate"
+
+
+# Heartbeats (worker/heartbeats/). Slugs are validated by the catalogue before use.
+HEARTBEAT_LAST = f"{PREFIX}hb:last"  # hash: slug -> {"at", "status"} of the newest heartbeat
+HEARTBEAT_STATE = f"{PREFIX}hb:state"  # hash: slug -> ServiceState JSON
+HEARTBEAT_CHECK_LOCK = f"{PREFIX}hb:check:lock"  # one evaluation at a time
+HEARTBEAT_LAST_CHECK = f"{PREFIX}hb:check:last"  # Redis time of the last finished check
+HEARTBEAT_REFUSED = f"{PREFIX}stats:heartbeats:refused"  # hash: reason -> count
+
+
+def heartbeats(slug: str) -> str:
+    return f"{PREFIX}hb:beats:{slug}"  # sorted set of "up" heartbeats, scored by time

@@ -70,6 +70,11 @@ class NotificationStatus(enum.StrEnum):
     BLACKOUT = "blackout"  # held back on purpose (maintenance window)
 
 
+#: Metadata keys that override a PagerDuty event field and so must be one clean line.
+ONE_LINE_METADATA_KEYS = frozenset({"source", "component", "class", "group", "dedup_key"})
+SEVERITIES = ("critical", "error", "warning", "info")
+
+
 class Notification(BaseModel):
     """One notification as a producer submits it.
 
@@ -77,7 +82,10 @@ class Notification(BaseModel):
     affected component for PagerDuty. ``idempotency_id`` is the job's identity: it becomes
     the PagerDuty ``dedup_key`` and the email Message-ID, so a resend is recognisable.
     ``metadata`` is free-form JSON; for PagerDuty the keys ``group``/``team``, ``links``,
-    ``images``, ``client`` and ``client_url`` have their Events API meaning.
+    ``images``, ``client`` and ``client_url`` have their Events API meaning, and
+    ``source``, ``component``, ``class``, ``severity``, ``dedup_key`` and
+    ``custom_details`` override the fields the event would otherwise derive (a
+    ``dedup_key`` here names the incident while ``idempotency_id`` still names the job).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -115,6 +123,21 @@ class Notification(BaseModel):
     def _id_not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("must not be blank when given (omit it instead)")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _event_fields(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        # Checked here, at enqueue, so a bad override is refused before it is queued.
+        for key in ONE_LINE_METADATA_KEYS & value.keys():
+            item = value[key]
+            if not isinstance(item, str) or not item.strip() or "\r" in item or "\n" in item:
+                raise ValueError(f"metadata.{key} must be a non-blank single-line string")
+        severity = value.get("severity")
+        if severity is not None and severity not in SEVERITIES:
+            raise ValueError(f"metadata.severity must be one of {', '.join(SEVERITIES)}")
+        if "custom_details" in value and not isinstance(value["custom_details"], dict):
+            raise ValueError("metadata.custom_details must be a JSON object")
         return value
 
     @field_validator("priority", mode="before")

@@ -27,7 +27,22 @@ MAX_EVENT_BYTES = 512_000
 MAX_FIELD_CHARS = 1024
 
 #: Metadata keys that are PagerDuty event fields rather than custom details.
-EVENT_METADATA_KEYS = frozenset({"group", "team", "links", "images", "client", "client_url"})
+EVENT_METADATA_KEYS = frozenset(
+    {
+        "group",
+        "team",
+        "links",
+        "images",
+        "client",
+        "client_url",
+        "source",
+        "component",
+        "class",
+        "severity",
+        "dedup_key",
+        "custom_details",
+    }
+)
 
 
 class PagerDutySeverity(enum.StrEnum):
@@ -133,31 +148,40 @@ def build_trigger(
     ``metadata.images`` are malformed: PagerDuty would reject the whole page for them.
     """
     meta = notification.metadata
-    details: dict[str, Any] = {k: v for k, v in meta.items() if k not in EVENT_METADATA_KEYS}
-    details.update(
-        body=notification.body,
-        alert_name=notification.alert_name,
-        db_instance_id=notification.db_instance_id,
-        priority=notification.priority.value,
-    )
+    details: dict[str, Any]
+    if isinstance(meta.get("custom_details"), dict):
+        details = dict(meta["custom_details"])  # type: ignore[arg-type]
+    else:
+        details = {k: v for k, v in meta.items() if k not in EVENT_METADATA_KEYS}
+        details.update(
+            body=notification.body,
+            alert_name=notification.alert_name,
+            db_instance_id=notification.db_instance_id,
+            priority=notification.priority.value,
+        )
+    severity = meta.get("severity") or severity_for(notification, default_severity).value
     payload: dict[str, Any] = {
         "summary": truncate(notification.subject, MAX_SUMMARY_CHARS),
-        "severity": severity_for(notification, default_severity).value,
-        "source": truncate(source, MAX_FIELD_CHARS),
-        "component": truncate(notification.recipient, MAX_FIELD_CHARS),
+        "severity": severity,
+        "source": truncate(_text(meta, "source", source), MAX_FIELD_CHARS),
+        "component": truncate(_text(meta, "component", notification.recipient), MAX_FIELD_CHARS),
         "timestamp": (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="milliseconds"),
         "custom_details": details,
     }
     group = meta.get("group") or meta.get("team")
     if isinstance(group, str) and group:
         payload["group"] = truncate(group, MAX_FIELD_CHARS)
-    if notification.alert_name:
-        payload["class"] = truncate(notification.alert_name, MAX_FIELD_CHARS)
+    event_class = _text(meta, "class", notification.alert_name or "")
+    if event_class:
+        payload["class"] = truncate(event_class, MAX_FIELD_CHARS)
 
+    dedup_key = meta.get("dedup_key")
     event: dict[str, Any] = {
         "routing_key": routing_key,
         "event_action": EventAction.TRIGGER.value,
-        "dedup_key": dedup_key_for(notification),
+        "dedup_key": fit_dedup_key(dedup_key)
+        if isinstance(dedup_key, str)
+        else dedup_key_for(notification),
         "payload": payload,
     }
     if "links" in meta:
@@ -176,6 +200,11 @@ def build_trigger(
         if isinstance(meta.get(key), str):
             event[key] = meta[key]
     return fit_event_size(event)
+
+
+def _text(meta: dict[str, Any], key: str, default: str) -> str:
+    value = meta.get(key)
+    return value if isinstance(value, str) and value else default
 
 
 def fit_event_size(event: dict[str, Any], limit: int = MAX_EVENT_BYTES) -> dict[str, Any]:

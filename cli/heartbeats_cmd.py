@@ -1,0 +1,109 @@
+"""``gds-notify heartbeat SLUG`` (for shells and cron) and ``gds-notify heartbeats``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from cli.common import BadInput, echo_json, one_line_errors, when
+
+
+@click.command()
+@click.argument("slug")
+@click.option("--fail", "failed", is_flag=True, help="Report that the service is failing.")
+@click.option(
+    "--at",
+    metavar="TIME",
+    help="When it happened: ISO 8601 (naive = UTC) or epoch seconds. Default: now.",
+)
+@one_line_errors
+def heartbeat(slug: str, failed: bool, at: str | None) -> None:
+    """Record a heartbeat for SLUG (a service in HEARTBEAT_SERVICES_FILE).
+
+    \b
+    Cron example (every minute, after the job succeeded):
+      * * * * *  run-backup && gds-notify heartbeat nightly-backup
+
+    Exit codes: 0 recorded; 2 unknown slug or bad value; 1 Redis unreachable.
+    """
+    from tasks.heartbeats import record
+
+    when_at: Any = at
+    if at is not None:
+        try:
+            when_at = float(at)
+        except ValueError:
+            when_at = at
+    try:
+        stamp = record(slug, "fail" if failed else "up", when_at)
+    except ValueError as exc:  # InvalidHeartbeatError, HeartbeatInFutureError
+        raise BadInput(str(exc)) from None
+    click.echo(f"heartbeat {slug} {'fail' if failed else 'up'} at {when(stamp)}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@one_line_errors
+def heartbeats(as_json: bool) -> None:
+    """List every monitored service: state, last heartbeat, heartbeats in the window, and
+    open incident."""
+    from tasks.heartbeats import configured_catalogue
+    from worker.heartbeats.checker import last_check, read_states
+    from worker.heartbeats.store import HeartbeatStore, kept_per_service
+    from worker.redis_store import get_redis
+
+    catalogue = configured_catalogue()
+    client = get_redis()
+    store = HeartbeatStore(client)
+    now = store.now()
+    specs = list(catalogue.services.values())
+    counts = store.counts(specs, now)
+    lasts = store.last()
+    states = read_states(client)
+    rows: list[dict[str, Any]] = []
+    for spec in specs:
+        st = states.get(spec.slug)
+        last = lasts.get(spec.slug)
+        count = counts[spec.slug]
+        rows.append(
+            {
+                "slug": spec.slug,
+                "name": spec.name,
+                "team": spec.team,
+                "priority": spec.priority,
+                "state": (st.status if st else "new")
+                + (" (maintenance)" if st and st.suppressed else ""),
+                "reason": st.reason if st else None,
+                "last_heartbeat": last.at if last else None,
+                "last_status": last.status if last else None,
+                "in_window": count,
+                "in_window_saturated": count >= kept_per_service(spec),
+                "threshold": spec.threshold,
+                "window_seconds": spec.window,
+                "incident": st.incident.model_dump() if st and st.incident else None,
+            }
+        )
+    checked = last_check(client)
+    refused = store.refused()
+    if as_json:
+        echo_json({"services": rows, "last_check": checked, "refused": refused, "now": now})
+        return
+    header = ("SLUG", "TEAM", "PRI", "STATE", "LAST HEARTBEAT", "IN WINDOW", "INCIDENT")
+    table: list[tuple[str, ...]] = [header]
+    for r in rows:
+        shown = f"{r['in_window']}{'+' if r['in_window_saturated'] else ''}/{r['threshold']}"
+        seen = when(r["last_heartbeat"]) + (" fail" if r["last_status"] == "fail" else "")
+        incident = r["incident"]["dedup_key"] if r["incident"] else "-"
+        table.append((r["slug"], r["team"], r["priority"], r["state"], seen, shown, incident))
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    click.echo(
+        f"\n{len(rows)} services; last check {when(checked)}"
+        + (f" ({now - checked:.0f} s ago)" if checked else " (never: is beat running?)")
+    )
+    if refused:
+        click.echo(
+            "refused heartbeats: " + ", ".join(f"{k} {v}" for k, v in sorted(refused.items()))
+        )

@@ -1,0 +1,359 @@
+"""The heartbeat service catalogue: a TOML file named by ``HEARTBEAT_SERVICES_FILE``.
+
+One table per service::
+
+    [services.billing-api]
+    name = "Billing API"
+    team = "payments"                 # group on the incident; picks the routing key
+    priority = "P2"                   # P1 critical, P2 error, P3 warning, P4 info
+    window = "5m"                     # seconds, or "90s" / "5m" / "1h" / "1d"
+    threshold = 1                     # least heartbeats expected within the window
+    grace = "30s"                     # extra time before a miss counts
+    runbook_url = "https://runbooks.example/billing-api"
+    routing_key_team = "dba"          # optional: page with PAGERDUTY_ROUTING_KEY_DBA instead
+
+    [[services.billing-api.maintenance]]          # one-off
+    start = 2026-12-01T22:00:00Z
+    end = 2026-12-01T23:30:00Z
+
+    [[services.billing-api.maintenance]]          # recurring
+    cron = "0 2 * * SUN"
+    duration = "2h"
+    timezone = "Europe/London"
+
+    [services.billing-api.flap]
+    failures_before_page = 2          # consecutive failing checks before paging
+    successes_before_resolve = 2      # consecutive good checks before resolving
+    storm_incidents = 3               # at most this many incidents ...
+    storm_period = "1h"               # ... opened in any such period
+
+The file is validated as a whole when it is loaded; a bad entry fails with the service and
+the field named (``services.billing-api.window: ...``).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import tomllib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from worker.exceptions import NotificationConfigError
+
+SLUG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90``, ``1.5``, ``"90s"``, ``"5m"``, ``"1h"``, ``"1d"`` or ``"250ms"``."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration: seconds, or a string like '90s', '5m', '1h'")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise ValueError(
+        f"must be a duration: seconds, or a string like '90s', '5m', '1h' (got {value!r})"
+    )
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Priority = Literal["P1", "P2", "P3", "P4"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r} (use an IANA name like 'Europe/London')"
+        ) from None
+
+
+class OneOffWindow(_Strict):
+    """Maintenance from ``start`` to ``end``. Times carry an offset (``2026-12-01T22:00:00Z``)
+    or are read in ``timezone``."""
+
+    start: datetime
+    end: datetime
+    timezone: str = "UTC"
+    reason: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        _zone(value)
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OneOffWindow:
+        if self.starts_at() >= self.ends_at():
+            raise ValueError("end must be after start")
+        return self
+
+    def _aware(self, when: datetime) -> datetime:
+        return when if when.tzinfo else when.replace(tzinfo=_zone(self.timezone))
+
+    def starts_at(self) -> datetime:
+        return self._aware(self.start)
+
+    def ends_at(self) -> datetime:
+        return self._aware(self.end)
+
+    def active_until(self, at: datetime) -> datetime | None:
+        """The window's end if ``at`` falls inside it, else None."""
+        return self.ends_at() if self.starts_at() <= at < self.ends_at() else None
+
+
+class RecurringWindow(_Strict):
+    """Maintenance for ``duration`` from every time the cron expression fires, read in
+    ``timezone`` (so "0 2 * * SUN" in Europe/London follows summer time)."""
+
+    cron: str
+    duration: Duration = Field(gt=0)
+    timezone: str = "UTC"
+    reason: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        _zone(value)
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        try:
+            CronSim(value, datetime.now(UTC))
+        except CronSimError as exc:
+            raise ValueError(f"not a valid cron expression {value!r}: {exc}") from None
+        return value
+
+    def active_until(self, at: datetime) -> datetime | None:
+        """The end of the occurrence ``at`` falls in, else None."""
+        local = at.astimezone(_zone(self.timezone)).replace(microsecond=0) + timedelta(seconds=1)
+        # The latest occurrence at or before ``at`` is the one whose window ends last.
+        last = next(CronSim(self.cron, local, reverse=True), None)
+        if last is None:
+            return None
+        ends = last.astimezone(UTC) + timedelta(seconds=self.duration)
+        return ends if last.astimezone(UTC) <= at < ends else None
+
+
+def _window_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "recurring" if "cron" in value else "once"
+    return "recurring" if isinstance(value, RecurringWindow) else "once"
+
+
+MaintenanceWindow = Annotated[
+    Annotated[OneOffWindow, Tag("once")] | Annotated[RecurringWindow, Tag("recurring")],
+    Discriminator(_window_kind),
+]
+
+
+class FlapSettings(_Strict):
+    """How many checks in a row change a service's state, and the incident-storm guard."""
+
+    failures_before_page: int = Field(default=1, ge=1, le=1000)
+    successes_before_resolve: int = Field(default=1, ge=1, le=1000)
+    storm_incidents: int = Field(default=3, ge=1, le=1000)
+    storm_period: Duration = Field(default=3600.0, gt=0)
+
+
+class ServiceSpec(_Strict):
+    """One monitored service."""
+
+    slug: str
+    name: str = Field(min_length=1, max_length=255)
+    team: str = Field(min_length=1, max_length=255)
+    priority: Priority
+    window: Duration = Field(gt=0, le=30 * 86_400)
+    threshold: int = Field(default=1, ge=1, le=10_000)
+    grace: Duration = Field(default=0.0, ge=0, le=30 * 86_400)
+    runbook_url: str = Field(pattern=r"^https?://\S+$", max_length=2048)
+    routing_key_team: str | None = Field(default=None, min_length=1)
+    description: str | None = None
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+    flap: FlapSettings = FlapSettings()
+
+    @field_validator("name", "team", "routing_key_team")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or "\r" in value or "\n" in value):
+            raise ValueError("must be a non-blank single line")
+        return value
+
+    @property
+    def span(self) -> float:
+        """Seconds of history a check counts over: the window plus its grace."""
+        return self.window + self.grace
+
+    @property
+    def dedup_key(self) -> str:
+        return f"medic-heartbeat-{self.slug}"
+
+    @property
+    def paging_team(self) -> str:
+        """The team whose routing key pages for this service."""
+        return self.routing_key_team or self.team
+
+    def maintenance_until(self, at: datetime) -> datetime | None:
+        """When the maintenance window covering ``at`` ends, or None if there is none."""
+        ends = [end for w in self.maintenance if (end := w.active_until(at)) is not None]
+        return max(ends) if ends else None
+
+
+class Catalogue(_Strict):
+    """Every monitored service, by slug."""
+
+    services: dict[str, ServiceSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _slugs_from_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("services"), dict):
+            services = {}
+            for slug, entry in data["services"].items():
+                if not SLUG_PATTERN.match(slug):
+                    raise ValueError(
+                        f"services.{slug}: a slug is 1-100 letters, digits, '.', '_' or '-', "
+                        "starting with a letter or digit"
+                    )
+                services[slug] = {**entry, "slug": slug} if isinstance(entry, dict) else entry
+            data = {**data, "services": services}
+        return data
+
+    def get(self, slug: str) -> ServiceSpec | None:
+        return self.services.get(slug)
+
+
+class UnknownServiceError(NotificationConfigError):
+    """A heartbeat for a slug the catalogue does not list."""
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors(include_url=False):
+        path = ".".join(str(p) for p in item["loc"] if p not in ("once", "recurring"))
+        message = str(item["msg"]).removeprefix("Value error, ")
+        problems.append(f"{path}: {message}" if path else message)
+    return "; ".join(problems)
+
+
+def parse_catalogue(text: str, origin: str = "catalogue") -> Catalogue:
+    """A Catalogue from TOML text; NotificationConfigError naming the service and field."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise NotificationConfigError(f"{origin}: not valid TOML: {exc}") from None
+    try:
+        return Catalogue.model_validate(data)
+    except ValidationError as exc:
+        raise NotificationConfigError(f"{origin}: {_describe(exc)}") from None
+
+
+def load_catalogue(path: Path | str) -> Catalogue:
+    """Read and validate the catalogue file."""
+    origin = f"HEARTBEAT_SERVICES_FILE {path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise NotificationConfigError(f"{origin}: cannot be read: {exc.strerror}") from None
+    return parse_catalogue(text, origin)
+
+
+class CatalogueFile:
+    """The catalogue at a path, re-read when the file changes. A change that does not
+    validate is refused (the last good catalogue stays in force) and the error kept."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._catalogue = load_catalogue(self.path)
+        self._stamp = self._stat()
+        self.last_error: str | None = None
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def current(self) -> Catalogue:
+        with self._lock:
+            stamp = self._stat()
+            if stamp is not None and stamp != self._stamp:
+                self._stamp = stamp
+                try:
+                    self._catalogue = load_catalogue(self.path)
+                    self.last_error = None
+                except NotificationConfigError as exc:
+                    self.last_error = str(exc)
+            return self._catalogue
+
+
+_file_lock = threading.Lock()
+_file: CatalogueFile | None = None
+
+
+def get_catalogue() -> Catalogue | None:
+    """The configured catalogue (re-read when its file changes), or None when
+    ``HEARTBEAT_SERVICES_FILE`` is not set. The first load raises on a bad file."""
+    global _file
+    from config.settings import get_settings
+
+    path = get_settings().heartbeat_services_file
+    if path is None:
+        return None
+    with _file_lock:
+        if _file is None or _file.path != Path(path):
+            _file = CatalogueFile(path)
+        current = _file
+    return current.current()
+
+
+def reset_catalogue() -> None:
+    """Forget the loaded catalogue (settings changed)."""
+    global _file
+    with _file_lock:
+        _file = None
+
+
+__all__ = [
+    "Catalogue",
+    "CatalogueFile",
+    "FlapSettings",
+    "OneOffWindow",
+    "RecurringWindow",
+    "ServiceSpec",
+    "UnknownServiceError",
+    "get_catalogue",
+    "load_catalogue",
+    "parse_catalogue",
+    "parse_duration",
+    "reset_catalogue",
+]

@@ -1,0 +1,230 @@
+"""The per-service state machine, step by step (pure: no Redis, no clock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.catalogue import ServiceSpec
+from worker.heartbeats.evaluation import Observation, ServiceState, step
+
+INTERVAL = 1.0
+
+
+def spec(**changes: Any) -> ServiceSpec:
+    fields: dict[str, Any] = {
+        "slug": "svc",
+        "name": "Svc",
+        "team": "ops",
+        "priority": "P1",
+        "window": 10,
+        "runbook_url": "https://runbooks.example/svc",
+    }
+    return ServiceSpec.model_validate(fields | changes)
+
+
+GOOD = Observation(count=1, last_at=100.0, last_status="up", maintenance_until=None)
+SILENT = Observation(count=0, last_at=None, last_status=None, maintenance_until=None)
+
+
+class Run:
+    """Drives one service through checks every second, as a checker would."""
+
+    def __init__(self, service: ServiceSpec, start: float = 1000.0) -> None:
+        self.spec = service
+        self.now = start
+        self.state: ServiceState | None = None
+        self.sent: list[str] = []
+
+    def check(self, obs: Observation, gap: float | None = INTERVAL, advance: float = 1.0) -> str:
+        self.now += advance
+        self.state = step(self.spec, self.state, obs, self.now, gap, INTERVAL)
+        self.sent += [a.kind for a in self.state.outbox]
+        self.state.outbox = []  # the checker sends and clears them
+        return self.state.status
+
+    def checks(self, obs: Observation, n: int) -> list[str]:
+        return [self.check(obs) for _ in range(n)]
+
+
+def test_a_new_service_gets_one_full_window_before_it_can_be_paged() -> None:
+    run = Run(spec(window=10, grace=5))
+    statuses = [run.check(SILENT, gap=None), *run.checks(SILENT, 14)]
+    assert set(statuses) == {"new"}
+    assert run.sent == []
+    assert run.check(SILENT) == "down"
+    assert run.sent == ["trigger"]
+
+
+def test_silent_then_back_pages_once_and_resolves_once() -> None:
+    run = Run(spec())
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 12)
+    assert run.state is not None
+    assert run.state.status == "up"
+    assert run.checks(SILENT, 5) == ["down"] * 5
+    assert run.sent == ["trigger"]
+    assert run.check(GOOD) == "up"
+    assert run.sent == ["trigger", "resolve"]
+
+
+def test_flap_settings_need_consecutive_checks_both_ways() -> None:
+    run = Run(spec(flap={"failures_before_page": 3, "successes_before_resolve": 2}))
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    assert run.checks(SILENT, 2) == ["failing", "failing"]
+    assert run.check(GOOD) == "up"  # the streak is broken: start again
+    assert run.checks(SILENT, 3) == ["failing", "failing", "down"]
+    assert run.sent == ["trigger"]
+    assert run.check(GOOD) == "down"  # one good check is not enough
+    assert run.check(SILENT) == "down"
+    assert run.checks(GOOD, 2) == ["down", "up"]
+    assert run.sent == ["trigger", "resolve"]
+
+
+def test_a_reported_failure_counts_even_with_enough_heartbeats() -> None:
+    run = Run(spec())
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    failed = Observation(count=5, last_at=1.0, last_status="fail", maintenance_until=None)
+    assert run.check(failed) == "down"
+    assert run.state is not None
+    assert run.state.reason == "the service reported status fail"
+
+
+def test_maintenance_stops_the_trigger_and_pages_when_it_ends_if_still_down() -> None:
+    run = Run(spec())
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    until = run.now + 3.5
+    in_window = Observation(count=0, last_at=None, last_status=None, maintenance_until=until)
+    assert run.checks(in_window, 3) == ["down"] * 3
+    assert run.state is not None
+    assert run.state.suppressed
+    assert run.sent == []
+    assert run.check(SILENT) == "down"
+    assert run.sent == ["trigger"]
+
+
+def test_a_resolve_goes_out_inside_a_maintenance_window() -> None:
+    run = Run(spec())
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    run.check(SILENT)
+    in_window_good = Observation(count=1, last_at=1.0, last_status="up", maintenance_until=4e9)
+    assert run.check(in_window_good) == "up"
+    assert run.sent == ["trigger", "resolve"]
+
+
+def test_recovery_inside_maintenance_without_an_incident_sends_nothing() -> None:
+    run = Run(spec())
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    quiet = Observation(count=0, last_at=None, last_status=None, maintenance_until=4e9)
+    run.checks(quiet, 3)
+    assert run.check(GOOD) == "up"
+    assert run.sent == []
+
+
+def test_after_a_checker_outage_every_service_waits_a_full_window() -> None:
+    run = Run(spec(window=10))
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    # The checker was away for a minute; the service has been silent all that time.
+    assert run.check(SILENT, gap=60, advance=60) == "failing"
+    assert run.checks(SILENT, 9) == ["failing"] * 9
+    assert run.sent == []
+    assert run.check(SILENT) == "down"
+    assert run.sent == ["trigger"]
+
+
+def test_a_short_gap_is_not_an_outage() -> None:
+    run = Run(spec(window=10))
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    assert run.check(SILENT, gap=3, advance=3) == "down"
+
+
+def test_an_open_incident_still_resolves_during_the_hold() -> None:
+    run = Run(spec(window=10))
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    run.check(SILENT)
+    assert run.check(GOOD, gap=600, advance=600) == "up"
+    assert run.sent == ["trigger", "resolve"]
+
+
+def test_a_flapping_service_opens_at_most_storm_incidents_per_period() -> None:
+    run = Run(spec(flap={"storm_incidents": 3, "storm_period": "10m"}))
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    for _ in range(20):  # up, down, up, down ... once a second for 40 s
+        run.check(SILENT)
+        run.check(GOOD)
+    assert run.sent.count("trigger") == 3
+    assert run.sent.count("resolve") == 2
+    assert run.state is not None
+    assert run.state.status == "down"
+    assert run.state.reason is not None
+    assert "storm" in run.state.reason
+    # Once the first incident is older than the period, the held one resolves.
+    assert run.check(GOOD, advance=600) == "up"
+    assert run.sent.count("resolve") == 3
+
+
+def test_a_steady_service_does_not_rewrite_its_state() -> None:
+    run = Run(spec())
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    before = run.state
+    run.check(GOOD)
+    assert run.state == before
+
+
+def test_the_trigger_request_has_the_documented_format() -> None:
+    service = spec(
+        slug="billing-api",
+        name="Billing API",
+        team="payments",
+        priority="P3",
+        window=300,
+        threshold=3,
+        grace=30,
+        runbook_url="https://runbooks.example/billing",
+        routing_key_team="dba",
+    )
+    run = Run(service)
+    run.check(Observation(3, 1000.0, "up", None), gap=None)
+    run.checks(Observation(3, 1000.0, "up", None), 330)
+    state = step(service, run.state, Observation(1, 1_763_900_000.0, "up", None), 2000.0, 1.0, 1.0)
+    [action] = state.outbox
+    assert action.kind == "trigger"
+    assert action.team == "dba"
+    request = action.request
+    assert request is not None
+    assert request["subject"] == "Heartbeat failure: Billing API"
+    assert request["channel"] == "pagerduty"
+    assert request["team"] == "dba"
+    assert request["idempotency_id"] == "medic-heartbeat-billing-api@2000000"
+    meta = request["metadata"]
+    assert meta["source"] == "medic"
+    assert meta["severity"] == "warning"
+    assert meta["component"] == "Billing API"
+    assert meta["group"] == "payments"
+    assert meta["class"] == "heartbeat_failure"
+    assert meta["dedup_key"] == "medic-heartbeat-billing-api"
+    assert meta["links"] == [
+        {"href": "https://runbooks.example/billing", "text": "Runbook: Billing API"}
+    ]
+    assert meta["custom_details"] == {
+        "slug": "billing-api",
+        "team": "payments",
+        "priority": "P3",
+        "missed_heartbeats": 2,
+        "heartbeats_in_window": 1,
+        "last_seen": "2025-11-23T12:13:20+00:00",
+        "window_seconds": 300.0,
+        "threshold": 3,
+        "grace_seconds": 30.0,
+        "runbook_url": "https://runbooks.example/billing",
+        "reason": "1 of 3 heartbeats within 300 s (+30 s grace)",
+    }

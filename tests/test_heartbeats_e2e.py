@@ -1,0 +1,374 @@
+"""Heartbeat monitoring end to end: real Redis, a real Celery worker, the PagerDuty sandbox
+over HTTP, and windows of about a second."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import redis
+
+from sandbox.server import SandboxServer
+from tests.conftest import TEAM_KEY, SandboxClient, wait_for
+from tests.heartbeat_helpers import WriteCatalogue, service
+from worker.redact import mask
+
+
+@pytest.fixture
+def pages(service_env: SandboxServer) -> Iterator[SandboxClient]:
+    client = SandboxClient(service_env)
+    yield client
+    client.close()
+
+
+def check() -> Any:
+    from tasks.heartbeats import run_check
+
+    return run_check()
+
+
+def check_until(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Run the checker every 0.1 s (as beat would) until ``predicate()`` holds."""
+
+    def step() -> Any:
+        check()
+        return predicate()
+
+    return wait_for(step, timeout=timeout, interval=0.1)
+
+
+def keep_checking(seconds: float, beating: tuple[str, ...] = ()) -> None:
+    """Check every 0.1 s for ``seconds``; the services in ``beating`` keep reporting."""
+    import tasks
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for slug in beating:
+            tasks.heartbeat(slug)
+        check()
+        time.sleep(0.1)
+
+
+def state(slug: str) -> Any:
+    from worker.heartbeats.checker import read_states
+    from worker.redis_store import get_redis
+
+    return read_states(get_redis()).get(slug)
+
+
+def test_a_silent_service_pages_once_with_every_field_and_resolves_when_it_is_back(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    import tasks
+
+    catalogue(
+        service("billing-api", window=1.0, grace=0.5, name="Billing API", routing_key_team="dba")
+    )
+    seen = tasks.heartbeat("billing-api")
+    check()
+    [incident] = check_until(lambda: pages.incidents(dedup_key="medic-heartbeat-billing-api"))
+    silent_for = time.time() - seen
+    assert silent_for >= 1.5  # window + grace passed before anyone was paged
+
+    assert incident["status"] == "triggered"
+    assert incident["routing_key"] == mask(TEAM_KEY)  # the override team's key
+    [event] = [e for e in pages.events() if e["body"].get("event_action") == "trigger"]
+    body = event["body"]
+    assert body["dedup_key"] == "medic-heartbeat-billing-api"
+    assert body["links"] == [
+        {"href": "https://runbooks.example/billing-api", "text": "Runbook: Billing API"}
+    ]
+    payload = body["payload"]
+    assert payload["summary"] == "Heartbeat failure: Billing API"
+    assert payload["severity"] == "error"  # P2
+    assert payload["source"] == "medic"
+    assert payload["component"] == "Billing API"
+    assert payload["group"] == "payments"
+    assert payload["class"] == "heartbeat_failure"
+    details = payload["custom_details"]
+    assert details["slug"] == "billing-api"
+    assert details["team"] == "payments"
+    assert details["priority"] == "P2"
+    assert details["missed_heartbeats"] == 1
+    assert details["heartbeats_in_window"] == 0
+    assert details["last_seen"] == datetime.fromtimestamp(seen, UTC).isoformat(timespec="seconds")
+    assert (details["window_seconds"], details["threshold"], details["grace_seconds"]) == (
+        1,
+        1,
+        0.5,
+    )
+    assert details["runbook_url"] == "https://runbooks.example/billing-api"
+
+    keep_checking(2.0)  # further misses
+    assert len(pages.incidents()) == 1
+    assert [e["body"]["event_action"] for e in pages.events()] == ["trigger"]
+
+    tasks.heartbeat("billing-api")
+    check_until(lambda: pages.incidents(status="resolved"))
+    assert [e["body"]["event_action"] for e in pages.events()] == ["trigger", "resolve"]
+    assert state("billing-api").status == "up"
+    keep_checking(0.5)
+    assert len(pages.events()) == 2
+
+
+def test_a_service_that_keeps_reporting_is_never_paged(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    import tasks
+
+    catalogue(service("steady", window=0.6))
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        tasks.heartbeat("steady")
+        check()
+        time.sleep(0.1)
+    assert pages.events() == []
+    assert state("steady").status == "up"
+
+
+def test_a_reported_failure_pages_and_an_up_resolves(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    import tasks
+
+    catalogue(service("etl", window=2))
+    tasks.heartbeat("etl")
+    check()
+    tasks.heartbeat("etl", status="fail")  # enough heartbeats, but it says it is failing
+    [incident] = check_until(lambda: pages.incidents(status="triggered"))
+    details = pages.events()[-1]["body"]["payload"]["custom_details"]
+    assert details["reason"] == "the service reported status fail"
+    tasks.heartbeat("etl", status="up")
+    check_until(lambda: pages.incidents(status="resolved"))
+    assert incident["dedup_key"] == "medic-heartbeat-etl"
+
+
+def test_maintenance_suppresses_the_trigger_and_pages_a_service_still_down_when_it_ends(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    now = datetime.now(UTC)
+    ends = now + timedelta(seconds=3)
+    window = (
+        f"[[services.db.maintenance]]\nstart = {now.isoformat(timespec='seconds')}\n"
+        f"end = {ends.isoformat(timespec='milliseconds')}\n"
+    )
+    catalogue(service("db", window=0.5, extra=window))
+    check()
+    check_until(lambda: getattr(state("db"), "status", None) == "down")
+    assert state("db").suppressed
+    while datetime.now(UTC) < ends - timedelta(seconds=0.3):
+        check()
+        time.sleep(0.1)
+    assert pages.events() == []  # down all along, but in maintenance
+    [incident] = check_until(lambda: pages.incidents(status="triggered"))
+    assert datetime.fromtimestamp(incident["created_at"], UTC) >= ends
+
+
+def test_a_resolve_goes_out_inside_a_maintenance_window(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    import tasks
+
+    catalogue(service("api", window=0.5))
+    check()
+    check_until(lambda: pages.incidents(status="triggered"))
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    catalogue(
+        service(
+            "api",
+            window=0.5,
+            extra=(
+                f"[[services.api.maintenance]]\nstart = {start.isoformat(timespec='seconds')}\n"
+                f"end = {(start + timedelta(hours=1)).isoformat(timespec='seconds')}\n"
+            ),
+        )
+    )
+    tasks.heartbeat("api")
+    check_until(lambda: pages.incidents(status="resolved"))
+
+
+def test_two_checkers_running_at_once_open_one_incident(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    catalogue("".join(service(f"svc-{i}", window=0.5) for i in range(20)))
+    check()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def checker() -> None:
+        try:
+            while not stop.is_set():
+                check()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=checker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(pages.incidents()) >= 20, timeout=20)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    incidents = pages.incidents()
+    assert sorted(i["dedup_key"] for i in incidents) == sorted(
+        f"medic-heartbeat-svc-{i}" for i in range(20)
+    )
+    assert all(i["alert_count"] == 1 for i in incidents)
+
+
+def test_overlapping_evaluations_commit_each_transition_once(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    """Even without the lock (one that expired under a stalled checker), the state's
+    compare-and-set lets only one of two overlapping evaluations page."""
+    from config.catalogue import get_catalogue
+    from tasks.heartbeats import send_action
+    from worker.heartbeats.checker import HeartbeatChecker
+    from worker.redis_store import get_redis
+
+    catalogue(service("lonely", window=0.3))
+    check()
+    time.sleep(0.5)
+    spec_catalogue = get_catalogue()
+    assert spec_catalogue is not None
+    first, second = HeartbeatChecker(get_redis(), 0.2), HeartbeatChecker(get_redis(), 0.2)
+    plan_a = first.plan(spec_catalogue)
+    plan_b = second.plan(spec_catalogue)
+    assert plan_a.write["lonely"].outbox
+    assert plan_b.write["lonely"].outbox
+    report_a = first.commit(plan_a, send_action)
+    report_b = second.commit(plan_b, send_action)
+    assert (len(report_a.sent), len(report_b.sent), report_b.conflicts) == (1, 0, 1)
+    wait_for(lambda: pages.incidents())
+    time.sleep(0.5)
+    assert len(pages.events()) == 1
+
+
+def test_after_a_checker_outage_no_service_is_paged_before_a_full_window(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    import tasks
+
+    catalogue(service("a", window=1.5) + service("b", window=1.5))
+    for slug in ("a", "b"):
+        tasks.heartbeat(slug)
+    check()
+    keep_checking(1.7, beating=("a", "b"))  # up after their first window
+    for slug in ("a", "b"):
+        assert state(slug).status == "up"
+    time.sleep(2.5)  # the monitor is down longer than a window; the services go silent
+    resumed = time.time()
+    check()
+    assert pages.events() == []
+    assert {state(s).status for s in ("a", "b")} == {"failing"}
+    check_until(lambda: len(pages.incidents()) == 2)
+    first_page = min(i["created_at"] for i in pages.incidents())
+    assert first_page - resumed >= 1.5  # one full window after the checker came back
+
+
+def test_a_redis_wipe_counts_as_an_outage_too(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any, redis_url: str
+) -> None:
+    catalogue(service("w", window=0.8))
+    check()
+    keep_checking(0.3)
+    redis.Redis.from_url(redis_url).flushdb()  # what a restart without persistence leaves
+    wiped = time.time()
+    check()
+    check_until(lambda: pages.incidents())
+    assert pages.incidents()[0]["created_at"] - wiped >= 0.8
+
+
+def test_a_recurring_cron_window_in_a_non_utc_time_zone_is_honoured(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    kolkata = datetime.now(ZoneInfo("Asia/Kolkata")) - timedelta(minutes=1)
+    cron = f"{kolkata.minute} {kolkata.hour} * * *"
+
+    def recurring(slug: str, zone: str) -> str:
+        extra = (
+            f'[[services.{slug}.maintenance]]\ncron = "{cron}"\nduration = "10m"\n'
+            f'timezone = "{zone}"\n'
+        )
+        return service(slug, window=0.5, extra=extra)
+
+    # The same cron line: in Kolkata's time it is on now; read as UTC it is hours away.
+    catalogue(recurring("in-kolkata", "Asia/Kolkata") + recurring("read-as-utc", "UTC"))
+    check()
+    check_until(lambda: pages.incidents(dedup_key="medic-heartbeat-read-as-utc"))
+    keep_checking(0.5)
+    assert pages.incidents(dedup_key="medic-heartbeat-in-kolkata") == []
+    assert state("in-kolkata").status == "down"
+    assert state("in-kolkata").suppressed
+
+
+def test_the_default_routing_key_pages_for_a_team_without_one(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    from tests.conftest import ROUTING_KEY
+
+    catalogue(service("web", window=0.4, team="frontend", priority="P4"))
+    check()
+    [incident] = check_until(lambda: pages.incidents())
+    assert incident["routing_key"] == mask(ROUTING_KEY)
+    assert incident["severity"] == "info"  # P4, and paged although P4 is below CRITICAL
+
+
+def test_heartbeats_from_any_celery_client_and_refusals_are_counted(
+    catalogue: WriteCatalogue, celery_worker: Any
+) -> None:
+    from celery import Celery
+
+    import tasks
+    from config.catalogue import UnknownServiceError
+    from config.settings import get_settings
+    from worker import keys
+    from worker.heartbeats.store import HeartbeatStore
+    from worker.redis_store import get_redis
+
+    catalogue(service("known", window=5))
+    client = Celery(broker=get_settings().redis_url)
+    try:
+        client.send_task("heartbeat", args=["known"])
+        client.send_task("heartbeat", kwargs={"slug": "known", "status": "fail"})
+        client.send_task("heartbeat", args=["nobody"])
+        client.send_task("heartbeat", args=["known", "sideways"])
+    finally:
+        client.close()
+    store = HeartbeatStore(get_redis())
+    wait_for(lambda: store.refused() == {"unknown_slug": 1, "invalid": 1})
+    assert store.last()["known"].status == "fail"
+    assert get_redis().zcard(keys.heartbeats("known")) == 1
+    assert not get_redis().exists(keys.heartbeats("nobody"))
+    assert "nobody" not in store.last()
+
+    with pytest.raises(UnknownServiceError, match="slug: unknown service 'ghost'"):
+        tasks.heartbeat("ghost")
+    with pytest.raises(tasks.InvalidHeartbeatError, match="status: must be 'up' or 'fail'"):
+        tasks.heartbeat("known", status="down")
+    with pytest.raises(ValueError, match=r"at: .* ahead of the server's clock"):
+        tasks.heartbeat("known", at=time.time() + 3600)
+    assert store.refused() == {"unknown_slug": 2, "invalid": 3}
+    past = datetime.now(UTC) - timedelta(seconds=30)
+    assert abs(tasks.heartbeat("known", at=past.isoformat()) - past.timestamp()) < 0.001
+
+
+def test_heartbeats_are_bounded_per_service(catalogue: WriteCatalogue) -> None:
+    import tasks
+    from worker import keys
+    from worker.redis_store import get_redis
+
+    catalogue(service("chatty", window=60))
+    for _ in range(200):
+        tasks.heartbeat("chatty")
+    assert get_redis().zcard(keys.heartbeats("chatty")) == 32
+    assert 0 < get_redis().ttl(keys.heartbeats("chatty")) <= 2 * 60 + 60

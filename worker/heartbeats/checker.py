@@ -1,0 +1,186 @@
+"""The heartbeat checker: evaluate every service, commit each state change atomically,
+then send what the changes call for.
+
+Safe with several schedulers and workers: an evaluation runs under a Redis lock (a second
+checker that finds it held skips its turn), and each state change is a compare-and-set on
+the state the evaluation read, so even two evaluations that overlap (a lock that expired
+under a stalled checker) commit each transition, and so each page, once.
+
+The checker never talks to PagerDuty: it hands each action to a *sender* (tasks/ passes
+one that enqueues through the normal delivery queue).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import cast
+
+import redis
+
+from config.catalogue import Catalogue
+from worker import keys
+from worker.heartbeats.evaluation import Action, Observation, ServiceState, step
+from worker.heartbeats.store import HeartbeatStore
+
+logger = logging.getLogger(__name__)
+
+#: Sends one action through the queue; returns the job id.
+Sender = Callable[[Action], str]
+
+_COMPARE_AND_SET = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if (current or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass
+class Plan:
+    """One evaluation: the states read and the states to write, by slug."""
+
+    now: float
+    read: dict[str, str | None]
+    write: dict[str, ServiceState]
+
+
+@dataclass
+class CheckReport:
+    skipped: bool = False
+    services: int = 0
+    changed: int = 0
+    conflicts: int = 0
+    sent: list[Action] = field(default_factory=list)
+    send_errors: int = 0
+    seconds: float = 0.0
+
+
+class HeartbeatChecker:
+    def __init__(self, client: redis.Redis, check_interval: float) -> None:
+        self.redis = client
+        self.store = HeartbeatStore(client)
+        self.check_interval = check_interval
+        self._cas = client.register_script(_COMPARE_AND_SET)
+        self._release = client.register_script(_RELEASE)
+
+    def run(self, catalogue: Catalogue, send: Sender) -> CheckReport:
+        """One guarded evaluation of every service; skipped if another is running."""
+        started = time.perf_counter()
+        token = uuid.uuid4().hex
+        lock_ms = int(min(max(5.0, 2 * self.check_interval), 120.0) * 1000)
+        if not self.redis.set(keys.HEARTBEAT_CHECK_LOCK, token, nx=True, px=lock_ms):
+            logger.debug("heartbeat check skipped: another checker is running")
+            return CheckReport(skipped=True)
+        try:
+            plan = self.plan(catalogue)
+            report = self.commit(plan, send)
+            self.redis.set(keys.HEARTBEAT_LAST_CHECK, repr(plan.now))
+        finally:
+            self._release(keys=[keys.HEARTBEAT_CHECK_LOCK], args=[token])
+        report.services = len(catalogue.services)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def plan(self, catalogue: Catalogue) -> Plan:
+        """Read everything a check needs in three round trips and evaluate every service."""
+        now = self.store.now()
+        raw_last_check = self.redis.get(keys.HEARTBEAT_LAST_CHECK)
+        gap = None if raw_last_check is None else now - float(raw_last_check)
+        specs = list(catalogue.services.values())
+        counts = self.store.counts(specs, now)
+        lasts = self.store.last()
+        states = cast(dict[str, str], self.redis.hgetall(keys.HEARTBEAT_STATE))
+        at = datetime.fromtimestamp(now, UTC)
+        read: dict[str, str | None] = {}
+        write: dict[str, ServiceState] = {}
+        for spec in specs:
+            raw = states.get(spec.slug)
+            old = ServiceState.model_validate_json(raw) if raw else None
+            last = lasts.get(spec.slug)
+            window_end = spec.maintenance_until(at) if spec.maintenance else None
+            obs = Observation(
+                count=counts[spec.slug],
+                last_at=last.at if last else None,
+                last_status=last.status if last else None,
+                maintenance_until=window_end.timestamp() if window_end else None,
+            )
+            new = step(spec, old, obs, now, gap, self.check_interval)
+            if old is None or new != old or new.outbox:
+                read[spec.slug] = raw
+                write[spec.slug] = new
+        return Plan(now=now, read=read, write=write)
+
+    def commit(self, plan: Plan, send: Sender) -> CheckReport:
+        """Write each changed state if nobody changed it since it was read, then send the
+        outbox of each state this checker wrote and clear what was sent."""
+        report = CheckReport()
+        slugs = list(plan.write)
+        pipe = self.redis.pipeline(transaction=False)
+        for slug in slugs:
+            self._cas(
+                keys=[keys.HEARTBEAT_STATE],
+                args=[slug, plan.read[slug] or "", plan.write[slug].dump()],
+                client=pipe,
+            )
+        won = pipe.execute() if slugs else []
+        for slug, ok in zip(slugs, won, strict=True):
+            if not int(ok):
+                report.conflicts += 1
+                logger.info("heartbeat %s: state changed by another checker; left to it", slug)
+                continue
+            report.changed += 1
+            state = plan.write[slug]
+            if state.outbox:
+                self._drain(slug, state, send, report)
+        return report
+
+    def _drain(self, slug: str, state: ServiceState, send: Sender, report: CheckReport) -> None:
+        written = state.dump()
+        remaining = list(state.outbox)
+        while remaining:
+            action = remaining[0]
+            try:
+                job_id = send(action)
+            except Exception as exc:  # whatever failed, the action stays in the outbox
+                report.send_errors += 1
+                logger.warning(
+                    "heartbeat %s: %s not sent yet (%s); retried next check",
+                    slug,
+                    action.kind,
+                    type(exc).__name__,
+                )
+                break
+            remaining.pop(0)
+            report.sent.append(action)
+            if (
+                action.kind == "trigger"
+                and state.incident is not None
+                and state.incident.dedup_key == action.dedup_key
+            ):
+                state.incident.job_id = job_id
+            logger.info("heartbeat %s: %s queued as job %s", slug, action.kind, job_id)
+        state.outbox = remaining
+        self._cas(keys=[keys.HEARTBEAT_STATE], args=[slug, written, state.dump()])
+
+
+def read_states(client: redis.Redis) -> dict[str, ServiceState]:
+    """Every service's current state, by slug."""
+    return {
+        slug: ServiceState.model_validate_json(raw)
+        for slug, raw in cast(dict[str, str], client.hgetall(keys.HEARTBEAT_STATE)).items()
+    }
+
+
+def last_check(client: redis.Redis) -> float | None:
+    raw = client.get(keys.HEARTBEAT_LAST_CHECK)
+    return None if raw is None else float(raw)

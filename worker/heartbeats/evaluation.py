@@ -1,0 +1,238 @@
+"""One service, one check: the state machine, as a pure function.
+
+    new ──(first full window over)──> up / failing
+    up ──bad──> failing ──(failures_before_page bad checks)──> down: trigger
+    down ──(successes_before_resolve good checks)──> up: resolve
+
+A check is *bad* when fewer than ``threshold`` heartbeats arrived within ``window +
+grace``, or the newest heartbeat says ``fail``. Rules that shape the pages:
+
+- **Hold.** No trigger before ``hold_until``: a service first seen, or every service after
+  the checker itself stopped for longer than a window (start-up, a monitor outage, a Redis
+  restart), first gets one full window to report. A monitor outage never pages every
+  team at once.
+- **Maintenance.** A window stops triggers; the service is ``down`` but *suppressed*.
+  Resolves always go out. A service still down when its window ends is paged then.
+- **Storm guard.** At most ``storm_incidents`` incidents are opened per ``storm_period``;
+  while at that limit a recovering service keeps its incident open instead of resolving
+  (and re-opening it at the next flap).
+
+The actions a step decides on go into the state's *outbox* and are sent by the checker
+after the state is committed, then cleared; a crash between the two sends them again on
+the next check (triggers carry an idempotency id, resolves are idempotent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from config.catalogue import ServiceSpec
+
+Status = Literal["new", "up", "failing", "down"]
+
+#: Priority on the catalogue -> Notification priority; severities follow from it
+#: (P1 critical, P2 error, P3 warning, P4 info).
+NOTIFICATION_PRIORITY = {"P1": "critical", "P2": "high", "P3": "normal", "P4": "low"}
+SEVERITY = {"P1": "critical", "P2": "error", "P3": "warning", "P4": "info"}
+
+
+class Incident(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dedup_key: str
+    idempotency_id: str
+    opened_at: float
+    job_id: str | None = None
+
+
+class Action(BaseModel):
+    """A page to send: a trigger (with its whole job request) or a resolve."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["trigger", "resolve"]
+    dedup_key: str
+    team: str
+    request: dict[str, Any] | None = None
+
+
+class ServiceState(BaseModel):
+    """What the checker remembers about one service (JSON in ``gds:hb:state``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: Status = "new"
+    since: float
+    hold_until: float = 0.0
+    fail_streak: int = 0
+    ok_streak: int = 0
+    suppressed: bool = False
+    reason: str | None = None
+    incident: Incident | None = None
+    opened: list[float] = Field(default_factory=list)
+    outbox: list[Action] = Field(default_factory=list)
+
+    def dump(self) -> str:
+        return self.model_dump_json()
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the check saw for one service."""
+
+    count: int
+    last_at: float | None
+    last_status: str | None
+    maintenance_until: float | None
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def is_bad(spec: ServiceSpec, obs: Observation) -> str | None:
+    """Why this check fails, or None when the service is healthy."""
+    if obs.last_status == "fail":
+        return "the service reported status fail"
+    if obs.count < spec.threshold:
+        return (
+            f"{obs.count} of {spec.threshold} heartbeats within {spec.window:g} s "
+            f"(+{spec.grace:g} s grace)"
+        )
+    return None
+
+
+def outage_after(spec: ServiceSpec, check_interval: float) -> float:
+    """A gap between checks longer than this means the checker itself was down."""
+    return max(spec.window, 2 * check_interval + 1)
+
+
+def step(
+    spec: ServiceSpec,
+    state: ServiceState | None,
+    obs: Observation,
+    now: float,
+    checker_gap: float | None,
+    check_interval: float,
+) -> ServiceState:
+    """The service's state after this check; new actions are appended to its outbox."""
+    s = (
+        state.model_copy(deep=True)
+        if state
+        else ServiceState(since=now, hold_until=now + spec.span)
+    )
+    if checker_gap is None or checker_gap > outage_after(spec, check_interval):
+        s.hold_until = max(s.hold_until, now + spec.span)
+    s.opened = [t for t in s.opened if t > now - spec.flap.storm_period]
+
+    reason = is_bad(spec, obs)
+    if reason is None:
+        s.fail_streak = 0
+        s.ok_streak = min(s.ok_streak + 1, spec.flap.successes_before_resolve)
+        s.reason = None
+        if s.incident is not None:
+            storm = len(s.opened) >= spec.flap.storm_incidents
+            if s.ok_streak >= spec.flap.successes_before_resolve and not storm:
+                s.outbox.append(
+                    Action(kind="resolve", dedup_key=s.incident.dedup_key, team=spec.paging_team)
+                )
+                s.incident = None
+                _move(s, "up", now)
+            elif storm:
+                s.reason = "recovering; resolve held back: incident storm guard"
+        else:
+            s.suppressed = False
+            _move(s, "up", now)
+        return s
+
+    s.ok_streak = 0
+    s.fail_streak = min(s.fail_streak + 1, spec.flap.failures_before_page)
+    s.reason = reason
+    if s.incident is not None:
+        return s  # already paged: further misses add nothing
+    if now < s.hold_until:
+        if s.status != "new":
+            _move(s, "failing", now)
+        return s
+    if s.fail_streak < spec.flap.failures_before_page:
+        _move(s, "failing", now)
+        return s
+    _move(s, "down", now)
+    if obs.maintenance_until is not None and now < obs.maintenance_until:
+        s.suppressed = True
+        s.reason = f"{reason}; in maintenance until {iso(obs.maintenance_until)}"
+        return s
+    s.suppressed = False
+    opened_ms = int(now * 1000)
+    s.incident = Incident(
+        dedup_key=spec.dedup_key,
+        idempotency_id=f"{spec.dedup_key}@{opened_ms}",
+        opened_at=now,
+    )
+    s.opened.append(now)
+    s.outbox.append(
+        Action(
+            kind="trigger",
+            dedup_key=spec.dedup_key,
+            team=spec.paging_team,
+            request=trigger_request(spec, obs, reason, s.incident.idempotency_id),
+        )
+    )
+    return s
+
+
+def _move(s: ServiceState, status: Status, now: float) -> None:
+    if s.status != status:
+        s.status = status
+        s.since = now
+
+
+def trigger_request(
+    spec: ServiceSpec, obs: Observation, reason: str, idempotency_id: str
+) -> dict[str, Any]:
+    """The intake job for a heartbeat failure, in the exact PagerDuty format operators rely
+    on (summary, severity, source ``medic``, component, group, class, dedup_key, details,
+    runbook link). Forced onto the PagerDuty channel whatever the priority."""
+    last_seen = iso(obs.last_at)
+    missed = 0 if obs.last_status == "fail" else max(spec.threshold - obs.count, 1)
+    details: dict[str, Any] = {
+        "slug": spec.slug,
+        "team": spec.team,
+        "priority": spec.priority,
+        "missed_heartbeats": missed,
+        "heartbeats_in_window": obs.count,
+        "last_seen": last_seen,
+        "window_seconds": spec.window,
+        "threshold": spec.threshold,
+        "grace_seconds": spec.grace,
+        "runbook_url": spec.runbook_url,
+        "reason": reason,
+    }
+    body = (
+        f"{spec.name} ({spec.slug}) has missed its heartbeat: {reason}. "
+        f"Last seen: {last_seen or 'never'}. Runbook: {spec.runbook_url}"
+    )
+    return {
+        "recipient": spec.name,
+        "subject": f"Heartbeat failure: {spec.name}",
+        "body": body,
+        "priority": NOTIFICATION_PRIORITY[spec.priority],
+        "alert_name": "heartbeat_failure",
+        "idempotency_id": idempotency_id,
+        "team": spec.paging_team,
+        "channel": "pagerduty",
+        "metadata": {
+            "source": "medic",
+            "component": spec.name,
+            "group": spec.team,
+            "class": "heartbeat_failure",
+            "severity": SEVERITY[spec.priority],
+            "dedup_key": spec.dedup_key,
+            "links": [{"href": spec.runbook_url, "text": f"Runbook: {spec.name}"}],
+            "custom_details": details,
+        },
+    }

@@ -10,10 +10,10 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 	&& { echo $$p; break; }; done)
 
-.PHONY: help install run sandbox test lint format typecheck pytest clean
+.PHONY: help install browser run dev sandbox test lint format typecheck pytest clean
 
 help:
-	@echo "make run      start the product (for now: the sandbox at http://127.0.0.1:8025)"
+	@echo "make run      start the whole stack: Redis, worker, beat, Flower :5555, sandbox :8025, SMTP sink :1025"
 	@echo "make test     install everything, then ruff, ruff format --check, mypy and pytest"
 	@echo "make format   rewrite the code in the project's format"
 	@echo "make clean    remove the virtual environment and caches"
@@ -30,9 +30,23 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 run: install
+	$(BIN)/gds-notify dev
+
+dev: run
+
+sandbox: install
 	$(BIN)/gds-notify sandbox
 
-sandbox: run
+# Headless Chromium for the browser test (Debian's package). Installed when missing and
+# possible (root with apt-get); otherwise that one test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Debian's chromium for the browser test"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+			{ apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
+			echo "warning: could not install chromium; the browser test will be skipped"; \
+		else echo "note: chromium not found and not installable here; the browser test will be skipped"; fi; }
 
 lint: install
 	$(BIN)/ruff check .
@@ -41,7 +55,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+pytest: install browser
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest

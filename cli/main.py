@@ -10,10 +10,14 @@ import logging
 
 import click
 
+from cli.config_cmd import config
+from cli.dev_cmd import dev
 from cli.dlq_cmd import dlq
 from cli.heartbeats_cmd import heartbeat, heartbeats
 from cli.jobs_cmd import schema, status
 from cli.sandbox_cmd import sandbox
+from cli.send_cmd import ack, pagerduty_test, resolve, send
+from cli.stack_file import use_running_stack
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,7 +29,26 @@ def main(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # A `gds-notify dev` stack running in this checkout: talk to it (your own variables win).
+    use_running_stack()
 
 
-for command in (sandbox, status, schema, dlq, heartbeat, heartbeats):
+for command in (
+    send,
+    ack,
+    resolve,
+    status,
+    dlq,
+    heartbeat,
+    heartbeats,
+    sandbox,
+    dev,
+    schema,
+    config,
+    pagerduty_test,
+):
     main.add_command(command)
+
+
+if __name__ == "__main__":
+    main()

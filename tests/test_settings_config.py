@@ -130,3 +130,10 @@ def test_mask() -> None:
     assert mask("short") == "****"
     assert mask(KEY) == "…BBBB"
     assert mask(SecretStr(DBA)) == "…DDDD"
+
+
+def test_a_sentinel_url_is_refused_with_the_way_forward() -> None:
+    with pytest.raises(
+        NotificationConfigError, match="REDIS_URL: sentinel:// is not supported yet"
+    ):
+        load_settings(redis_url="sentinel://s1:26379/0")

@@ -6,8 +6,6 @@ the providers never needs a broker or valid queue settings.
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery import Celery
 
 from config.celery_config import celery_config
@@ -16,9 +14,9 @@ from config.settings import Settings, get_settings
 app = Celery("gds_notification", include=["tasks.intake", "tasks.delivery", "tasks.heartbeats"])
 
 
-@app.on_configure.connect  # type: ignore[untyped-decorator,unused-ignore]
-def _configure(sender: Celery, **kwargs: Any) -> None:
-    sender.conf.update(celery_config(get_settings()))
+# A promise: read when the configuration is first needed. (Updating ``conf`` from an
+# ``on_configure`` handler instead re-enters configuration loading and recurses.)
+app.add_defaults(lambda: celery_config(get_settings()))
 
 
 def configure(settings: Settings) -> None:

@@ -211,12 +211,18 @@ class PagerDutyProvider(BaseNotificationProvider):
     def health_check(self) -> bool:
         """True when the Events API host answers HTTP. Sends no event: PagerDuty has no way
         to check a routing key without creating one."""
+        return self.diagnose() is None
+
+    def diagnose(self) -> str | None:
+        """None when the Events API host answers HTTP below 500; else what went wrong."""
         try:
             response = self._http().get(self.api_url)
         except httpx.HTTPError as exc:
             logger.warning("pagerduty health check failed: %s", type(exc).__name__)
-            return False
-        return response.status_code < 500
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if response.status_code >= 500:
+            return f"{self.api_url} answered HTTP {response.status_code}"
+        return None
 
     def close(self) -> None:
         if self._client is not None:

@@ -225,14 +225,24 @@ class SMTPProvider(BaseNotificationProvider):
         return results
 
     async def ahealth_check(self) -> bool:
+        return await self.adiagnose() is None
+
+    async def adiagnose(self) -> str | None:
+        """None when the server accepts a session (and our credentials) and answers NOOP;
+        else what went wrong, in the words of the exception tree (no secrets)."""
         try:
             smtp = await self._session()
             await smtp.noop()
         except Exception as exc:
-            logger.warning("smtp health check failed: %s", self._translate(exc))
+            problem = self._translate(exc)
+            logger.warning("smtp health check failed: %s", problem)
             self._forget_session()
-            return False
-        return True
+            return f"{type(problem).__name__}: {problem}"
+        return None
+
+    def diagnose(self) -> str | None:
+        """Sync :meth:`adiagnose`."""
+        return self._run(self.adiagnose())
 
     async def aclose(self) -> None:
         smtp, self._smtp = self._smtp, None

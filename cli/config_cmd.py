@@ -1,0 +1,123 @@
+"""``gds-notify config check``: the effective configuration, secrets masked, and live
+checks of Redis, the PagerDuty URL and the SMTP server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+from pydantic import SecretStr
+
+from cli.common import EXIT_FAILED, one_line_errors, without_credentials
+
+
+@click.group()
+def config() -> None:
+    """The service's configuration."""
+
+
+def _shown(name: str, value: Any) -> str:
+    from worker.redact import mask
+
+    if isinstance(value, SecretStr):
+        return mask(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_shown(name, v)}" for k, v in value.items()) or "-"
+    if name == "redis_url":
+        return without_credentials(str(value))
+    if isinstance(value, list):
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    return "-" if value is None else str(value)
+
+
+def _plain(value: Any) -> str:
+    dump = getattr(value, "model_dump", None)
+    return str(dump(exclude_defaults=True) if dump else value)
+
+
+@config.command()
+@click.option("--offline", is_flag=True, help="Only validate and print; no network checks.")
+@one_line_errors
+def check(offline: bool) -> None:
+    """Validate every setting, print the effective values (secrets masked: last four
+    characters only), then check that Redis, the PagerDuty URL and SMTP answer.
+
+    Exit codes: 0 all good; 1 a live check failed; 2 a setting is invalid.
+    """
+    from config.catalogue import get_catalogue
+    from config.settings import get_settings
+
+    settings = get_settings()
+    names = sorted(type(settings).model_fields)
+    width = max(len(n) for n in names)
+    for name in names:
+        label = (
+            "PAGERDUTY_ROUTING_KEY_<TEAM>"
+            if name == "pagerduty_team_routing_keys"
+            else name.upper()
+        )
+        click.echo(f"{label:<{width + 2}} {_shown(name, getattr(settings, name))}")
+    catalogue = get_catalogue()
+    if catalogue is not None:
+        click.echo(f"heartbeat catalogue: {len(catalogue.services)} services, valid")
+    if offline:
+        return
+    click.echo("")
+    failures = 0
+    for label, probe in (("redis", _redis), ("pagerduty", _pagerduty), ("smtp", _smtp)):
+        problem = _safely(probe)
+        mark = "ok" if problem is None else "FAILED"
+        click.echo(f"{label:<10} {mark}" + ("" if problem is None else f"  {problem}"))
+        failures += problem is not None
+    if failures:
+        raise SystemExit(EXIT_FAILED)
+
+
+def _safely(probe: Callable[[], str | None]) -> str | None:
+    try:
+        return probe()
+    except Exception as exc:  # a live check reports; it never crashes the command
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _redis() -> str | None:
+    import redis
+
+    from config.settings import get_settings
+
+    url = get_settings().redis_url
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        info = client.info("server")
+    except redis.RedisError as exc:
+        return f"{without_credentials(url)}: {type(exc).__name__}: {exc}"
+    finally:
+        client.close()
+    click.echo(f"redis      {without_credentials(url)} (Redis {info.get('redis_version')})")
+    return None
+
+
+def _pagerduty() -> str | None:
+    from config.settings import get_settings
+    from worker.providers.pagerduty import PagerDutyProvider
+
+    settings = get_settings()
+    key = settings.pagerduty_routing_key
+    # The probe sends no event, so any well-formed key will do when none is configured.
+    raw = key.get_secret_value() if key else "0" * 32
+    with PagerDutyProvider(
+        raw, timeout=min(settings.pagerduty_timeout, 10), api_url=settings.pagerduty_api_url
+    ) as provider:
+        problem = provider.diagnose()
+    if problem is None and key is None:
+        return "URL answers, but PAGERDUTY_ROUTING_KEY is not set"
+    return problem
+
+
+def _smtp() -> str | None:
+    from config.settings import get_settings
+    from worker.providers.smtp import SMTPProvider
+
+    with SMTPProvider.from_settings(get_settings()) as provider:
+        return provider.diagnose()

@@ -1,0 +1,352 @@
+"""The local dev stack behind ``gds-notify dev`` and ``make run``: Redis, a worker serving
+every queue (pages first), beat, Flower and the sandbox, configured to talk to each other.
+
+Every process runs in its own session, so Ctrl-C reaches only ``gds-notify dev``, which
+then stops them in reverse order (SIGTERM, then SIGKILL after a grace period) and removes
+what it created. Pages go to the sandbox only: the stack never talks to real PagerDuty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import redis
+
+from cli.stack_file import dev_dir, remove_stack, running_stack, write_stack
+from sandbox.redis_server import LocalRedis, RedisUnavailableError
+
+#: The sandbox accepts any well-formed key; this one is obviously not a real secret.
+DEV_ROUTING_KEY = "DEVSANDBOX" + "0" * 21 + "1"
+STOP_GRACE_SECONDS = 15.0
+
+
+class DevStackError(RuntimeError):
+    """The stack cannot start; the message says why in one line."""
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Service:
+    """One child process of the stack."""
+
+    name: str
+    argv: list[str]
+    ready: str  # a line in its log, or an http:// URL that answers
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    _out: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self, env: dict[str, str], cwd: Path) -> None:
+        self._out = self.log.open("ab")
+        self.proc = subprocess.Popen(  # noqa: S603 - our own argument list
+            self.argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def is_ready(self) -> bool:
+        if self.ready.startswith("http"):
+            try:
+                return httpx.get(self.ready, timeout=1).status_code < 500
+            except httpx.HTTPError:
+                return False
+        return self.ready.encode() in self.log.read_bytes()
+
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def last_lines(self, n: int = 5) -> str:
+        lines = self.log.read_text(errors="replace").strip().splitlines()
+        return " | ".join(line.strip() for line in lines[-n:])
+
+    def signal(self, signum: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signum)
+
+    def wait(self, timeout: float) -> bool:
+        if self.proc is None:
+            return True
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+
+
+@dataclass
+class DevStack:
+    host: str = "127.0.0.1"
+    port: int = 8025
+    smtp_port: int = 1025
+    flower_port: int = 5555
+    redis_url: str | None = None
+    concurrency: int = 8
+    services: list[Service] = field(default_factory=list)
+    local_redis: LocalRedis | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    announced: bool = False
+
+    @property
+    def sandbox_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def flower_url(self) -> str:
+        return f"http://{self.host}:{self.flower_port}"
+
+    def check_ports(self) -> None:
+        """Fail in one clear line for a port another program holds."""
+        wanted = [
+            (self.port, "the sandbox web page and PagerDuty API", "--port"),
+            (self.smtp_port, "the SMTP sink", "--smtp-port"),
+            (self.flower_port, "Flower", "--flower-port"),
+        ]
+        seen: dict[int, str] = {}
+        for port, what, option in wanted:
+            if port in seen:
+                raise DevStackError(f"port {port} is asked for both {seen[port]} and {what}")
+            seen[port] = what
+            if not port_is_free(self.host, port):
+                raise DevStackError(
+                    f"port {port} for {what} is taken (another program listens there); "
+                    f"choose another with {option}"
+                )
+
+    def start_redis(self) -> str:
+        if self.redis_url:
+            client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=3)
+            try:
+                client.ping()
+            except redis.RedisError as exc:
+                raise DevStackError(f"REDIS_URL does not answer: {exc}") from None
+            finally:
+                client.close()
+            return self.redis_url
+        try:
+            self.local_redis = LocalRedis().start()
+        except RedisUnavailableError as exc:
+            raise DevStackError(str(exc)) from None
+        return self.local_redis.url
+
+    def child_env(self, redis_url: str) -> dict[str, str]:
+        """What the children run with; also what other terminals pick up (nothing secret)."""
+        own = {
+            "REDIS_URL": redis_url,
+            "PAGERDUTY_API_URL": f"{self.sandbox_url}/v2/enqueue",
+            "PAGERDUTY_ROUTING_KEY": DEV_ROUTING_KEY,
+            "SMTP_HOST": self.host,
+            "SMTP_PORT": str(self.smtp_port),
+            "SMTP_STARTTLS": "false",
+            "SMTP_USE_TLS": "false",
+        }
+        services_file = os.environ.get("HEARTBEAT_SERVICES_FILE")
+        if services_file:
+            own["HEARTBEAT_SERVICES_FILE"] = str(Path(services_file).resolve())
+        return own
+
+    def start(self) -> None:
+        other = running_stack()
+        if other is not None:
+            raise DevStackError(
+                f"a dev stack is already running (pid {other['pid']}); stop it with Ctrl-C "
+                "in its terminal first"
+            )
+        self.check_ports()
+        folder = dev_dir()
+        logs = folder / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        redis_url = self.start_redis()
+        self.env = self.child_env(redis_url)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_")}
+        env.update(self.env)
+        env.pop("SMTP_USERNAME", None)
+        env.pop("SMTP_PASSWORD", None)
+        env["PYTHONUNBUFFERED"] = "1"
+        py = sys.executable
+        celery = [py, "-m", "celery", "-A", "worker"]
+        self.services = [
+            Service(
+                "sandbox",
+                [
+                    py,
+                    "-m",
+                    "cli.main",
+                    "sandbox",
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(self.port),
+                    "--smtp-port",
+                    str(self.smtp_port),
+                ],
+                f"{self.sandbox_url}/healthz",
+                logs / "sandbox.log",
+            ),
+            Service(
+                "worker",
+                [
+                    *celery,
+                    "worker",
+                    "-P",
+                    "threads",
+                    "-c",
+                    str(self.concurrency),
+                    "-l",
+                    "INFO",
+                    "-n",
+                    "dev@%h",
+                    "--without-mingle",
+                    "--without-gossip",
+                ],
+                "ready.",
+                logs / "worker.log",
+            ),
+            Service(
+                "beat",
+                [*celery, "beat", "-l", "INFO", "-s", str(folder / "celerybeat-schedule")],
+                "beat: Starting",
+                logs / "beat.log",
+            ),
+            Service(
+                "flower",
+                [*celery, "flower", f"--address={self.host}", f"--port={self.flower_port}"],
+                f"{self.flower_url}/healthcheck",
+                logs / "flower.log",
+            ),
+        ]
+        for service in self.services:
+            service.log.write_bytes(b"")
+            service.start(env, Path.cwd())
+        self._wait_ready()
+        write_stack(
+            {
+                "pid": os.getpid(),
+                "children": [s.proc.pid for s in self.services if s.proc is not None],
+                "sandbox": self.sandbox_url,
+                "flower": self.flower_url,
+                "smtp": f"{self.host}:{self.smtp_port}",
+                "redis": redis_url,
+                "logs": str(logs),
+                "env": self.env,
+            }
+        )
+        self.announced = True
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        pending = list(self.services)
+        end = time.monotonic() + timeout
+        while pending:
+            for service in list(pending):
+                code = service.exited()
+                if code is not None:
+                    raise DevStackError(
+                        f"{service.name} exited at start (code {code}): {service.last_lines()}"
+                    )
+                if service.is_ready():
+                    pending.remove(service)
+            if pending and time.monotonic() > end:
+                names = ", ".join(s.name for s in pending)
+                raise DevStackError(
+                    f"not ready after {timeout:.0f} s: {names} (see {dev_dir()}/logs)"
+                )
+            time.sleep(0.2)
+
+    def first_exited(self) -> Service | None:
+        return next((s for s in self.services if s.exited() is not None), None)
+
+    def stop(self) -> None:
+        """Stop every child (SIGTERM, then SIGKILL), Redis, and forget the stack."""
+        for service in reversed(self.services):
+            service.signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for service in reversed(self.services):
+            if not service.wait(max(0.1, deadline - time.monotonic())):
+                service.signal(signal.SIGKILL)
+                service.wait(5)
+            service.close()
+        if self.local_redis is not None:
+            self.local_redis.cleanup()
+            self.local_redis = None
+        if self.announced:
+            remove_stack()
+            self.announced = False
+
+    def describe(self) -> list[str]:
+        redis_note = " (private, removed on exit)" if self.local_redis else ""
+        return [
+            "GDS Notification Service: dev stack is up",
+            f"  sandbox page        {self.sandbox_url}",
+            f"  PagerDuty API       {self.sandbox_url}/v2/enqueue",
+            f"  SMTP sink           {self.host}:{self.smtp_port}",
+            f"  Flower              {self.flower_url}",
+            f"  Redis               {self.env['REDIS_URL']}{redis_note}",
+            f"  logs                {dev_dir() / 'logs'}",
+            "",
+            "Try, in another terminal of this checkout:",
+            '  .venv/bin/gds-notify send db-prod-01 "Disk full" --priority critical --wait',
+            '  .venv/bin/gds-notify send you@example.com "Nightly report" --wait',
+            "",
+            "Ctrl-C stops everything.",
+        ]
+
+
+def run_until_interrupted(stack: DevStack, echo: Any) -> int:
+    """Start ``stack``, print where things are, serve until SIGINT/SIGTERM; exit code."""
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            stack.start()
+        except BaseException:
+            stack.stop()
+            raise
+        for line in stack.describe():
+            echo(line)
+        code = 0
+        while not stopping:
+            died = stack.first_exited()
+            if died is not None:
+                echo(f"{died.name} exited unexpectedly: {died.last_lines()}", err=True)
+                code = 1
+                break
+            time.sleep(0.3)
+        echo("stopping the dev stack ...")
+        stack.stop()
+        echo("stopped; nothing left running")
+        return code
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

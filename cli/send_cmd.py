@@ -1,0 +1,243 @@
+"""``gds-notify send``, ``ack``, ``resolve`` and ``pagerduty-test``."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import click
+
+from cli.common import EXIT_FAILED, BadInput, Failed, one_line_errors
+
+PRIORITIES = ("low", "normal", "high", "critical", "emergency")
+
+
+def _metadata(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {}
+    if as_json:
+        try:
+            loaded = json.loads(as_json)
+        except ValueError as exc:
+            raise BadInput(f"--metadata: not JSON ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise BadInput("--metadata: must be a JSON object")
+        metadata.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--meta: expected KEY=VALUE, got {pair!r}")
+        try:
+            metadata[key] = json.loads(raw)
+        except ValueError:
+            metadata[key] = raw
+    return metadata
+
+
+@click.command()
+@click.argument("recipient")
+@click.argument("subject")
+@click.option("--body", default="", help="Plain-text body (PagerDuty: custom details).")
+@click.option("--body-file", type=click.File("r"), help="Read the body from a file ('-' = stdin).")
+@click.option("--html", "body_html", default=None, help="HTML alternative for email.")
+@click.option(
+    "-p",
+    "--priority",
+    type=click.Choice(PRIORITIES, case_sensitive=False),
+    default="normal",
+    show_default=True,
+    help="critical and emergency page through PagerDuty; the rest is email.",
+)
+@click.option("--alert-name", default=None, help="Alert rule name (PagerDuty class).")
+@click.option("--db-instance-id", default=None, help="Database instance the alert is about.")
+@click.option(
+    "--idempotency-id", default=None, help="Stable identity: copies within the TTL are sent once."
+)
+@click.option(
+    "--meta",
+    "meta_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Metadata entry (repeatable); VALUE is JSON when it parses, else text.",
+)
+@click.option(
+    "--metadata", "metadata_json", default=None, metavar="JSON", help="Metadata as one JSON object."
+)
+@click.option("--team", default=None, help="Team: picks PAGERDUTY_ROUTING_KEY_<TEAM>.")
+@click.option(
+    "--channel",
+    type=click.Choice(["pagerduty", "email"]),
+    default=None,
+    help="Force one channel instead of the routing rules.",
+)
+@click.option(
+    "--wait", is_flag=True, help="Follow the job until delivered, deduplicated or dead-lettered."
+)
+@click.option(
+    "--timeout",
+    default=120.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="Seconds --wait follows the job before giving up.",
+)
+@one_line_errors
+def send(
+    recipient: str,
+    subject: str,
+    body: str,
+    body_file: Any,
+    body_html: str | None,
+    priority: str,
+    alert_name: str | None,
+    db_instance_id: str | None,
+    idempotency_id: str | None,
+    meta_pairs: tuple[str, ...],
+    metadata_json: str | None,
+    team: str | None,
+    channel: str | None,
+    wait: bool,
+    timeout: float,
+) -> None:
+    """Queue a notification to RECIPIENT (an address, or the affected component for a page)
+    with SUBJECT; print its job id.
+
+    \b
+    Exit codes: 0 queued (with --wait: delivered, or a duplicate of a delivered job);
+    1 dead-lettered, timed out or Redis unreachable; 2 invalid notification.
+    """
+    import tasks
+
+    payload: dict[str, Any] = {
+        "recipient": recipient,
+        "subject": subject,
+        "body": body_file.read() if body_file else body,
+        "body_html": body_html,
+        "priority": priority.lower(),
+        "alert_name": alert_name,
+        "db_instance_id": db_instance_id,
+        "idempotency_id": idempotency_id,
+        "metadata": _metadata(meta_pairs, metadata_json),
+    }
+    started = time.time()
+    job_id = tasks.enqueue(payload, team=team, channel=channel)
+    if not wait:
+        click.echo(job_id)
+        return
+    follow(job_id, timeout, since=started)
+
+
+@click.command()
+@click.argument("dedup_key")
+@click.option("--team", default=None, help="Team whose routing key opened the incident.")
+@click.option("--wait", is_flag=True, help="Follow the job until it is delivered or dead.")
+@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(1))
+@one_line_errors
+def ack(dedup_key: str, team: str | None, wait: bool, timeout: float) -> None:
+    """Acknowledge the incident with DEDUP_KEY (through the queue); print the job id."""
+    import tasks
+
+    _lifecycle(tasks.acknowledge(dedup_key, team=team), wait, timeout)
+
+
+@click.command()
+@click.argument("dedup_key")
+@click.option("--team", default=None, help="Team whose routing key opened the incident.")
+@click.option("--wait", is_flag=True, help="Follow the job until it is delivered or dead.")
+@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(1))
+@one_line_errors
+def resolve(dedup_key: str, team: str | None, wait: bool, timeout: float) -> None:
+    """Resolve the incident with DEDUP_KEY (through the queue); print the job id."""
+    import tasks
+
+    _lifecycle(tasks.resolve(dedup_key, team=team), wait, timeout)
+
+
+def _lifecycle(job_id: str, wait: bool, timeout: float) -> None:
+    if wait:
+        follow(job_id, timeout, since=time.time())
+    else:
+        click.echo(job_id)
+
+
+def follow(job_id: str, timeout: float, since: float) -> None:
+    """Print the job's progress (stderr) until it ends; the outcome goes to stdout."""
+    from worker.jobs import JobStore
+
+    store = JobStore()
+    shown = 0
+    end = time.monotonic() + timeout
+    announced = False
+    while True:
+        record = store.get(job_id)
+        if record is None:
+            raise Failed(f"job {job_id}: no record (expired, or Redis was emptied)")
+        if not announced:
+            duplicate = record["duplicates"] and record["created_at"] < since
+            first = "deduplicated: same idempotency id as " if duplicate else ""
+            channels = ", ".join(record["channels"])
+            click.echo(f"{first}job {job_id} queued for {channels}", err=True)
+            announced = True
+        for attempt in record["attempts"][shown:]:
+            click.echo("  " + _attempt_line(attempt), err=True)
+        shown = len(record["attempts"])
+        status = record["status"]
+        if status == "delivered":
+            click.echo(f"{job_id} delivered")
+            return
+        if status in ("dead-lettered", "partly dead"):
+            click.echo(f"{job_id} {status}: see `gds-notify status {job_id}`")
+            raise SystemExit(EXIT_FAILED)
+        if time.monotonic() > end:
+            raise Failed(f"job {job_id} still {status} after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def _attempt_line(a: dict[str, Any]) -> str:
+    parts = [a["channel"], f"#{a['attempt']}" if a.get("attempt") else "-", a["outcome"]]
+    if a.get("latency_ms") is not None:
+        parts.append(f"{a['latency_ms']:.0f} ms")
+    if a.get("error"):
+        parts.append(f"{a.get('error_class')}: {a['error']}")
+    if a.get("retry_in") is not None:
+        parts.append(f"next try in {a['retry_in']:.1f} s")
+    return "  ".join(parts)
+
+
+@click.command("pagerduty-test")
+@click.option("--team", default=None, help="Test this team's routing key instead.")
+@one_line_errors
+def pagerduty_test(team: str | None) -> None:
+    """Send a test trigger, then its resolve, straight to PAGERDUTY_API_URL with the
+    configured key (like the curl test in PagerDuty's integration guide).
+
+    Exit codes: 0 both accepted; 1 PagerDuty refused or could not be reached; 2 no key.
+    """
+    from config.settings import get_settings
+    from worker.exceptions import NotificationError
+    from worker.providers.base import Notification
+    from worker.providers.pagerduty import PagerDutyProvider
+
+    settings = get_settings()
+    key = settings.routing_key_for(team)
+    dedup_key = f"gds-notify-test-{uuid.uuid4().hex[:12]}"
+    note = Notification(
+        recipient="gds-notify pagerduty-test",
+        subject="Test event from gds-notify pagerduty-test (resolved at once)",
+        body="Sent to check the integration; resolved immediately.",
+        priority="low",
+        idempotency_id=dedup_key,
+    )
+    click.echo(f"PagerDuty API {settings.pagerduty_api_url}")
+    try:
+        with PagerDutyProvider(
+            key.get_secret_value(),
+            timeout=settings.pagerduty_timeout,
+            api_url=settings.pagerduty_api_url,
+        ) as provider:
+            provider.trigger(note)
+            click.echo(f"trigger accepted   dedup_key {dedup_key}")
+            provider.resolve(dedup_key)
+            click.echo("resolve accepted")
+    except NotificationError as exc:
+        raise Failed(f"PagerDuty test failed: {exc}") from None

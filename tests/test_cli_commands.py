@@ -1,0 +1,235 @@
+"""``gds-notify send / ack / resolve / config check / pagerduty-test`` against a real
+Redis, worker, sandbox and SMTP sink."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import main
+from sandbox import SandboxServer
+from tests.conftest import ROUTING_KEY, SMTP_PASSWORD, TEAM_KEY, SandboxClient
+from worker.redact import mask
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+@pytest.fixture
+def api(service_env: SandboxServer) -> Any:
+    client = SandboxClient(service_env)
+    yield client
+    client.close()
+
+
+def test_every_command_has_help() -> None:
+    commands = [
+        "send",
+        "ack",
+        "resolve",
+        "status",
+        "dlq",
+        "heartbeat",
+        "heartbeats",
+        "sandbox",
+        "dev",
+        "schema",
+        "config",
+        "pagerduty-test",
+    ]
+    top = run("--help")
+    for name in commands:
+        assert f"  {name}" in top.output
+        result = run(name, "--help")
+        assert result.exit_code == 0
+        assert "Usage: main " + name in result.output or "Usage: " in result.output
+
+
+def test_send_carries_every_field_and_waits_for_delivery(
+    celery_worker: Any, api: SandboxClient
+) -> None:
+    result = run(
+        "send",
+        "db-prod-01",
+        "Replica lag",
+        "--body",
+        "lag 40 s",
+        "--priority",
+        "CRITICAL",
+        "--alert-name",
+        "ReplicaLag",
+        "--db-instance-id",
+        "42",
+        "--idempotency-id",
+        "cli-1",
+        "--meta",
+        "region=eu-west-1",
+        "--meta",
+        "lag_seconds=40",
+        "--metadata",
+        '{"links": [{"href": "https://runbooks.example/lag"}]}',
+        "--team",
+        "dba",
+        "--wait",
+    )
+    assert result.exit_code == 0, result.output
+    job_id = result.stdout.split()[0]
+    assert f"job {job_id} queued for pagerduty" in result.stderr
+    assert result.stdout.strip() == f"{job_id} delivered"
+    [incident] = api.incidents()
+    assert incident["routing_key"] == mask(TEAM_KEY)
+    event = api.events()[-1]["body"]
+    assert event["dedup_key"] == "cli-1"
+    assert event["links"] == [{"href": "https://runbooks.example/lag"}]
+    payload = event["payload"]
+    assert payload["class"] == "ReplicaLag"
+    details = payload["custom_details"]
+    assert details["region"] == "eu-west-1"
+    assert details["lag_seconds"] == 40
+    assert details["db_instance_id"] == "42"
+    assert details["body"] == "lag 40 s"
+
+    again = run(
+        "send",
+        "db-prod-01",
+        "Replica lag",
+        "--priority",
+        "critical",
+        "--idempotency-id",
+        "cli-1",
+        "--wait",
+    )
+    assert again.exit_code == 0
+    assert f"deduplicated: same idempotency id as job {job_id}" in again.stderr
+    assert len(api.events()) == 1
+
+
+def test_send_email_with_html_and_the_job_id_for_scripts(
+    celery_worker: Any, api: SandboxClient
+) -> None:
+    result = run(
+        "send", "ops@example.com", "Report", "--body", "text", "--html", "<b>html</b>", "--wait"
+    )
+    assert result.exit_code == 0, result.output
+    [message] = api.messages()
+    assert message["rcpt_tos"] == ["ops@example.com"]
+    assert "<b>html</b>" in str(message)
+    quiet = run("send", "ops@example.com", "Report 2")
+    assert quiet.exit_code == 0
+    assert len(quiet.stdout.strip()) == 32  # just the job id, for $(...)
+
+
+def test_send_refuses_bad_input_naming_the_field(service_env: SandboxServer) -> None:
+    blank = run("send", "db-1", " ")
+    assert blank.exit_code == 2
+    assert blank.output.strip() == "Error: invalid notification: subject: must not be blank"
+    bad_meta = run("send", "db-1", "x", "--meta", "novalue")
+    assert bad_meta.exit_code == 2
+    assert "--meta: expected KEY=VALUE" in bad_meta.output
+    bad_mail = run("send", "not-an-address", "x")
+    assert bad_mail.exit_code == 2
+    assert "recipient" in bad_mail.output
+
+
+def test_send_wait_reports_a_dead_letter_with_exit_code_1(
+    celery_worker: Any, api: SandboxClient
+) -> None:
+    api.faults({"status": 400})
+    result = run("send", "db-1", "Bad", "--priority", "critical", "--wait")
+    assert result.exit_code == 1
+    assert "dead-lettered: see `gds-notify status" in result.stdout
+    assert "NotificationDeliveryError" in result.stderr
+
+
+def test_ack_and_resolve_go_through_the_queue(celery_worker: Any, api: SandboxClient) -> None:
+    assert (
+        run(
+            "send", "db-1", "Down", "--priority", "critical", "--idempotency-id", "inc-7", "--wait"
+        ).exit_code
+        == 0
+    )
+    acked = run("ack", "inc-7", "--wait")
+    assert acked.exit_code == 0, acked.output
+    assert api.incidents()[0]["status"] == "acknowledged"
+    resolved = run("resolve", "inc-7", "--wait")
+    assert resolved.exit_code == 0, resolved.output
+    assert api.incidents()[0]["status"] == "resolved"
+    assert [e["body"]["event_action"] for e in api.events()] == [
+        "trigger",
+        "acknowledge",
+        "resolve",
+    ]
+
+
+def test_config_check_masks_secrets_and_checks_every_peer(
+    service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config.settings import get_settings
+
+    monkeypatch.setenv("SMTP_USERNAME", "mailer")
+    monkeypatch.setenv("SMTP_PASSWORD", SMTP_PASSWORD)
+    monkeypatch.setenv("SMTP_PORT", str(service_env.smtp_port))
+    get_settings.cache_clear()
+    result = run("config", "check")
+    out = result.output
+    assert ROUTING_KEY not in out
+    assert TEAM_KEY not in out
+    assert SMTP_PASSWORD not in out
+    assert re.search(rf"^PAGERDUTY_ROUTING_KEY +{re.escape(mask(ROUTING_KEY))}$", out, re.M)
+    assert f"dba={mask(TEAM_KEY)}" in out
+    assert "redis      ok" in out
+    assert "pagerduty  ok" in out
+    # The sandbox sink here offers no AUTH, so logging in fails: reported, not crashed.
+    assert "smtp       FAILED" in out
+    assert result.exit_code == 1
+
+
+def test_config_check_reports_unreachable_peers_and_bad_settings(
+    service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config.settings import get_settings
+    from tests.conftest import closed_port_url, free_port
+
+    monkeypatch.setenv("PAGERDUTY_API_URL", closed_port_url())
+    monkeypatch.setenv("SMTP_PORT", str(free_port()))
+    get_settings.cache_clear()
+    result = run("config", "check")
+    assert result.exit_code == 1
+    assert "pagerduty  FAILED  ConnectError" in result.output
+    assert "smtp       FAILED  NotificationConnectionError" in result.output
+    assert "redis      ok" in result.output
+
+    monkeypatch.setenv("PAGERDUTY_TIMEOUT", "-1")
+    get_settings.cache_clear()
+    bad = run("config", "check")
+    assert bad.exit_code == 2
+    assert bad.output.startswith("Error: invalid configuration: PAGERDUTY_TIMEOUT: ")
+
+
+def test_pagerduty_test_triggers_and_resolves_with_the_configured_key(
+    service_env: SandboxServer, api: SandboxClient
+) -> None:
+    result = run("pagerduty-test")
+    assert result.exit_code == 0, result.output
+    assert "trigger accepted" in result.output
+    assert "resolve accepted" in result.output
+    [incident] = api.incidents()
+    assert incident["status"] == "resolved"
+    assert incident["routing_key"] == mask(ROUTING_KEY)
+    assert ROUTING_KEY not in result.output
+
+
+def test_pagerduty_test_reports_an_invalid_key(
+    service_env: SandboxServer, api: SandboxClient
+) -> None:
+    api.settings(strict_keys=[TEAM_KEY])
+    result = run("pagerduty-test")
+    assert result.exit_code == 1
+    assert "PagerDuty test failed" in result.output
+    assert "Invalid routing key" in result.output
+    assert ROUTING_KEY not in result.output
+    assert run("pagerduty-test", "--team", "dba").exit_code == 0

@@ -11,7 +11,16 @@ from celery import Celery
 from config.celery_config import celery_config
 from config.settings import Settings, get_settings
 
-app = Celery("gds_notification", include=["tasks.intake", "tasks.delivery", "tasks.heartbeats"])
+app = Celery(
+    "gds_notification",
+    include=[
+        "tasks.intake",
+        "tasks.delivery",
+        "tasks.heartbeats",
+        "tasks.poison",
+        "tasks.recovery",
+    ],
+)
 
 
 # A promise: read when the configuration is first needed. (Updating ``conf`` from an
@@ -27,7 +36,21 @@ def configure(settings: Settings) -> None:
     from worker.redis_store import reset_redis
 
     app.conf.update(celery_config(settings))
+    _drop_broker_connections()
     reset_redis()
     reset_limiter()
     reset_providers()
     reset_catalogue()
+
+
+def _drop_broker_connections() -> None:
+    """Forget pooled broker connections, so the next send uses the broker now configured.
+
+    Celery builds its connection and producer pools once, from the broker URL of the
+    moment; without this a changed ``REDIS_URL`` would keep publishing to the old Redis.
+    (The old pools are left to kombu's registry, not closed: it would hand them out again.)
+    """
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None

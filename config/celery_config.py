@@ -50,6 +50,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     return {
         "broker_url": settings.redis_url,
+        # kombu's Redis transport, but a queue item that is not a message is dead-lettered
+        # instead of stopping the worker.
+        "broker_transport": "worker.broker_transport:Transport",
+        # Celery's consumer, but an undecodable message is dead-lettered before it is dropped.
+        "worker_consumer": "worker.consumer:Consumer",
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "broker_connection_retry": True,
@@ -77,8 +82,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "deliver.email": {"queue": EMAIL_QUEUE, "routing_key": EMAIL_QUEUE},
             # The checker decides pages: it must not wait behind an intake or email backlog.
             "heartbeat.check": {"queue": PAGERDUTY_QUEUE, "routing_key": PAGERDUTY_QUEUE},
+            # Recovery may re-queue pages: it runs where pages run.
+            "jobs.recover": {"queue": PAGERDUTY_QUEUE, "routing_key": PAGERDUTY_QUEUE},
         },
         "beat_schedule": {
+            "jobs-recover": {
+                "task": "jobs.recover",
+                "schedule": settings.job_recovery_interval,
+                "options": {"expires": settings.job_recovery_interval},
+            },
             "heartbeat-check": {
                 "task": "heartbeat.check",
                 "schedule": settings.heartbeat_check_interval,

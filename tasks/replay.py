@@ -8,6 +8,7 @@ from config.routing import Channel
 from tasks.intake import accept, lifecycle, new_job_id
 from tasks.schema import InvalidJobError, parse_request
 from worker.dead_letters import DeadLetters
+from worker.quarantine import BROKER_CHANNEL
 
 
 def replay(entry_id: str) -> str:
@@ -27,6 +28,16 @@ def replay(entry_id: str) -> str:
 
 def _requeue(entry: dict[str, Any]) -> str:
     payload = entry["payload"]
+    if entry["channel"] == BROKER_CHANNEL:
+        raise InvalidJobError(
+            [
+                {
+                    "field": "payload",
+                    "message": "a message no task could read, not a job; read it with "
+                    "`dlq show`, fix its producer, then purge it",
+                }
+            ]
+        )
     if entry["channel"] == "intake":
         args = payload.get("args") if isinstance(payload, dict) else None
         if not isinstance(args, list) or len(args) != 1:

@@ -1,0 +1,27 @@
+"""Messages no task can run: kept as dead letters with the reason, never silently dropped.
+
+Celery discards a message that names no registered task (``task_unknown``) or that cannot
+be decoded (``task_rejected``: wrong content type, a body that is not JSON) after logging
+it. These receivers first keep a bounded copy in the dead letters, so an operator sees it
+in ``gds-notify dlq list`` with the reason; the worker then carries on serving. (Queue
+items that are not even message envelopes are caught earlier, by the broker transport.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import signals
+
+from worker.quarantine import message_copy, quarantine
+
+
+@signals.task_unknown.connect  # type: ignore[untyped-decorator,unused-ignore]
+def _unknown_task(name: str = "", id: str | None = None, message: Any = None, **_: Any) -> None:
+    quarantine(f"unknown task {name!r}: no worker task has this name", message_copy(message), id)
+
+
+@signals.task_rejected.connect  # type: ignore[untyped-decorator,unused-ignore]
+def _undecodable(message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
+    detail = f"{type(exc).__name__}: {exc}" if exc else "rejected by the consumer"
+    quarantine(f"undecodable message: {detail}", message_copy(message))

@@ -1,0 +1,84 @@
+"""kombu's Redis transport, hardened against queue items that no Celery client wrote.
+
+Anyone who can LPUSH onto a queue can put anything there. kombu parses each item as a
+JSON message envelope before Celery sees it, and an item that is not JSON, or JSON of
+another shape, raises inside the consumer's event loop: the worker stops with
+"Unrecoverable error" (or reconnects in a loop), and the item, already popped, is gone.
+This transport checks each item first and dead-letters what is not a message, with the
+queue and the reason; everything else goes through kombu unchanged. Configured as
+``broker_transport`` in config/celery_config.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from queue import Empty
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+
+from worker.quarantine import excerpt, quarantine
+
+
+def envelope_problem(message: Any) -> str | None:
+    """Why ``message`` is not a kombu message envelope, or None when it is one."""
+    if not isinstance(message, dict):
+        return f"a JSON {type(message).__name__}, not a message envelope (an object)"
+    properties = message.get("properties")
+    if not isinstance(properties, dict):
+        return "no 'properties' object"
+    if not isinstance(properties.get("delivery_tag"), str | int):
+        return "no 'properties.delivery_tag'"
+    if not isinstance(properties.get("delivery_info", {}), dict):
+        return "'properties.delivery_info' is not an object"
+    if not isinstance(message.get("headers") or {}, dict):
+        return "'headers' is not an object"
+    body = message.get("body")
+    if body is not None and not isinstance(body, str):
+        return "'body' is not a string"
+    if body and properties.get("body_encoding") == "base64":
+        try:
+            base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            return "'body' is not valid base64"
+    return None
+
+
+class Channel(kombu_redis.Channel):
+    """Reads as kombu does; an item that is not JSON is dead-lettered, not fatal."""
+
+    def _brpop_read(self, **options: Any) -> Any:
+        try:
+            return super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+        except json.JSONDecodeError as exc:
+            # kombu has popped the item; exc.doc is all that is left of it.
+            quarantine(f"unreadable broker message: not JSON ({exc.msg})", excerpt(exc.doc))
+            return True
+
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        try:
+            return super()._get(queue)  # type: ignore[no-untyped-call]
+        except json.JSONDecodeError as exc:
+            quarantine(
+                f"unreadable broker message on {queue!r}: not JSON ({exc.msg})",
+                excerpt(exc.doc),
+            )
+            raise Empty() from None
+
+
+class Transport(kombu_redis.Transport):
+    """The Redis transport with :class:`Channel`, and envelopes checked before delivery."""
+
+    Channel = Channel
+
+    def _deliver(self, message: Any, queue: str | None) -> None:
+        problem = envelope_problem(message)
+        if problem is not None:
+            quarantine(
+                f"unreadable broker message on {queue!r}: {problem}",
+                excerpt(json.dumps(message, default=repr)),
+            )
+            return
+        super()._deliver(message, queue)  # type: ignore[no-untyped-call]

@@ -1,0 +1,59 @@
+"""Keeping what the broker hands us but no task can run: a bounded copy in the dead
+letters, with the reason, so nothing vanishes and the consumer carries on.
+
+Used at three depths: the broker transport (worker/broker_transport.py) for raw queue
+items that are not messages at all, the consumer (worker/consumer.py) for messages whose
+body cannot be decoded, and Celery's signals (tasks/poison.py) for messages that name no
+task or that Celery rejects.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from worker.dead_letters import DeadLetters
+
+logger = logging.getLogger(__name__)
+
+#: How much of a poison message is kept (it may be huge, or hostile).
+KEEP_CHARS = 65_536
+
+#: Dead letters of this channel hold messages, not jobs: they cannot be replayed.
+BROKER_CHANNEL = "broker"
+
+
+def excerpt(value: Any) -> str:
+    """The start of ``value`` as text, at most ``KEEP_CHARS`` characters."""
+    if isinstance(value, bytes):
+        return value[:KEEP_CHARS].decode("utf-8", errors="replace")
+    text = value if isinstance(value, str) else repr(value)
+    return text[:KEEP_CHARS]
+
+
+def message_copy(message: Any) -> dict[str, Any]:
+    """What is kept of a kombu message: headers, content type, routing, the body's start."""
+    headers = getattr(message, "headers", None) or {}
+    return {
+        "headers": {k: repr(v)[:512] for k, v in dict(headers).items()},
+        "content_type": getattr(message, "content_type", None),
+        "delivery_info": repr(getattr(message, "delivery_info", None))[:512],
+        "body": excerpt(getattr(message, "body", b"")),
+    }
+
+
+def quarantine(reason: str, payload: Any, entry_id: str | None = None) -> None:
+    """Dead-letter an unrunnable message; never raises (the consumer must survive it)."""
+    try:
+        DeadLetters().add(
+            entry_id=entry_id or f"poison-{uuid.uuid4().hex}",
+            job_id=None,
+            channel=BROKER_CHANNEL,
+            reason=reason[:1000],
+            payload=payload,
+        )
+    except Exception:
+        logger.exception("could not dead-letter a poison message (%s)", reason)
+        return
+    logger.warning("poison message dead-lettered: %s", reason[:1000])

@@ -143,6 +143,15 @@ class Settings(BaseSettings):
     job_ttl_seconds: int = Field(
         default=7 * 86_400, ge=60, description="How long job history is kept."
     )
+    job_stall_seconds: float = Field(
+        default=300.0,
+        ge=5,
+        le=86_400,
+        description="A delivery with no progress this long is re-queued by the recovery sweep.",
+    )
+    job_recovery_interval: float = Field(
+        default=30.0, gt=0, le=3600, description="Seconds between recovery sweeps (beat)."
+    )
     pagerduty_rate_limit: str = Field(
         default="120/minute", description="Events per routing key, shared by every worker."
     )

@@ -54,12 +54,48 @@ def run_delivery(task: Any, channel: str, payload: Any) -> str:
         store.record_attempt(job.job_id, channel, attempt=None, outcome=f"skipped: {state}")
         return state
 
+    token = store.claim(job.job_id, channel, claim_seconds(channel))
+    if token is None:
+        # A second copy of this message (redelivered, or re-queued by the recovery sweep)
+        # while a worker delivers the first: come back when that one is surely done.
+        wait = min(store.claim_remaining(job.job_id, channel) + 1.0, policy.hard_cap)
+        store.record_attempt(
+            job.job_id,
+            channel,
+            attempt=None,
+            outcome="waiting: in another worker's hands",
+            retry_in=wait,
+        )
+        raise task.retry(countdown=wait, max_retries=None)
+    try:
+        store.touch(job.job_id, channel)
+        return _attempt(task, job, channel, store, dead, policy)
+    finally:
+        store.release(job.job_id, channel, token)
+
+
+def claim_seconds(channel: str) -> float:
+    """How long one delivery attempt can take, at most, on a live worker."""
+    settings = get_settings()
+    if channel == "pagerduty":
+        return 2 * settings.pagerduty_timeout + 5
+    return 4 * settings.smtp_timeout + 5
+
+
+def _attempt(
+    task: Any,
+    job: DeliveryJob,
+    channel: str,
+    store: JobStore,
+    dead: DeadLetters,
+    policy: RetryPolicy,
+) -> str:
     started = time.monotonic()
     try:
         result = deliver(job)
     except Deferred as deferred:
         delay = policy.deferral(deferred.wait)
-        store.set_state(job.job_id, channel, jobs.DEFERRED)
+        store.set_state(job.job_id, channel, jobs.DEFERRED, quiet_for=delay)
         store.record_attempt(job.job_id, channel, attempt=None, outcome="deferred", retry_in=delay)
         raise task.retry(countdown=delay, max_retries=None) from None
     except INFRASTRUCTURE_ERRORS:
@@ -105,7 +141,9 @@ def _failed(
         retry_in=decision.delay if decision.retry else None,
     )
     if decision.retry:
-        store.set_state(job.job_id, channel, jobs.RETRYING, error=error.to_dict())
+        store.set_state(
+            job.job_id, channel, jobs.RETRYING, quiet_for=decision.delay, error=error.to_dict()
+        )
         logger.info("job %s %s attempt %d: %s", job.job_id, channel, attempt, decision.reason)
         raise task.retry(countdown=decision.delay, max_retries=None)
     dead.add(

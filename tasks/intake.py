@@ -86,6 +86,19 @@ def accept(request: JobRequest, job_id: str, source: str, replay_of: str | None 
         idempotency.reassign(idem, job_id)
 
     notification = request.notification()
+    now = time.time()
+    deliveries = [
+        DeliveryJob(
+            job_id=job_id,
+            channel=ch,
+            action="trigger" if ch is Channel.PAGERDUTY else "send",
+            notification=notification,
+            team=request.team,
+            email_to=email_to if ch is Channel.EMAIL else None,
+            enqueued_at=now,
+        )
+        for ch in channels
+    ]
     try:
         if not store.redis.exists(keys.job(job_id)):
             store.create(
@@ -96,19 +109,10 @@ def accept(request: JobRequest, job_id: str, source: str, replay_of: str | None 
                 team=request.team,
                 notification=notification.model_dump(mode="json"),
                 replay_of=replay_of,
+                payloads={d.channel.value: d.model_dump(mode="json") for d in deliveries},
             )
-        now = time.time()
-        for ch in channels:
-            job = DeliveryJob(
-                job_id=job_id,
-                channel=ch,
-                action="trigger" if ch is Channel.PAGERDUTY else "send",
-                notification=notification,
-                team=request.team,
-                email_to=email_to if ch is Channel.EMAIL else None,
-                enqueued_at=now,
-            )
-            publish(job)
+        for delivery in deliveries:
+            publish(delivery)
     except Exception:
         if idem and replay_of is None:
             _release(idem, job_id)  # let the producer's retry be accepted, not "duplicate"
@@ -140,6 +144,14 @@ def lifecycle(action: str, dedup_key: str, team: str | None) -> str:
     if not dedup_key or not dedup_key.strip() or "\n" in dedup_key or "\r" in dedup_key:
         raise InvalidJobError([{"field": "dedup_key", "message": "must be a non-blank line"}])
     job_id = new_job_id()
+    delivery = DeliveryJob(
+        job_id=job_id,
+        channel=Channel.PAGERDUTY,
+        action=action,
+        dedup_key=dedup_key,
+        team=team,
+        enqueued_at=time.time(),
+    )
     JobStore().create(
         job_id,
         channels=[Channel.PAGERDUTY.value],
@@ -147,17 +159,9 @@ def lifecycle(action: str, dedup_key: str, team: str | None) -> str:
         source=action,
         team=team,
         dedup_key=dedup_key,
+        payloads={Channel.PAGERDUTY.value: delivery.model_dump(mode="json")},
     )
-    publish(
-        DeliveryJob(
-            job_id=job_id,
-            channel=Channel.PAGERDUTY,
-            action=action,
-            dedup_key=dedup_key,
-            team=team,
-            enqueued_at=time.time(),
-        )
-    )
+    publish(delivery)
     return job_id
 
 

@@ -8,12 +8,18 @@ per channel; each channel has a state:
 Records live in Redis for ``JOB_TTL_SECONDS`` and answer ``gds-notify status JOB_ID``.
 The ``delivered`` state is also what stops a job that Redis redelivers (after a worker
 died) from being sent a second time.
+
+Every delivery not yet final is also in ``keys.OPEN_DELIVERIES``, scored by the moment it
+counts as stalled if nothing happens to it; each state change pushes that moment on. The
+record keeps the delivery's message payload, so worker/recovery.py can publish it again
+when the broker lost it.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 import redis
@@ -55,7 +61,9 @@ class JobStore:
         notification: dict[str, Any] | None = None,
         dedup_key: str | None = None,
         replay_of: str | None = None,
+        payloads: dict[str, dict[str, Any]] | None = None,
     ) -> None:
+        """Record a new job; ``payloads`` (channel -> delivery message) make it recoverable."""
         now = time.time()
         fields: dict[Any, Any] = {
             "id": job_id,
@@ -77,9 +85,14 @@ class JobStore:
         for channel in channels:
             fields[f"state:{channel}"] = QUEUED
             fields[f"attempts:{channel}"] = "0"
+        for channel, payload in (payloads or {}).items():
+            fields[f"payload:{channel}"] = json.dumps(payload)
         pipe = self.redis.pipeline()
         pipe.hset(keys.job(job_id), mapping=fields)
         pipe.expire(keys.job(job_id), self.ttl)
+        if payloads:
+            stalled_at = now + get_settings().job_stall_seconds
+            pipe.zadd(keys.OPEN_DELIVERIES, {f"{job_id}:{c}": stalled_at for c in payloads})
         pipe.execute()
 
     def state(self, job_id: str, channel: str) -> str | None:
@@ -89,14 +102,51 @@ class JobStore:
     def next_attempt(self, job_id: str, channel: str) -> int:
         return int(self.redis.hincrby(keys.job(job_id), f"attempts:{channel}", 1))
 
-    def set_state(self, job_id: str, channel: str, state: str, **extra: Any) -> None:
-        fields: dict[Any, Any] = {f"state:{channel}": state, "updated_at": repr(time.time())}
+    def set_state(
+        self, job_id: str, channel: str, state: str, *, quiet_for: float = 0.0, **extra: Any
+    ) -> None:
+        """Move a channel to ``state``; ``quiet_for`` is how long it will rightly wait
+        (a retry's countdown) before anything more happens to it."""
+        now = time.time()
+        fields: dict[Any, Any] = {f"state:{channel}": state, "updated_at": repr(now)}
         for name, value in extra.items():
             fields[f"{name}:{channel}"] = json.dumps(value)
         pipe = self.redis.pipeline()
         pipe.hset(keys.job(job_id), mapping=fields)
         pipe.expire(keys.job(job_id), self.ttl)
+        member = f"{job_id}:{channel}"
+        if state in FINAL_STATES:
+            pipe.zrem(keys.OPEN_DELIVERIES, member)
+        else:
+            stalled_at = now + quiet_for + get_settings().job_stall_seconds
+            pipe.zadd(keys.OPEN_DELIVERIES, {member: stalled_at}, xx=True)
         pipe.execute()
+
+    def touch(self, job_id: str, channel: str) -> None:
+        """A worker has the delivery in hand: it is not stalled."""
+        stalled_at = time.time() + get_settings().job_stall_seconds
+        self.redis.zadd(keys.OPEN_DELIVERIES, {f"{job_id}:{channel}": stalled_at}, xx=True)
+
+    def claim(self, job_id: str, channel: str, ttl: float) -> str | None:
+        """Take the right to deliver this job's channel for ``ttl`` seconds; a token to
+        release it with, or None while another worker holds it."""
+        token = uuid.uuid4().hex
+        taken = self.redis.set(
+            keys.delivery_claim(job_id, channel), token, nx=True, px=max(1, int(ttl * 1000))
+        )
+        return token if taken else None
+
+    def claim_remaining(self, job_id: str, channel: str) -> float:
+        """Seconds left on another worker's claim (0 when there is none)."""
+        left = int(self.redis.pttl(keys.delivery_claim(job_id, channel)))
+        return max(0.0, left / 1000)
+
+    def release(self, job_id: str, channel: str, token: str) -> None:
+        self.redis.eval(_RELEASE, 1, keys.delivery_claim(job_id, channel), token)
+
+    def payload(self, job_id: str, channel: str) -> dict[str, Any] | None:
+        raw = self.redis.hget(keys.job(job_id), f"payload:{channel}")
+        return json.loads(raw) if raw is not None else None
 
     def record_attempt(
         self,
@@ -167,6 +217,13 @@ class JobStore:
         }
         record["status"] = overall_status(record)
         return record
+
+
+# Delete the claim only if it is still ours (it may have expired and been taken since).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def overall_status(record: dict[str, Any]) -> str:

@@ -28,6 +28,17 @@ DEAD_LETTERS = f"{PREFIX}dlq"  # hash: entry id -> JSON record
 DEAD_LETTER_INDEX = f"{PREFIX}dlq:index"  # sorted set: entry id by time of death
 DUPLICATES = f"{PREFIX}stats:duplicates"  # counter
 
+# Deliveries not yet delivered or dead: "JOBID:CHANNEL" scored by when, without progress,
+# it counts as stalled (worker/recovery.py).
+OPEN_DELIVERIES = f"{PREFIX}jobs:open"
+RECOVERY_LOCK = f"{PREFIX}jobs:recovery:lock"
+RECOVERED = f"{PREFIX}stats:recovered"  # counter
+
+
+def delivery_claim(job_id: str, channel: str) -> str:
+    """Held while one worker delivers this job's channel: a second copy stands aside."""
+    return f"{PREFIX}job:{job_id}:claim:{channel}"
+
 
 def pagerduty_pause(key_id: str) -> str:
     return f"{PREFIX}pd:pause:{key_id}"

@@ -1,0 +1,84 @@
+"""Recovery of deliveries the broker lost: the job record, not the queue, is the truth.
+
+Celery on Redis takes a message off its queue (BRPOP) before it records it as unacked; if
+Redis stops in that instant the message is gone from both, and no visibility timeout
+brings it back. The job record still says the delivery is open, and keeps its message.
+``stalled()`` finds open deliveries that have seen no progress for ``JOB_STALL_SECONDS``
+and hands them back for publishing; a copy that turns out not to be needed is harmless,
+because every delivery checks the record (delivered? another worker's claim?) first.
+
+What this cannot recover: a ``notify`` intake message lost the same way, before any job
+record exists (producers that need that covered use ``tasks.enqueue``, which records the
+job before it publishes).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, cast
+
+from config.settings import get_settings
+from worker import keys
+from worker.jobs import FINAL_STATES, JobStore
+
+logger = logging.getLogger(__name__)
+
+#: Deliveries re-queued per sweep, at most (the rest wait for the next sweep).
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class Stalled:
+    """One open delivery to publish again: its message payload, and how long it has gone
+    without progress beyond any wait it was entitled to (a retry's countdown)."""
+
+    job_id: str
+    channel: str
+    payload: dict[str, Any]
+    idle_seconds: float
+
+
+def stalled(store: JobStore | None = None, now: float | None = None) -> list[Stalled]:
+    """Open deliveries past their stall deadline, each pushed on by one more stall period
+    (so one sweep claims it once). Entries whose job is final or gone are dropped."""
+    store = store or JobStore()
+    r = store.redis
+    stall = get_settings().job_stall_seconds
+    lock = uuid.uuid4().hex
+    # One sweeper at a time across the pool (beat may run twice during a handover).
+    if not r.set(keys.RECOVERY_LOCK, lock, nx=True, ex=max(5, int(stall))):
+        return []
+    try:
+        now = time.time() if now is None else now
+        due = cast(
+            "list[tuple[str, float]]",
+            r.zrangebyscore(keys.OPEN_DELIVERIES, 0, now, start=0, num=BATCH, withscores=True),
+        )
+        found: list[Stalled] = []
+        for member, deadline in due:
+            job_id, _, channel = member.rpartition(":")
+            state = store.state(job_id, channel)
+            payload = store.payload(job_id, channel) if state else None
+            if state is None or state in FINAL_STATES or payload is None:
+                r.zrem(keys.OPEN_DELIVERIES, member)
+                continue
+            r.zadd(keys.OPEN_DELIVERIES, {member: now + stall}, xx=True)
+            idle = now - (float(deadline) - stall)
+            store.record_attempt(
+                job_id, channel, attempt=None, outcome=f"recovered: {state}, idle {idle:.0f}s"
+            )
+            found.append(Stalled(job_id, channel, payload, idle))
+        if found:
+            r.incrby(keys.RECOVERED, len(found))
+        return found
+    finally:
+        if r.get(keys.RECOVERY_LOCK) == lock:
+            r.delete(keys.RECOVERY_LOCK)
+
+
+def open_count(store: JobStore | None = None) -> int:
+    """Deliveries not yet delivered or dead-lettered."""
+    return int((store or JobStore()).redis.zcard(keys.OPEN_DELIVERIES))

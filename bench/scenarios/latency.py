@@ -1,0 +1,117 @@
+"""``page_latency_ms`` and ``page_latency_backlog_ms``: from the moment a producer calls
+``tasks.enqueue`` to the sandbox's receipt of the page, for pages sent as a trickle (one
+every ``latency_interval`` seconds), first with nothing else queued, then with
+``backlog_emails`` emails waiting in the email queue. ``page_backlog_ratio`` is p99 loaded
+over p99 unloaded.
+
+The backlog is built the way it builds in production when the email pool falls behind:
+the email pool is told to stop consuming (Celery's ``cancel_consumer``), the emails are
+queued, and it is told to resume just before the pages go out, so the whole backlog is
+there while they are measured.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery.utils.nodenames import host_format
+
+import tasks
+from bench.context import Context, delivered_at, pause
+from bench.measure import BenchError, queue_depth, summary_ms, wait_drained
+from bench.scenarios.pipeline import page
+from config.celery_config import EMAIL_QUEUE, INTAKE_QUEUE, PAGERDUTY_QUEUE
+from worker.celery_app import app
+from worker.providers.base import Notification
+
+NAME = "latency"
+
+
+def email(key: str, n: int) -> Notification:
+    return Notification(
+        recipient=f"reader{n % 500}@example.com",
+        subject=f"Nightly capacity report {n}",
+        body="All databases within limits.\n" * 20,
+        idempotency_id=key,
+    )
+
+
+def trickle(ctx: Context, scenario: str) -> dict[str, float]:
+    """Send pages one at a time at a steady pace; returns each one's enqueue time."""
+    sent: dict[str, float] = {}
+    next_at = time.monotonic()
+    for i, key in enumerate(ctx.ids(scenario, ctx.sizes.latency_pages)):
+        notification = page(key, i)
+        pause(next_at - time.monotonic())
+        sent[key] = time.time()
+        tasks.enqueue(notification)
+        next_at += ctx.sizes.latency_interval
+    return sent
+
+
+def measure(ctx: Context, scenario: str) -> list[float]:
+    base = ctx.fresh_sandbox()
+    sent = trickle(ctx, scenario)
+    ctx.wait_for_events(base, len(sent), timeout=120)
+    received = delivered_at(ctx.sandbox.events(), set(sent))
+    return [received[key] - at for key, at in sent.items()]
+
+
+def _control(command: str, node: str) -> None:
+    replies = app.control.broadcast(
+        command, arguments={"queue": EMAIL_QUEUE}, destination=[node], reply=True, timeout=5
+    )
+    if not replies:
+        raise BenchError(f"the email pool ({node}) did not answer {command}")
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    ctx.deployed_pools()
+    warm = ctx.ids("latency-warmup", ctx.sizes.warmup)
+    base = ctx.fresh_sandbox()
+    for i, key in enumerate(warm):
+        tasks.enqueue(page(key, i))
+    ctx.wait_for_events(base, len(warm), timeout=60)
+
+    unloaded = measure(ctx, "latency-unloaded")
+
+    client = ctx.stack.redis()
+    email_node = host_format("email@%h")
+    emails = [email(key, i) for i, key in enumerate(ctx.ids("backlog", ctx.sizes.backlog_emails))]
+    try:
+        _control("cancel_consumer", email_node)
+        try:
+            for notification in emails:
+                tasks.enqueue(notification)
+        finally:
+            _control("add_consumer", email_node)
+        backlog_before = queue_depth(client, EMAIL_QUEUE)
+        loaded = measure(ctx, "latency-backlog")
+        backlog_after = queue_depth(client, EMAIL_QUEUE)
+        # The backlog has done its job; the rest would only slow the next scenario down.
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_purge(EMAIL_QUEUE)
+        wait_drained(client, [PAGERDUTY_QUEUE, INTAKE_QUEUE, EMAIL_QUEUE], timeout=120)
+    finally:
+        client.close()
+    quiet, busy = summary_ms(unloaded), summary_ms(loaded)
+    ratio = busy["p99"] / quiet["p99"]
+    ctx.log(f"  page latency: unloaded {quiet}, with backlog {busy}, ratio {ratio:.2f}")
+    if backlog_after == 0:
+        ctx.log("  warning: the email backlog ran out before the last page was sent")
+    return {
+        "page_latency_ms": quiet,
+        "page_latency_backlog_ms": busy,
+        "page_backlog_ratio": round(ratio, 3),
+        "details": {
+            "pages_each": ctx.sizes.latency_pages,
+            "interval_s": ctx.sizes.latency_interval,
+            "emails_queued_when_pages_started": backlog_before,
+            "emails_still_queued_after_last_page": backlog_after,
+            "max_ms": {
+                "unloaded": round(max(unloaded) * 1000, 2),
+                "backlog": round(max(loaded) * 1000, 2),
+            },
+        },
+    }

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 from bench import report
 from bench.context import Context
@@ -71,8 +72,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
         sandbox = SandboxAPI(stack.sandbox_url)
         ctx = Context(stack=stack, sizes=sizes, sandbox=sandbox, log=log, results=results)
         info = report.machine(stack.redis_version())
-        log(f"bench: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
-            f"Redis {info['redis']} ({stack.redis_description}), logs in {stack.logs}")
+        log(
+            f"bench: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
+            f"Redis {info['redis']} ({stack.redis_description}), logs in {stack.logs}"
+        )
         try:
             for name in names:
                 log(f"[{name}]")
@@ -102,6 +105,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
         "seconds": round(time.monotonic() - started, 1),
         "sizes": sizes.as_dict(),
         "redis": stack.redis_description,
+        "redis_port": urlsplit(stack.redis_url).port,
+        "child_pids": stack.started_pids,
     }
     return results, errors
 

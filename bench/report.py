@@ -35,7 +35,8 @@ class Target:
 
     @property
     def text(self) -> str:
-        return f"{'=' if self.op == '==' else self.op.replace('>=', '≥').replace('<=', '≤')} {self.value:g}"
+        shown = {">=": "≥", "<=": "≤", "==": "="}.get(self.op, self.op)
+        return f"{shown} {self.value:g}"
 
     def met(self, figure: float | None) -> bool | None:
         if figure is None or figure != figure:  # missing, or NaN

@@ -9,7 +9,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Sizes:
-    noop_tasks: int = 20_000
+    noop_tasks: int = 10_000
     pipeline_notifications: int = 5_000
     warmup: int = 50
     latency_pages: int = 300

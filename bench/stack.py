@@ -66,6 +66,8 @@ class BenchStack:
         self._pools: list[Service] = []
         self._pools_key: object = None
         self._saved_env: dict[str, str | None] = {}
+        #: Every child process started, so a caller can check none outlived the stack.
+        self.started_pids: list[int] = []
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -100,6 +102,7 @@ class BenchStack:
             self.logs / "sandbox.log",
         )
         self.sandbox.start(self.child_env(), ROOT)
+        self._started(self.sandbox)
         self._wait_ready([self.sandbox])
         self._configure_harness(self.env)
         return self
@@ -195,10 +198,15 @@ class BenchStack:
         for service in services:
             service.log.write_bytes(b"")
             service.start(child_env, ROOT)
+            self._started(service)
         self._pools = services
         self._wait_ready(services)
         self._pools_key = key
         return services
+
+    def _started(self, service: Service) -> None:
+        if service.proc is not None:
+            self.started_pids.append(service.proc.pid)
 
     def stop_pools(self) -> None:
         _stop(self._pools)

@@ -62,9 +62,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
     ctx.sandbox.reset()
     raw_count = ctx.sizes.raw_smtp_messages
-    raw = asyncio.run(
-        _raw("127.0.0.1", ctx.stack.smtp_port, raw_count, ctx.ids("raw", raw_count))
-    )
+    raw = asyncio.run(_raw("127.0.0.1", ctx.stack.smtp_port, raw_count, ctx.ids("raw", raw_count)))
     ctx.log(f"  email: pipeline {rate:.0f}/s, raw aiosmtplib {raw:.0f}/s")
     return {
         "email_per_s": round(rate, 1),

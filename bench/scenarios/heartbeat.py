@@ -19,7 +19,7 @@ from config.catalogue import Catalogue
 from worker import keys
 from worker.heartbeats.checker import HeartbeatChecker
 from worker.heartbeats.evaluation import Action
-from worker.heartbeats.store import HeartbeatStore
+from worker.heartbeats.store import HeartbeatStatus, HeartbeatStore
 from worker.redis_store import get_redis
 
 NAME = "heartbeat"
@@ -65,7 +65,7 @@ def run(ctx: Context) -> dict[str, Any]:
     for i, spec in enumerate(cat.services.values()):
         if i % 20 == 7:
             continue  # fell silent
-        status = "fail" if i % 20 == 13 else "up"
+        status: HeartbeatStatus = "fail" if i % 20 == 13 else "up"
         for _ in range(spec.threshold):
             store.record(spec, status)
 

@@ -68,15 +68,11 @@ def run_delivery(task: Any, channel: str, payload: Any) -> str:
         error = exc if isinstance(exc, NotificationError) else _unexpected(exc)
         return _failed(task, job, channel, error, started, store, dead, policy)
 
-    attempt = store.next_attempt(job.job_id, channel)
     latency = (time.monotonic() - started) * 1000
-    store.record_attempt(
-        job.job_id, channel, attempt=attempt, outcome=jobs.DELIVERED, latency_ms=latency
-    )
-    store.set_state(
+    store.record_delivery(
         job.job_id,
         channel,
-        jobs.DELIVERED,
+        latency_ms=latency,
         result={"message_id": result.message_id, **result.metadata},
     )
     return jobs.DELIVERED

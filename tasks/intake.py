@@ -87,16 +87,16 @@ def accept(request: JobRequest, job_id: str, source: str, replay_of: str | None 
 
     notification = request.notification()
     try:
-        if not store.redis.exists(keys.job(job_id)):
-            store.create(
-                job_id,
-                channels=[c.value for c in channels],
-                action="trigger",
-                source=source,
-                team=request.team,
-                notification=notification.model_dump(mode="json"),
-                replay_of=replay_of,
-            )
+        store.create(  # a redelivered notify finds its record already there
+            job_id,
+            channels=[c.value for c in channels],
+            action="trigger",
+            source=source,
+            team=request.team,
+            notification=notification.model_dump(mode="json"),
+            replay_of=replay_of,
+            if_absent=True,
+        )
         now = time.time()
         for ch in channels:
             job = DeliveryJob(

@@ -30,6 +30,31 @@ DEAD = "dead"
 FINAL_STATES = (DELIVERED, DEAD)
 
 
+# KEYS[1] job hash: create it from ARGV[2..] (field, value, ...) unless it exists;
+# ARGV[1] ttl. Returns 1 when created. One round trip for intake, and a redelivered
+# ``notify`` never overwrites the record its first run made.
+_CREATE_IF_ABSENT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# KEYS[1] job hash, KEYS[2] attempts list; ARGV[1] channel, ARGV[2] ttl, ARGV[3] the
+# attempt entry as JSON without its opening brace, ARGV[4..] fields to set. Numbers the
+# attempt (HINCRBY, as next_attempt does), records it, sets the fields: a delivery's
+# whole record in one round trip instead of three. Returns the attempt number.
+_RECORD_ATTEMPT = """
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts:' .. ARGV[1], 1)
+redis.call('RPUSH', KEYS[2], '{"attempt": ' .. attempt .. ', ' .. ARGV[3])
+redis.call('LTRIM', KEYS[2], -1000, -1)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return attempt
+"""
+
+
 class JobStore:
     """Reads and writes job records; one instance per process is enough."""
 
@@ -55,7 +80,10 @@ class JobStore:
         notification: dict[str, Any] | None = None,
         dedup_key: str | None = None,
         replay_of: str | None = None,
-    ) -> None:
+        if_absent: bool = False,
+    ) -> bool:
+        """Write the job's record; with ``if_absent``, only if it has none yet (atomic).
+        Returns whether it was written."""
         now = time.time()
         fields: dict[Any, Any] = {
             "id": job_id,
@@ -77,10 +105,14 @@ class JobStore:
         for channel in channels:
             fields[f"state:{channel}"] = QUEUED
             fields[f"attempts:{channel}"] = "0"
+        if if_absent:
+            flat = [item for pair in fields.items() for item in pair]
+            return bool(self.redis.eval(_CREATE_IF_ABSENT, 1, keys.job(job_id), self.ttl, *flat))
         pipe = self.redis.pipeline()
         pipe.hset(keys.job(job_id), mapping=fields)
         pipe.expire(keys.job(job_id), self.ttl)
         pipe.execute()
+        return True
 
     def state(self, job_id: str, channel: str) -> str | None:
         value = self.redis.hget(keys.job(job_id), f"state:{channel}")
@@ -127,6 +159,33 @@ class JobStore:
         pipe.ltrim(keys.job_attempts(job_id), -1000, -1)
         pipe.expire(keys.job_attempts(job_id), self.ttl)
         pipe.execute()
+
+    def record_delivery(
+        self, job_id: str, channel: str, *, latency_ms: float, result: dict[str, Any]
+    ) -> int:
+        """Number, record and mark a successful attempt in one round trip (what
+        :meth:`next_attempt`, :meth:`record_attempt` and :meth:`set_state` do in three).
+        Returns the attempt number."""
+        now = time.time()
+        entry = {"at": now, "channel": channel, "outcome": DELIVERED}
+        entry["latency_ms"] = round(latency_ms, 1)
+        fields = {
+            f"state:{channel}": DELIVERED,
+            "updated_at": repr(now),
+            f"result:{channel}": json.dumps(result),
+        }
+        return int(
+            self.redis.eval(
+                _RECORD_ATTEMPT,
+                2,
+                keys.job(job_id),
+                keys.job_attempts(job_id),
+                channel,
+                self.ttl,
+                json.dumps(entry)[1:],
+                *[item for pair in fields.items() for item in pair],
+            )
+        )
 
     def add_duplicate(self, job_id: str) -> None:
         pipe = self.redis.pipeline()

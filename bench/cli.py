@@ -69,8 +69,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
 
     stack = BenchStack(redis_url=args.redis_url, log=log)
     with stack:
-        sandbox = SandboxAPI(stack.sandbox_url)
-        ctx = Context(stack=stack, sizes=sizes, sandbox=sandbox, log=log, results=results)
+        sandbox, mail = SandboxAPI(stack.sandbox_url), SandboxAPI(stack.mail_sandbox_url)
+        ctx = Context(
+            stack=stack, sizes=sizes, sandbox=sandbox, mail=mail, log=log, results=results
+        )
         info = report.machine(stack.redis_version())
         log(
             f"bench: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
                 results.update(figures)
         finally:
             sandbox.close()
+            mail.close()
     if not errors:
         stack.remove_files()
     results["targets"] = report.evaluate(results)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from bench.measure import BenchError, wait_until
 from bench.procfile import pool
@@ -15,12 +17,15 @@ from bench.sizes import Sizes
 from bench.stack import BenchStack
 from cli.dev_stack import Service
 
+T = TypeVar("T")
+
 
 @dataclass
 class Context:
     stack: BenchStack
     sizes: Sizes
     sandbox: SandboxAPI
+    mail: SandboxAPI
     log: Callable[[str], None]
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     #: Figures from earlier scenarios (the pipeline's ratio needs the baseline).
@@ -50,6 +55,22 @@ class Context:
         seq = self.sandbox.last_seq()
         self.sandbox.reset()
         return seq
+
+    def produce(self, items: Sequence[T], send: Callable[[T], object]) -> tuple[float, float]:
+        """Hand ``items`` to ``send`` from ``producer_threads`` threads at once, as several
+        producers would (one Python thread alone cannot feed the pools); returns when the
+        first started and the last returned (epoch seconds)."""
+        threads = max(1, min(self.sizes.producer_threads, len(items)))
+        chunks = [items[i::threads] for i in range(threads)]
+
+        def feed(chunk: Sequence[T]) -> None:
+            for item in chunk:
+                send(item)
+
+        started = time.time()
+        with ThreadPoolExecutor(threads, thread_name_prefix="producer") as pool:
+            list(pool.map(feed, chunks))
+        return started, time.time()
 
 
 def delivered_at(events: list[dict[str, object]], keys: set[str]) -> dict[str, float]:

@@ -12,6 +12,7 @@ class Sizes:
     noop_tasks: int = 10_000
     pipeline_notifications: int = 5_000
     warmup: int = 50
+    producer_threads: int = 4  # threads calling tasks.enqueue / send_task at once
     latency_pages: int = 300
     latency_interval: float = 0.02  # seconds between pages: a trickle, never a burst
     backlog_emails: int = 10_000

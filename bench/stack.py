@@ -1,6 +1,7 @@
 """The processes a benchmark runs against, each on a free port, all torn down at the end:
 a private Redis (:class:`sandbox.redis_server.LocalRedis`, or a given URL's database), the
-sandbox as its own process (``gds-notify sandbox``), and worker pools started from the
+sandbox as processes of its own (``gds-notify sandbox``: one for PagerDuty, one for
+SMTP), and worker pools started from the
 Procfile's command lines with the environment the dev stack gives its children.
 
 The sandbox runs in its own process, not on a thread of the harness, so the times it
@@ -60,7 +61,9 @@ class BenchStack:
         self.local_redis: LocalRedis | None = None
         self.redis_url = ""
         self.sandbox: Service | None = None
+        self.mail_sandbox: Service | None = None
         self.sandbox_url = ""
+        self.mail_sandbox_url = ""
         self.smtp_port = 0
         self.env: dict[str, str] = {}
         self._pools: list[Service] = []
@@ -74,16 +77,28 @@ class BenchStack:
     def start(self) -> Self:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.redis_url = self._start_redis()
-        port, self.smtp_port = free_port(), free_port()
+        port, mail_port, self.smtp_port = free_port(), free_port(), free_port()
         self.sandbox_url = f"http://127.0.0.1:{port}"
+        self.mail_sandbox_url = f"http://127.0.0.1:{mail_port}"
         # The dev stack's own idea of what its children need; the limit is set per run.
         dev = DevStack(host="127.0.0.1", port=port, smtp_port=self.smtp_port)
         self.env = dev.child_env(self.redis_url)
         self.env.pop("HEARTBEAT_SERVICES_FILE", None)
         self.env["PAGERDUTY_RATE_LIMIT"] = UNLIMITED_RATE
         self.env["PYTHONUNBUFFERED"] = "1"
-        self.sandbox = Service(
-            "sandbox",
+        # PagerDuty and the mail relay are two services in real life: two sandbox
+        # processes here, so a busy SMTP sink cannot delay the emulator's event loop (and
+        # with it the receipt times pages are measured by). The first one's SMTP port is
+        # never used; the second one's web port only answers the harness's questions.
+        self.sandbox = self._sandbox("sandbox", port, free_port())
+        self.mail_sandbox = self._sandbox("mail-sandbox", mail_port, self.smtp_port)
+        self._wait_ready([self.sandbox, self.mail_sandbox])
+        self._configure_harness(self.env)
+        return self
+
+    def _sandbox(self, name: str, port: int, smtp_port: int) -> Service:
+        service = Service(
+            name,
             [
                 sys.executable,
                 "-m",
@@ -94,18 +109,16 @@ class BenchStack:
                 "--port",
                 str(port),
                 "--smtp-port",
-                str(self.smtp_port),
+                str(smtp_port),
                 "--rate-limit",
                 "0",
             ],
-            f"{self.sandbox_url}/healthz",
-            self.logs / "sandbox.log",
+            f"http://127.0.0.1:{port}/healthz",
+            self.logs / f"{name}.log",
         )
-        self.sandbox.start(self.child_env(), ROOT)
-        self._started(self.sandbox)
-        self._wait_ready([self.sandbox])
-        self._configure_harness(self.env)
-        return self
+        service.start(self.child_env(), ROOT)
+        self._started(service)
+        return service
 
     def _start_redis(self) -> str:
         if self.given_redis_url:
@@ -140,9 +153,8 @@ class BenchStack:
     def stop(self) -> None:
         """Stop every process this stack started and remove its files."""
         self.stop_pools()
-        if self.sandbox is not None:
-            _stop([self.sandbox])
-            self.sandbox = None
+        _stop([s for s in (self.sandbox, self.mail_sandbox) if s is not None])
+        self.sandbox = self.mail_sandbox = None
         if self.local_redis is not None:
             self.local_redis.cleanup()
             self.local_redis = None

@@ -39,28 +39,25 @@ async def _raw(host: str, port: int, count: int, keys: list[str]) -> float:
 
 def run(ctx: Context) -> dict[str, Any]:
     ctx.deployed_pools()
-    ctx.sandbox.reset()
+    ctx.mail.reset()
     for i, key in enumerate(ctx.ids("email-warmup", ctx.sizes.warmup)):
         tasks.enqueue(email(key, i))
-    wait_until(lambda: ctx.sandbox.message_count() >= ctx.sizes.warmup, 60, "warm-up emails")
+    wait_until(lambda: ctx.mail.message_count() >= ctx.sizes.warmup, 60, "warm-up emails")
 
     count = ctx.sizes.email_messages
     emails = [email(key, i) for i, key in enumerate(ctx.ids("email", count))]
-    ctx.sandbox.reset()
-    started = time.time()
-    for notification in emails:
-        tasks.enqueue(notification)
-    enqueued = time.time()
+    ctx.mail.reset()
+    started, enqueued = ctx.produce(emails, tasks.enqueue)
     wait_until(
-        lambda: ctx.sandbox.message_count() >= count,
+        lambda: ctx.mail.message_count() >= count,
         max(120.0, count / 10),
         f"{count} emails at the SMTP sink",
         interval=0.05,
     )
-    finished = max(float(m["at"]) for m in ctx.sandbox.messages())
+    finished = max(float(m["at"]) for m in ctx.mail.messages())
     rate = count / (finished - started)
 
-    ctx.sandbox.reset()
+    ctx.mail.reset()
     raw_count = ctx.sizes.raw_smtp_messages
     raw = asyncio.run(_raw("127.0.0.1", ctx.stack.smtp_port, raw_count, ctx.ids("raw", raw_count)))
     ctx.log(f"  email: pipeline {rate:.0f}/s, raw aiosmtplib {raw:.0f}/s")

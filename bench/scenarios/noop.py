@@ -1,10 +1,10 @@
 """``celery_noop_per_s``: the baseline. No-op tasks per second through one worker process
 with the pool type and concurrency of the Procfile's ``pagerduty`` pool, on the same Redis,
-from first publish to the queue drained."""
+from first publish to the queue drained, published by as many producer threads as the
+pipeline's."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from bench.context import Context
@@ -15,9 +15,8 @@ from bench.procfile import pool, with_option
 NAME = "noop"
 
 
-def _publish(count: int) -> None:
-    for i in range(count):
-        app.send_task(NOOP_TASK, args=[i], queue=NOOP_QUEUE, routing_key=NOOP_QUEUE)
+def _publish(n: int) -> None:
+    app.send_task(NOOP_TASK, args=[n], queue=NOOP_QUEUE, routing_key=NOOP_QUEUE)
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -26,12 +25,10 @@ def run(ctx: Context) -> dict[str, Any]:
     ctx.stack.pools([("noop", spec)])
     client = ctx.stack.redis()
     try:
-        _publish(ctx.sizes.warmup)  # connections, imports, the first prefetch
+        ctx.produce(range(ctx.sizes.warmup), _publish)  # connections, the first prefetch
         wait_drained(client, [NOOP_QUEUE], timeout=60)
         count = ctx.sizes.noop_tasks
-        started = time.time()
-        _publish(count)
-        published = time.time()
+        started, published = ctx.produce(range(count), _publish)
         finished = wait_drained(client, [NOOP_QUEUE], timeout=max(120.0, count / 20))
     finally:
         client.close()

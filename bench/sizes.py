@@ -13,7 +13,8 @@ class Sizes:
     pipeline_notifications: int = 5_000
     warmup: int = 50
     producer_threads: int = 4  # threads calling tasks.enqueue / send_task at once
-    latency_pages: int = 300
+    latency_pages: int = 300  # for each of the two conditions
+    latency_rounds: int = 6  # the conditions alternate this many times
     latency_interval: float = 0.02  # seconds between pages: a trickle, never a burst
     backlog_emails: int = 10_000
     email_messages: int = 3_000
@@ -33,6 +34,7 @@ SMOKE = Sizes(
     pipeline_notifications=100,
     warmup=5,
     latency_pages=20,
+    latency_rounds=2,
     latency_interval=0.01,
     backlog_emails=200,
     email_messages=50,

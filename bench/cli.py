@@ -70,9 +70,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
     stack = BenchStack(redis_url=args.redis_url, log=log)
     with stack:
         sandbox, mail = SandboxAPI(stack.sandbox_url), SandboxAPI(stack.mail_sandbox_url)
-        ctx = Context(
-            stack=stack, sizes=sizes, sandbox=sandbox, mail=mail, log=log, results=results
-        )
+        ctx = Context(stack=stack, sizes=sizes, sandbox=sandbox, mail=mail, log=log)
         info = report.machine(stack.redis_version())
         log(
             f"bench: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "

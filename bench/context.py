@@ -28,8 +28,6 @@ class Context:
     mail: SandboxAPI
     log: Callable[[str], None]
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    #: Figures from earlier scenarios (the pipeline's ratio needs the baseline).
-    results: dict[str, object] = field(default_factory=dict)
 
     def deployed_pools(self, env: dict[str, str] | None = None) -> list[Service]:
         """The Procfile's ``pagerduty`` and ``email`` pools, one process each."""

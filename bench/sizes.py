@@ -9,8 +9,9 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Sizes:
-    noop_tasks: int = 10_000
-    pipeline_notifications: int = 5_000
+    noop_tasks: int = 12_000
+    throughput_rounds: int = 3  # baseline and pipeline alternate this many times
+    pipeline_notifications: int = 6_000
     warmup: int = 50
     producer_threads: int = 4  # threads calling tasks.enqueue / send_task at once
     latency_pages: int = 300  # for each of the two conditions
@@ -31,6 +32,7 @@ class Sizes:
 FULL = Sizes()
 SMOKE = Sizes(
     noop_tasks=200,
+    throughput_rounds=1,
     pipeline_notifications=100,
     warmup=5,
     latency_pages=20,

@@ -1,17 +1,14 @@
-"""``pipeline_per_s``: pages per second end to end. The harness is a Python producer:
+"""The pipeline's throughput: pages end to end. The harness is a Python producer:
 ``tasks.enqueue`` validates, claims the idempotency id, routes and records each job; the
 Procfile's ``pagerduty`` pool delivers it through the shared rate limiter (set far above
 the load) to the sandbox. Timed from the first enqueue to the sandbox's receipt of the
-last page, with ``producer_threads`` producers at once. Also ``worker_rss_mb``: the pool's
-resident memory right after."""
+last page, with ``producer_threads`` producers at once. :mod:`bench.scenarios.throughput`
+runs it in rounds alternating with the baseline's."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import tasks
 from bench.context import Context, delivered_at
-from bench.measure import rss_mb
 from worker.providers.base import Notification, NotificationPriority
 
 
@@ -29,45 +26,23 @@ def page(key: str, n: int) -> Notification:
     )
 
 
-NAME = "pipeline"
-
-
-def run(ctx: Context) -> dict[str, Any]:
-    pools = ctx.deployed_pools()
+def warm_up(ctx: Context) -> None:
+    """Connections and imports in the pool and the harness: not part of any figure."""
     warm = ctx.ids("pipeline-warmup", ctx.sizes.warmup)
     base = ctx.fresh_sandbox()
     for i, key in enumerate(warm):
         tasks.enqueue(page(key, i))
     ctx.wait_for_events(base, len(warm), timeout=60)
 
-    count = ctx.sizes.pipeline_notifications
-    keys = ctx.ids("pipeline", count)
-    pages = [page(key, i) for i, key in enumerate(keys)]  # the producer's data, made first
+
+def one_round(ctx: Context, count: int, label: str) -> tuple[float, float, int]:
+    """Deliver ``count`` pages; returns (seconds end to end, seconds to enqueue, requests
+    the sandbox answered other than 202)."""
+    keys = ctx.ids(f"pipeline-{label}", count)
+    pages = [page(key, i) for i, key in enumerate(keys)]  # the producers' data, made first
     base = ctx.fresh_sandbox()
     started, enqueued = ctx.produce(pages, tasks.enqueue)
     ctx.wait_for_events(base, count, timeout=max(120.0, count / 10))
     events = ctx.sandbox.events()
     finished = max(delivered_at(events, set(keys)).values())
-    rss = rss_mb(_pid(pools[0]))
-
-    rate = count / (finished - started)
-    ctx.log(f"  pipeline: {count} pages in {finished - started:.2f} s = {rate:.0f}/s")
-    noop = ctx.results.get("celery_noop_per_s")
-    return {
-        "pipeline_per_s": round(rate, 1),
-        "pipeline_vs_noop": round(rate / noop, 3) if isinstance(noop, float) else None,
-        "worker_rss_mb": round(rss, 1),
-        "details": {
-            "pages": count,
-            "seconds": round(finished - started, 3),
-            "enqueue_per_s": round(count / (enqueued - started), 1),
-            "sandbox_requests": len(events),
-            "non_202": sum(1 for e in events if e.get("status") != 202),
-            "rss_of": "the pagerduty pool's worker process",
-        },
-    }
-
-
-def _pid(service: Any) -> int:
-    assert service.proc is not None
-    return int(service.proc.pid)
+    return finished - started, enqueued - started, sum(e.get("status") != 202 for e in events)

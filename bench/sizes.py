@@ -15,7 +15,7 @@ class Sizes:
     warmup: int = 50
     producer_threads: int = 4  # threads calling tasks.enqueue / send_task at once
     latency_pages: int = 300  # for each of the two conditions
-    latency_rounds: int = 6  # the conditions alternate this many times
+    latency_rounds: int = 4  # the conditions alternate this many times
     latency_interval: float = 0.02  # seconds between pages: a trickle, never a burst
     backlog_emails: int = 10_000
     email_messages: int = 3_000

@@ -153,7 +153,9 @@ def _git_commit() -> str:
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    # The results file itself is rewritten by every run: it does not make the code dirty.
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
+    return commit + ("-dirty" if changed else "")
 
 
 def machine(redis_version: str) -> dict[str, Any]:

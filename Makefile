@@ -10,11 +10,12 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 	&& { echo $$p; break; }; done)
 
-.PHONY: help install browser run dev sandbox test lint format typecheck pytest clean
+.PHONY: help install browser run dev sandbox test lint format typecheck pytest bench clean
 
 help:
 	@echo "make run      start the whole stack: Redis, worker, beat, Flower :5555, sandbox :8025, SMTP sink :1025"
 	@echo "make test     install everything, then ruff, ruff format --check, mypy and pytest"
+	@echo "make bench    benchmark on this machine (about 4 minutes); writes bench/results/latest.json"
 	@echo "make format   rewrite the code in the project's format"
 	@echo "make clean    remove the virtual environment and caches"
 
@@ -59,6 +60,10 @@ pytest: install browser
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
+
+# The benchmark harness (see README, Benchmarks): starts its own Redis, sandbox and workers.
+bench: install
+	$(BIN)/python -m bench
 
 format: install
 	$(BIN)/ruff format .

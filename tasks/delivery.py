@@ -68,10 +68,13 @@ def run_delivery(task: Any, channel: str, payload: Any) -> str:
         )
         raise task.retry(countdown=wait, max_retries=None)
     try:
-        store.touch(job.job_id, channel)
-        return _attempt(task, job, channel, store, dead, policy)
-    finally:
+        outcome = _attempt(task, job, channel, store, dead, policy, token)
+    except BaseException:
         store.release(job.job_id, channel, token)
+        raise
+    if outcome != jobs.DELIVERED:  # a delivery's record released the claim already
+        store.release(job.job_id, channel, token)
+    return outcome
 
 
 def claim_seconds(channel: str) -> float:
@@ -89,6 +92,7 @@ def _attempt(
     store: JobStore,
     dead: DeadLetters,
     policy: RetryPolicy,
+    claim: str,
 ) -> str:
     started = time.monotonic()
     try:
@@ -104,16 +108,13 @@ def _attempt(
         error = exc if isinstance(exc, NotificationError) else _unexpected(exc)
         return _failed(task, job, channel, error, started, store, dead, policy)
 
-    attempt = store.next_attempt(job.job_id, channel)
     latency = (time.monotonic() - started) * 1000
-    store.record_attempt(
-        job.job_id, channel, attempt=attempt, outcome=jobs.DELIVERED, latency_ms=latency
-    )
-    store.set_state(
+    store.record_delivery(
         job.job_id,
         channel,
-        jobs.DELIVERED,
+        latency_ms=latency,
         result={"message_id": result.message_id, **result.metadata},
+        claim=claim,
     )
     return jobs.DELIVERED
 

@@ -100,17 +100,17 @@ def accept(request: JobRequest, job_id: str, source: str, replay_of: str | None 
         for ch in channels
     ]
     try:
-        if not store.redis.exists(keys.job(job_id)):
-            store.create(
-                job_id,
-                channels=[c.value for c in channels],
-                action="trigger",
-                source=source,
-                team=request.team,
-                notification=notification.model_dump(mode="json"),
-                replay_of=replay_of,
-                payloads={d.channel.value: d.model_dump(mode="json") for d in deliveries},
-            )
+        store.create(  # a redelivered notify finds its record already there
+            job_id,
+            channels=[c.value for c in channels],
+            action="trigger",
+            source=source,
+            team=request.team,
+            notification=notification.model_dump(mode="json"),
+            replay_of=replay_of,
+            payloads={d.channel.value: d.model_dump(mode="json") for d in deliveries},
+            if_absent=True,
+        )
         for delivery in deliveries:
             publish(delivery)
     except Exception:

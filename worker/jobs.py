@@ -36,6 +36,38 @@ DEAD = "dead"
 FINAL_STATES = (DELIVERED, DEAD)
 
 
+# KEYS[1] job hash, KEYS[2] open deliveries; ARGV[1] ttl, ARGV[2] stall deadline, ARGV[3]
+# n, ARGV[4..3+n] open-delivery members, then field, value, ... Creates the record and
+# indexes its deliveries unless the record exists. Returns 1 when created. One round trip
+# for intake, and a redelivered ``notify`` never overwrites the record its first run made.
+_CREATE_IF_ABSENT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local n = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4 + n))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+for i = 4, 3 + n do redis.call('ZADD', KEYS[2], ARGV[2], ARGV[i]) end
+return 1
+"""
+
+# KEYS[1] job hash, KEYS[2] attempts list, KEYS[3] open deliveries, KEYS[4] the claim;
+# ARGV[1] channel, ARGV[2] ttl, ARGV[3] the attempt entry as JSON without its opening
+# brace, ARGV[4] open-delivery member, ARGV[5] claim token, ARGV[6..] fields to set.
+# Numbers the attempt (HINCRBY, as next_attempt does), records it, sets the fields, closes
+# the delivery and releases our claim: a delivery's whole record in one round trip.
+# Returns the attempt number.
+_RECORD_DELIVERY = """
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts:' .. ARGV[1], 1)
+redis.call('RPUSH', KEYS[2], '{"attempt": ' .. attempt .. ', ' .. ARGV[3])
+redis.call('LTRIM', KEYS[2], -1000, -1)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[4])
+if redis.call('GET', KEYS[4]) == ARGV[5] then redis.call('DEL', KEYS[4]) end
+return attempt
+"""
+
+
 class JobStore:
     """Reads and writes job records; one instance per process is enough."""
 
@@ -62,8 +94,11 @@ class JobStore:
         dedup_key: str | None = None,
         replay_of: str | None = None,
         payloads: dict[str, dict[str, Any]] | None = None,
-    ) -> None:
-        """Record a new job; ``payloads`` (channel -> delivery message) make it recoverable."""
+        if_absent: bool = False,
+    ) -> bool:
+        """Write the job's record; with ``if_absent``, only if it has none yet (atomic).
+        ``payloads`` (channel -> delivery message) make its deliveries recoverable.
+        Returns whether it was written."""
         now = time.time()
         fields: dict[Any, Any] = {
             "id": job_id,
@@ -87,13 +122,29 @@ class JobStore:
             fields[f"attempts:{channel}"] = "0"
         for channel, payload in (payloads or {}).items():
             fields[f"payload:{channel}"] = json.dumps(payload)
+        stalled_at = now + get_settings().job_stall_seconds
+        members = [f"{job_id}:{c}" for c in payloads or {}]
+        if if_absent:
+            flat = [item for pair in fields.items() for item in pair]
+            created = self.redis.eval(
+                _CREATE_IF_ABSENT,
+                2,
+                keys.job(job_id),
+                keys.OPEN_DELIVERIES,
+                self.ttl,
+                repr(stalled_at),
+                len(members),
+                *members,
+                *flat,
+            )
+            return bool(created)
         pipe = self.redis.pipeline()
         pipe.hset(keys.job(job_id), mapping=fields)
         pipe.expire(keys.job(job_id), self.ttl)
-        if payloads:
-            stalled_at = now + get_settings().job_stall_seconds
-            pipe.zadd(keys.OPEN_DELIVERIES, {f"{job_id}:{c}": stalled_at for c in payloads})
+        if members:
+            pipe.zadd(keys.OPEN_DELIVERIES, dict.fromkeys(members, stalled_at))
         pipe.execute()
+        return True
 
     def state(self, job_id: str, channel: str) -> str | None:
         value = self.redis.hget(keys.job(job_id), f"state:{channel}")
@@ -122,18 +173,16 @@ class JobStore:
             pipe.zadd(keys.OPEN_DELIVERIES, {member: stalled_at}, xx=True)
         pipe.execute()
 
-    def touch(self, job_id: str, channel: str) -> None:
-        """A worker has the delivery in hand: it is not stalled."""
-        stalled_at = time.time() + get_settings().job_stall_seconds
-        self.redis.zadd(keys.OPEN_DELIVERIES, {f"{job_id}:{channel}": stalled_at}, xx=True)
-
     def claim(self, job_id: str, channel: str, ttl: float) -> str | None:
         """Take the right to deliver this job's channel for ``ttl`` seconds; a token to
-        release it with, or None while another worker holds it."""
+        release it with, or None while another worker holds it. Either way the delivery
+        is in a worker's hands, so its stall deadline moves on."""
         token = uuid.uuid4().hex
-        taken = self.redis.set(
-            keys.delivery_claim(job_id, channel), token, nx=True, px=max(1, int(ttl * 1000))
-        )
+        stalled_at = time.time() + get_settings().job_stall_seconds
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(keys.delivery_claim(job_id, channel), token, nx=True, px=max(1, int(ttl * 1000)))
+        pipe.zadd(keys.OPEN_DELIVERIES, {f"{job_id}:{channel}": stalled_at}, xx=True)
+        taken, _ = pipe.execute()
         return token if taken else None
 
     def claim_remaining(self, job_id: str, channel: str) -> float:
@@ -177,6 +226,42 @@ class JobStore:
         pipe.ltrim(keys.job_attempts(job_id), -1000, -1)
         pipe.expire(keys.job_attempts(job_id), self.ttl)
         pipe.execute()
+
+    def record_delivery(
+        self,
+        job_id: str,
+        channel: str,
+        *,
+        latency_ms: float,
+        result: dict[str, Any],
+        claim: str = "",
+    ) -> int:
+        """Number, record and mark a successful attempt, close the delivery and release
+        ``claim``, in one round trip. Returns the attempt number."""
+        now = time.time()
+        entry = {"at": now, "channel": channel, "outcome": DELIVERED}
+        entry["latency_ms"] = round(latency_ms, 1)
+        fields = {
+            f"state:{channel}": DELIVERED,
+            "updated_at": repr(now),
+            f"result:{channel}": json.dumps(result),
+        }
+        return int(
+            self.redis.eval(
+                _RECORD_DELIVERY,
+                4,
+                keys.job(job_id),
+                keys.job_attempts(job_id),
+                keys.OPEN_DELIVERIES,
+                keys.delivery_claim(job_id, channel),
+                channel,
+                self.ttl,
+                json.dumps(entry)[1:],
+                f"{job_id}:{channel}",
+                claim,
+                *[item for pair in fields.items() for item in pair],
+            )
+        )
 
     def add_duplicate(self, job_id: str) -> None:
         pipe = self.redis.pipeline()

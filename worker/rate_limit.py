@@ -28,8 +28,15 @@ from config.settings import get_settings
 from worker import keys
 from worker.redis_store import get_redis
 
-# KEYS[1] window; ARGV: window seconds, limit, member. Returns {1} or {0, wait seconds}.
+# KEYS[1] window, KEYS[2] the key's pause; ARGV: window seconds, limit, member, the
+# caller's time. Returns {1}, {0, wait for the window} or {2, rest of the pause}. The
+# pause is checked here, in the same round trip, against the caller's clock (the clock
+# that wrote it, in pause()).
 _ACQUIRE = """
+local paused = redis.call('GET', KEYS[2])
+if paused and tonumber(paused) > tonumber(ARGV[4]) then
+  return {2, tostring(tonumber(paused) - tonumber(ARGV[4]))}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local window = tonumber(ARGV[1])
@@ -90,14 +97,23 @@ class SharedRateLimiter:
         """Reserve a slot for one event (a :class:`Slot`), or return the seconds to wait
         (the key is paused after a 429, or the window is full) without reserving."""
         kid = key_id(routing_key)
-        paused = self.paused_for(kid)
-        if paused > 0:
-            return paused
         window_key = f"{keys.RATE_LIMIT_NAMESPACE}:{kid}"
         member = uuid.uuid4().hex
-        answer = get_redis().eval(_ACQUIRE, 1, window_key, self.window, self.limit, member)
+        # One round trip: a page pays for every one of them in latency.
+        answer = get_redis().eval(
+            _ACQUIRE,
+            2,
+            window_key,
+            keys.pagerduty_pause(kid),
+            self.window,
+            self.limit,
+            member,
+            repr(time.time()),
+        )
         if int(answer[0]) == 1:
             return Slot(window_key, member)
+        if int(answer[0]) == 2:
+            return float(answer[1])  # paused after a 429: exactly the rest of the pause
         return max(0.001, float(answer[1])) + self.margin
 
     def paused_for(self, kid: str) -> float:

@@ -1,0 +1,12 @@
+"""The benchmark harness behind ``make bench`` (``python -m bench``).
+
+Every figure is measured on real processes started here (Redis, the sandbox, ``celery -A
+worker worker`` pools as the Procfile runs them) and, where it makes sense, reported as a
+ratio to a baseline taken in the same run, because the machines it runs on are shared
+and noisy. See README, "Benchmarks".
+
+Modules: ``stack`` (processes on free ports), ``procfile`` (the pools' command lines),
+``noop_app`` (the Celery baseline task), ``sandbox_api`` (reading the sandbox),
+``measure`` (timing helpers), ``scenarios/`` (one module per figure), ``report`` (targets,
+table, JSON and machine info), ``cli`` (the command line).
+"""

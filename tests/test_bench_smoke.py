@@ -1,0 +1,94 @@
+"""The benchmark harness, in its seconds-long smoke size, so it cannot rot: it starts its
+stack, runs every scenario, writes every figure with a sane type, and leaves nothing
+running. Speeds are not asserted (this machine is shared); correctness figures are."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+POSITIVE_NUMBERS = [
+    "celery_noop_per_s",
+    "pipeline_per_s",
+    "pipeline_vs_noop",
+    "page_backlog_ratio",
+    "email_per_s",
+    "raw_smtp_per_s",
+    "email_vs_raw",
+    "heartbeat_check_ms_10k",
+    "worker_rss_mb",
+]
+
+
+def bench_command(out: Path) -> list[str]:
+    command = [sys.executable, "-m", "bench", "--smoke", "--out", str(out)]
+    given = os.environ.get("REDIS_URL")
+    if given:  # a database of its own, as the other tests keep to theirs
+        parts = urlsplit(given)
+        db = os.environ.get("GDS_BENCH_REDIS_DB", "14")
+        command += ["--redis-url", urlunsplit((parts.scheme, parts.netloc, f"/{db}", "", ""))]
+    return command
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose; Linux marks it Z in /proc/PID/stat.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def test_smoke_bench_writes_every_figure_and_leaves_nothing_running(tmp_path: Path) -> None:
+    out = tmp_path / "smoke.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PAGERDUTY_", "SMTP_"))}
+    done = subprocess.run(
+        bench_command(out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=110
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+
+    assert results["errors"] == {}
+    for key in POSITIVE_NUMBERS:
+        assert isinstance(results[key], int | float), key
+        assert results[key] > 0, key
+    for key in ("page_latency_ms", "page_latency_backlog_ms"):
+        figures = results[key]
+        assert set(figures) == {"p50", "p95", "p99"}
+        assert 0 < figures["p50"] <= figures["p95"] <= figures["p99"]
+    drain = results["throttled_drain"]
+    assert set(drain) == {
+        "seconds",
+        "minimum_seconds",
+        "ratio",
+        "responses_429",
+        "lost",
+        "duplicate_incidents",
+    }
+    assert drain["seconds"] > 0
+    assert drain["minimum_seconds"] > 0
+    assert drain["ratio"] > 0
+    assert isinstance(drain["responses_429"], int)
+    assert drain["responses_429"] >= 0
+    assert drain["lost"] == 0
+    assert drain["duplicate_incidents"] == 0
+
+    assert results["run"]["smoke"] is True
+    assert set(results["machine"]) >= {"cpu", "cores", "python", "redis", "date", "git_commit"}
+    assert all(t["met"] in (True, False) for t in results["targets"].values())
+    assert not (ROOT / "bench" / "results" / "smoke.json").exists()
+
+    # Nothing outlives the harness: no child process, and its own Redis is gone.
+    assert results["run"]["child_pids"]
+    assert [pid for pid in results["run"]["child_pids"] if alive(pid)] == []
+    if "REDIS_URL" not in os.environ:
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", results["run"]["redis_port"])) != 0

@@ -19,7 +19,12 @@ from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses
 
 from worker.exceptions import NotificationDeliveryError
-from worker.providers.base import Notification, NotificationPriority, content_key
+from worker.providers.base import (
+    Notification,
+    NotificationPriority,
+    content_key,
+    is_one_line,
+)
 
 #: Headers a mail client shows as "important", by priority (HIGH and above only).
 IMPORTANCE_HEADERS: dict[NotificationPriority, dict[str, str]] = {
@@ -37,7 +42,11 @@ IMPORTANCE_HEADERS: dict[NotificationPriority, dict[str, str]] = {
 }
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_CRLF = re.compile(r"[\r\n]")
+#: The start of an RFC 2047 encoded word (``=?charset?q?...?=``). The standard library
+#: decodes such text when it refolds a header, and before Python 3.11.10 / 3.12.5 wrote the
+#: result out unchecked (CVE-2024-6923): ``=?utf-8?q?=0D=0ABcc:...?=`` in a subject became a
+#: real Bcc header. Mail clients decode it on display too, so a sender could forge text.
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?")
 
 
 def invalid(field: str, problem: str) -> NotificationDeliveryError:
@@ -48,8 +57,18 @@ def invalid(field: str, problem: str) -> NotificationDeliveryError:
 
 
 def check_header_value(field: str, value: str) -> str:
-    if _CRLF.search(value):
-        raise invalid(field, "must not contain CR or LF (header injection)")
+    if not is_one_line(value):
+        raise invalid(
+            field,
+            "must not contain CR or LF, another line break or a control character "
+            "(header injection)",
+        )
+    if _ENCODED_WORD.search(value):
+        raise invalid(
+            field,
+            "must not contain an RFC 2047 encoded word ('=?charset?q?...'): it would be "
+            "decoded into the header (header injection)",
+        )
     return value
 
 
@@ -143,4 +162,25 @@ def build_message(
     msg.set_content(notification.body or "", charset="utf-8")
     if notification.body_html:
         msg.add_alternative(notification.body_html, subtype="html", charset="utf-8")
+    verify_headers(msg)
     return msg, sender, recipients
+
+
+def verify_headers(msg: EmailMessage) -> None:
+    """Refuse a message whose serialised header block is not exactly the headers we set,
+    each on clean CRLF lines: the last line of defence against header injection through a
+    bug in any encoder (the standard library's included). Checks both forms an SMTP client
+    may send: plain (RFC 2047 encoding) and SMTPUTF8."""
+    expected = [name.lower() for name in msg]
+    for policy in (email.policy.SMTP, email.policy.SMTPUTF8):
+        head = msg.as_bytes(policy=policy).partition(b"\r\n\r\n")[0]
+        names = []
+        for line in head.split(b"\r\n"):
+            if b"\r" in line or b"\n" in line or b"\x00" in line:
+                raise invalid(
+                    "message", "a header could not be written safely (bare CR, LF or NUL)"
+                )
+            if line[:1] not in (b" ", b"\t"):
+                names.append(line.partition(b":")[0].decode("ascii", "replace").lower())
+        if names != expected:
+            raise invalid("message", "its headers could not be written safely (header injection)")

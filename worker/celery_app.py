@@ -27,6 +27,10 @@ def configure(settings: Settings) -> None:
     from worker.redis_store import reset_redis
 
     app.conf.update(celery_config(settings))
+    # Broker connections are pooled on first use; a pool made for the old settings would
+    # keep publishing to the old REDIS_URL (the job records would go to the new one).
+    app._pool = None
+    app.amqp._producer_pool = None
     reset_redis()
     reset_limiter()
     reset_providers()

@@ -227,6 +227,7 @@ def test_no_secret_in_logs_flower_cli_redis_or_dead_letters(
         api = SandboxClient(sandbox)
         try:
             worker.start(timeout=60)
+            _flower_listening(flower_port)
             job_ids, dead_ids = _exercise(sandbox, api, sink)
             _cli(run, job_ids, dead_ids, private_redis, tmp_path)
             task_ids = _flower(run, flower_port, job_ids)
@@ -339,7 +340,7 @@ def _exercise(
     wait_for(lambda: DeadLetters().get(refused.id))
     dead.append(refused.id)
     assert len(api.incidents()) >= 2
-    assert len(api.messages()) == 2
+    assert len(api.messages(to="ops@example.com")) == 2
     return jobs, dead
 
 
@@ -389,6 +390,26 @@ def _cli(run: Run, job_ids: list[str], dead_ids: list[str], redis_url: str, cwd:
         expect=2,
         PAGERDUTY_ROUTING_KEY=MALFORMED_KEY,
     )
+
+
+def _flower_listening(port: int) -> None:
+    """Flower only knows the tasks whose events it received: wait until it receives them."""
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _answers(f"{base}/healthcheck"), timeout=60)
+    auth = ("ops", FLOWER_PASSWORD)
+
+    def seen(job: str) -> bool:
+        listing = httpx.get(f"{base}/api/tasks", auth=auth, timeout=10).json()
+        return any(job in str(t.get("args")) for t in listing.values())
+
+    for _ in range(12):  # a probe sent before Flower subscribed is never seen: send another
+        probe = tasks.enqueue(Notification(recipient="probe@example.com", subject="probe"))
+        try:
+            wait_for(lambda probe=probe: seen(probe), timeout=5, interval=0.25)
+            return
+        except AssertionError:
+            continue
+    raise AssertionError("Flower never saw a task")
 
 
 def _flower(run: Run, port: int, job_ids: list[str]) -> list[str]:

@@ -294,6 +294,7 @@ def test_email_builder_makes_messages_with_no_injected_header(n: Notification) -
     if isinstance(exc, NotificationDeliveryError):
         assert exc.retryable is False
         assert str(exc).split(":")[0] in ("recipient", "subject", "alert_name", "idempotency_id")
+        assert "To header" not in str(exc), "a valid address list the builder could not write"
         return
     assert exc is None, repr(exc)
     msg, sender, rcpts = built
@@ -302,7 +303,8 @@ def test_email_builder_makes_messages_with_no_injected_header(n: Notification) -
     # Both forms an SMTP client may send: RFC 2047 encoded, and SMTPUTF8 (which aiosmtplib
     # uses when an address is not ASCII: only that form can carry such an address).
     utf8_needed = any(not a.isascii() for a in [*asked, sender.addr_spec])
-    for policy in (email.policy.SMTP, email.policy.SMTPUTF8):
+    forms = [email.policy.SMTPUTF8] if utf8_needed else [email.policy.SMTP, email.policy.SMTPUTF8]
+    for policy in forms:
         raw = msg.as_bytes(policy=policy)
         head, sep, _ = raw.partition(b"\r\n\r\n")
         assert sep
@@ -323,8 +325,7 @@ def test_email_builder_makes_messages_with_no_injected_header(n: Notification) -
         assert _words(str(parsed["Subject"])) == _words(n.subject)
         if n.alert_name:
             assert _words(str(parsed["X-GDS-Alert-Name"])) == _words(n.alert_name)
-        if policy is email.policy.SMTPUTF8 or not utf8_needed:
-            assert [addr for _, addr in getaddresses([str(parsed["To"])])] == asked
+        assert [addr for _, addr in getaddresses([str(parsed["To"])])] == asked
 
 
 def _words(text: str) -> str:
@@ -402,3 +403,21 @@ def test_encoded_words_cannot_smuggle_a_header(field: str, value: str) -> None:
     with pytest.raises(NotificationDeliveryError, match=f"^{field}: .*encoded word") as caught:
         build_message(n, "alerts@example.com")
     assert caught.value.retryable is False
+
+
+def test_an_address_list_the_standard_library_would_fold_wrongly_keeps_every_recipient() -> None:
+    # Found by hypothesis: folding encoded the comma after a non-ASCII display name as
+    # "=?utf-8?q?=2C?=", so readers saw two recipients where three were sent.
+    asked = '000000000@example.com, "0000𐀀" <00000000@example.com>, 0@example.com'
+    n = Notification(recipient=asked, subject="s")
+    msg, _, rcpts = build_message(n, "alerts@example.com")
+    wanted = ["000000000@example.com", "00000000@example.com", "0@example.com"]
+    assert [r.addr_spec for r in rcpts] == wanted
+    for policy in (email.policy.SMTP, email.policy.SMTPUTF8):
+        parsed = email.message_from_bytes(msg.as_bytes(policy=policy), policy=email.policy.default)
+        assert [addr for _, addr in getaddresses([str(parsed["To"])])] == wanted
+    # Display names stay where the standard library writes them correctly.
+    ok, _, _ = build_message(
+        Notification(recipient='"Zoë" <z@example.com>', subject="s"), "a@b.com"
+    )
+    assert str(ok["To"]) == "Zoë <z@example.com>"

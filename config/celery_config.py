@@ -13,13 +13,20 @@ Why each choice (see ../shared/reference/celery-on-redis.md):
 - Queues per channel; ``queue_order_strategy="priority"`` makes a worker that serves
   several queues take from ``pagerduty`` first, then intake, then ``email``.
 - Results ignored: job state lives in our own Redis records (worker/jobs.py).
+- ``rediss://``: the broker verifies Redis's certificate, as the job-state client (redis-py)
+  on the same URL does. kombu alone would connect to a ``rediss://`` URL without ``ssl_*``
+  parameters with CERT_NONE (a warning in the log, and no protection from a man in the
+  middle). ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile`` and ``ssl_keyfile`` in the
+  URL's query still apply to both clients.
 - Beat schedules one task, ``heartbeat.check``, every ``HEARTBEAT_CHECK_INTERVAL`` seconds;
   it expires after one interval, so a backlog of stale checks never builds up.
 """
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 from kombu.entity import Queue
 
@@ -31,6 +38,14 @@ PAGERDUTY_QUEUE = "pagerduty"
 EMAIL_QUEUE = "email"
 #: Consumption order for a worker serving every queue: pages first.
 QUEUE_ORDER = (PAGERDUTY_QUEUE, INTAKE_QUEUE, EMAIL_QUEUE)
+
+
+def broker_ssl(redis_url: str) -> dict[str, Any] | None:
+    """TLS options for the broker: verify the certificate on ``rediss://`` (the URL's own
+    ``ssl_*`` query parameters override these), nothing for ``redis://`` and ``unix://``."""
+    if urlsplit(redis_url).scheme != "rediss":
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -48,7 +63,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_timeout": 30,
         "retry_on_timeout": True,
     }
+    tls = broker_ssl(settings.redis_url)
     return {
+        "broker_use_ssl": tls if tls is not None else False,  # False is Celery's default
         "broker_url": settings.redis_url,
         # kombu's Redis transport, but a queue item that is not a message is dead-lettered
         # instead of stopping the worker.

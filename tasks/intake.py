@@ -26,6 +26,7 @@ from worker.dead_letters import DeadLetters
 from worker.delivery import DeliveryJob
 from worker.exceptions import NotificationDeliveryError
 from worker.jobs import JobStore
+from worker.providers.base import is_one_line
 from worker.providers.smtp_message import parse_recipients
 from worker.redis_store import get_redis
 
@@ -141,7 +142,7 @@ def _release(idempotency_id: str, job_id: str) -> None:
 
 def lifecycle(action: str, dedup_key: str, team: str | None) -> str:
     """Queue an acknowledge or resolve for ``dedup_key``; returns the job id."""
-    if not dedup_key or not dedup_key.strip() or "\n" in dedup_key or "\r" in dedup_key:
+    if not dedup_key or not dedup_key.strip() or not is_one_line(dedup_key):
         raise InvalidJobError([{"field": "dedup_key", "message": "must be a non-blank line"}])
     job_id = new_job_id()
     delivery = DeliveryJob(

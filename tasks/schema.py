@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError, field_validator
 
 from config.routing import Channel
-from worker.providers.base import Notification
+from worker.providers.base import Notification, check_unicode, is_one_line
 
 
 class JobRequest(Notification):
@@ -21,8 +21,10 @@ class JobRequest(Notification):
     @field_validator("team")
     @classmethod
     def _team_one_line(cls, value: str | None) -> str | None:
-        if value is not None and (not value.strip() or "\r" in value or "\n" in value):
-            raise ValueError("must be a non-blank single line")
+        if value is not None:
+            check_unicode(value)
+            if not value.strip() or not is_one_line(value):
+                raise ValueError("must be a non-blank single line")
         return value
 
     def notification(self) -> Notification:
@@ -43,10 +45,18 @@ def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
     """pydantic's errors as ``[{"field": "recipient", "message": "..."}]``."""
     out = []
     for error in exc.errors(include_url=False):
-        field = ".".join(str(p) for p in error["loc"]) or "payload"
+        field = _printable(".".join(str(p) for p in error["loc"]) or "payload")
         message = str(error["msg"]).removeprefix("Value error, ")
         out.append({"field": field, "message": message})
     return out
+
+
+def _printable(field: str, limit: int = 200) -> str:
+    """A field name safe to log and print: an unknown key sent by a hostile producer may
+    hold line breaks (log injection) or be huge."""
+    if not is_one_line(field) or not field.isprintable():
+        field = field.encode("unicode_escape").decode("ascii")
+    return field if len(field) <= limit else field[: limit - 1] + "…"
 
 
 def parse_request(payload: Any) -> JobRequest:

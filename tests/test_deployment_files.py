@@ -74,6 +74,40 @@ def test_compose_redis_is_persistent_private_and_protected() -> None:
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
+def _published(service: dict[str, Any]) -> list[str]:
+    out = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):  # long syntax
+            out.append(f"{port.get('host_ip', '0.0.0.0')}:{port.get('published')}")
+        else:
+            out.append(str(port))
+    return out
+
+
+def test_compose_publishes_nothing_beyond_localhost_and_redis_needs_its_password() -> None:
+    services = compose()["services"]
+    for name, service in services.items():
+        for port in _published(service):
+            # "5555:5555" or "0.0.0.0:..." would listen on every interface.
+            assert port.startswith("127.0.0.1:"), (name, port)
+    for key in ("ports", "network_mode"):
+        assert key not in services["redis"], key
+    command = services["redis"]["command"].split()
+    password = command[command.index("--requirepass") + 1]
+    assert password.startswith("${REDIS_PASSWORD:?"), "the password must be required, from .env"
+    assert "--appendonly" in command
+    assert command[command.index("--appendonly") + 1] == "yes"
+    healthcheck = " ".join(services["redis"]["healthcheck"]["test"])
+    assert "REDISCLI_AUTH" in healthcheck
+    assert " -a " not in healthcheck  # not on a command line `ps` shows
+    for name, service in services.items():
+        if name in ("redis", "sandbox"):
+            continue
+        url = service["environment"]["REDIS_URL"]
+        assert url.startswith("redis://:${REDIS_PASSWORD"), (name, url)
+        assert url.split("@", 1)[1].startswith("redis:6379/"), (name, url)
+
+
 def test_env_example_names_every_setting() -> None:
     text = (ROOT / ".env.example").read_text()
     names = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))

@@ -14,6 +14,8 @@ import abc
 import enum
 import hashlib
 import json
+import math
+import re
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -70,8 +72,59 @@ class NotificationStatus(enum.StrEnum):
     BLACKOUT = "blackout"  # held back on purpose (maintenance window)
 
 
-#: Metadata keys that override a PagerDuty event field and so must be one clean line.
-ONE_LINE_METADATA_KEYS = frozenset({"source", "component", "class", "group", "dedup_key"})
+#: Metadata keys that become a PagerDuty event field and so must be one clean line
+#: (``team`` stands in for ``group`` when there is none).
+ONE_LINE_METADATA_KEYS = frozenset({"source", "component", "class", "group", "team", "dedup_key"})
+
+#: What may not appear in a field that becomes an email header or a one-line PagerDuty
+#: field: CR and LF, everything else some reader takes for a line break (VT, FF, the
+#: information separators, NEL, U+2028/2029: ``str.splitlines`` and the standard library's
+#: email headers do), and the other control characters (NUL, ESC, DEL, C1). TAB is fine.
+NOT_ONE_LINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+#: Lone surrogates: a Python str can hold them (JSON "\ud800" decodes to one) but no UTF-8
+#: peer can carry them, Redis and SMTP included.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+#: Integers beyond 64 bits lose precision in most JSON peers (and past 4300 digits Python
+#: itself refuses to print them).
+_MAX_INT = 2**63
+ONE_LINE_MESSAGE = "must be a single line (no CR or LF, no other line break or control character)"
+
+
+def is_one_line(value: str) -> bool:
+    """True when ``value`` holds no line break of any kind and no control character."""
+    return NOT_ONE_LINE.search(value) is None
+
+
+def check_unicode(value: str) -> str:
+    if _SURROGATE.search(value):
+        raise ValueError("must be valid Unicode text (it holds a lone surrogate)")
+    return value
+
+
+def _json_problem(value: Any, path: str) -> str | None:
+    """Why a metadata value could not travel as standard JSON in UTF-8, or None."""
+    if isinstance(value, str):
+        return f"{path} is not valid Unicode text" if _SURROGATE.search(value) else None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return f"{path} is an integer beyond 64 bits" if abs(value) >= _MAX_INT else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} is {value} (not valid JSON)"
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if problem := _json_problem(item, f"{path}[{i}]"):
+                return problem
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _SURROGATE.search(key):
+                return f"a key in {path} is not valid Unicode text"
+            if problem := _json_problem(item, f"{path}.{key}"):
+                return problem
+    return None
+
+
 SEVERITIES = ("critical", "error", "warning", "info")
 
 
@@ -109,13 +162,27 @@ class Notification(BaseModel):
             raise ValueError("must not be blank")
         return value
 
+    @field_validator("recipient", "subject", "body", "body_html", "alert_name", "idempotency_id")
+    @classmethod
+    def _valid_unicode(cls, value: str | None) -> str | None:
+        return check_unicode(value) if value is not None else None
+
+    @field_validator("db_instance_id")
+    @classmethod
+    def _valid_id(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, str):
+            check_unicode(value)
+        elif isinstance(value, int) and abs(value) >= _MAX_INT:
+            raise ValueError("must be an integer within 64 bits, or a string")
+        return value
+
     @field_validator("recipient", "subject", "alert_name", "idempotency_id")
     @classmethod
     def _one_line(cls, value: str | None) -> str | None:
         # These become email headers and PagerDuty fields: a line break here is either a
         # mistake or a header-injection attempt.
-        if value is not None and ("\r" in value or "\n" in value):
-            raise ValueError("must be a single line (no CR or LF)")
+        if value is not None and not is_one_line(value):
+            raise ValueError(ONE_LINE_MESSAGE)
         return value
 
     @field_validator("idempotency_id")
@@ -129,9 +196,13 @@ class Notification(BaseModel):
     @classmethod
     def _event_fields(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
         # Checked here, at enqueue, so a bad override is refused before it is queued.
+        if problem := _json_problem(value, "metadata"):
+            raise ValueError(problem)
         for key in ONE_LINE_METADATA_KEYS & value.keys():
             item = value[key]
-            if not isinstance(item, str) or not item.strip() or "\r" in item or "\n" in item:
+            if key == "team" and not isinstance(item, str):
+                continue  # only a string team becomes the PagerDuty group
+            if not isinstance(item, str) or not item.strip() or not is_one_line(item):
                 raise ValueError(f"metadata.{key} must be a non-blank single-line string")
         severity = value.get("severity")
         if severity is not None and severity not in SEVERITIES:

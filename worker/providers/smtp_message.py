@@ -16,10 +16,17 @@ from datetime import UTC, datetime
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.utils import format_datetime, getaddresses
+from typing import Any
 
 from worker.exceptions import NotificationDeliveryError
-from worker.providers.base import Notification, NotificationPriority, content_key
+from worker.providers.base import (
+    Notification,
+    NotificationPriority,
+    content_key,
+    is_one_line,
+)
 
 #: Headers a mail client shows as "important", by priority (HIGH and above only).
 IMPORTANCE_HEADERS: dict[NotificationPriority, dict[str, str]] = {
@@ -37,7 +44,11 @@ IMPORTANCE_HEADERS: dict[NotificationPriority, dict[str, str]] = {
 }
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_CRLF = re.compile(r"[\r\n]")
+#: The start of an RFC 2047 encoded word (``=?charset?q?...?=``). The standard library
+#: decodes such text when it refolds a header, and before Python 3.11.10 / 3.12.5 wrote the
+#: result out unchecked (CVE-2024-6923): ``=?utf-8?q?=0D=0ABcc:...?=`` in a subject became a
+#: real Bcc header. Mail clients decode it on display too, so a sender could forge text.
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?")
 
 
 def invalid(field: str, problem: str) -> NotificationDeliveryError:
@@ -48,8 +59,18 @@ def invalid(field: str, problem: str) -> NotificationDeliveryError:
 
 
 def check_header_value(field: str, value: str) -> str:
-    if _CRLF.search(value):
-        raise invalid(field, "must not contain CR or LF (header injection)")
+    if not is_one_line(value):
+        raise invalid(
+            field,
+            "must not contain CR or LF, another line break or a control character "
+            "(header injection)",
+        )
+    if _ENCODED_WORD.search(value):
+        raise invalid(
+            field,
+            "must not contain an RFC 2047 encoded word ('=?charset?q?...'): it would be "
+            "decoded into the header (header injection)",
+        )
     return value
 
 
@@ -129,7 +150,7 @@ def build_message(
 
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"] = sender
-    msg["To"] = recipients
+    _write_to(msg, sender, recipients)
     msg["Subject"] = subject
     msg["Date"] = format_datetime((now or datetime.now(UTC)).astimezone(UTC))
     msg["Message-ID"] = message_id_for(notification, sender.domain)
@@ -143,4 +164,58 @@ def build_message(
     msg.set_content(notification.body or "", charset="utf-8")
     if notification.body_html:
         msg.add_alternative(notification.body_html, subtype="html", charset="utf-8")
+    verify_headers(msg, sender, recipients)
     return msg, sender, recipients
+
+
+def _header_block(msg: EmailMessage, policy: email.policy.EmailPolicy[Any]) -> bytes:
+    # Exactly what BytesGenerator writes for the top-level headers.
+    return b"".join(policy.fold_binary(name, value) for name, value in msg.items())
+
+
+def sent_forms(sender: Address, recipients: list[Address]) -> tuple[Any, ...]:
+    """The serialisations an SMTP client may send this message in. Like aiosmtplib: with
+    SMTPUTF8 when an address is not ASCII (only that form can carry it), else plain (RFC
+    2047), or SMTPUTF8 if the server offers it."""
+    if all(a.addr_spec.isascii() for a in [sender, *recipients]):
+        return (email.policy.SMTP, email.policy.SMTPUTF8)
+    return (email.policy.SMTPUTF8,)
+
+
+def _to_problem(block: bytes, recipients: list[Address]) -> bool:
+    """True when the To header, read back from ``block``, is not exactly ``recipients``."""
+    wanted = [r.addr_spec for r in recipients]
+    parsed = BytesHeaderParser(policy=email.policy.default).parsebytes(block + b"\r\n")
+    return [addr for _, addr in getaddresses([str(parsed["To"])])] != wanted
+
+
+def verify_headers(msg: EmailMessage, sender: Address, recipients: list[Address]) -> None:
+    """Refuse a message whose serialised header block is not exactly the headers we set,
+    each on clean CRLF lines, with a To header that reads back as exactly ``recipients``:
+    the last line of defence against header injection through a bug in any encoder (the
+    standard library's included). Checks every form the message may be sent in."""
+    expected = [name.lower() for name in msg]
+    for policy in sent_forms(sender, recipients):
+        block = _header_block(msg, policy)
+        names = []
+        for line in block.split(b"\r\n")[:-1]:
+            if b"\r" in line or b"\n" in line or b"\x00" in line:
+                raise invalid(
+                    "message", "a header could not be written safely (bare CR, LF or NUL)"
+                )
+            if line[:1] not in (b" ", b"\t"):
+                names.append(line.partition(b":")[0].decode("ascii", "replace").lower())
+        if names != expected:
+            raise invalid("message", "its headers could not be written safely (header injection)")
+        if _to_problem(block, recipients):
+            raise invalid("recipient", "the addresses cannot be written as a To header")
+
+
+def _write_to(msg: EmailMessage, sender: Address, recipients: list[Address]) -> None:
+    msg["To"] = recipients
+    forms = sent_forms(sender, recipients)
+    if any(_to_problem(_header_block(msg, form), recipients) for form in forms):
+        # The standard library can fold an address list wrongly (before 3.13 it may encode
+        # the comma after a non-ASCII display name as "=?utf-8?q?=2C?=", merging two
+        # addresses for every reader). Then the addresses go out without display names.
+        msg.replace_header("To", [Address(addr_spec=r.addr_spec) for r in recipients])

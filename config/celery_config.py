@@ -67,9 +67,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_use_ssl": tls if tls is not None else False,  # False is Celery's default
         "broker_url": settings.redis_url,
-        # kombu's Redis transport, but a queue item that is not a message is dead-lettered
-        # instead of stopping the worker.
-        "broker_transport": "worker.broker_transport:Transport",
         # Celery's consumer, but an undecodable message is dead-lettered before it is dropped.
         "worker_consumer": "worker.consumer:Consumer",
         "broker_transport_options": transport,

@@ -290,6 +290,10 @@ def test_poison_messages_are_dead_lettered_or_rejected_and_the_worker_keeps_serv
         "JSON, not a message": ("celery", json.dumps([1, 2, 3])),
         "a message without headers": ("pagerduty", json.dumps({"body": "e30="})),
         "a body that is not JSON": ("celery", _envelope("notify", [], body=b"\xff\xfe{")),
+        "an integer JSON parsers refuse": (
+            "celery",
+            _envelope("notify", [], body=b'[[{"n": ' + b"9" * 5000 + b"}], {}, {}]"),
+        ),
         "notify with the wrong shape": ("celery", _envelope("notify", [["a", "list"]])),
         "notify with a wrong type": ("celery", _envelope("notify", [{"recipient": 5}])),
         "an unknown task": ("celery", _envelope("no.such.task", [{}])),
@@ -328,6 +332,7 @@ def test_poison_messages_are_dead_lettered_or_rejected_and_the_worker_keeps_serv
         "invalid notification: payload: must be a JSON object",  # notify(["a", "list"])
         "invalid notification: recipient: Input should be a valid string",  # recipient 5
         "undecodable message: ",  # a body that is not UTF-8 JSON
+        "undecodable message: ",  # an integer of 5,000 digits
         "unknown task 'deliver.nothing'",
         "unknown task 'no.such.task'",
         "unreadable broker message on 'celery': a JSON list",

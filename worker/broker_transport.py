@@ -5,8 +5,12 @@ JSON message envelope before Celery sees it, and an item that is not JSON, or JS
 another shape, raises inside the consumer's event loop: the worker stops with
 "Unrecoverable error" (or reconnects in a loop), and the item, already popped, is gone.
 This transport checks each item first and dead-letters what is not a message, with the
-queue and the reason; everything else goes through kombu unchanged. Configured as
-``broker_transport`` in config/celery_config.py.
+queue and the reason; everything else goes through kombu unchanged.
+
+:func:`install` (called when worker/celery_app.py is imported) makes ``redis://`` and
+``rediss://`` URLs mean this transport. It is registered under kombu's own scheme names,
+rather than named in Celery's ``broker_transport`` setting, so that everything that reads
+the broker URL back — the worker's banner, Flower's broker page — still sees ``redis://``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 from queue import Empty
 from typing import Any
 
+import kombu.transport
 from kombu.transport import redis as kombu_redis
 
 from worker.quarantine import excerpt, quarantine
@@ -82,3 +87,10 @@ class Transport(kombu_redis.Transport):
             )
             return
         super()._deliver(message, queue)  # type: ignore[no-untyped-call]
+
+
+def install() -> None:
+    """Make ``redis://`` and ``rediss://`` broker URLs use :class:`Transport`."""
+    for scheme in ("redis", "rediss"):
+        kombu.transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+        kombu.transport._transport_cache.pop(scheme, None)  # resolved before us, if at all

@@ -10,6 +10,11 @@ from celery import Celery
 
 from config.celery_config import celery_config
 from config.settings import Settings, get_settings
+from worker import broker_transport
+
+# redis:// and rediss:// mean kombu's Redis transport, hardened so that a queue item that
+# is not a message is dead-lettered instead of stopping the worker.
+broker_transport.install()
 
 app = Celery(
     "gds_notification",

@@ -49,12 +49,10 @@ def run_delivery(task: Any, channel: str, payload: Any) -> str:
         )
         return jobs.DEAD
 
-    state = store.state(job.job_id, channel)
+    state, token = store.claim(job.job_id, channel, claim_seconds(channel))
     if state in jobs.FINAL_STATES:
         store.record_attempt(job.job_id, channel, attempt=None, outcome=f"skipped: {state}")
         return state
-
-    token = store.claim(job.job_id, channel, claim_seconds(channel))
     if token is None:
         # A second copy of this message (redelivered, or re-queued by the recovery sweep)
         # while a worker delivers the first: come back when that one is surely done.

@@ -121,9 +121,10 @@ def test_a_second_copy_waits_while_another_worker_holds_the_delivery(
 ) -> None:
     job_id = tasks.enqueue(page(6))
     store = JobStore()
-    token = store.claim(job_id, "pagerduty", ttl=2.0)  # "another worker" is delivering it
+    state, token = store.claim(job_id, "pagerduty", ttl=2.0)  # "another worker" has it
+    assert state == "queued"
     assert token is not None
-    assert store.claim(job_id, "pagerduty", ttl=2.0) is None
+    assert store.claim(job_id, "pagerduty", ttl=2.0) == ("queued", None)
     taken_at = time.time()
 
     request.getfixturevalue("celery_worker")
@@ -137,3 +138,4 @@ def test_a_second_copy_waits_while_another_worker_holds_the_delivery(
     assert len(sent) == 1
     assert sent[0]["at"] >= taken_at + 1.9  # not before the other worker's claim ran out
     assert store.redis.exists(keys.delivery_claim(job_id, "pagerduty")) == 0  # released
+    assert store.claim(job_id, "pagerduty", ttl=2.0) == ("delivered", None)  # never again

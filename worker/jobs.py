@@ -173,17 +173,25 @@ class JobStore:
             pipe.zadd(keys.OPEN_DELIVERIES, {member: stalled_at}, xx=True)
         pipe.execute()
 
-    def claim(self, job_id: str, channel: str, ttl: float) -> str | None:
-        """Take the right to deliver this job's channel for ``ttl`` seconds; a token to
-        release it with, or None while another worker holds it. Either way the delivery
-        is in a worker's hands, so its stall deadline moves on."""
+    def claim(self, job_id: str, channel: str, ttl: float) -> tuple[str | None, str | None]:
+        """Start a delivery in one round trip: the channel's state, and a token for the
+        right to deliver it for ``ttl`` seconds (None when the state is final or another
+        worker holds the right). A claimed delivery's stall deadline moves on."""
         token = uuid.uuid4().hex
         stalled_at = time.time() + get_settings().job_stall_seconds
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(keys.delivery_claim(job_id, channel), token, nx=True, px=max(1, int(ttl * 1000)))
-        pipe.zadd(keys.OPEN_DELIVERIES, {f"{job_id}:{channel}": stalled_at}, xx=True)
-        taken, _ = pipe.execute()
-        return token if taken else None
+        state, taken = self.redis.eval(
+            _CLAIM,
+            3,
+            keys.job(job_id),
+            keys.delivery_claim(job_id, channel),
+            keys.OPEN_DELIVERIES,
+            channel,
+            token,
+            max(1, int(ttl * 1000)),
+            repr(stalled_at),
+            f"{job_id}:{channel}",
+        )
+        return (str(state) or None), (token if taken else None)
 
     def claim_remaining(self, job_id: str, channel: str) -> float:
         """Seconds left on another worker's claim (0 when there is none)."""
@@ -303,6 +311,17 @@ class JobStore:
         record["status"] = overall_status(record)
         return record
 
+
+# KEYS[1] job hash, KEYS[2] the claim, KEYS[3] open deliveries; ARGV[1] channel, ARGV[2]
+# token, ARGV[3] claim ttl (ms), ARGV[4] stall deadline, ARGV[5] open-delivery member.
+# Returns {state or "", 1 if claimed}; a final state is never claimed.
+_CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state:' .. ARGV[1]) or ''
+if state == 'delivered' or state == 'dead' then return {state, 0} end
+if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {state, 0} end
+redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[5])
+return {state, 1}
+"""
 
 # Delete the claim only if it is still ours (it may have expired and been taken since).
 _RELEASE = """

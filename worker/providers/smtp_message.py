@@ -195,7 +195,10 @@ def verify_headers(msg: EmailMessage, sender: Address, recipients: list[Address]
     the last line of defence against header injection through a bug in any encoder (the
     standard library's included). Checks every form the message may be sent in."""
     expected = [name.lower() for name in msg]
-    for policy in sent_forms(sender, recipients):
+    forms = sent_forms(sender, recipients)
+    if all(str(value).isascii() for value in msg.values()):
+        forms = forms[:1]  # every form writes ASCII-only headers the same way
+    for policy in forms:
         block = _header_block(msg, policy)
         names = []
         for line in block.split(b"\r\n")[:-1]:
@@ -213,6 +216,8 @@ def verify_headers(msg: EmailMessage, sender: Address, recipients: list[Address]
 
 def _write_to(msg: EmailMessage, sender: Address, recipients: list[Address]) -> None:
     msg["To"] = recipients
+    if not any(r.display_name for r in recipients):
+        return  # bare addresses fold safely; verify_headers still reads them back
     forms = sent_forms(sender, recipients)
     if any(_to_problem(_header_block(msg, form), recipients) for form in forms):
         # The standard library can fold an address list wrongly (before 3.13 it may encode

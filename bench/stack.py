@@ -238,7 +238,7 @@ class BenchStack:
     @property
     def redis_description(self) -> str:
         parts = urlsplit(self.redis_url)
-        where = "private redis-server" if self.local_redis else "given REDIS_URL"
+        where = "given REDIS_URL" if self.given_redis_url else "private redis-server"
         return f"{where}, database {parts.path.lstrip('/') or '0'}"
 
     def _wait_ready(self, services: list[Service]) -> None:

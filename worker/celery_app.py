@@ -10,7 +10,7 @@ from celery import Celery
 
 from config.celery_config import celery_config
 from config.settings import Settings, get_settings
-from worker import broker_transport
+from worker import broker_transport, niceness
 
 # redis:// and rediss:// mean kombu's Redis transport, hardened so that a queue item that
 # is not a message is dead-lettered instead of stopping the worker.
@@ -26,6 +26,9 @@ app = Celery(
         "tasks.recovery",
     ],
 )
+
+
+niceness.install(app)  # the worker's --nice option
 
 
 # A promise: read when the configuration is first needed. (Updating ``conf`` from an

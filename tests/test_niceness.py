@@ -1,0 +1,54 @@
+"""``celery -A worker worker --nice N`` lowers the whole worker's CPU priority."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tasks
+from tests.conftest import wait_for
+from tests.processes import CELERY, ROOT, WorkerProcess
+from worker.jobs import JobStore
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def thread_niceness(pid: int) -> set[int]:
+    """The nice value of every thread of ``pid`` (field 19 of /proc/PID/task/TID/stat)."""
+    values = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        values.add(int(stat.rpartition(")")[2].split()[16]))
+    return values
+
+
+def test_nice_worker_runs_every_thread_at_lower_priority_and_still_delivers(
+    service_env: Any, tmp_path: Path
+) -> None:
+    base = os.nice(0)
+    worker = WorkerProcess(tmp_path / "worker.log", "-P", "threads", "-c", "4", "--nice", "7")
+    worker.start()
+    try:
+        assert worker.proc is not None
+        job = tasks.enqueue({"recipient": "a@example.com", "subject": "niced", "body": "x"})
+        wait_for(lambda: (JobStore().get(job) or {}).get("status") == "delivered", timeout=30)
+        assert thread_niceness(worker.proc.pid) == {base + 7}  # pool threads included
+    finally:
+        worker.stop()
+
+
+def test_nice_is_refused_out_of_range(service_env: Any) -> None:
+    done = subprocess.run(
+        [CELERY, "-A", "worker", "worker", "--nice", "25"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "25 is not in the range 0<=x<=19" in done.stderr

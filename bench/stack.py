@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import redis
 
 from bench.procfile import ROOT, PoolSpec
-from cli.dev_stack import DevStack, Service
+from cli.dev_stack import DevStack, Service, wait_ready
 from config.settings import get_settings
 from sandbox.redis_server import LocalRedis, free_port
 from worker.celery_app import configure
@@ -35,10 +35,6 @@ from worker.celery_app import configure
 UNLIMITED_RATE = "1000000/minute"
 START_TIMEOUT = 90.0
 STOP_GRACE = 15.0
-
-
-class BenchStackError(RuntimeError):
-    """A process of the stack did not start; the message says which and why."""
 
 
 class BenchStack:
@@ -242,21 +238,7 @@ class BenchStack:
         return f"{where}, database {parts.path.lstrip('/') or '0'}"
 
     def _wait_ready(self, services: list[Service]) -> None:
-        pending = list(services)
-        end = time.monotonic() + START_TIMEOUT
-        while pending:
-            for service in list(pending):
-                code = service.exited()
-                if code is not None:
-                    raise BenchStackError(
-                        f"{service.name} exited at start (code {code}): {service.last_lines()}"
-                    )
-                if service.is_ready():
-                    pending.remove(service)
-            if pending and time.monotonic() > end:
-                names = ", ".join(s.name for s in pending)
-                raise BenchStackError(f"not ready after {START_TIMEOUT:.0f} s: {names}")
-            time.sleep(0.1)
+        wait_ready(services, START_TIMEOUT, hint=f" (logs in {self.logs})")
 
 
 def _stop(services: list[Service]) -> None:

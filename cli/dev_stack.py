@@ -261,23 +261,7 @@ class DevStack:
         self.announced = True
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
-        pending = list(self.services)
-        end = time.monotonic() + timeout
-        while pending:
-            for service in list(pending):
-                code = service.exited()
-                if code is not None:
-                    raise DevStackError(
-                        f"{service.name} exited at start (code {code}): {service.last_lines()}"
-                    )
-                if service.is_ready():
-                    pending.remove(service)
-            if pending and time.monotonic() > end:
-                names = ", ".join(s.name for s in pending)
-                raise DevStackError(
-                    f"not ready after {timeout:.0f} s: {names} (see {dev_dir()}/logs)"
-                )
-            time.sleep(0.2)
+        wait_ready(self.services, timeout, hint=f" (see {dev_dir()}/logs)")
 
     def first_exited(self) -> Service | None:
         return next((s for s in self.services if s.exited() is not None), None)
@@ -316,6 +300,26 @@ class DevStack:
             "",
             "Ctrl-C stops everything.",
         ]
+
+
+def wait_ready(services: list[Service], timeout: float, hint: str = "") -> None:
+    """Wait until every service says it is ready; :class:`DevStackError` naming the first
+    that exits, or those still not ready after ``timeout`` seconds (``hint`` appended)."""
+    pending = list(services)
+    end = time.monotonic() + timeout
+    while pending:
+        for service in list(pending):
+            code = service.exited()
+            if code is not None:
+                raise DevStackError(
+                    f"{service.name} exited at start (code {code}): {service.last_lines()}"
+                )
+            if service.is_ready():
+                pending.remove(service)
+        if pending and time.monotonic() > end:
+            names = ", ".join(s.name for s in pending)
+            raise DevStackError(f"not ready after {timeout:.0f} s: {names}{hint}")
+        time.sleep(0.1)
 
 
 def run_until_interrupted(stack: DevStack, echo: Any) -> int:

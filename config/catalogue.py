@@ -43,6 +43,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -91,20 +92,23 @@ def _zone(name: str) -> ZoneInfo:
         ) from None
 
 
+def _known_zone(name: str) -> str:
+    _zone(name)
+    return name
+
+
+#: An IANA time zone name, checked when the catalogue is read.
+ZoneName = Annotated[str, AfterValidator(_known_zone)]
+
+
 class OneOffWindow(_Strict):
     """Maintenance from ``start`` to ``end``. Times carry an offset (``2026-12-01T22:00:00Z``)
     or are read in ``timezone``."""
 
     start: datetime
     end: datetime
-    timezone: str = "UTC"
+    timezone: ZoneName = "UTC"
     reason: str | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        _zone(value)
-        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> OneOffWindow:
@@ -132,14 +136,8 @@ class RecurringWindow(_Strict):
 
     cron: str
     duration: Duration = Field(gt=0)
-    timezone: str = "UTC"
+    timezone: ZoneName = "UTC"
     reason: str | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        _zone(value)
-        return value
 
     @field_validator("cron")
     @classmethod

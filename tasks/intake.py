@@ -110,7 +110,6 @@ def accept(request: JobRequest, job_id: str, source: str, replay_of: str | None 
             notification=notification.model_dump(mode="json"),
             replay_of=replay_of,
             payloads={d.channel.value: d.model_dump(mode="json") for d in deliveries},
-            if_absent=True,
         )
         for delivery in deliveries:
             publish(delivery)

@@ -206,16 +206,22 @@ def service_env(
     get_settings.cache_clear()
 
 
-@pytest.fixture
-def celery_worker(service_env: SandboxServer) -> Iterator[Any]:
-    """A real Celery worker (thread pool) in this process, consuming every queue."""
+def in_thread_worker() -> Any:
+    """A real Celery worker (thread pool, 4 threads) in this process, consuming every
+    queue, as a context manager; start it after the settings it should use."""
     from celery.contrib.testing.worker import start_worker
 
     from worker import app
 
-    with start_worker(
+    return start_worker(
         app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
-    ) as worker:
+    )
+
+
+@pytest.fixture
+def celery_worker(service_env: SandboxServer) -> Iterator[Any]:
+    """A real Celery worker (thread pool) in this process, consuming every queue."""
+    with in_thread_worker() as worker:
         yield worker
 
 

@@ -290,6 +290,10 @@ def test_poison_messages_are_dead_lettered_or_rejected_and_the_worker_keeps_serv
         "JSON, not a message": ("celery", json.dumps([1, 2, 3])),
         "a message without headers": ("pagerduty", json.dumps({"body": "e30="})),
         "a body that is not JSON": ("celery", _envelope("notify", [], body=b"\xff\xfe{")),
+        "a body that is not base64": (
+            "celery",
+            json.dumps({**json.loads(_envelope("notify", [])), "body": "abc"}),
+        ),
         "an integer JSON parsers refuse": (
             "celery",
             _envelope("notify", [], body=b'[[{"n": ' + b"9" * 5000 + b"}], {}, {}]"),
@@ -335,6 +339,7 @@ def test_poison_messages_are_dead_lettered_or_rejected_and_the_worker_keeps_serv
         "undecodable message: ",  # an integer of 5,000 digits
         "unknown task 'deliver.nothing'",
         "unknown task 'no.such.task'",
+        "unreadable broker message on 'celery': 'body' is not valid base64",
         "unreadable broker message on 'celery': a JSON list",
         "unreadable broker message on 'pagerduty': no 'properties' object",
         "unreadable broker message: not JSON",

@@ -24,7 +24,7 @@ from kombu.exceptions import EncodeError
 
 import tasks
 from sandbox import SandboxServer
-from tests.conftest import SMTP_PASSWORD, SMTP_USER, SandboxClient, wait_for
+from tests.conftest import SMTP_PASSWORD, SMTP_USER, SandboxClient, in_thread_worker, wait_for
 from tests.test_hostile_properties import (
     addresses,
     named_addresses,
@@ -89,13 +89,7 @@ def secure_mail(
 
 @pytest.fixture
 def secure_worker(secure_mail: SandboxServer) -> Iterator[Any]:
-    from celery.contrib.testing.worker import start_worker
-
-    from worker import app
-
-    with start_worker(
-        app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
-    ) as worker:
+    with in_thread_worker() as worker:
         yield worker
 
 

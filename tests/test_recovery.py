@@ -16,7 +16,7 @@ from tasks.recovery import recover
 from tests.conftest import SandboxClient, wait_for
 from worker import keys
 from worker.jobs import JobStore
-from worker.recovery import open_count, stalled
+from worker.recovery import stalled
 
 
 @pytest.fixture
@@ -39,6 +39,11 @@ def broker() -> redis.Redis:
     from config.settings import get_settings
 
     return redis.Redis.from_url(get_settings().redis_url, decode_responses=True)
+
+
+def open_count(store: JobStore | None = None) -> int:
+    """Deliveries not yet delivered or dead-lettered."""
+    return int((store or JobStore()).redis.zcard(keys.OPEN_DELIVERIES))
 
 
 def time_passes(store: JobStore) -> None:

@@ -94,11 +94,10 @@ class JobStore:
         dedup_key: str | None = None,
         replay_of: str | None = None,
         payloads: dict[str, dict[str, Any]] | None = None,
-        if_absent: bool = False,
     ) -> bool:
-        """Write the job's record; with ``if_absent``, only if it has none yet (atomic).
-        ``payloads`` (channel -> delivery message) make its deliveries recoverable.
-        Returns whether it was written."""
+        """Write the job's record unless it has one already (atomic: a redelivered
+        ``notify`` never overwrites what its first run wrote). ``payloads`` (channel ->
+        delivery message) make its deliveries recoverable. Returns whether it was written."""
         now = time.time()
         fields: dict[Any, Any] = {
             "id": job_id,
@@ -124,27 +123,19 @@ class JobStore:
             fields[f"payload:{channel}"] = json.dumps(payload)
         stalled_at = now + get_settings().job_stall_seconds
         members = [f"{job_id}:{c}" for c in payloads or {}]
-        if if_absent:
-            flat = [item for pair in fields.items() for item in pair]
-            created = self.redis.eval(
-                _CREATE_IF_ABSENT,
-                2,
-                keys.job(job_id),
-                keys.OPEN_DELIVERIES,
-                self.ttl,
-                repr(stalled_at),
-                len(members),
-                *members,
-                *flat,
-            )
-            return bool(created)
-        pipe = self.redis.pipeline()
-        pipe.hset(keys.job(job_id), mapping=fields)
-        pipe.expire(keys.job(job_id), self.ttl)
-        if members:
-            pipe.zadd(keys.OPEN_DELIVERIES, dict.fromkeys(members, stalled_at))
-        pipe.execute()
-        return True
+        flat = [item for pair in fields.items() for item in pair]
+        created = self.redis.eval(
+            _CREATE_IF_ABSENT,
+            2,
+            keys.job(job_id),
+            keys.OPEN_DELIVERIES,
+            self.ttl,
+            repr(stalled_at),
+            len(members),
+            *members,
+            *flat,
+        )
+        return bool(created)
 
     def state(self, job_id: str, channel: str) -> str | None:
         value = self.redis.hget(keys.job(job_id), f"state:{channel}")
@@ -201,9 +192,13 @@ class JobStore:
     def release(self, job_id: str, channel: str, token: str) -> None:
         self.redis.eval(_RELEASE, 1, keys.delivery_claim(job_id, channel), token)
 
-    def payload(self, job_id: str, channel: str) -> dict[str, Any] | None:
-        raw = self.redis.hget(keys.job(job_id), f"payload:{channel}")
-        return json.loads(raw) if raw is not None else None
+    def state_and_payload(
+        self, job_id: str, channel: str
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        """The channel's state and the delivery message it was published with."""
+        state, raw = self.redis.hmget(keys.job(job_id), [f"state:{channel}", f"payload:{channel}"])
+        payload = json.loads(raw) if raw is not None else None
+        return (str(state) if state is not None else None), payload
 
     def record_attempt(
         self,

@@ -60,8 +60,7 @@ def stalled(store: JobStore | None = None, now: float | None = None) -> list[Sta
         found: list[Stalled] = []
         for member, deadline in due:
             job_id, _, channel = member.rpartition(":")
-            state = store.state(job_id, channel)
-            payload = store.payload(job_id, channel) if state else None
+            state, payload = store.state_and_payload(job_id, channel)
             if state is None or state in FINAL_STATES or payload is None:
                 r.zrem(keys.OPEN_DELIVERIES, member)
                 continue
@@ -77,8 +76,3 @@ def stalled(store: JobStore | None = None, now: float | None = None) -> list[Sta
     finally:
         if r.get(keys.RECOVERY_LOCK) == lock:
             r.delete(keys.RECOVERY_LOCK)
-
-
-def open_count(store: JobStore | None = None) -> int:
-    """Deliveries not yet delivered or dead-lettered."""
-    return int((store or JobStore()).redis.zcard(keys.OPEN_DELIVERIES))

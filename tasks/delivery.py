@@ -99,12 +99,13 @@ def _attempt(
         delay = policy.deferral(deferred.wait)
         store.set_state(job.job_id, channel, jobs.DEFERRED, quiet_for=delay)
         store.record_attempt(job.job_id, channel, attempt=None, outcome="deferred", retry_in=delay)
+        store.release(job.job_id, channel, claim)  # before the retry exists to want it
         raise task.retry(countdown=delay, max_retries=None) from None
     except INFRASTRUCTURE_ERRORS:
         raise
     except Exception as exc:
         error = exc if isinstance(exc, NotificationError) else _unexpected(exc)
-        return _failed(task, job, channel, error, started, store, dead, policy)
+        return _failed(task, job, channel, error, started, store, dead, policy, claim)
 
     latency = (time.monotonic() - started) * 1000
     store.record_delivery(
@@ -126,6 +127,7 @@ def _failed(
     store: JobStore,
     dead: DeadLetters,
     policy: RetryPolicy,
+    claim: str,
 ) -> str:
     attempt = store.next_attempt(job.job_id, channel)
     latency = (time.monotonic() - started) * 1000
@@ -144,6 +146,9 @@ def _failed(
             job.job_id, channel, jobs.RETRYING, quiet_for=decision.delay, error=error.to_dict()
         )
         logger.info("job %s %s attempt %d: %s", job.job_id, channel, attempt, decision.reason)
+        # Released before the retry is published: with a short countdown another thread
+        # can take the retry before this one gets back to release it.
+        store.release(job.job_id, channel, claim)
         raise task.retry(countdown=decision.delay, max_retries=None)
     dead.add(
         entry_id=f"{job.job_id}-{channel}",

@@ -13,7 +13,6 @@ from typing import Any
 
 from celery import Celery
 
-import worker  # noqa: F401 - loads config/ in the order the product does (no import cycle)
 from config.celery_config import celery_config
 from config.settings import get_settings
 

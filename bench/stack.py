@@ -25,11 +25,11 @@ from urllib.parse import urlsplit
 
 import redis
 
+from bench.measure import BenchError
 from bench.procfile import ROOT, PoolSpec
 from cli.dev_stack import DevStack, Service, wait_ready
 from config.settings import get_settings
 from sandbox.redis_server import LocalRedis, free_port
-from worker.celery_app import configure
 
 #: A PagerDuty limit no benchmark reaches: the limiter still runs, it never waits.
 UNLIMITED_RATE = "1000000/minute"
@@ -140,11 +140,13 @@ class BenchStack:
         return env
 
     def _configure_harness(self, env: dict[str, str]) -> None:
+        # The harness is a producer like any other: it reads its settings once, on first
+        # use, so they must be in the environment before anything reads them.
+        if get_settings.cache_info().currsize:
+            raise BenchError("the harness read its settings before the stack was up")
         for name, value in env.items():
             self._saved_env.setdefault(name, os.environ.get(name))
             os.environ[name] = value
-        get_settings.cache_clear()
-        configure(get_settings())
 
     def stop(self) -> None:
         """Stop every process this stack started and remove its files."""
@@ -165,7 +167,6 @@ class BenchStack:
             else:
                 os.environ[name] = value
         self._saved_env.clear()
-        get_settings.cache_clear()
 
     def remove_files(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)

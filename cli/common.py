@@ -43,7 +43,7 @@ def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        from tasks.schema import InvalidJobError
+        from worker.job_request import InvalidJobError
 
         try:
             return func(*args, **kwargs)

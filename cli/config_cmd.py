@@ -45,10 +45,9 @@ def check(offline: bool) -> None:
 
     Exit codes: 0 all good; 1 a live check failed; 2 a setting is invalid.
     """
-    from config.catalogue import get_catalogue
-    from config.settings import get_settings
+    from worker.engine.runtime import engine
 
-    settings = get_settings()
+    settings = engine().settings
     names = sorted(type(settings).model_fields)
     width = max(len(n) for n in names)
     for name in names:
@@ -58,7 +57,7 @@ def check(offline: bool) -> None:
             else name.upper()
         )
         click.echo(f"{label:<{width + 2}} {_shown(name, getattr(settings, name))}")
-    catalogue = get_catalogue()
+    catalogue = engine().catalogue()
     if catalogue is not None:
         click.echo(f"heartbeat catalogue: {len(catalogue.services)} services, valid")
     if offline:

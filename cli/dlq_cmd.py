@@ -18,9 +18,9 @@ def dlq() -> None:
 @one_line_errors
 def list_(limit: int, as_json: bool) -> None:
     """The newest dead letters first."""
-    from worker.dead_letters import DeadLetters
+    from worker.engine.runtime import engine
 
-    letters = DeadLetters()
+    letters = engine().dead_letters
     entries = letters.list(limit)
     if as_json:
         echo_json(entries)
@@ -38,9 +38,9 @@ def list_(limit: int, as_json: bool) -> None:
 @one_line_errors
 def show(entry_id: str) -> None:
     """Everything kept about one dead letter (job, reason, attempts, last error)."""
-    from worker.dead_letters import DeadLetters
+    from worker.engine.runtime import engine
 
-    entry = DeadLetters().get(entry_id)
+    entry = engine().dead_letters.get(entry_id)
     if entry is None:
         raise Failed(f"no dead letter {entry_id!r}")
     echo_json(entry)
@@ -55,12 +55,12 @@ def replay(entry_ids: tuple[str, ...], replay_all: bool) -> None:
 
     Exit code 1 if any could not be replayed (they stay dead-lettered).
     """
-    from tasks.replay import replay as replay_one
-    from tasks.schema import InvalidJobError
-    from worker.dead_letters import DeadLetters
+    from tasks import replay as replay_one
+    from worker.engine.runtime import engine
+    from worker.job_request import InvalidJobError
 
     if replay_all:
-        entry_ids = tuple(e["id"] for e in DeadLetters().list(limit=1_000_000))
+        entry_ids = tuple(e["id"] for e in engine().dead_letters.list(limit=1_000_000))
     if not entry_ids:
         raise BadInput("name the dead letters to replay, or use --all")
     failed = 0
@@ -79,9 +79,9 @@ def replay(entry_ids: tuple[str, ...], replay_all: bool) -> None:
 @one_line_errors
 def purge(yes: bool) -> None:
     """Delete every dead letter."""
-    from worker.dead_letters import DeadLetters
+    from worker.engine.runtime import engine
 
-    letters = DeadLetters()
+    letters = engine().dead_letters
     count = letters.count()
     if count and not yes:
         click.confirm(f"Delete {count} dead letters for good?", abort=True)

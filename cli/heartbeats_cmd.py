@@ -27,7 +27,8 @@ def heartbeat(slug: str, failed: bool, at: str | None) -> None:
 
     Exit codes: 0 recorded; 2 unknown slug or bad value; 1 Redis unreachable.
     """
-    from tasks.heartbeats import record
+    from worker.engine.heartbeats.reports import record
+    from worker.engine.runtime import engine
 
     when_at: Any = at
     if at is not None:
@@ -36,7 +37,7 @@ def heartbeat(slug: str, failed: bool, at: str | None) -> None:
         except ValueError:
             when_at = at
     try:
-        stamp = record(slug, "fail" if failed else "up", when_at)
+        stamp = record(engine(), slug, "fail" if failed else "up", when_at)
     except ValueError as exc:  # InvalidHeartbeatError, HeartbeatInFutureError
         raise BadInput(str(exc)) from None
     click.echo(f"heartbeat {slug} {'fail' if failed else 'up'} at {when(stamp)}")
@@ -48,14 +49,14 @@ def heartbeat(slug: str, failed: bool, at: str | None) -> None:
 def heartbeats(as_json: bool) -> None:
     """List every monitored service: state, last heartbeat, heartbeats in the window, and
     open incident."""
-    from tasks.heartbeats import configured_catalogue
-    from worker.heartbeats.checker import last_check, read_states
-    from worker.heartbeats.store import HeartbeatStore, kept_per_service
-    from worker.redis_store import get_redis
+    from worker.engine.heartbeats.checker import last_check, read_states
+    from worker.engine.heartbeats.reports import configured_catalogue
+    from worker.engine.heartbeats.store import kept_per_service
+    from worker.engine.runtime import engine
 
-    catalogue = configured_catalogue()
-    client = get_redis()
-    store = HeartbeatStore(client)
+    catalogue = configured_catalogue(engine())
+    client = engine().redis
+    store = engine().heartbeats
     now = store.now()
     specs = list(catalogue.services.values())
     counts = store.counts(specs, now)

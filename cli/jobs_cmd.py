@@ -18,9 +18,9 @@ def status(job_id: str, as_json: bool) -> None:
 
     Exit code 0 when the job is known, 1 when it is not (or its history expired).
     """
-    from worker.jobs import JobStore
+    from worker.engine.runtime import engine
 
-    record = JobStore().get(job_id)
+    record = engine().jobs.get(job_id)
     if record is None:
         raise Failed(f"no job {job_id!r} (unknown, or older than JOB_TTL_SECONDS)")
     if as_json:
@@ -69,6 +69,6 @@ def _print_record(record: dict[str, Any]) -> None:
 @click.command()
 def schema() -> None:
     """Print the JSON Schema of the job payload (Celery task 'notify', one argument)."""
-    from tasks.schema import json_schema_text
+    from worker.job_request import json_schema_text
 
     click.echo(json_schema_text())

@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from cli.common import EXIT_FAILED, BadInput, Failed, one_line_errors
-
-PRIORITIES = ("low", "normal", "high", "critical", "emergency")
+from worker.channels import Channel
+from worker.notification import NotificationPriority
 
 
 def _metadata(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def _metadata(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
 @click.option(
     "-p",
     "--priority",
-    type=click.Choice(PRIORITIES, case_sensitive=False),
+    type=click.Choice([p.value for p in NotificationPriority], case_sensitive=False),
     default="normal",
     show_default=True,
     help="critical and emergency page through PagerDuty; the rest is email.",
@@ -67,7 +67,7 @@ def _metadata(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
 @click.option("--team", default=None, help="Team: picks PAGERDUTY_ROUTING_KEY_<TEAM>.")
 @click.option(
     "--channel",
-    type=click.Choice(["pagerduty", "email"]),
+    type=click.Choice([c.value for c in Channel]),
     default=None,
     help="Force one channel instead of the routing rules.",
 )
@@ -162,9 +162,9 @@ def _lifecycle(job_id: str, wait: bool, timeout: float) -> None:
 
 def follow(job_id: str, timeout: float, since: float) -> None:
     """Print the job's progress (stderr) until it ends; the outcome goes to stdout."""
-    from worker.jobs import JobStore
+    from worker.engine.runtime import engine
 
-    store = JobStore()
+    store = engine().jobs
     shown = 0
     end = time.monotonic() + timeout
     announced = False
@@ -215,7 +215,7 @@ def pagerduty_test(team: str | None) -> None:
     """
     from config.settings import get_settings
     from worker.exceptions import NotificationError
-    from worker.providers.base import Notification
+    from worker.notification import Notification
     from worker.providers.pagerduty import PagerDutyProvider
 
     settings = get_settings()

@@ -314,33 +314,6 @@ class CatalogueFile:
             return self._catalogue
 
 
-_file_lock = threading.Lock()
-_file: CatalogueFile | None = None
-
-
-def get_catalogue() -> Catalogue | None:
-    """The configured catalogue (re-read when its file changes), or None when
-    ``HEARTBEAT_SERVICES_FILE`` is not set. The first load raises on a bad file."""
-    global _file
-    from config.settings import get_settings
-
-    path = get_settings().heartbeat_services_file
-    if path is None:
-        return None
-    with _file_lock:
-        if _file is None or _file.path != Path(path):
-            _file = CatalogueFile(path)
-        current = _file
-    return current.current()
-
-
-def reset_catalogue() -> None:
-    """Forget the loaded catalogue (settings changed)."""
-    global _file
-    with _file_lock:
-        _file = None
-
-
 __all__ = [
     "Catalogue",
     "CatalogueFile",
@@ -349,9 +322,7 @@ __all__ = [
     "RecurringWindow",
     "ServiceSpec",
     "UnknownServiceError",
-    "get_catalogue",
     "load_catalogue",
     "parse_catalogue",
     "parse_duration",
-    "reset_catalogue",
 ]

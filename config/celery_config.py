@@ -12,7 +12,7 @@ Why each choice (see ../shared/reference/celery-on-redis.md):
   Flower; every retry delay is capped below it (``Settings.max_delay_seconds``).
 - Queues per channel; ``queue_order_strategy="priority"`` makes a worker that serves
   several queues take from ``pagerduty`` first, then intake, then ``email``.
-- Results ignored: job state lives in our own Redis records (worker/jobs.py).
+- Results ignored: job state lives in our own Redis records (worker/engine/jobs.py).
 - ``rediss://``: the broker verifies Redis's certificate, as the job-state client (redis-py)
   on the same URL does. kombu alone would connect to a ``rediss://`` URL without ``ssl_*``
   parameters with CERT_NONE (a warning in the log, and no protection from a man in the

@@ -15,17 +15,12 @@ channel, so a page whose recipient is a component can also reach a mailbox.
 
 from __future__ import annotations
 
-import enum
 import fnmatch
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from worker.providers.base import NotificationPriority
-
-
-class Channel(enum.StrEnum):
-    PAGERDUTY = "pagerduty"
-    EMAIL = "email"
+from worker.channels import Channel
+from worker.notification import NotificationPriority
 
 
 class RoutingRule(BaseModel):

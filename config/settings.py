@@ -36,9 +36,12 @@ from pydantic_settings import (
 )
 
 from config.routing import RoutingRule
-from worker.exceptions import NotificationConfigError
-from worker.providers.pagerduty import DEFAULT_API_URL, PagerDutySeverity
+from worker.addresses import parse_address
+from worker.exceptions import InvalidFieldError, NotificationConfigError
+from worker.notification import PagerDutySeverity
 
+#: PagerDuty's Events API v2 (US region); EU accounts use events.eu.pagerduty.com.
+DEFAULT_API_URL = "https://events.pagerduty.com/v2/enqueue"
 TEAM_KEY_PREFIX = "PAGERDUTY_ROUTING_KEY_"
 _ROUTING_KEY_RE = re.compile(r"^[A-Za-z0-9]{32}$")
 _SECRET_FIELDS = {"pagerduty_routing_key", "pagerduty_team_routing_keys", "smtp_password"}
@@ -188,13 +191,10 @@ class Settings(BaseSettings):
     @field_validator("smtp_from")
     @classmethod
     def _sender_address(cls, value: str) -> str:
-        from worker.exceptions import NotificationDeliveryError
-        from worker.providers.smtp_message import parse_address
-
         try:
             return str(parse_address("SMTP_FROM", value))
-        except NotificationDeliveryError as exc:
-            raise ValueError(str(exc).removeprefix("SMTP_FROM: ")) from None
+        except InvalidFieldError as exc:
+            raise ValueError(exc.problem) from None
 
     @model_validator(mode="after")
     def _smtp_consistent(self) -> Settings:
@@ -307,6 +307,7 @@ def get_settings() -> Settings:
 
 
 __all__ = [
+    "DEFAULT_API_URL",
     "TEAM_KEY_PREFIX",
     "Settings",
     "describe_validation_error",

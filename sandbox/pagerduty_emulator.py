@@ -20,10 +20,9 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.faults import Fault, FaultInjector
-from sandbox.incidents import IncidentStore
+from sandbox.incidents import IncidentStore, shown_key
 from sandbox.ratelimit import SlidingWindowLimiter
 from sandbox.validation import check_routing_key, validate_alert_event, validate_change_event
-from worker.redact import mask
 
 
 @dataclass
@@ -69,7 +68,7 @@ class PagerDutyEmulator:
             "rate_limit": self.options.rate_limit,
             "rate_window": self.options.rate_window,
             "retry_after": self.options.retry_after,
-            "strict_keys": None if strict is None else sorted(mask(k) for k in strict),
+            "strict_keys": None if strict is None else sorted(shown_key(k) for k in strict),
         }
 
     def reset(self) -> None:
@@ -90,7 +89,7 @@ class PagerDutyEmulator:
         self, path: str, body: Any, status: int | None, answer: Any, fault: Fault | None
     ) -> None:
         if isinstance(body, dict) and isinstance(body.get("routing_key"), str):
-            body = {**body, "routing_key": mask(body["routing_key"])}
+            body = {**body, "routing_key": shown_key(body["routing_key"])}
         with self._events_lock:
             self._sequence += 1
             self._events.append(

@@ -1,4 +1,4 @@
-"""The Celery tasks and the producer API.
+"""The Celery tasks and the Python producer API.
 
 Producers::
 
@@ -9,25 +9,14 @@ Producers::
     tasks.heartbeat("billing-api")                        # a monitored service is alive
 
 Tasks on the wire: ``notify`` (intake, any language), ``deliver.pagerduty``,
-``deliver.email``, ``heartbeat`` (any language) and ``heartbeat.check`` (beat). Tasks
-are thin: validation, routing and delivery live in worker/.
+``deliver.email``, ``heartbeat`` (any language), ``heartbeat.check`` and ``jobs.recover``
+(beat). Tasks are thin: they call the engine (worker/engine/) and turn its outcome into an
+acknowledgement or a retry.
 """
 
-from tasks.heartbeats import InvalidHeartbeatError, heartbeat
-from tasks.intake import enqueue, lifecycle
-from tasks.replay import replay
-from tasks.schema import InvalidJobError, JobRequest, json_schema
-
-
-def acknowledge(dedup_key: str, team: str | None = None) -> str:
-    """Queue an acknowledge for the incident with ``dedup_key``; returns the job id."""
-    return lifecycle("acknowledge", dedup_key, team)
-
-
-def resolve(dedup_key: str, team: str | None = None) -> str:
-    """Queue a resolve for the incident with ``dedup_key``; returns the job id."""
-    return lifecycle("resolve", dedup_key, team)
-
+from tasks.producer import acknowledge, enqueue, heartbeat, replay, resolve
+from worker.engine.heartbeats.reports import InvalidHeartbeatError
+from worker.job_request import InvalidJobError, JobRequest, json_schema
 
 __all__ = [
     "InvalidHeartbeatError",

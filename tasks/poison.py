@@ -13,15 +13,21 @@ from typing import Any
 
 from celery import signals
 
-from worker.quarantine import message_copy, quarantine
+from worker.engine.quarantine import message_copy, quarantine
+from worker.engine.runtime import engine
 
 
 @signals.task_unknown.connect  # type: ignore[untyped-decorator,unused-ignore]
 def _unknown_task(name: str = "", id: str | None = None, message: Any = None, **_: Any) -> None:
-    quarantine(f"unknown task {name!r}: no worker task has this name", message_copy(message), id)
+    quarantine(
+        engine().dead_letters,
+        f"unknown task {name!r}: no worker task has this name",
+        message_copy(message),
+        id,
+    )
 
 
 @signals.task_rejected.connect  # type: ignore[untyped-decorator,unused-ignore]
 def _undecodable(message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
     detail = f"{type(exc).__name__}: {exc}" if exc else "rejected by the consumer"
-    quarantine(f"undecodable message: {detail}", message_copy(message))
+    quarantine(engine().dead_letters, f"undecodable message: {detail}", message_copy(message))

@@ -173,9 +173,6 @@ def service_env(
     """Settings pointing at the sandbox and the test Redis, short retries, clean Redis."""
     import redis as redis_lib
 
-    from config.settings import get_settings
-    from worker.celery_app import configure
-
     monkeypatch.chdir(tmp_path)
     env = {
         "REDIS_URL": redis_url,
@@ -196,14 +193,40 @@ def service_env(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
     client = redis_lib.Redis.from_url(redis_url)
     client.flushdb()
-    configure(get_settings())
+    reconfigure()
     yield mail_and_pages
     client.flushdb()
     client.close()
+    forget_runtime()
+
+
+def forget_runtime() -> None:
+    """Forget this process's settings, so they are read again from the environment, and
+    the engine built on them with them. Production reads them once; tests change them."""
+    from config.settings import get_settings
+
     get_settings.cache_clear()
+
+
+def reconfigure() -> None:
+    """Make this process (a producer, and an in-thread worker started afterwards) use the
+    settings now in the environment: a fresh engine, and the Celery app's configuration and
+    broker connections built again from them."""
+    from config.celery_config import celery_config
+    from config.settings import get_settings
+    from worker import app
+
+    forget_runtime()
+    app.conf.update(celery_config(get_settings()))
+    # Celery builds its broker connection and producer pools once, from the broker URL of
+    # the moment; without this a changed REDIS_URL would keep publishing to the old Redis.
+    # (The old pools are left to kombu's registry, not closed: it would hand them out again.)
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
 
 
 def in_thread_worker() -> Any:
@@ -244,15 +267,11 @@ def catalogue(
     service_env: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Callable[[str], Path]:
     """Point HEARTBEAT_SERVICES_FILE at a file the test writes (and may rewrite)."""
-    from config.settings import get_settings
-    from worker.celery_app import configure
-
     path = tmp_path / "services.toml"
     path.write_text("")
     monkeypatch.setenv("HEARTBEAT_SERVICES_FILE", str(path))
     monkeypatch.setenv("HEARTBEAT_CHECK_INTERVAL", "0.2")
-    get_settings.cache_clear()
-    configure(get_settings())
+    reconfigure()
     stamp = [time.time()]
 
     def write(text: str) -> Path:

@@ -11,8 +11,7 @@ import tasks
 from cli.main import main
 from sandbox import SandboxServer
 from tests.conftest import ROUTING_KEY, SandboxClient, wait_for
-from worker.dead_letters import DeadLetters
-from worker.jobs import JobStore
+from worker.engine.runtime import engine
 from worker.providers.base import Notification
 
 
@@ -38,7 +37,7 @@ def test_status_prints_the_history(celery_worker: Any, service_env: SandboxServe
         ),
         team="dba",
     )
-    wait_for(lambda: JobStore().get(job)["status"] == "delivered")  # type: ignore[index]
+    wait_for(lambda: engine().jobs.get(job)["status"] == "delivered")  # type: ignore[index]
     result = run("status", job)
     assert result.exit_code == 0, result.output
     out = result.output
@@ -60,7 +59,7 @@ def test_dlq_list_show_replay_purge(celery_worker: Any, service_env: SandboxServ
     assert run("dlq", "list").output.strip() == "no dead letters"
     api.smtp_faults({"status": 550}, {"status": 550})
     jobs = [tasks.enqueue(Notification(recipient="a@example.com", subject=f"s{i}")) for i in (1, 2)]
-    wait_for(lambda: DeadLetters().count() == 2)
+    wait_for(lambda: engine().dead_letters.count() == 2)
     listing = run("dlq", "list")
     assert listing.exit_code == 0
     assert "2 of 2 shown" in listing.output
@@ -73,32 +72,29 @@ def test_dlq_list_show_replay_purge(celery_worker: Any, service_env: SandboxServ
     replayed = run("dlq", "replay", entry_id)
     assert replayed.exit_code == 0, replayed.output
     new_job = replayed.output.strip().split()[-1]
-    wait_for(lambda: JobStore().get(new_job)["status"] == "delivered")  # type: ignore[index]
-    assert DeadLetters().count() == 1
+    wait_for(lambda: engine().jobs.get(new_job)["status"] == "delivered")  # type: ignore[index]
+    assert engine().dead_letters.count() == 1
     assert run("dlq", "replay").exit_code == 2
     assert run("dlq", "replay", "nope").exit_code == 1
 
     assert run("dlq", "purge", input="n\n").exit_code == 1  # declined: nothing deleted
-    assert DeadLetters().count() == 1
+    assert engine().dead_letters.count() == 1
     purged = run("dlq", "purge", "--yes")
     assert purged.output.strip() == "purged 1 dead letters"
-    assert DeadLetters().count() == 0
+    assert engine().dead_letters.count() == 0
     api.close()
 
 
 def test_unreachable_redis_is_one_line_and_exit_1(monkeypatch: Any, tmp_path: Any) -> None:
-    from config.settings import get_settings
-    from worker.redis_store import reset_redis
+    from tests.conftest import forget_runtime
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("REDIS_URL", "redis://:s3cretpw@127.0.0.1:1/0")
-    get_settings.cache_clear()
-    reset_redis()
+    forget_runtime()
     try:
         result = run("dlq", "list")
     finally:
-        get_settings.cache_clear()
-        reset_redis()
+        forget_runtime()
     assert result.exit_code == 1
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in result.output
     assert "s3cretpw" not in result.output

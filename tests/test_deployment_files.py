@@ -16,7 +16,7 @@ from config.settings import Settings
 from sandbox import SandboxServer
 from tests.conftest import SandboxClient, wait_for
 from tests.processes import CELERY, WorkerProcess
-from worker.jobs import JobStore
+from worker.engine.runtime import engine
 from worker.providers.base import Notification
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,10 +136,10 @@ def test_procfile_pagerduty_pool_delivers_pages_past_an_email_backlog(
     argv[0] = CELERY  # the virtualenv's celery, as the Procfile's PATH would find it
     pool = WorkerProcess(tmp_path / "pool.log", argv=argv).start()
     try:
-        wait_for(lambda: JobStore().get(page)["status"] == "delivered")  # type: ignore[index]
+        wait_for(lambda: engine().jobs.get(page)["status"] == "delivered")  # type: ignore[index]
     finally:
         pool.stop()
-    assert all(JobStore().get(e)["status"] == "pending" for e in emails)  # type: ignore[index]
+    assert all(engine().jobs.get(e)["status"] == "pending" for e in emails)  # type: ignore[index]
     api = SandboxClient(service_env)
     assert api.messages() == []
     assert len(api.incidents()) == 1

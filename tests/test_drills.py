@@ -21,13 +21,11 @@ import tasks
 from config.settings import get_settings
 from sandbox import SandboxServer
 from sandbox.redis_server import LocalRedis
-from tasks.replay import replay
-from tasks.schema import InvalidJobError
-from tests.conftest import SandboxClient, free_port, wait_for
+from tasks import replay
+from tests.conftest import SandboxClient, free_port, reconfigure, wait_for
 from tests.processes import WorkerProcess
-from worker.celery_app import configure
-from worker.dead_letters import DeadLetters
-from worker.jobs import JobStore
+from worker.engine.runtime import engine
+from worker.job_request import InvalidJobError
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +49,7 @@ def drill(service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> Iterat
     }.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
-    configure(get_settings())
+    reconfigure()
     api = SandboxClient(service_env)
     yield api
     api.close()
@@ -83,7 +81,7 @@ def queues_empty() -> bool:
 
 
 def all_delivered(job_ids: list[str]) -> bool:
-    store = JobStore()
+    store = engine().jobs
     return all((r := store.get(j)) is not None and r["status"] == "delivered" for j in job_ids)
 
 
@@ -119,7 +117,7 @@ def test_worker_sigkilled_three_times_loses_nothing_and_sends_nothing_twice(
         for w in [*workers, beat]:
             w.stop()
     assert_one_incident_each(drill, "crash-", 300)
-    assert DeadLetters().count() == 0
+    assert engine().dead_letters.count() == 0
 
 
 @pytest.fixture
@@ -131,7 +129,7 @@ def aof_redis(
     server = LocalRedis(appendonly=True, directory=str(tmp_path / "redis")).start()
     monkeypatch.setenv("REDIS_URL", server.url)
     get_settings.cache_clear()
-    configure(get_settings())
+    reconfigure()
     yield server
     server.cleanup()
 
@@ -192,7 +190,7 @@ def test_flaky_pagerduty_every_page_delivered_no_incident_twice(
     assert answers[503] > 0  # the faults really happened
     assert answers[None] > 0
     assert_one_incident_each(drill, "flaky-", 100)
-    assert DeadLetters().count() == 0
+    assert engine().dead_letters.count() == 0
 
 
 @pytest.mark.parametrize("retry_after", ["2", None])
@@ -230,7 +228,7 @@ def test_smtp_down_for_20_seconds_then_back_every_email_delivered_once(
     port = free_port()
     monkeypatch.setenv("SMTP_PORT", str(port))
     get_settings.cache_clear()
-    configure(get_settings())
+    reconfigure()
     worker = WorkerProcess(tmp_path / "worker.log", *WORKER).start()
     try:
         jobs = [
@@ -244,7 +242,7 @@ def test_smtp_down_for_20_seconds_then_back_every_email_delivered_once(
             for i in range(30)
         ]
         time.sleep(20)  # nothing listens on the SMTP port
-        assert not any(JobStore().get(j)["status"] == "delivered" for j in jobs)  # type: ignore[index]
+        assert not any(engine().jobs.get(j)["status"] == "delivered" for j in jobs)  # type: ignore[index]
         with SandboxServer(smtp_port=port) as back:
             wait_for(lambda: all_delivered(jobs), timeout=60, interval=0.5)
             messages = back.mailbox.messages()
@@ -253,7 +251,7 @@ def test_smtp_down_for_20_seconds_then_back_every_email_delivered_once(
     subjects = Counter(m["subject"] for m in messages)
     assert sorted(subjects) == sorted(f"mail {i}" for i in range(30))
     assert max(subjects.values()) == 1
-    assert DeadLetters().count() == 0
+    assert engine().dead_letters.count() == 0
 
 
 def _envelope(task: str, args: list[Any], queue: str = "celery", body: bytes | None = None) -> str:
@@ -337,7 +335,7 @@ def test_poison_messages_are_dead_lettered_or_rejected_and_the_worker_keeps_serv
     finally:
         worker.stop()
         r.close()
-    reasons = sorted(e["reason"] for e in DeadLetters().list(100))
+    reasons = sorted(e["reason"] for e in engine().dead_letters.list(100))
     expected = [
         "invalid delivery job: ",  # deliver.pagerduty with {}
         "invalid notification: payload: must be a JSON object",  # notify(["a", "list"])
@@ -352,7 +350,7 @@ def test_poison_messages_are_dead_lettered_or_rejected_and_the_worker_keeps_serv
         "unreadable broker message: not JSON",
     ]
     assert len(reasons) == len(expected), reasons  # one dead letter each, nothing else
-    raw = next(e for e in DeadLetters().list(100) if e["channel"] == "broker")
+    raw = next(e for e in engine().dead_letters.list(100) if e["channel"] == "broker")
     with pytest.raises(InvalidJobError, match="no task could read, not a job"):
         replay(raw["id"])  # a message, not a job: it says so instead of crashing
     for reason, start in zip(reasons, expected, strict=True):
@@ -382,4 +380,4 @@ def test_sigterm_during_delivery_loses_nothing(drill: SandboxClient, tmp_path: P
         worker.stop()
         successor.stop()
     assert_one_incident_each(drill, "term-", 20)
-    assert DeadLetters().count() == 0
+    assert engine().dead_letters.count() == 0

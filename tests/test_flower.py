@@ -15,7 +15,7 @@ import httpx
 import tasks
 from sandbox import SandboxServer
 from tests.conftest import ROUTING_KEY, TEAM_KEY, free_port, wait_for
-from worker.jobs import JobStore
+from worker.engine.runtime import engine
 from worker.providers.base import Notification
 
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -52,7 +52,7 @@ def test_flower_requires_credentials_and_shows_tasks_without_secrets(
         job = tasks.enqueue(
             Notification(recipient="db-2", subject="Disk full", priority="critical"), team="dba"
         )
-        wait_for(lambda: JobStore().get(job)["status"] == "delivered")  # type: ignore[index]
+        wait_for(lambda: engine().jobs.get(job)["status"] == "delivered")  # type: ignore[index]
 
         def seen() -> dict[str, Any] | None:
             listing = httpx.get(f"{base}/api/tasks", auth=auth, timeout=5).json()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from config.catalogue import ServiceSpec
-from worker.heartbeats.evaluation import Observation, ServiceState, step
+from worker.engine.heartbeats.evaluation import Observation, ServiceState, step
 
 INTERVAL = 1.0
 

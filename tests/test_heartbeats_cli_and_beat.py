@@ -76,12 +76,14 @@ def test_heartbeat_and_heartbeats_commands(catalogue: WriteCatalogue) -> None:
 def test_heartbeats_shows_an_open_incident(
     catalogue: WriteCatalogue, celery_worker: Any, service_env: SandboxServer
 ) -> None:
-    from tasks.heartbeats import run_check
+    from tasks.publish import publish
+    from worker.engine.heartbeats.paging import run_check
+    from worker.engine.runtime import engine
 
     catalogue(service("api", window=0.3))
     api = SandboxClient(service_env)
     try:
-        wait_for(lambda: run_check() and api.incidents(), interval=0.1)
+        wait_for(lambda: run_check(engine(), publish) and api.incidents(), interval=0.1)
     finally:
         api.close()
     table = run("heartbeats").output
@@ -99,15 +101,15 @@ def test_heartbeats_without_a_catalogue_is_a_clear_error(service_env: SandboxSer
 
 
 def test_the_shell_command_records_a_heartbeat(catalogue: WriteCatalogue) -> None:
-    from worker.heartbeats.store import HeartbeatStore
-    from worker.redis_store import get_redis
+    from worker.engine.heartbeats.store import HeartbeatStore
+    from worker.engine.runtime import engine
 
     catalogue(service("cron-job", window=60))
     done = subprocess.run(
         [GDS_NOTIFY, "heartbeat", "cron-job"], capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 0, done.stderr
-    assert HeartbeatStore(get_redis()).last()["cron-job"].status == "up"
+    assert HeartbeatStore(engine().redis).last()["cron-job"].status == "up"
     refused = subprocess.run(
         [GDS_NOTIFY, "heartbeat", "nope"], capture_output=True, text=True, timeout=30
     )

@@ -27,9 +27,11 @@ def pages(service_env: SandboxServer) -> Iterator[SandboxClient]:
 
 
 def check() -> Any:
-    from tasks.heartbeats import run_check
+    from tasks.publish import publish
+    from worker.engine.heartbeats.paging import run_check
+    from worker.engine.runtime import engine
 
-    return run_check()
+    return run_check(engine(), publish)
 
 
 def check_until(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
@@ -55,10 +57,10 @@ def keep_checking(seconds: float, beating: tuple[str, ...] = ()) -> None:
 
 
 def state(slug: str) -> Any:
-    from worker.heartbeats.checker import read_states
-    from worker.redis_store import get_redis
+    from worker.engine.heartbeats.checker import read_states
+    from worker.engine.runtime import engine
 
-    return read_states(get_redis()).get(slug)
+    return read_states(engine().redis).get(slug)
 
 
 def test_a_silent_service_pages_once_with_every_field_and_resolves_when_it_is_back(
@@ -230,17 +232,20 @@ def test_overlapping_evaluations_commit_each_transition_once(
 ) -> None:
     """Even without the lock (one that expired under a stalled checker), the state's
     compare-and-set lets only one of two overlapping evaluations page."""
-    from config.catalogue import get_catalogue
-    from tasks.heartbeats import send_action
-    from worker.heartbeats.checker import HeartbeatChecker
-    from worker.redis_store import get_redis
+    from tasks.publish import publish
+    from worker.engine.heartbeats.checker import HeartbeatChecker
+    from worker.engine.heartbeats.paging import sender
+    from worker.engine.runtime import engine
 
     catalogue(service("lonely", window=0.3))
     check()
     time.sleep(0.5)
-    spec_catalogue = get_catalogue()
+    spec_catalogue = engine().catalogue()
     assert spec_catalogue is not None
-    first, second = HeartbeatChecker(get_redis(), 0.2), HeartbeatChecker(get_redis(), 0.2)
+    e = engine()
+    first = HeartbeatChecker(e.redis, e.heartbeats, e.locks, 0.2)
+    second = HeartbeatChecker(e.redis, e.heartbeats, e.locks, 0.2)
+    send_action = sender(e, publish)
     plan_a = first.plan(spec_catalogue)
     plan_b = second.plan(spec_catalogue)
     assert plan_a.write["lonely"].outbox
@@ -331,9 +336,9 @@ def test_heartbeats_from_any_celery_client_and_refusals_are_counted(
     import tasks
     from config.catalogue import UnknownServiceError
     from config.settings import get_settings
-    from worker import keys
-    from worker.heartbeats.store import HeartbeatStore
-    from worker.redis_store import get_redis
+    from worker.engine import keys
+    from worker.engine.heartbeats.store import HeartbeatStore
+    from worker.engine.runtime import engine
 
     catalogue(service("known", window=5))
     client = Celery(broker=get_settings().redis_url)
@@ -344,11 +349,11 @@ def test_heartbeats_from_any_celery_client_and_refusals_are_counted(
         client.send_task("heartbeat", args=["known", "sideways"])
     finally:
         client.close()
-    store = HeartbeatStore(get_redis())
+    store = HeartbeatStore(engine().redis)
     wait_for(lambda: store.refused() == {"unknown_slug": 1, "invalid": 1})
     assert store.last()["known"].status == "fail"
-    assert get_redis().zcard(keys.heartbeats("known")) == 1
-    assert not get_redis().exists(keys.heartbeats("nobody"))
+    assert engine().redis.zcard(keys.heartbeats("known")) == 1
+    assert not engine().redis.exists(keys.heartbeats("nobody"))
     assert "nobody" not in store.last()
 
     with pytest.raises(UnknownServiceError, match="slug: unknown service 'ghost'"):
@@ -364,11 +369,11 @@ def test_heartbeats_from_any_celery_client_and_refusals_are_counted(
 
 def test_heartbeats_are_bounded_per_service(catalogue: WriteCatalogue) -> None:
     import tasks
-    from worker import keys
-    from worker.redis_store import get_redis
+    from worker.engine import keys
+    from worker.engine.runtime import engine
 
     catalogue(service("chatty", window=60))
     for _ in range(200):
         tasks.heartbeat("chatty")
-    assert get_redis().zcard(keys.heartbeats("chatty")) == 32
-    assert 0 < get_redis().ttl(keys.heartbeats("chatty")) <= 2 * 60 + 60
+    assert engine().redis.zcard(keys.heartbeats("chatty")) == 32
+    assert 0 < engine().redis.ttl(keys.heartbeats("chatty")) <= 2 * 60 + 60

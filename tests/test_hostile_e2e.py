@@ -32,8 +32,7 @@ from tests.test_hostile_properties import (
     payloads,
     valid_notification,
 )
-from worker.dead_letters import DeadLetters
-from worker.jobs import JobStore
+from worker.engine.runtime import engine
 from worker.providers.base import Notification
 
 pytestmark = pytest.mark.slow
@@ -67,7 +66,7 @@ def secure_mail(
 ) -> SandboxServer:
     """The service pointed at the sandbox whose SMTP sink requires STARTTLS and AUTH."""
     from config.settings import get_settings
-    from worker.celery_app import configure
+    from tests.conftest import reconfigure
 
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -83,7 +82,7 @@ def secure_mail(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
-    configure(get_settings())
+    reconfigure()
     return mail_sandbox
 
 
@@ -103,10 +102,10 @@ def api(secure_mail: SandboxServer) -> Iterator[SandboxClient]:
 def outcome(task_id: str) -> tuple[str, dict[str, Any]] | None:
     """``("refused", dead letter)`` for an intake refusal, ``(status, record)`` for a job
     that reached a final state, else None."""
-    letter = DeadLetters().get(task_id)
+    letter = engine().dead_letters.get(task_id)
     if letter is not None and letter["channel"] == "intake":
         return "refused", letter
-    record = JobStore().get(task_id)
+    record = engine().jobs.get(task_id)
     if record is not None and record["status"] in ("delivered", "dead-lettered"):
         return record["status"], record
     return None
@@ -183,7 +182,7 @@ def check_outcome(payload: Any, api: SandboxClient) -> None:
         return
     for channel, info in found["channels"].items():
         if info["state"] == "dead":
-            letter = DeadLetters().get(f"{result.id}-{channel}")
+            letter = engine().dead_letters.get(f"{result.id}-{channel}")
             assert letter is not None, found
             assert letter["reason"], found
             assert letter["last_error"]["retryable"] is False, letter  # no hostile-input retries
@@ -226,7 +225,7 @@ def test_the_worker_serves_normal_jobs_after_hostile_ones(
     [incident] = api.incidents()
     assert len(incident["summary"]) <= 1024
     job = tasks.enqueue(Notification(recipient="ops@example.com", subject="still alive"))
-    wait_for(lambda: (JobStore().get(job) or {}).get("status") == "delivered", timeout=30)
+    wait_for(lambda: (engine().jobs.get(job) or {}).get("status") == "delivered", timeout=30)
     assert api.messages(to="ops@example.com")
 
 
@@ -255,11 +254,11 @@ def test_crlf_injection_is_refused_at_enqueue_and_dead_lettered_from_any_produce
     assert [e["field"] for e in caught.value.errors] == [field]
 
     result = app.send_task("notify", args=[payload])
-    letter = wait_for(lambda: DeadLetters().get(result.id))
+    letter = wait_for(lambda: engine().dead_letters.get(result.id))
     assert letter["channel"] == "intake"
     assert f"{field}: " in letter["reason"]
     ok = tasks.enqueue({"recipient": "ok@example.com", "subject": "after"})
-    wait_for(lambda: (JobStore().get(ok) or {}).get("status") == "delivered")
+    wait_for(lambda: (engine().jobs.get(ok) or {}).get("status") == "delivered")
     [message] = api.messages()  # only the good one reached the sink
     assert message["rcpt_tos"] == ["ok@example.com"]
     assert not api.messages(to="evil@x.com")
@@ -279,7 +278,7 @@ def test_what_goes_through_carries_no_injected_header_or_recipient(
             "team": "dba; Bcc: evil@x.com",
         }
     )
-    wait_for(lambda: (JobStore().get(job) or {}).get("status") == "delivered")
+    wait_for(lambda: (engine().jobs.get(job) or {}).get("status") == "delivered")
     [message] = api.messages()
     assert message["rcpt_tos"] == ["a@b.com"]
     assert message["tls"] is True
@@ -301,12 +300,14 @@ def test_encoded_word_subject_is_dead_lettered_for_email_and_paged_verbatim(
     trick = "=?utf-8?q?=0D=0ABcc:_evil@x.com?="
     mail = tasks.enqueue({"recipient": "a@b.com", "subject": trick})
     page = tasks.enqueue({"recipient": "db-1", "subject": trick, "priority": "critical"})
-    record = wait_for(lambda: (r := JobStore().get(mail)) and r["status"] == "dead-lettered" and r)
+    record = wait_for(
+        lambda: (r := engine().jobs.get(mail)) and r["status"] == "dead-lettered" and r
+    )
     assert record["channels"]["email"]["attempts"] == 1  # refused, not retried
-    letter = DeadLetters().get(f"{mail}-email")
+    letter = engine().dead_letters.get(f"{mail}-email")
     assert letter is not None
     assert "encoded word" in letter["reason"]
-    wait_for(lambda: (JobStore().get(page) or {}).get("status") == "delivered")
+    wait_for(lambda: (engine().jobs.get(page) or {}).get("status") == "delivered")
     assert api.messages() == []
     [event] = [e for e in api.events() if e["path"] == "/v2/enqueue"]
     assert event["body"]["payload"]["summary"] == trick
@@ -331,7 +332,7 @@ def test_pagerduty_fields_carry_no_line_break_and_keep_the_dedup_key(
             "team": "dba",
         }
     )
-    wait_for(lambda: (JobStore().get(job) or {}).get("status") == "delivered")
+    wait_for(lambda: (engine().jobs.get(job) or {}).get("status") == "delivered")
     [event] = [e for e in api.events() if e["path"] == "/v2/enqueue"]
     body = event["body"]
     assert event["status"] == 202

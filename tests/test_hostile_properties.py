@@ -28,9 +28,10 @@ from hypothesis import strategies as st
 
 import worker  # noqa: F401 - import order: the app before tasks (config <-> worker cycle)
 from sandbox.validation import validate_alert_event
-from tasks.schema import InvalidJobError, JobRequest, parse_request
 from tests.conftest import ROUTING_KEY
+from worker.addresses import parse_recipients
 from worker.exceptions import NotificationDeliveryError
+from worker.job_request import InvalidJobError, JobRequest, parse_request
 from worker.providers.base import Notification
 from worker.providers.pagerduty_events import (
     MAX_DEDUP_KEY_CHARS,
@@ -39,7 +40,7 @@ from worker.providers.pagerduty_events import (
     build_trigger,
     encode_event,
 )
-from worker.providers.smtp_message import build_message, parse_recipients
+from worker.providers.smtp_message import build_message
 
 FIELDS = [
     "recipient",

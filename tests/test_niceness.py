@@ -13,7 +13,7 @@ import pytest
 import tasks
 from tests.conftest import wait_for
 from tests.processes import CELERY, ROOT, WorkerProcess
-from worker.jobs import JobStore
+from worker.engine.runtime import engine
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -36,7 +36,7 @@ def test_nice_worker_runs_every_thread_at_lower_priority_and_still_delivers(
     try:
         assert worker.proc is not None
         job = tasks.enqueue({"recipient": "a@example.com", "subject": "niced", "body": "x"})
-        wait_for(lambda: (JobStore().get(job) or {}).get("status") == "delivered", timeout=30)
+        wait_for(lambda: (engine().jobs.get(job) or {}).get("status") == "delivered", timeout=30)
         assert thread_niceness(worker.proc.pid) == {base + 7}  # pool threads included
     finally:
         worker.stop()

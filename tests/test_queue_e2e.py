@@ -9,7 +9,7 @@ import pytest
 import tasks
 from sandbox import SandboxServer
 from tests.conftest import SandboxClient, wait_for
-from worker.jobs import JobStore
+from worker.engine.runtime import engine
 from worker.providers.base import Notification
 
 
@@ -31,7 +31,7 @@ def note(**fields: Any) -> Notification:
 
 
 def status(job_id: str) -> dict[str, Any]:
-    record = JobStore().get(job_id)
+    record = engine().jobs.get(job_id)
     assert record is not None
     return record
 
@@ -98,12 +98,12 @@ def test_server_errors_twice_then_success_delivers_once(
 def test_rejected_event_is_dead_lettered_at_once_with_pagerduty_errors(
     celery_worker: Any, api: SandboxClient
 ) -> None:
-    from worker.dead_letters import DeadLetters
+    from worker.engine.runtime import engine
 
     api.settings(strict_keys=["SOMEOTHERKEY00000000000000000000"])
     job = tasks.enqueue(note(priority="critical", recipient="db-2", idempotency_id="400-1"))
     wait_for(lambda: status(job)["status"] == "dead-lettered")
-    [entry] = DeadLetters().list()
+    [entry] = engine().dead_letters.list()
     assert entry["job_id"] == job
     assert entry["attempts"] == 1
     assert entry["last_error"]["type"] == "NotificationDeliveryError"
@@ -114,14 +114,14 @@ def test_rejected_event_is_dead_lettered_at_once_with_pagerduty_errors(
 
 
 def test_smtp_550_is_dead_lettered_and_421_retried(celery_worker: Any, api: SandboxClient) -> None:
-    from worker.dead_letters import DeadLetters
+    from worker.engine.runtime import engine
 
     api.smtp_faults({"status": 550}, {"status": 421})
     rejected = tasks.enqueue(note(idempotency_id="smtp-550"))
     wait_for(lambda: status(rejected)["status"] == "dead-lettered")
     retried = tasks.enqueue(note(idempotency_id="smtp-421"))
     wait_for(lambda: status(retried)["status"] == "delivered")
-    [entry] = DeadLetters().list()
+    [entry] = engine().dead_letters.list()
     assert entry["last_error"]["args"][1] == 550
     assert [m["message_id"] for m in api.messages()] == [
         status(retried)["channels"]["email"]["result"]["message_id"]
@@ -130,12 +130,12 @@ def test_smtp_550_is_dead_lettered_and_421_retried(celery_worker: Any, api: Sand
 
 
 def test_exhausted_retries_dead_letter(celery_worker: Any, api: SandboxClient) -> None:
-    from worker.dead_letters import DeadLetters
+    from worker.engine.runtime import engine
 
     api.faults(*[{"status": 502}] * 5)
     job = tasks.enqueue(note(priority="critical", recipient="db-2", idempotency_id="ex-1"))
     wait_for(lambda: status(job)["status"] == "dead-lettered")
-    [entry] = DeadLetters().list()
+    [entry] = engine().dead_letters.list()
     assert entry["attempts"] == 5
     assert entry["reason"].startswith("gave up after 5 attempts")
     assert len(api.events()) == 5
@@ -163,10 +163,10 @@ def test_malformed_send_task_payloads_are_dead_lettered_naming_the_problem(
     reason: str,
 ) -> None:
     from worker import app
-    from worker.dead_letters import DeadLetters
+    from worker.engine.runtime import engine
 
     result = app.send_task("notify", args=args, kwargs=kwargs)
-    entry = wait_for(lambda: DeadLetters().get(result.id))
+    entry = wait_for(lambda: engine().dead_letters.get(result.id))
     assert entry["channel"] == "intake"
     assert reason in entry["reason"]
     # ...and the worker keeps serving.
@@ -183,7 +183,7 @@ def test_send_task_with_celery_defaults_reaches_the_intake(
         "notify",
         args=[{"recipient": "db-2", "subject": "Disk full", "priority": "CRITICAL", "team": "dba"}],
     )
-    wait_for(lambda: JobStore().get(result.id) and status(result.id)["status"] == "delivered")
+    wait_for(lambda: engine().jobs.get(result.id) and status(result.id)["status"] == "delivered")
     [incident] = api.incidents()
     from tests.conftest import TEAM_KEY
 
@@ -191,18 +191,18 @@ def test_send_task_with_celery_defaults_reaches_the_intake(
 
 
 def test_replay_from_dead_letters_delivers(celery_worker: Any, api: SandboxClient) -> None:
-    from worker.dead_letters import DeadLetters
+    from worker.engine.runtime import engine
 
     api.settings(strict_keys=["SOMEOTHERKEY00000000000000000000"])
     job = tasks.enqueue(note(priority="critical", recipient="db-2", idempotency_id="rp-1"))
     wait_for(lambda: status(job)["status"] == "dead-lettered")
     api.settings(strict_keys=None)  # the operator fixed the routing key
-    [entry] = DeadLetters().list()
+    [entry] = engine().dead_letters.list()
     new_job = tasks.replay(entry["id"])
     assert new_job != job
     wait_for(lambda: status(new_job)["status"] == "delivered")
     assert status(new_job)["replay_of"] == job
-    assert DeadLetters().list() == []
+    assert engine().dead_letters.list() == []
     assert len(api.incidents()) == 1
     # The idempotency id now names the replayed job.
     assert tasks.enqueue(note(priority="critical", recipient="db-2", idempotency_id="rp-1")) == (
@@ -214,13 +214,13 @@ def test_replay_of_an_invalid_intake_payload_after_fixing_nothing_stays_dead(
     celery_worker: Any, api: SandboxClient
 ) -> None:
     from worker import app
-    from worker.dead_letters import DeadLetters
+    from worker.engine.runtime import engine
 
     result = app.send_task("notify", args=[{"recipient": "", "subject": "x"}])
-    wait_for(lambda: DeadLetters().get(result.id))
+    wait_for(lambda: engine().dead_letters.get(result.id))
     with pytest.raises(tasks.InvalidJobError, match="recipient"):
         tasks.replay(result.id)
-    assert DeadLetters().get(result.id) is not None
+    assert engine().dead_letters.get(result.id) is not None
 
 
 def test_acknowledge_and_resolve_go_through_the_queue(
@@ -281,7 +281,7 @@ def with_rules(service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> S
     import json
 
     from config.settings import get_settings
-    from worker.celery_app import configure
+    from tests.conftest import reconfigure
 
     rules = [
         {
@@ -293,7 +293,7 @@ def with_rules(service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> S
     ]
     monkeypatch.setenv("ROUTING_RULES", json.dumps(rules))
     get_settings.cache_clear()
-    configure(get_settings())
+    reconfigure()
     return service_env
 
 
@@ -331,9 +331,9 @@ def test_enqueue_refuses_bad_input_naming_the_field(service_env: SandboxServer) 
     with pytest.raises(tasks.InvalidJobError, match="dedup_key"):
         tasks.acknowledge(" ")
     # ...and nothing was queued.
-    from worker.jobs import JobStore as Store
+    from worker.engine.runtime import engine
 
-    assert list(Store().redis.scan_iter("gds:job:*")) == []
+    assert list(engine().redis.scan_iter("gds:job:*")) == []
 
 
 def test_idempotency_ttl_is_settable_and_job_history_expires(
@@ -342,7 +342,7 @@ def test_idempotency_ttl_is_settable_and_job_history_expires(
     import time
 
     from config.settings import get_settings
-    from worker import keys
+    from worker.engine import keys
 
     monkeypatch.setenv("IDEMPOTENCY_TTL_SECONDS", "1")
     get_settings.cache_clear()
@@ -350,19 +350,19 @@ def test_idempotency_ttl_is_settable_and_job_history_expires(
     assert tasks.enqueue(note(idempotency_id="ttl-1")) == first
     time.sleep(1.2)
     assert tasks.enqueue(note(idempotency_id="ttl-1")) != first
-    ttl = JobStore().redis.ttl(keys.job(first))
+    ttl = engine().jobs.redis.ttl(keys.job(first))
     assert 0 < ttl <= get_settings().job_ttl_seconds
 
 
 def test_dead_lettered_lifecycle_job_can_be_replayed(
     celery_worker: Any, api: SandboxClient
 ) -> None:
-    from worker.dead_letters import DeadLetters
+    from worker.engine.runtime import engine
 
     api.faults({"status": 400, "body": '{"status": "invalid event", "errors": ["nope"]}'})
     job = tasks.acknowledge("lc-dead")
     wait_for(lambda: status(job)["status"] == "dead-lettered")
-    [entry] = DeadLetters().list()
+    [entry] = engine().dead_letters.list()
     assert entry["payload"]["action"] == "acknowledge"
     again = tasks.replay(entry["id"])
     wait_for(lambda: status(again)["status"] == "delivered")
@@ -389,6 +389,6 @@ def test_a_bare_celery_client_with_defaults_reaches_the_intake(
             }
         ],
     )
-    wait_for(lambda: JobStore().get(result.id) and status(result.id)["status"] == "delivered")
+    wait_for(lambda: engine().jobs.get(result.id) and status(result.id)["status"] == "delivered")
     assert api.incidents()[0]["dedup_key"] == "disk-db-prod-01"
     client.close()

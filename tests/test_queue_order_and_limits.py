@@ -8,21 +8,20 @@ from celery.contrib.testing.worker import start_worker
 import tasks
 from config.settings import get_settings
 from sandbox import SandboxServer
-from tests.conftest import SandboxClient, wait_for
+from tests.conftest import SandboxClient, reconfigure, wait_for
 from worker import app
-from worker.celery_app import configure
-from worker.jobs import JobStore
+from worker.engine.runtime import engine
 from worker.providers.base import Notification
 
 
 def status(job_id: str) -> str:
-    record = JobStore().get(job_id)
+    record = engine().jobs.get(job_id)
     assert record is not None
     return str(record["status"])
 
 
 def delivered_at(job_id: str, channel: str) -> float:
-    record = JobStore().get(job_id)
+    record = engine().jobs.get(job_id)
     assert record is not None
     return float(max(a["at"] for a in record["attempts"] if a["outcome"] == "delivered"))
 
@@ -47,7 +46,7 @@ def test_a_page_queued_behind_200_emails_is_delivered_first(service_env: Sandbox
 def throttled(service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> SandboxServer:
     monkeypatch.setenv("PAGERDUTY_RATE_LIMIT", "4/second")
     get_settings.cache_clear()
-    configure(get_settings())
+    reconfigure()
     return service_env
 
 
@@ -96,7 +95,7 @@ def test_a_429_pauses_the_key_for_every_worker(service_env: SandboxServer) -> No
     assert events[0]["status"] == 429
     assert all(e["at"] - limited_at >= 2.0 for e in events[1:])
     assert [e["status"] for e in events[1:]] == [202] * 4
-    record = JobStore().get(others[0])
+    record = engine().jobs.get(others[0])
     assert record is not None
     assert (
         any(a["outcome"] == "deferred" for a in record["attempts"])

@@ -94,7 +94,7 @@ def test_the_shell_producer_example_reaches_the_intake_and_pages(
     """The README's other-language example, run by bash as written."""
     from urllib.parse import urlsplit
 
-    from worker.jobs import JobStore
+    from worker.engine.runtime import engine
 
     text = README.read_text(encoding="utf-8")
     section = text.split("<!-- readme-shell-producer:start -->", 1)[1]
@@ -122,7 +122,7 @@ def test_the_shell_producer_example_reaches_the_intake_and_pages(
     )
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.split()[-1]
-    record = wait_for(lambda: (r := JobStore().get(job_id)) and r["status"] == "delivered" and r)
+    record = wait_for(lambda: (r := engine().jobs.get(job_id)) and r["status"] == "delivered" and r)
     assert record["team"] == "dba"
     api = SandboxClient(service_env)
     try:

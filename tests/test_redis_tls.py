@@ -21,8 +21,7 @@ from cli.main import main
 from sandbox import SandboxServer
 from sandbox.redis_server import free_port, redis_server_binary
 from tests.conftest import SandboxClient, wait_for
-from worker.dead_letters import DeadLetters
-from worker.jobs import JobStore
+from worker.engine.runtime import engine
 from worker.providers.base import Notification
 
 pytestmark = pytest.mark.slow
@@ -126,11 +125,11 @@ def test_the_service_runs_over_rediss(
         == mail
     )  # idempotency over TLS
     for job in (page, mail):
-        wait_for(lambda job=job: (JobStore().get(job) or {}).get("status") == "delivered")
+        wait_for(lambda job=job: (engine().jobs.get(job) or {}).get("status") == "delivered")
     assert len(api.incidents()) == 1
     assert len(api.messages()) == 1
     refused = app.send_task("notify", args=[{"recipient": "", "subject": "x"}])
-    wait_for(lambda: DeadLetters().get(refused.id))
+    wait_for(lambda: engine().dead_letters.get(refused.id))
     api.close()
 
     runner = CliRunner()
@@ -149,18 +148,18 @@ def test_an_unverifiable_certificate_is_refused_by_broker_and_state_store(
     from kombu.exceptions import OperationalError
 
     from config.settings import get_settings
+    from tests.conftest import reconfigure
     from worker import app
-    from worker.celery_app import configure
-    from worker.redis_store import get_redis
+    from worker.engine.runtime import engine
 
     port, _ = tls_redis
     # rediss:// with no CA named: the system's CAs, which do not include the test CA.
     monkeypatch.setenv("REDIS_URL", _tls_url(port, None))
     get_settings.cache_clear()
     try:
-        configure(get_settings())
+        reconfigure()
         with pytest.raises(redis_lib.ConnectionError, match="certificate verify failed"):
-            get_redis().ping()
+            engine().redis.ping()
         with (
             app.connection_for_write() as conn,
             pytest.raises((OperationalError, redis_lib.ConnectionError)) as caught,
@@ -170,4 +169,4 @@ def test_an_unverifiable_certificate_is_refused_by_broker_and_state_store(
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
-        configure(get_settings())
+        reconfigure()

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from config.routing import DEFAULT_RULES, Channel, RoutingRule, route
+from config.routing import DEFAULT_RULES, RoutingRule, route
 from config.settings import load_settings
+from worker.channels import Channel
+from worker.engine.retry_policy import RetryPolicy
 from worker.exceptions import (
     NotificationConfigError,
     NotificationConnectionError,
@@ -18,7 +20,6 @@ from worker.exceptions import (
     NotificationTimeoutError,
 )
 from worker.providers.base import NotificationPriority as P
-from worker.retry_policy import RetryPolicy
 
 POLICY = RetryPolicy(
     base=1.0, cap=60.0, max_attempts=5, deadline=600.0, max_delay=60.0, hard_cap=3240.0

@@ -40,8 +40,7 @@ from sandbox.redis_server import free_port, redis_server_binary
 from sandbox.smtp_sink import SinkOptions
 from tests.conftest import SandboxClient, server_tls, wait_for
 from tests.processes import CELERY, ROOT, WorkerProcess
-from worker.dead_letters import DeadLetters
-from worker.jobs import JobStore
+from worker.engine.runtime import engine
 from worker.providers.base import Notification
 
 pytestmark = pytest.mark.slow
@@ -165,7 +164,7 @@ def test_no_secret_in_logs_flower_cli_redis_or_dead_letters(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from config.settings import get_settings
-    from worker.celery_app import configure
+    from tests.conftest import reconfigure
 
     run = Run()
     sink = SinkOptions(
@@ -206,7 +205,7 @@ def test_no_secret_in_logs_flower_cli_redis_or_dead_letters(
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         get_settings.cache_clear()
-        configure(get_settings())
+        reconfigure()
         # The producer's own logs (this process) at DEBUG, kombu and redis-py included.
         producer_log = tmp_path / "producer.log"
         handler = logging.FileHandler(producer_log)
@@ -288,7 +287,7 @@ def _exercise(
 
     def final(job_id: str) -> str:
         def done() -> str | None:
-            record = JobStore().get(job_id)
+            record = engine().jobs.get(job_id)
             status = record["status"] if record else None
             return status if status in ("delivered", "dead-lettered") else None
 
@@ -337,7 +336,7 @@ def _exercise(
     sink.password = SMTP_PASSWORD
 
     refused = app.send_task("notify", args=[{"recipient": "", "subject": "x", "team": "dba"}])
-    wait_for(lambda: DeadLetters().get(refused.id))
+    wait_for(lambda: engine().dead_letters.get(refused.id))
     dead.append(refused.id)
     assert len(api.incidents()) >= 2
     assert len(api.messages(to="ops@example.com")) == 2

@@ -12,10 +12,9 @@ import pytest
 import tasks
 from config.settings import get_settings
 from sandbox import SandboxServer
-from tests.conftest import SandboxClient, wait_for
+from tests.conftest import SandboxClient, reconfigure, wait_for
 from tests.processes import WorkerProcess
-from worker.celery_app import configure
-from worker.jobs import JobStore
+from worker.engine.runtime import engine
 from worker.providers.base import Notification
 
 
@@ -24,7 +23,7 @@ def short_visibility(service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CELERY_VISIBILITY_TIMEOUT", "5")
     monkeypatch.setenv("RETRY_CAP_SECONDS", "0.5")
     get_settings.cache_clear()
-    configure(get_settings())
+    reconfigure()
     return service_env
 
 
@@ -47,13 +46,13 @@ def test_sigkill_mid_delivery_then_restart_delivers_once(
         )
         time.sleep(1.5)  # ...and the worker dies while waiting for the answer.
         first.kill()
-        assert JobStore().get(job)["status"] == "pending"  # type: ignore[index]
+        assert engine().jobs.get(job)["status"] == "pending"  # type: ignore[index]
         second.start()
-        wait_for(lambda: JobStore().get(job)["status"] == "delivered", timeout=40)  # type: ignore[index]
+        wait_for(lambda: engine().jobs.get(job)["status"] == "delivered", timeout=40)  # type: ignore[index]
     finally:
         first.stop()
         second.stop()
-    record = JobStore().get(job)
+    record = engine().jobs.get(job)
     assert record is not None
     assert record["channels"]["pagerduty"]["attempts"] == 1  # the killed attempt never finished
     [incident] = api.incidents()  # the hung request and the redelivery share one dedup key

@@ -23,7 +23,8 @@ from typing import Any
 import kombu.transport
 from kombu.transport import redis as kombu_redis
 
-from worker.quarantine import excerpt, quarantine
+from worker.engine.quarantine import excerpt, quarantine
+from worker.engine.runtime import engine
 
 
 def envelope_problem(message: Any) -> str | None:
@@ -53,7 +54,11 @@ class Channel(kombu_redis.Channel):
             return super()._brpop_read(**options)  # type: ignore[no-untyped-call]
         except json.JSONDecodeError as exc:
             # kombu has popped the item; exc.doc is all that is left of it.
-            quarantine(f"unreadable broker message: not JSON ({exc.msg})", excerpt(exc.doc))
+            quarantine(
+                engine().dead_letters,
+                f"unreadable broker message: not JSON ({exc.msg})",
+                excerpt(exc.doc),
+            )
             return True
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:
@@ -61,6 +66,7 @@ class Channel(kombu_redis.Channel):
             return super()._get(queue)  # type: ignore[no-untyped-call]
         except json.JSONDecodeError as exc:
             quarantine(
+                engine().dead_letters,
                 f"unreadable broker message on {queue!r}: not JSON ({exc.msg})",
                 excerpt(exc.doc),
             )
@@ -83,6 +89,7 @@ class Transport(kombu_redis.Transport):
                 # recorded as unacked or reaches Celery: nothing else holds it yet.
                 problem = f"'body' is not valid base64 ({exc})"
         quarantine(
+            engine().dead_letters,
             f"unreadable broker message on {queue!r}: {problem}",
             excerpt(json.dumps(message, default=repr)),
         )

@@ -8,10 +8,15 @@ from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
 
-from worker.quarantine import message_copy, quarantine
+from worker.engine.quarantine import message_copy, quarantine
+from worker.engine.runtime import engine
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
-        quarantine(f"undecodable message: {type(exc).__name__}: {exc}", message_copy(message))
+        quarantine(
+            engine().dead_letters,
+            f"undecodable message: {type(exc).__name__}: {exc}",
+            message_copy(message),
+        )
         super().on_decode_error(message, exc)

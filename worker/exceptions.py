@@ -9,9 +9,12 @@
     ├── NotificationRateLimitError    throttled; wait at least ``retry_after_seconds`` (None when
     │                                 the server did not say) before retrying
     └── NotificationDeliveryError     the server answered and refused: ``status_code`` and the
-                                      server's ``errors``; retryable for HTTP 5xx and for
-                                      answers that break the protocol, never for a 4xx
-                                      rejection or a permanent SMTP 5xx
+        │                             server's ``errors``; retryable for HTTP 5xx and for
+        │                             answers that break the protocol, never for a 4xx
+        │                             rejection or a permanent SMTP 5xx
+        └── InvalidFieldError         a field that can never be delivered as given (a bad
+                                      address, a header-injection attempt): ``field`` names
+                                      it, ``problem`` says why; never retried
 
 Providers translate their library's errors into this tree in one place each; nothing above
 the provider layer ever sees an ``httpx`` or ``aiosmtplib`` exception.
@@ -29,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 __all__ = [
+    "InvalidFieldError",
     "NotificationConfigError",
     "NotificationConnectionError",
     "NotificationDeliveryError",
@@ -150,6 +154,21 @@ class NotificationDeliveryError(NotificationError):
         return self._retryable
 
 
+class InvalidFieldError(NotificationDeliveryError):
+    """One field of a notification can never be delivered as given; found before any I/O.
+
+    ``field`` is the field's name (``recipient``, ``subject``, ``from_addr``) and
+    ``problem`` what is wrong with it, so callers report it without parsing the message.
+    """
+
+    def __init__(self, field: str, problem: str, provider: str | None = None) -> None:
+        message = f"{field}: {problem}"
+        super().__init__(message, errors=[message], retryable=False, provider=provider)
+        self.args = (field, problem, provider)
+        self.field = field
+        self.problem = problem
+
+
 _REGISTRY: dict[str, type[NotificationError]] = {
     cls.__name__: cls
     for cls in (
@@ -159,5 +178,6 @@ _REGISTRY: dict[str, type[NotificationError]] = {
         NotificationTimeoutError,
         NotificationRateLimitError,
         NotificationDeliveryError,
+        InvalidFieldError,
     )
 }

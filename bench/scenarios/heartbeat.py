@@ -16,11 +16,11 @@ from typing import Any
 
 from bench.context import Context
 from config.catalogue import Catalogue
-from worker import keys
-from worker.heartbeats.checker import HeartbeatChecker
-from worker.heartbeats.evaluation import Action
-from worker.heartbeats.store import HeartbeatStatus, HeartbeatStore
-from worker.redis_store import get_redis
+from worker.engine import keys
+from worker.engine.heartbeats.checker import HeartbeatChecker
+from worker.engine.heartbeats.evaluation import Action
+from worker.engine.heartbeats.store import HeartbeatStatus
+from worker.engine.runtime import engine
 
 NAME = "heartbeat"
 PRIORITIES = ("P1", "P2", "P3", "P4")
@@ -59,9 +59,9 @@ def _clear(client: Any) -> None:
 def run(ctx: Context) -> dict[str, Any]:
     count = ctx.sizes.heartbeat_services
     cat = catalogue(count)
-    client = get_redis()
+    client = engine().redis
     _clear(client)
-    store = HeartbeatStore(client)
+    store = engine().heartbeats
     for i, spec in enumerate(cat.services.values()):
         if i % 20 == 7:
             continue  # fell silent
@@ -75,7 +75,7 @@ def run(ctx: Context) -> dict[str, Any]:
         sent.append(action)
         return "bench-not-queued"
 
-    checker = HeartbeatChecker(client, check_interval=15.0)
+    checker = HeartbeatChecker(client, store, engine().locks, check_interval=15.0)
     first = _timed(checker, cat, sender)
     steady = [_timed(checker, cat, sender) for _ in range(ctx.sizes.heartbeat_repeats)]
     figure = statistics.median(steady)

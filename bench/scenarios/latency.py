@@ -32,7 +32,7 @@ from bench.measure import (
 from bench.scenarios.pipeline import page
 from config.celery_config import EMAIL_QUEUE, INTAKE_QUEUE, PAGERDUTY_QUEUE
 from worker.celery_app import app
-from worker.providers.base import Notification
+from worker.notification import Notification
 
 NAME = "latency"
 LOADED_SETTLE_SECONDS = 1.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tasks
 from bench.context import Context, delivered_at
-from worker.providers.base import Notification, NotificationPriority
+from worker.notification import Notification, NotificationPriority
 
 
 def page(key: str, n: int) -> Notification:

@@ -24,7 +24,7 @@ from bench.measure import BenchError, wait_drained, wait_until
 from bench.procfile import pool
 from bench.scenarios.pipeline import page
 from config.celery_config import PAGERDUTY_QUEUE
-from worker import keys as redis_keys
+from worker.engine import keys as redis_keys
 
 NAME = "throttled"
 WINDOW = 1.0

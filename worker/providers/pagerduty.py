@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from config.settings import DEFAULT_API_URL, get_settings
 from worker.exceptions import (
     NotificationConfigError,
     NotificationConnectionError,
@@ -40,6 +41,7 @@ from worker.exceptions import (
     NotificationRateLimitError,
     NotificationTimeoutError,
 )
+from worker.notification import PagerDutySeverity
 from worker.providers.base import (
     BaseNotificationProvider,
     Notification,
@@ -48,7 +50,6 @@ from worker.providers.base import (
 )
 from worker.providers.pagerduty_events import (
     EventAction,
-    PagerDutySeverity,
     build_change,
     build_lifecycle,
     build_trigger,
@@ -57,8 +58,6 @@ from worker.providers.pagerduty_events import (
 from worker.redact import mask
 
 __all__ = ["DEFAULT_API_URL", "PagerDutyProvider", "PagerDutySeverity", "parse_retry_after"]
-
-DEFAULT_API_URL = "https://events.pagerduty.com/v2/enqueue"
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +134,6 @@ class PagerDutyProvider(BaseNotificationProvider):
         self.timeout = float(timeout)
         self.source = source
         if api_url is None:
-            from config.settings import get_settings  # late: config imports this module
-
             api_url = get_settings().pagerduty_api_url
         self.api_url = api_url
         self.change_url = change_url_for(api_url)

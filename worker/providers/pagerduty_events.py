@@ -18,7 +18,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from worker.exceptions import NotificationDeliveryError
-from worker.providers.base import Notification, NotificationPriority, content_key
+from worker.notification import (
+    Notification,
+    NotificationPriority,
+    PagerDutySeverity,
+    content_key,
+)
 
 MAX_SUMMARY_CHARS = 1024
 MAX_DEDUP_KEY_CHARS = 255
@@ -43,15 +48,6 @@ EVENT_METADATA_KEYS = frozenset(
         "custom_details",
     }
 )
-
-
-class PagerDutySeverity(enum.StrEnum):
-    """The severities PagerDuty accepts in ``payload.severity``."""
-
-    CRITICAL = "critical"
-    ERROR = "error"
-    WARNING = "warning"
-    INFO = "info"
 
 
 class EventAction(enum.StrEnum):

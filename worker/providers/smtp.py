@@ -30,12 +30,15 @@ import ssl
 import time
 from collections.abc import Awaitable
 from types import TracebackType
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import Self, TypeVar
 
 import aiosmtplib
 from pydantic import SecretStr
 
+from config.settings import Settings
+from worker.addresses import parse_address
 from worker.exceptions import (
+    InvalidFieldError,
     NotificationConfigError,
     NotificationConnectionError,
     NotificationDeliveryError,
@@ -48,10 +51,7 @@ from worker.providers.base import (
     NotificationResult,
     NotificationStatus,
 )
-from worker.providers.smtp_message import build_message, parse_address
-
-if TYPE_CHECKING:
-    from config.settings import Settings
+from worker.providers.smtp_message import build_message
 
 __all__ = ["SMTPProvider"]
 
@@ -107,7 +107,7 @@ class SMTPProvider(BaseNotificationProvider):
         self._password = SecretStr(raw_password) if raw_password else None
         try:
             self.from_addr = str(parse_address("from_addr", from_addr))
-        except NotificationDeliveryError as exc:
+        except InvalidFieldError as exc:
             raise NotificationConfigError(str(exc), provider=self.name) from None
         self.starttls = starttls
         self.use_tls = use_tls

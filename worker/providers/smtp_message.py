@@ -2,31 +2,25 @@
 
 Everything that becomes a header is checked before any connection is opened: a CR or LF in
 a header value (the classic header-injection attack) or an address that does not parse is
-refused with a :class:`~worker.exceptions.NotificationDeliveryError` (not retryable) that
-names the field. The standard library's ``email`` package does the encoding: RFC 2047 for
-non-ASCII subjects and names, quoted-printable or base64 UTF-8 for bodies.
+refused with a :class:`~worker.exceptions.InvalidFieldError` (never retried) that names
+the field (:mod:`worker.addresses` does the checking). The standard library's ``email``
+package does the encoding: RFC 2047 for non-ASCII subjects and names, quoted-printable or
+base64 UTF-8 for bodies.
 """
 
 from __future__ import annotations
 
 import email.policy
 import hashlib
-import re
 from datetime import UTC, datetime
-from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, getaddresses
 from typing import Any
 
-from worker.exceptions import NotificationDeliveryError
-from worker.providers.base import (
-    Notification,
-    NotificationPriority,
-    content_key,
-    is_one_line,
-)
+from worker.addresses import check_header_value, invalid, parse_address, parse_recipients
+from worker.notification import Notification, NotificationPriority, content_key
 
 #: Headers a mail client shows as "important", by priority (HIGH and above only).
 IMPORTANCE_HEADERS: dict[NotificationPriority, dict[str, str]] = {
@@ -42,90 +36,6 @@ IMPORTANCE_HEADERS: dict[NotificationPriority, dict[str, str]] = {
         "Priority": "urgent",
     },
 }
-
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-#: The start of an RFC 2047 encoded word (``=?charset?q?...?=``). The standard library
-#: decodes such text when it refolds a header, and before Python 3.11.10 / 3.12.5 wrote the
-#: result out unchecked (CVE-2024-6923): ``=?utf-8?q?=0D=0ABcc:...?=`` in a subject became a
-#: real Bcc header. Mail clients decode it on display too, so a sender could forge text.
-_ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?")
-
-
-def invalid(field: str, problem: str) -> NotificationDeliveryError:
-    """The error for a notification that can never become a valid email."""
-    return NotificationDeliveryError(
-        f"{field}: {problem}", errors=[f"{field}: {problem}"], retryable=False, provider="smtp"
-    )
-
-
-def check_header_value(field: str, value: str) -> str:
-    if not is_one_line(value):
-        raise invalid(
-            field,
-            "must not contain CR or LF, another line break or a control character "
-            "(header injection)",
-        )
-    if _ENCODED_WORD.search(value):
-        raise invalid(
-            field,
-            "must not contain an RFC 2047 encoded word ('=?charset?q?...'): it would be "
-            "decoded into the header (header injection)",
-        )
-    return value
-
-
-def _valid_domain(domain: str) -> bool:
-    try:
-        ascii_domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        return False
-    return all(_LABEL.match(label) for label in ascii_domain.split("."))
-
-
-def parse_address(field: str, text: str) -> Address:
-    """One ``user@domain`` or ``Name <user@domain>``, validated, as an ``Address``."""
-    check_header_value(field, text)
-    pairs = getaddresses([text])
-    if len(pairs) != 1 or not pairs[0][1]:
-        raise invalid(field, f"{text.strip()!r} is not one email address")
-    name, spec = pairs[0]
-    try:
-        address = Address(display_name=name, addr_spec=spec)
-    except (ValueError, IndexError, HeaderParseError) as exc:
-        raise invalid(field, f"{spec!r} is not a valid email address ({exc})") from None
-    if not address.username or not address.domain or not _valid_domain(address.domain):
-        raise invalid(field, f"{spec!r} is not a valid email address")
-    return address
-
-
-def parse_recipients(field: str, text: str) -> list[Address]:
-    """Comma-separated addresses (names may be quoted, commas and all); at least one."""
-    check_header_value(field, text)
-    parts = [spec for spec in _split_addresses(text) if spec.strip()]
-    if not parts:
-        raise invalid(field, "no email address given")
-    return [parse_address(field, part) for part in parts]
-
-
-def _split_addresses(text: str) -> list[str]:
-    # Split on commas outside quotes and angle brackets: '"Doe, J" <j@x>, a@y' is two.
-    parts: list[str] = []
-    current: list[str] = []
-    quoted = angle = False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        elif ch == "<" and not quoted:
-            angle = True
-        elif ch == ">" and not quoted:
-            angle = False
-        if ch == "," and not quoted and not angle:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return parts
 
 
 def message_id_for(notification: Notification, domain: str) -> str:

@@ -14,17 +14,13 @@ job before it publishes).
 
 from __future__ import annotations
 
-import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
-from config.settings import get_settings
-from worker import keys
-from worker.jobs import FINAL_STATES, JobStore
-
-logger = logging.getLogger(__name__)
+from worker.engine import keys
+from worker.engine.jobs import FINAL_STATES
+from worker.engine.runtime import Engine
 
 #: Deliveries re-queued per sweep, at most (the rest wait for the next sweep).
 BATCH = 500
@@ -41,17 +37,15 @@ class Stalled:
     idle_seconds: float
 
 
-def stalled(store: JobStore | None = None, now: float | None = None) -> list[Stalled]:
+def stalled(engine: Engine, now: float | None = None) -> list[Stalled]:
     """Open deliveries past their stall deadline, each pushed on by one more stall period
     (so one sweep claims it once). Entries whose job is final or gone are dropped."""
-    store = store or JobStore()
-    r = store.redis
-    stall = get_settings().job_stall_seconds
-    lock = uuid.uuid4().hex
+    store, r = engine.jobs, engine.redis
+    stall = engine.settings.job_stall_seconds
     # One sweeper at a time across the pool (beat may run twice during a handover).
-    if not r.set(keys.RECOVERY_LOCK, lock, nx=True, ex=max(5, int(stall))):
-        return []
-    try:
+    with engine.locks.held(keys.RECOVERY_LOCK, max(5.0, stall)) as lock:
+        if lock is None:
+            return []
         now = time.time() if now is None else now
         due = cast(
             "list[tuple[str, float]]",
@@ -66,13 +60,8 @@ def stalled(store: JobStore | None = None, now: float | None = None) -> list[Sta
                 continue
             r.zadd(keys.OPEN_DELIVERIES, {member: now + stall}, xx=True)
             idle = now - (float(deadline) - stall)
-            store.record_attempt(
-                job_id, channel, attempt=None, outcome=f"recovered: {state}, idle {idle:.0f}s"
-            )
+            store.record(job_id, channel, f"recovered: {state}, idle {idle:.0f}s")
             found.append(Stalled(job_id, channel, payload, idle))
         if found:
             r.incrby(keys.RECOVERED, len(found))
         return found
-    finally:
-        if r.get(keys.RECOVERY_LOCK) == lock:
-            r.delete(keys.RECOVERY_LOCK)

@@ -4,29 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.routing import Channel
-from tasks.intake import accept, lifecycle, new_job_id
-from tasks.schema import InvalidJobError, parse_request
-from worker.dead_letters import DeadLetters
-from worker.quarantine import BROKER_CHANNEL
+from worker.channels import Channel
+from worker.engine.intake import Publisher, accept, lifecycle, new_job_id
+from worker.engine.quarantine import BROKER_CHANNEL
+from worker.engine.runtime import Engine
+from worker.job_request import InvalidJobError, parse_request
 
 
-def replay(entry_id: str) -> str:
+def replay(engine: Engine, entry_id: str, publish: Publisher) -> str:
     """Send a dead-lettered job through intake again; returns the new job id.
 
     The dead letter is removed once the new job is queued. A job that is still invalid
-    raises :class:`InvalidJobError` and stays dead-lettered.
+    raises :class:`InvalidJobError` and stays dead-lettered; an unknown id, KeyError.
     """
-    dead = DeadLetters()
-    entry = dead.get(entry_id)
+    entry = engine.dead_letters.get(entry_id)
     if entry is None:
         raise KeyError(f"no dead letter {entry_id!r}")
-    job_id = _requeue(entry)
-    dead.remove(entry_id)
+    job_id = _requeue(engine, entry, publish)
+    engine.dead_letters.remove(entry_id)
     return job_id
 
 
-def _requeue(entry: dict[str, Any]) -> str:
+def _requeue(engine: Engine, entry: dict[str, Any], publish: Publisher) -> str:
     payload = entry["payload"]
     if entry["channel"] == BROKER_CHANNEL:
         raise InvalidJobError(
@@ -45,11 +44,15 @@ def _requeue(entry: dict[str, Any]) -> str:
                 [{"field": "payload", "message": "not a single job object; cannot replay"}]
             )
         request = parse_request(args[0])
-        return accept(request, new_job_id(), source="replay", replay_of=entry["id"])
+        return accept(
+            engine, request, new_job_id(), "replay", publish, replay_of=entry["id"]
+        ).job_id
     action = payload.get("action")
     if action in ("acknowledge", "resolve"):
-        return lifecycle(action, payload["dedup_key"], payload.get("team"))
+        return lifecycle(engine, action, payload["dedup_key"], payload.get("team"), publish)
     fields = dict(payload["notification"])
     fields["team"] = payload.get("team")
     fields["channel"] = Channel(entry["channel"]).value  # only the channel that failed
-    return accept(parse_request(fields), new_job_id(), source="replay", replay_of=entry["job_id"])
+    return accept(
+        engine, parse_request(fields), new_job_id(), "replay", publish, replay_of=entry["job_id"]
+    ).job_id

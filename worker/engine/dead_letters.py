@@ -10,17 +10,14 @@ from typing import Any
 
 import redis
 
-from worker import keys
-from worker.redis_store import get_redis
+from worker.engine import keys
 
 
 class DeadLetters:
-    def __init__(self, client: redis.Redis | None = None) -> None:
-        self._client = client
+    """The dead-letter store: a hash of records and an index by time of death."""
 
-    @property
-    def redis(self) -> redis.Redis:
-        return self._client if self._client is not None else get_redis()
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
 
     def add(
         self,

@@ -1,4 +1,5 @@
-"""The intake payload: what producers send to ``notify`` (any language) or ``enqueue``."""
+"""The intake payload: what producers send to ``notify`` (any language), ``enqueue`` or the
+HTTP API, validated once, with every bad field named."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 
 from pydantic import ValidationError, field_validator
 
-from config.routing import Channel
-from worker.providers.base import Notification, check_unicode, is_one_line
+from worker.channels import Channel
+from worker.notification import Notification, check_unicode, is_one_line
 
 
 class JobRequest(Notification):
@@ -28,7 +29,12 @@ class JobRequest(Notification):
         return value
 
     def notification(self) -> Notification:
-        return Notification.model_validate(self.model_dump(include=set(Notification.model_fields)))
+        """The notification part, without validating it a second time (it was, as part of
+        this request)."""
+        fields = {name: getattr(self, name) for name in Notification.model_fields}
+        return Notification.model_construct(
+            _fields_set=self.model_fields_set & fields.keys(), **fields
+        )
 
 
 class InvalidJobError(ValueError):
@@ -59,12 +65,15 @@ def _printable(field: str, limit: int = 200) -> str:
     return field if len(field) <= limit else field[: limit - 1] + "…"
 
 
-def parse_request(payload: Any) -> JobRequest:
-    """A JobRequest from any value, or InvalidJobError naming what is wrong."""
-    if isinstance(payload, JobRequest):
+def parse_request(payload: Any, **routing: Any) -> JobRequest:
+    """A JobRequest from any value, or InvalidJobError naming what is wrong. ``routing``
+    (``team``, ``channel``) given here wins over the same fields in ``payload``."""
+    if isinstance(payload, JobRequest) and not routing:
         return payload
     if isinstance(payload, Notification):
         payload = payload.model_dump()
+    if isinstance(payload, dict) and routing:
+        payload = payload | routing
     if not isinstance(payload, dict):
         kind = type(payload).__name__
         raise InvalidJobError(

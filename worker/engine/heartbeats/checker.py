@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,26 +22,15 @@ from typing import cast
 import redis
 
 from config.catalogue import Catalogue
-from worker import keys
-from worker.heartbeats.evaluation import Action, Observation, ServiceState, step
-from worker.heartbeats.store import HeartbeatStore
+from worker.engine import keys, scripts
+from worker.engine.heartbeats.evaluation import Action, Observation, ServiceState, step
+from worker.engine.heartbeats.store import HeartbeatStore
+from worker.engine.lock import Locks
 
 logger = logging.getLogger(__name__)
 
 #: Sends one action through the queue; returns the job id.
 Sender = Callable[[Action], str]
-
-_COMPARE_AND_SET = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if (current or '') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return 1
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 @dataclass
@@ -66,27 +54,26 @@ class CheckReport:
 
 
 class HeartbeatChecker:
-    def __init__(self, client: redis.Redis, check_interval: float) -> None:
+    def __init__(
+        self, client: redis.Redis, store: HeartbeatStore, locks: Locks, check_interval: float
+    ) -> None:
         self.redis = client
-        self.store = HeartbeatStore(client)
+        self.store = store
+        self.locks = locks
         self.check_interval = check_interval
-        self._cas = client.register_script(_COMPARE_AND_SET)
-        self._release = client.register_script(_RELEASE)
+        self._cas = scripts.register(client, __file__, "checker_compare_and_set")
 
     def run(self, catalogue: Catalogue, send: Sender) -> CheckReport:
         """One guarded evaluation of every service; skipped if another is running."""
         started = time.perf_counter()
-        token = uuid.uuid4().hex
-        lock_ms = int(min(max(5.0, 2 * self.check_interval), 120.0) * 1000)
-        if not self.redis.set(keys.HEARTBEAT_CHECK_LOCK, token, nx=True, px=lock_ms):
-            logger.debug("heartbeat check skipped: another checker is running")
-            return CheckReport(skipped=True)
-        try:
+        ttl = min(max(5.0, 2 * self.check_interval), 120.0)
+        with self.locks.held(keys.HEARTBEAT_CHECK_LOCK, ttl) as lock:
+            if lock is None:
+                logger.debug("heartbeat check skipped: another checker is running")
+                return CheckReport(skipped=True)
             plan = self.plan(catalogue)
             report = self.commit(plan, send)
             self.redis.set(keys.HEARTBEAT_LAST_CHECK, repr(plan.now))
-        finally:
-            self._release(keys=[keys.HEARTBEAT_CHECK_LOCK], args=[token])
         report.services = len(catalogue.services)
         report.seconds = time.perf_counter() - started
         return report

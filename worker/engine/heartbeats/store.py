@@ -22,32 +22,12 @@ from typing import Literal, cast
 import redis
 
 from config.catalogue import ServiceSpec
-from worker import keys
+from worker.engine import keys, scripts
 
 HeartbeatStatus = Literal["up", "fail"]
 
 #: A heartbeat stamped this far ahead of Redis time is refused (clock skew guard).
 MAX_FUTURE_SECONDS = 300.0
-
-_RECORD = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local at = now
-if ARGV[2] ~= '' then
-  at = tonumber(ARGV[2])
-  if at > now + tonumber(ARGV[5]) then return {0, tostring(now)} end
-end
-if ARGV[3] == 'up' then
-  redis.call('ZADD', KEYS[1], at, string.format('%.6f', at) .. ':' .. ARGV[6])
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[4]) - 1)
-  redis.call('EXPIRE', KEYS[1], ARGV[7])
-end
-local prev = redis.call('HGET', KEYS[2], ARGV[1])
-if (not prev) or cjson.decode(prev)['at'] <= at then
-  redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({at = at, status = ARGV[3]}))
-end
-return {1, string.format('%.6f', at)}
-"""
 
 
 class HeartbeatInFutureError(ValueError):
@@ -69,7 +49,7 @@ class HeartbeatStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._record = client.register_script(_RECORD)
+        self._record = scripts.register(client, __file__, "store_record")
 
     def now(self) -> float:
         seconds, micros = self.redis.time()

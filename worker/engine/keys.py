@@ -29,7 +29,7 @@ DEAD_LETTER_INDEX = f"{PREFIX}dlq:index"  # sorted set: entry id by time of deat
 DUPLICATES = f"{PREFIX}stats:duplicates"  # counter
 
 # Deliveries not yet delivered or dead: "JOBID:CHANNEL" scored by when, without progress,
-# it counts as stalled (worker/recovery.py).
+# it counts as stalled (worker/engine/recovery.py).
 OPEN_DELIVERIES = f"{PREFIX}jobs:open"
 RECOVERY_LOCK = f"{PREFIX}jobs:recovery:lock"
 RECOVERED = f"{PREFIX}stats:recovered"  # counter
@@ -47,7 +47,7 @@ def pagerduty_pause(key_id: str) -> str:
 RATE_LIMIT_NAMESPACE = f"{PREFIX}pd:rate"
 
 
-# Heartbeats (worker/heartbeats/). Slugs are validated by the catalogue before use.
+# Heartbeats (worker/engine/heartbeats/). Slugs are validated by the catalogue before use.
 HEARTBEAT_LAST = f"{PREFIX}hb:last"  # hash: slug -> {"at", "status"} of the newest heartbeat
 HEARTBEAT_STATE = f"{PREFIX}hb:state"  # hash: slug -> ServiceState JSON
 HEARTBEAT_CHECK_LOCK = f"{PREFIX}hb:check:lock"  # one evaluation at a time

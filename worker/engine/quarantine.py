@@ -1,10 +1,10 @@
 """Keeping what the broker hands us but no task can run: a bounded copy in the dead
 letters, with the reason, so nothing vanishes and the consumer carries on.
 
-Used at three depths: the broker transport (worker/broker_transport.py) for raw queue
-items that are not messages at all, the consumer (worker/consumer.py) for messages whose
-body cannot be decoded, and Celery's signals (tasks/poison.py) for messages that name no
-task or that Celery rejects.
+Used at three depths of the Celery layer: the broker transport (worker/broker_transport.py)
+for raw queue items that are not messages at all, the consumer (worker/consumer.py) for
+messages whose body cannot be decoded, and Celery's signals (tasks/poison.py) for messages
+that name no task or that Celery rejects.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 import uuid
 from typing import Any
 
-from worker.dead_letters import DeadLetters
+from worker.engine.dead_letters import DeadLetters
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +43,12 @@ def message_copy(message: Any) -> dict[str, Any]:
     }
 
 
-def quarantine(reason: str, payload: Any, entry_id: str | None = None) -> None:
+def quarantine(
+    dead_letters: DeadLetters, reason: str, payload: Any, entry_id: str | None = None
+) -> None:
     """Dead-letter an unrunnable message; never raises (the consumer must survive it)."""
     try:
-        DeadLetters().add(
+        dead_letters.add(
             entry_id=entry_id or f"poison-{uuid.uuid4().hex}",
             job_id=None,
             channel=BROKER_CHANNEL,

@@ -1,0 +1,100 @@
+"""Email addresses and header values, checked before anything is built or sent.
+
+Used by the SMTP message builder, by intake (an email job whose recipient can never be an
+address is refused at the door) and by the settings (``SMTP_FROM``). A value that can
+never work raises :class:`~worker.exceptions.InvalidFieldError` naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from email.errors import HeaderParseError
+from email.headerregistry import Address
+from email.utils import getaddresses
+
+from worker.exceptions import InvalidFieldError
+from worker.notification import is_one_line
+
+__all__ = ["check_header_value", "invalid", "parse_address", "parse_recipients"]
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+#: The start of an RFC 2047 encoded word (``=?charset?q?...?=``). The standard library
+#: decodes such text when it refolds a header, and before Python 3.11.10 / 3.12.5 wrote the
+#: result out unchecked (CVE-2024-6923): ``=?utf-8?q?=0D=0ABcc:...?=`` in a subject became a
+#: real Bcc header. Mail clients decode it on display too, so a sender could forge text.
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?")
+
+
+def invalid(field: str, problem: str) -> InvalidFieldError:
+    """The error for a notification that can never become a valid email."""
+    return InvalidFieldError(field, problem, provider="smtp")
+
+
+def check_header_value(field: str, value: str) -> str:
+    if not is_one_line(value):
+        raise invalid(
+            field,
+            "must not contain CR or LF, another line break or a control character "
+            "(header injection)",
+        )
+    if _ENCODED_WORD.search(value):
+        raise invalid(
+            field,
+            "must not contain an RFC 2047 encoded word ('=?charset?q?...'): it would be "
+            "decoded into the header (header injection)",
+        )
+    return value
+
+
+def _valid_domain(domain: str) -> bool:
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    return all(_LABEL.match(label) for label in ascii_domain.split("."))
+
+
+def parse_address(field: str, text: str) -> Address:
+    """One ``user@domain`` or ``Name <user@domain>``, validated, as an ``Address``."""
+    check_header_value(field, text)
+    pairs = getaddresses([text])
+    if len(pairs) != 1 or not pairs[0][1]:
+        raise invalid(field, f"{text.strip()!r} is not one email address")
+    name, spec = pairs[0]
+    try:
+        address = Address(display_name=name, addr_spec=spec)
+    except (ValueError, IndexError, HeaderParseError) as exc:
+        raise invalid(field, f"{spec!r} is not a valid email address ({exc})") from None
+    if not address.username or not address.domain or not _valid_domain(address.domain):
+        raise invalid(field, f"{spec!r} is not a valid email address")
+    return address
+
+
+def parse_recipients(field: str, text: str) -> list[Address]:
+    """Comma-separated addresses (names may be quoted, commas and all); at least one."""
+    check_header_value(field, text)
+    parts = [spec for spec in _split_addresses(text) if spec.strip()]
+    if not parts:
+        raise invalid(field, "no email address given")
+    return [parse_address(field, part) for part in parts]
+
+
+def _split_addresses(text: str) -> list[str]:
+    # Split on commas outside quotes and angle brackets: '"Doe, J" <j@x>, a@y' is two.
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = angle = False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "<" and not quoted:
+            angle = True
+        elif ch == ">" and not quoted:
+            angle = False
+        if ch == "," and not quoted and not angle:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts

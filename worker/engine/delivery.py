@@ -1,0 +1,270 @@
+"""Delivering one job to one channel, start to finish, as one step that returns an outcome.
+
+:func:`deliver` takes a delivery task's payload and does everything a worker does for it:
+validate it, claim the delivery (so two copies never deliver at once), ask the shared rate
+limiter, call the provider, and record what happened. It knows nothing of Celery: the task
+turns the :class:`Outcome` into an acknowledgement or a retry. Failures of Redis itself are
+the one thing it raises (nothing can be recorded then); the Celery task base class puts the
+message back.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from worker.channels import Channel
+from worker.engine import jobs
+from worker.engine.jobs import Claim
+from worker.engine.rate_limit import Slot
+from worker.engine.runtime import Engine
+from worker.exceptions import (
+    NotificationDeliveryError,
+    NotificationError,
+    NotificationRateLimitError,
+)
+from worker.job_request import validation_errors
+from worker.notification import Notification, NotificationResult
+
+logger = logging.getLogger(__name__)
+
+#: How long a worker waits in place for a rate-limit slot before putting the job aside.
+INLINE_WAIT_SECONDS = 2.0
+
+
+class DeliveryJob(BaseModel):
+    """What a delivery task carries: never a secret, only the team that names one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    channel: Channel
+    action: Literal["trigger", "acknowledge", "resolve", "send"]
+    notification: Notification | None = None
+    dedup_key: str | None = None
+    team: str | None = None
+    email_to: str | None = None
+    enqueued_at: float
+
+
+class OutcomeKind(enum.StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"  # failed, worth another try in ``delay`` seconds
+    DEFERRED = "deferred"  # our own rate limiter says: not before ``delay`` seconds
+    BUSY = "busy"  # another worker holds this delivery; look again in ``delay`` seconds
+    DEAD = "dead"  # dead-lettered, with ``reason``
+    SKIPPED = "skipped"  # already delivered or dead: a redelivered copy, nothing to do
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one delivery step ended. ``delay`` is set when the message should come back."""
+
+    kind: OutcomeKind
+    delay: float | None = None
+    reason: str | None = None
+
+    @property
+    def again(self) -> bool:
+        """Whether the message must be delivered again after ``delay`` seconds."""
+        return self.delay is not None
+
+
+def deliver(engine: Engine, payload: Any, message_id: str, channel_hint: str) -> Outcome:
+    """Run one delivery step for the delivery message ``message_id`` carrying ``payload``.
+    ``channel_hint`` (the task's own channel) names the channel only of a payload too
+    broken to name its own."""
+    try:
+        job = DeliveryJob.model_validate(payload)
+    except ValidationError as exc:
+        return _invalid(engine, payload, message_id, channel_hint, exc)
+    with engine.jobs.claim(job.job_id, job.channel, claim_seconds(engine, job.channel)) as claim:
+        if claim.final:
+            engine.jobs.record(job.job_id, job.channel, f"skipped: {claim.state}")
+            return Outcome(OutcomeKind.SKIPPED, reason=claim.state)
+        if claim.busy:
+            # A second copy of this message (redelivered, or re-queued by the recovery
+            # sweep) while a worker delivers the first: come back when that one is done.
+            wait = min(
+                engine.jobs.claim_remaining(job.job_id, job.channel) + 1.0,
+                engine.retry_policy.hard_cap,
+            )
+            engine.jobs.record(
+                job.job_id,
+                job.channel,
+                "waiting: in another worker's hands",
+                retry_in=wait,
+            )
+            return Outcome(OutcomeKind.BUSY, delay=wait)
+        return _attempt(engine, job, claim)
+
+
+def claim_seconds(engine: Engine, channel: Channel) -> float:
+    """How long one delivery attempt can take, at most, on a live worker."""
+    settings = engine.settings
+    if channel is Channel.PAGERDUTY:
+        return 2 * settings.pagerduty_timeout + 5
+    return 4 * settings.smtp_timeout + 5
+
+
+def _attempt(engine: Engine, job: DeliveryJob, claim: Claim) -> Outcome:
+    started = time.monotonic()
+    try:
+        sent = _send(engine, job)
+    except NotificationError as exc:
+        return _failed(engine, job, claim, exc, started)
+    except redis.RedisError:
+        raise  # Redis itself: nothing can be recorded, the message goes back (task_base.py)
+    except Exception as exc:
+        # A failure outside the exception tree (a bug, a library surprise): retried like
+        # a transient error, never silently dropped.
+        logger.exception("unexpected delivery failure")
+        error = NotificationDeliveryError(
+            f"unexpected {type(exc).__name__}: {exc}", retryable=True, provider="worker"
+        )
+        return _failed(engine, job, claim, error, started)
+    if isinstance(sent, float):
+        delay = engine.retry_policy.deferral(sent)
+        engine.jobs.record(
+            job.job_id,
+            job.channel,
+            jobs.DEFERRED,
+            state=jobs.DEFERRED,
+            quiet_for=delay,
+            retry_in=delay,
+            claim=claim.lock,
+        )
+        return Outcome(OutcomeKind.DEFERRED, delay=delay)
+    engine.jobs.record(
+        job.job_id,
+        job.channel,
+        jobs.DELIVERED,
+        state=jobs.DELIVERED,
+        counted=True,
+        latency_ms=(time.monotonic() - started) * 1000,
+        result={"message_id": sent.message_id, **sent.metadata},
+        claim=claim.lock,
+    )
+    return Outcome(OutcomeKind.DELIVERED)
+
+
+def _failed(
+    engine: Engine, job: DeliveryJob, claim: Claim, error: NotificationError, started: float
+) -> Outcome:
+    attempt = claim.attempts + 1
+    decision = engine.retry_policy.decide(error, attempt, age=time.time() - job.enqueued_at)
+    latency = (time.monotonic() - started) * 1000
+    if decision.retry:
+        engine.jobs.record(
+            job.job_id,
+            job.channel,
+            "failed",
+            state=jobs.RETRYING,
+            counted=True,
+            quiet_for=decision.delay,
+            latency_ms=latency,
+            error=error.to_dict(),
+            retry_in=decision.delay,
+            claim=claim.lock,
+        )
+        logger.info("job %s %s attempt %d: %s", job.job_id, job.channel, attempt, decision.reason)
+        return Outcome(OutcomeKind.RETRY, delay=decision.delay, reason=decision.reason)
+    engine.dead_letters.add(
+        entry_id=f"{job.job_id}-{job.channel}",
+        job_id=job.job_id,
+        channel=job.channel,
+        reason=decision.reason,
+        payload=job.model_dump(mode="json"),
+        attempts=attempt,
+        last_error=error.to_dict(),
+        first_seen=job.enqueued_at,
+    )
+    engine.jobs.record(
+        job.job_id,
+        job.channel,
+        "failed",
+        state=jobs.DEAD,
+        counted=True,
+        latency_ms=latency,
+        error=error.to_dict(),
+        claim=claim.lock,
+    )
+    logger.warning("job %s %s dead-lettered: %s", job.job_id, job.channel, decision.reason)
+    return Outcome(OutcomeKind.DEAD, reason=decision.reason)
+
+
+def _invalid(
+    engine: Engine, payload: Any, message_id: str, channel_hint: str, exc: ValidationError
+) -> Outcome:
+    errors = validation_errors(exc)
+    named = payload.get("channel") if isinstance(payload, dict) else None
+    reason = "invalid delivery job: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    engine.dead_letters.add(
+        entry_id=message_id,
+        job_id=payload.get("job_id") if isinstance(payload, dict) else None,
+        channel=named if named in tuple(Channel) else channel_hint,
+        reason=reason,
+        payload=payload,
+        last_error={"type": "ValidationError", "message": str(errors), "errors": errors},
+    )
+    return Outcome(OutcomeKind.DEAD, reason=reason)
+
+
+# -- the channels ---------------------------------------------------------------------
+
+
+def _send(engine: Engine, job: DeliveryJob) -> NotificationResult | float:
+    """The provider's result, or the seconds our own rate limiter says to wait first."""
+    if job.channel is Channel.PAGERDUTY:
+        return _page(engine, job)
+    return _email(engine, job)
+
+
+def _page(engine: Engine, job: DeliveryJob) -> NotificationResult | float:
+    routing_key = engine.settings.routing_key_for(job.team)
+    raw_key = routing_key.get_secret_value()
+    give_up_at = time.monotonic() + INLINE_WAIT_SECONDS
+    while not isinstance(slot := engine.limiter.acquire(raw_key), Slot):
+        if time.monotonic() + slot > give_up_at:
+            return slot
+        time.sleep(slot + random.uniform(0, 0.005))  # noqa: S311
+    provider = engine.providers.pagerduty(routing_key)
+    try:
+        if job.action == "trigger":
+            if job.notification is None:
+                raise _malformed(job, "a trigger needs a notification")
+            return provider.trigger(job.notification)
+        if job.action in ("acknowledge", "resolve"):
+            if not job.dedup_key:
+                raise _malformed(job, f"{job.action} needs a dedup_key")
+            verb = provider.acknowledge if job.action == "acknowledge" else provider.resolve
+            return verb(job.dedup_key)
+        raise _malformed(job, f"action {job.action!r} is not a PagerDuty event")
+    except NotificationRateLimitError as exc:
+        # One worker was told to slow down: every worker slows down for this key.
+        engine.limiter.pause(raw_key, exc.retry_after_seconds or engine.settings.retry_base_seconds)
+        raise
+    finally:
+        slot.arrived()
+
+
+def _email(engine: Engine, job: DeliveryJob) -> NotificationResult:
+    if job.notification is None or job.action not in ("send", "trigger"):
+        raise _malformed(job, "an email needs a notification")
+    notification = job.notification
+    if job.email_to:
+        notification = notification.model_copy(update={"recipient": job.email_to})
+    return engine.providers.smtp().send(notification)
+
+
+def _malformed(job: DeliveryJob, problem: str) -> NotificationDeliveryError:
+    return NotificationDeliveryError(
+        f"job {job.job_id} cannot be delivered: {problem}", retryable=False, provider=job.channel
+    )

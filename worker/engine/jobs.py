@@ -1,0 +1,275 @@
+"""Job records: what was asked, where it went, every attempt and how each one ended.
+
+A job is one accepted notification (or acknowledge/resolve). It fans out to one delivery
+per channel; each channel has a state:
+
+    queued -> (deferred | retrying)* -> delivered | dead
+
+Records live in Redis for ``JOB_TTL_SECONDS`` and answer ``gds-notify status JOB_ID``.
+The ``delivered`` state is also what stops a job that Redis redelivers (after a worker
+died) from being sent a second time.
+
+Every delivery not yet final is also in ``keys.OPEN_DELIVERIES``, scored by the moment it
+counts as stalled if nothing happens to it; each state change pushes that moment on. The
+record keeps the delivery's message payload, so worker/engine/recovery.py can publish it
+again when the broker lost it.
+
+A delivery is worked on under a claim (:meth:`JobStore.claim`), so two copies of its
+message never deliver at the same moment; everything the step then writes goes through
+:meth:`JobStore.record`, one script and one round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from config.settings import Settings
+from worker.engine import keys, scripts
+from worker.engine.lock import Lock, Locks
+
+QUEUED = "queued"
+DEFERRED = "deferred"
+RETRYING = "retrying"
+DELIVERED = "delivered"
+DEAD = "dead"
+FINAL_STATES = (DELIVERED, DEAD)
+
+
+@dataclass
+class Claim:
+    """Where a delivery stands as a worker picks it up, and the lock if this worker got it.
+
+    ``lock`` is None when the delivery is final (nothing to do) or another worker holds it
+    (:attr:`busy`).
+    """
+
+    job_id: str
+    channel: str
+    state: str | None
+    attempts: int
+    lock: Lock | None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def busy(self) -> bool:
+        return self.lock is None and not self.final
+
+
+class JobStore:
+    """Reads and writes job records; the engine holds one per process."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, locks: Locks) -> None:
+        self.redis = client
+        self.ttl = settings.job_ttl_seconds
+        self.stall = settings.job_stall_seconds
+        self.locks = locks
+        self._create = scripts.register(client, __file__, "jobs_create")
+        self._claim = scripts.register(client, __file__, "jobs_claim")
+        self._record = scripts.register(client, __file__, "jobs_record")
+
+    def create(
+        self,
+        job_id: str,
+        *,
+        channels: list[str],
+        action: str,
+        source: str,
+        team: str | None = None,
+        notification: dict[str, Any] | None = None,
+        dedup_key: str | None = None,
+        replay_of: str | None = None,
+        payloads: dict[str, dict[str, Any]] | None = None,
+    ) -> bool:
+        """Write the job's record unless it has one already (atomic: a redelivered
+        ``notify`` never overwrites what its first run wrote). ``payloads`` (channel ->
+        delivery message) make its deliveries recoverable. Returns whether it was written."""
+        now = time.time()
+        fields: dict[str, str] = {
+            "id": job_id,
+            "created_at": repr(now),
+            "updated_at": repr(now),
+            "action": action,
+            "source": source,
+            "channels": json.dumps(channels),
+            "duplicates": "0",
+        }
+        if team:
+            fields["team"] = team
+        if notification is not None:
+            fields["notification"] = json.dumps(notification)
+        if dedup_key:
+            fields["dedup_key"] = dedup_key
+        if replay_of:
+            fields["replay_of"] = replay_of
+        for channel in channels:
+            fields[f"state:{channel}"] = QUEUED
+            fields[f"attempts:{channel}"] = "0"
+        for channel, payload in (payloads or {}).items():
+            fields[f"payload:{channel}"] = json.dumps(payload)
+        members = [f"{job_id}:{c}" for c in payloads or {}]
+        created = self._create(
+            keys=[keys.job(job_id), keys.OPEN_DELIVERIES],
+            args=[
+                self.ttl,
+                repr(now + self.stall),
+                len(members),
+                *members,
+                *[item for pair in fields.items() for item in pair],
+            ],
+        )
+        return bool(created)
+
+    @contextlib.contextmanager
+    def claim(self, job_id: str, channel: str, ttl: float) -> Iterator[Claim]:
+        """Start a delivery: its state and attempts so far, and the right to deliver it for
+        ``ttl`` seconds unless it is final or another worker has it. Released on the way out
+        (or earlier, by the :meth:`record` that passes it). One round trip to take."""
+        key = keys.delivery_claim(job_id, channel)
+        token = Locks.new_token()
+        state, attempts, taken = self._claim(
+            keys=[keys.job(job_id), key, keys.OPEN_DELIVERIES],
+            args=[
+                channel,
+                token,
+                max(1, int(ttl * 1000)),
+                repr(time.time() + self.stall),
+                f"{job_id}:{channel}",
+            ],
+        )
+        lock = self.locks.adopt(key, token) if int(taken) else None
+        try:
+            yield Claim(job_id, channel, str(state) or None, int(attempts), lock)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def claim_remaining(self, job_id: str, channel: str) -> float:
+        """Seconds left on another worker's claim (0 when there is none)."""
+        return self.locks.remaining(keys.delivery_claim(job_id, channel))
+
+    def record(
+        self,
+        job_id: str,
+        channel: str,
+        outcome: str,
+        *,
+        state: str | None = None,
+        counted: bool = False,
+        quiet_for: float = 0.0,
+        claim: Lock | None = None,
+        latency_ms: float | None = None,
+        error: dict[str, Any] | None = None,
+        retry_in: float | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> int:
+        """Append an entry to the attempt history and, with ``state``, move the channel to
+        it: a final state closes the delivery, any other pushes its stall deadline on by
+        ``quiet_for`` (how long it will rightly wait, a retry's countdown) plus the stall
+        period. ``counted`` numbers it as an attempt; ``claim`` is released with it. One
+        round trip. Returns the attempt's number (0 when not counted)."""
+        now = time.time()
+        entry: dict[str, Any] = {"at": now, "channel": channel, "outcome": outcome}
+        if latency_ms is not None:
+            entry["latency_ms"] = round(latency_ms, 1)
+        if error is not None:
+            entry["error_class"] = error.get("type")
+            entry["error"] = error.get("message")
+        if retry_in is not None:
+            entry["retry_in"] = round(retry_in, 3)
+        fields: list[str] = []
+        deadline = "-"
+        if state is not None:
+            fields += [f"state:{channel}", state, "updated_at", repr(now)]
+            if error is not None:
+                fields += [f"error:{channel}", json.dumps(error)]
+            if result is not None:
+                fields += [f"result:{channel}", json.dumps(result)]
+            deadline = "" if state in FINAL_STATES else repr(now + quiet_for + self.stall)
+        attempt = self._record(
+            keys=[
+                keys.job(job_id),
+                keys.job_attempts(job_id),
+                keys.OPEN_DELIVERIES,
+                keys.delivery_claim(job_id, channel),
+            ],
+            args=[
+                channel,
+                self.ttl,
+                "1" if counted else "0",
+                json.dumps(entry)[1:],
+                f"{job_id}:{channel}",
+                deadline,
+                claim.token if claim is not None and not claim.released else "",
+                *fields,
+            ],
+        )
+        if claim is not None:
+            claim.released = True
+        return int(attempt)
+
+    def state_and_payload(
+        self, job_id: str, channel: str
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        """The channel's state and the delivery message it was published with."""
+        state, raw = self.redis.hmget(keys.job(job_id), [f"state:{channel}", f"payload:{channel}"])
+        payload = json.loads(raw) if raw is not None else None
+        return (str(state) if state is not None else None), payload
+
+    def add_duplicate(self, job_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.hincrby(keys.job(job_id), "duplicates", 1)
+        pipe.incr(keys.DUPLICATES)
+        pipe.execute()
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """The job's record and attempt history, or None when unknown or expired."""
+        pipe = self.redis.pipeline()
+        pipe.hgetall(keys.job(job_id))
+        pipe.lrange(keys.job_attempts(job_id), 0, -1)
+        raw, attempts = pipe.execute()
+        if not raw:
+            return None
+        channels = json.loads(raw["channels"])
+        record: dict[str, Any] = {
+            "id": raw["id"],
+            "action": raw.get("action"),
+            "source": raw.get("source"),
+            "team": raw.get("team"),
+            "created_at": float(raw["created_at"]),
+            "updated_at": float(raw["updated_at"]),
+            "duplicates": int(raw.get("duplicates", 0)),
+            "replay_of": raw.get("replay_of"),
+            "dedup_key": raw.get("dedup_key"),
+            "notification": json.loads(raw["notification"]) if "notification" in raw else None,
+            "channels": {
+                ch: {
+                    "state": raw.get(f"state:{ch}"),
+                    "attempts": int(raw.get(f"attempts:{ch}", 0)),
+                    "result": json.loads(raw[f"result:{ch}"]) if f"result:{ch}" in raw else None,
+                    "error": json.loads(raw[f"error:{ch}"]) if f"error:{ch}" in raw else None,
+                }
+                for ch in channels
+            },
+            "attempts": [json.loads(a) for a in attempts],
+        }
+        record["status"] = overall_status(record)
+        return record
+
+
+def overall_status(record: dict[str, Any]) -> str:
+    states = [c["state"] for c in record["channels"].values()]
+    if all(s == DELIVERED for s in states):
+        return DELIVERED
+    if any(s == DEAD for s in states):
+        return "dead-lettered" if all(s in FINAL_STATES for s in states) else "partly dead"
+    return "pending"

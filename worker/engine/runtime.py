@@ -1,0 +1,83 @@
+"""The engine as one process holds it: the settings, one Redis client, and the stores, the
+rate limiter and the providers built on them, once.
+
+Engine code takes an :class:`Engine` as its first argument and never reaches for a global;
+:func:`engine` is the process's own (the Celery tasks, the command line and the HTTP API
+use it), built on first use from :func:`config.settings.get_settings`, which reads the
+environment once.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+
+from config.catalogue import Catalogue, CatalogueFile
+from config.settings import Settings, get_settings
+from worker.engine.dead_letters import DeadLetters
+from worker.engine.heartbeats.checker import HeartbeatChecker
+from worker.engine.heartbeats.store import HeartbeatStore
+from worker.engine.idempotency import Idempotency
+from worker.engine.jobs import JobStore
+from worker.engine.lock import Locks
+from worker.engine.provider_pool import ProviderPool
+from worker.engine.rate_limit import SharedRateLimiter
+from worker.engine.redis_client import connect
+from worker.engine.retry_policy import RetryPolicy
+
+
+class Engine:
+    """Everything below the Celery layer, wired to one Redis client and one set of settings."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.redis = client if client is not None else connect(settings.redis_url)
+        self.locks = Locks(self.redis)
+        self.jobs = JobStore(self.redis, settings, self.locks)
+        self.dead_letters = DeadLetters(self.redis)
+        self.idempotency = Idempotency(self.redis, settings.idempotency_ttl_seconds)
+        self.limiter = SharedRateLimiter(self.redis, settings.pagerduty_rate_limit)
+        self.retry_policy = RetryPolicy.from_settings(settings)
+        self.providers = ProviderPool(settings)
+        self.heartbeats = HeartbeatStore(self.redis)
+        self.checker = HeartbeatChecker(
+            self.redis, self.heartbeats, self.locks, settings.heartbeat_check_interval
+        )
+        self._catalogue_file: CatalogueFile | None = None
+        self._catalogue_lock = threading.Lock()
+
+    def catalogue(self) -> Catalogue | None:
+        """The heartbeat catalogue (re-read when its file changes), or None when
+        ``HEARTBEAT_SERVICES_FILE`` is not set. The first load raises on a bad file."""
+        path = self.settings.heartbeat_services_file
+        if path is None:
+            return None
+        with self._catalogue_lock:
+            if self._catalogue_file is None:
+                self._catalogue_file = CatalogueFile(path)
+            catalogue_file = self._catalogue_file
+        return catalogue_file.current()
+
+    def close(self) -> None:
+        """Close the providers' connections and the Redis client."""
+        self.providers.close()
+        self.redis.close()
+
+
+_lock = threading.Lock()
+_current: Engine | None = None
+
+
+def engine() -> Engine:
+    """This process's engine: built on first use from the process's settings, and again
+    only if those are replaced (``get_settings.cache_clear()``, which tests do)."""
+    global _current
+    settings = get_settings()
+    current = _current
+    if current is not None and current.settings is settings:
+        return current
+    with _lock:
+        if _current is None or _current.settings is not settings:
+            _current = Engine(settings)
+        return _current

@@ -1,9 +1,0 @@
-"""Heartbeat monitoring: services report that they are alive; a silent one is paged.
-
-- :mod:`worker.heartbeats.store`: heartbeats in Redis, bounded per service.
-- :mod:`worker.heartbeats.evaluation`: the per-service state machine (pure).
-- :mod:`worker.heartbeats.checker`: the guarded, atomic evaluation of every service.
-
-The catalogue of services lives in :mod:`config.catalogue`; the Celery tasks
-(``heartbeat``, ``heartbeat.check``) in :mod:`tasks.heartbeats`.
-"""

@@ -17,7 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 import redis
 
+from config.settings import get_settings
 from worker.exceptions import NotificationConfigError
+from worker.job_request import InvalidJobError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -43,7 +45,6 @@ def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        from worker.job_request import InvalidJobError
 
         try:
             return func(*args, **kwargs)
@@ -52,8 +53,6 @@ def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
         except InvalidJobError as exc:
             raise BadInput(str(exc)) from None
         except redis.RedisError as exc:
-            from config.settings import get_settings
-
             raise Failed(
                 f"cannot reach Redis at {without_credentials(get_settings().redis_url)} "
                 f"({type(exc).__name__}: {exc})"

@@ -7,9 +7,15 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import redis
 from pydantic import SecretStr
 
 from cli.common import EXIT_FAILED, one_line_errors, without_credentials
+from config.settings import get_settings
+from worker.engine.runtime import engine
+from worker.providers.pagerduty import PagerDutyProvider
+from worker.providers.smtp import SMTPProvider
+from worker.redact import mask
 
 
 @click.group()
@@ -18,7 +24,6 @@ def config() -> None:
 
 
 def _shown(name: str, value: Any) -> str:
-    from worker.redact import mask
 
     if isinstance(value, SecretStr):
         return mask(value)
@@ -45,7 +50,6 @@ def check(offline: bool) -> None:
 
     Exit codes: 0 all good; 1 a live check failed; 2 a setting is invalid.
     """
-    from worker.engine.runtime import engine
 
     settings = engine().settings
     names = sorted(type(settings).model_fields)
@@ -81,9 +85,6 @@ def _safely(probe: Callable[[], str | None]) -> str | None:
 
 
 def _redis() -> str | None:
-    import redis
-
-    from config.settings import get_settings
 
     url = get_settings().redis_url
     client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
@@ -98,8 +99,6 @@ def _redis() -> str | None:
 
 
 def _pagerduty() -> str | None:
-    from config.settings import get_settings
-    from worker.providers.pagerduty import PagerDutyProvider
 
     settings = get_settings()
     key = settings.pagerduty_routing_key
@@ -115,8 +114,6 @@ def _pagerduty() -> str | None:
 
 
 def _smtp() -> str | None:
-    from config.settings import get_settings
-    from worker.providers.smtp import SMTPProvider
 
     with SMTPProvider.from_settings(get_settings()) as provider:
         return provider.diagnose()

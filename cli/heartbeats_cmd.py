@@ -7,6 +7,10 @@ from typing import Any
 import click
 
 from cli.common import BadInput, echo_json, one_line_errors, when
+from worker.engine.heartbeats.checker import last_check, read_states
+from worker.engine.heartbeats.reports import configured_catalogue, record
+from worker.engine.heartbeats.store import kept_per_service
+from worker.engine.runtime import engine
 
 
 @click.command()
@@ -27,8 +31,6 @@ def heartbeat(slug: str, failed: bool, at: str | None) -> None:
 
     Exit codes: 0 recorded; 2 unknown slug or bad value; 1 Redis unreachable.
     """
-    from worker.engine.heartbeats.reports import record
-    from worker.engine.runtime import engine
 
     when_at: Any = at
     if at is not None:
@@ -49,10 +51,6 @@ def heartbeat(slug: str, failed: bool, at: str | None) -> None:
 def heartbeats(as_json: bool) -> None:
     """List every monitored service: state, last heartbeat, heartbeats in the window, and
     open incident."""
-    from worker.engine.heartbeats.checker import last_check, read_states
-    from worker.engine.heartbeats.reports import configured_catalogue
-    from worker.engine.heartbeats.store import kept_per_service
-    from worker.engine.runtime import engine
 
     catalogue = configured_catalogue(engine())
     client = engine().redis

@@ -7,6 +7,8 @@ from typing import Any
 import click
 
 from cli.common import Failed, echo_json, one_line_errors, when
+from worker.engine.runtime import engine
+from worker.job_request import json_schema_text
 
 
 @click.command()
@@ -18,7 +20,6 @@ def status(job_id: str, as_json: bool) -> None:
 
     Exit code 0 when the job is known, 1 when it is not (or its history expired).
     """
-    from worker.engine.runtime import engine
 
     record = engine().jobs.get(job_id)
     if record is None:
@@ -69,6 +70,5 @@ def _print_record(record: dict[str, Any]) -> None:
 @click.command()
 def schema() -> None:
     """Print the JSON Schema of the job payload (Celery task 'notify', one argument)."""
-    from worker.job_request import json_schema_text
 
     click.echo(json_schema_text())

@@ -10,8 +10,15 @@ from typing import Any
 import click
 
 from cli.common import EXIT_FAILED, BadInput, Failed, one_line_errors
+from config.settings import get_settings
+
+# The commands that publish import `tasks` (and with it Celery, about 0.15 s) when they run,
+# so every other command, and `gds-notify --help`, starts without it.
 from worker.channels import Channel
-from worker.notification import NotificationPriority
+from worker.engine.runtime import engine
+from worker.exceptions import NotificationError
+from worker.notification import Notification, NotificationPriority
+from worker.providers.pagerduty import PagerDutyProvider
 
 
 def _metadata(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
@@ -162,7 +169,6 @@ def _lifecycle(job_id: str, wait: bool, timeout: float) -> None:
 
 def follow(job_id: str, timeout: float, since: float) -> None:
     """Print the job's progress (stderr) until it ends; the outcome goes to stdout."""
-    from worker.engine.runtime import engine
 
     store = engine().jobs
     shown = 0
@@ -213,10 +219,6 @@ def pagerduty_test(team: str | None) -> None:
 
     Exit codes: 0 both accepted; 1 PagerDuty refused or could not be reached; 2 no key.
     """
-    from config.settings import get_settings
-    from worker.exceptions import NotificationError
-    from worker.notification import Notification
-    from worker.providers.pagerduty import PagerDutyProvider
 
     settings = get_settings()
     key = settings.routing_key_for(team)

@@ -65,13 +65,11 @@ def remove_stack() -> None:
 
 
 def use_running_stack() -> dict[str, Any] | None:
-    """Put a running dev stack's settings under this process's environment."""
+    """Put a running dev stack's settings under this process's environment (before
+    anything has read the settings: ``gds-notify`` calls this first)."""
     stack = running_stack()
     if stack is None:
         return None
     for name, value in dict(stack.get("env", {})).items():
         os.environ.setdefault(str(name), str(value))
-    from config.settings import get_settings
-
-    get_settings.cache_clear()
     return stack

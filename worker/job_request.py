@@ -10,6 +10,7 @@ from pydantic import ValidationError, field_validator
 
 from worker.channels import Channel
 from worker.notification import Notification, check_unicode, is_one_line
+from worker.validation import path, problem
 
 
 class JobRequest(Notification):
@@ -51,9 +52,8 @@ def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
     """pydantic's errors as ``[{"field": "recipient", "message": "..."}]``."""
     out = []
     for error in exc.errors(include_url=False):
-        field = _printable(".".join(str(p) for p in error["loc"]) or "payload")
-        message = str(error["msg"]).removeprefix("Value error, ")
-        out.append({"field": field, "message": message})
+        field = _printable(path(error["loc"]) or "payload")
+        out.append({"field": field, "message": problem(error)})
     return out
 
 

@@ -1,0 +1,69 @@
+"""What worker/broker_transport.py and worker/consumer.py rely on inside kombu and Celery.
+
+The hardened transport overrides private methods (kombu has no public hook for a queue
+item that is not a message). If an upgrade renames one or changes its signature, the
+override would silently stop being called and poison would stop workers again: these
+tests fail first, naming what moved."""
+
+from __future__ import annotations
+
+import inspect
+
+import kombu.transport
+import pytest
+from celery import Celery
+from celery.worker.consumer import Consumer as CeleryConsumer
+from flower.utils.broker import Broker as FlowerBroker
+from kombu.transport import redis as kombu_redis
+
+from worker import broker_transport, consumer
+
+#: (kombu class, method, the parameters kombu has; our override takes them, in order).
+OVERRIDDEN = [
+    (kombu_redis.Channel, "_brpop_read", ["self", "options"]),
+    (kombu_redis.Channel, "_get", ["self", "queue"]),
+    (kombu_redis.Transport, "_deliver", ["self", "message", "queue"]),
+    (CeleryConsumer, "on_decode_error", ["self", "message", "exc"]),
+]
+OURS = {
+    kombu_redis.Channel: broker_transport.Channel,
+    kombu_redis.Transport: broker_transport.Transport,
+    CeleryConsumer: consumer.Consumer,
+}
+
+
+@pytest.mark.parametrize(("base", "name", "parameters"), OVERRIDDEN)
+def test_every_method_we_override_still_exists_with_the_same_signature(
+    base: type, name: str, parameters: list[str]
+) -> None:
+    theirs = getattr(base, name, None)
+    assert theirs is not None, f"{base.__module__}.{base.__qualname__}.{name} is gone"
+    assert list(inspect.signature(theirs).parameters) == parameters
+    ours = OURS[base].__dict__[name]
+    assert list(inspect.signature(ours).parameters)[: len(parameters)] == parameters
+
+
+def test_the_alias_table_and_cache_install_registers_in_are_still_there() -> None:
+    assert isinstance(kombu.transport.TRANSPORT_ALIASES, dict)
+    assert isinstance(kombu.transport._transport_cache, dict)
+    broker_transport.install()
+    for scheme in ("redis", "rediss"):
+        assert kombu.transport.get_transport_cls(scheme) is broker_transport.Transport
+
+
+def test_our_transport_keeps_the_url_flower_reads_and_the_public_hook_would_not() -> None:
+    """The evidence beside broker_transport.install(): registered under kombu's scheme
+    names, the broker URL stays redis:// and Flower can build its broker client from it;
+    through Celery's public ``broker_transport`` setting it could not."""
+    broker_transport.install()
+    ours = Celery("ours", broker="redis://127.0.0.1:6379/0")
+    uri = ours.connection().as_uri()
+    assert uri.startswith("redis://")
+    assert type(FlowerBroker(uri)).__name__ == "Redis"
+
+    public = Celery("public", broker="redis://127.0.0.1:6379/0")
+    public.conf.broker_transport = "worker.broker_transport:Transport"
+    uri = public.connection().as_uri()
+    assert uri.startswith("worker.broker_transport:Transport://")
+    with pytest.raises(NotImplementedError):
+        FlowerBroker(uri)

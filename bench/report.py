@@ -59,6 +59,9 @@ TARGETS = (
 
 #: Every figure in the table, in order, with its unit.
 ROWS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("enqueue_per_s",), "jobs/s"),
+    (("enqueue_before_per_s",), "jobs/s"),
+    (("enqueue_vs_before",), ""),
     (("celery_noop_per_s",), "tasks/s"),
     (("pipeline_per_s",), "pages/s"),
     (("pipeline_vs_noop",), ""),

@@ -9,6 +9,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Sizes:
+    enqueue_notifications: int = 3_000  # per round, for each of the two checkouts
     noop_tasks: int = 12_000
     throughput_rounds: int = 3  # baseline and pipeline alternate this many times
     pipeline_notifications: int = 6_000
@@ -31,6 +32,7 @@ class Sizes:
 
 FULL = Sizes()
 SMOKE = Sizes(
+    enqueue_notifications=50,
     noop_tasks=200,
     throughput_rounds=1,
     pipeline_notifications=100,

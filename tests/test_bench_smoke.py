@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 
 POSITIVE_NUMBERS = [
+    "enqueue_per_s",
+    "enqueue_vs_before",
     "celery_noop_per_s",
     "pipeline_per_s",
     "pipeline_vs_noop",

@@ -27,27 +27,16 @@ NAME = "enqueue"
 #: notification three or four times.
 BEFORE = "ecdf4d9d04394f8630b9477ec77c0c24d3d0d556"
 
-#: One round, in a child interpreter: argv = count, warm-up count, id prefix. Only public
-#: API both versions share. (The older code needed ``worker`` imported before ``tasks``.)
+#: One round, in a child interpreter: argv = count, warm-up count, id prefix. Only what
+#: both versions share: ``tasks.enqueue`` and the pipeline scenario's page. (The older code
+#: needed ``worker`` imported before ``tasks``.)
 PROGRAM = """
 import json, sys, time
 import worker, tasks
-from worker.providers.base import Notification, NotificationPriority
+from bench.scenarios.pipeline import page
 
 count, warm, prefix = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-notes = [
-    Notification(
-        recipient="db-bench-01",
-        subject=f"Replication lag on db-bench-01 ({i})",
-        body="Seconds behind primary: 412. Threshold: 300.",
-        priority=NotificationPriority.CRITICAL,
-        alert_name="ReplicationLag",
-        db_instance_id=i,
-        idempotency_id=f"{prefix}-{i}",
-        metadata={"team": "dba", "region": "eu-west-2"},
-    )
-    for i in range(count + warm)
-]
+notes = [page(f"{prefix}-{i}", i) for i in range(count + warm)]
 for note in notes[:warm]:
     tasks.enqueue(note)
 started = time.perf_counter()

@@ -10,7 +10,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 	&& { echo $$p; break; }; done)
 
-.PHONY: help install browser run dev sandbox test lint format typecheck pytest bench clean
+.PHONY: help install tools bench-tools run dev sandbox test lint format typecheck pytest bench clean
 
 help:
 	@echo "make run      start the whole stack: Redis, worker, beat, Flower :5555, sandbox :8025, SMTP sink :1025"
@@ -38,16 +38,29 @@ dev: run
 sandbox: install
 	$(BIN)/gds-notify sandbox
 
-# Headless Chromium for the browser test (Debian's package). Installed when missing and
-# possible (root with apt-get); otherwise that one test is skipped and says why.
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+# Debian packages the tests need (headless Chromium for browser tests, Prometheus's
+# Alertmanager to send real webhooks to the API) and the benchmark needs (wrk, a load
+# generator). Each is installed when missing and possible (root with apt-get); otherwise
+# what needs it is skipped and says why. Pairs are command:package.
+TEST_TOOLS := chromium:chromium prometheus-alertmanager:prometheus-alertmanager wrk:wrk
+BENCH_TOOLS := wrk:wrk
+
+define install_missing
+	@missing=""; for pair in $(1); do command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing Debian's chromium for the browser test"; \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
-			{ apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
-			echo "warning: could not install chromium; the browser test will be skipped"; \
-		else echo "note: chromium not found and not installable here; the browser test will be skipped"; fi; }
+			echo "installing Debian's$$missing"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
+			{ apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1; } || \
+			echo "warning: could not install$$missing; what needs it will be skipped"; \
+		else echo "note:$$missing not found and not installable here; what needs it will be skipped"; fi; fi
+endef
+
+tools:
+	$(call install_missing,$(TEST_TOOLS))
+
+bench-tools:
+	$(call install_missing,$(BENCH_TOOLS))
 
 lint: install
 	$(BIN)/ruff check .
@@ -57,13 +70,13 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install browser
+pytest: install tools
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
 
 # The benchmark harness (see README, Benchmarks): starts its own Redis, sandbox and workers.
-bench: install
+bench: install bench-tools
 	$(BIN)/python -m bench
 
 format: install

@@ -45,6 +45,8 @@ class Target:
 
 
 TARGETS = (
+    Target(("api_accepted_per_s",), ">=", 1000),
+    Target(("api_latency_ms", "p99"), "<", 50),
     Target(("pipeline_vs_noop",), ">=", 0.6),
     Target(("page_latency_ms", "p99"), "<", 100),
     Target(("page_backlog_ratio",), "<=", 1.5),
@@ -62,6 +64,9 @@ ROWS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("enqueue_per_s",), "jobs/s"),
     (("enqueue_before_per_s",), "jobs/s"),
     (("enqueue_vs_before",), ""),
+    (("api_accepted_per_s",), "jobs/s"),
+    (("api_latency_ms", "p50"), "ms"),
+    (("api_latency_ms", "p99"), "ms"),
     (("celery_noop_per_s",), "tasks/s"),
     (("pipeline_per_s",), "pages/s"),
     (("pipeline_vs_noop",), ""),

@@ -10,6 +10,9 @@ from typing import Any
 @dataclass(frozen=True)
 class Sizes:
     enqueue_notifications: int = 3_000  # per round, for each of the two checkouts
+    api_connections: int = 16  # wrk's open connections
+    api_seconds: int = 10
+    api_workers: int = 2  # gds-notify api --workers, as the Procfile runs it
     noop_tasks: int = 12_000
     throughput_rounds: int = 3  # baseline and pipeline alternate this many times
     pipeline_notifications: int = 6_000
@@ -33,6 +36,9 @@ class Sizes:
 FULL = Sizes()
 SMOKE = Sizes(
     enqueue_notifications=50,
+    api_connections=4,
+    api_seconds=1,
+    api_workers=1,
     noop_tasks=200,
     throughput_rounds=1,
     pipeline_notifications=100,

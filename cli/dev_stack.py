@@ -1,5 +1,6 @@
 """The local dev stack behind ``gds-notify dev`` and ``make run``: Redis, a worker serving
-every queue (pages first), beat, Flower and the sandbox, configured to talk to each other.
+every queue (pages first), beat, Flower, the HTTP API and the sandbox, configured to talk
+to each other. The API gets a development token (admin scope) made for this run only.
 
 Every process runs in its own session, so Ctrl-C reaches only ``gds-notify dev``, which
 then stops them in reverse order (SIGTERM, then SIGKILL after a grace period) and removes
@@ -9,6 +10,7 @@ what it created. Pages go to the sandbox only: the stack never talks to real Pag
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -23,11 +25,14 @@ import httpx
 import redis
 
 from cli.stack_file import dev_dir, remove_stack, running_stack, write_stack
+from config.api_tokens import new_token, token_hash
 from sandbox.redis_server import LocalRedis, RedisUnavailableError
 
 #: The sandbox accepts any well-formed key; this one is obviously not a real secret.
 DEV_ROUTING_KEY = "DEVSANDBOX" + "0" * 21 + "1"
 STOP_GRACE_SECONDS = 15.0
+#: What the printed curl example sends.
+CURL_EXAMPLE = {"recipient": "you@example.com", "subject": "Hello over HTTP"}
 
 
 class DevStackError(RuntimeError):
@@ -107,12 +112,14 @@ class DevStack:
     port: int = 8025
     smtp_port: int = 1025
     flower_port: int = 5555
+    api_port: int = 8000
     redis_url: str | None = None
     concurrency: int = 8
     services: list[Service] = field(default_factory=list)
     local_redis: LocalRedis | None = None
     env: dict[str, str] = field(default_factory=dict)
     announced: bool = False
+    api_token: str = field(default_factory=new_token, repr=False)
 
     @property
     def sandbox_url(self) -> str:
@@ -122,12 +129,17 @@ class DevStack:
     def flower_url(self) -> str:
         return f"http://{self.host}:{self.flower_port}"
 
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"
+
     def check_ports(self) -> None:
         """Fail in one clear line for a port another program holds."""
         wanted = [
             (self.port, "the sandbox web page and PagerDuty API", "--port"),
             (self.smtp_port, "the SMTP sink", "--smtp-port"),
             (self.flower_port, "Flower", "--flower-port"),
+            (self.api_port, "the HTTP API", "--api-port"),
         ]
         seen: dict[int, str] = {}
         for port, what, option in wanted:
@@ -157,9 +169,13 @@ class DevStack:
         return self.local_redis.url
 
     def child_env(self, redis_url: str) -> dict[str, str]:
-        """What the children run with; also what other terminals pick up (nothing secret)."""
+        """What the children run with; also what other terminals pick up. Nothing in it
+        is a secret anywhere else: the routing key is made up, the API token lives as long
+        as this stack, on loopback."""
+        dev_token = {"name": "dev", "sha256": token_hash(self.api_token), "scopes": ["admin"]}
         own = {
             "REDIS_URL": redis_url,
+            "API_TOKENS": json.dumps([dev_token]),
             "PAGERDUTY_API_URL": f"{self.sandbox_url}/v2/enqueue",
             "PAGERDUTY_ROUTING_KEY": DEV_ROUTING_KEY,
             "SMTP_HOST": self.host,
@@ -241,6 +257,12 @@ class DevStack:
                 f"{self.flower_url}/healthcheck",
                 logs / "flower.log",
             ),
+            Service(
+                "api",
+                [py, "-m", "cli.main", "api", "--host", self.host, "--port", str(self.api_port)],
+                f"{self.api_url}/healthz",
+                logs / "api.log",
+            ),
         ]
         for service in self.services:
             service.log.write_bytes(b"")
@@ -252,6 +274,8 @@ class DevStack:
                 "children": [s.proc.pid for s in self.services if s.proc is not None],
                 "sandbox": self.sandbox_url,
                 "flower": self.flower_url,
+                "api": self.api_url,
+                "api_token": self.api_token,
                 "smtp": f"{self.host}:{self.smtp_port}",
                 "redis": redis_url,
                 "logs": str(logs),
@@ -291,12 +315,18 @@ class DevStack:
             f"  PagerDuty API       {self.sandbox_url}/v2/enqueue",
             f"  SMTP sink           {self.host}:{self.smtp_port}",
             f"  Flower              {self.flower_url}",
+            f"  HTTP API            {self.api_url}  (docs {self.api_url}/docs)",
+            f"  API token           {self.api_token}  (admin, this run only)",
             f"  Redis               {self.env['REDIS_URL']}{redis_note}",
             f"  logs                {dev_dir() / 'logs'}",
             "",
             "Try, in another terminal of this checkout:",
             '  .venv/bin/gds-notify send db-prod-01 "Disk full" --priority critical --wait',
             '  .venv/bin/gds-notify send you@example.com "Nightly report" --wait',
+            f"  curl {self.api_url}/v1/notifications \\",
+            f"       -H 'Authorization: Bearer {self.api_token}' \\",
+            "       -H 'Content-Type: application/json' \\",
+            "       -d '" + json.dumps(CURL_EXAMPLE) + "'",
             "",
             "Ctrl-C stops everything.",
         ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+import tasks
 from cli.common import BadInput, Failed, echo_json, one_line_errors, when
 from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError
@@ -55,9 +56,6 @@ def replay(entry_ids: tuple[str, ...], replay_all: bool) -> None:
 
     Exit code 1 if any could not be replayed (they stay dead-lettered).
     """
-    # Celery (about 0.15 s) is imported only by the one dlq command that publishes.
-    from tasks import replay as replay_one
-
     if replay_all:
         entry_ids = tuple(e["id"] for e in engine().dead_letters.list(limit=1_000_000))
     if not entry_ids:
@@ -65,7 +63,7 @@ def replay(entry_ids: tuple[str, ...], replay_all: bool) -> None:
     failed = 0
     for entry_id in entry_ids:
         try:
-            click.echo(f"{entry_id} -> job {replay_one(entry_id)}")
+            click.echo(f"{entry_id} -> job {tasks.replay(entry_id)}")
         except (KeyError, InvalidJobError) as exc:
             failed += 1
             click.echo(f"{entry_id}: not replayed: {exc}", err=True)

@@ -10,6 +10,7 @@ import logging
 
 import click
 
+from cli.api_cmd import api
 from cli.config_cmd import config
 from cli.dev_cmd import dev
 from cli.dlq_cmd import dlq
@@ -46,6 +47,7 @@ for command in (
     schema,
     config,
     pagerduty_test,
+    api,
 ):
     main.add_command(command)
 

@@ -9,11 +9,9 @@ from typing import Any
 
 import click
 
+import tasks
 from cli.common import EXIT_FAILED, BadInput, Failed, one_line_errors
 from config.settings import get_settings
-
-# The commands that publish import `tasks` (and with it Celery, about 0.15 s) when they run,
-# so every other command, and `gds-notify --help`, starts without it.
 from worker.channels import Channel
 from worker.engine.runtime import engine
 from worker.exceptions import NotificationError
@@ -113,8 +111,6 @@ def send(
     Exit codes: 0 queued (with --wait: delivered, or a duplicate of a delivered job);
     1 dead-lettered, timed out or Redis unreachable; 2 invalid notification.
     """
-    import tasks
-
     payload: dict[str, Any] = {
         "recipient": recipient,
         "subject": subject,
@@ -142,8 +138,6 @@ def send(
 @one_line_errors
 def ack(dedup_key: str, team: str | None, wait: bool, timeout: float) -> None:
     """Acknowledge the incident with DEDUP_KEY (through the queue); print the job id."""
-    import tasks
-
     _lifecycle(tasks.acknowledge(dedup_key, team=team), wait, timeout)
 
 
@@ -155,8 +149,6 @@ def ack(dedup_key: str, team: str | None, wait: bool, timeout: float) -> None:
 @one_line_errors
 def resolve(dedup_key: str, team: str | None, wait: bool, timeout: float) -> None:
     """Resolve the incident with DEDUP_KEY (through the queue); print the job id."""
-    import tasks
-
     _lifecycle(tasks.resolve(dedup_key, team=team), wait, timeout)
 
 

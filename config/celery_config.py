@@ -30,14 +30,8 @@ from urllib.parse import urlsplit
 
 from kombu.entity import Queue
 
+from config.queues import DELIVERY_TASK, INTAKE_QUEUE, PAGERDUTY_QUEUE, QUEUE_OF, QUEUE_ORDER
 from config.settings import Settings
-
-#: Celery's default queue: where ``send_task("notify", ...)`` lands when it names none.
-INTAKE_QUEUE = "celery"
-PAGERDUTY_QUEUE = "pagerduty"
-EMAIL_QUEUE = "email"
-#: Consumption order for a worker serving every queue: pages first.
-QUEUE_ORDER = (PAGERDUTY_QUEUE, INTAKE_QUEUE, EMAIL_QUEUE)
 
 
 def broker_ssl(redis_url: str) -> dict[str, Any] | None:
@@ -92,8 +86,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             for name in QUEUE_ORDER
         ),
         "task_routes": {
-            "deliver.pagerduty": {"queue": PAGERDUTY_QUEUE, "routing_key": PAGERDUTY_QUEUE},
-            "deliver.email": {"queue": EMAIL_QUEUE, "routing_key": EMAIL_QUEUE},
+            **{
+                DELIVERY_TASK[channel]: {"queue": queue, "routing_key": queue}
+                for channel, queue in QUEUE_OF.items()
+            },
             # The checker decides pages: it must not wait behind an intake or email backlog.
             "heartbeat.check": {"queue": PAGERDUTY_QUEUE, "routing_key": PAGERDUTY_QUEUE},
             # Recovery may re-queue pages: it runs where pages run.

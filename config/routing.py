@@ -6,11 +6,16 @@ By default CRITICAL and EMERGENCY page through PagerDuty and everything else is 
     [{"priority": ["emergency"], "channels": ["pagerduty", "email"],
       "email_to": "oncall@example.com"},
      {"team": ["dba"], "alert_name": "Replica*", "channels": ["pagerduty"]},
+     {"alert_name": "DiskFull", "db_instance_id": [42, 43], "channels": ["email"],
+      "email_to": ["dba@example.com", "storage@example.com"]},
      {"team": ["marketing"], "channels": ["email"]}]
 
 A rule matches when every field it names matches (``alert_name`` is a shell-style
-pattern); empty fields match everything. ``email_to`` replaces the recipient for the email
-channel, so a page whose recipient is a component can also reach a mailbox.
+pattern); empty fields match everything. ``email_to`` (one address, several separated by
+commas, or a list) replaces the recipient for the email channel, so a page whose recipient
+is a component can also reach a mailbox, and an alert that names no recipient (the GDS
+ingest's, looked up by ``alert_name`` and ``db_instance_id``) reaches the people the rule
+names.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class RoutingRule(BaseModel):
     priority: list[NotificationPriority] = Field(default_factory=list)
     team: list[str] = Field(default_factory=list)
     alert_name: str | None = None
+    db_instance_id: list[int | str] = Field(default_factory=list)
     channels: list[Channel] = Field(min_length=1)
     email_to: str | None = None
 
@@ -39,8 +45,23 @@ class RoutingRule(BaseModel):
             return [v.lower() if isinstance(v, str) else v for v in value]
         return value
 
-    def matches(self, priority: NotificationPriority, team: str | None, alert: str | None) -> bool:
+    @field_validator("email_to", mode="before")
+    @classmethod
+    def _addresses(cls, value: object) -> object:
+        if isinstance(value, list) and all(isinstance(a, str) for a in value):
+            return ", ".join(value)
+        return value
+
+    def matches(
+        self,
+        priority: NotificationPriority,
+        team: str | None,
+        alert: str | None,
+        db_instance_id: int | str | None = None,
+    ) -> bool:
         if self.priority and priority not in self.priority:
+            return False
+        if self.db_instance_id and not _same_instance(db_instance_id, self.db_instance_id):
             return False
         if self.team and (team is None or team.lower() not in {t.lower() for t in self.team}):
             return False
@@ -59,14 +80,19 @@ DEFAULT_RULES = [
 ]
 
 
+def _same_instance(value: int | str | None, wanted: list[int | str]) -> bool:
+    return value is not None and str(value) in {str(w) for w in wanted}
+
+
 def route(
     rules: list[RoutingRule],
     priority: NotificationPriority,
     team: str | None,
     alert_name: str | None,
+    db_instance_id: int | str | None = None,
 ) -> RoutingRule:
     """The first rule (configured, then default) that matches."""
     for rule in [*rules, *DEFAULT_RULES]:
-        if rule.matches(priority, team, alert_name):
+        if rule.matches(priority, team, alert_name, db_instance_id):
             return rule
     raise AssertionError("the default rules match everything")  # pragma: no cover

@@ -24,6 +24,7 @@ from pydantic import (
     AfterValidator,
     Field,
     FilePath,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -36,6 +37,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from config.api_tokens import ApiToken, load_tokens
 from config.routing import RoutingRule
 from worker.addresses import parse_address
 from worker.exceptions import InvalidFieldError, NotificationConfigError
@@ -91,6 +93,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
     )
+    _tokens: list[ApiToken] = PrivateAttr(default_factory=list)
 
     pagerduty_routing_key: RoutingKey | None = Field(
         default=None, description="Default Events API v2 integration key (secret)."
@@ -170,7 +173,24 @@ class Settings(BaseSettings):
         default=15.0, gt=0, le=3600, description="Seconds between heartbeat checks (beat)."
     )
 
-    @field_validator("pagerduty_rate_limit")
+    api_tokens: str | None = Field(
+        default=None, description="JSON list of API tokens: name, sha256 of the secret, scopes."
+    )
+    api_tokens_file: FilePath | None = Field(
+        default=None, description="A file holding the same JSON list of API tokens."
+    )
+    api_rate_limit: str = Field(
+        default="3000/minute", description="Requests per API token, shared by every API process."
+    )
+    api_max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body."
+    )
+    api_read_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="Seconds a client may take to send its body."
+    )
+    api_docs: bool = Field(default=True, description="Serve /docs and /openapi.json.")
+
+    @field_validator("pagerduty_rate_limit", "api_rate_limit")
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         try:
@@ -213,7 +233,16 @@ class Settings(BaseSettings):
             )
         if self.retry_base_seconds > self.retry_cap_seconds:
             raise ValueError("RETRY_BASE_SECONDS must not exceed RETRY_CAP_SECONDS")
+        try:
+            self._tokens = load_tokens(self.api_tokens, self.api_tokens_file)
+        except NotificationConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
+
+    @property
+    def tokens(self) -> list[ApiToken]:
+        """The API tokens from ``API_TOKENS`` and ``API_TOKENS_FILE``, validated at start."""
+        return self._tokens
 
     @property
     def max_delay_seconds(self) -> float:

@@ -18,7 +18,6 @@ from typing import Any
 
 from celery import signals
 
-from tasks.publish import publish
 from worker.celery_app import app
 from worker.engine.heartbeats import reports
 from worker.engine.heartbeats.paging import run_check
@@ -58,7 +57,7 @@ def heartbeat_task(*args: Any, **kwargs: Any) -> dict[str, Any]:
 @app.task(name="heartbeat.check", ignore_result=True)  # type: ignore[untyped-decorator,unused-ignore]
 def check() -> dict[str, Any]:
     """Evaluate every service in the catalogue once; queue the pages that calls for."""
-    report = run_check(engine(), publish)
+    report = run_check(engine())
     if report is None:
         return {"skipped": "HEARTBEAT_SERVICES_FILE is not set"}
     return {"skipped": report.skipped, "changed": report.changed, "sent": len(report.sent)}

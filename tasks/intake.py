@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tasks.publish import publish
 from worker.celery_app import app
 from worker.engine import intake
 from worker.engine.runtime import engine
@@ -42,7 +41,7 @@ def notify(self: Any, *args: Any, **kwargs: Any) -> str | None:
         return None
     try:
         request = parse_request(args[0])
-        return intake.accept(engine(), request, job_id, "notify", publish).job_id
+        return intake.accept(engine(), request, job_id, "notify").job_id
     except InvalidJobError as exc:
         dead_letters.add(
             entry_id=job_id,

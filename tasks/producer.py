@@ -1,15 +1,14 @@
 """The Python producer API: what ``import tasks`` offers a service that sends notifications.
 
 Each call runs intake in the caller, so a bad notification raises here, naming the field,
-instead of vanishing into a queue; what is accepted is recorded in Redis before it is
-published.
+instead of vanishing into a queue; what is accepted is recorded and queued in Redis in one
+step. None of it needs Celery in the producer.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tasks.publish import publish
 from worker.engine import intake
 from worker.engine.heartbeats import reports
 from worker.engine.replay import replay as replay_entry
@@ -27,22 +26,22 @@ def enqueue(notification: Any, team: str | None = None, channel: str | None = No
     """
     routing = {k: v for k, v in (("team", team), ("channel", channel)) if v is not None}
     request = parse_request(notification, **routing)
-    return intake.accept(engine(), request, intake.new_job_id(), "enqueue", publish).job_id
+    return intake.accept(engine(), request, intake.new_job_id(), "enqueue").job_id
 
 
 def acknowledge(dedup_key: str, team: str | None = None) -> str:
     """Queue an acknowledge for the incident with ``dedup_key``; returns the job id."""
-    return intake.lifecycle(engine(), "acknowledge", dedup_key, team, publish)
+    return intake.lifecycle(engine(), "acknowledge", dedup_key, team)
 
 
 def resolve(dedup_key: str, team: str | None = None) -> str:
     """Queue a resolve for the incident with ``dedup_key``; returns the job id."""
-    return intake.lifecycle(engine(), "resolve", dedup_key, team, publish)
+    return intake.lifecycle(engine(), "resolve", dedup_key, team)
 
 
 def replay(entry_id: str) -> str:
     """Send a dead-lettered job through intake again; returns the new job id."""
-    return replay_entry(engine(), entry_id, publish)
+    return replay_entry(engine(), entry_id)
 
 
 def heartbeat(slug: str, status: str = "up", at: Any = None) -> float:

@@ -281,3 +281,11 @@ def catalogue(
         return path
 
     return write
+
+
+@pytest.fixture
+def api_server(service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The HTTP API on a free port, with a token per scope (tests/api_server.py)."""
+    from tests.api_server import serve
+
+    yield from serve(monkeypatch)

@@ -68,9 +68,13 @@ def test_compose_redis_is_persistent_private_and_protected() -> None:
     procs = procfile()
     assert services["worker-pagerduty"]["command"].startswith(procs["pagerduty"].split(" -n ")[0])
     assert services["worker-email"]["command"].startswith(procs["email"].split(" -n ")[0])
-    for name in ("worker-pagerduty", "worker-email", "flower"):
+    api = services["api"]
+    assert api["command"].startswith("gds-notify api ")
+    assert all(p.startswith("127.0.0.1:") for p in api["ports"])
+    assert procs["api"].startswith("gds-notify api ")
+    for name in ("worker-pagerduty", "worker-email", "flower", "api"):
         assert "healthcheck" in services[name], name
-    for name in ("worker-pagerduty", "worker-email", "beat", "flower"):
+    for name in ("worker-pagerduty", "worker-email", "beat", "flower", "api"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,10 +18,10 @@ import httpx
 import pytest
 
 from cli.stack_file import dev_dir
+from tests.browser import CHROMIUM, headless
 from tests.conftest import free_port, wait_for
 
 GDS_NOTIFY = str(Path(sys.executable).with_name("gds-notify"))
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 #: What a fresh terminal has: none of the service's settings.
 SERVICE_VARIABLES = ("REDIS_URL", "PAGERDUTY_", "SMTP_", "HEARTBEAT_", "GDS_DEV_DIR")
 
@@ -60,7 +59,12 @@ class Dev:
 def dev_stack(tmp_path: Path) -> Iterator[Dev]:
     if (dev_dir() / "stack.json").exists():
         pytest.fail(f"a dev stack already announces itself in {dev_dir()}; stop it first")
-    ports = {"port": free_port(), "smtp_port": free_port(), "flower_port": free_port()}
+    ports = {
+        "port": free_port(),
+        "smtp_port": free_port(),
+        "flower_port": free_port(),
+        "api_port": free_port(),
+    }
     argv = [GDS_NOTIFY, "dev", "--concurrency", "4"]
     for option, port in ports.items():
         argv += [f"--{option.replace('_', '-')}", str(port)]
@@ -98,30 +102,6 @@ def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [GDS_NOTIFY, *args], env=clean_env(), capture_output=True, text=True, timeout=timeout
     )
-
-
-def headless(url: str, tmp_path: Path, script_ms: int = 0) -> str:
-    """The page's DOM after ``script_ms`` of its scripts' (virtual) time, as Debian's
-    Chromium renders it. (The sandbox page reloads itself every 5 s, so it gets none.)"""
-    assert CHROMIUM is not None
-    done = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'chromium'}",
-            *([f"--virtual-time-budget={script_ms}"] if script_ms else []),
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
 
 
 def test_dev_stack_delivers_a_page_and_an_email_sent_with_the_cli(
@@ -183,10 +163,47 @@ def test_dev_stack_delivers_a_page_and_an_email_sent_with_the_cli(
     assert "Nightly report" in sandbox_dom
 
 
+def test_the_printed_curl_example_sends_an_email_through_the_http_api(dev_stack: Dev) -> None:
+    out = dev_stack.output
+    api = f"http://127.0.0.1:{dev_stack.ports['api_port']}"
+    assert f"HTTP API            {api}  (docs {api}/docs)" in out
+    token = next(line.split()[2] for line in out.splitlines() if "API token" in line)
+    assert token.startswith("gdsn_")
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("curl "))
+    command = "\n".join(lines[start : start + 4])
+    done = subprocess.run(
+        ["bash", "-c", command + " -sS -w '\n%{http_code}'"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    answer, _, status = done.stdout.rpartition("\n")
+    assert status == "202", done.stdout + done.stderr
+    job_id = json.loads(answer)["job_id"]
+    job = wait_for(
+        lambda: (
+            (
+                r := httpx.get(
+                    f"{api}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}
+                )
+            )
+            and r.json().get("status") == "delivered"
+            and r.json()
+        )
+    )
+    assert job["source"] == "api"
+    messages = httpx.get(f"{dev_stack.sandbox}/sandbox/messages").json()
+    assert [m["subject"] for m in messages] == ["Hello over HTTP"]
+    # The stack file hands other terminals the API and its token.
+    stack = json.loads((dev_dir() / "stack.json").read_text())
+    assert (stack["api"], stack["api_token"]) == (api, token)
+
+
 def test_ctrl_c_stops_every_process_and_frees_every_port(dev_stack: Dev) -> None:
     stack = json.loads((dev_dir() / "stack.json").read_text())
     children = stack["children"]
-    assert len(children) == 4
+    assert len(children) == 5  # sandbox, worker, beat, Flower, API
     assert all(alive(pid) for pid in children)
     redis_port = int(stack["redis"].rsplit(":", 1)[1].split("/")[0])
 

@@ -24,6 +24,7 @@ from sandbox.redis_server import LocalRedis
 from tasks import replay
 from tests.conftest import SandboxClient, free_port, reconfigure, wait_for
 from tests.processes import WorkerProcess
+from worker.engine import keys
 from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError
 
@@ -85,6 +86,41 @@ def all_delivered(job_ids: list[str]) -> bool:
     return all((r := store.get(j)) is not None and r["status"] == "delivered" for j in job_ids)
 
 
+def wait_all_delivered(job_ids: list[str], timeout: float) -> None:
+    """Wait until every job is delivered; on timeout, say where the others are stuck."""
+    try:
+        wait_for(lambda: all_delivered(job_ids), timeout=timeout, interval=0.5)
+    except AssertionError:
+        raise AssertionError(stuck(job_ids)) from None
+
+
+def stuck(job_ids: list[str]) -> str:
+    """The undelivered jobs' states, attempts and claims, and what the broker holds."""
+    eng, r = engine(), broker()
+    now = time.time()
+    lines = []
+    for job_id in job_ids:
+        record = eng.jobs.get(job_id)
+        if record is not None and record["status"] == "delivered":
+            continue
+        if record is None:
+            lines.append(f"{job_id}: no record")
+            continue
+        for channel, info in record["channels"].items():
+            deadline = r.zscore(keys.OPEN_DELIVERIES, f"{job_id}:{channel}")
+            claim = r.pttl(keys.delivery_claim(job_id, channel))
+            lines.append(
+                f"{job_id} {channel}: {info['state']} after {info['attempts']}, "
+                f"stall deadline in {None if deadline is None else round(deadline - now, 1)} s, "
+                f"claim ttl {claim} ms, last {[a['outcome'] for a in record['attempts'][-3:]]}"
+            )
+    queues = {q: r.llen(q) for q in QUEUES}
+    return (
+        f"{len(lines)} deliveries not delivered; queues {queues}, unacked {r.hlen('unacked')}:\n"
+        + "\n".join(lines[:20])
+    )
+
+
 def assert_one_incident_each(api: SandboxClient, prefix: str, n: int) -> None:
     keys = Counter(i["dedup_key"] for i in api.incidents() if i["dedup_key"].startswith(prefix))
     assert len(keys) == n, f"{n - len(keys)} pages never reached the sandbox"
@@ -111,7 +147,7 @@ def test_worker_sigkilled_three_times_loses_nothing_and_sends_nothing_twice(
             wait_for(lambda t=target: len(drill.incidents()) >= t, timeout=60)
             workers[kill % 2].kill()
             workers[kill % 2] = WorkerProcess(log, *WORKER).start()
-        wait_for(lambda: all_delivered(jobs), timeout=90, interval=0.5)
+        wait_all_delivered(jobs, timeout=90)
         wait_for(queues_empty, timeout=20)
     finally:
         for w in [*workers, beat]:
@@ -158,7 +194,7 @@ def test_redis_restarted_mid_run_workers_reconnect_and_deliver_every_accepted_jo
                 # While Redis is down the producer is told so: never accepted, never lost.
                 refused.append(type(exc).__name__)
         assert len(refused) == 40
-        wait_for(lambda: all_delivered(accepted), timeout=120, interval=0.5)
+        wait_all_delivered(accepted, timeout=120)
         wait_for(queues_empty, timeout=30)
         assert worker.proc is not None
         assert worker.proc.poll() is None  # the same worker reconnected: nobody restarted it
@@ -183,7 +219,7 @@ def test_flaky_pagerduty_every_page_delivered_no_incident_twice(
     worker = WorkerProcess(tmp_path / "worker.log", *WORKER).start()
     try:
         jobs = [tasks.enqueue(page("flaky", i)) for i in range(100)]
-        wait_for(lambda: all_delivered(jobs), timeout=180, interval=0.5)
+        wait_all_delivered(jobs, timeout=180)
     finally:
         worker.stop()
     answers = Counter(e["status"] for e in drill.events())
@@ -203,7 +239,7 @@ def test_throttled_pagerduty_no_retry_arrives_before_it_is_allowed(
     worker = WorkerProcess(tmp_path / "worker.log", *WORKER).start()
     try:
         jobs = [tasks.enqueue(page(f"throttle{retry_after}", i)) for i in range(10)]
-        wait_for(lambda: all_delivered(jobs), timeout=60, interval=0.2)
+        wait_all_delivered(jobs, timeout=60)
     finally:
         worker.stop()
     events = drill.events()
@@ -244,7 +280,7 @@ def test_smtp_down_for_20_seconds_then_back_every_email_delivered_once(
         time.sleep(20)  # nothing listens on the SMTP port
         assert not any(engine().jobs.get(j)["status"] == "delivered" for j in jobs)  # type: ignore[index]
         with SandboxServer(smtp_port=port) as back:
-            wait_for(lambda: all_delivered(jobs), timeout=60, interval=0.5)
+            wait_all_delivered(jobs, timeout=60)
             messages = back.mailbox.messages()
     finally:
         worker.stop()
@@ -329,7 +365,7 @@ def test_poison_messages_are_dead_lettered_or_rejected_and_the_worker_keeps_serv
     try:
         wait_for(queues_empty, timeout=60)
         after = tasks.enqueue(page("after-poison", 1))
-        wait_for(lambda: all_delivered([after]), timeout=30)
+        wait_all_delivered([after], timeout=30)
         assert worker.proc is not None
         assert worker.proc.poll() is None
     finally:
@@ -374,7 +410,7 @@ def test_sigterm_during_delivery_loses_nothing(drill: SandboxClient, tmp_path: P
         wait_for(lambda: len(drill.events()) >= 2, timeout=20)  # deliveries under way
         assert worker.terminate(timeout=60) == 0  # warm shutdown
         successor.start()
-        wait_for(lambda: all_delivered(jobs), timeout=90, interval=0.5)
+        wait_all_delivered(jobs, timeout=90)
         wait_for(queues_empty, timeout=30)
     finally:
         worker.stop()

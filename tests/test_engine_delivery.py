@@ -3,10 +3,13 @@ HTTP. Each way a step can end comes back as an outcome; the claim is never left 
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 import pytest
 
+from config.queues import QUEUE_OF
 from sandbox import SandboxServer
 from tests.conftest import SandboxClient
 from worker.channels import Channel
@@ -17,16 +20,6 @@ from worker.engine.runtime import Engine, engine
 from worker.job_request import parse_request
 
 
-class Published:
-    """A publisher that keeps what intake hands it, so the test delivers it by hand."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[Channel, str, dict[str, Any]]] = []
-
-    def __call__(self, channel: Channel, task_id: str, payload: dict[str, Any]) -> None:
-        self.messages.append((channel, task_id, payload))
-
-
 @pytest.fixture
 def api(service_env: SandboxServer) -> Any:
     client = SandboxClient(service_env)
@@ -35,12 +28,14 @@ def api(service_env: SandboxServer) -> Any:
 
 
 def queued(eng: Engine, **fields: Any) -> tuple[str, Channel, str, dict[str, Any]]:
-    """Intake takes a job; returns (job id, channel, message id, delivery payload)."""
-    published = Published()
+    """Intake takes a job; returns (job id, channel, message id, delivery payload), the
+    payload read back from the message intake put on the queue (nothing consumes it)."""
     values = {"recipient": "db-9", "subject": "disk full", "priority": "critical"} | fields
-    job_id = accept(eng, parse_request(values), new_job_id(), "test", published).job_id
-    [(channel, task_id, payload)] = published.messages
-    return job_id, channel, task_id, payload
+    accepted = accept(eng, parse_request(values), new_job_id(), "test")
+    [channel] = accepted.channels
+    envelope = json.loads(str(eng.redis.rpop(QUEUE_OF[channel])))
+    [[payload], _, _] = json.loads(base64.b64decode(envelope["body"]))
+    return accepted.job_id, channel, envelope["headers"]["id"], payload
 
 
 def step(eng: Engine, task_id: str, payload: Any, hint: str = "pagerduty") -> Outcome:
@@ -157,3 +152,40 @@ def test_a_payload_that_is_not_a_delivery_job_is_dead_naming_the_field(
     assert letter is not None
     assert letter["channel"] == "email"
     assert {e["field"] for e in letter["last_error"]["errors"]} == {"action", "enqueued_at"}
+
+
+def _lifecycle_payload(eng: Engine, job_id: str) -> tuple[str, dict[str, Any]]:
+    _, payload = eng.jobs.state_and_payload(job_id, Channel.PAGERDUTY)
+    assert payload is not None
+    eng.redis.delete(QUEUE_OF[Channel.PAGERDUTY])  # delivered by hand below, in any order
+    return f"{job_id}-pagerduty", payload
+
+
+def test_events_for_one_incident_go_out_in_the_order_queued(
+    service_env: Any, api: SandboxClient
+) -> None:
+    from worker.engine.intake import lifecycle
+
+    eng = engine()
+    _, _, trigger_id, trigger = queued(eng, idempotency_id="order-1", team="dba")
+    ack_id, ack = _lifecycle_payload(eng, lifecycle(eng, "acknowledge", "order-1", "dba"))
+    resolve_id, resolve = _lifecycle_payload(eng, lifecycle(eng, "resolve", "order-1", "dba"))
+    # The resolve comes up first: it waits for the acknowledge, which waits for the trigger.
+    waiting = step(eng, resolve_id, resolve)
+    assert waiting.kind is OutcomeKind.BUSY
+    assert waiting.delay == 0.5
+    assert step(eng, ack_id, ack).kind is OutcomeKind.BUSY
+    assert api.events() == []
+    api.faults({"status": 503})
+    assert step(eng, trigger_id, trigger).kind is OutcomeKind.RETRY
+    slower = step(eng, ack_id, ack)  # the trigger is retrying now: a longer wait
+    assert (slower.kind, slower.delay) == (OutcomeKind.BUSY, 5.0)
+    assert step(eng, trigger_id, trigger).kind is OutcomeKind.DELIVERED
+    assert step(eng, resolve_id, resolve).kind is OutcomeKind.BUSY  # the ack is still queued
+    assert step(eng, ack_id, ack).kind is OutcomeKind.DELIVERED
+    assert step(eng, resolve_id, resolve).kind is OutcomeKind.DELIVERED
+    [incident] = api.incidents()
+    assert [t["action"] for t in incident["timeline"]] == ["trigger", "acknowledge", "resolve"]
+    record = eng.jobs.get(resolve["job_id"])
+    assert record is not None
+    assert record["attempts"][0]["outcome"] == "waiting: the event queued before it is queued"

@@ -76,14 +76,13 @@ def test_heartbeat_and_heartbeats_commands(catalogue: WriteCatalogue) -> None:
 def test_heartbeats_shows_an_open_incident(
     catalogue: WriteCatalogue, celery_worker: Any, service_env: SandboxServer
 ) -> None:
-    from tasks.publish import publish
     from worker.engine.heartbeats.paging import run_check
     from worker.engine.runtime import engine
 
     catalogue(service("api", window=0.3))
     api = SandboxClient(service_env)
     try:
-        wait_for(lambda: run_check(engine(), publish) and api.incidents(), interval=0.1)
+        wait_for(lambda: run_check(engine()) and api.incidents(), interval=0.1)
     finally:
         api.close()
     table = run("heartbeats").output

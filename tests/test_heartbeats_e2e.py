@@ -27,11 +27,10 @@ def pages(service_env: SandboxServer) -> Iterator[SandboxClient]:
 
 
 def check() -> Any:
-    from tasks.publish import publish
     from worker.engine.heartbeats.paging import run_check
     from worker.engine.runtime import engine
 
-    return run_check(engine(), publish)
+    return run_check(engine())
 
 
 def check_until(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
@@ -232,7 +231,6 @@ def test_overlapping_evaluations_commit_each_transition_once(
 ) -> None:
     """Even without the lock (one that expired under a stalled checker), the state's
     compare-and-set lets only one of two overlapping evaluations page."""
-    from tasks.publish import publish
     from worker.engine.heartbeats.checker import HeartbeatChecker
     from worker.engine.heartbeats.paging import sender
     from worker.engine.runtime import engine
@@ -245,7 +243,7 @@ def test_overlapping_evaluations_commit_each_transition_once(
     e = engine()
     first = HeartbeatChecker(e.redis, e.heartbeats, e.locks, 0.2)
     second = HeartbeatChecker(e.redis, e.heartbeats, e.locks, 0.2)
-    send_action = sender(e, publish)
+    send_action = sender(e)
     plan_a = first.plan(spec_catalogue)
     plan_b = second.plan(spec_catalogue)
     assert plan_a.write["lonely"].outbox

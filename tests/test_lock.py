@@ -11,7 +11,6 @@ import pytest
 import redis
 
 from worker.engine import keys
-from worker.engine.idempotency import Idempotency
 from worker.engine.lock import Locks
 
 
@@ -59,13 +58,3 @@ def test_held_skips_when_taken_and_releases_however_the_block_ends(client: redis
     with pytest.raises(RuntimeError), locks.held(keys.RECOVERY_LOCK, ttl=5):
         raise RuntimeError("the sweep failed half way")
     assert not client.exists(keys.RECOVERY_LOCK)
-
-
-def test_an_idempotency_id_is_given_up_only_by_the_job_holding_it(client: redis.Redis) -> None:
-    ids = Idempotency(client, ttl=60)
-    assert ids.claim("alert-1", "job-a") is None
-    assert ids.claim("alert-1", "job-b") == "job-a"
-    ids.release("alert-1", "job-b")  # not job-b's to give up
-    assert ids.claim("alert-1", "job-c") == "job-a"
-    ids.release("alert-1", "job-a")
-    assert ids.claim("alert-1", "job-c") is None

@@ -16,7 +16,7 @@ from tasks.recovery import recover
 from tests.conftest import SandboxClient, wait_for
 from worker.engine import keys
 from worker.engine.jobs import JobStore
-from worker.engine.recovery import stalled
+from worker.engine.recovery import recover as sweep
 from worker.engine.runtime import engine
 
 
@@ -112,10 +112,10 @@ def test_sweep_drops_finished_and_expired_entries_and_progress_postpones_it(
     deadline = store.redis.zscore(keys.OPEN_DELIVERIES, f"{busy}:pagerduty")
     assert deadline is not None
     assert deadline > time.time() + 100
-    assert stalled(engine()) == []
+    assert sweep(engine()) == []
     assert store.redis.zrange(keys.OPEN_DELIVERIES, 0, -1) == [f"{busy}:pagerduty"]
 
-    found = stalled(engine(), now=deadline + 1)
+    found = sweep(engine(), now=deadline + 1)
     assert [(s.job_id, s.channel) for s in found] == [(busy, "pagerduty")]
     assert found[0].payload["job_id"] == busy
     # Still beyond any wait it was entitled to: the stall period, and one second more.

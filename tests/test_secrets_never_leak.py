@@ -2,10 +2,13 @@
 grep of everything it produced.
 
 The run: a password-protected Redis, ``celery -A worker worker -l DEBUG`` as a
-subprocess, Flower behind basic auth, the sandbox's SMTP sink requiring STARTTLS and AUTH.
+subprocess, Flower behind basic auth, ``gds-notify api --log-level debug`` with two bearer
+tokens, the sandbox's SMTP sink requiring STARTTLS and AUTH.
 It pages (default key, a team key, a key PagerDuty calls invalid, 500 and 429 faults),
 acknowledges and resolves, mails (delivered, 421 then delivered, 550, authentication
-refused), sends a payload intake refuses, and runs the operator's commands (``status``,
+refused), sends a payload intake refuses, calls the HTTP API (accepted, invalid, an
+unconfigured token, a missing scope, dead letters, a job, a resolve), and runs the
+operator's commands (``status``,
 ``dlq list|show``, ``config check``, ``pagerduty-test``, and commands that fail on a wrong
 Redis password or a malformed key). Then every log, every Flower page and API answer,
 every CLI output and every value of every Redis key is searched for each secret: raw,
@@ -35,6 +38,7 @@ import redis as redis_lib
 import trustme
 
 import tasks
+from config.api_tokens import token_hash
 from sandbox import EmulatorOptions, SandboxServer
 from sandbox.redis_server import free_port, redis_server_binary
 from sandbox.smtp_sink import SinkOptions
@@ -62,6 +66,9 @@ SMTP_PASSWORD = "LEAKsmtp-" + secrets.token_urlsafe(12) + "/+&%=:@"
 REDIS_PASSWORD = "LEAKredis-" + secrets.token_hex(12)
 WRONG_REDIS_PASSWORD = "LEAKwrongredis-" + secrets.token_hex(8)
 FLOWER_PASSWORD = "LEAKflower-" + secrets.token_hex(8)
+API_TOKEN = "gdsn_LEAKapi-" + secrets.token_urlsafe(24)
+ADMIN_TOKEN = "gdsn_LEAKadmin-" + secrets.token_urlsafe(24)
+STRANGER_TOKEN = "gdsn_LEAKstranger-" + secrets.token_urlsafe(24)  # configured nowhere
 SECRETS = {
     "PAGERDUTY_ROUTING_KEY": DEFAULT_KEY,
     "PAGERDUTY_ROUTING_KEY_DBA": TEAM_KEY,
@@ -71,6 +78,9 @@ SECRETS = {
     "Redis password": REDIS_PASSWORD,
     "wrong Redis password": WRONG_REDIS_PASSWORD,
     "FLOWER_BASIC_AUTH password": FLOWER_PASSWORD,
+    "API token": API_TOKEN,
+    "admin API token": ADMIN_TOKEN,
+    "unconfigured API token": STRANGER_TOKEN,
 }
 
 
@@ -199,6 +209,12 @@ def test_no_secret_in_logs_flower_cli_redis_or_dead_letters(
             "RETRY_MAX_ATTEMPTS": "5",
             "CELERY_VISIBILITY_TIMEOUT": "60",
             "FLOWER_BASIC_AUTH": f"ops:{FLOWER_PASSWORD}",
+            "API_TOKENS": json.dumps(
+                [
+                    {"name": "producer", "sha256": token_hash(API_TOKEN), "scopes": ["notify"]},
+                    {"name": "ops", "sha256": token_hash(ADMIN_TOKEN), "scopes": ["admin"]},
+                ]
+            ),
             "PYTHONWARNINGS": "always",
         }
         monkeypatch.chdir(tmp_path)
@@ -223,11 +239,21 @@ def test_no_secret_in_logs_flower_cli_redis_or_dead_letters(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        api_port = free_port()
+        api_log = (tmp_path / "api.log").open("wb")
+        http_api = subprocess.Popen(
+            [GDS_NOTIFY, "api", "--port", str(api_port), "--log-level", "debug"],
+            cwd=tmp_path,
+            stdout=api_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         api = SandboxClient(sandbox)
         try:
             worker.start(timeout=60)
             _flower_listening(flower_port)
             job_ids, dead_ids = _exercise(sandbox, api, sink)
+            job_ids += _http_api(run, api_port, dead_ids)
             _cli(run, job_ids, dead_ids, private_redis, tmp_path)
             task_ids = _flower(run, flower_port, job_ids)
         finally:
@@ -240,6 +266,9 @@ def test_no_secret_in_logs_flower_cli_redis_or_dead_letters(
                 os.killpg(flower.pid, signal.SIGKILL)
                 flower.wait()
             flower_log.close()
+            os.killpg(http_api.pid, signal.SIGTERM)
+            http_api.wait(15)
+            api_log.close()
             root.removeHandler(handler)
             root.setLevel(old_level)
             handler.close()
@@ -248,6 +277,7 @@ def test_no_secret_in_logs_flower_cli_redis_or_dead_letters(
 
     worker_log = run.add("worker log", (tmp_path / "worker.log").read_bytes())
     run.add("flower log", (tmp_path / "flower.log").read_bytes())
+    api_text = run.add("api log", (tmp_path / "api.log").read_bytes())
     run.add("producer log", producer_log.read_bytes())
 
     # The run really produced what is searched: not a vacuous pass.
@@ -262,6 +292,9 @@ def test_no_secret_in_logs_flower_cli_redis_or_dead_letters(
     for entry in dead_ids:
         assert entry in run.artefacts["cli dlq list"]
     assert "…" + DEFAULT_KEY[-4:] in run.artefacts["cli config check"]  # masked, but shown
+    assert '"POST /v1/notifications HTTP/1.1" 202' in api_text
+    assert '"POST /v1/notifications HTTP/1.1" 401' in api_text
+    assert '"GET /v1/dead-letters HTTP/1.1" 200' in api_text
 
     assert run.leaks() == []
 
@@ -341,6 +374,41 @@ def _exercise(
     assert len(api.incidents()) >= 2
     assert len(api.messages(to="ops@example.com")) == 2
     return jobs, dead
+
+
+def _http_api(run: Run, port: int, dead_ids: list[str]) -> list[str]:
+    """Every kind of call and refusal the HTTP API answers; returns the jobs it queued."""
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _answers(f"{base}/healthz"), timeout=60)
+
+    def call(where: str, method: str, path: str, token: str | None, **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        answer = httpx.request(method, base + path, headers=headers, timeout=15, **kwargs)
+        run.add(f"api {where}", f"{answer.status_code} {answer.headers} {answer.text}")
+        return answer
+
+    page = {"recipient": "db-1", "subject": "over http", "priority": "critical", "team": "dba"}
+    sent = call("notify", "POST", "/v1/notifications", API_TOKEN, json=page)
+    assert sent.status_code == 202
+    job = sent.json()["job_id"]
+    refused = {"recipient": "", "subject": "x", "team": "dba"}
+    assert call("invalid", "POST", "/v1/notifications", API_TOKEN, json=refused).status_code == 422
+    assert (
+        call("stranger", "POST", "/v1/notifications", STRANGER_TOKEN, json=page).status_code == 401
+    )
+    assert call("no scope", "GET", "/v1/dead-letters", API_TOKEN).status_code == 403
+    assert call("dlq", "GET", "/v1/dead-letters", ADMIN_TOKEN).status_code == 200
+    assert (
+        call("dlq show", "GET", f"/v1/dead-letters/{dead_ids[0]}", ADMIN_TOKEN).status_code == 200
+    )
+    wait_for(
+        lambda: call("job", "GET", f"/v1/jobs/{job}", API_TOKEN).json()["status"] == "delivered"
+    )
+    resolved = call(
+        "resolve", "POST", "/v1/incidents/leak-page-2/resolve", API_TOKEN, json={"team": "dba"}
+    )
+    assert resolved.status_code == 202
+    return [job, resolved.json()["job_id"]]
 
 
 def _cli(run: Run, job_ids: list[str], dead_ids: list[str], redis_url: str, cwd: Path) -> None:

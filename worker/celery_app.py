@@ -11,7 +11,7 @@ from celery import Celery
 
 from config.celery_config import celery_config
 from config.settings import get_settings
-from worker import broker_transport, niceness
+from worker import broker_transport, niceness, presence
 
 # redis:// and rediss:// mean kombu's Redis transport, hardened so that a queue item that
 # is not a message is dead-lettered instead of stopping the worker.
@@ -30,6 +30,7 @@ app = Celery(
 )
 
 niceness.install(app)  # the worker's --nice option
+presence.install(app)  # each worker says it is up, for /readyz and the metrics
 
 # A promise: read when the configuration is first needed. (Updating ``conf`` from an
 # ``on_configure`` handler instead re-enters configuration loading and recurses.)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from worker.channels import Channel
 from worker.notification import Notification, check_unicode, is_one_line
@@ -17,7 +17,7 @@ class JobRequest(Notification):
     """A Notification plus routing fields. ``team`` picks the PagerDuty routing key (and can
     match routing rules); ``channel`` forces one channel instead of the routing rules."""
 
-    team: str | None = None
+    team: str | None = Field(default=None, max_length=255)
     channel: Channel | None = None
 
     @field_validator("team")

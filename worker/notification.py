@@ -151,15 +151,21 @@ class Notification(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    recipient: str = Field(description="Email address(es), or the affected component.")
+    recipient: str = Field(
+        max_length=4096, description="Email address(es), or the affected component."
+    )
     subject: str = Field(description="One-line summary; the PagerDuty incident title.")
     body: str = Field(default="", description="Plain-text body / incident details.")
     body_html: str | None = Field(default=None, description="Optional HTML alternative.")
     priority: NotificationPriority = NotificationPriority.NORMAL
-    alert_name: str | None = Field(default=None, description="Alert rule name (PagerDuty class).")
+    alert_name: str | None = Field(
+        default=None, max_length=1024, description="Alert rule name (PagerDuty class)."
+    )
     db_instance_id: int | str | None = None
     idempotency_id: str | None = Field(
-        default=None, description="Stable job identity: dedup key, Message-ID seed."
+        default=None,
+        max_length=1024,
+        description="Stable job identity: dedup key, Message-ID seed.",
     )
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
 
@@ -180,6 +186,8 @@ class Notification(BaseModel):
     def _valid_id(cls, value: int | str | None) -> int | str | None:
         if isinstance(value, str):
             check_unicode(value)
+            if len(value) > 255:
+                raise ValueError("must be at most 255 characters")
         elif isinstance(value, int) and abs(value) >= _MAX_INT:
             raise ValueError("must be an integer within 64 bits, or a string")
         return value

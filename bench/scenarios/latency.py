@@ -30,7 +30,7 @@ from bench.measure import (
     wait_until,
 )
 from bench.scenarios.pipeline import page
-from config.celery_config import EMAIL_QUEUE, INTAKE_QUEUE, PAGERDUTY_QUEUE
+from config.queues import EMAIL_QUEUE, INTAKE_QUEUE, PAGERDUTY_QUEUE
 from worker.celery_app import app
 from worker.notification import Notification
 

@@ -23,7 +23,7 @@ from bench.context import Context
 from bench.measure import BenchError, wait_drained, wait_until
 from bench.procfile import pool
 from bench.scenarios.pipeline import page
-from config.celery_config import PAGERDUTY_QUEUE
+from config.queues import PAGERDUTY_QUEUE
 from worker.engine import keys as redis_keys
 
 NAME = "throttled"

@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 #: How long a worker waits in place for a rate-limit slot before putting the job aside.
 INLINE_WAIT_SECONDS = 2.0
+#: How long an event waits for the one queued before it for the same incident: one still
+#: queued goes out soon; one retrying or deferred may take a while.
+ORDER_WAIT_SECONDS = {True: 0.5, False: 5.0}
 
 
 class DeliveryJob(BaseModel):
@@ -58,7 +61,8 @@ class OutcomeKind(enum.StrEnum):
     DELIVERED = "delivered"
     RETRY = "retry"  # failed, worth another try in ``delay`` seconds
     DEFERRED = "deferred"  # our own rate limiter says: not before ``delay`` seconds
-    BUSY = "busy"  # another worker holds this delivery; look again in ``delay`` seconds
+    BUSY = "busy"  # another worker holds it, or an earlier event for its incident is on its
+    # way: look again in ``delay`` seconds
     DEAD = "dead"  # dead-lettered, with ``reason``
     SKIPPED = "skipped"  # already delivered or dead: a redelivered copy, nothing to do
 
@@ -100,6 +104,18 @@ def deliver(engine: Engine, payload: Any, message_id: str, channel_hint: str) ->
                 job.job_id,
                 job.channel,
                 "waiting: in another worker's hands",
+                retry_in=wait,
+            )
+            return Outcome(OutcomeKind.BUSY, delay=wait)
+        if claim.waiting_for is not None:
+            # Events for one incident go out in the order queued: a resolve that overtook
+            # its trigger would be dropped by PagerDuty, and the trigger would then open
+            # an incident nobody resolves.
+            wait = ORDER_WAIT_SECONDS[claim.waiting_for == jobs.QUEUED]
+            engine.jobs.record(
+                job.job_id,
+                job.channel,
+                f"waiting: the event queued before it is {claim.waiting_for}",
                 retry_in=wait,
             )
             return Outcome(OutcomeKind.BUSY, delay=wait)

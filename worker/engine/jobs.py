@@ -11,7 +11,7 @@ died) from being sent a second time.
 
 Every delivery not yet final is also in ``keys.OPEN_DELIVERIES``, scored by the moment it
 counts as stalled if nothing happens to it; each state change pushes that moment on. The
-record keeps the delivery's message payload, so worker/engine/recovery.py can publish it
+record keeps each delivery's payload, so worker/engine/recovery.py can queue its message
 again when the broker lost it.
 
 A delivery is worked on under a claim (:meth:`JobStore.claim`), so two copies of its
@@ -26,13 +26,17 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
 from config.settings import Settings
+from worker.addresses import parse_recipients
+from worker.channels import Channel
 from worker.engine import keys, scripts
 from worker.engine.lock import Lock, Locks
+from worker.engine.messages import delivery_id, delivery_message
+from worker.exceptions import InvalidFieldError
 
 QUEUED = "queued"
 DEFERRED = "deferred"
@@ -46,8 +50,9 @@ FINAL_STATES = (DELIVERED, DEAD)
 class Claim:
     """Where a delivery stands as a worker picks it up, and the lock if this worker got it.
 
-    ``lock`` is None when the delivery is final (nothing to do) or another worker holds it
-    (:attr:`busy`).
+    ``lock`` is None when the delivery is final (nothing to do), another worker holds it
+    (:attr:`busy`), or the event queued before it for the same incident is still on its
+    way (``waiting_for`` is that event's state).
     """
 
     job_id: str
@@ -55,6 +60,7 @@ class Claim:
     state: str | None
     attempts: int
     lock: Lock | None
+    waiting_for: str | None = None
 
     @property
     def final(self) -> bool:
@@ -62,7 +68,7 @@ class Claim:
 
     @property
     def busy(self) -> bool:
-        return self.lock is None and not self.final
+        return self.lock is None and not self.final and self.waiting_for is None
 
 
 class JobStore:
@@ -71,6 +77,7 @@ class JobStore:
     def __init__(self, client: redis.Redis, settings: Settings, locks: Locks) -> None:
         self.redis = client
         self.ttl = settings.job_ttl_seconds
+        self.idempotency_ttl = settings.idempotency_ttl_seconds
         self.stall = settings.job_stall_seconds
         self.locks = locks
         self._create = scripts.register(client, __file__, "jobs_create")
@@ -81,18 +88,26 @@ class JobStore:
         self,
         job_id: str,
         *,
-        channels: list[str],
+        channels: list[Channel],
         action: str,
         source: str,
+        payloads: dict[Channel, dict[str, Any]],
         team: str | None = None,
         notification: dict[str, Any] | None = None,
         dedup_key: str | None = None,
         replay_of: str | None = None,
-        payloads: dict[str, dict[str, Any]] | None = None,
-    ) -> bool:
-        """Write the job's record unless it has one already (atomic: a redelivered
-        ``notify`` never overwrites what its first run wrote). ``payloads`` (channel ->
-        delivery message) make its deliveries recoverable. Returns whether it was written."""
+        idempotency: tuple[str, Literal["claim", "reassign"]] | None = None,
+        incident: str | None = None,
+    ) -> str | None:
+        """Accept a job in one atomic step: claim its idempotency id (``(id, "claim")``;
+        ``"reassign"`` points an id at this job, for a replay), write its record, index
+        each delivery in ``payloads`` as open and push its message onto its queue. A job
+        whose record exists already (a redelivered ``notify``) is left as it is.
+        ``incident`` is the dedup key of the PagerDuty incident this job sends an event
+        for: it goes out after the event queued before it for that incident.
+
+        Returns None when the job is accepted, or the id of the job that claimed the
+        idempotency id first (nothing of this one is written then)."""
         now = time.time()
         fields: dict[str, str] = {
             "id": job_id,
@@ -100,7 +115,7 @@ class JobStore:
             "updated_at": repr(now),
             "action": action,
             "source": source,
-            "channels": json.dumps(channels),
+            "channels": json.dumps([c.value for c in channels]),
             "duplicates": "0",
         }
         if team:
@@ -114,20 +129,42 @@ class JobStore:
         for channel in channels:
             fields[f"state:{channel}"] = QUEUED
             fields[f"attempts:{channel}"] = "0"
-        for channel, payload in (payloads or {}).items():
+        for channel, payload in payloads.items():
             fields[f"payload:{channel}"] = json.dumps(payload)
-        members = [f"{job_id}:{c}" for c in payloads or {}]
-        created = self._create(
-            keys=[keys.job(job_id), keys.OPEN_DELIVERIES],
+        members, queues, messages = [], [], []
+        for channel, payload in payloads.items():
+            queue, message = delivery_message(channel, delivery_id(job_id, channel), payload)
+            members.append(f"{job_id}:{channel}")
+            queues.append(queue)
+            messages.append(message)
+        idempotency_id, mode = idempotency or ("", "")
+        answer = self._create(
+            keys=[
+                keys.job(job_id),
+                keys.OPEN_DELIVERIES,
+                keys.idempotency(idempotency_id),
+                keys.incident_order(team, incident or ""),
+                *queues,
+            ],
             args=[
+                job_id,
                 self.ttl,
                 repr(now + self.stall),
+                mode,
+                self.idempotency_ttl,
+                self.ttl if incident else "",
                 len(members),
                 *members,
+                *messages,
                 *[item for pair in fields.items() for item in pair],
             ],
         )
-        return bool(created)
+        return str(answer[1]) if int(answer[0]) == 2 else None
+
+    def republish(self, job_id: str, channel: Channel, payload: dict[str, Any]) -> None:
+        """Push a delivery's message onto its queue again (the broker lost it)."""
+        queue, message = delivery_message(channel, delivery_id(job_id, channel), payload)
+        self.redis.lpush(queue, message)
 
     @contextlib.contextmanager
     def claim(self, job_id: str, channel: str, ttl: float) -> Iterator[Claim]:
@@ -136,7 +173,7 @@ class JobStore:
         (or earlier, by the :meth:`record` that passes it). One round trip to take."""
         key = keys.delivery_claim(job_id, channel)
         token = Locks.new_token()
-        state, attempts, taken = self._claim(
+        state, attempts, taken, before = self._claim(
             keys=[keys.job(job_id), key, keys.OPEN_DELIVERIES],
             args=[
                 channel,
@@ -144,11 +181,14 @@ class JobStore:
                 max(1, int(ttl * 1000)),
                 repr(time.time() + self.stall),
                 f"{job_id}:{channel}",
+                keys.job("") if channel == Channel.PAGERDUTY else "",
             ],
         )
         lock = self.locks.adopt(key, token) if int(taken) else None
         try:
-            yield Claim(job_id, channel, str(state) or None, int(attempts), lock)
+            yield Claim(
+                job_id, channel, str(state) or None, int(attempts), lock, str(before) or None
+            )
         finally:
             if lock is not None:
                 lock.release()
@@ -226,6 +266,7 @@ class JobStore:
         return (str(state) if state is not None else None), payload
 
     def add_duplicate(self, job_id: str) -> None:
+        """Count a copy of ``job_id`` that was dropped (same idempotency id)."""
         pipe = self.redis.pipeline()
         pipe.hincrby(keys.job(job_id), "duplicates", 1)
         pipe.incr(keys.DUPLICATES)
@@ -251,19 +292,44 @@ class JobStore:
             "replay_of": raw.get("replay_of"),
             "dedup_key": raw.get("dedup_key"),
             "notification": json.loads(raw["notification"]) if "notification" in raw else None,
-            "channels": {
-                ch: {
-                    "state": raw.get(f"state:{ch}"),
-                    "attempts": int(raw.get(f"attempts:{ch}", 0)),
-                    "result": json.loads(raw[f"result:{ch}"]) if f"result:{ch}" in raw else None,
-                    "error": json.loads(raw[f"error:{ch}"]) if f"error:{ch}" in raw else None,
-                }
-                for ch in channels
-            },
+            "channels": {ch: _channel(raw, ch) for ch in channels},
             "attempts": [json.loads(a) for a in attempts],
         }
         record["status"] = overall_status(record)
         return record
+
+
+def _channel(raw: dict[str, str], channel: str) -> dict[str, Any]:
+    def field(name: str) -> Any:
+        value = raw.get(f"{name}:{channel}")
+        return json.loads(value) if value is not None else None
+
+    state = raw.get(f"state:{channel}")
+    out: dict[str, Any] = {
+        "state": state,
+        "attempts": int(raw.get(f"attempts:{channel}", 0)),
+        "result": field("result"),
+        "error": field("error"),
+    }
+    payload = field("payload")
+    if channel == "email" and isinstance(payload, dict):
+        out["recipients"] = _recipients(payload, state, out["result"])
+    return out
+
+
+def _recipients(
+    payload: dict[str, Any], state: str | None, result: dict[str, Any] | None
+) -> dict[str, str | None]:
+    """Each address an email went (or goes) to, and where it stands: the channel's state,
+    except for addresses the server refused while it accepted the others."""
+    notification = payload.get("notification") or {}
+    written = payload.get("email_to") or notification.get("recipient") or ""
+    try:
+        addresses = [a.addr_spec for a in parse_recipients("recipient", written)]
+    except InvalidFieldError:
+        addresses = [written]
+    refused = (result or {}).get("refused") or {}
+    return {a: f"refused: {refused[a]}" if a in refused else state for a in addresses}
 
 
 def overall_status(record: dict[str, Any]) -> str:

@@ -35,16 +35,29 @@ RECOVERY_LOCK = f"{PREFIX}jobs:recovery:lock"
 RECOVERED = f"{PREFIX}stats:recovered"  # counter
 
 
+def incident_order(team: str | None, dedup_key: str) -> str:
+    """The newest event job for an incident (a team's routing key and a dedup key): each
+    event for it goes out after the one queued before it."""
+    return f"{PREFIX}pd:incident:{digest((team or '').strip().lower() + chr(0) + dedup_key, 40)}"
+
+
 def delivery_claim(job_id: str, channel: str) -> str:
     """Held while one worker delivers this job's channel: a second copy stands aside."""
     return f"{PREFIX}job:{job_id}:claim:{channel}"
 
 
-def pagerduty_pause(key_id: str) -> str:
-    return f"{PREFIX}pd:pause:{key_id}"
+#: Shared rate windows (worker/engine/rate_limit.py): PagerDuty's, per routing key, and
+#: the HTTP API's, per token. Under each: ``rate:ID`` (the window), ``pause:ID``.
+PAGERDUTY_RATE = f"{PREFIX}pd"
+API_RATE = f"{PREFIX}api"
 
 
-RATE_LIMIT_NAMESPACE = f"{PREFIX}pd:rate"
+def rate_window(namespace: str, key_id: str) -> str:
+    return f"{namespace}:rate:{key_id}"
+
+
+def rate_pause(namespace: str, key_id: str) -> str:
+    return f"{namespace}:pause:{key_id}"
 
 
 # Heartbeats (worker/engine/heartbeats/). Slugs are validated by the catalogue before use.
@@ -57,3 +70,8 @@ HEARTBEAT_REFUSED = f"{PREFIX}stats:heartbeats:refused"  # hash: reason -> count
 
 def heartbeats(slug: str) -> str:
     return f"{PREFIX}hb:beats:{slug}"  # sorted set of "up" heartbeats, scored by time
+
+
+# Workers that are up (worker/engine/workers.py): hostname scored by when it last said so.
+WORKERS = f"{PREFIX}workers"
+WORKERS_INFO = f"{PREFIX}workers:info"  # hash: hostname -> {"queues", "pid"} as JSON

@@ -13,7 +13,8 @@ which is later than when we decided to send, and counting from our side alone le
 network jitter look like a burst to them. The rate is written as the ``limits`` library
 reads it ("120/minute", "10/second").
 
-Routing keys never reach Redis: the limiter is keyed by a short hash of the key.
+Routing keys never reach Redis: the limiter is keyed by a short hash of the key. The HTTP
+API limits each token's requests with the same windows, in a namespace of their own.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from worker.engine import keys, scripts
 
 
 def key_id(routing_key: str) -> str:
-    """How a routing key is named in Redis: a hash, never the key."""
+    """How a key is named in Redis: a hash, never the key itself."""
     return keys.digest(routing_key, 16)
 
 
@@ -47,10 +48,12 @@ class Slot:
 
 
 class SharedRateLimiter:
-    """Admission control for PagerDuty events, per routing key, across the worker pool."""
+    """Admission control per key (a routing key, an API token), shared through Redis by
+    every process. ``namespace`` keeps one kind of key's windows apart from another's."""
 
-    def __init__(self, client: redis.Redis, rate: str) -> None:
+    def __init__(self, client: redis.Redis, rate: str, namespace: str) -> None:
         self.redis = client
+        self.namespace = namespace
         self._acquire = scripts.register(client, __file__, "rate_limit_acquire")
         self._restamp = scripts.register(client, __file__, "rate_limit_restamp")
         self._pause = scripts.register(client, __file__, "rate_limit_pause")
@@ -60,15 +63,15 @@ class SharedRateLimiter:
         # A little past the window, so the re-stamped slot is surely free at PagerDuty too.
         self.margin = min(0.25, max(0.01, 0.01 * self.window))
 
-    def acquire(self, routing_key: str) -> Slot | float:
+    def acquire(self, key: str) -> Slot | float:
         """Reserve a slot for one event (a :class:`Slot`), or return the seconds to wait
         (the key is paused after a 429, or the window is full) without reserving."""
-        kid = key_id(routing_key)
-        window_key = f"{keys.RATE_LIMIT_NAMESPACE}:{kid}"
+        kid = key_id(key)
+        window_key = keys.rate_window(self.namespace, kid)
         member = uuid.uuid4().hex
         # One round trip: a page pays for every one of them in latency.
         answer = self._acquire(
-            keys=[window_key, keys.pagerduty_pause(kid)],
+            keys=[window_key, keys.rate_pause(self.namespace, kid)],
             args=[self.window, self.limit, member, repr(time.time())],
         )
         if int(answer[0]) == 1:
@@ -77,11 +80,11 @@ class SharedRateLimiter:
             return float(answer[1])  # paused after a 429: exactly the rest of the pause
         return max(0.001, float(answer[1])) + self.margin
 
-    def pause(self, routing_key: str, seconds: float) -> None:
+    def pause(self, key: str, seconds: float) -> None:
         """Stop every worker from sending to this key for ``seconds`` (after a 429)."""
         seconds = max(0.05, seconds)
         until = time.time() + seconds
         self._pause(
-            keys=[keys.pagerduty_pause(key_id(routing_key))],
+            keys=[keys.rate_pause(self.namespace, key_id(key))],
             args=[repr(until), int(seconds * 1000) + 1],
         )

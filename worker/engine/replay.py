@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from worker.channels import Channel
-from worker.engine.intake import Publisher, accept, lifecycle, new_job_id
+from worker.engine.intake import accept, lifecycle, new_job_id
 from worker.engine.quarantine import BROKER_CHANNEL
 from worker.engine.runtime import Engine
 from worker.job_request import InvalidJobError, parse_request
 
 
-def replay(engine: Engine, entry_id: str, publish: Publisher) -> str:
+def replay(engine: Engine, entry_id: str) -> str:
     """Send a dead-lettered job through intake again; returns the new job id.
 
     The dead letter is removed once the new job is queued. A job that is still invalid
@@ -20,12 +20,12 @@ def replay(engine: Engine, entry_id: str, publish: Publisher) -> str:
     entry = engine.dead_letters.get(entry_id)
     if entry is None:
         raise KeyError(f"no dead letter {entry_id!r}")
-    job_id = _requeue(engine, entry, publish)
+    job_id = _requeue(engine, entry)
     engine.dead_letters.remove(entry_id)
     return job_id
 
 
-def _requeue(engine: Engine, entry: dict[str, Any], publish: Publisher) -> str:
+def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
     payload = entry["payload"]
     if entry["channel"] == BROKER_CHANNEL:
         raise InvalidJobError(
@@ -44,15 +44,13 @@ def _requeue(engine: Engine, entry: dict[str, Any], publish: Publisher) -> str:
                 [{"field": "payload", "message": "not a single job object; cannot replay"}]
             )
         request = parse_request(args[0])
-        return accept(
-            engine, request, new_job_id(), "replay", publish, replay_of=entry["id"]
-        ).job_id
+        return accept(engine, request, new_job_id(), "replay", replay_of=entry["id"]).job_id
     action = payload.get("action")
     if action in ("acknowledge", "resolve"):
-        return lifecycle(engine, action, payload["dedup_key"], payload.get("team"), publish)
+        return lifecycle(engine, action, payload["dedup_key"], payload.get("team"))
     fields = dict(payload["notification"])
     fields["team"] = payload.get("team")
     fields["channel"] = Channel(entry["channel"]).value  # only the channel that failed
     return accept(
-        engine, parse_request(fields), new_job_id(), "replay", publish, replay_of=entry["job_id"]
+        engine, parse_request(fields), new_job_id(), "replay", replay_of=entry["job_id"]
     ).job_id

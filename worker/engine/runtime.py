@@ -15,16 +15,17 @@ import redis
 
 from config.catalogue import Catalogue, CatalogueFile
 from config.settings import Settings, get_settings
+from worker.engine import keys
 from worker.engine.dead_letters import DeadLetters
 from worker.engine.heartbeats.checker import HeartbeatChecker
 from worker.engine.heartbeats.store import HeartbeatStore
-from worker.engine.idempotency import Idempotency
 from worker.engine.jobs import JobStore
 from worker.engine.lock import Locks
 from worker.engine.provider_pool import ProviderPool
 from worker.engine.rate_limit import SharedRateLimiter
 from worker.engine.redis_client import connect
 from worker.engine.retry_policy import RetryPolicy
+from worker.engine.workers import Workers
 
 
 class Engine:
@@ -36,14 +37,16 @@ class Engine:
         self.locks = Locks(self.redis)
         self.jobs = JobStore(self.redis, settings, self.locks)
         self.dead_letters = DeadLetters(self.redis)
-        self.idempotency = Idempotency(self.redis, settings.idempotency_ttl_seconds)
-        self.limiter = SharedRateLimiter(self.redis, settings.pagerduty_rate_limit)
+        self.limiter = SharedRateLimiter(
+            self.redis, settings.pagerduty_rate_limit, keys.PAGERDUTY_RATE
+        )
         self.retry_policy = RetryPolicy.from_settings(settings)
         self.providers = ProviderPool(settings)
         self.heartbeats = HeartbeatStore(self.redis)
         self.checker = HeartbeatChecker(
             self.redis, self.heartbeats, self.locks, settings.heartbeat_check_interval
         )
+        self.workers = Workers(self.redis)
         self._catalogue_file: CatalogueFile | None = None
         self._catalogue_lock = threading.Lock()
 

@@ -94,6 +94,13 @@ def fit_dedup_key(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def event_dedup_key(notification: Notification) -> str:
+    """The dedup_key a trigger for ``notification`` carries: ``metadata["dedup_key"]`` when
+    it names one (fitted to PagerDuty's limit), else :func:`dedup_key_for`."""
+    named = notification.metadata.get("dedup_key")
+    return fit_dedup_key(named) if isinstance(named, str) else dedup_key_for(notification)
+
+
 def dedup_key_for(notification: Notification) -> str:
     """The notification's idempotency id, else a key derived from its whole content.
 
@@ -171,13 +178,10 @@ def build_trigger(
     if event_class:
         payload["class"] = truncate(event_class, MAX_FIELD_CHARS)
 
-    dedup_key = meta.get("dedup_key")
     event: dict[str, Any] = {
         "routing_key": routing_key,
         "event_action": EventAction.TRIGGER.value,
-        "dedup_key": fit_dedup_key(dedup_key)
-        if isinstance(dedup_key, str)
-        else dedup_key_for(notification),
+        "dedup_key": event_dedup_key(notification),
         "payload": payload,
     }
     if "links" in meta:

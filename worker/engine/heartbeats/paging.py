@@ -7,14 +7,14 @@ import logging
 
 from worker.engine.heartbeats.checker import CheckReport, Sender
 from worker.engine.heartbeats.evaluation import Action
-from worker.engine.intake import Publisher, accept, lifecycle, new_job_id
+from worker.engine.intake import accept, lifecycle, new_job_id
 from worker.engine.runtime import Engine
 from worker.job_request import parse_request
 
 logger = logging.getLogger(__name__)
 
 
-def sender(engine: Engine, publish: Publisher) -> Sender:
+def sender(engine: Engine) -> Sender:
     """What the checker hands each action to: it queues the page, returns the job id."""
 
     def send(action: Action) -> str:
@@ -22,18 +22,18 @@ def sender(engine: Engine, publish: Publisher) -> Sender:
             if action.request is None:
                 raise ValueError("a heartbeat trigger needs its request")
             request = parse_request(action.request)
-            return accept(engine, request, new_job_id(), "heartbeat", publish).job_id
-        return lifecycle(engine, "resolve", action.dedup_key, action.team, publish)
+            return accept(engine, request, new_job_id(), "heartbeat").job_id
+        return lifecycle(engine, "resolve", action.dedup_key, action.team)
 
     return send
 
 
-def run_check(engine: Engine, publish: Publisher) -> CheckReport | None:
+def run_check(engine: Engine) -> CheckReport | None:
     """One heartbeat evaluation over the whole catalogue (None when none is configured)."""
     catalogue = engine.catalogue()
     if catalogue is None:
         return None
-    report = engine.checker.run(catalogue, sender(engine, publish))
+    report = engine.checker.run(catalogue, sender(engine))
     if report.sent or report.send_errors or report.conflicts:
         logger.info(
             "heartbeat check: %d services, %d changed, %d pages queued, %d not sent, %d conflicts",

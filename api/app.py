@@ -1,0 +1,51 @@
+"""The ASGI application: ``create_app()`` (uvicorn calls it: ``gds-notify api``).
+
+FastAPI, because the request and response models are the pydantic models the rest of the
+service already validates with, and it derives the OpenAPI schema and the docs page from
+them; uvicorn serves it. Swagger UI's files come from the ``fastapi-offline`` package and
+are served here, so ``/docs`` works with no access to a CDN.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+
+from api import errors
+from api.body_limits import BodyLimits
+from api.routes import ROUTERS
+from config.settings import get_settings
+
+TITLE = "GDS Notification Service"
+DESCRIPTION = """
+The HTTP door to the GDS Notification Service: the same intake as `tasks.enqueue` and the
+Celery task `notify`. A **202** means the job is recorded in Redis and queued.
+
+Authenticate with `Authorization: Bearer <token>` (a token configured in `API_TOKENS`, with
+the scope each operation names). `/healthz`, `/readyz` and `/health` need no token.
+"""
+
+
+def create_app() -> FastAPI:
+    """The API, configured from the settings of this process."""
+    settings = get_settings()
+    if settings.api_docs:
+        app = FastAPIOffline(
+            docs_url="/docs",
+            redoc_url=None,
+            static_url="/docs/static",
+            title=TITLE,
+            version="1",
+            description=DESCRIPTION,
+        )
+    else:
+        app = FastAPI(title=TITLE, version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=settings.api_max_body_bytes,
+        read_timeout=settings.api_read_timeout,
+    )
+    errors.install(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

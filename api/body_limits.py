@@ -1,0 +1,69 @@
+"""Request bodies, bounded: at most ``API_MAX_BODY_BYTES`` (413, refused before reading
+when ``Content-Length`` says so, else as soon as the count passes it) and delivered within
+``API_READ_TIMEOUT`` seconds of the first read (408), so a client that trickles its body
+cannot hold a worker thread. A plain ASGI middleware: it wraps ``receive`` and never
+buffers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class BodyLimits:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout: float) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.read_timeout = read_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _refuse(send, 413, self._too_large())
+            return
+        received = 0
+        deadline: float | None = None
+        complete = False
+        loop = asyncio.get_running_loop()
+
+        async def limited() -> Message:
+            nonlocal received, deadline, complete
+            if complete:  # the body is in; what comes now is the client leaving
+                return await receive()
+            if deadline is None:
+                deadline = loop.time() + self.read_timeout
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise HTTPException(
+                    408, f"the body did not arrive within {self.read_timeout:g} s"
+                ) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, self._too_large())
+                complete = not message.get("more_body", False)
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _too_large(self) -> str:
+        return f"the body is over {self.max_bytes} bytes (API_MAX_BODY_BYTES)"
+
+
+async def _refuse(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers: list[tuple[bytes, Any]] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

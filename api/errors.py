@@ -1,0 +1,119 @@
+"""Every failure of a request, as one JSON shape and the status code that says what to do:
+
+===========================================  ======  ==========================================
+what happened                                status  body / headers
+===========================================  ======  ==========================================
+no token, or one nobody configured           401     ``WWW-Authenticate: Bearer``
+a token without the scope                    403
+unknown job, dead letter, route              404
+a body that arrives too slowly               408
+a body over ``API_MAX_BODY_BYTES``           413
+a field that can never be delivered          422     ``errors``: each field and what is wrong
+a token over ``API_RATE_LIMIT``              429     ``Retry-After`` (seconds)
+Redis unreachable: nothing was stored        503     ``Retry-After``; never a 202
+===========================================  ======  ==========================================
+
+Bodies are ``{"error": "...", "errors": [{"field": ..., "message": ...}]}`` (``errors`` only
+for 422). No answer ever repeats a token or a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from worker.job_request import InvalidJobError
+from worker.validation import path, problem
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a client is asked to wait when Redis is unreachable.
+OUTAGE_RETRY_AFTER = 5
+
+
+class ApiError(Exception):
+    """A request answered with ``status`` and ``message`` (and ``headers``)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def unauthorized(message: str) -> ApiError:
+    return ApiError(401, message, {"WWW-Authenticate": "Bearer"})
+
+
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, message)
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError(404, message)
+
+
+def too_many(wait: float) -> ApiError:
+    seconds = max(1, math.ceil(wait))
+    return ApiError(
+        429,
+        f"rate limit for this token reached: retry in {seconds} s",
+        {"Retry-After": str(seconds)},
+    )
+
+
+def invalid(errors: Sequence[dict[str, str]]) -> JSONResponse:
+    shown = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return JSONResponse({"error": f"invalid request: {shown}", "errors": list(errors)}, 422)
+
+
+def _request_fields(exc: RequestValidationError) -> list[dict[str, str]]:
+    """FastAPI's errors, each located in the body, query or header (whose name goes)."""
+    out = []
+    for error in exc.errors():
+        loc = tuple(error.get("loc", ()))
+        where = path(loc[1:]) if len(loc) > 1 else "body"
+        if error.get("type") == "json_invalid":
+            out.append({"field": "body", "message": "not valid JSON"})
+        else:
+            out.append({"field": where, "message": problem(error)})
+    return out
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that give every failure its status code and shape."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail)}, exc.status_code, headers=dict(exc.headers or {})
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return invalid(_request_fields(exc))
+
+    @app.exception_handler(InvalidJobError)
+    async def job_invalid(request: Request, exc: InvalidJobError) -> JSONResponse:
+        return invalid(exc.errors)
+
+    async def outage(request: Request, exc: Exception) -> JSONResponse:
+        logger.warning("%s %s: redis unavailable: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"error": "Redis is unreachable: nothing was stored; retry later"},
+            503,
+            headers={"Retry-After": str(OUTAGE_RETRY_AFTER)},
+        )
+
+    app.add_exception_handler(redis.RedisError, outage)

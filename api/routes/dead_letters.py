@@ -1,0 +1,52 @@
+"""Dead letters, for ``admin`` tokens: list, show and replay (as ``gds-notify dlq``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from api.auth import require
+from api.errors import not_found
+from api.routes.answers import ERRORS, Problem, Queued
+from worker.engine.replay import replay
+from worker.engine.runtime import engine
+
+router = APIRouter(tags=["dead letters"], dependencies=[Depends(require("admin"))])
+
+NOT_FOUND: dict[int | str, dict[str, object]] = {
+    404: {"model": Problem, "description": "No such dead letter."}
+}
+
+
+@router.get("/v1/dead-letters", responses=ERRORS)
+def list_dead_letters(
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
+) -> dict[str, Any]:
+    """The newest dead letters first, each with its reason, attempts and last error."""
+    letters = engine().dead_letters
+    return {"dead_letters": letters.list(limit), "total": letters.count()}
+
+
+@router.get("/v1/dead-letters/{entry_id}", responses={**ERRORS, **NOT_FOUND})
+def show_dead_letter(entry_id: str) -> dict[str, Any]:
+    """Everything kept about one dead letter."""
+    entry = engine().dead_letters.get(entry_id)
+    if entry is None:
+        raise not_found(f"no dead letter {entry_id!r}")
+    return entry
+
+
+@router.post(
+    "/v1/dead-letters/{entry_id}/replay",
+    status_code=202,
+    response_model=Queued,
+    responses={**ERRORS, **NOT_FOUND, 422: {"model": Problem, "description": "Still invalid."}},
+)
+def replay_dead_letter(entry_id: str) -> Queued:
+    """Send the job through intake again, as a new job; the dead letter goes once it is
+    queued. A job that is still invalid answers 422 and stays."""
+    try:
+        return Queued(job_id=replay(engine(), entry_id))
+    except KeyError:
+        raise not_found(f"no dead letter {entry_id!r}") from None

@@ -1,0 +1,68 @@
+"""Health probes, open to anyone (no token): ``/healthz`` (the process answers),
+``/readyz`` (it can do its work) and the GDS design's ``/health``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from worker.engine.heartbeats.checker import last_check
+from worker.engine.runtime import engine
+
+router = APIRouter(tags=["health"])
+
+#: A worker that has not said it is up for this long is not counted.
+WORKER_SEEN_WITHIN = 60.0
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The API process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/health")
+def health() -> dict[str, str]:
+    """The GDS design's health check."""
+    return {"status": "ok"}
+
+
+def checker_fresh_within(interval: float) -> float:
+    """How old the last heartbeat check may be before readiness fails."""
+    return max(60.0, 3 * interval)
+
+
+@router.get(
+    "/readyz",
+    responses={503: {"description": "Not ready: ``failing`` names each part."}},
+)
+def readyz() -> JSONResponse:
+    """Ready: Redis answers, a worker reported within the last minute, and (with heartbeat
+    monitoring on) the heartbeat check ran recently. 503 names each part that fails."""
+    eng = engine()
+    checks: dict[str, Any] = {}
+    failing: list[str] = []
+    try:
+        eng.redis.ping()
+        checks["redis"] = "ok"
+    except redis.RedisError as exc:
+        checks["redis"] = f"unreachable: {type(exc).__name__}"
+        return JSONResponse(
+            {"status": "not ready", "failing": ["redis"], "checks": checks}, status_code=503
+        )
+    workers = eng.workers.seen(WORKER_SEEN_WITHIN)
+    checks["workers"] = [w.hostname for w in workers]
+    if not workers:
+        failing.append("workers")
+    if eng.settings.heartbeat_services_file is not None:
+        checked = last_check(eng.redis)
+        age = None if checked is None else eng.workers.now() - checked
+        checks["heartbeat_check_age_seconds"] = None if age is None else round(age, 1)
+        if age is None or age > checker_fresh_within(eng.settings.heartbeat_check_interval):
+            failing.append("heartbeat_check")
+    status = 503 if failing else 200
+    body = {"status": "not ready" if failing else "ready", "failing": failing, "checks": checks}
+    return JSONResponse(body, status_code=status)

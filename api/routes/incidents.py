@@ -1,0 +1,52 @@
+"""``POST /v1/incidents/{dedup_key}/acknowledge`` and ``.../resolve``: through the queue,
+like ``gds-notify ack`` and ``resolve``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Body, Depends
+from pydantic import BaseModel, Field
+
+from api.auth import require
+from api.routes.answers import BODY_ERRORS, Queued
+from worker.engine import intake
+from worker.engine.runtime import engine
+
+router = APIRouter(tags=["incidents"])
+
+
+class Lifecycle(BaseModel):
+    team: str | None = Field(
+        default=None,
+        max_length=255,
+        description="The team whose routing key opened the incident (default key if none).",
+    )
+
+
+def _queue(action: Literal["acknowledge", "resolve"], dedup_key: str, body: Lifecycle) -> Queued:
+    return Queued(job_id=intake.lifecycle(engine(), action, dedup_key, body.team))
+
+
+@router.post(
+    "/v1/incidents/{dedup_key}/acknowledge",
+    status_code=202,
+    response_model=Queued,
+    responses=BODY_ERRORS,
+    dependencies=[Depends(require("notify"))],
+)
+def acknowledge(dedup_key: str, body: Lifecycle = Body(default_factory=Lifecycle)) -> Queued:  # noqa: B008
+    """Acknowledge the open incident with ``dedup_key``."""
+    return _queue("acknowledge", dedup_key, body)
+
+
+@router.post(
+    "/v1/incidents/{dedup_key}/resolve",
+    status_code=202,
+    response_model=Queued,
+    responses=BODY_ERRORS,
+    dependencies=[Depends(require("notify"))],
+)
+def resolve(dedup_key: str, body: Lifecycle = Body(default_factory=Lifecycle)) -> Queued:  # noqa: B008
+    """Resolve the incident with ``dedup_key``; a later trigger opens a new one."""
+    return _queue("resolve", dedup_key, body)

@@ -1,0 +1,53 @@
+"""``POST /v1/notifications``: the ``notify`` JSON (the same schema as the Celery task and
+``tasks.enqueue``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header
+
+from api.auth import require
+from api.routes.answers import BODY_ERRORS, Accepted, accept
+from worker.job_request import InvalidJobError, JobRequest
+
+router = APIRouter(tags=["notifications"])
+
+
+@router.post(
+    "/v1/notifications",
+    status_code=202,
+    response_model=Accepted,
+    responses=BODY_ERRORS,
+    dependencies=[Depends(require("notify"))],
+)
+def post_notification(
+    notification: JobRequest,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=1024,
+            description="The job's idempotency id, if the body names none.",
+        ),
+    ] = None,
+) -> Accepted:
+    """Queue a notification: a page for CRITICAL and EMERGENCY, else an email, unless the
+    routing rules or ``channel`` say otherwise. Answered 202 once it is in Redis; a copy of
+    an idempotency id accepted within ``IDEMPOTENCY_TTL_SECONDS`` answers with the first
+    job's id and ``duplicate: true``, and queues nothing."""
+    if idempotency_key is not None:
+        if notification.idempotency_id not in (None, idempotency_key):
+            raise InvalidJobError(
+                [
+                    {
+                        "field": "Idempotency-Key",
+                        "message": "differs from the body's idempotency_id; send one of them",
+                    }
+                ]
+            )
+        # Checked as the body's own idempotency_id is (one line, not blank).
+        notification = JobRequest.model_validate(
+            {**notification.model_dump(), "idempotency_id": idempotency_key}
+        )
+    return accept(notification, "api")

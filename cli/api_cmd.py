@@ -1,0 +1,97 @@
+"""``gds-notify api``: serve the HTTP API (uvicorn), and ``gds-notify api token``: make a
+token for it."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import uvicorn
+
+from cli.common import one_line_errors
+from config.api_tokens import SCOPES, new_token, token_hash
+from config.settings import get_settings
+
+
+@click.group(invoke_without_command=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Processes serving requests (one per core is a good start).",
+)
+@click.option(
+    "--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="TLS certificate (PEM)."
+)
+@click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), help="TLS key (PEM).")
+@click.option("--no-access-log", is_flag=True, help="Do not log each request.")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+@click.pass_context
+@one_line_errors
+def api(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    workers: int,
+    ssl_certfile: str | None,
+    ssl_keyfile: str | None,
+    no_access_log: bool,
+    log_level: str,
+) -> None:
+    """Serve the HTTP API: notifications, incidents, jobs, dead letters, the GDS ingest,
+    Alertmanager's webhook and health probes (docs at /docs).
+
+    Listens on 127.0.0.1 unless --host says otherwise; give it --ssl-certfile and
+    --ssl-keyfile for TLS, or put it behind a proxy that terminates TLS.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = get_settings()  # a bad setting stops here, named, with exit code 2
+    if not settings.tokens:
+        click.echo(
+            "warning: no API_TOKENS configured: every request that needs a token will be "
+            "refused (make one with `gds-notify api token NAME`)",
+            err=True,
+        )
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        access_log=not no_access_log,
+        log_level=log_level,
+        timeout_keep_alive=5,
+        server_header=False,
+    )
+
+
+@api.command()
+@click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(SCOPES),
+    help="What the token may do (repeatable): notify, heartbeat, admin (everything).",
+)
+def token(name: str, scopes: tuple[str, ...]) -> None:
+    """Make a new API token called NAME. Prints the token (shown once: only its hash is
+    configured) and the entry to add to API_TOKENS or the API_TOKENS_FILE list."""
+    secret = new_token()
+    entry = {"name": name, "sha256": token_hash(secret), "scopes": list(dict.fromkeys(scopes))}
+    click.echo("token (shown once; give it to the caller, keep it secret):")
+    click.echo(f"  {secret}")
+    click.echo("add this entry to the API_TOKENS list (or the file API_TOKENS_FILE names):")
+    click.echo(f"  {json.dumps(entry)}")

@@ -1,0 +1,278 @@
+"""Prometheus Alertmanager as a producer: a real Alertmanager (Debian's package) sending
+its webhook to the API, and the webhook's edge cases posted as Alertmanager writes them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox import SandboxServer
+from tests.api_server import NOTIFY_TOKEN, ApiServer
+from tests.conftest import TEAM_KEY, SandboxClient, free_port, wait_for
+from worker.engine.runtime import engine
+
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+AMTOOL = shutil.which("amtool")
+
+
+@pytest.fixture
+def api(service_env: SandboxServer) -> Iterator[SandboxClient]:
+    client = SandboxClient(service_env)
+    yield client
+    client.close()
+
+
+def alert(
+    status: str = "firing",
+    fingerprint: str = "c0ffee0000000001",
+    starts: str = "2026-12-02T01:00:00Z",
+    **labels: str,
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "labels": {"alertname": "DiskFull", "instance": "db-1:9100", "severity": "critical"}
+        | labels,
+        "annotations": {"summary": "Disk full on db-1", "description": "98% used on /var"},
+        "startsAt": starts,
+        "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2026-12-02T01:05:00Z",
+        "generatorURL": "http://prometheus.example:9090/graph?g0.expr=disk",
+        "fingerprint": fingerprint,
+    }
+
+
+def webhook(*alerts: dict[str, Any], status: str = "firing") -> dict[str, Any]:
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="DiskFull"}',
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "gds",
+        "groupLabels": {"alertname": "DiskFull"},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.example:9093",
+        "alerts": list(alerts),
+    }
+
+
+def job(job_id: str) -> Any:
+    return wait_for(lambda: (r := engine().jobs.get(job_id)) and r["status"] == "delivered" and r)
+
+
+def test_a_firing_alert_pages_with_its_labels_and_a_repeat_queues_nothing(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    with api_server.client() as http:
+        first = http.post("/v1/alertmanager", json=webhook(alert(team="dba")))
+        repeat = http.post("/v1/alertmanager", json=webhook(alert(team="dba")))
+    assert first.status_code == repeat.status_code == 202
+    [outcome] = first.json()["alerts"]
+    assert outcome["status"] == "firing"
+    assert outcome["duplicate"] is False
+    [again] = repeat.json()["alerts"]
+    assert again["duplicate"] is True
+    assert again["job_ids"] == outcome["job_ids"]
+    record = job(outcome["job_ids"][0])
+    assert record["source"] == "alertmanager"
+    assert record["duplicates"] == 1
+    [incident] = api.incidents()
+    assert incident["dedup_key"] == "alertmanager-c0ffee0000000001"
+    assert incident["summary"] == "Disk full on db-1"
+    assert incident["severity"] == "critical"
+    assert incident["routing_key"].endswith(TEAM_KEY[-4:])  # the team label's key
+    [event] = [e["body"] for e in api.events() if e["status"] == 202]
+    details = event["payload"]["custom_details"]
+    assert details["labels"]["instance"] == "db-1:9100"
+    assert details["annotations"]["description"] == "98% used on /var"
+    assert event["payload"]["component"] == "db-1:9100"
+    assert event["payload"]["class"] == "DiskFull"
+    assert event["links"] == [
+        {"href": "http://prometheus.example:9090/graph?g0.expr=disk", "text": "Alert source"}
+    ]
+    assert event["client"] == "Alertmanager"
+    assert event["client_url"] == "http://alertmanager.example:9093"
+
+
+def test_a_resolved_alert_resolves_its_incident_and_mails_where_it_mailed(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config.settings import get_settings
+
+    monkeypatch.setenv(
+        "ROUTING_RULES",
+        '[{"alert_name": "Queue*", "channels": ["email"], "email_to": "ops@example.com"}]',
+    )
+    get_settings.cache_clear()
+    queue = {"alertname": "QueueSlow", "severity": "warning"}
+    with api_server.client() as http:
+        firing = http.post(
+            "/v1/alertmanager",
+            json=webhook(alert(), alert(fingerprint="beef000000000002", **queue)),
+        ).json()["alerts"]
+        for outcome in firing:
+            job(outcome["job_ids"][0])
+        resolved = http.post(
+            "/v1/alertmanager",
+            json=webhook(
+                alert("resolved"),
+                alert("resolved", fingerprint="beef000000000002", **queue),
+                status="resolved",
+            ),
+        ).json()["alerts"]
+    for outcome in resolved:
+        [job_id] = outcome["job_ids"]
+        job(job_id)
+    [incident] = api.incidents()
+    assert incident["status"] == "resolved"
+    assert [t["action"] for t in incident["timeline"]] == ["trigger", "resolve"]
+    subjects = sorted(m["subject"] for m in api.messages())
+    assert subjects == ["Disk full on db-1", "[RESOLVED] Disk full on db-1"]
+    assert {r for m in api.messages() for r in m["rcpt_tos"]} == {"ops@example.com"}
+
+
+def test_an_alert_that_cannot_be_a_notification_is_kept_and_the_rest_go_out(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    bad = alert(fingerprint="bad0000000000003", team="dba\nX-Evil: 1")
+    with api_server.client() as http:
+        answer = http.post("/v1/alertmanager", json=webhook(bad, alert()))
+        not_v4 = http.post("/v1/alertmanager", json=webhook(alert()) | {"version": "3"})
+    assert answer.status_code == 202
+    kept, sent = answer.json()["alerts"]
+    assert kept["job_ids"] == []
+    assert "team: must be a non-blank single line" in kept["error"]
+    letter = engine().dead_letters.get(kept["dead_letter"])
+    assert letter is not None
+    assert letter["channel"] == "intake"
+    assert letter["reason"].startswith("alerts.0: invalid notification: team")
+    job(sent["job_ids"][0])
+    assert [i["dedup_key"] for i in api.incidents()] == ["alertmanager-c0ffee0000000001"]
+    assert not_v4.status_code == 422
+    assert not_v4.json()["errors"][0]["field"] == "version"
+
+
+def _alertmanager_config(path: Path, api_url: str) -> Path:
+    path.write_text(
+        f"""
+route:
+  receiver: gds
+  group_by: [alertname]
+  group_wait: 0s
+  group_interval: 1s
+  repeat_interval: 2s
+receivers:
+  - name: gds
+    webhook_configs:
+      - url: {api_url}/v1/alertmanager
+        send_resolved: true
+        max_alerts: 0
+        http_config:
+          authorization:
+            type: Bearer
+            credentials: {NOTIFY_TOKEN}
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def alertmanager(api_server: ApiServer, tmp_path: Path) -> Iterator[str]:
+    if ALERTMANAGER is None or AMTOOL is None:
+        pytest.skip("Debian's prometheus-alertmanager is not installed (make test installs it)")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "alertmanager.log").open("w")
+    proc = subprocess.Popen(
+        [
+            ALERTMANAGER,
+            f"--config.file={_alertmanager_config(tmp_path / 'alertmanager.yml', api_server.url)}",
+            f"--storage.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=debug",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: _ready(url), timeout=30)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+
+
+def _ready(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def amtool(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(AMTOOL), f"--alertmanager.url={url}", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_a_real_alertmanager_fires_repeats_and_resolves_one_incident(
+    alertmanager: str, celery_worker: Any, api: SandboxClient
+) -> None:
+    labels = ["alertname=ReplicaDown", "instance=db-7", "severity=critical", "team=dba"]
+    summary = "--annotation=summary=Replica down on db-7"
+    started = datetime.now(UTC).replace(microsecond=0)
+    fired = amtool(alertmanager, "alert", "add", *labels, summary, f"--start={started.isoformat()}")
+    assert fired.returncode == 0, fired.stderr
+    [incident] = wait_for(lambda: api.incidents(), timeout=30)
+    assert incident["summary"] == "Replica down on db-7"
+    assert incident["routing_key"].endswith(TEAM_KEY[-4:])
+    dedup_key = incident["dedup_key"]
+    assert dedup_key.startswith("alertmanager-")
+
+    # Alertmanager sends the firing alert again every repeat_interval (2 s): the first
+    # job counts the repeats as duplicates and nothing new reaches PagerDuty.
+    first = wait_for(
+        lambda: (jobs := _jobs_from("alertmanager")) and jobs[0]["duplicates"] >= 2 and jobs,
+        timeout=30,
+    )
+    assert len(first) == 1
+    assert len([e for e in api.events() if e["status"] == 202]) == 1
+
+    ended = datetime.now(UTC) - timedelta(seconds=1)
+    resolved = amtool(
+        alertmanager,
+        "alert",
+        "add",
+        *labels,
+        summary,
+        f"--start={started.isoformat()}",
+        f"--end={ended.isoformat()}",
+    )
+    assert resolved.returncode == 0, resolved.stderr
+    wait_for(lambda: api.incidents()[0]["status"] == "resolved", timeout=30)
+    time.sleep(3)  # a resolved alert is not sent again as firing
+    [incident] = api.incidents()
+    assert [t["action"] for t in incident["timeline"]] == ["trigger", "resolve"]
+    assert incident["dedup_key"] == dedup_key
+
+
+def _jobs_from(source: str) -> list[dict[str, Any]]:
+    store = engine().jobs
+    job_ids = [k.split(":")[2] for k in engine().redis.scan_iter("gds:job:*") if k.count(":") == 2]
+    records = [store.get(job_id) for job_id in job_ids]
+    return [
+        r for r in records if r is not None and r["source"] == source and r["action"] != "resolve"
+    ]

@@ -1,0 +1,381 @@
+"""The HTTP API over real HTTP (uvicorn on loopback), with a real Redis, a real worker and
+the sandbox: what curl and other clients meet, every error status, and what each 202
+leads to."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from cli.main import main
+from sandbox import SandboxServer
+from tests.api_server import ADMIN_TOKEN, HEARTBEAT_TOKEN, NOTIFY_TOKEN, ApiServer, serve
+from tests.browser import CHROMIUM, headless
+from tests.conftest import TEAM_KEY, SandboxClient, wait_for
+from worker.engine import keys
+from worker.engine.runtime import engine
+
+
+@pytest.fixture
+def api(service_env: SandboxServer) -> Iterator[SandboxClient]:
+    client = SandboxClient(service_env)
+    yield client
+    client.close()
+
+
+def delivered(job_id: str) -> Any:
+    return wait_for(lambda: (r := engine().jobs.get(job_id)) and r["status"] == "delivered" and r)
+
+
+def curl(server: ApiServer, path: str, body: Any, token: str = NOTIFY_TOKEN) -> Any:
+    """What a shell user runs: curl, a JSON body, a bearer token, and the answer's JSON."""
+    done = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-X",
+            "POST",
+            "-H",
+            f"Authorization: Bearer {token}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            json.dumps(body),
+            "-w",
+            "\n%{http_code}",
+            server.url + path,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    answer, _, status = done.stdout.rpartition("\n")
+    return int(status), json.loads(answer)
+
+
+def test_curl_posts_a_page_and_an_email_and_both_arrive(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    status, page = curl(
+        api_server,
+        "/v1/notifications",
+        {
+            "recipient": "db-prod-01",
+            "subject": "Disk full on db-prod-01",
+            "priority": "critical",
+            "idempotency_id": "api-disk-1",
+            "team": "dba",
+        },
+    )
+    assert status == 202
+    assert page["channels"] == ["pagerduty"]
+    assert page["duplicate"] is False
+    status, mail = curl(
+        api_server,
+        "/v1/notifications",
+        {"recipient": "oncall@example.com", "subject": "Nightly report", "body": "all good"},
+    )
+    assert status == 202
+    assert mail["channels"] == ["email"]
+
+    record = delivered(page["job_id"])
+    assert record["source"] == "api"
+    delivered(mail["job_id"])
+    [incident] = api.incidents()
+    assert incident["dedup_key"] == "api-disk-1"
+    assert incident["routing_key"].endswith(TEAM_KEY[-4:])
+    [message] = api.messages()
+    assert message["subject"] == "Nightly report"
+    assert message["rcpt_tos"] == ["oncall@example.com"]
+
+
+def test_a_duplicate_answers_with_the_first_job_and_the_header_is_an_idempotency_id(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    note = {"recipient": "db-2", "subject": "lag", "priority": "critical"}
+    with api_server.client() as http:
+        first = http.post("/v1/notifications", json=note, headers={"Idempotency-Key": "k-1"})
+        again = http.post("/v1/notifications", json=note, headers={"Idempotency-Key": "k-1"})
+        in_body = http.post("/v1/notifications", json=note | {"idempotency_id": "k-1"})
+        clash = http.post(
+            "/v1/notifications",
+            json=note | {"idempotency_id": "k-2"},
+            headers={"Idempotency-Key": "k-1"},
+        )
+        bad_header = http.post(
+            "/v1/notifications", json=note, headers={"Idempotency-Key": "k" * 1025}
+        )
+    assert first.status_code == again.status_code == in_body.status_code == 202
+    assert first.json()["duplicate"] is False
+    assert again.json() == {
+        "job_id": first.json()["job_id"],
+        "duplicate": True,
+        "channels": ["pagerduty"],
+    }
+    assert in_body.json()["job_id"] == first.json()["job_id"]
+    assert clash.status_code == 422
+    assert clash.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert bad_header.status_code == 422
+    assert bad_header.json()["errors"][0]["field"] == "Idempotency-Key"
+    delivered(first.json()["job_id"])
+    time.sleep(0.3)
+    assert [i["dedup_key"] for i in api.incidents()] == ["k-1"]
+    assert len(api.events()) == 1
+
+
+def test_bad_fields_are_422_each_named_and_nothing_is_queued(api_server: ApiServer) -> None:
+    with api_server.client() as http:
+        answer = http.post(
+            "/v1/notifications",
+            json={"recipient": " ", "subject": "x\nBcc: evil@example.com", "priority": "urgent"},
+        )
+        mail = http.post("/v1/notifications", json={"recipient": "nobody", "subject": "s"})
+        not_json = http.post(
+            "/v1/notifications",
+            content=b"{not json",
+            headers={"Content-Type": "application/json"},
+        )
+        a_list = http.post("/v1/notifications", json=[1, 2])
+    assert answer.status_code == 422
+    fields = {e["field"]: e["message"] for e in answer.json()["errors"]}
+    assert fields["recipient"] == "must not be blank"
+    assert "single line" in fields["subject"]
+    assert fields["priority"].startswith("Input should be 'low'")
+    assert mail.status_code == 422
+    [problem] = mail.json()["errors"]
+    assert problem["field"] == "recipient"
+    assert problem["message"].startswith("'nobody' is not a valid email address")
+    assert not_json.status_code == 422
+    assert not_json.json()["errors"] == [{"field": "body", "message": "not valid JSON"}]
+    assert a_list.status_code == 422
+    assert list(engine().redis.scan_iter("gds:job:*")) == []
+
+
+def test_tokens_401_without_or_with_an_unknown_one_and_403_without_the_scope(
+    api_server: ApiServer,
+) -> None:
+    note = {"recipient": "db-2", "subject": "s", "priority": "critical"}
+    with api_server.client(token=None) as anonymous:
+        missing = anonymous.post("/v1/notifications", json=note)
+        health = anonymous.get("/healthz")
+    with api_server.client("gdsn_not-a-configured-token") as stranger:
+        unknown = stranger.post("/v1/notifications", json=note)
+    with api_server.client(HEARTBEAT_TOKEN) as cron:
+        wrong_scope = cron.post("/v1/notifications", json=note)
+    with api_server.client(NOTIFY_TOKEN) as producer:
+        not_admin = producer.get("/v1/dead-letters")
+    with api_server.client(ADMIN_TOKEN) as ops:
+        admin = ops.get("/v1/dead-letters")
+        admin_sends = ops.post("/v1/notifications", json=note)
+    assert missing.status_code == unknown.status_code == 401
+    assert missing.headers["WWW-Authenticate"] == "Bearer"
+    assert "not configured" in unknown.json()["error"]
+    assert wrong_scope.status_code == 403
+    assert wrong_scope.json()["error"] == "token 'cron' does not have the 'notify' scope"
+    assert not_admin.status_code == 403
+    assert admin.status_code == 200
+    assert admin_sends.status_code == 202  # admin can do everything
+    assert health.status_code == 200
+    for answer in (missing, unknown, wrong_scope, not_admin):
+        assert NOTIFY_TOKEN not in answer.text
+        assert HEARTBEAT_TOKEN not in answer.text
+
+
+def test_a_body_over_the_limit_is_413_whether_declared_or_streamed(
+    service_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for server in serve(monkeypatch, API_MAX_BODY_BYTES="2048"):
+        note = {"recipient": "db-2", "subject": "s", "body": "x" * 4096, "priority": "critical"}
+        with server.client() as http:
+            declared = http.post("/v1/notifications", json=note)
+
+            streamed = http.post(
+                "/v1/notifications",
+                content=iter([json.dumps(note).encode()]),  # no Content-Length: chunked
+                headers={"Content-Type": "application/json"},
+            )
+            small = http.post("/v1/notifications", json=note | {"body": "fits"})
+        assert declared.status_code == streamed.status_code == 413
+        assert "2048 bytes" in declared.json()["error"]
+        assert "2048 bytes" in streamed.json()["error"]
+        assert small.status_code == 202
+
+
+def test_a_body_trickled_slower_than_the_read_timeout_is_408(
+    service_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for server in serve(monkeypatch, API_READ_TIMEOUT="1"):
+        body = json.dumps({"recipient": "db-2", "subject": "slow", "priority": "critical"})
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(
+                (
+                    "POST /v1/notifications HTTP/1.1\r\nHost: x\r\n"
+                    f"Authorization: Bearer {NOTIFY_TOKEN}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                + body[:10].encode()
+            )
+            started = time.monotonic()
+            answer = sock.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408")
+        assert "did not arrive within 1 s" in answer
+        assert time.monotonic() - started < 5
+        assert list(engine().redis.scan_iter("gds:job:*")) == []
+
+
+def test_a_token_over_its_rate_is_429_with_retry_after_and_others_are_not(
+    service_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for server in serve(monkeypatch, API_RATE_LIMIT="3/minute"):
+        note = {"recipient": "db-2", "subject": "s", "priority": "critical"}
+        with server.client() as http:
+            answers = [http.post("/v1/notifications", json=note) for _ in range(4)]
+        with server.client(ADMIN_TOKEN) as ops:
+            other = ops.post("/v1/notifications", json=note)
+        assert [a.status_code for a in answers] == [202, 202, 202, 429]
+        assert 50 <= int(answers[-1].headers["Retry-After"]) <= 61
+        assert "retry in" in answers[-1].json()["error"]
+        assert other.status_code == 202
+        # The window lives in Redis, under the token's name hashed, never the token.
+        stored = " ".join(engine().redis.scan_iter(f"{keys.API_RATE}:*"))
+        assert "producer" not in stored
+        assert NOTIFY_TOKEN not in stored
+
+
+def test_redis_unreachable_is_503_with_retry_after_never_202(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config.settings import get_settings
+    from tests.conftest import closed_port_url
+
+    monkeypatch.setenv("REDIS_URL", closed_port_url().replace("http://", "redis://"))
+    get_settings.cache_clear()
+    with api_server.client() as http:
+        answer = http.post(
+            "/v1/notifications", json={"recipient": "db-2", "subject": "s", "priority": "critical"}
+        )
+        ready = http.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"] == "5"
+    assert "nothing was stored" in answer.json()["error"]
+    assert ready.status_code == 503
+    assert ready.json()["failing"] == ["redis"]
+
+
+def test_acknowledge_and_resolve_over_http(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    with api_server.client() as http:
+        trigger = http.post(
+            "/v1/notifications",
+            json={
+                "recipient": "db-3",
+                "subject": "down",
+                "priority": "critical",
+                "idempotency_id": "inc-1",
+                "team": "dba",
+            },
+        )
+        delivered(trigger.json()["job_id"])
+        ack = http.post("/v1/incidents/inc-1/acknowledge", json={"team": "dba"})
+        delivered(ack.json()["job_id"])
+        resolve = http.post("/v1/incidents/inc-1/resolve", json={"team": "dba"})
+        delivered(resolve.json()["job_id"])
+        no_body = http.post("/v1/incidents/nothing-open/resolve")
+        job = http.get(f"/v1/jobs/{resolve.json()['job_id']}")
+    assert ack.status_code == resolve.status_code == no_body.status_code == 202
+    [incident] = api.incidents(dedup_key="inc-1")
+    assert [t["action"] for t in incident["timeline"]] == ["trigger", "acknowledge", "resolve"]
+    assert incident["status"] == "resolved"
+    assert job.json()["action"] == "resolve"
+    assert job.json()["dedup_key"] == "inc-1"
+
+
+def test_a_job_reads_as_gds_notify_status_json_prints_it(
+    api_server: ApiServer, celery_worker: Any
+) -> None:
+    with api_server.client() as http:
+        job_id = http.post(
+            "/v1/notifications", json={"recipient": "a@example.com", "subject": "hello"}
+        ).json()["job_id"]
+        delivered(job_id)
+        answer = http.get(f"/v1/jobs/{job_id}")
+        missing = http.get("/v1/jobs/no-such-job")
+    printed = CliRunner().invoke(main, ["status", job_id, "--json"])
+    assert printed.exit_code == 0
+    assert answer.status_code == 200
+    assert answer.json() == json.loads(printed.output)
+    assert answer.json()["channels"]["email"]["recipients"] == {"a@example.com": "delivered"}
+    assert missing.status_code == 404
+
+
+def test_dead_letters_listed_shown_and_replayed_by_an_admin(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    api.faults({"status": 400})
+    with api_server.client() as http:
+        job_id = http.post(
+            "/v1/notifications",
+            json={"recipient": "db-4", "subject": "rejected once", "priority": "critical"},
+        ).json()["job_id"]
+    wait_for(lambda: engine().dead_letters.count() == 1)
+    with api_server.client(ADMIN_TOKEN) as ops:
+        listed = ops.get("/v1/dead-letters").json()
+        entry_id = listed["dead_letters"][0]["id"]
+        shown = ops.get(f"/v1/dead-letters/{entry_id}").json()
+        replayed = ops.post(f"/v1/dead-letters/{entry_id}/replay")
+        gone = ops.get(f"/v1/dead-letters/{entry_id}")
+        unknown = ops.post("/v1/dead-letters/nope/replay")
+    assert listed["total"] == 1
+    assert shown["job_id"] == job_id
+    assert shown["reason"].startswith("permanent error")
+    assert replayed.status_code == 202
+    delivered(replayed.json()["job_id"])
+    assert gone.status_code == 404
+    assert unknown.status_code == 404
+    assert [i["summary"] for i in api.incidents()] == ["rejected once"]
+
+
+def test_the_schema_and_the_docs_page(api_server: ApiServer, tmp_path: Path) -> None:
+    schema = httpx.get(f"{api_server.url}/openapi.json").json()
+    assert "/v1/notifications" in schema["paths"]
+    assert "JobRequest" in schema["components"]["schemas"]
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it as root)")
+    dom = headless(f"{api_server.url}/docs", tmp_path, script_ms=5000)
+    assert "GDS Notification Service" in dom
+    assert "/v1/notifications" in dom
+    assert "/v1/alertmanager" in dom
+
+
+def test_readiness_names_what_is_missing(
+    api_server: ApiServer, celery_worker: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from config.settings import get_settings
+
+    with httpx.Client(base_url=api_server.url) as anonymous:
+        ready = wait_for(lambda: (r := anonymous.get("/readyz")).status_code == 200 and r)
+        assert ready.json()["checks"]["workers"]
+        assert anonymous.get("/health").json() == {"status": "ok"}
+        engine().redis.delete(keys.WORKERS)  # no worker has said it is up
+        no_workers = anonymous.get("/readyz")
+        catalogue = tmp_path / "services.toml"
+        catalogue.write_text("")
+        monkeypatch.setenv("HEARTBEAT_SERVICES_FILE", str(catalogue))
+        get_settings.cache_clear()
+        never_checked = anonymous.get("/readyz")
+    assert no_workers.status_code == 503
+    assert no_workers.json()["failing"] == ["workers"]
+    assert never_checked.status_code == 503
+    assert "heartbeat_check" in never_checked.json()["failing"]

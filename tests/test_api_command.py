@@ -1,0 +1,117 @@
+"""``gds-notify api`` as an operator runs it: a token made with ``gds-notify api token``,
+configured through a file, served over TLS by the command itself; a bad token setting
+stops it at start."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trustme
+
+from tests.conftest import client_tls, free_port, wait_for
+from worker.engine.runtime import engine
+
+GDS_NOTIFY = str(Path(sys.executable).with_name("gds-notify"))
+
+
+def test_a_token_is_made_shown_once_and_configured_by_its_hash_only() -> None:
+    done = subprocess.run(
+        [GDS_NOTIFY, "api", "token", "alertmanager", "--scope", "notify", "--scope", "heartbeat"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    token = lines[1].strip()
+    entry = json.loads(lines[3])
+    from config.api_tokens import token_hash
+
+    assert token.startswith("gdsn_")
+    assert len(token) > 40
+    assert entry == {
+        "name": "alertmanager",
+        "sha256": token_hash(token),
+        "scopes": ["notify", "heartbeat"],
+    }
+    assert token not in lines[3]
+
+
+def test_the_api_serves_https_with_tokens_from_a_file(
+    service_env: Any, tmp_path: Path, ca: trustme.CA
+) -> None:
+    made = subprocess.run(
+        [GDS_NOTIFY, "api", "token", "producer", "--scope", "notify"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    token, entry = made.stdout.splitlines()[1].strip(), made.stdout.splitlines()[3]
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(f"[{entry}]")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued = ca.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    port = free_port()
+    env = {**os.environ, "API_TOKENS_FILE": str(tokens)}
+    env.pop("API_TOKENS", None)
+    log = (tmp_path / "api.log").open("wb")
+    argv = [GDS_NOTIFY, "api", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*argv, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        verify = client_tls(ca)  # trusts the test CA
+        url = f"https://127.0.0.1:{port}"
+        wait_for(lambda: _answers(f"{url}/healthz", verify), timeout=30)
+        with httpx.Client(base_url=url, verify=verify, timeout=10) as http:
+            sent = http.post(
+                "/v1/notifications",
+                json={"recipient": "a@example.com", "subject": "over TLS"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        assert sent.status_code == 202, sent.text
+        assert engine().jobs.get(sent.json()["job_id"]) is not None
+        plain = subprocess.run(
+            ["curl", "-sS", f"http://127.0.0.1:{port}/healthz"], capture_output=True, timeout=10
+        )
+        assert plain.returncode != 0  # TLS only
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
+        log.close()
+    assert token not in (tmp_path / "api.log").read_text()
+
+
+def _answers(url: str, verify: Any) -> bool:
+    try:
+        return httpx.get(url, verify=verify, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_bad_token_setting_stops_the_api_at_start_naming_it(tmp_path: Path) -> None:
+    env = {**os.environ, "API_TOKENS": '[{"name": "x", "sha256": "not-a-hash", "scopes": []}]'}
+    done = subprocess.run(
+        [GDS_NOTIFY, "api", "--port", str(free_port())],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "API_TOKENS: 0.sha256" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -1,16 +1,20 @@
-"""Bearer tokens: who is calling, whether the token's scopes allow the call, and whether
-the token is within its request rate (``API_RATE_LIMIT``, shared by every API process
-through Redis). Tokens are configured as hashes (config/api_tokens.py) and never logged."""
+"""Who is calling: a bearer token, or a key in the path (ping URLs, the Medic-style API),
+whether its scopes allow the call, and whether it is within its request rate (shared by
+every API process through Redis). Tokens are configured as hashes (config/api_tokens.py)
+and never logged: the access log shows a key in a path by its last four characters."""
 
 from __future__ import annotations
 
 import functools
+import logging
+import re
 from collections.abc import Callable
+from typing import Literal
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.errors import forbidden, too_many, unauthorized
+from api.errors import ApiError, forbidden, too_many, unauthorized
 from config.api_tokens import ApiToken, Scope, find_token
 from worker.engine import keys
 from worker.engine.rate_limit import SharedRateLimiter, Slot
@@ -19,14 +23,35 @@ from worker.engine.runtime import Engine, engine
 #: Documents the scheme in the OpenAPI schema; the check itself is :func:`require`.
 bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer gdsn_…`")
 
+#: A key in the path of a ping URL or of the Medic-style API.
+KEY_IN_PATH = re.compile(r"^(/(?:ping|medic)/)([^/?]+)")
+
 
 @functools.lru_cache(maxsize=4)
-def _limiter(eng: Engine) -> SharedRateLimiter:
+def _api_limiter(eng: Engine) -> SharedRateLimiter:
     return SharedRateLimiter(eng.redis, eng.settings.api_rate_limit, keys.API_RATE)
 
 
+def authorize(secret: str, scope: Scope, rate: Literal["api", "ping"] | None = "api") -> ApiToken:
+    """The token ``secret`` is, if it may act in ``scope`` and (unless ``rate`` is None:
+    the caller counts it itself) is within its rate, ``API_RATE_LIMIT`` or
+    ``PING_RATE_LIMIT``."""
+    eng = engine()
+    token = find_token(eng.settings.tokens, secret)
+    if token is None:
+        raise unauthorized("this API token is not configured (API_TOKENS)")
+    if not token.allows(scope):
+        raise forbidden(f"token {token.name!r} does not have the {scope!r} scope")
+    if rate is not None:
+        limiter = _api_limiter(eng) if rate == "api" else eng.ping_limiter
+        wait = limiter.acquire(token.name)
+        if not isinstance(wait, Slot):
+            raise too_many(wait)
+    return token
+
+
 def require(scope: Scope) -> Callable[..., ApiToken]:
-    """A dependency: the calling token, if it may act in ``scope`` and is within its rate."""
+    """A dependency: the bearer token, if it may act in ``scope`` and is within its rate."""
 
     def check(
         request: Request,
@@ -34,16 +59,38 @@ def require(scope: Scope) -> Callable[..., ApiToken]:
     ) -> ApiToken:
         if credentials is None:
             raise unauthorized("no API token: send `Authorization: Bearer <token>`")
-        eng = engine()
-        token = find_token(eng.settings.tokens, credentials.credentials)
-        if token is None:
-            raise unauthorized("this API token is not configured (API_TOKENS)")
-        if not token.allows(scope):
-            raise forbidden(f"token {token.name!r} does not have the {scope!r} scope")
-        wait = _limiter(eng).acquire(token.name)
-        if not isinstance(wait, Slot):
-            raise too_many(wait)
-        request.state.token = token.name
+        token = authorize(credentials.credentials, scope)
+        request.state.token = token
         return token
 
     return check
+
+
+def path_key(scope: Scope) -> Callable[..., ApiToken]:
+    """A dependency: the key in the path (``{key}``), as :func:`require` checks a bearer."""
+
+    def check(request: Request, key: str) -> ApiToken:
+        token = authorize(key, scope, "ping")
+        request.state.token = token
+        return token
+
+    return check
+
+
+def calling_token(request: Request) -> ApiToken:
+    """The token the route's dependency accepted."""
+    token = getattr(request.state, "token", None)
+    if not isinstance(token, ApiToken):
+        raise ApiError(500, "no token was checked for this route")
+    return token
+
+
+class MaskKeysInPaths(logging.Filter):
+    """uvicorn's access log writes the path: keep a key in it to its last four characters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            path = KEY_IN_PATH.sub(lambda m: m.group(1) + "…" + m.group(2)[-4:], args[2])
+            record.args = (*args[:2], path, *args[3:])
+        return True

@@ -47,6 +47,8 @@ class Target:
 TARGETS = (
     Target(("api_accepted_per_s",), ">=", 1000),
     Target(("api_latency_ms", "p99"), "<", 50),
+    Target(("pings_per_s",), ">=", 2000),
+    Target(("ping_latency_ms", "p99"), "<", 50),
     Target(("pipeline_vs_noop",), ">=", 0.6),
     Target(("page_latency_ms", "p99"), "<", 100),
     Target(("page_backlog_ratio",), "<=", 1.5),
@@ -67,6 +69,9 @@ ROWS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("api_accepted_per_s",), "jobs/s"),
     (("api_latency_ms", "p50"), "ms"),
     (("api_latency_ms", "p99"), "ms"),
+    (("pings_per_s",), "pings/s"),
+    (("ping_latency_ms", "p50"), "ms"),
+    (("ping_latency_ms", "p99"), "ms"),
     (("celery_noop_per_s",), "tasks/s"),
     (("pipeline_per_s",), "pages/s"),
     (("pipeline_vs_noop",), ""),

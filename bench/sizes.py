@@ -13,6 +13,7 @@ class Sizes:
     api_connections: int = 16  # wrk's open connections
     api_seconds: int = 10
     api_workers: int = 2  # gds-notify api --workers, as the Procfile runs it
+    ping_services: int = 1_000  # services the pings are spread over
     noop_tasks: int = 12_000
     throughput_rounds: int = 3  # baseline and pipeline alternate this many times
     pipeline_notifications: int = 6_000
@@ -39,6 +40,7 @@ SMOKE = Sizes(
     api_connections=4,
     api_seconds=1,
     api_workers=1,
+    ping_services=20,
     noop_tasks=200,
     throughput_rounds=1,
     pipeline_notifications=100,

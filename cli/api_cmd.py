@@ -86,11 +86,18 @@ def api(
     type=click.Choice(SCOPES),
     help="What the token may do (repeatable): notify, heartbeat, admin (everything).",
 )
-def token(name: str, scopes: tuple[str, ...]) -> None:
+@click.option("--team", default=None, help="Limit the token to the services of one team.")
+def token(name: str, scopes: tuple[str, ...], team: str | None) -> None:
     """Make a new API token called NAME. Prints the token (shown once: only its hash is
     configured) and the entry to add to API_TOKENS or the API_TOKENS_FILE list."""
     secret = new_token()
-    entry = {"name": name, "sha256": token_hash(secret), "scopes": list(dict.fromkeys(scopes))}
+    entry: dict[str, object] = {
+        "name": name,
+        "sha256": token_hash(secret),
+        "scopes": list(dict.fromkeys(scopes)),
+    }
+    if team:
+        entry["team"] = team
     click.echo("token (shown once; give it to the caller, keep it secret):")
     click.echo(f"  {secret}")
     click.echo("add this entry to the API_TOKENS list (or the file API_TOKENS_FILE names):")

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from cli.common import BadInput, echo_json, one_line_errors, when
+from config.catalogue import ServiceSpec
 from worker.engine.heartbeats.checker import last_check, read_states
 from worker.engine.heartbeats.reports import configured_catalogue, record
 from worker.engine.heartbeats.store import kept_per_service
@@ -47,12 +48,21 @@ def heartbeat(slug: str, failed: bool, at: str | None) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@click.option(
+    "--log",
+    "log_of",
+    metavar="SLUG",
+    help="Instead, SLUG's latest pings: kind, how they came, run id and the text they carried.",
+)
 @one_line_errors
-def heartbeats(as_json: bool) -> None:
-    """List every monitored service: state, last heartbeat, heartbeats in the window, and
-    open incident."""
+def heartbeats(as_json: bool, log_of: str | None) -> None:
+    """List every monitored service (from the file, and registered over the API): state,
+    last heartbeat, heartbeats in the window, and open incident."""
 
     catalogue = configured_catalogue(engine())
+    if log_of is not None:
+        _show_log(catalogue.get(log_of), log_of, as_json)
+        return
     client = engine().redis
     store = engine().heartbeats
     now = store.now()
@@ -69,10 +79,12 @@ def heartbeats(as_json: bool) -> None:
             {
                 "slug": spec.slug,
                 "name": spec.name,
+                "defined_in": "api" if catalogue.is_registered(spec.slug) else "file",
                 "team": spec.team,
                 "priority": spec.priority,
                 "state": (st.status if st else "new")
-                + (" (maintenance)" if st and st.suppressed else ""),
+                + (" (maintenance)" if st and st.suppressed and not spec.muted else "")
+                + (" (muted)" if spec.muted else ""),
                 "reason": st.reason if st else None,
                 "last_heartbeat": last.at if last else None,
                 "last_status": last.status if last else None,
@@ -102,7 +114,30 @@ def heartbeats(as_json: bool) -> None:
         f"\n{len(rows)} services; last check {when(checked)}"
         + (f" ({now - checked:.0f} s ago)" if checked else " (never: is beat running?)")
     )
+    registered = sum(r["defined_in"] == "api" for r in rows)
+    if registered:
+        click.echo(f"{registered} of them registered over the API")
     if refused:
         click.echo(
             "refused heartbeats: " + ", ".join(f"{k} {v}" for k, v in sorted(refused.items()))
         )
+
+
+def _show_log(spec: ServiceSpec | None, slug: str, as_json: bool) -> None:
+    if spec is None:
+        raise BadInput(f"slug: unknown service {slug[:100]!r}")
+    entries = engine().heartbeats.log(spec.slug)
+    if as_json:
+        echo_json(entries)
+        return
+    if not entries:
+        click.echo(f"{slug}: no pings kept")
+        return
+    for entry in entries:
+        head = f"{when(entry['at'])}  {entry['kind']:<5}  {entry.get('via') or '-'}"
+        if entry.get("rid"):
+            head += f"  rid {entry['rid']}"
+        click.echo(head)
+        if entry.get("body"):
+            for line in str(entry["body"]).splitlines()[:20]:
+                click.echo(f"    {line}")

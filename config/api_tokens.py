@@ -12,7 +12,9 @@ every configured hash in constant time.
 
 Scopes: ``notify`` (send notifications, acknowledge and resolve incidents, read jobs),
 ``heartbeat`` (report heartbeats and manage monitored services), ``admin`` (everything,
-dead letters included).
+dead letters included). A ``heartbeat`` token is also a ping key: it may stand in the path
+of a Healthchecks-style ping URL or of the Medic-style API. ``team`` limits a token to the
+services of one team.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class ApiToken(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", repr=False)
     scopes: tuple[Scope, ...] = Field(min_length=1)
+    team: str | None = Field(default=None, min_length=1, max_length=255)
 
     @field_validator("sha256", mode="before")
     @classmethod
@@ -52,6 +55,10 @@ class ApiToken(BaseModel):
 
     def allows(self, scope: Scope) -> bool:
         return "admin" in self.scopes or scope in self.scopes
+
+    def covers(self, team: str) -> bool:
+        """Whether this token may act on a service of ``team``."""
+        return self.team is None or self.team.strip().lower() == team.strip().lower()
 
 
 _TOKEN_LIST = TypeAdapter(list[ApiToken])

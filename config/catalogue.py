@@ -5,12 +5,14 @@ One table per service::
     [services.billing-api]
     name = "Billing API"
     team = "payments"                 # group on the incident; picks the routing key
-    priority = "P2"                   # P1 critical, P2 error, P3 warning, P4 info
+    priority = "P2"                   # P1 critical, P2 error, P3 warning, P4 and P5 info
     window = "5m"                     # seconds, or "90s" / "5m" / "1h" / "1d"
     threshold = 1                     # least heartbeats expected within the window
     grace = "30s"                     # extra time before a miss counts
     runbook_url = "https://runbooks.example/billing-api"
     routing_key_team = "dba"          # optional: page with PAGERDUTY_ROUTING_KEY_DBA instead
+    max_duration = "2h"               # optional: a run started (/start) and not finished
+                                      # within this pages ("ran too long")
 
     [[services.billing-api.maintenance]]          # one-off
     start = 2026-12-01T22:00:00Z
@@ -28,7 +30,9 @@ One table per service::
     storm_period = "1h"               # ... opened in any such period
 
 The file is validated as a whole when it is loaded; a bad entry fails with the service and
-the field named (``services.billing-api.window: ...``).
+the field named (``services.billing-api.window: ...``). Services can also be registered at
+run time (Medic's ``POST /service``, worker/engine/heartbeats/registry.py); a file entry
+wins over a registered one of the same slug.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     ValidationError,
     field_validator,
@@ -59,6 +64,7 @@ from worker.exceptions import NotificationConfigError
 from worker.validation import path, problem
 
 SLUG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+RUNBOOK_PATTERN = r"^https?://\S+$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, None: 1.0}
 
@@ -77,7 +83,7 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-Priority = Literal["P1", "P2", "P3", "P4"]
+Priority = Literal["P1", "P2", "P3", "P4", "P5"]
 
 
 class _Strict(BaseModel):
@@ -191,11 +197,16 @@ class ServiceSpec(_Strict):
     window: Duration = Field(gt=0, le=30 * 86_400)
     threshold: int = Field(default=1, ge=1, le=10_000)
     grace: Duration = Field(default=0.0, ge=0, le=30 * 86_400)
-    runbook_url: str = Field(pattern=r"^https?://\S+$", max_length=2048)
+    runbook_url: str | None = Field(default=None, pattern=RUNBOOK_PATTERN, max_length=2048)
     routing_key_team: str | None = Field(default=None, min_length=1)
     description: str | None = None
     maintenance: tuple[MaintenanceWindow, ...] = ()
     flap: FlapSettings = FlapSettings()
+    max_duration: Duration | None = Field(default=None, gt=0, le=30 * 86_400)
+    #: Muted: still watched and shown, never paged (Medic's mute).
+    muted: bool = False
+    #: Inactive: not watched; an open incident is resolved (Medic's deactivate).
+    active: bool = True
 
     @field_validator("name", "team", "routing_key_team")
     @classmethod
@@ -224,10 +235,18 @@ class ServiceSpec(_Strict):
         return max(ends) if ends else None
 
 
+class CatalogueEntry(ServiceSpec):
+    """A service in the file: the on-call's runbook is required there."""
+
+    runbook_url: str = Field(pattern=RUNBOOK_PATTERN, max_length=2048)
+
+
 class Catalogue(_Strict):
-    """Every monitored service, by slug."""
+    """Every monitored service, by slug: the file's, and (:meth:`merged`) those registered
+    at run time."""
 
     services: dict[str, ServiceSpec] = Field(default_factory=dict)
+    _registered: frozenset[str] = PrivateAttr(default=frozenset())
 
     @model_validator(mode="before")
     @classmethod
@@ -246,6 +265,23 @@ class Catalogue(_Strict):
 
     def get(self, slug: str) -> ServiceSpec | None:
         return self.services.get(slug)
+
+    def merged(self, registered: dict[str, ServiceSpec]) -> Catalogue:
+        """This catalogue with the services registered at run time; a file entry wins."""
+        if not registered:
+            return self
+        extra = {slug: spec for slug, spec in registered.items() if slug not in self.services}
+        merged = Catalogue(services={**self.services, **extra})
+        merged._registered = frozenset(extra)
+        return merged
+
+    def is_registered(self, slug: str) -> bool:
+        """Whether ``slug`` was registered at run time (not in the file)."""
+        return slug in self._registered
+
+
+class _CatalogueFile(Catalogue):
+    services: dict[str, CatalogueEntry] = Field(default_factory=dict)  # type: ignore[assignment]
 
 
 class UnknownServiceError(NotificationConfigError):
@@ -267,9 +303,10 @@ def parse_catalogue(text: str, origin: str = "catalogue") -> Catalogue:
     except tomllib.TOMLDecodeError as exc:
         raise NotificationConfigError(f"{origin}: not valid TOML: {exc}") from None
     try:
-        return Catalogue.model_validate(data)
+        parsed = _CatalogueFile.model_validate(data)
     except ValidationError as exc:
         raise NotificationConfigError(f"{origin}: {_describe(exc)}") from None
+    return Catalogue(services=dict(parsed.services))
 
 
 def load_catalogue(path: Path | str) -> Catalogue:
@@ -316,6 +353,7 @@ class CatalogueFile:
 
 __all__ = [
     "Catalogue",
+    "CatalogueEntry",
     "CatalogueFile",
     "FlapSettings",
     "OneOffWindow",

@@ -30,7 +30,15 @@ from urllib.parse import urlsplit
 
 from kombu.entity import Queue
 
-from config.queues import DELIVERY_TASK, INTAKE_QUEUE, PAGERDUTY_QUEUE, QUEUE_OF, QUEUE_ORDER
+from config.queues import (
+    CHECK_QUEUE,
+    CHECK_TASK,
+    DELIVERY_TASK,
+    INTAKE_QUEUE,
+    PAGERDUTY_QUEUE,
+    QUEUE_OF,
+    QUEUE_ORDER,
+)
 from config.settings import Settings
 
 
@@ -91,7 +99,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 for channel, queue in QUEUE_OF.items()
             },
             # The checker decides pages: it must not wait behind an intake or email backlog.
-            "heartbeat.check": {"queue": PAGERDUTY_QUEUE, "routing_key": PAGERDUTY_QUEUE},
+            CHECK_TASK: {"queue": CHECK_QUEUE, "routing_key": CHECK_QUEUE},
             # Recovery may re-queue pages: it runs where pages run.
             "jobs.recover": {"queue": PAGERDUTY_QUEUE, "routing_key": PAGERDUTY_QUEUE},
         },
@@ -102,7 +110,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "options": {"expires": settings.job_recovery_interval},
             },
             "heartbeat-check": {
-                "task": "heartbeat.check",
+                "task": CHECK_TASK,
                 "schedule": settings.heartbeat_check_interval,
                 # A check that waited longer than one interval is stale: the next is coming.
                 "options": {"expires": settings.heartbeat_check_interval},

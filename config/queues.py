@@ -16,3 +16,6 @@ QUEUE_ORDER = (PAGERDUTY_QUEUE, INTAKE_QUEUE, EMAIL_QUEUE)
 
 QUEUE_OF = {Channel.PAGERDUTY: PAGERDUTY_QUEUE, Channel.EMAIL: EMAIL_QUEUE}
 DELIVERY_TASK = {Channel.PAGERDUTY: "deliver.pagerduty", Channel.EMAIL: "deliver.email"}
+#: The heartbeat check decides pages: it runs where pages run, never behind email.
+CHECK_TASK = "heartbeat.check"
+CHECK_QUEUE = PAGERDUTY_QUEUE

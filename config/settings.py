@@ -189,8 +189,11 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=300, description="Seconds a client may take to send its body."
     )
     api_docs: bool = Field(default=True, description="Serve /docs and /openapi.json.")
+    ping_rate_limit: str = Field(
+        default="6000/minute", description="Pings per ping key, shared by every API process."
+    )
 
-    @field_validator("pagerduty_rate_limit", "api_rate_limit")
+    @field_validator("pagerduty_rate_limit", "api_rate_limit", "ping_rate_limit")
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         try:

@@ -1,6 +1,6 @@
 """The HTTP API for tests: the real application served by uvicorn on a free port, in a
 thread of the test process (so it shares the settings, Redis and in-thread worker of the
-test), with three tokens: one per scope."""
+test), with a token per scope and a ping key limited to one team."""
 
 from __future__ import annotations
 
@@ -18,10 +18,18 @@ from tests.conftest import free_port, reconfigure, wait_for
 NOTIFY_TOKEN = "gdsn_test-notify-0000000000000000000000000000001"
 ADMIN_TOKEN = "gdsn_test-admin-00000000000000000000000000000002"
 HEARTBEAT_TOKEN = "gdsn_test-heartbeat-000000000000000000000000003"
+#: A ping key limited to the services of one team.
+TEAM_PING_KEY = "gdsn_test-payments-0000000000000000000000000004"
 TOKENS = [
     {"name": "producer", "sha256": token_hash(NOTIFY_TOKEN), "scopes": ["notify"]},
     {"name": "ops", "sha256": token_hash(ADMIN_TOKEN), "scopes": ["admin"]},
     {"name": "cron", "sha256": token_hash(HEARTBEAT_TOKEN), "scopes": ["heartbeat"]},
+    {
+        "name": "payments-cron",
+        "sha256": token_hash(TEAM_PING_KEY),
+        "scopes": ["heartbeat"],
+        "team": "payments",
+    },
 ]
 
 

@@ -87,7 +87,10 @@ def test_durations(value: object, seconds: float) -> None:
         ('window = "5 minutes"', "services.svc.window: "),
         ('window = "-5m"', "services.svc.window: "),
         ("window = 0", "services.svc.window: Input should be greater than 0"),
-        ('priority = "P5"', "services.svc.priority: Input should be 'P1', 'P2', 'P3' or 'P4'"),
+        (
+            'priority = "P6"',
+            "services.svc.priority: Input should be 'P1', 'P2', 'P3', 'P4' or 'P5'",
+        ),
         ("threshold = 0", "services.svc.threshold: Input should be greater than or equal to 1"),
         ('runbook_url = "not a url"', "services.svc.runbook_url: "),
         ('name = " "', "services.svc.name: must be a non-blank single line"),

@@ -228,3 +228,60 @@ def test_the_trigger_request_has_the_documented_format() -> None:
         "runbook_url": "https://runbooks.example/billing",
         "reason": "1 of 3 heartbeats within 300 s (+30 s grace)",
     }
+
+
+FAILED = Observation(count=1, last_at=1.0, last_status="fail", maintenance_until=None)
+
+
+def test_a_reported_failure_pages_even_while_a_new_service_is_held() -> None:
+    """The hold is for silence; a service that says it failed is news at once."""
+    run = Run(spec(window=60))
+    assert run.check(SILENT, gap=None) == "new"
+    assert run.check(FAILED) == "down"
+    assert run.sent == ["trigger"]
+
+
+def test_a_run_longer_than_max_duration_pages_and_its_finish_resolves() -> None:
+    run = Run(spec(max_duration=5))
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    started = run.now
+    running = Observation(
+        count=1, last_at=1.0, last_status="up", maintenance_until=None, running_since=started
+    )
+    assert run.checks(running, 5) == ["up"] * 5  # 5 s: still within max_duration
+    assert run.check(running) == "down"
+    assert run.state is not None
+    assert run.state.reason is not None
+    assert run.state.reason.startswith("ran too long: started at")
+    assert run.check(GOOD) == "up"  # finished: the run is gone
+    assert run.sent == ["trigger", "resolve"]
+
+
+def test_a_muted_service_is_shown_down_but_never_paged_until_unmuted() -> None:
+    run = Run(spec(muted=True))
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    assert run.checks(SILENT, 3) == ["down"] * 3
+    assert run.state is not None
+    assert run.state.suppressed
+    assert run.state.reason is not None
+    assert run.state.reason.endswith("; muted")
+    assert run.sent == []
+    run.spec = spec(muted=False)
+    assert run.check(SILENT) == "down"
+    assert run.sent == ["trigger"]
+
+
+def test_deactivating_a_service_resolves_its_incident_and_watches_it_no_more() -> None:
+    run = Run(spec())
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    run.check(SILENT)
+    assert run.sent == ["trigger"]
+    run.spec = spec(active=False)
+    assert run.checks(SILENT, 5) == ["inactive"] * 5
+    assert run.sent == ["trigger", "resolve"]
+    run.spec = spec(active=True)
+    assert run.check(SILENT) == "new"  # back: a full window to report first
+    assert run.sent == ["trigger", "resolve"]

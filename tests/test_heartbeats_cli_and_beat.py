@@ -95,7 +95,8 @@ def test_heartbeats_without_a_catalogue_is_a_clear_error(service_env: SandboxSer
     result = run("heartbeats")
     assert result.exit_code == 2
     assert result.output.strip() == (
-        "Error: heartbeat monitoring is not configured: HEARTBEAT_SERVICES_FILE is not set"
+        "Error: heartbeat monitoring is not configured: HEARTBEAT_SERVICES_FILE is not set "
+        "and no service is registered"
     )
 
 

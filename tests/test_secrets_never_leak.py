@@ -20,6 +20,7 @@ it cannot pass by finding nothing to search.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -295,6 +296,7 @@ def test_no_secret_in_logs_flower_cli_redis_or_dead_letters(
     assert '"POST /v1/notifications HTTP/1.1" 202' in api_text
     assert '"POST /v1/notifications HTTP/1.1" 401' in api_text
     assert '"GET /v1/dead-letters HTTP/1.1" 200' in api_text
+    assert f'"POST /ping/…{ADMIN_TOKEN[-4:]}/leak-cron HTTP/1.1" 200' in api_text
 
     assert run.leaks() == []
 
@@ -383,7 +385,10 @@ def _http_api(run: Run, port: int, dead_ids: list[str]) -> list[str]:
 
     def call(where: str, method: str, path: str, token: str | None, **kwargs: Any) -> Any:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        answer = httpx.request(method, base + path, headers=headers, timeout=15, **kwargs)
+        # The caller's own HTTP client logs the URLs it calls (ping URLs carry a key):
+        # that is the caller's log, not the service's, and is kept out of the search.
+        with _quiet("httpx", "httpcore"):
+            answer = httpx.request(method, base + path, headers=headers, timeout=15, **kwargs)
         run.add(f"api {where}", f"{answer.status_code} {answer.headers} {answer.text}")
         return answer
 
@@ -408,7 +413,31 @@ def _http_api(run: Run, port: int, dead_ids: list[str]) -> list[str]:
         "resolve", "POST", "/v1/incidents/leak-page-2/resolve", API_TOKEN, json={"team": "dba"}
     )
     assert resolved.status_code == 202
+    # Heartbeats: a key in the path (ping URLs, the Medic-style API) must not reach a log.
+    service = {"heartbeat_name": "leak-cron", "service_name": "Cron", "alert_interval": 60}
+    assert call("register", "POST", "/service", ADMIN_TOKEN, json=service).status_code == 201
+    pinged = call("ping", "POST", f"/ping/{ADMIN_TOKEN}/leak-cron", None, content="done")
+    assert pinged.text == "OK"
+    assert (
+        call("ping stranger", "GET", f"/ping/{STRANGER_TOKEN}/leak-cron", None).status_code == 404
+    )
+    beat = {"heartbeat_name": "leak-cron", "status": "UP"}
+    medic = call("medic", "POST", f"/medic/{ADMIN_TOKEN}/heartbeat", None, json=beat)
+    assert medic.status_code == 201
     return [job, resolved.json()["job_id"]]
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _cli(run: Run, job_ids: list[str], dead_ids: list[str], redis_url: str, cwd: Path) -> None:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from api.routes import alertmanager, dead_letters, health, incidents, ingest, jobs, notifications
+from api.routes import (
+    alertmanager,
+    dead_letters,
+    health,
+    incidents,
+    ingest,
+    jobs,
+    medic,
+    notifications,
+    pings,
+)
 
 ROUTERS = (
     notifications.router,
@@ -11,5 +21,9 @@ ROUTERS = (
     dead_letters.router,
     ingest.router,
     alertmanager.router,
+    medic.bearer_router,
+    medic.keyed_router,
     health.router,
 )
+#: Plain Starlette routes, for the requests that must cost least: pings.
+PING_ROUTES = pings.ROUTES

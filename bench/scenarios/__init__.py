@@ -1,6 +1,6 @@
 """The scenarios, run in this order; ``noop`` and ``pipeline`` are the two halves that
-``throughput`` alternates. ``enqueue`` and ``api`` run first, before any worker pool is
-started.
+``throughput`` alternates. ``enqueue``, ``api`` and ``pings`` run first, before any
+worker pool is started.
 
 Each has ``NAME`` and ``run(ctx) -> dict``: the figures it writes at the top level of the
 results, plus ``"details"`` with what explains them.
@@ -13,9 +13,27 @@ from types import ModuleType
 from typing import Any
 
 from bench.context import Context
-from bench.scenarios import api, email, enqueue, heartbeat, latency, throttled, throughput
+from bench.scenarios import (
+    api,
+    email,
+    enqueue,
+    heartbeat,
+    latency,
+    pings,
+    throttled,
+    throughput,
+)
 
-ORDER: tuple[ModuleType, ...] = (enqueue, api, throughput, latency, email, throttled, heartbeat)
+ORDER: tuple[ModuleType, ...] = (
+    enqueue,
+    api,
+    pings,
+    throughput,
+    latency,
+    email,
+    throttled,
+    heartbeat,
+)
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {m.NAME: m.run for m in ORDER}
 
 __all__ = ["SCENARIOS"]

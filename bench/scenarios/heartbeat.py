@@ -19,7 +19,7 @@ from config.catalogue import Catalogue
 from worker.engine import keys
 from worker.engine.heartbeats.checker import HeartbeatChecker
 from worker.engine.heartbeats.evaluation import Action
-from worker.engine.heartbeats.store import HeartbeatStatus
+from worker.engine.heartbeats.store import HeartbeatStatus, Ping
 from worker.engine.runtime import engine
 
 NAME = "heartbeat"
@@ -67,7 +67,7 @@ def run(ctx: Context) -> dict[str, Any]:
             continue  # fell silent
         status: HeartbeatStatus = "fail" if i % 20 == 13 else "up"
         for _ in range(spec.threshold):
-            store.record(spec, status)
+            store.record(spec, Ping(kind=status))
 
     sent: list[Action] = []
 

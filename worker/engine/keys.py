@@ -50,6 +50,7 @@ def delivery_claim(job_id: str, channel: str) -> str:
 #: the HTTP API's, per token. Under each: ``rate:ID`` (the window), ``pause:ID``.
 PAGERDUTY_RATE = f"{PREFIX}pd"
 API_RATE = f"{PREFIX}api"
+PING_RATE = f"{PREFIX}ping"
 
 
 def rate_window(namespace: str, key_id: str) -> str:
@@ -68,8 +69,20 @@ HEARTBEAT_LAST_CHECK = f"{PREFIX}hb:check:last"  # Redis time of the last finish
 HEARTBEAT_REFUSED = f"{PREFIX}stats:heartbeats:refused"  # hash: reason -> count
 
 
+HEARTBEAT_SERVICES = f"{PREFIX}hb:services"  # hash: slug -> a service registered at run time
+HEARTBEAT_CHECK_SOON = f"{PREFIX}hb:check:soon"  # set while an early check is queued
+
+
 def heartbeats(slug: str) -> str:
     return f"{PREFIX}hb:beats:{slug}"  # sorted set of "up" heartbeats, scored by time
+
+
+def heartbeat_log(slug: str) -> str:
+    return f"{PREFIX}hb:log:{slug}"  # list of the service's latest pings, newest first
+
+
+def heartbeat_runs(slug: str) -> str:
+    return f"{PREFIX}hb:runs:{slug}"  # hash: run id ("" for none) -> when it started
 
 
 # Workers that are up (worker/engine/workers.py): hostname scored by when it last said so.

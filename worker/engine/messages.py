@@ -1,5 +1,6 @@
-"""Delivery messages, written as Celery's workers read them: task protocol 2, JSON, in the
-envelope kombu's Redis transport keeps in a queue's list.
+"""Task messages (deliveries, an early heartbeat check), written as Celery's workers read
+them: task protocol 2, JSON, in the envelope kombu's Redis transport keeps in a queue's
+list.
 
 The engine writes them itself, in the script that records the job (jobs.py), so a job is
 never recorded without its messages nor queued without its record, and a producer pays
@@ -18,7 +19,7 @@ import socket
 import uuid
 from typing import Any
 
-from config.queues import DELIVERY_TASK, QUEUE_OF
+from config.queues import CHECK_QUEUE, CHECK_TASK, DELIVERY_TASK, QUEUE_OF
 from worker.channels import Channel
 
 #: The third element of a protocol-2 body: no callbacks, no chain, no chord.
@@ -36,15 +37,25 @@ def delivery_id(job_id: str, channel: Channel) -> str:
 def delivery_message(channel: Channel, task_id: str, payload: dict[str, Any]) -> tuple[str, str]:
     """The queue and the message that run ``deliver.<channel>`` on ``payload``."""
     queue = QUEUE_OF[channel]
-    args = json.dumps([[payload], {}, _EMBED], ensure_ascii=False)
-    shown = repr([payload])
+    return queue, task_message(DELIVERY_TASK[channel], task_id, [payload], queue)
+
+
+def check_message() -> tuple[str, str]:
+    """The queue and the message that run a heartbeat check now."""
+    return CHECK_QUEUE, task_message(CHECK_TASK, str(uuid.uuid4()), [], CHECK_QUEUE)
+
+
+def task_message(task: str, task_id: str, args: list[Any], queue: str) -> str:
+    """The message that runs ``task`` on ``args`` from ``queue``."""
+    body = json.dumps([args, {}, _EMBED], ensure_ascii=False)
+    shown = repr(args)
     envelope = {
-        "body": base64.b64encode(args.encode("utf-8")).decode("ascii"),
+        "body": base64.b64encode(body.encode("utf-8")).decode("ascii"),
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": {
             "lang": "py",
-            "task": DELIVERY_TASK[channel],
+            "task": task,
             "id": task_id,
             "shadow": None,
             "eta": None,
@@ -75,4 +86,4 @@ def delivery_message(channel: Channel, task_id: str, payload: dict[str, Any]) ->
             "delivery_tag": str(uuid.uuid4()),
         },
     }
-    return queue, json.dumps(envelope, ensure_ascii=False)
+    return json.dumps(envelope, ensure_ascii=False)

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 import redis
 from limits import parse
+from redis.client import Pipeline
 from redis.commands.core import Script
 
 from worker.engine import keys, scripts
@@ -47,6 +50,13 @@ class Slot:
         self._restamp(keys=[self.window_key], args=[self.member])
 
 
+@dataclass(frozen=True)
+class SlotRequest:
+    window_key: str
+    member: str
+    pending: Any  # the answer, or the pipeline it waits in
+
+
 class SharedRateLimiter:
     """Admission control per key (a routing key, an API token), shared through Redis by
     every process. ``namespace`` keeps one kind of key's windows apart from another's."""
@@ -66,19 +76,32 @@ class SharedRateLimiter:
     def acquire(self, key: str) -> Slot | float:
         """Reserve a slot for one event (a :class:`Slot`), or return the seconds to wait
         (the key is paused after a 429, or the window is full) without reserving."""
+        request = self.ask(key, self.redis)
+        return self.answer(request, request.pending)
+
+    def ask(self, key: str, client: redis.Redis | Pipeline) -> SlotRequest:
+        """Ask for a slot through ``client``: the Redis client (answered at once), or a
+        pipeline (answered when it runs, by :meth:`answer` with its result there). A
+        script later in the same pipeline can tell whether the slot was granted: the
+        request's member is then in its window."""
         kid = key_id(key)
         window_key = keys.rate_window(self.namespace, kid)
         member = uuid.uuid4().hex
-        # One round trip: a page pays for every one of them in latency.
-        answer = self._acquire(
+        pending = self._acquire(
             keys=[window_key, keys.rate_pause(self.namespace, kid)],
             args=[self.window, self.limit, member, repr(time.time())],
+            client=client,
         )
-        if int(answer[0]) == 1:
-            return Slot(window_key, member, self._restamp)
-        if int(answer[0]) == 2:
-            return float(answer[1])  # paused after a 429: exactly the rest of the pause
-        return max(0.001, float(answer[1])) + self.margin
+        return SlotRequest(window_key, member, pending)
+
+    def answer(self, request: SlotRequest, result: Any) -> Slot | float:
+        """The slot ``request`` got (``result`` is its script's answer), or the seconds to
+        wait before asking again."""
+        if int(result[0]) == 1:
+            return Slot(request.window_key, request.member, self._restamp)
+        if int(result[0]) == 2:
+            return float(result[1])  # paused after a 429: exactly the rest of the pause
+        return max(0.001, float(result[1])) + self.margin
 
     def pause(self, key: str, seconds: float) -> None:
         """Stop every worker from sending to this key for ``seconds`` (after a 429)."""

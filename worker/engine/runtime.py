@@ -13,11 +13,12 @@ import threading
 
 import redis
 
-from config.catalogue import Catalogue, CatalogueFile
+from config.catalogue import Catalogue, CatalogueFile, ServiceSpec
 from config.settings import Settings, get_settings
 from worker.engine import keys
 from worker.engine.dead_letters import DeadLetters
 from worker.engine.heartbeats.checker import HeartbeatChecker
+from worker.engine.heartbeats.registry import ServiceRegistry
 from worker.engine.heartbeats.store import HeartbeatStore
 from worker.engine.jobs import JobStore
 from worker.engine.lock import Locks
@@ -40,9 +41,11 @@ class Engine:
         self.limiter = SharedRateLimiter(
             self.redis, settings.pagerduty_rate_limit, keys.PAGERDUTY_RATE
         )
+        self.ping_limiter = SharedRateLimiter(self.redis, settings.ping_rate_limit, keys.PING_RATE)
         self.retry_policy = RetryPolicy.from_settings(settings)
         self.providers = ProviderPool(settings)
         self.heartbeats = HeartbeatStore(self.redis)
+        self.registry = ServiceRegistry(self.redis)
         self.checker = HeartbeatChecker(
             self.redis, self.heartbeats, self.locks, settings.heartbeat_check_interval
         )
@@ -50,9 +53,9 @@ class Engine:
         self._catalogue_file: CatalogueFile | None = None
         self._catalogue_lock = threading.Lock()
 
-    def catalogue(self) -> Catalogue | None:
-        """The heartbeat catalogue (re-read when its file changes), or None when
-        ``HEARTBEAT_SERVICES_FILE`` is not set. The first load raises on a bad file."""
+    def file_catalogue(self) -> Catalogue | None:
+        """The catalogue in ``HEARTBEAT_SERVICES_FILE`` (re-read when the file changes), or
+        None when it is not set. The first load raises on a bad file."""
         path = self.settings.heartbeat_services_file
         if path is None:
             return None
@@ -61,6 +64,22 @@ class Engine:
                 self._catalogue_file = CatalogueFile(path)
             catalogue_file = self._catalogue_file
         return catalogue_file.current()
+
+    def catalogue(self) -> Catalogue | None:
+        """Every monitored service: the file's and those registered at run time (the file
+        wins a slug both name); None when there is no file and nothing is registered."""
+        registered = {slug: r.spec for slug, r in self.registry.all().items()}
+        found = self.file_catalogue()
+        if found is None:
+            return Catalogue().merged(registered) if registered else None
+        return found.merged(registered)
+
+    def service(self, slug: str) -> ServiceSpec | None:
+        """One monitored service, found fast enough for every ping: the file first, then
+        the registry (cached for a second in this process)."""
+        found = self.file_catalogue()
+        spec = found.get(slug) if found is not None else None
+        return spec if spec is not None else self.registry.lookup(slug)
 
     def close(self) -> None:
         """Close the providers' connections and the Redis client."""

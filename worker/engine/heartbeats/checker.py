@@ -79,12 +79,13 @@ class HeartbeatChecker:
         return report
 
     def plan(self, catalogue: Catalogue) -> Plan:
-        """Read everything a check needs in three round trips and evaluate every service."""
+        """Read everything a check needs in a few round trips and evaluate every service."""
         now = self.store.now()
         raw_last_check = self.redis.get(keys.HEARTBEAT_LAST_CHECK)
         gap = None if raw_last_check is None else now - float(raw_last_check)
         specs = list(catalogue.services.values())
         counts = self.store.counts(specs, now)
+        running = self.store.running_since(specs)
         lasts = self.store.last()
         states = cast(dict[str, str], self.redis.hgetall(keys.HEARTBEAT_STATE))
         at = datetime.fromtimestamp(now, UTC)
@@ -100,6 +101,7 @@ class HeartbeatChecker:
                 last_at=last.at if last else None,
                 last_status=last.status if last else None,
                 maintenance_until=window_end.timestamp() if window_end else None,
+                running_since=running.get(spec.slug),
             )
             new = step(spec, old, obs, now, gap, self.check_interval)
             if old is None or new != old or new.outbox:

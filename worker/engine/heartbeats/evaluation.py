@@ -5,14 +5,18 @@
     down ──(successes_before_resolve good checks)──> up: resolve
 
 A check is *bad* when fewer than ``threshold`` heartbeats arrived within ``window +
-grace``, or the newest heartbeat says ``fail``. Rules that shape the pages:
+grace``, when the newest heartbeat says ``fail``, or when a run that started has not
+finished within ``max_duration``. Rules that shape the pages:
 
-- **Hold.** No trigger before ``hold_until``: a service first seen, or every service after
-  the checker itself stopped for longer than a window (start-up, a monitor outage, a Redis
-  restart), first gets one full window to report. A monitor outage never pages every
-  team at once.
-- **Maintenance.** A window stops triggers; the service is ``down`` but *suppressed*.
-  Resolves always go out. A service still down when its window ends is paged then.
+- **Hold.** No trigger for silence before ``hold_until``: a service first seen, or every
+  service after the checker itself stopped for longer than a window (start-up, a monitor
+  outage, a Redis restart), first gets one full window to report. A monitor outage never
+  pages every team at once. A failure the service reported itself (``fail``, or a run
+  that is too long) is news, not silence: it pages during a hold too.
+- **Maintenance and mute.** A window, or a muted service, stops triggers; the service is
+  ``down`` but *suppressed*. Resolves always go out. A service still down when its window
+  ends (or it is unmuted) is paged then.
+- **Inactive.** A deactivated service is not watched; an incident it had is resolved.
 - **Storm guard.** At most ``storm_incidents`` incidents are opened per ``storm_period``;
   while at that limit a recovering service keeps its incident open instead of resolving
   (and re-opening it at the next flap).
@@ -32,12 +36,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from config.catalogue import ServiceSpec
 
-Status = Literal["new", "up", "failing", "down"]
+Status = Literal["new", "up", "failing", "down", "inactive"]
 
 #: Priority on the catalogue -> Notification priority; severities follow from it
-#: (P1 critical, P2 error, P3 warning, P4 info).
-NOTIFICATION_PRIORITY = {"P1": "critical", "P2": "high", "P3": "normal", "P4": "low"}
-SEVERITY = {"P1": "critical", "P2": "error", "P3": "warning", "P4": "info"}
+#: (P1 critical, P2 error, P3 warning, P4 and P5 info).
+NOTIFICATION_PRIORITY = {
+    "P1": "critical",
+    "P2": "high",
+    "P3": "normal",
+    "P4": "low",
+    "P5": "low",
+}
+SEVERITY = {"P1": "critical", "P2": "error", "P3": "warning", "P4": "info", "P5": "info"}
 
 
 class Incident(BaseModel):
@@ -88,22 +98,33 @@ class Observation:
     last_at: float | None
     last_status: str | None
     maintenance_until: float | None
+    running_since: float | None = None  # the oldest run started and not finished
 
 
 def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-def is_bad(spec: ServiceSpec, obs: Observation) -> str | None:
-    """Why this check fails, or None when the service is healthy."""
+def is_bad(spec: ServiceSpec, obs: Observation, now: float) -> tuple[str | None, bool]:
+    """Why this check fails (None when the service is healthy), and whether the service
+    said so itself (a reported failure, not a silence)."""
     if obs.last_status == "fail":
-        return "the service reported status fail"
+        return "the service reported status fail", True
+    if (
+        spec.max_duration is not None
+        and obs.running_since is not None
+        and now - obs.running_since > spec.max_duration
+    ):
+        return (
+            f"ran too long: started at {iso(obs.running_since)}, not finished within "
+            f"max_duration {spec.max_duration:g} s"
+        ), True
     if obs.count < spec.threshold:
         return (
             f"{obs.count} of {spec.threshold} heartbeats within {spec.window:g} s "
             f"(+{spec.grace:g} s grace)"
-        )
-    return None
+        ), False
+    return None, False
 
 
 def outage_after(spec: ServiceSpec, check_interval: float) -> float:
@@ -129,7 +150,21 @@ def step(
         s.hold_until = max(s.hold_until, now + spec.span)
     s.opened = [t for t in s.opened if t > now - spec.flap.storm_period]
 
-    reason = is_bad(spec, obs)
+    if not spec.active:
+        if s.incident is not None:
+            s.outbox.append(
+                Action(kind="resolve", dedup_key=s.incident.dedup_key, team=spec.paging_team)
+            )
+            s.incident = None
+        s.fail_streak = s.ok_streak = 0
+        s.suppressed, s.reason = False, "inactive: not watched"
+        _move(s, "inactive", now)
+        return s
+    if s.status == "inactive":  # active again: a fresh start, with a full window to report
+        s.hold_until = max(s.hold_until, now + spec.span)
+        _move(s, "new", now)
+
+    reason, reported = is_bad(spec, obs, now)
     if reason is None:
         s.fail_streak = 0
         s.ok_streak = min(s.ok_streak + 1, spec.flap.successes_before_resolve)
@@ -154,7 +189,7 @@ def step(
     s.reason = reason
     if s.incident is not None:
         return s  # already paged: further misses add nothing
-    if now < s.hold_until:
+    if now < s.hold_until and not reported:
         if s.status != "new":
             _move(s, "failing", now)
         return s
@@ -165,6 +200,10 @@ def step(
     if obs.maintenance_until is not None and now < obs.maintenance_until:
         s.suppressed = True
         s.reason = f"{reason}; in maintenance until {iso(obs.maintenance_until)}"
+        return s
+    if spec.muted:
+        s.suppressed = True
+        s.reason = f"{reason}; muted"
         return s
     s.suppressed = False
     opened_ms = int(now * 1000)
@@ -214,8 +253,19 @@ def trigger_request(
     }
     body = (
         f"{spec.name} ({spec.slug}) has missed its heartbeat: {reason}. "
-        f"Last seen: {last_seen or 'never'}. Runbook: {spec.runbook_url}"
+        f"Last seen: {last_seen or 'never'}. Runbook: {spec.runbook_url or 'none given'}"
     )
+    metadata: dict[str, Any] = {
+        "source": "medic",
+        "component": spec.name,
+        "group": spec.team,
+        "class": "heartbeat_failure",
+        "severity": SEVERITY[spec.priority],
+        "dedup_key": spec.dedup_key,
+        "custom_details": details,
+    }
+    if spec.runbook_url:
+        metadata["links"] = [{"href": spec.runbook_url, "text": f"Runbook: {spec.name}"}]
     return {
         "recipient": spec.name,
         "subject": f"Heartbeat failure: {spec.name}",
@@ -225,14 +275,5 @@ def trigger_request(
         "idempotency_id": idempotency_id,
         "team": spec.paging_team,
         "channel": "pagerduty",
-        "metadata": {
-            "source": "medic",
-            "component": spec.name,
-            "group": spec.team,
-            "class": "heartbeat_failure",
-            "severity": SEVERITY[spec.priority],
-            "dedup_key": spec.dedup_key,
-            "links": [{"href": spec.runbook_url, "text": f"Runbook: {spec.name}"}],
-            "custom_details": details,
-        },
+        "metadata": metadata,
     }

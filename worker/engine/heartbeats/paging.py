@@ -1,13 +1,15 @@
 """The checker's pages go out like any other job: through intake, the delivery queue,
-its retries, rate limit and dead letters."""
+its retries, rate limit and dead letters. A reported failure asks for a check at once."""
 
 from __future__ import annotations
 
 import logging
 
+from worker.engine import keys
 from worker.engine.heartbeats.checker import CheckReport, Sender
 from worker.engine.heartbeats.evaluation import Action
 from worker.engine.intake import accept, lifecycle, new_job_id
+from worker.engine.messages import check_message
 from worker.engine.runtime import Engine
 from worker.job_request import parse_request
 
@@ -44,3 +46,15 @@ def run_check(engine: Engine) -> CheckReport | None:
             report.conflicts,
         )
     return report
+
+
+#: At most one early check is queued per this many milliseconds, however many failures
+#: arrive: a flood of failures costs one check, not one each.
+EARLY_CHECK_MS = 1000
+
+
+def check_soon(engine: Engine) -> None:
+    """A service reported a failure: run a check now rather than at the next tick."""
+    if engine.redis.set(keys.HEARTBEAT_CHECK_SOON, "1", nx=True, px=EARLY_CHECK_MS):
+        queue, message = check_message()
+        engine.redis.lpush(queue, message)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from config.catalogue import Catalogue, UnknownServiceError
-from worker.engine.heartbeats.store import HeartbeatInFutureError, HeartbeatStatus
+from config.catalogue import Catalogue, ServiceSpec, UnknownServiceError
+from worker.engine.heartbeats.store import HeartbeatInFutureError, HeartbeatStatus, Ping
 from worker.engine.runtime import Engine
 from worker.exceptions import NotificationConfigError
 
@@ -21,7 +21,8 @@ def configured_catalogue(engine: Engine) -> Catalogue:
     catalogue = engine.catalogue()
     if catalogue is None:
         raise NotificationConfigError(
-            "heartbeat monitoring is not configured: HEARTBEAT_SERVICES_FILE is not set"
+            "heartbeat monitoring is not configured: HEARTBEAT_SERVICES_FILE is not set "
+            "and no service is registered"
         )
     return catalogue
 
@@ -54,25 +55,49 @@ def parse_at(at: Any) -> float | None:
     )
 
 
+def find(engine: Engine, slug: Any) -> ServiceSpec:
+    """The monitored service ``slug`` (in the file or registered), or
+    :class:`UnknownServiceError`, counted: an unknown name is refused, never stored."""
+    spec = engine.service(slug) if isinstance(slug, str) else None
+    if spec is not None:
+        return spec
+    engine.heartbeats.refuse("unknown_slug")
+    shown = repr(slug[:100]) if isinstance(slug, str) else type(slug).__name__
+    catalogue = engine.catalogue()
+    if catalogue is None:
+        raise UnknownServiceError(
+            f"slug: unknown service {shown}: heartbeat monitoring is not configured "
+            "(HEARTBEAT_SERVICES_FILE is not set and no service is registered)"
+        )
+    raise UnknownServiceError(
+        f"slug: unknown service {shown}: not in the heartbeat catalogue "
+        f"({len(catalogue.services)} services); heartbeat refused"
+    )
+
+
+def ping(engine: Engine, spec: ServiceSpec, ping: Ping, key: str | None = None) -> float:
+    """Store one ping for a known service; return its time (epoch seconds, Redis clock).
+    With ``key`` (a ping key's name), the key's rate (``PING_RATE_LIMIT``) admits it first,
+    in the same round trip (:class:`TooManyPings` beyond). A time too far ahead raises
+    :class:`HeartbeatInFutureError`, counted."""
+    rate = (engine.ping_limiter, key) if key is not None else None
+    try:
+        return engine.heartbeats.record(spec, ping, rate)
+    except HeartbeatInFutureError:
+        engine.heartbeats.refuse("invalid")
+        raise
+
+
 def record(engine: Engine, slug: Any, status: Any = "up", at: Any = None) -> float:
     """Validate and store one heartbeat; return its time (epoch seconds, Redis clock).
 
-    Raises :class:`UnknownServiceError` for a slug not in the catalogue,
-    :class:`InvalidHeartbeatError` for a bad ``status`` or ``at``, and
-    :class:`NotificationConfigError` when no catalogue is configured.
+    Raises :class:`UnknownServiceError` for a slug that is not monitored and
+    :class:`InvalidHeartbeatError` for a bad ``status`` or ``at``.
     """
-    catalogue = configured_catalogue(engine)
-    store = engine.heartbeats
-    spec = catalogue.get(slug) if isinstance(slug, str) else None
-    if spec is None:
-        store.refuse("unknown_slug")
-        shown = repr(slug[:100]) if isinstance(slug, str) else type(slug).__name__
-        raise UnknownServiceError(
-            f"slug: unknown service {shown}: not in the heartbeat catalogue "
-            f"({len(catalogue.services)} services); heartbeat refused"
-        )
+    spec = find(engine, slug)
     try:
-        return store.record(spec, parse_status(status), parse_at(at))
-    except (InvalidHeartbeatError, HeartbeatInFutureError):
-        store.refuse("invalid")
+        heartbeat = Ping(kind=parse_status(status), at=parse_at(at))
+    except InvalidHeartbeatError:
+        engine.heartbeats.refuse("invalid")
         raise
+    return ping(engine, spec, heartbeat)

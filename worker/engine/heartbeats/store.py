@@ -1,4 +1,5 @@
-"""Heartbeats in Redis: a small sorted set per service, and the newest heartbeat of each.
+"""Heartbeats in Redis: a small sorted set per service, the newest heartbeat of each, the
+runs in progress, and a short log of each service's latest pings.
 
 Each service keeps only its most recent ``max(2 * threshold, 32)`` "up" heartbeats (enough
 to decide "at least ``threshold`` within the window" exactly) in a set that expires once it
@@ -17,27 +18,55 @@ import math
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import redis
 
 from config.catalogue import ServiceSpec
 from worker.engine import keys, scripts
+from worker.engine.rate_limit import SharedRateLimiter, Slot
 
 HeartbeatStatus = Literal["up", "fail"]
+#: What a ping says: alive, failing, a run started, or only a message to keep.
+PingKind = Literal["up", "fail", "start", "log"]
 
 #: A heartbeat stamped this far ahead of Redis time is refused (clock skew guard).
 MAX_FUTURE_SECONDS = 300.0
+#: Each service's log keeps its latest pings, each body cut to ``BODY_LIMIT`` characters,
+#: for a week after the last one: bounded however often, and whatever, a service sends.
+LOG_KEPT = 50
+BODY_LIMIT = 10_000
+LOG_TTL_SECONDS = 7 * 86_400
 
 
 class HeartbeatInFutureError(ValueError):
     """``at`` lies further ahead of Redis time than clock skew explains."""
 
 
+class TooManyPings(Exception):
+    """The key's rate window is full: nothing was stored; try again in ``wait`` seconds."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"ping rate reached: retry in {wait:.1f} s")
+        self.wait = wait
+
+
 @dataclass(frozen=True)
 class LastHeartbeat:
     at: float
     status: HeartbeatStatus
+
+
+@dataclass(frozen=True)
+class Ping:
+    """One ping: its kind, when (None: now), how it arrived (``via``: "UP", "DEGRADED",
+    "/fail", "exit 3" ...), the text it carried (cut to ``BODY_LIMIT``) and its run id."""
+
+    kind: PingKind = "up"
+    at: float | None = None
+    via: str | None = None
+    body: str | None = None
+    rid: str | None = None
 
 
 def kept_per_service(spec: ServiceSpec) -> int:
@@ -56,28 +85,74 @@ class HeartbeatStore:
         return float(seconds) + micros / 1_000_000
 
     def record(
-        self, spec: ServiceSpec, status: HeartbeatStatus = "up", at: float | None = None
+        self, spec: ServiceSpec, ping: Ping, rate: tuple[SharedRateLimiter, str] | None = None
     ) -> float:
-        """Store one heartbeat for ``spec`` at ``at`` (default: Redis time); return its time."""
+        """Store one ping for ``spec``; return its time (epoch seconds, Redis clock).
+
+        ``rate`` (a limiter and the key it counts) admits the ping first, in the same round
+        trip: over the rate, :class:`TooManyPings` and nothing stored."""
         ttl = math.ceil(2 * spec.span) + 60
-        ok, value = self._record(
-            keys=[keys.heartbeats(spec.slug), keys.HEARTBEAT_LAST],
+        body = ping.body or ""
+        if len(body) > BODY_LIMIT:
+            body = body[:BODY_LIMIT] + f" … [cut: {len(ping.body or '') - BODY_LIMIT} more]"
+        pipe = self.redis.pipeline(transaction=False)
+        request = rate[0].ask(rate[1], pipe) if rate else None
+        self._record(
+            keys=[
+                keys.heartbeats(spec.slug),
+                keys.HEARTBEAT_LAST,
+                keys.heartbeat_log(spec.slug),
+                keys.heartbeat_runs(spec.slug),
+                request.window_key if request else keys.heartbeats(spec.slug),
+            ],
+            client=pipe,
             args=[
                 spec.slug,
-                "" if at is None else repr(float(at)),
-                status,
+                "" if ping.at is None else repr(float(ping.at)),
+                ping.kind,
                 kept_per_service(spec),
                 MAX_FUTURE_SECONDS,
                 secrets.token_hex(4),
                 ttl,
+                ping.via or "",
+                body,
+                ping.rid or "",
+                LOG_KEPT,
+                max(LOG_TTL_SECONDS, ttl, math.ceil(2 * (spec.max_duration or 0))),
+                request.member if request else "",
             ],
         )
+        results = pipe.execute()
+        if rate is not None and request is not None:
+            slot = rate[0].answer(request, results[0])
+            if not isinstance(slot, Slot):
+                raise TooManyPings(slot)
+        ok, value = results[-1]
         if not int(ok):
             raise HeartbeatInFutureError(
-                f"at: {at} is more than {MAX_FUTURE_SECONDS:.0f} s ahead of the server's "
-                f"clock ({float(value):.0f}); send the time the heartbeat happened"
+                f"at: {ping.at} is more than {MAX_FUTURE_SECONDS:.0f} s ahead of the "
+                f"server's clock ({float(value):.0f}); send the time the heartbeat happened"
             )
         return float(value)
+
+    def log(self, slug: str, count: int = LOG_KEPT) -> list[dict[str, Any]]:
+        """The service's latest pings, newest first."""
+        raw = cast("list[str]", self.redis.lrange(keys.heartbeat_log(slug), 0, count - 1))
+        return [json.loads(entry) for entry in raw]
+
+    def running_since(self, specs: Iterable[ServiceSpec]) -> dict[str, float]:
+        """When the oldest unfinished run of each service with a ``max_duration`` began."""
+        watched = [spec for spec in specs if spec.max_duration is not None]
+        if not watched:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for spec in watched:
+            pipe.hvals(keys.heartbeat_runs(spec.slug))
+        out = {}
+        for spec, starts in zip(watched, pipe.execute(), strict=True):
+            if starts:
+                out[spec.slug] = min(float(s) for s in starts)
+        return out
 
     def refuse(self, reason: str) -> None:
         """Count a refused heartbeat (the slug itself is not stored: it may be anything)."""

@@ -1,8 +1,18 @@
--- KEYS[1] the service's heartbeats (sorted set), KEYS[2] newest heartbeat of each service.
--- ARGV[1] slug, ARGV[2] time ('' = now, Redis clock), ARGV[3] status, ARGV[4] how many to
--- keep, ARGV[5] the furthest ahead of now a time may be, ARGV[6] a random suffix (two
--- heartbeats in the same microsecond both count), ARGV[7] the set's ttl (s).
--- Returns {1, time} when stored, {0, now} for a time too far in the future.
+-- One ping of a service: a heartbeat ('up' or 'fail'), the start of a run ('start'), or
+-- a message that changes nothing ('log'). Every ping is also kept in the service's log.
+-- KEYS[1] the service's up heartbeats (sorted set), KEYS[2] newest heartbeat of each
+-- service, KEYS[3] the service's log (list, newest first), KEYS[4] its runs in progress
+-- (hash: run id -> start), KEYS[5] the rate window the ping was admitted through.
+-- ARGV[1] slug, ARGV[2] time ('' = now, Redis clock), ARGV[3] kind, ARGV[4] how many
+-- heartbeats to keep, ARGV[5] the furthest ahead of now a time may be, ARGV[6] a random
+-- suffix (two heartbeats in the same microsecond both count), ARGV[7] the heartbeats'
+-- ttl (s), ARGV[8] how the ping arrived ('' none), ARGV[9] its body ('' none), ARGV[10]
+-- the run id ('' for runs without one), ARGV[11] log entries kept, ARGV[12] the log's
+-- and the runs' ttl (s), ARGV[13] the rate window's member for this ping ('' when no rate
+-- applies): it runs right after the window's acquire, in the same pipeline.
+-- Returns {1, time} when stored, {0, now} for a time too far in the future, {2} when the
+-- rate window refused the ping (nothing stored).
+if ARGV[13] ~= '' and not redis.call('ZSCORE', KEYS[5], ARGV[13]) then return {2} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local at = now
@@ -10,13 +20,27 @@ if ARGV[2] ~= '' then
   at = tonumber(ARGV[2])
   if at > now + tonumber(ARGV[5]) then return {0, tostring(now)} end
 end
-if ARGV[3] == 'up' then
+local kind = ARGV[3]
+if kind == 'up' then
   redis.call('ZADD', KEYS[1], at, string.format('%.6f', at) .. ':' .. ARGV[6])
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[4]) - 1)
   redis.call('EXPIRE', KEYS[1], ARGV[7])
 end
-local prev = redis.call('HGET', KEYS[2], ARGV[1])
-if (not prev) or cjson.decode(prev)['at'] <= at then
-  redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({at = at, status = ARGV[3]}))
+if kind == 'up' or kind == 'fail' then
+  local prev = redis.call('HGET', KEYS[2], ARGV[1])
+  if (not prev) or cjson.decode(prev)['at'] <= at then
+    redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({at = at, status = kind}))
+  end
+  redis.call('HDEL', KEYS[4], ARGV[10])  -- the run it finishes, if one was started
+elseif kind == 'start' then
+  redis.call('HSET', KEYS[4], ARGV[10], string.format('%.6f', at))
+  redis.call('EXPIRE', KEYS[4], ARGV[12])
 end
+local entry = {at = at, kind = kind}
+if ARGV[8] ~= '' then entry['via'] = ARGV[8] end
+if ARGV[9] ~= '' then entry['body'] = ARGV[9] end
+if ARGV[10] ~= '' then entry['rid'] = ARGV[10] end
+redis.call('LPUSH', KEYS[3], cjson.encode(entry))
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[11]) - 1)
+redis.call('EXPIRE', KEYS[3], ARGV[12])
 return {1, string.format('%.6f', at)}

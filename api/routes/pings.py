@@ -1,0 +1,129 @@
+"""Healthchecks-style ping URLs, so a crontab line switches by changing its URL:
+``/ping/{key}/{slug}`` and its suffixes ``/start``, ``/fail``, ``/log`` and
+``/{exit_status}`` (0 is success, 1-255 failure), by HEAD, GET or POST, with an optional
+``?rid=`` tying a start to its finish. The key in the path (a token with the
+``heartbeat`` scope, for the deployment or one team) authorises the ping; a POST body is
+kept, cut to 10,000 characters, as that ping's log.
+
+Answers are plain text, as Healthchecks': ``OK`` 200, ``not found`` 404 (an unknown key
+and an unknown slug look the same), ``rate limited`` 429 with ``Retry-After``. As in
+Healthchecks, ``?create=1`` on an unknown slug registers it (``created`` 201) with
+Healthchecks' defaults: a one-day period and an hour's grace.
+
+These routes skip FastAPI's request models (a ping is a path and maybe some text) so that
+a ping costs little: one Redis round trip, the key's rate window and the ping itself
+pipelined together.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from api.auth import authorize
+from api.errors import ApiError
+from config.api_tokens import ApiToken
+from config.catalogue import SLUG_PATTERN, ServiceSpec
+from worker.engine.heartbeats import reports
+from worker.engine.heartbeats.paging import check_soon
+from worker.engine.heartbeats.registry import DEFAULT_TEAM, Registration, RegistryFullError
+from worker.engine.heartbeats.store import HeartbeatInFutureError, Ping, TooManyPings
+from worker.engine.runtime import engine
+
+CORS = {"Access-Control-Allow-Origin": "*"}
+#: What ``?create=1`` gives a new service: Healthchecks' period and grace.
+CREATED_PERIOD = 86_400.0
+CREATED_GRACE = 3_600.0
+_RID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _text(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
+    return PlainTextResponse(text, status_code=status, headers={**CORS, **(headers or {})})
+
+
+def _ping_for(suffix: str | None, rid: str | None, body: str | None) -> Ping | None:
+    if suffix is None:
+        return Ping(kind="up", rid=rid, body=body)
+    if suffix in ("start", "log"):
+        return Ping(kind=suffix, via=f"/{suffix}", rid=rid, body=body)  # type: ignore[arg-type]
+    if suffix == "fail":
+        return Ping(kind="fail", via="/fail", rid=rid, body=body)
+    if suffix.isdigit() and int(suffix) <= 255:
+        code = int(suffix)
+        return Ping(kind="up" if code == 0 else "fail", via=f"exit {code}", rid=rid, body=body)
+    return None
+
+
+def ping(request: Request) -> Response:
+    key = request.path_params["key"]
+    slug = request.path_params["slug"]
+    suffix = request.path_params.get("suffix")
+    rid = request.query_params.get("rid")
+    if rid is not None and not _RID.match(rid):
+        return _text(400, "invalid rid")
+    try:
+        token: ApiToken = authorize(key, "heartbeat", rate=None)  # counted with the ping
+    except ApiError:
+        return _text(404, "not found")
+    eng = engine()
+    spec = eng.service(slug)
+    created = False
+    if spec is None and request.query_params.get("create") == "1":
+        if not SLUG_PATTERN.match(slug):
+            return _text(400, "invalid slug")
+        try:
+            spec, created = _create(slug, token)
+        except RegistryFullError:
+            return _text(400, "too many checks")
+    if spec is None or not token.covers(spec.team):
+        eng.heartbeats.refuse("unknown_slug")
+        return _text(404, "not found")
+    body = request.state.body if request.method == "POST" else None
+    what = _ping_for(suffix, rid, body or None)
+    if what is None:
+        return _text(400, "invalid url format")
+    try:
+        reports.ping(eng, spec, what, key=token.name)
+    except TooManyPings as exc:
+        return _text(429, "rate limited", {"Retry-After": str(max(1, math.ceil(exc.wait)))})
+    except HeartbeatInFutureError:
+        return _text(400, "invalid time")
+    if what.kind == "fail":
+        check_soon(eng)
+    return _text(201, "created") if created else _text(200, "OK")
+
+
+def _create(slug: str, token: ApiToken) -> tuple[ServiceSpec | None, bool]:
+    """Register ``slug`` for ``?create=1``: the service, and whether this call made it."""
+    spec = ServiceSpec(
+        slug=slug,
+        name=slug,
+        team=token.team or DEFAULT_TEAM,
+        priority="P3",
+        window=CREATED_PERIOD,
+        grace=CREATED_GRACE,
+    )
+    eng = engine()
+    added = eng.registry.add(Registration.new(spec))
+    return (spec if added else eng.service(slug)), added
+
+
+async def endpoint(request: Request) -> Response:
+    """The ping, read and answered; the Redis work runs in the thread pool. (The body is
+    bounded by ``API_MAX_BODY_BYTES``; the log keeps its first ``BODY_LIMIT`` characters.)"""
+    if request.method == "POST":
+        request.state.body = (await request.body()).decode("utf-8", "replace")
+    answer: Response = await run_in_threadpool(ping, request)
+    return answer
+
+
+METHODS = ["GET", "HEAD", "POST"]
+ROUTES = [
+    Route("/ping/{key}/{slug}", endpoint, methods=METHODS),
+    Route("/ping/{key}/{slug}/{suffix}", endpoint, methods=METHODS),
+]

@@ -1,0 +1,408 @@
+"""Heartbeats over HTTP, as Medic's and Healthchecks' users send them, with a real Redis,
+an in-thread worker, ``celery -A worker beat`` and the sandbox: Medic's documented curl
+examples (their URL changed, nothing else), crontab-style ping URLs, runs that take too
+long, and the limits that keep a flood of pings harmless."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from cli.main import main
+from sandbox import SandboxServer
+from tests.api_server import HEARTBEAT_TOKEN, NOTIFY_TOKEN, TEAM_PING_KEY, ApiServer, serve
+from tests.conftest import SandboxClient, wait_for
+from tests.heartbeat_helpers import WriteCatalogue, service
+from tests.processes import CELERY, ROOT
+from worker.engine.heartbeats.checker import last_check, read_states
+from worker.engine.runtime import engine
+
+#: Medic's own documented example ("Register and Monitor a Service"), as written.
+MEDIC_EXAMPLE = """
+# 1. Register the service
+curl -X POST http://localhost:5000/service \\
+  -H "Content-Type: application/json" \\
+  -d '{
+    "heartbeat_name": "my-app-heartbeat",
+    "service_name": "my-app",
+    "alert_interval": 5,
+    "threshold": 1,
+    "team": "platform",
+    "priority": "p2"
+  }'
+
+# 2. Send heartbeats (call every minute)
+curl -X POST http://localhost:5000/heartbeat \\
+  -H "Content-Type: application/json" \\
+  -d '{
+    "heartbeat_name": "my-app-heartbeat",
+    "status": "UP"
+  }'
+
+# 3. Check service status
+curl http://localhost:5000/service/my-app-heartbeat
+
+# 4. Mute during maintenance
+curl -X POST http://localhost:5000/service/my-app-heartbeat \\
+  -H "Content-Type: application/json" \\
+  -d '{"muted": 1}'
+
+# 5. Unmute after maintenance
+curl -X POST http://localhost:5000/service/my-app-heartbeat \\
+  -H "Content-Type: application/json" \\
+  -d '{"muted": 0}'
+"""
+
+
+@pytest.fixture
+def pages(service_env: SandboxServer) -> Iterator[SandboxClient]:
+    client = SandboxClient(service_env)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def beat(catalogue: WriteCatalogue, tmp_path: Path) -> Iterator[None]:
+    """``celery -A worker beat`` scheduling the check every 0.3 s (the in-thread worker of
+    the test runs it)."""
+    env = {**os.environ, "HEARTBEAT_CHECK_INTERVAL": "0.3"}
+    log = (tmp_path / "beat.log").open("wb")
+    proc = subprocess.Popen(
+        [CELERY, "-A", "worker", "beat", "-s", str(tmp_path / "schedule"), "-l", "INFO"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield
+    proc.terminate()
+    proc.wait(20)
+    log.close()
+
+
+@pytest.fixture
+def hb_api(catalogue: WriteCatalogue, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiServer]:
+    catalogue(service("billing-api", window=60) + service("etl", window=60, team="data"))
+    yield from serve(monkeypatch)
+
+
+def medic_calls(api: ApiServer) -> list[tuple[str, dict[str, Any]]]:
+    """Medic's example run by bash as written, against ``/medic/{key}`` instead of Medic;
+    each call's status and answer."""
+    script = MEDIC_EXAMPLE.replace("http://localhost:5000", f"{api.url}/medic/{HEARTBEAT_TOKEN}")
+    commands = [
+        " ".join(part.strip().rstrip("\\") for part in chunk.strip().splitlines())
+        for chunk in script.split("\n\n# ")
+        if "curl" in chunk
+    ]
+    out = []
+    for command in commands:
+        curl = command[command.index("curl") :]
+        done = subprocess.run(
+            ["bash", "-c", curl + " -sS -w '\\n%{http_code}'"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        answer, _, status = done.stdout.rpartition("\n")
+        out.append((status, json.loads(answer)))
+    return out
+
+
+def test_medics_documented_examples_run_as_written_at_a_new_url(
+    hb_api: ApiServer, celery_worker: Any
+) -> None:
+    register, heartbeat, status, mute, unmute = medic_calls(hb_api)
+    assert register == (
+        "201",
+        {"success": True, "message": "Heartbeat successfully registered.", "results": ""},
+    )
+    assert heartbeat == (
+        "201",
+        {"success": True, "message": "Heartbeat Posted Successfully.", "results": ""},
+    )
+    assert status[0] == "200"
+    [shown] = status[1]["results"]
+    assert shown["heartbeat_name"] == "my-app-heartbeat"
+    assert (shown["service_name"], shown["alert_interval"], shown["priority"]) == (
+        "my-app",
+        5,
+        "p2",
+    )
+    assert (shown["team"], shown["threshold"], shown["defined_in"]) == ("platform", 1, "api")
+    assert mute == (
+        "200",
+        {"success": True, "message": "Successfully posted update", "results": ""},
+    )
+    assert unmute[0] == "200"
+    assert engine().service("my-app-heartbeat").muted is False  # type: ignore[union-attr]
+    # Registering again is Medic's 200; the heartbeat is in the log and GET /heartbeat.
+    again, *_ = medic_calls(hb_api)
+    assert again == (
+        "200",
+        {"success": True, "message": "Heartbeat is already registered.", "results": ""},
+    )
+    with hb_api.client(HEARTBEAT_TOKEN) as http:
+        beats = http.get("/heartbeat", params={"heartbeat_name": "my-app-heartbeat"}).json()
+    assert [b["status"] for b in beats["results"]] == ["UP", "UP"]
+    assert beats["results"][0]["team"] == "platform"
+
+
+def test_medic_refusals_in_medics_shape(hb_api: ApiServer) -> None:
+    with hb_api.client(HEARTBEAT_TOKEN) as http:
+        unknown = http.post("/heartbeat", json={"heartbeat_name": "ghost", "status": "UP"})
+        bad = http.post("/heartbeat", json={"heartbeat_name": "etl", "status": "SLEEPY"})
+        missing = http.post("/service", json={"heartbeat_name": "x"})
+        bad_name = http.post(
+            "/service",
+            json={"heartbeat_name": "no spaces", "service_name": "s", "alert_interval": 1},
+        )
+        from_file = http.post("/service/etl", json={"muted": 1})
+        file_again = http.post(
+            "/service", json={"heartbeat_name": "etl", "service_name": "s", "alert_interval": 1}
+        )
+    with hb_api.client(NOTIFY_TOKEN) as http:
+        no_scope = http.post("/heartbeat", json={"heartbeat_name": "etl", "status": "UP"})
+    anonymous = httpx.post(f"{hb_api.url}/heartbeat", json={"heartbeat_name": "etl"})
+    assert (unknown.status_code, unknown.json()["success"]) == (404, False)
+    assert bad.status_code == 400
+    assert bad.json()["message"] == "status: must be UP, DOWN or DEGRADED"
+    assert missing.status_code == 400
+    assert "service_name: Field required" in missing.json()["message"]
+    assert "alert_interval: Field required" in missing.json()["message"]
+    assert bad_name.status_code == 400
+    assert bad_name.json()["message"].startswith("heartbeat_name:")
+    assert from_file.status_code == 409
+    assert "HEARTBEAT_SERVICES_FILE" in from_file.json()["message"]
+    assert file_again.json()["message"] == "Heartbeat is already registered."
+    assert no_scope.status_code == 403
+    assert anonymous.status_code == 401
+    assert engine().heartbeats.refused()["unknown_slug"] == 1
+    assert not engine().redis.exists("gds:hb:log:ghost")  # refused, never stored
+
+
+def test_a_silent_registered_service_is_paged_and_resolved_like_a_file_entry(
+    hb_api: ApiServer, celery_worker: Any, beat: None, pages: SandboxClient
+) -> None:
+    with hb_api.client(HEARTBEAT_TOKEN) as http:
+        made = http.post(
+            "/service",
+            json={
+                "heartbeat_name": "nightly-export",
+                "service_name": "Nightly export",
+                "environment": "staging",
+                "alert_interval": 0.01,
+                "team": "dba",
+                "priority": "p1",
+                "runbook": "https://runbooks.example/export",
+            },
+        )
+        assert made.status_code == 201
+        [incident] = wait_for(lambda: pages.incidents(), timeout=30)
+        assert incident["dedup_key"] == "medic-heartbeat-staging-nightly-export"
+        assert incident["summary"] == "Heartbeat failure: Nightly export"
+        assert incident["severity"] == "critical"
+        alerts = http.get("/alerts", params={"active": 1}).json()["results"]
+        assert [a["external_reference_id"] for a in alerts] == [incident["dedup_key"]]
+        listed = CliRunner().invoke(main, ["heartbeats"]).output
+        assert "staging-nightly-export" in listed
+        assert "registered over the API" in listed
+        for _ in range(3):
+            posted = http.post(
+                "/heartbeat", json={"heartbeat_name": "staging-nightly-export", "status": "UP"}
+            )
+            assert posted.status_code == 201
+            time.sleep(0.2)
+        wait_for(lambda: pages.incidents()[0]["status"] == "resolved", timeout=30)
+        assert http.get("/alerts", params={"active": 1}).json()["results"] == []
+    [event] = [e for e in pages.events() if e["body"]["event_action"] == "trigger"]
+    assert event["body"]["links"] == [
+        {"href": "https://runbooks.example/export", "text": "Runbook: Nightly export"}
+    ]
+
+
+def ping_url(api: ApiServer, slug: str, suffix: str = "", key: str = HEARTBEAT_TOKEN) -> str:
+    return f"{api.url}/ping/{key}/{slug}" + (f"/{suffix}" if suffix else "")
+
+
+def crontab_ping(url: str) -> subprocess.CompletedProcess[str]:
+    """The line a crontab runs after its job, as Healthchecks documents it."""
+    return subprocess.run(
+        shlex.split(f"curl -fsS -m 10 --retry 3 -o /dev/null {url}"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_a_crontab_ping_keeps_a_service_up_and_fail_pages_at_once(
+    catalogue: WriteCatalogue,
+    monkeypatch: pytest.MonkeyPatch,
+    celery_worker: Any,
+    pages: SandboxClient,
+    tmp_path: Path,
+) -> None:
+    catalogue(service("backup", window=1.5))
+    for api in serve(monkeypatch, HEARTBEAT_CHECK_INTERVAL="30"):  # no checks but early ones
+        from worker.engine.heartbeats.paging import run_check
+
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            assert crontab_ping(ping_url(api, "backup")).returncode == 0
+            run_check(engine())
+            time.sleep(0.25)
+        assert read_states(engine().redis)["backup"].status == "up"
+        assert pages.incidents() == []
+        checked = last_check(engine().redis)
+        failed = crontab_ping(ping_url(api, "backup", "fail"))
+        assert failed.returncode == 0
+        # A failure asks for a check at once: beat is not running, the worker runs it.
+        [incident] = wait_for(lambda: pages.incidents(), timeout=10)
+        assert incident["dedup_key"] == "medic-heartbeat-backup"
+        assert last_check(engine().redis) != checked
+        assert "the service reported status fail" in str(incident["payload"])
+
+
+def test_a_run_that_started_and_did_not_finish_in_time_pages_and_its_finish_resolves(
+    catalogue: WriteCatalogue,
+    monkeypatch: pytest.MonkeyPatch,
+    celery_worker: Any,
+    beat: None,
+    pages: SandboxClient,
+) -> None:
+    catalogue(service("etl", window=60, extra="max_duration = 1"))
+    for api in serve(monkeypatch):
+        with httpx.Client() as http:
+            assert http.get(ping_url(api, "etl")).text == "OK"
+            started = http.post(ping_url(api, "etl", "start"), params={"rid": "run-7"})
+            assert started.text == "OK"
+            [incident] = wait_for(lambda: pages.incidents(), timeout=30)
+            assert "ran too long" in str(incident["payload"])
+            done = http.post(ping_url(api, "etl"), params={"rid": "run-7"}, content="rows: 1203")
+            assert done.status_code == 200
+        wait_for(lambda: pages.incidents()[0]["status"] == "resolved", timeout=30)
+    log = CliRunner().invoke(main, ["heartbeats", "--log", "etl"]).output
+    assert "rid run-7" in log
+    assert "rows: 1203" in log
+
+
+def test_ping_urls_answer_as_healthchecks_does(hb_api: ApiServer, pages: SandboxClient) -> None:
+    with httpx.Client() as http:
+        ok = http.get(ping_url(hb_api, "billing-api"))
+        head = http.head(ping_url(hb_api, "billing-api"))
+        post = http.post(ping_url(hb_api, "billing-api", "log"), content="disk at 81%")
+        exit_0 = http.get(ping_url(hb_api, "billing-api", "0"))
+        exit_3 = http.get(ping_url(hb_api, "etl", "3"))
+        bad_exit = http.get(ping_url(hb_api, "billing-api", "256"))
+        unknown = http.get(ping_url(hb_api, "ghost"))
+        wrong_key = http.get(ping_url(hb_api, "billing-api", key="gdsn_nobody"))
+        other_team = http.get(ping_url(hb_api, "etl", key=TEAM_PING_KEY))
+        own_team = http.get(ping_url(hb_api, "billing-api", key=TEAM_PING_KEY))
+        huge = http.post(ping_url(hb_api, "billing-api"), content="x" * 20_000)
+    assert (ok.status_code, ok.text, ok.headers["content-type"]) == (
+        200,
+        "OK",
+        "text/plain; charset=utf-8",
+    )
+    assert ok.headers["Access-Control-Allow-Origin"] == "*"
+    assert (head.status_code, head.text) == (200, "")
+    assert post.text == exit_0.text == exit_3.text == own_team.text == "OK"
+    assert bad_exit.status_code == 400
+    assert [(a.status_code, a.text) for a in (unknown, wrong_key, other_team)] == [
+        (404, "not found")
+    ] * 3
+    assert huge.status_code == 200
+    log = engine().heartbeats.log("billing-api")
+    kinds = [(e["kind"], e.get("via")) for e in log]
+    assert kinds[:5] == [
+        ("up", None),
+        ("up", None),
+        ("up", "exit 0"),
+        ("log", "/log"),
+        ("up", None),
+    ]
+    assert log[0]["body"].startswith("x" * 10_000)
+    assert log[0]["body"].endswith("[cut: 10000 more]")
+    assert log[3]["body"] == "disk at 81%"
+    assert engine().heartbeats.last()["etl"].status == "fail"
+    assert not engine().redis.exists("gds:hb:log:ghost")
+
+
+def test_a_flood_of_pings_is_limited_per_key_and_starves_nobody(
+    catalogue: WriteCatalogue,
+    monkeypatch: pytest.MonkeyPatch,
+    celery_worker: Any,
+    beat: None,
+) -> None:
+    catalogue(service("noisy", window=60) + service("quiet", window=60, team="data"))
+    for api in serve(monkeypatch, PING_RATE_LIMIT="20/minute"):
+        with httpx.Client() as flood, httpx.Client() as other:
+            answers = [flood.get(ping_url(api, "noisy", key=TEAM_PING_KEY)) for _ in range(60)]
+            # Meanwhile another key's pings go through, and the checker keeps checking.
+            assert other.get(ping_url(api, "quiet")).text == "OK"
+        limited = [a for a in answers if a.status_code == 429]
+        assert len([a for a in answers if a.status_code == 200]) == 20
+        assert len(limited) == 40
+        assert limited[0].text == "rate limited"
+        assert 1 <= int(limited[0].headers["Retry-After"]) <= 61
+        checked = last_check(engine().redis)
+        wait_for(lambda before=checked: last_check(engine().redis) != before, timeout=10)
+        assert len(engine().heartbeats.log("noisy")) == 20
+
+
+def test_create_on_a_ping_url_registers_the_check_as_healthchecks_does(
+    hb_api: ApiServer,
+) -> None:
+    with httpx.Client() as http:
+        first = http.get(ping_url(hb_api, "nightly-backup", key=TEAM_PING_KEY) + "?create=1")
+        again = http.get(ping_url(hb_api, "nightly-backup", key=TEAM_PING_KEY) + "?create=1")
+        bad = http.get(ping_url(hb_api, "-dash", key=TEAM_PING_KEY) + "?create=1")
+        shown = http.get(f"{hb_api.url}/medic/{HEARTBEAT_TOKEN}/service/nightly-backup").json()
+        without = http.get(ping_url(hb_api, "weekly-report"))
+    assert (first.status_code, first.text) == (201, "created")
+    assert (again.status_code, again.text) == (200, "OK")
+    assert (bad.status_code, bad.text) == (400, "invalid slug")
+    assert (without.status_code, without.text) == (404, "not found")
+    [created] = shown["results"]
+    # Healthchecks' defaults (a day, an hour's grace); the key's team owns it.
+    assert created["alert_interval"] == 1440
+    assert created["team"] == "payments"
+    assert created["defined_in"] == "api"
+    assert len(engine().heartbeats.log("nightly-backup")) == 2
+
+
+def test_registration_stops_at_the_registry_limit(
+    hb_api: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.engine.heartbeats import registry
+
+    monkeypatch.setattr(registry, "MAX_REGISTERED", 1)
+    base = f"{hb_api.url}/medic/{HEARTBEAT_TOKEN}/service"
+    with httpx.Client() as http:
+        one = http.post(
+            base, json={"heartbeat_name": "a", "service_name": "A", "alert_interval": 5}
+        )
+        two = http.post(
+            base, json={"heartbeat_name": "b", "service_name": "B", "alert_interval": 5}
+        )
+        ping = http.get(ping_url(hb_api, "c") + "?create=1")
+    assert one.status_code == 201
+    assert two.status_code == 400
+    assert two.json() == {
+        "success": False,
+        "message": "the registry is full (1 services)",
+        "results": "",
+    }
+    assert (ping.status_code, ping.text) == (400, "too many checks")
+    assert set(engine().registry.all()) == {"a"}

@@ -6,8 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # The newest Python 3.11+ on PATH; override with `make PYTHON=/path/to/python3.12 ...`.
+# A candidate that fails stays quiet: pyenv's shims answer `command -v` for versions not
+# installed, then print "pyenv: python3.13: command not found" when run.
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
-	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	command -v $$p >/dev/null 2>&1 \
+	&& $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 \
 	&& { echo $$p; break; }; done)
 
 .PHONY: help install tools bench-tools run dev sandbox test lint format typecheck pytest bench clean

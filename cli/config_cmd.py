@@ -3,6 +3,7 @@ checks of Redis, the PagerDuty URL and the SMTP server."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -61,44 +62,61 @@ def check(offline: bool) -> None:
             else name.upper()
         )
         click.echo(f"{label:<{width + 2}} {_shown(name, getattr(settings, name))}")
-    catalogue = engine().catalogue()
+    catalogue = engine().file_catalogue()
     if catalogue is not None:
         click.echo(f"heartbeat catalogue: {len(catalogue.services)} services, valid")
+    if settings.pagerduty_routing_key is None:
+        click.echo(
+            "warning: PAGERDUTY_ROUTING_KEY is not set: only teams with a "
+            "PAGERDUTY_ROUTING_KEY_<TEAM> of their own can page",
+            err=True,
+        )
     if offline:
         return
     click.echo("")
     failures = 0
-    for label, probe in (("redis", _redis), ("pagerduty", _pagerduty), ("smtp", _smtp)):
-        problem = _safely(probe)
-        mark = "ok" if problem is None else "FAILED"
-        click.echo(f"{label:<10} {mark}" + ("" if problem is None else f"  {problem}"))
-        failures += problem is not None
+    # The probes' own warnings would land between the report's lines; each result below
+    # says what failed (-v shows the log).
+    quiet = not logging.getLogger().isEnabledFor(logging.INFO)
+    if quiet:
+        logging.disable(logging.WARNING)
+    try:
+        for label, probe in (("redis", _redis), ("pagerduty", _pagerduty), ("smtp", _smtp)):
+            problem, detail = _safely(probe)
+            mark = "ok" if problem is None else "FAILED"
+            click.echo(f"{label:<10} {mark}  {problem or detail}".rstrip())
+            failures += problem is not None
+    finally:
+        if quiet:
+            logging.disable(logging.NOTSET)
     if failures:
         raise SystemExit(EXIT_FAILED)
 
 
-def _safely(probe: Callable[[], str | None]) -> str | None:
+#: A live check's answer: what failed (None when nothing did), and what it found.
+Probe = Callable[[], tuple[str | None, str]]
+
+
+def _safely(probe: Probe) -> tuple[str | None, str]:
     try:
         return probe()
     except Exception as exc:  # a live check reports; it never crashes the command
-        return f"{type(exc).__name__}: {exc}"
+        return f"{type(exc).__name__}: {exc}", ""
 
 
-def _redis() -> str | None:
-
+def _redis() -> tuple[str | None, str]:
     url = get_settings().redis_url
     client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
     try:
         info = client.info("server")
     except redis.RedisError as exc:
-        return f"{without_credentials(url)}: {type(exc).__name__}: {exc}"
+        return f"{without_credentials(url)}: {type(exc).__name__}: {exc}", ""
     finally:
         client.close()
-    click.echo(f"redis      {without_credentials(url)} (Redis {info.get('redis_version')})")
-    return None
+    return None, f"{without_credentials(url)} (Redis {info.get('redis_version')})"
 
 
-def _pagerduty() -> str | None:
+def _pagerduty() -> tuple[str | None, str]:
 
     settings = get_settings()
     key = settings.pagerduty_routing_key
@@ -109,11 +127,11 @@ def _pagerduty() -> str | None:
     ) as provider:
         problem = provider.diagnose()
     if problem is None and key is None:
-        return "URL answers, but PAGERDUTY_ROUTING_KEY is not set"
-    return problem
+        problem = "URL answers, but PAGERDUTY_ROUTING_KEY is not set"
+    return problem, settings.pagerduty_api_url
 
 
-def _smtp() -> str | None:
-
-    with SMTPProvider.from_settings(get_settings()) as provider:
-        return provider.diagnose()
+def _smtp() -> tuple[str | None, str]:
+    settings = get_settings()
+    with SMTPProvider.from_settings(settings) as provider:
+        return provider.diagnose(), f"{settings.smtp_host}:{settings.smtp_port}"

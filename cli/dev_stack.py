@@ -2,9 +2,12 @@
 every queue (pages first), beat, Flower, the HTTP API and the sandbox, configured to talk
 to each other. The API gets a development token (admin scope) made for this run only.
 
-Every process runs in its own session, so Ctrl-C reaches only ``gds-notify dev``, which
-then stops them in reverse order (SIGTERM, then SIGKILL after a grace period) and removes
-what it created. Pages go to the sandbox only: the stack never talks to real PagerDuty.
+Every process runs in its own session, so Ctrl-C (or a closed terminal) reaches only
+``gds-notify dev``, which then stops them in reverse order (SIGTERM, then SIGKILL after a
+grace period) and removes what it created — whether or not it can still print (its output
+may go through a pipe whose reader died with the same Ctrl-C). Should ``gds-notify dev``
+itself be killed outright, its children get SIGTERM from the kernel (Linux's parent-death
+signal). Pages go to the sandbox only: the stack never talks to real PagerDuty.
 """
 
 from __future__ import annotations
@@ -17,16 +20,21 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 import redis
+from dotenv import dotenv_values
 
-from cli.stack_file import dev_dir, remove_stack, running_stack, write_stack
 from config.api_tokens import new_token, token_hash
+from config.catalogue import load_catalogue
+from config.dev_stack_file import dev_dir, remove_stack, running_stack, write_stack
+from sandbox.children import die_with_parent
 from sandbox.redis_server import LocalRedis, RedisUnavailableError
+from worker.exceptions import NotificationConfigError
 
 #: The sandbox accepts any well-formed key; this one is obviously not a real secret.
 DEV_ROUTING_KEY = "DEVSANDBOX" + "0" * 21 + "1"
@@ -70,6 +78,7 @@ class Service:
             stdout=self._out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
 
     def is_ready(self) -> bool:
@@ -183,12 +192,28 @@ class DevStack:
             "SMTP_STARTTLS": "false",
             "SMTP_USE_TLS": "false",
         }
-        services_file = os.environ.get("HEARTBEAT_SERVICES_FILE")
+        services_file = heartbeat_services_file()
         if services_file:
             own["HEARTBEAT_SERVICES_FILE"] = str(Path(services_file).resolve())
         return own
 
-    def start(self) -> None:
+    def heartbeat_line(self) -> str:
+        """Which heartbeat catalogue the worker and beat run with."""
+        path = self.env.get("HEARTBEAT_SERVICES_FILE")
+        if not path:
+            return (
+                "off: no HEARTBEAT_SERVICES_FILE "
+                "(HEARTBEAT_SERVICES_FILE=services.example.toml make run turns it on)"
+            )
+        try:
+            count = len(load_catalogue(path).services)
+        except NotificationConfigError as exc:
+            return f"{path}: {exc}"
+        return f"{path} ({count} service{'' if count == 1 else 's'})"
+
+    def start(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
+        """Start every process and wait until each is ready; :class:`Stopping` when
+        ``stop_requested`` turns true meanwhile (the caller stops what did start)."""
         other = running_stack()
         if other is not None:
             raise DevStackError(
@@ -267,7 +292,7 @@ class DevStack:
         for service in self.services:
             service.log.write_bytes(b"")
             service.start(env, Path.cwd())
-        self._wait_ready()
+        wait_ready(self.services, 60.0, f" (see {folder}/logs)", stop_requested)
         write_stack(
             {
                 "pid": os.getpid(),
@@ -283,9 +308,6 @@ class DevStack:
             }
         )
         self.announced = True
-
-    def _wait_ready(self, timeout: float = 60.0) -> None:
-        wait_ready(self.services, timeout, hint=f" (see {dev_dir()}/logs)")
 
     def first_exited(self) -> Service | None:
         return next((s for s in self.services if s.exited() is not None), None)
@@ -318,11 +340,13 @@ class DevStack:
             f"  HTTP API            {self.api_url}  (docs {self.api_url}/docs)",
             f"  API token           {self.api_token}  (admin, this run only)",
             f"  Redis               {self.env['REDIS_URL']}{redis_note}",
+            f"  heartbeats          {self.heartbeat_line()}",
             f"  logs                {dev_dir() / 'logs'}",
             "",
             "Try, in another terminal of this checkout:",
             '  .venv/bin/gds-notify send db-prod-01 "Disk full" --priority critical --wait',
             '  .venv/bin/gds-notify send you@example.com "Nightly report" --wait',
+            '  eval "$(.venv/bin/gds-notify dev --env)"   # its settings, for any producer',
             f"  curl {self.api_url}/v1/notifications \\",
             f"       -H 'Authorization: Bearer {self.api_token}' \\",
             "       -H 'Content-Type: application/json' \\",
@@ -332,12 +356,20 @@ class DevStack:
         ]
 
 
-def wait_ready(services: list[Service], timeout: float, hint: str = "") -> None:
+def wait_ready(
+    services: list[Service],
+    timeout: float,
+    hint: str = "",
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> None:
     """Wait until every service says it is ready; :class:`DevStackError` naming the first
-    that exits, or those still not ready after ``timeout`` seconds (``hint`` appended)."""
+    that exits, or those still not ready after ``timeout`` seconds (``hint`` appended);
+    :class:`Stopping` as soon as ``stop_requested()``."""
     pending = list(services)
     end = time.monotonic() + timeout
     while pending:
+        if stop_requested():
+            raise Stopping
         for service in list(pending):
             code = service.exited()
             if code is not None:
@@ -352,35 +384,76 @@ def wait_ready(services: list[Service], timeout: float, hint: str = "") -> None:
         time.sleep(0.1)
 
 
+def heartbeat_services_file() -> str | None:
+    """``HEARTBEAT_SERVICES_FILE`` from the environment, else from ``.env``, as the
+    children will read it."""
+    found = os.environ.get("HEARTBEAT_SERVICES_FILE")
+    if found is None and Path(".env").is_file():
+        found = dotenv_values(".env").get("HEARTBEAT_SERVICES_FILE")
+    return found or None
+
+
+class Stopping(Exception):
+    """A stop signal arrived while the stack was starting."""
+
+
+class Output:
+    """Printing that never stands in the way of stopping: once the reader of the output is
+    gone (a pipe whose reader died with the same Ctrl-C), what is left is dropped."""
+
+    def __init__(self, echo: Any) -> None:
+        self.echo = echo
+        self.gone = False
+
+    def __call__(self, line: str, err: bool = False) -> None:
+        if self.gone:
+            return
+        try:
+            self.echo(line, err=err)
+        except OSError:  # BrokenPipeError, EIO from a closed terminal
+            self.gone = True
+            # Later writes (and the interpreter's flush at exit) go nowhere, silently.
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, (sys.stderr if err else sys.stdout).fileno())
+                os.close(devnull)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def run_until_interrupted(stack: DevStack, echo: Any) -> int:
-    """Start ``stack``, print where things are, serve until SIGINT/SIGTERM; exit code."""
+    """Start ``stack``, print where things are, serve until SIGINT, SIGTERM or SIGHUP; stop
+    everything whatever happens; the exit code."""
+    say = Output(echo)
     stopping = False
 
     def on_signal(signum: int, frame: Any) -> None:
         nonlocal stopping
         stopping = True
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    code = 0
     try:
-        try:
-            stack.start()
-        except BaseException:
-            stack.stop()
-            raise
+        stack.start(stop_requested=lambda: stopping)
         for line in stack.describe():
-            echo(line)
-        code = 0
+            say(line)
         while not stopping:
             died = stack.first_exited()
             if died is not None:
-                echo(f"{died.name} exited unexpectedly: {died.last_lines()}", err=True)
+                say(f"{died.name} exited unexpectedly: {died.last_lines()}", err=True)
                 code = 1
                 break
             time.sleep(0.3)
-        echo("stopping the dev stack ...")
-        stack.stop()
-        echo("stopped; nothing left running")
-        return code
+        say("stopping the dev stack ...")
+    except Stopping:
+        say("stopping the dev stack before it finished starting ...")
+        code = 130
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        try:
+            stack.stop()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    say("stopped; nothing left running")
+    return code

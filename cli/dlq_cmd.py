@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 import tasks
@@ -35,16 +37,22 @@ def list_(limit: int, as_json: bool) -> None:
     click.echo(f"{len(entries)} of {letters.count()} shown")
 
 
+def _found(name: str) -> list[dict[str, Any]]:
+    entries = engine().dead_letters.find(name)
+    if not entries:
+        raise Failed(f"no dead letter {name!r}, and no job of that id was dead-lettered")
+    return entries
+
+
 @dlq.command()
 @click.argument("entry_id")
 @one_line_errors
 def show(entry_id: str) -> None:
-    """Everything kept about one dead letter (job, reason, attempts, last error)."""
+    """Everything kept about a dead letter (job, reason, attempts, last error). ENTRY_ID is
+    the entry's id (``dlq list``) or the job's: a job dead on two channels shows both."""
 
-    entry = engine().dead_letters.get(entry_id)
-    if entry is None:
-        raise Failed(f"no dead letter {entry_id!r}")
-    echo_json(entry)
+    entries = _found(entry_id)
+    echo_json(entries[0] if len(entries) == 1 else entries)
 
 
 @dlq.command()
@@ -53,6 +61,7 @@ def show(entry_id: str) -> None:
 @one_line_errors
 def replay(entry_ids: tuple[str, ...], replay_all: bool) -> None:
     """Send dead-lettered jobs through intake again (as new jobs). Prints the new job ids.
+    Each ENTRY_ID is an entry's id or a job's (every dead channel of it).
 
     Exit code 1 if any could not be replayed (they stay dead-lettered).
     """
@@ -60,15 +69,19 @@ def replay(entry_ids: tuple[str, ...], replay_all: bool) -> None:
         entry_ids = tuple(e["id"] for e in engine().dead_letters.list(limit=1_000_000))
     if not entry_ids:
         raise BadInput("name the dead letters to replay, or use --all")
-    failed = 0
-    for entry_id in entry_ids:
+    wanted = [entry["id"] for name in entry_ids for entry in _found(name)]
+    problems = []
+    for entry_id in wanted:
         try:
             click.echo(f"{entry_id} -> job {tasks.replay(entry_id)}")
         except (KeyError, InvalidJobError) as exc:
-            failed += 1
-            click.echo(f"{entry_id}: not replayed: {exc}", err=True)
-    if failed:
-        raise Failed(f"{failed} of {len(entry_ids)} not replayed")
+            problems.append(f"{entry_id}: not replayed: {exc}")
+    if len(problems) == 1 and len(wanted) == 1:
+        raise Failed(problems[0])
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        raise Failed(f"{len(problems)} of {len(wanted)} not replayed")
 
 
 @dlq.command()

@@ -8,7 +8,7 @@ import click
 
 from cli.common import BadInput, echo_json, one_line_errors, when
 from config.catalogue import ServiceSpec
-from worker.engine.heartbeats.checker import last_check, read_states
+from worker.engine.heartbeats.checker import last_check, last_idle_check, read_states
 from worker.engine.heartbeats.reports import configured_catalogue, record
 from worker.engine.heartbeats.store import kept_per_service
 from worker.engine.runtime import engine
@@ -110,10 +110,7 @@ def heartbeats(as_json: bool, log_of: str | None) -> None:
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-    click.echo(
-        f"\n{len(rows)} services; last check {when(checked)}"
-        + (f" ({now - checked:.0f} s ago)" if checked else " (never: is beat running?)")
-    )
+    click.echo(f"\n{len(rows)} services; last check {_check_note(checked, now)}")
     registered = sum(r["defined_in"] == "api" for r in rows)
     if registered:
         click.echo(f"{registered} of them registered over the API")
@@ -121,6 +118,20 @@ def heartbeats(as_json: bool, log_of: str | None) -> None:
         click.echo(
             "refused heartbeats: " + ", ".join(f"{k} {v}" for k, v in sorted(refused.items()))
         )
+
+
+def _check_note(checked: float | None, now: float) -> str:
+    idle = last_idle_check(engine().redis)
+    if idle is not None and (checked is None or idle > checked):
+        return (
+            f"{when(checked)}: the worker's checks find no catalogue (the latest "
+            f"{now - idle:.0f} s ago): HEARTBEAT_SERVICES_FILE is set here but not for the "
+            "worker and beat; start them with it (dev stack: "
+            "HEARTBEAT_SERVICES_FILE=FILE make run)"
+        )
+    if checked is None:
+        return "never: no check has run (is `celery -A worker beat` running?)"
+    return f"{when(checked)} ({now - checked:.0f} s ago)"
 
 
 def _show_log(spec: ServiceSpec | None, slug: str, as_json: bool) -> None:

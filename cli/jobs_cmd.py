@@ -1,4 +1,4 @@
-"""``gds-notify status`` and ``gds-notify schema``."""
+"""``gds-notify status``, ``gds-notify jobs`` and ``gds-notify schema``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 import click
 
 from cli.common import Failed, echo_json, one_line_errors, when
+from worker.engine.dead_letters import dead_letter_id
+from worker.engine.jobs import DEAD
 from worker.engine.runtime import engine
 from worker.job_request import json_schema_text
 
@@ -18,16 +20,46 @@ from worker.job_request import json_schema_text
 def status(job_id: str, as_json: bool) -> None:
     """Print a job's state per channel and every attempt it took.
 
-    Exit code 0 when the job is known, 1 when it is not (or its history expired).
+    A message dropped as a copy of an earlier job (same idempotency id) answers with
+    that job. Exit code 0 when the job is known, 1 when it is not (or its history
+    expired).
     """
 
-    record = engine().jobs.get(job_id)
+    record = engine().jobs.lookup(job_id)
     if record is None:
         raise Failed(f"no job {job_id!r} (unknown, or older than JOB_TTL_SECONDS)")
     if as_json:
         echo_json(record)
         return
+    if record.get("duplicate"):
+        click.echo(f"{job_id} was dropped: a copy of job {record['id']} (same idempotency id)\n")
     _print_record(record)
+
+
+@click.command()
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--status",
+    "only",
+    type=click.Choice(["pending", "delivered", "dead-lettered", "partly dead"]),
+    help="Only jobs in this state.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+@one_line_errors
+def jobs(limit: int, only: str | None, as_json: bool) -> None:
+    """The most recent jobs, newest first, with each channel's state."""
+
+    found = engine().jobs.recent(limit, only)
+    if as_json:
+        echo_json(found)
+        return
+    if not found:
+        click.echo("no jobs" + (f" {only}" if only else ""))
+        return
+    for r in found:
+        states = ", ".join(f"{ch} {info['state']}" for ch, info in r["channels"].items())
+        what = (r.get("notification") or {}).get("subject") or r.get("dedup_key") or ""
+        click.echo(f"{r['id']}  {when(r['created_at'])}  {r['action']:<10}  {states}  {what[:60]}")
 
 
 def _print_record(record: dict[str, Any]) -> None:
@@ -38,7 +70,7 @@ def _print_record(record: dict[str, Any]) -> None:
         click.echo(f"subject    {n.get('subject')}")
         click.echo(f"recipient  {n.get('recipient')}  priority {n.get('priority')}")
     if record.get("dedup_key"):
-        click.echo(f"dedup key  {record['dedup_key']}")
+        click.echo(f"dedup key  {record['dedup_key']}")  # what `resolve` and `ack` take
     if record.get("team"):
         click.echo(f"team       {record['team']}")
     click.echo(f"created    {when(record['created_at'])}")
@@ -50,6 +82,9 @@ def _print_record(record: dict[str, Any]) -> None:
         click.echo(f"{channel:<10} {info['state']} after {info['attempts']} attempt(s)")
         if info.get("error"):
             click.echo(f"{'':<10} last error: {info['error'].get('message')}")
+        if info["state"] == DEAD:
+            entry = dead_letter_id(record["id"], channel)
+            click.echo(f"{'':<10} dead letter {entry} (`gds-notify dlq show {entry}`)")
     click.echo("attempts:")
     for a in record["attempts"]:
         parts = [

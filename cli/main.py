@@ -7,6 +7,7 @@ run time, 2 for bad usage or configuration (click's own convention for usage err
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
 
@@ -15,13 +16,44 @@ from cli.config_cmd import config
 from cli.dev_cmd import dev
 from cli.dlq_cmd import dlq
 from cli.heartbeats_cmd import heartbeat, heartbeats
-from cli.jobs_cmd import schema, status
+from cli.jobs_cmd import jobs, schema, status
 from cli.sandbox_cmd import sandbox
 from cli.send_cmd import ack, pagerduty_test, resolve, send
-from cli.stack_file import use_running_stack
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineUsageError(click.UsageError):
+    """A usage error shown as one line: what is wrong and where help is (click's default
+    adds the usage text and a blank line)."""
+
+    def show(self, file: Any = None) -> None:
+        where = f" (see `{self.ctx.command_path} --help`)" if self.ctx else ""
+        click.echo(f"Error: {self.format_message()}{where}", err=True)
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    # No command at all is a request for the help text, not an error to shorten.
+    if isinstance(exc, OneLineUsageError | click.exceptions.NoArgsIsHelpError):
+        return exc
+    return OneLineUsageError(exc.format_message(), exc.ctx)
+
+
+class Commands(click.Group):
+    """The command group; its subcommands' usage errors, too, come out as one line."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (INFO level).")
 @click.version_option(package_name="gds-notification")
 def main(verbose: bool) -> None:
@@ -30,8 +62,6 @@ def main(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # A `gds-notify dev` stack running in this checkout: talk to it (your own variables win).
-    use_running_stack()
 
 
 for command in (
@@ -39,6 +69,7 @@ for command in (
     ack,
     resolve,
     status,
+    jobs,
     dlq,
     heartbeat,
     heartbeats,

@@ -199,14 +199,17 @@ def sandbox(
         strict_keys=frozenset(strict_keys) if strict_keys else None,
     )
     url = f"http://{host}:{port}"
-    click.echo(f"Sandbox page:          {url}/")
-    click.echo(f"PagerDuty Events API:  {url}/v2/enqueue  (PAGERDUTY_API_URL)")
-    click.echo(
-        f"SMTP sink:             {host}:{smtp_port}  (SMTP_HOST, SMTP_PORT)"
-        + ("  STARTTLS" if tls else "")
-        + ("  AUTH" if smtp_user else "")
-    )
-    click.echo("Stop with Ctrl-C.")
+
+    def banner() -> None:
+        click.echo(f"Sandbox page:          {url}/")
+        click.echo(f"PagerDuty Events API:  {url}/v2/enqueue  (PAGERDUTY_API_URL)")
+        click.echo(
+            f"SMTP sink:             {host}:{smtp_port}  (SMTP_HOST, SMTP_PORT)"
+            + ("  STARTTLS" if tls else "")
+            + ("  AUTH" if smtp_user else "")
+        )
+        click.echo("Stop with Ctrl-C.")
+
     faults = _plan(fail_rates, slow_rate, slow_seconds, drop_rate, seed)
     smtp_faults = _plan(smtp_fail_rates, smtp_slow_rate, slow_seconds, smtp_drop_rate, seed)
     try:
@@ -220,6 +223,8 @@ def sandbox(
                     smtp_port=smtp_port,
                     sink=sink,
                     smtp_faults=smtp_faults,
+                    # Only once both ports are ours: a taken port is the one line printed.
+                    ready=banner,
                 )
             )
     except SandboxError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 import uuid
 from typing import Any
@@ -11,12 +12,13 @@ import click
 
 import tasks
 from cli.common import EXIT_FAILED, BadInput, Failed, one_line_errors
-from config.settings import get_settings
+from config.settings import TEAM_KEY_PREFIX, get_settings, normalize_team
 from worker.channels import Channel
 from worker.engine.runtime import engine
 from worker.exceptions import NotificationError
 from worker.notification import Notification, NotificationPriority
 from worker.providers.pagerduty import PagerDutyProvider
+from worker.redact import mask
 
 
 def _metadata(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
@@ -122,6 +124,7 @@ def send(
         "idempotency_id": idempotency_id,
         "metadata": _metadata(meta_pairs, metadata_json),
     }
+    note_team_key(team)
     started = time.time()
     job_id = tasks.enqueue(payload, team=team, channel=channel)
     if not wait:
@@ -138,6 +141,7 @@ def send(
 @one_line_errors
 def ack(dedup_key: str, team: str | None, wait: bool, timeout: float) -> None:
     """Acknowledge the incident with DEDUP_KEY (through the queue); print the job id."""
+    note_team_key(team)
     _lifecycle(tasks.acknowledge(dedup_key, team=team), wait, timeout)
 
 
@@ -149,7 +153,23 @@ def ack(dedup_key: str, team: str | None, wait: bool, timeout: float) -> None:
 @one_line_errors
 def resolve(dedup_key: str, team: str | None, wait: bool, timeout: float) -> None:
     """Resolve the incident with DEDUP_KEY (through the queue); print the job id."""
+    note_team_key(team)
     _lifecycle(tasks.resolve(dedup_key, team=team), wait, timeout)
+
+
+def note_team_key(team: str | None) -> None:
+    """Say (stderr) when ``team`` has no routing key of its own in the settings here, so
+    its pages go with the default key: the documented fallback, but maybe not the
+    intent. Producers that hold no keys at all (the workers do) say nothing."""
+    settings = get_settings()
+    if not team or not (settings.pagerduty_routing_key or settings.pagerduty_team_routing_keys):
+        return
+    if settings.routing_key_name(team) == "PAGERDUTY_ROUTING_KEY":
+        own = f"{TEAM_KEY_PREFIX}{normalize_team(team).upper()}"
+        click.echo(
+            f"note: {own} is not set here: team {team}'s pages use PAGERDUTY_ROUTING_KEY",
+            err=True,
+        )
 
 
 def _lifecycle(job_id: str, wait: bool, timeout: float) -> None:
@@ -174,7 +194,8 @@ def follow(job_id: str, timeout: float, since: float) -> None:
             duplicate = record["duplicates"] and record["created_at"] < since
             first = "deduplicated: same idempotency id as " if duplicate else ""
             channels = ", ".join(record["channels"])
-            click.echo(f"{first}job {job_id} queued for {channels}", err=True)
+            key = f" (dedup key {record['dedup_key']})" if record.get("dedup_key") else ""
+            click.echo(f"{first}job {job_id} queued for {channels}{key}", err=True)
             announced = True
         for attempt in record["attempts"][shown:]:
             click.echo("  " + _attempt_line(attempt), err=True)
@@ -182,6 +203,7 @@ def follow(job_id: str, timeout: float, since: float) -> None:
         status = record["status"]
         if status == "delivered":
             click.echo(f"{job_id} delivered")
+            _next_step(record)
             return
         if status in ("dead-lettered", "partly dead"):
             click.echo(f"{job_id} {status}: see `gds-notify status {job_id}`")
@@ -189,6 +211,15 @@ def follow(job_id: str, timeout: float, since: float) -> None:
         if time.monotonic() > end:
             raise Failed(f"job {job_id} still {status} after {timeout:.0f} s")
         time.sleep(0.1)
+
+
+def _next_step(record: dict[str, Any]) -> None:
+    """After a trigger: the command that acknowledges or resolves its incident."""
+    if "trigger" not in str(record.get("action")) or not record.get("dedup_key"):
+        return
+    team = f" --team {shlex.quote(record['team'])}" if record.get("team") else ""
+    key = shlex.quote(record["dedup_key"])
+    click.echo(f"  incident open: `gds-notify resolve {key}{team}` resolves it", err=True)
 
 
 def _attempt_line(a: dict[str, Any]) -> str:
@@ -215,6 +246,11 @@ def pagerduty_test(team: str | None) -> None:
     settings = get_settings()
     key = settings.routing_key_for(team)
     dedup_key = f"gds-notify-test-{uuid.uuid4().hex[:12]}"
+    fallback = (
+        f" (team {team} has no key of its own)"
+        if team and settings.routing_key_name(team) == "PAGERDUTY_ROUTING_KEY"
+        else ""
+    )
     note = Notification(
         recipient="gds-notify pagerduty-test",
         subject="Test event from gds-notify pagerduty-test (resolved at once)",
@@ -223,6 +259,7 @@ def pagerduty_test(team: str | None) -> None:
         idempotency_id=dedup_key,
     )
     click.echo(f"PagerDuty API {settings.pagerduty_api_url}")
+    click.echo(f"routing key   {settings.routing_key_name(team)} {mask(key)}{fallback}")
     try:
         with PagerDutyProvider(
             key.get_secret_value(),

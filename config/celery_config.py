@@ -6,13 +6,19 @@ Why each choice (see ../shared/reference/celery-on-redis.md):
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a job is acknowledged only after it
   finished, so a killed worker's job comes back. Delivery is idempotent (job state and
   PagerDuty dedup keys), which late acks require.
+- ``task_acks_on_failure_or_timeout``: a task that fails is acknowledged too. A job that
+  ends dead fails its task (``DeadLettered``, worker/task_base.py) only after the dead
+  letter is recorded, so Flower shows a FAILURE with the reason and the message is never
+  run again.
 - ``worker_prefetch_multiplier=1``: delivery is slow I/O; a worker holds one job per slot,
   so a page is never stuck behind jobs another worker prefetched.
 - One visibility timeout (``CELERY_VISIBILITY_TIMEOUT``) for every producer, worker and
   Flower; every retry delay is capped below it (``Settings.max_delay_seconds``).
 - Queues per channel; ``queue_order_strategy="priority"`` makes a worker that serves
   several queues take from ``pagerduty`` first, then intake, then ``email``.
-- Results ignored: job state lives in our own Redis records (worker/engine/jobs.py).
+- Results ignored, and no result backend: job state lives in our own Redis records
+  (worker/engine/jobs.py); Flower learns each task's state from the workers' task events
+  (``worker_send_task_events``), not from a backend.
 - ``rediss://``: the broker verifies Redis's certificate, as the job-state client (redis-py)
   on the same URL does. kombu alone would connect to a ``rediss://`` URL without ``ssl_*``
   parameters with CERT_NONE (a warning in the log, and no protection from a man in the

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -33,11 +34,13 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
 from config.api_tokens import ApiToken, load_tokens
+from config.dev_stack_file import stack_environment
 from config.routing import RoutingRule
 from worker.addresses import parse_address
 from worker.exceptions import InvalidFieldError, NotificationConfigError
@@ -85,6 +88,14 @@ class _TeamRoutingKeysSource(PydanticBaseSettingsSource):
             if name.upper().startswith(TEAM_KEY_PREFIX) and len(name) > len(TEAM_KEY_PREFIX)
         }
         return {"pagerduty_team_routing_keys": keys} if keys else {}
+
+
+class _DevStackSource(EnvSettingsSource):
+    """A ``gds-notify dev`` stack running in this checkout: its settings, under the
+    environment's and over a ``.env`` file's (config/dev_stack_file.py)."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in stack_environment().items()}
 
 
 class Settings(BaseSettings):
@@ -280,9 +291,16 @@ class Settings(BaseSettings):
             init_settings,
             env_settings,
             _TeamRoutingKeysSource(settings_cls),
+            _DevStackSource(settings_cls),
             dotenv_settings,
             file_secret_settings,
         )
+
+    def routing_key_name(self, team: str | None) -> str:
+        """The variable whose key pages for ``team``: its own, else the default."""
+        if team and normalize_team(team) in self.pagerduty_team_routing_keys:
+            return f"{TEAM_KEY_PREFIX}{normalize_team(team).upper()}"
+        return "PAGERDUTY_ROUTING_KEY"
 
     def routing_key_for(self, team: str | None) -> SecretStr:
         """The routing key for ``team``, else the default key.

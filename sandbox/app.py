@@ -8,6 +8,7 @@
                                        (``?limit=N``)
 ``GET|POST|DELETE /sandbox/faults``    the fault plan (see :mod:`sandbox.faults`)
 ``GET|POST /sandbox/settings``         rate_limit, rate_window, retry_after, strict_keys
+                                       (``[]`` or ``null``: any well-formed key)
 ``GET  /sandbox/messages``             mail the SMTP sink kept (``?to=``, ``?message_id=``)
 ``GET  /sandbox/smtp``                 SMTP sink counters (connections, messages)
 ``POST /sandbox/smtp/refuse``          refuse given recipients at RCPT with given codes
@@ -125,6 +126,10 @@ async def get_settings(request: web.Request) -> web.Response:
 
 
 async def set_settings(request: web.Request) -> web.Response:
+    """Change the settings given, keep the others: ``rate_limit`` (0: no limit),
+    ``rate_window`` (seconds), ``retry_after`` (true/false), ``strict_keys`` (a list of the
+    only routing keys accepted; ``null`` or ``[]`` accepts any well-formed key). Unknown or
+    invalid settings get a 400 naming them."""
     body = await _json_body(request)
     if isinstance(body, web.Response):
         return body

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -32,7 +33,7 @@ class EmulatorOptions:
     rate_limit: int = 120  # events per key per window; 0 turns the limit off
     rate_window: float = 60.0  # seconds
     retry_after: bool = False  # send Retry-After on 429 (PagerDuty documents none)
-    strict_keys: frozenset[str] | None = None  # known routing keys; None accepts any valid one
+    strict_keys: frozenset[str] | None = None  # known routing keys; None or empty: any valid one
     max_events: int = 50_000  # how many requests the log keeps
 
 
@@ -51,16 +52,27 @@ class PagerDutyEmulator:
     # -- configuration -----------------------------------------------------------------
 
     def configure(self, changes: dict[str, Any]) -> None:
-        """Apply run-time changes: rate_limit, rate_window, retry_after, strict_keys."""
+        """Apply run-time changes: rate_limit, rate_window, retry_after, strict_keys.
+
+        ``strict_keys`` is a list of routing keys; ``None`` or ``[]`` turns strict mode off.
+        Any other ``strict_keys`` raises :class:`ValueError`, and nothing is changed.
+        """
+        if "strict_keys" in changes:
+            keys = changes["strict_keys"]
+            if keys is not None and (
+                not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)
+            ):
+                raise ValueError(
+                    "strict_keys must be a list of routing keys, or null or [] to accept "
+                    "any well-formed key"
+                )
+            self.options.strict_keys = frozenset(keys) if keys else None
         if "rate_limit" in changes:
             self.options.rate_limit = self.limiter.limit = int(changes["rate_limit"])
         if "rate_window" in changes:
             self.options.rate_window = self.limiter.window = float(changes["rate_window"])
         if "retry_after" in changes:
             self.options.retry_after = bool(changes["retry_after"])
-        if "strict_keys" in changes:
-            keys = changes["strict_keys"]
-            self.options.strict_keys = None if keys is None else frozenset(map(str, keys))
 
     def describe(self) -> dict[str, Any]:
         strict = self.options.strict_keys
@@ -68,7 +80,7 @@ class PagerDutyEmulator:
             "rate_limit": self.options.rate_limit,
             "rate_window": self.options.rate_window,
             "retry_after": self.options.retry_after,
-            "strict_keys": None if strict is None else sorted(shown_key(k) for k in strict),
+            "strict_keys": sorted(shown_key(k) for k in strict) if strict else None,
         }
 
     def reset(self) -> None:
@@ -120,13 +132,15 @@ class PagerDutyEmulator:
                 headers = dict(fault.headers)
                 if fault.retry_after:
                     headers["Retry-After"] = fault.retry_after
-                text = fault.body if fault.body is not None else _fault_body(fault.status)
-                self._record(path, _loads(raw), fault.status, text, fault)
+                answer = fault.body if fault.body is not None else _fault_answer(fault.status)
+                self._record(path, _loads(raw), fault.status, answer, fault)
+                if isinstance(answer, dict):
+                    return web.json_response(answer, status=fault.status, headers=headers)
                 return web.Response(
                     status=fault.status,
-                    text=text,
+                    text=answer,
                     headers=headers,
-                    content_type="application/json" if text.startswith("{") else "text/plain",
+                    content_type="application/json" if answer.startswith("{") else "text/plain",
                 )
         status, answer, headers = self._answer(path, raw)
         self._record(path, _loads(raw), status, answer, fault)
@@ -148,7 +162,7 @@ class PagerDutyEmulator:
             )
         key = event.get("routing_key")
         strict = self.options.strict_keys
-        if strict is not None and not check_routing_key(event) and key not in strict:
+        if strict and not check_routing_key(event) and key not in strict:
             return 400, "Invalid routing key", {}
         wait = self.limiter.acquire(str(key))
         if wait is not None:
@@ -177,12 +191,22 @@ def _loads(raw: bytes) -> Any:
         return raw.decode("utf-8", "replace")[:2000]
 
 
-def _fault_body(status: int) -> str:
+def _fault_answer(status: int) -> dict[str, Any] | str:
+    """What PagerDuty would send with ``status``: its ``invalid event`` shape for a 400,
+    nothing for a 429, else its ``{"status", "message"}`` shape with the reason phrase."""
     if status == 429:
         return ""
-    if status >= 500:
-        return json.dumps({"status": "error", "message": "Internal Server Error (injected)"})
-    return json.dumps({"status": "error", "message": f"HTTP {status} (injected)"})
+    if status == 400:
+        return {
+            "status": "invalid event",
+            "message": "Event object is invalid",
+            "errors": ["Fault injected by the sandbox"],
+        }
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = f"HTTP {status}"
+    return {"status": "error", "message": reason}
 
 
 def _drop(request: web.Request) -> web.StreamResponse:

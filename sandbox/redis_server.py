@@ -18,6 +18,8 @@ from typing import Self
 
 import redis
 
+from sandbox.children import die_with_parent
+
 
 class RedisUnavailableError(RuntimeError):
     """No Redis could be found or started."""
@@ -92,7 +94,13 @@ class LocalRedis:
             "warning",
         ]
         self._proc = subprocess.Popen(  # noqa: S603 - our own argument list
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            # Its own session: a Ctrl-C meant for the program that owns it does not stop
+            # Redis under that program's cleanup; the parent-death signal covers a crash.
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         end = time.monotonic() + timeout

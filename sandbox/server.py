@@ -10,6 +10,7 @@ import errno
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -25,8 +26,14 @@ class SandboxError(RuntimeError):
     """The sandbox cannot start (for example, its port is taken)."""
 
 
-def bind(host: str, port: int, what: str = "--port") -> socket.socket:
-    """A listening socket on ``host:port`` (0 picks a free port), or a clear error."""
+#: Who listens where, as the one-line errors name them.
+WEB_SERVICE = "PagerDuty emulator"
+SMTP_SERVICE = "SMTP sink"
+
+
+def bind(host: str, port: int, what: str = "--port", service: str = WEB_SERVICE) -> socket.socket:
+    """A listening socket on ``host:port`` (0 picks a free port), or a clear error naming
+    the ``service`` and the option (``what``) that picks another port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -36,9 +43,9 @@ def bind(host: str, port: int, what: str = "--port") -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise SandboxError(
-                f"port {port} on {host} is already in use; pick another with {what}"
+                f"{service}: port {port} on {host} is already in use; pick another with {what}"
             ) from None
-        raise SandboxError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise SandboxError(f"{service}: cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -94,11 +101,15 @@ async def serve(
     smtp_port: int | None = None,
     sink: SinkOptions | None = None,
     smtp_faults: FaultPlan | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> None:
-    """Serve until cancelled (Ctrl-C)."""
-    http_sock = bind(host, port, "--port")
+    """Serve until cancelled (Ctrl-C); ``ready`` is called once both ports listen, so
+    nothing announces a sandbox that a taken port stops (that raises :class:`SandboxError`)."""
+    http_sock = bind(host, port, "--port", WEB_SERVICE)
     try:
-        smtp_sock = bind(host, smtp_port, "--smtp-port") if smtp_port is not None else None
+        smtp_sock = (
+            bind(host, smtp_port, "--smtp-port", SMTP_SERVICE) if smtp_port is not None else None
+        )
     except SandboxError:
         http_sock.close()
         raise
@@ -109,6 +120,8 @@ async def serve(
         listeners.mailbox.faults.set_plan(smtp_faults)
     await listeners.start()
     try:
+        if ready is not None:
+            ready()
         await asyncio.Event().wait()
     finally:
         await listeners.stop()
@@ -136,7 +149,15 @@ class SandboxServer:
         self._ssl_context = ssl_context
         http_sock = bind(host, port)
         self.port: int = http_sock.getsockname()[1]
-        smtp_sock = bind(host, smtp_port, "--smtp-port") if smtp_port is not None else None
+        try:
+            smtp_sock = (
+                bind(host, smtp_port, "--smtp-port", SMTP_SERVICE)
+                if smtp_port is not None
+                else None
+            )
+        except SandboxError:
+            http_sock.close()
+            raise
         self.smtp_port: int | None = smtp_sock.getsockname()[1] if smtp_sock else None
         self._listeners = _Listeners(http_sock, smtp_sock, options, sink, ssl_context)
         self._loop = asyncio.new_event_loop()

@@ -10,8 +10,9 @@ Producers::
 
 Tasks on the wire: ``notify`` (intake, any language), ``deliver.pagerduty``,
 ``deliver.email``, ``heartbeat`` (any language), ``heartbeat.check`` and ``jobs.recover``
-(beat). Tasks are thin: they call the engine (worker/engine/) and turn its outcome into an
-acknowledgement or a retry.
+(beat). Tasks are thin: they call the engine (worker/engine/) and settle its outcome as a
+task state (:meth:`worker.task_base.NotifierTask.settle`): a retry, a success, or a
+failure naming the dead letter's reason.
 """
 
 from tasks.producer import acknowledge, enqueue, heartbeat, replay, resolve

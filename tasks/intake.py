@@ -1,7 +1,8 @@
 """``notify``: intake for producers in any language, via
 ``send_task("notify", args=[{...}])``. It ends where ``tasks.enqueue`` does, in
 :func:`worker.engine.intake.accept`; what cannot be accepted is dead-lettered with the
-reason, never retried, and never crashes the worker."""
+reason and the task fails with it (FAILURE in Flower), never retried, and never crashes
+the worker."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 
 from worker.celery_app import app
 from worker.engine import intake
+from worker.engine.delivery import Outcome, OutcomeKind
 from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError, parse_request
+from worker.task_base import NotifierTask
 
 logger = logging.getLogger(__name__)
 
@@ -23,33 +26,37 @@ def _truncate(value: Any, limit: int = 65_536) -> Any:
 
 
 @app.task(bind=True, name="notify", max_retries=None, acks_late=True)  # type: ignore[untyped-decorator,unused-ignore]
-def notify(self: Any, *args: Any, **kwargs: Any) -> str | None:
+def notify(self: NotifierTask, *args: Any, **kwargs: Any) -> str:
     """Intake for producers in any language: one argument, the job as a JSON object."""
     job_id = self.request.id or intake.new_job_id()
     dead_letters = engine().dead_letters
     if len(args) != 1 or kwargs:
+        reason = (
+            "invalid payload: notify takes exactly one argument, the job as a JSON object "
+            f"(got {len(args)} positional and {len(kwargs)} keyword arguments)"
+        )
         dead_letters.add(
             entry_id=job_id,
             job_id=None,
             channel="intake",
-            reason=(
-                "invalid payload: notify takes exactly one argument, the job as a JSON object "
-                f"(got {len(args)} positional and {len(kwargs)} keyword arguments)"
-            ),
+            reason=reason,
             payload=_truncate({"args": list(args), "kwargs": kwargs}),
         )
-        return None
-    try:
-        request = parse_request(args[0])
-        return intake.accept(engine(), request, job_id, "notify").job_id
-    except InvalidJobError as exc:
-        dead_letters.add(
-            entry_id=job_id,
-            job_id=None,
-            channel="intake",
-            reason=str(exc),
-            payload=_truncate({"args": list(args)}),
-            last_error={"type": "InvalidJobError", "message": str(exc), "errors": exc.errors},
-        )
-        logger.warning("job %s dead-lettered at intake: %s", job_id, exc)
-        return None
+    else:
+        try:
+            request = parse_request(args[0])
+            return intake.accept(engine(), request, job_id, "notify").job_id
+        except InvalidJobError as exc:
+            reason = str(exc)
+            dead_letters.add(
+                entry_id=job_id,
+                job_id=None,
+                channel="intake",
+                reason=reason,
+                payload=_truncate({"args": list(args)}),
+                last_error={"type": "InvalidJobError", "message": reason, "errors": exc.errors},
+            )
+    logger.warning("job %s dead-lettered at intake: %s", job_id, reason)
+    # Settled outside the except block, so the failure carries the reason alone, not a
+    # chain of tracebacks.
+    return self.settle(Outcome(OutcomeKind.DEAD, reason=reason))

@@ -3,8 +3,10 @@
 Celery discards a message that names no registered task (``task_unknown``) or that cannot
 be decoded (``task_rejected``: wrong content type, a body that is not JSON) after logging
 it. These receivers first keep a bounded copy in the dead letters, so an operator sees it
-in ``gds-notify dlq list`` with the reason; the worker then carries on serving. (Queue
-items that are not even message envelopes are caught earlier, by the broker transport.)
+in ``gds-notify dlq list`` with the reason, and in Flower as a failed task (Celery itself
+announces an unknown task as failed, with ``NotRegistered``); the worker then carries on
+serving. (Queue items that are not even message envelopes are caught earlier, by the
+broker transport.)
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from celery import signals
 
+from worker.consumer import announce_failure
 from worker.engine.quarantine import message_copy, quarantine
 from worker.engine.runtime import engine
 
@@ -28,6 +31,10 @@ def _unknown_task(name: str = "", id: str | None = None, message: Any = None, **
 
 
 @signals.task_rejected.connect  # type: ignore[untyped-decorator,unused-ignore]
-def _undecodable(message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
+def _undecodable(
+    sender: Any = None, message: Any = None, exc: BaseException | None = None, **_: Any
+) -> None:
     detail = f"{type(exc).__name__}: {exc}" if exc else "rejected by the consumer"
-    quarantine(engine().dead_letters, f"undecodable message: {detail}", message_copy(message))
+    reason = f"undecodable message: {detail}"
+    quarantine(engine().dead_letters, reason, message_copy(message))
+    announce_failure(sender, message, reason)  # the sender is Celery's consumer

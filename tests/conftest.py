@@ -23,6 +23,17 @@ SMTP_USER = "gds-mailer"
 SMTP_PASSWORD = "s3cret-Pa55word-for-tests"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def own_dev_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The suite's own ``.gds-dev``: a ``make run`` going on in this checkout must not
+    lend its settings to the tests, nor see the tests' dev stacks (subprocesses inherit
+    the variable)."""
+    folder = tmp_path_factory.mktemp("gds-dev")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GDS_DEV_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture
 def routing_key() -> str:
     return ROUTING_KEY

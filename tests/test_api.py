@@ -319,6 +319,26 @@ def test_a_job_reads_as_gds_notify_status_json_prints_it(
     assert missing.status_code == 404
 
 
+def test_recent_jobs_are_listed_newest_first(api_server: ApiServer, celery_worker: Any) -> None:
+    with api_server.client() as http:
+        ids = [
+            http.post(
+                "/v1/notifications", json={"recipient": "a@example.com", "subject": f"n{i}"}
+            ).json()["job_id"]
+            for i in range(3)
+        ]
+        for job_id in ids:
+            delivered(job_id)
+        listed = http.get("/v1/jobs", params={"limit": 2}).json()["jobs"]
+        pending = http.get("/v1/jobs", params={"status": "pending"}).json()["jobs"]
+        bad = http.get("/v1/jobs", params={"status": "lost"})
+    printed = CliRunner().invoke(main, ["jobs", "--limit", "2", "--json"])
+    assert [j["id"] for j in listed] == ids[:0:-1]
+    assert listed == json.loads(printed.output)
+    assert pending == []
+    assert bad.status_code == 422
+
+
 def test_dead_letters_listed_shown_and_replayed_by_an_admin(
     api_server: ApiServer, celery_worker: Any, api: SandboxClient
 ) -> None:

@@ -135,16 +135,6 @@ def test_send_refuses_bad_input_naming_the_field(service_env: SandboxServer) -> 
     assert "recipient" in bad_mail.output
 
 
-def test_send_wait_reports_a_dead_letter_with_exit_code_1(
-    celery_worker: Any, api: SandboxClient
-) -> None:
-    api.faults({"status": 400})
-    result = run("send", "db-1", "Bad", "--priority", "critical", "--wait")
-    assert result.exit_code == 1
-    assert "dead-lettered: see `gds-notify status" in result.stdout
-    assert "NotificationDeliveryError" in result.stderr
-
-
 def test_ack_and_resolve_go_through_the_queue(celery_worker: Any, api: SandboxClient) -> None:
     assert (
         run(

@@ -4,8 +4,10 @@ stopped by Ctrl-C with nothing left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,13 +19,14 @@ from typing import Any
 import httpx
 import pytest
 
-from cli.stack_file import dev_dir
+from config.dev_stack_file import dev_dir, running_stack
 from tests.browser import CHROMIUM, headless
 from tests.conftest import free_port, wait_for
 
 GDS_NOTIFY = str(Path(sys.executable).with_name("gds-notify"))
-#: What a fresh terminal has: none of the service's settings.
-SERVICE_VARIABLES = ("REDIS_URL", "PAGERDUTY_", "SMTP_", "HEARTBEAT_", "GDS_DEV_DIR")
+#: What a fresh terminal has: none of the service's settings (GDS_DEV_DIR stays: the
+#: suite's own, see conftest.py, stands for the checkout's .gds-dev).
+SERVICE_VARIABLES = ("REDIS_URL", "PAGERDUTY_", "SMTP_", "HEARTBEAT_")
 
 
 def clean_env() -> dict[str, str]:
@@ -267,3 +270,89 @@ def test_commands_without_a_dev_stack_use_their_own_settings(
     result = CliRunner().invoke(main, ["config", "check", "--offline"])
     assert result.exit_code == 0, result.output
     assert service_env.api_url in result.output
+
+
+def dev_ports() -> list[str]:
+    argv = []
+    for option in ("--port", "--smtp-port", "--flower-port", "--api-port"):
+        argv += [option, str(free_port())]
+    return argv
+
+
+def announced(timeout: float = 90) -> dict[str, Any]:
+    """The stack file, once the stack is up."""
+    path = dev_dir() / "stack.json"
+    wait_for(path.exists, timeout=timeout, interval=0.2)
+    return dict(json.loads(path.read_text()))
+
+
+def redis_pid(stack: dict[str, Any]) -> int:
+    """The private redis-server's pid, found by its port."""
+    port = stack["redis"].rsplit(":", 1)[1].split("/")[0]
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            # redis-server rewrites its title to "redis-server HOST:PORT".
+            title = cmdline.read_bytes().replace(b"\0", b" ")
+            if b"redis-server" in title and f":{port}".encode() in title:
+                return int(cmdline.parent.name)
+    raise AssertionError(f"no redis-server on port {port}")
+
+
+def all_gone(pids: list[int]) -> bool:
+    return not any(alive(pid) for pid in pids)
+
+
+@pytest.mark.parametrize("reader", ["cat", "head -n 1"])
+def test_ctrl_c_through_a_pipe_stops_everything(reader: str, tmp_path: Path) -> None:
+    """`make run 2>&1 | tee run.log`: Ctrl-C reaches the whole pipeline, the reader dies
+    first, and printing fails; the stack must stop all the same."""
+    command = f"{shlex.quote(GDS_NOTIFY)} dev --concurrency 2 {' '.join(dev_ports())} 2>&1"
+    shell = subprocess.Popen(
+        ["bash", "-c", f"{command} | {reader} > {tmp_path / 'seen.log'}"],
+        cwd=tmp_path,
+        env=clean_env(),
+        start_new_session=True,  # a terminal's process group, to send Ctrl-C to
+    )
+    try:
+        stack = announced()
+        pids = [*stack["children"], redis_pid(stack)]
+        assert all(alive(pid) for pid in pids)
+        os.killpg(shell.pid, signal.SIGINT)
+        shell.wait(60)
+        wait_for(lambda: all_gone(pids), timeout=30)
+        assert not (dev_dir() / "stack.json").exists()
+        assert not alive(stack["pid"])
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait(10)
+
+
+def test_a_killed_dev_command_takes_its_children_with_it(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [GDS_NOTIFY, "dev", "--concurrency", "2", *dev_ports()],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        stack = announced()
+        pids = [*stack["children"], redis_pid(stack)]
+        proc.kill()  # no cleanup of its own: the kernel's parent-death signal does it
+        proc.wait(10)
+        wait_for(lambda: all_gone(pids), timeout=30)
+        # The next `make run` is not told that a stack is running.
+        assert running_stack() is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        (dev_dir() / "stack.json").unlink(missing_ok=True)
+
+
+def test_dev_env_without_a_stack_says_so_in_one_line() -> None:
+    done = cli("dev", "--env")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith("Error: no dev stack is running")
+    assert done.stderr.count("\n") == 1

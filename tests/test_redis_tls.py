@@ -139,7 +139,7 @@ def test_the_service_runs_over_rediss(
     letters = runner.invoke(main, ["dlq", "list"])
     assert refused.id in letters.output
     check = runner.invoke(main, ["config", "check"])
-    assert "redis      rediss://127.0.0.1" in check.output, check.output
+    assert "redis      ok  rediss://127.0.0.1" in check.output, check.output
 
 
 def test_an_unverifiable_certificate_is_refused_by_broker_and_state_store(

@@ -3,8 +3,14 @@ faults and the inspection endpoints, checked against the reference sheet."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +18,13 @@ import pytest
 
 from sandbox import EmulatorOptions, SandboxServer
 from sandbox.ratelimit import SlidingWindowLimiter
-from tests.conftest import OTHER_KEY, ROUTING_KEY, SandboxClient
+from tests.conftest import OTHER_KEY, ROUTING_KEY, SandboxClient, free_port
+from worker.exceptions import NotificationDeliveryError
+from worker.providers import PagerDutyProvider
+from worker.providers.base import Notification
+
+GDS_NOTIFY = str(Path(sys.executable).with_name("gds-notify"))
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -195,6 +207,32 @@ def test_strict_mode_answers_plain_text_for_unknown_keys(
     assert malformed.json()["status"] == "invalid event"
 
 
+def test_an_empty_strict_key_list_turns_strict_mode_off(
+    http: httpx.Client, sandbox_api: SandboxClient
+) -> None:
+    sandbox_api.settings(strict_keys=[ROUTING_KEY])
+    assert http.post("/v2/enqueue", json=trigger(key=OTHER_KEY)).status_code == 400
+    assert sandbox_api.settings(strict_keys=[])["strict_keys"] is None
+    assert http.post("/v2/enqueue", json=trigger(key=OTHER_KEY)).status_code == 202
+    sandbox_api.settings(strict_keys=[ROUTING_KEY])
+    sandbox_api.settings(strict_keys=None)
+    assert http.post("/v2/enqueue", json=trigger(key=OTHER_KEY)).status_code == 202
+
+
+@pytest.mark.parametrize("value", ["R0UT1NGKEY0000000000000000000001", 5, {"k": 1}, [1], True])
+def test_strict_keys_other_than_a_list_or_null_are_refused_by_name(
+    http: httpx.Client, sandbox_api: SandboxClient, value: Any
+) -> None:
+    sandbox_api.settings(strict_keys=[ROUTING_KEY])
+    answer = sandbox_api.http.post("/sandbox/settings", json={"strict_keys": value})
+    assert answer.status_code == 400
+    assert "strict_keys must be a list of routing keys" in answer.json()["error"]
+    assert sandbox_api.http.get("/sandbox/settings").json()["strict_keys"] == [
+        "…" + ROUTING_KEY[-4:]
+    ]
+    assert http.post("/v2/enqueue", json=trigger(key=OTHER_KEY)).status_code == 400
+
+
 def test_sliding_window_rate_limit_per_key(http: httpx.Client, sandbox_api: SandboxClient) -> None:
     sandbox_api.settings(rate_limit=3, rate_window=0.5)
     statuses = [http.post("/v2/enqueue", json=trigger()).status_code for _ in range(4)]
@@ -245,6 +283,45 @@ def test_scripted_faults_apply_to_the_next_requests_in_order(
     recorded = [(e["status"], e["fault"]) for e in sandbox_api.events()]
     assert recorded[3] == (None, {"drop": True})
     assert sandbox_api.http.get("/sandbox/faults").json()["injected"] == 3
+
+
+def test_injected_503_answers_service_unavailable_in_pagerdutys_shape(
+    http: httpx.Client, sandbox_api: SandboxClient
+) -> None:
+    sandbox_api.faults({"status": 503})
+    answer = http.post("/v2/enqueue", json=trigger())
+    assert (answer.status_code, answer.reason_phrase) == (503, "Service Unavailable")
+    assert answer.json() == {"status": "error", "message": "Service Unavailable"}
+
+
+def test_injected_400_is_pagerdutys_invalid_event_saying_its_reason_once(
+    http: httpx.Client, sandbox_api: SandboxClient
+) -> None:
+    sandbox_api.faults({"status": 400})
+    answer = http.post("/v2/enqueue", json=trigger())
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "status": "invalid event",
+        "message": "Event object is invalid",
+        "errors": ["Fault injected by the sandbox"],
+    }
+    assert sandbox_api.events()[-1]["answer"] == answer.json()
+
+
+def test_injected_errors_read_once_in_our_providers_messages(
+    sandbox: SandboxServer, sandbox_api: SandboxClient
+) -> None:
+    provider = PagerDutyProvider(ROUTING_KEY, api_url=sandbox.api_url)
+    note = Notification(recipient="db-1", subject="Disk full", idempotency_id="fault-1")
+    sandbox_api.faults({"status": 400}, {"status": 503})
+    with pytest.raises(NotificationDeliveryError) as rejected:
+        provider.trigger(note)
+    assert str(rejected.value) == (
+        "PagerDuty rejected event: Event object is invalid: Fault injected by the sandbox"
+    )
+    with pytest.raises(NotificationDeliveryError) as unavailable:
+        provider.trigger(note)
+    assert str(unavailable.value) == "PagerDuty answered HTTP 503: Service Unavailable"
 
 
 def test_delay_fault_answers_late(http: httpx.Client, sandbox_api: SandboxClient) -> None:
@@ -324,3 +401,53 @@ def test_html_page_lists_incidents_with_status_counts_and_timeline(
     assert "2 events" in text
     assert "trigger</li>" in text
     assert ROUTING_KEY not in text
+
+
+# -- gds-notify sandbox and make, run as a user runs them ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("taken", "service"), [("--port", "PagerDuty emulator"), ("--smtp-port", "SMTP sink")]
+)
+def test_a_taken_port_is_the_one_line_printed_before_any_banner(taken: str, service: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        ports = {"--port": free_port(), "--smtp-port": free_port(), taken: port}
+        done = subprocess.run(
+            [GDS_NOTIFY, "sandbox", *(str(a) for pair in ports.items() for a in pair)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 1  # the operation failed (README, Command line)
+    assert done.stderr.splitlines() == [
+        f"Error: {service}: port {port} on 127.0.0.1 is already in use; pick another with {taken}"
+    ]
+    assert done.stdout == ""  # no banner announcing a sandbox that never started
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_makes_python_probe_stays_quiet_past_pyenv_shims(tmp_path: Path) -> None:
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    for name in ("python3.13", "python3.12"):  # as pyenv's shims do for versions not installed
+        shim = shims / name
+        shim.write_text(f"#!/bin/sh\necho 'pyenv: {name}: command not found' >&2\nexit 127\n")
+        shim.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MAKEFLAGS", "MAKELEVEL")}
+    # Then this venv, so that a Python 3.11+ is found whatever else the machine has.
+    env["PATH"] = os.pathsep.join([str(shims), str(Path(sys.executable).parent), env["PATH"]])
+    done = subprocess.run(
+        ["make", "-s", "-f", str(REPO / "Makefile"), "--eval", "probe: ; @echo $(PYTHON)", "probe"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pyenv" not in done.stdout + done.stderr
+    assert done.stderr == ""
+    assert done.stdout.strip() in ("python3.11", "python3")  # the shims were passed over

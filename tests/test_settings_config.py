@@ -113,6 +113,27 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
     assert load_settings().pagerduty_timeout == 12
 
 
+def test_a_running_dev_stack_counts_under_the_environment_and_over_dotenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import os
+
+    from config.dev_stack_file import write_stack
+
+    monkeypatch.setenv("GDS_DEV_DIR", str(tmp_path / "gds-dev"))
+    (tmp_path / ".env").write_text("REDIS_URL=redis://production:6379/0\nSMTP_PORT=2525\n")
+    stack_env = {"REDIS_URL": "redis://127.0.0.1:41234/0", "API_TOKENS": json.dumps([])}
+    write_stack({"pid": os.getpid(), "env": stack_env})
+    assert load_settings().redis_url == "redis://127.0.0.1:41234/0"  # over .env
+    assert load_settings().smtp_port == 2525  # .env still fills what the stack does not
+    monkeypatch.setenv("REDIS_URL", "redis://mine:6379/3")
+    assert load_settings().redis_url == "redis://mine:6379/3"  # your own variable wins
+    monkeypatch.delenv("REDIS_URL")
+    write_stack({"pid": 2**22 + 12345, "env": stack_env})  # a stack that is gone
+    assert load_settings().redis_url == "redis://production:6379/0"
+
+
 def test_get_settings_caches_until_cleared(monkeypatch: pytest.MonkeyPatch) -> None:
     get_settings.cache_clear()
     try:

@@ -95,7 +95,7 @@ def test_page_shows_mail_escaped(open_sink: SandboxServer, open_api: SandboxClie
     page = open_api.http.get("/").text
     assert "<h2>Mail</h2>" in page
     assert "Disk &lt;full&gt; &amp; more" in page
-    assert "1 messages" in page
+    assert "1 message ·" in page
 
 
 def test_counts_connections_and_reset_forgets(

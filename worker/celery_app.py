@@ -20,6 +20,9 @@ broker_transport.install()
 app = Celery(
     "gds_notification",
     task_cls="worker.task_base:NotifierTask",
+    # Task events from the thread pool are never dropped (worker/consumer.py), so Flower
+    # sees every task end.
+    events="worker.consumer:AppEvents",
     include=[
         "tasks.intake",
         "tasks.delivery",

@@ -1,22 +1,102 @@
-"""The worker's message consumer: Celery's own, except that a message whose body cannot
-be decoded is dead-lettered (with the decoder's complaint) before Celery drops it.
-Configured as ``worker_consumer`` in config/celery_config.py."""
+"""The worker's message consumer and its event dispatcher: Celery's own, except that
+
+- a message whose body cannot be decoded is dead-lettered (with the decoder's complaint)
+  before Celery drops it, and shown in Flower as a failed task with that reason;
+- no task event is lost when tasks run on the thread pool (``-P threads``, as the
+  Procfile runs them).
+
+Celery buffers task events and its event loop flushes them, but the thread pool sends a
+task's ``task-started`` and ``task-succeeded``/``task-failed`` from the pool's thread.
+Celery's flush publishes the buffer and then empties it, dropping whatever a pool thread
+added during the publish; a short task (``heartbeat.check`` runs in about a millisecond)
+then stays RECEIVED in Flower for good although the worker logged it done
+(celery/celery#10434; fixed upstream after 5.6.3, and this project holds Celery below
+5.7). :class:`EventDispatcher` removes only what it published, and :class:`Consumer` asks
+the event loop for a flush in the thread-safe way, which also wakes the loop instead of
+leaving the events until its next timer.
+
+The consumer is ``worker_consumer`` in config/celery_config.py; the dispatcher comes with
+the app's ``events`` (worker/celery_app.py).
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from celery.app.events import Events as CeleryEvents
+from celery.events.dispatcher import EventDispatcher as CeleryEventDispatcher
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 from worker.engine.quarantine import message_copy, quarantine
 from worker.engine.runtime import engine
 
+logger = logging.getLogger(__name__)
+
+#: Headers come from any producer: what is echoed of them into an event is bounded.
+_HEADER_CHARS = 255
+
+
+def announce_failure(consumer: Any, message: Any, reason: str) -> None:
+    """Send a ``task-failed`` event with ``reason`` for a task message no task could run,
+    when its headers name the task: such a message is never received as a task, so Flower
+    would otherwise not show it at all. Never raises (the consumer must carry on)."""
+    headers = getattr(message, "headers", None) or {}
+    task_id, name = headers.get("id"), headers.get("task")
+    dispatcher = getattr(consumer, "event_dispatcher", None)
+    if not (isinstance(task_id, str) and isinstance(name, str)) or dispatcher is None:
+        return
+    try:
+        dispatcher.send(
+            "task-failed",
+            uuid=task_id[:_HEADER_CHARS],
+            name=name[:_HEADER_CHARS],
+            exception=reason[:1000],
+        )
+    except Exception:
+        logger.exception("could not announce the failed message %r", task_id[:_HEADER_CHARS])
+
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
+    """Celery's consumer, dead-lettering undecodable messages and flushing events safely."""
+
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
-        quarantine(
-            engine().dead_letters,
-            f"undecodable message: {type(exc).__name__}: {exc}",
-            message_copy(message),
-        )
+        reason = f"undecodable message: {type(exc).__name__}: {exc}"
+        quarantine(engine().dead_letters, reason, message_copy(message))
+        announce_failure(self, message, reason)
         super().on_decode_error(message, exc)
+
+    def on_send_event_buffered(self) -> None:
+        # Called from pool threads too. Celery adds to the hub's ready set directly, which
+        # can race the loop taking that set and does not wake a loop asleep in its poll.
+        if self.hub:
+            self.hub.call_soon(self._flush_events)
+
+
+class EventDispatcher(CeleryEventDispatcher):  # type: ignore[misc]
+    """Celery's event dispatcher, safe for events sent from other threads while it
+    flushes: an event buffered during a publish stays for the next flush, and an event
+    that fails to publish again stays in the outbound buffer."""
+
+    def flush(self, errors: bool = True, groups: bool = True) -> None:
+        """Publish the events buffered so far, removing only those published."""
+        with self.mutex:
+            if errors:
+                # One pass over what is there now; a failed publish puts its event back.
+                for _ in range(len(self._outbound_buffer)):
+                    event, routing_key, _exc = self._outbound_buffer.popleft()
+                    self._publish(event, self.producer, routing_key)
+            if groups:
+                for group, events in list(self._group_buffer.items()):
+                    # A copy, and only its length removed afterwards: another thread may
+                    # append meanwhile (appends only add at the end, only a flush removes).
+                    batch = events[:]
+                    if batch:
+                        self._publish(batch, self.producer, f"{group}.multi")
+                        del events[: len(batch)]
+
+
+class AppEvents(CeleryEvents):  # type: ignore[misc]
+    """``app.events`` with :class:`EventDispatcher` (``events`` in worker/celery_app.py)."""
+
+    dispatcher_cls = "worker.consumer:EventDispatcher"

@@ -19,6 +19,9 @@
 Providers translate their library's errors into this tree in one place each; nothing above
 the provider layer ever sees an ``httpx`` or ``aiosmtplib`` exception.
 
+Beside the tree, :class:`InvalidJobError` (a ``ValueError``) is the producer's error: a
+job refused before anything was queued, each bad field named.
+
 Every exception keeps its constructor arguments, in order, in ``self.args``. That one rule is
 what lets them cross process boundaries: ``pickle`` rebuilds an exception as ``cls(*args)``,
 and so does Celery's JSON exception serializer. ``to_dict()`` / ``NotificationError.from_dict()``
@@ -33,6 +36,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "InvalidFieldError",
+    "InvalidJobError",
     "NotificationConfigError",
     "NotificationConnectionError",
     "NotificationDeliveryError",
@@ -181,3 +185,19 @@ _REGISTRY: dict[str, type[NotificationError]] = {
         InvalidFieldError,
     )
 }
+
+
+class InvalidJobError(ValueError):
+    """A job that can never be delivered as given, refused before anything is queued:
+    ``errors`` lists each bad field as ``{"field", "message"}``; the message is one line
+    naming them all. Raised by ``Notification(...)``, ``tasks.enqueue`` and intake."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+        self.message = "invalid notification: " + "; ".join(
+            f"{e['field']}: {e['message']}" for e in errors
+        )
+
+    def __str__(self) -> str:
+        return self.message

@@ -9,8 +9,18 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 
 from worker.channels import Channel
+from worker.exceptions import InvalidJobError
 from worker.notification import Notification, check_unicode, is_one_line
-from worker.validation import path, problem
+from worker.validation import validation_errors
+
+__all__ = [
+    "InvalidJobError",
+    "JobRequest",
+    "json_schema",
+    "json_schema_text",
+    "parse_request",
+    "validation_errors",
+]
 
 
 class JobRequest(Notification):
@@ -36,33 +46,6 @@ class JobRequest(Notification):
         return Notification.model_construct(
             _fields_set=self.model_fields_set & fields.keys(), **fields
         )
-
-
-class InvalidJobError(ValueError):
-    """A job that can never be delivered as given; ``errors`` lists each bad field."""
-
-    def __init__(self, errors: list[dict[str, str]]) -> None:
-        self.errors = errors
-        super().__init__(
-            "invalid notification: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        )
-
-
-def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """pydantic's errors as ``[{"field": "recipient", "message": "..."}]``."""
-    out = []
-    for error in exc.errors(include_url=False):
-        field = _printable(path(error["loc"]) or "payload")
-        out.append({"field": field, "message": problem(error)})
-    return out
-
-
-def _printable(field: str, limit: int = 200) -> str:
-    """A field name safe to log and print: an unknown key sent by a hostile producer may
-    hold line breaks (log injection) or be huge."""
-    if not is_one_line(field) or not field.isprintable():
-        field = field.encode("unicode_escape").decode("ascii")
-    return field if len(field) <= limit else field[: limit - 1] + "…"
 
 
 def parse_request(payload: Any, **routing: Any) -> JobRequest:

@@ -17,7 +17,7 @@ import json
 import math
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import (
     AwareDatetime,
@@ -25,8 +25,12 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    ValidationError,
     field_validator,
 )
+
+from worker.exceptions import InvalidJobError
+from worker.validation import validation_errors
 
 __all__ = [
     "Notification",
@@ -136,7 +140,27 @@ class PagerDutySeverity(enum.StrEnum):
 SEVERITIES = tuple(PagerDutySeverity)
 
 
-class Notification(BaseModel):
+if TYPE_CHECKING:
+    from pydantic._internal._model_construction import ModelMetaclass
+else:
+    ModelMetaclass = type(BaseModel)
+
+
+class _OneLineErrors(ModelMetaclass):
+    """Building a model by calling it (``Notification(...)``, a producer's first contact
+    with the service) raises the one-line :class:`InvalidJobError` that ``enqueue``
+    raises, not pydantic's multi-line report. Validation inside pydantic
+    (``model_validate``, a field of another model) does not come through here, so it
+    keeps raising ``ValidationError`` with the full path of each field."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as exc:
+            raise InvalidJobError(validation_errors(exc)) from None
+
+
+class Notification(BaseModel, metaclass=_OneLineErrors):
     """One notification as a producer submits it.
 
     ``recipient`` is an email address (or several, comma-separated) for email, and the
@@ -147,6 +171,9 @@ class Notification(BaseModel):
     ``source``, ``component``, ``class``, ``severity``, ``dedup_key`` and
     ``custom_details`` override the fields the event would otherwise derive (a
     ``dedup_key`` here names the incident while ``idempotency_id`` still names the job).
+
+    A bad field raises :class:`~worker.exceptions.InvalidJobError` (a ``ValueError``)
+    naming each field in one line, as ``tasks.enqueue`` does.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

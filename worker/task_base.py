@@ -1,4 +1,12 @@
-"""What wraps every task: a failure of Redis itself is never the job's failure.
+"""What wraps every task: how a step's outcome becomes Celery's task state, and why a
+failure of Redis itself is never the job's failure.
+
+Outcomes (:class:`worker.engine.delivery.Outcome`) become task state in one place,
+:meth:`NotifierTask.settle`: a step that must come back is retried after its delay; a
+job that ended dead fails the task with :class:`DeadLettered` (FAILURE in Flower, with the
+dead letter's reason); anything else succeeds with the outcome's name. The dead letter is
+recorded before the task fails, and the failed task's message is acknowledged
+(``task_acks_on_failure_or_timeout``), so it is never retried nor run again.
 
 Redis holds the broker and the job state. If it fails underneath a task (a restart, a
 failover, the network), counting a failure would acknowledge the message and lose it; the
@@ -17,6 +25,8 @@ from celery import Task
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
+from worker.engine.delivery import Outcome, OutcomeKind
+
 logger = logging.getLogger(__name__)
 
 #: Failures of Redis itself (job state or broker): not the job's fault, never its attempt.
@@ -26,8 +36,29 @@ OUTAGE_ERRORS = (redis.RedisError, OperationalError)
 OUTAGE_PAUSE_SECONDS = 1.0
 
 
+class DeadLettered(Exception):
+    """The job was dead-lettered: raised after the dead letter is recorded, so that the
+    task ends as FAILURE (in Flower, and its "failed" counts) with the dead letter's reason.
+
+    ``reason`` is the dead letter's own, and holds no secret (providers mask routing keys
+    and never write passwords into errors). The one argument is kept in ``args``, so the
+    exception pickles and Celery's serializers rebuild it.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 class NotifierTask(Task):  # type: ignore[misc]
     """The base class of every task (``task_cls`` in worker/celery_app.py)."""
+
+    #: An expected ending, not a crash: Celery logs it at INFO, in one line with the
+    #: reason, instead of at ERROR with a traceback.
+    throws = (DeadLettered,)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -41,3 +72,13 @@ class NotifierTask(Task):  # type: ignore[misc]
             )
             time.sleep(OUTAGE_PAUSE_SECONDS)
             raise Reject(exc, requeue=True) from None
+
+    def settle(self, outcome: Outcome) -> str:
+        """End this run as ``outcome`` says: retry it after ``outcome.delay``, fail it with
+        :class:`DeadLettered` when the job is dead, else return the outcome's name."""
+        if outcome.again:
+            raise self.retry(countdown=outcome.delay, max_retries=None)
+        if outcome.kind is OutcomeKind.DEAD:
+            # Recorded already; the failed run is acknowledged, never retried nor redelivered.
+            raise DeadLettered(outcome.reason or "dead-lettered")
+        return outcome.kind.value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 
@@ -21,3 +22,20 @@ def path(loc: Sequence[int | str], skip: Sequence[str] = ()) -> str:
     """``metadata.links.0``: the location as one dotted path, without ``skip`` (the tags of
     a discriminated union, which are not fields)."""
     return ".".join(str(part) for part in loc if part not in skip)
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """pydantic's errors as ``[{"field": "recipient", "message": "..."}]``."""
+    return [
+        {"field": _printable(path(e["loc"]) or "payload"), "message": problem(e)}
+        for e in exc.errors(include_url=False)
+    ]
+
+
+def _printable(field: str, limit: int = 200) -> str:
+    """A field name safe to log and print: an unknown key sent by a hostile producer may
+    hold line breaks (log injection) or be huge. (``isprintable`` is False for every line
+    break and control character.)"""
+    if not field.isprintable():
+        field = field.encode("unicode_escape").decode("ascii")
+    return field if len(field) <= limit else field[: limit - 1] + "…"

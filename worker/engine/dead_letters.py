@@ -4,13 +4,20 @@ the delivery code writes them itself)."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from typing import Any
 
 import redis
 
+from worker.channels import Channel
 from worker.engine import keys
+
+
+def dead_letter_id(job_id: str, channel: str) -> str:
+    """The dead letter of one job's delivery on one channel."""
+    return f"{job_id}-{channel}"
 
 
 class DeadLetters:
@@ -64,6 +71,13 @@ class DeadLetters:
     def get(self, entry_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(keys.DEAD_LETTERS, entry_id)
         return json.loads(raw) if raw is not None else None
+
+    def find(self, name: str) -> builtins.list[dict[str, Any]]:
+        """The dead letter with id ``name``, else those of the job ``name`` (one per dead
+        channel): what a person holding either id is looking for."""
+        ids = [name, *(dead_letter_id(name, channel) for channel in Channel)]
+        found = [json.loads(r) for r in self.redis.hmget(keys.DEAD_LETTERS, ids) if r]
+        return found[:1] if found and found[0]["id"] == name else found
 
     def remove(self, entry_id: str) -> bool:
         pipe = self.redis.pipeline()

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from worker.channels import Channel
 from worker.engine import jobs
+from worker.engine.dead_letters import dead_letter_id
 from worker.engine.jobs import Claim
 from worker.engine.rate_limit import Slot
 from worker.engine.runtime import Engine
@@ -30,8 +31,8 @@ from worker.exceptions import (
     NotificationError,
     NotificationRateLimitError,
 )
-from worker.job_request import validation_errors
 from worker.notification import Notification, NotificationResult
+from worker.validation import validation_errors
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def _failed(
         logger.info("job %s %s attempt %d: %s", job.job_id, job.channel, attempt, decision.reason)
         return Outcome(OutcomeKind.RETRY, delay=decision.delay, reason=decision.reason)
     engine.dead_letters.add(
-        entry_id=f"{job.job_id}-{job.channel}",
+        entry_id=dead_letter_id(job.job_id, job.channel),
         job_id=job.job_id,
         channel=job.channel,
         reason=decision.reason,

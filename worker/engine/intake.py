@@ -68,7 +68,14 @@ def accept(
         try:
             parse_recipients("recipient", email_to or request.recipient)
         except InvalidFieldError as exc:
-            raise InvalidJobError([{"field": exc.field, "message": exc.problem}]) from None
+            message = exc.problem
+            if request.channel is None and email_to is None:
+                # The usual cause: a component sent without a paging priority.
+                message += (
+                    f" (priority {request.priority.value} is sent by email; to page a "
+                    "component, send it with priority critical or emergency)"
+                )
+            raise InvalidJobError([{"field": exc.field, "message": message}]) from None
 
     notification = request.notification()
     now = time.time()
@@ -85,6 +92,7 @@ def accept(
         for ch in channels
     }
     idem = request.idempotency_id
+    incident = event_dedup_key(notification) if Channel.PAGERDUTY in channels else None
     first = engine.jobs.create(
         job_id,
         channels=channels,
@@ -95,7 +103,8 @@ def accept(
         notification=next(iter(payloads.values()))["notification"],
         replay_of=replay_of,
         idempotency=(idem, "reassign" if replay_of else "claim") if idem else None,
-        incident=event_dedup_key(notification) if Channel.PAGERDUTY in channels else None,
+        dedup_key=incident,  # what `resolve` needs next, shown by `status`
+        incident=incident,
     )
     if first is not None:
         engine.jobs.add_duplicate(first)

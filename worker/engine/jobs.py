@@ -44,6 +44,8 @@ RETRYING = "retrying"
 DELIVERED = "delivered"
 DEAD = "dead"
 FINAL_STATES = (DELIVERED, DEAD)
+#: Most jobs ``gds-notify jobs`` can list (their records expire after JOB_TTL_SECONDS).
+RECENT_KEPT = 10_000
 
 
 @dataclass
@@ -144,6 +146,8 @@ class JobStore:
                 keys.OPEN_DELIVERIES,
                 keys.idempotency(idempotency_id),
                 keys.incident_order(team, incident or ""),
+                keys.job_duplicate(job_id),
+                keys.RECENT_JOBS,
                 *queues,
             ],
             args=[
@@ -153,6 +157,8 @@ class JobStore:
                 mode,
                 self.idempotency_ttl,
                 self.ttl if incident else "",
+                repr(now),
+                RECENT_KEPT,
                 len(members),
                 *members,
                 *messages,
@@ -272,6 +278,30 @@ class JobStore:
         pipe.incr(keys.DUPLICATES)
         pipe.execute()
 
+    def lookup(self, job_id: str) -> dict[str, Any] | None:
+        """The job ``job_id``; for a copy dropped at intake (same idempotency id), the job
+        it was a copy of, with ``"duplicate": job_id``. None when unknown or expired."""
+        record = self.get(job_id)
+        if record is not None:
+            return record
+        first = self.redis.get(keys.job_duplicate(job_id))
+        record = self.get(str(first)) if first is not None else None
+        return None if record is None else record | {"duplicate": job_id}
+
+    def recent(self, limit: int, status: str | None = None) -> list[dict[str, Any]]:
+        """The newest jobs first (only those whose overall ``status`` is that, when given),
+        each record without its attempts."""
+        scanned = limit if status is None else RECENT_KEPT
+        ids = [str(i) for i in self.redis.zrevrange(keys.RECENT_JOBS, 0, max(0, scanned - 1))]
+        pipe = self.redis.pipeline()
+        for job_id in ids:
+            pipe.hgetall(keys.job(job_id))
+        found = [_record(raw, []) for raw in pipe.execute() if raw]
+        if len(found) < len(ids):  # records that expired: their index entries go too
+            alive = {r["id"] for r in found}
+            self.redis.zrem(keys.RECENT_JOBS, *[i for i in ids if i not in alive])
+        return [r for r in found if status in (None, r["status"])][:limit]
+
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job's record and attempt history, or None when unknown or expired."""
         pipe = self.redis.pipeline()
@@ -280,23 +310,28 @@ class JobStore:
         raw, attempts = pipe.execute()
         if not raw:
             return None
-        channels = json.loads(raw["channels"])
-        record: dict[str, Any] = {
-            "id": raw["id"],
-            "action": raw.get("action"),
-            "source": raw.get("source"),
-            "team": raw.get("team"),
-            "created_at": float(raw["created_at"]),
-            "updated_at": float(raw["updated_at"]),
-            "duplicates": int(raw.get("duplicates", 0)),
-            "replay_of": raw.get("replay_of"),
-            "dedup_key": raw.get("dedup_key"),
-            "notification": json.loads(raw["notification"]) if "notification" in raw else None,
-            "channels": {ch: _channel(raw, ch) for ch in channels},
-            "attempts": [json.loads(a) for a in attempts],
-        }
-        record["status"] = overall_status(record)
-        return record
+        return _record(raw, attempts)
+
+
+def _record(raw: dict[str, str], attempts: list[str]) -> dict[str, Any]:
+    """A job as ``gds-notify status --json`` shows it."""
+    channels = json.loads(raw["channels"])
+    record: dict[str, Any] = {
+        "id": raw["id"],
+        "action": raw.get("action"),
+        "source": raw.get("source"),
+        "team": raw.get("team"),
+        "created_at": float(raw["created_at"]),
+        "updated_at": float(raw["updated_at"]),
+        "duplicates": int(raw.get("duplicates", 0)),
+        "replay_of": raw.get("replay_of"),
+        "dedup_key": raw.get("dedup_key"),
+        "notification": json.loads(raw["notification"]) if "notification" in raw else None,
+        "channels": {ch: _channel(raw, ch) for ch in channels},
+        "attempts": [json.loads(a) for a in attempts],
+    }
+    record["status"] = overall_status(record)
+    return record
 
 
 def _channel(raw: dict[str, str], channel: str) -> dict[str, Any]:

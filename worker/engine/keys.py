@@ -20,6 +20,14 @@ def job_attempts(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:attempts"
 
 
+def job_duplicate(job_id: str) -> str:
+    """The job a dropped copy (same idempotency id) was a duplicate of."""
+    return f"{PREFIX}job:{job_id}:duplicate-of"
+
+
+RECENT_JOBS = f"{PREFIX}jobs:recent"  # sorted set: job id by time accepted
+
+
 def idempotency(idempotency_id: str) -> str:
     return f"{PREFIX}idem:{digest(idempotency_id, 40)}"
 
@@ -71,6 +79,7 @@ HEARTBEAT_REFUSED = f"{PREFIX}stats:heartbeats:refused"  # hash: reason -> count
 
 HEARTBEAT_SERVICES = f"{PREFIX}hb:services"  # hash: slug -> a service registered at run time
 HEARTBEAT_CHECK_SOON = f"{PREFIX}hb:check:soon"  # set while an early check is queued
+HEARTBEAT_CHECK_IDLE = f"{PREFIX}hb:check:idle"  # time of the last check with no catalogue
 
 
 def heartbeats(slug: str) -> str:

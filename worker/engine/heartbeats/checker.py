@@ -171,5 +171,13 @@ def read_states(client: redis.Redis) -> dict[str, ServiceState]:
 
 
 def last_check(client: redis.Redis) -> float | None:
+    """When the last check over a catalogue finished (Redis time), or None."""
     raw = client.get(keys.HEARTBEAT_LAST_CHECK)
+    return None if raw is None else float(raw)
+
+
+def last_idle_check(client: redis.Redis) -> float | None:
+    """When a check last ran and found no catalogue (the worker's
+    ``HEARTBEAT_SERVICES_FILE`` unset, nothing registered), or None."""
+    raw = client.get(keys.HEARTBEAT_CHECK_IDLE)
     return None if raw is None else float(raw)

@@ -4,6 +4,7 @@ its retries, rate limit and dead letters. A reported failure asks for a check at
 from __future__ import annotations
 
 import logging
+import time
 
 from worker.engine import keys
 from worker.engine.heartbeats.checker import CheckReport, Sender
@@ -14,6 +15,9 @@ from worker.engine.runtime import Engine
 from worker.job_request import parse_request
 
 logger = logging.getLogger(__name__)
+
+#: How long a check that found no catalogue is remembered.
+IDLE_KEPT_SECONDS = 86_400
 
 
 def sender(engine: Engine) -> Sender:
@@ -34,6 +38,9 @@ def run_check(engine: Engine) -> CheckReport | None:
     """One heartbeat evaluation over the whole catalogue (None when none is configured)."""
     catalogue = engine.catalogue()
     if catalogue is None:
+        # Said where `gds-notify heartbeats` looks, so a catalogue given to the shell but
+        # not to the worker is named as the cause.
+        engine.redis.set(keys.HEARTBEAT_CHECK_IDLE, repr(time.time()), ex=IDLE_KEPT_SECONDS)
         return None
     report = engine.checker.run(catalogue, sender(engine))
     if report.sent or report.send_errors or report.conflicts:

@@ -1,10 +1,13 @@
-"""Where a running ``gds-notify dev`` stack announces itself, so that any ``gds-notify``
-command run from another terminal in the same checkout talks to it with no setup.
+"""Where a running ``gds-notify dev`` stack announces itself, so that producers in the
+same checkout — ``gds-notify`` commands, ``tasks.enqueue`` and anything else that reads
+the settings — talk to it with no setup.
 
 ``gds-notify dev`` writes ``.gds-dev/stack.json`` in the checkout (``GDS_DEV_DIR``
 overrides the folder): its pid, URLs, and the environment its processes run with — none of
-it secret (the sandbox's routing key is a made-up one). Other commands read it and use its
-values *under* the caller's environment: a variable you set yourself always wins.
+it secret (the sandbox's routing key is a made-up one, the API token lives as long as the
+stack, on loopback). Its values count *under* the environment: a variable set in the
+environment always wins, and the stack's values win over a ``.env`` file (which may well
+name production's Redis). A stack whose process is gone is ignored.
 """
 
 from __future__ import annotations
@@ -18,17 +21,20 @@ STACK_FILE = "stack.json"
 
 
 def checkout_root() -> Path:
-    """The checkout this ``gds-notify`` was installed from (editable install), else the
-    current directory."""
+    """The checkout this package was installed from (editable install), else the current
+    directory."""
     root = Path(__file__).resolve().parent.parent
     return root if (root / "pyproject.toml").exists() else Path.cwd()
 
 
 def dev_dir() -> Path:
+    """The folder a dev stack announces itself in."""
     return Path(os.environ.get("GDS_DEV_DIR") or checkout_root() / ".gds-dev")
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -50,7 +56,20 @@ def running_stack() -> dict[str, Any] | None:
     return stack
 
 
+def stack_environment() -> dict[str, str]:
+    """The running dev stack's settings that the environment does not set itself."""
+    stack = running_stack()
+    if stack is None:
+        return {}
+    return {
+        str(name): str(value)
+        for name, value in dict(stack.get("env", {})).items()
+        if str(name) not in os.environ
+    }
+
+
 def write_stack(stack: dict[str, Any]) -> Path:
+    """Announce a stack (atomically: a reader never sees half a file)."""
     folder = dev_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / STACK_FILE
@@ -62,14 +81,3 @@ def write_stack(stack: dict[str, Any]) -> Path:
 
 def remove_stack() -> None:
     (dev_dir() / STACK_FILE).unlink(missing_ok=True)
-
-
-def use_running_stack() -> dict[str, Any] | None:
-    """Put a running dev stack's settings under this process's environment (before
-    anything has read the settings: ``gds-notify`` calls this first)."""
-    stack = running_stack()
-    if stack is None:
-        return None
-    for name, value in dict(stack.get("env", {})).items():
-        os.environ.setdefault(str(name), str(value))
-    return stack

@@ -42,10 +42,12 @@ sandbox: install
 	$(BIN)/gds-notify sandbox
 
 # Debian packages the tests need (headless Chromium for browser tests, Prometheus's
-# Alertmanager to send real webhooks to the API) and the benchmark needs (wrk, a load
+# Alertmanager to send real webhooks to the API, Prometheus itself for promtool's checks
+# of deploy/prometheus and a real scrape of /metrics) and the benchmark needs (wrk, a load
 # generator). Each is installed when missing and possible (root with apt-get); otherwise
 # what needs it is skipped and says why. Pairs are command:package.
-TEST_TOOLS := chromium:chromium prometheus-alertmanager:prometheus-alertmanager wrk:wrk
+TEST_TOOLS := chromium:chromium prometheus-alertmanager:prometheus-alertmanager \
+	promtool:prometheus wrk:wrk
 BENCH_TOOLS := wrk:wrk
 
 define install_missing

@@ -27,8 +27,11 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from worker.engine import intake
+from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError
 from worker.validation import path, problem
 
@@ -87,6 +90,20 @@ def _request_fields(exc: RequestValidationError) -> list[dict[str, str]]:
     return out
 
 
+#: The doors notifications come in by, for the count of those refused as invalid.
+INTAKE_SOURCES = {
+    "/v1/notifications": "api",
+    "/ingest": "ingest",
+    "/v1/alertmanager": "alertmanager",
+}
+
+
+async def _count_refusal(request: Request) -> None:
+    source = INTAKE_SOURCES.get(request.url.path)
+    if source is not None:
+        await run_in_threadpool(intake.refused, engine(), source)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that give every failure its status code and shape."""
 
@@ -102,10 +119,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        await _count_refusal(request)
         return invalid(_request_fields(exc))
 
     @app.exception_handler(InvalidJobError)
     async def job_invalid(request: Request, exc: InvalidJobError) -> JSONResponse:
+        await _count_refusal(request)
         return invalid(exc.errors)
 
     async def outage(request: Request, exc: Exception) -> JSONResponse:

@@ -58,6 +58,7 @@ TARGETS = (
     Target(("throttled_drain", "duplicate_incidents"), "==", 0),
     Target(("email_vs_raw",), ">=", 0.7),
     Target(("heartbeat_check_ms_10k",), "<", 1000),
+    Target(("metrics_scrape_ms", "max"), "<", 1000),
     Target(("worker_rss_mb",), "<", 150),
 )
 
@@ -92,6 +93,8 @@ ROWS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("raw_smtp_per_s",), "emails/s"),
     (("email_vs_raw",), ""),
     (("heartbeat_check_ms_10k",), "ms"),
+    (("metrics_scrape_ms", "p50"), "ms"),
+    (("metrics_scrape_ms", "max"), "ms"),
     (("worker_rss_mb",), "MiB"),
 )
 

@@ -29,6 +29,9 @@ class Sizes:
     throttled_rate: int = 10  # per second per routing key, at the sandbox and our limiter
     heartbeat_services: int = 10_000
     heartbeat_repeats: int = 3  # steady-state evaluations; the median is reported
+    scrape_queued: int = 1_000_000  # messages waiting while /metrics is scraped
+    scrape_dead_letters: int = 10_000
+    scrape_repeats: int = 20
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,4 +58,7 @@ SMOKE = Sizes(
     throttled_rate=20,
     heartbeat_services=200,
     heartbeat_repeats=1,
+    scrape_queued=1_000,
+    scrape_dead_letters=30,
+    scrape_repeats=2,
 )

@@ -4,13 +4,18 @@ token for it."""
 from __future__ import annotations
 
 import json
+import logging
+from typing import Any
 
 import click
 import uvicorn
+import uvicorn.config
 
 from cli.common import one_line_errors
 from config.api_tokens import SCOPES, new_token, token_hash
 from config.settings import get_settings
+
+logger = logging.getLogger(__name__)
 
 
 @click.group(invoke_without_command=True)
@@ -55,12 +60,16 @@ def api(
     if ctx.invoked_subcommand is not None:
         return
     settings = get_settings()  # a bad setting stops here, named, with exit code 2
+    json_logs = settings.log_format == "json"
     if not settings.tokens:
-        click.echo(
-            "warning: no API_TOKENS configured: every request that needs a token will be "
-            "refused (make one with `gds-notify api token NAME`)",
-            err=True,
+        warning = (
+            "no API_TOKENS configured: every request that needs a token will be "
+            "refused (make one with `gds-notify api token NAME`)"
         )
+        if json_logs:
+            logger.warning(warning)
+        else:
+            click.echo(f"warning: {warning}", err=True)
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -71,9 +80,39 @@ def api(
         ssl_keyfile=ssl_keyfile,
         access_log=not no_access_log,
         log_level=log_level,
+        log_config=_json_log_config() if json_logs else uvicorn.config.LOGGING_CONFIG,
         timeout_keep_alive=5,
         server_header=False,
     )
+
+
+def _json_log_config() -> dict[str, Any]:
+    """uvicorn's own logging (its loggers, the error log on stderr and the access log on
+    stdout) in JSON, and the root logger too: with --workers, each process sets its
+    logging up from this alone."""
+
+    def stream(formatter: str, name: str) -> dict[str, str]:
+        return {"class": "logging.StreamHandler", "formatter": formatter, "stream": name}
+
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "json": {"()": "config.log_format.JsonFormatter"},
+            "access": {"()": "config.log_format.AccessJsonFormatter"},
+        },
+        "handlers": {
+            "default": stream("json", "ext://sys.stderr"),
+            "access": stream("access", "ext://sys.stdout"),
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
+            "uvicorn.error": {"level": "INFO"},
+            "uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+        },
+        # The level `gds-notify` chose (WARNING, INFO with -v), as text logging keeps it.
+        "root": {"handlers": ["default"], "level": logging.getLogger().level},
+    }
 
 
 @api.command()

@@ -17,8 +17,12 @@ from cli.dev_cmd import dev
 from cli.dlq_cmd import dlq
 from cli.heartbeats_cmd import heartbeat, heartbeats
 from cli.jobs_cmd import jobs, schema, status
+from cli.metrics_cmd import metrics
 from cli.sandbox_cmd import sandbox
 from cli.send_cmd import ack, pagerduty_test, resolve, send
+from config.log_format import JsonFormatter
+from config.settings import load_settings
+from worker.exceptions import NotificationConfigError
 
 
 class OneLineUsageError(click.UsageError):
@@ -58,10 +62,23 @@ class Commands(click.Group):
 @click.version_option(package_name="gds-notification")
 def main(verbose: bool) -> None:
     """GDS Notification Service: PagerDuty pages and email from a Celery queue on Redis."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.INFO if verbose else logging.WARNING
+    if _log_format() == "json":
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=level, handlers=[handler])
+        logging.captureWarnings(True)  # a warning's text would be lines of their own
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _log_format() -> str:
+    # Read apart from the command's own settings (not cached): a command that needs none
+    # must not fail on them, and one that does reports a bad LOG_FORMAT in its one line.
+    try:
+        return load_settings().log_format
+    except NotificationConfigError:
+        return "text"
 
 
 for command in (
@@ -79,6 +96,7 @@ for command in (
     config,
     pagerduty_test,
     api,
+    metrics,
 ):
     main.add_command(command)
 

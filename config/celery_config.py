@@ -56,6 +56,22 @@ def broker_ssl(redis_url: str) -> dict[str, Any] | None:
     return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
+def _watchdog_schedule(settings: Settings) -> dict[str, Any]:
+    """The canary, when there is a watchdog to call. It enters at intake, as a producer's
+    job does (the default queue), and expires after one interval: a canary stuck behind
+    a backlog is what the watchdog must not hear about."""
+    if settings.watchdog_url is None:
+        return {}
+    interval = settings.watchdog_interval
+    return {
+        "watchdog-canary": {
+            "task": "watchdog.canary",
+            "schedule": interval,
+            "options": {"expires": interval},
+        }
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     vt = settings.celery_visibility_timeout
     transport = {
@@ -121,6 +137,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 # A check that waited longer than one interval is stale: the next is coming.
                 "options": {"expires": settings.heartbeat_check_interval},
             },
+            **_watchdog_schedule(settings),
         },
         "task_create_missing_queues": True,
         "worker_send_task_events": True,

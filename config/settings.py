@@ -17,7 +17,7 @@ import functools
 import os
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from limits import parse
@@ -51,7 +51,13 @@ from worker.validation import problem
 DEFAULT_API_URL = "https://events.pagerduty.com/v2/enqueue"
 TEAM_KEY_PREFIX = "PAGERDUTY_ROUTING_KEY_"
 _ROUTING_KEY_RE = re.compile(r"^[A-Za-z0-9]{32}$")
-_SECRET_FIELDS = {"pagerduty_routing_key", "pagerduty_team_routing_keys", "smtp_password"}
+_SECRET_FIELDS = {
+    "pagerduty_routing_key",
+    "pagerduty_team_routing_keys",
+    "smtp_password",
+    "watchdog_url",
+    "watchdog_fail_url",
+}
 
 
 def normalize_team(team: str) -> str:
@@ -184,6 +190,21 @@ class Settings(BaseSettings):
         default=15.0, gt=0, le=3600, description="Seconds between heartbeat checks (beat)."
     )
 
+    watchdog_url: SecretStr | None = Field(
+        default=None,
+        description="Called (GET) each time the watchdog canary comes through the whole "
+        "pipeline: an external dead man's switch (Healthchecks, Dead Man's Snitch, Cronitor). "
+        "Secret: such a URL is its own credential.",
+    )
+    watchdog_fail_url: SecretStr | None = Field(
+        default=None,
+        description="Called instead when the canary comes through but the service sees itself "
+        "failing (dead letters growing); for Healthchecks, the ping URL plus /fail.",
+    )
+    watchdog_interval: float = Field(
+        default=60.0, ge=1, le=3600, description="Seconds between watchdog canaries (beat)."
+    )
+
     api_tokens: str | None = Field(
         default=None, description="JSON list of API tokens: name, sha256 of the secret, scopes."
     )
@@ -203,6 +224,10 @@ class Settings(BaseSettings):
     ping_rate_limit: str = Field(
         default="6000/minute", description="Pings per ping key, shared by every API process."
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text (for people) or json (one object per line, for log pipelines).",
+    )
 
     @field_validator("pagerduty_rate_limit", "api_rate_limit", "ping_rate_limit")
     @classmethod
@@ -214,6 +239,11 @@ class Settings(BaseSettings):
                 "must be a rate such as '120/minute', '10/second' or '2000/hour'"
             ) from None
         return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format_name(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("smtp_starttls", mode="before")
     @classmethod
@@ -262,6 +292,13 @@ class Settings(BaseSettings):
     def max_delay_seconds(self) -> float:
         """The longest any retry or deferral may wait: under the visibility timeout."""
         return min(self.retry_cap_seconds, self.celery_visibility_timeout * 0.9)
+
+    @field_validator("watchdog_url", "watchdog_fail_url")
+    @classmethod
+    def _watchdog_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and urlsplit(value.get_secret_value()).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
     @field_validator("redis_url")
     @classmethod

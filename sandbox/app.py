@@ -13,6 +13,8 @@
 ``GET  /sandbox/smtp``                 SMTP sink counters (connections, messages)
 ``POST /sandbox/smtp/refuse``          refuse given recipients at RCPT with given codes
 ``GET|POST|DELETE /sandbox/smtp/faults``  the SMTP sink's fault plan
+``GET|POST /ping/{check}[/fail]``      a watchdog's dead man's switch (sandbox.ping_sink)
+``GET  /sandbox/pings``                the pings it received (``?check=``)
 ``POST /sandbox/reset``                forget everything, clear faults
 ``GET  /``                             the HTML page
 =====================================  ==============================================
@@ -28,10 +30,12 @@ from pydantic import ValidationError
 from sandbox.faults import FaultInjector, FaultPlan
 from sandbox.page import render_index, render_messages
 from sandbox.pagerduty_emulator import EmulatorOptions, PagerDutyEmulator
+from sandbox.ping_sink import PingSink
 from sandbox.smtp_sink import Mailbox
 
 EMULATOR = web.AppKey("emulator", PagerDutyEmulator)
 MAILBOX = web.AppKey("mailbox", Mailbox)
+PINGS = web.AppKey("pings", PingSink)
 
 
 def _bad_request(message: str, errors: list[Any] | None = None) -> web.Response:
@@ -146,6 +150,7 @@ async def set_settings(request: web.Request) -> web.Response:
 async def reset(request: web.Request) -> web.Response:
     request.app[EMULATOR].reset()
     request.app[MAILBOX].reset()
+    request.app[PINGS].reset()
     return web.json_response({"status": "reset"})
 
 
@@ -172,6 +177,8 @@ def create_app(
     emulator = PagerDutyEmulator(options)
     app[EMULATOR] = emulator
     app[MAILBOX] = mailbox if mailbox is not None else Mailbox()
+    app[PINGS] = PingSink()
+    app[PINGS].routes(app)
     app.router.add_post("/v2/enqueue", emulator.handle)
     app.router.add_post("/v2/change/enqueue", emulator.handle)
     app.router.add_get("/sandbox/incidents", incidents)

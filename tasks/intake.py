@@ -56,6 +56,7 @@ def notify(self: NotifierTask, *args: Any, **kwargs: Any) -> str:
                 payload=_truncate({"args": list(args)}),
                 last_error={"type": "InvalidJobError", "message": reason, "errors": exc.errors},
             )
+    intake.refused(engine(), "notify")
     logger.warning("job %s dead-lettered at intake: %s", job_id, reason)
     # Settled outside the except block, so the failure carries the reason alone, not a
     # chain of tracebacks.

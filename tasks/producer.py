@@ -13,7 +13,7 @@ from worker.engine import intake
 from worker.engine.heartbeats import reports
 from worker.engine.replay import replay as replay_entry
 from worker.engine.runtime import engine
-from worker.job_request import parse_request
+from worker.job_request import InvalidJobError, parse_request
 
 
 def enqueue(notification: Any, team: str | None = None, channel: str | None = None) -> str:
@@ -25,18 +25,22 @@ def enqueue(notification: Any, team: str | None = None, channel: str | None = No
     sends nothing.
     """
     routing = {k: v for k, v in (("team", team), ("channel", channel)) if v is not None}
-    request = parse_request(notification, **routing)
-    return intake.accept(engine(), request, intake.new_job_id(), "enqueue").job_id
+    try:
+        request = parse_request(notification, **routing)
+        return intake.accept(engine(), request, intake.new_job_id(), "enqueue").job_id
+    except InvalidJobError:
+        intake.refused(engine(), "enqueue")
+        raise
 
 
 def acknowledge(dedup_key: str, team: str | None = None) -> str:
     """Queue an acknowledge for the incident with ``dedup_key``; returns the job id."""
-    return intake.lifecycle(engine(), "acknowledge", dedup_key, team)
+    return intake.lifecycle(engine(), "acknowledge", dedup_key, team, "enqueue")
 
 
 def resolve(dedup_key: str, team: str | None = None) -> str:
     """Queue a resolve for the incident with ``dedup_key``; returns the job id."""
-    return intake.lifecycle(engine(), "resolve", dedup_key, team)
+    return intake.lifecycle(engine(), "resolve", dedup_key, team, "enqueue")
 
 
 def replay(entry_id: str) -> str:

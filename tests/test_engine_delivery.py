@@ -168,8 +168,12 @@ def test_events_for_one_incident_go_out_in_the_order_queued(
 
     eng = engine()
     _, _, trigger_id, trigger = queued(eng, idempotency_id="order-1", team="dba")
-    ack_id, ack = _lifecycle_payload(eng, lifecycle(eng, "acknowledge", "order-1", "dba"))
-    resolve_id, resolve = _lifecycle_payload(eng, lifecycle(eng, "resolve", "order-1", "dba"))
+    ack_id, ack = _lifecycle_payload(
+        eng, lifecycle(eng, "acknowledge", "order-1", "dba", "enqueue")
+    )
+    resolve_id, resolve = _lifecycle_payload(
+        eng, lifecycle(eng, "resolve", "order-1", "dba", "enqueue")
+    )
     # The resolve comes up first: it waits for the acknowledge, which waits for the trigger.
     waiting = step(eng, resolve_id, resolve)
     assert waiting.kind is OutcomeKind.BUSY

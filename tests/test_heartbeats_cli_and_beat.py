@@ -17,7 +17,7 @@ from cli.main import main
 from sandbox.server import SandboxServer
 from tests.conftest import SandboxClient, wait_for
 from tests.heartbeat_helpers import WriteCatalogue, service
-from tests.processes import CELERY, ROOT
+from tests.processes import CELERY, ROOT, beat
 
 GDS_NOTIFY = str(Path(sys.executable).with_name("gds-notify"))
 
@@ -124,24 +124,13 @@ def test_beat_schedules_the_checker_that_pages_a_silent_service(
     catalogue: WriteCatalogue, celery_worker: Any, service_env: SandboxServer, tmp_path: Path
 ) -> None:
     catalogue(service("quiet", window=0.5))
-    env = {**os.environ, "HEARTBEAT_CHECK_INTERVAL": "0.3"}
-    log = tmp_path / "beat.log"
-    with log.open("wb") as out:
-        beat = subprocess.Popen(
-            [CELERY, "-A", "worker", "beat", "-s", str(tmp_path / "schedule"), "-l", "INFO"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
     api = SandboxClient(service_env)
     try:
-        [incident] = wait_for(lambda: api.incidents(), timeout=30)
-        assert incident["dedup_key"] == "medic-heartbeat-quiet"
+        with beat(tmp_path, HEARTBEAT_CHECK_INTERVAL="0.3") as log:
+            [incident] = wait_for(lambda: api.incidents(), timeout=30)
+            assert incident["dedup_key"] == "medic-heartbeat-quiet"
     finally:
         api.close()
-        beat.terminate()
-        beat.wait(20)
     assert b"Sending due task heartbeat-check (heartbeat.check)" in log.read_bytes()
 
 

@@ -6,7 +6,6 @@ long, and the limits that keep a flood of pings harmless."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import time
@@ -23,7 +22,7 @@ from sandbox import SandboxServer
 from tests.api_server import HEARTBEAT_TOKEN, NOTIFY_TOKEN, TEAM_PING_KEY, ApiServer, serve
 from tests.conftest import SandboxClient, wait_for
 from tests.heartbeat_helpers import WriteCatalogue, service
-from tests.processes import CELERY, ROOT
+from tests.processes import beat as beat_process
 from worker.engine.heartbeats.checker import last_check, read_states
 from worker.engine.runtime import engine
 
@@ -75,19 +74,8 @@ def pages(service_env: SandboxServer) -> Iterator[SandboxClient]:
 def beat(catalogue: WriteCatalogue, tmp_path: Path) -> Iterator[None]:
     """``celery -A worker beat`` scheduling the check every 0.3 s (the in-thread worker of
     the test runs it)."""
-    env = {**os.environ, "HEARTBEAT_CHECK_INTERVAL": "0.3"}
-    log = (tmp_path / "beat.log").open("wb")
-    proc = subprocess.Popen(
-        [CELERY, "-A", "worker", "beat", "-s", str(tmp_path / "schedule"), "-l", "INFO"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    yield
-    proc.terminate()
-    proc.wait(20)
-    log.close()
+    with beat_process(tmp_path, HEARTBEAT_CHECK_INTERVAL="0.3"):
+        yield
 
 
 @pytest.fixture

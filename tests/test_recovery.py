@@ -74,7 +74,7 @@ def test_a_message_the_broker_lost_is_published_again_and_delivered_once(
     assert any(a["outcome"].startswith("recovered: queued") for a in record["attempts"])
     assert [i["dedup_key"] for i in api.incidents()] == ["recover-1"]
     assert open_count() == 0  # delivered deliveries leave the open set
-    assert r.get(keys.RECOVERED) == "1"
+    assert float(r.hget(keys.STATS, "recovered")) == 1  # type: ignore[arg-type]
     r.close()
 
 

@@ -3,7 +3,9 @@ grep of everything it produced.
 
 The run: a password-protected Redis, ``celery -A worker worker -l DEBUG`` as a
 subprocess, Flower behind basic auth, ``gds-notify api --log-level debug`` with two bearer
-tokens, the sandbox's SMTP sink requiring STARTTLS and AUTH.
+tokens, the sandbox's SMTP sink requiring STARTTLS and AUTH. The worker, the API and the
+commands log JSON (``LOG_FORMAT=json``): the text format's messages and tracebacks, plus
+each record's fields, searched as written and decoded.
 It pages (default key, a team key, a key PagerDuty calls invalid, 500 and 429 faults),
 acknowledges and resolves, mails (delivered, 421 then delivered, 550, authentication
 refused), sends a payload intake refuses, calls the HTTP API (accepted, invalid, an
@@ -217,6 +219,7 @@ def test_no_secret_in_logs_flower_cli_redis_or_dead_letters(
                 ]
             ),
             "PYTHONWARNINGS": "always",
+            "LOG_FORMAT": "json",
         }
         monkeypatch.chdir(tmp_path)
         for name, value in env.items():
@@ -276,17 +279,23 @@ def test_no_secret_in_logs_flower_cli_redis_or_dead_letters(
         _redis_dump(run, private_redis)
         get_settings.cache_clear()
 
-    worker_log = run.add("worker log", (tmp_path / "worker.log").read_bytes())
+    worker_records = _json_log(run, "worker log", tmp_path / "worker.log")
     run.add("flower log", (tmp_path / "flower.log").read_bytes())
-    api_text = run.add("api log", (tmp_path / "api.log").read_bytes())
+    api_records = _json_log(run, "api log", tmp_path / "api.log")
     run.add("producer log", producer_log.read_bytes())
+    worker_text = "\n".join(e["message"] for e in worker_records)
+    api_text = "\n".join(e["message"] for e in api_records)
 
     # The run really produced what is searched: not a vacuous pass.
-    assert "Task deliver.pagerduty[" in worker_log
-    assert "Task deliver.email[" in worker_log
-    assert "DEBUG/MainProcess] TaskPool: Apply" in worker_log  # task arguments, logged
-    assert "dead-lettered" in worker_log
-    assert "pagerduty trigger key=…" in worker_log
+    assert "Task deliver.pagerduty[" in worker_text
+    assert "Task deliver.email[" in worker_text
+    assert any(  # task arguments, logged
+        e["level"] == "DEBUG" and e["message"].startswith("TaskPool: Apply") for e in worker_records
+    )
+    assert "dead-lettered" in worker_text
+    assert "pagerduty trigger key=…" in worker_text
+    assert "transport:   redis://:**@" in worker_text  # the banner, as one record
+    assert any(e.get("outcome") == "dead" and e.get("task_id") for e in worker_records)
     assert len(task_ids) >= len(job_ids)
     assert "Invalid routing key" in run.artefacts["redis dump"]
     assert "535" in run.artefacts["redis dump"] or "uthentication" in run.artefacts["redis dump"]
@@ -299,6 +308,22 @@ def test_no_secret_in_logs_flower_cli_redis_or_dead_letters(
     assert f'"POST /ping/…{ADMIN_TOKEN[-4:]}/leak-cron HTTP/1.1" 200' in api_text
 
     assert run.leaks() == []
+
+
+def _json_log(run: Run, where: str, path: Path) -> list[dict[str, Any]]:
+    """A log written with LOG_FORMAT=json: searched as written, and decoded too (a value
+    JSON escapes is searched as itself); its records. A line before logging is set up (a
+    warning while Python imports, with PYTHONWARNINGS=always) may be text: searched too."""
+    raw = run.add(where, path.read_bytes())
+    entries = []
+    for line in raw.splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                entries.append(entry)
+    assert entries, raw[:2000]
+    run.add(f"{where}, decoded", "\n".join(" ".join(map(str, e.values())) for e in entries))
+    return entries
 
 
 def test_the_search_finds_a_secret_in_any_of_its_forms() -> None:

@@ -10,6 +10,7 @@ from api.routes import (
     ingest,
     jobs,
     medic,
+    metrics,
     notifications,
     pings,
 )
@@ -24,6 +25,7 @@ ROUTERS = (
     medic.bearer_router,
     medic.keyed_router,
     health.router,
+    metrics.router,
 )
 #: Plain Starlette routes, for the requests that must cost least: pings.
 PING_ROUTES = pings.ROUTES

@@ -170,7 +170,7 @@ def _resolve(alert: Alert, firing: JobRequest) -> list[intake.Accepted]:
     rule = route(eng.settings.routing_rules, firing.priority, firing.team, firing.alert_name, None)
     done = []
     if Channel.PAGERDUTY in rule.channels:
-        job_id = intake.lifecycle(eng, "resolve", dedup_key(alert), firing.team)
+        job_id = intake.lifecycle(eng, "resolve", dedup_key(alert), firing.team, "alertmanager")
         done.append(intake.Accepted(job_id, channels=(Channel.PAGERDUTY,)))
     if Channel.EMAIL in rule.channels:
         resolved = firing.model_copy(
@@ -198,6 +198,7 @@ def _one(alert: Alert, hook: Webhook, index: int) -> AlertOutcome:
             outcome.duplicate = bool(done) and all(d.duplicate for d in done)
     except InvalidJobError as exc:
         # Alertmanager does not retry a 4xx: keep it, with the reason, for a replay.
+        intake.refused(engine(), "alertmanager")
         entry_id = f"alertmanager-{outcome.fingerprint}-{intake.new_job_id()[:8]}"
         engine().dead_letters.add(
             entry_id=entry_id,

@@ -25,7 +25,7 @@ class Lifecycle(BaseModel):
 
 
 def _queue(action: Literal["acknowledge", "resolve"], dedup_key: str, body: Lifecycle) -> Queued:
-    return Queued(job_id=intake.lifecycle(engine(), action, dedup_key, body.team))
+    return Queued(job_id=intake.lifecycle(engine(), action, dedup_key, body.team, "api"))
 
 
 @router.post(

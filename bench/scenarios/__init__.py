@@ -20,6 +20,7 @@ from bench.scenarios import (
     heartbeat,
     latency,
     pings,
+    scrape,
     throttled,
     throughput,
 )
@@ -33,6 +34,7 @@ ORDER: tuple[ModuleType, ...] = (
     email,
     throttled,
     heartbeat,
+    scrape,
 )
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {m.NAME: m.run for m in ORDER}
 

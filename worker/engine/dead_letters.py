@@ -20,6 +20,11 @@ def dead_letter_id(job_id: str, channel: str) -> str:
     return f"{job_id}-{channel}"
 
 
+def _counted_as(channel: str) -> str:
+    """The channel a dead letter is counted under (one of a fixed few)."""
+    return channel if channel in keys.DEAD_LETTER_CHANNELS else "intake"
+
+
 class DeadLetters:
     """The dead-letter store: a hash of records and an index by time of death."""
 
@@ -53,6 +58,7 @@ class DeadLetters:
         pipe = self.redis.pipeline()
         pipe.hset(keys.DEAD_LETTERS, entry_id, json.dumps(record, default=str))
         pipe.zadd(keys.DEAD_LETTER_INDEX, {entry_id: now})
+        pipe.zadd(keys.dead_letter_channel(_counted_as(channel)), {entry_id: now})
         pipe.execute()
         return record
 
@@ -83,13 +89,19 @@ class DeadLetters:
         pipe = self.redis.pipeline()
         pipe.hdel(keys.DEAD_LETTERS, entry_id)
         pipe.zrem(keys.DEAD_LETTER_INDEX, entry_id)
-        removed, _ = pipe.execute()
+        for channel in keys.DEAD_LETTER_CHANNELS:
+            pipe.zrem(keys.dead_letter_channel(channel), entry_id)
+        removed = pipe.execute()[0]
         return bool(removed)
 
     def purge(self) -> int:
         """Remove every dead letter; returns how many there were."""
         pipe = self.redis.pipeline()
         pipe.zcard(keys.DEAD_LETTER_INDEX)
-        pipe.delete(keys.DEAD_LETTERS, keys.DEAD_LETTER_INDEX)
+        pipe.delete(
+            keys.DEAD_LETTERS,
+            keys.DEAD_LETTER_INDEX,
+            *map(keys.dead_letter_channel, keys.DEAD_LETTER_CHANNELS),
+        )
         count, _ = pipe.execute()
         return int(count)

@@ -21,7 +21,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from worker.channels import Channel
-from worker.engine import jobs
+from worker.engine import jobs, stats, watchdog
 from worker.engine.dead_letters import dead_letter_id
 from worker.engine.jobs import Claim
 from worker.engine.rate_limit import Slot
@@ -50,7 +50,7 @@ class DeliveryJob(BaseModel):
 
     job_id: str
     channel: Channel
-    action: Literal["trigger", "acknowledge", "resolve", "send"]
+    action: Literal["trigger", "acknowledge", "resolve", "send", "canary"]
     notification: Notification | None = None
     dedup_key: str | None = None
     team: str | None = None
@@ -131,12 +131,48 @@ def claim_seconds(engine: Engine, channel: Channel) -> float:
     return 4 * settings.smtp_timeout + 5
 
 
-def _attempt(engine: Engine, job: DeliveryJob, claim: Claim) -> Outcome:
-    started = time.monotonic()
+class CallClock:
+    """When the provider's call began: after any inline wait for a rate-limit slot, so the
+    call's latency is the provider's alone."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _canary(engine: Engine, job: DeliveryJob, claim: Claim) -> Outcome:
+    """The watchdog's canary came through the pipeline: call the watchdog, and end."""
     try:
-        sent = _send(engine, job)
+        result, reason = watchdog.arrived(engine)
     except NotificationError as exc:
-        return _failed(engine, job, claim, exc, started)
+        engine.jobs.record(
+            job.job_id,
+            job.channel,
+            "failed",
+            state=jobs.DEAD,
+            error=exc.to_dict(),
+            claim=claim.lock,
+        )
+        logger.warning("watchdog: %s", exc)
+        return Outcome(OutcomeKind.DEAD, reason=f"watchdog not told: {exc}")
+    outcome = f"watchdog {result}" + (f": {reason}" if reason else "")
+    engine.jobs.record(job.job_id, job.channel, outcome, state=jobs.DELIVERED, claim=claim.lock)
+    return Outcome(OutcomeKind.DELIVERED)
+
+
+def _attempt(engine: Engine, job: DeliveryJob, claim: Claim) -> Outcome:
+    if job.action == "canary":
+        return _canary(engine, job, claim)
+    clock = CallClock()
+    try:
+        sent = _send(engine, job, clock)
+    except NotificationError as exc:
+        return _failed(engine, job, claim, exc, clock)
     except redis.RedisError:
         raise  # Redis itself: nothing can be recorded, the message goes back (task_base.py)
     except Exception as exc:
@@ -146,7 +182,8 @@ def _attempt(engine: Engine, job: DeliveryJob, claim: Claim) -> Outcome:
         error = NotificationDeliveryError(
             f"unexpected {type(exc).__name__}: {exc}", retryable=True, provider="worker"
         )
-        return _failed(engine, job, claim, error, started)
+        return _failed(engine, job, claim, error, clock)
+    channel = job.channel.value
     if isinstance(sent, float):
         delay = engine.retry_policy.deferral(sent)
         engine.jobs.record(
@@ -157,27 +194,76 @@ def _attempt(engine: Engine, job: DeliveryJob, claim: Claim) -> Outcome:
             quiet_for=delay,
             retry_in=delay,
             claim=claim.lock,
+            counters=[
+                stats.count("deliveries", channel, "deferred"),
+                stats.count("pagerduty_deferred", stats.team_label(engine.settings, job.team)),
+            ],
         )
         return Outcome(OutcomeKind.DEFERRED, delay=delay)
+    call = clock.seconds()
     engine.jobs.record(
         job.job_id,
         job.channel,
         jobs.DELIVERED,
         state=jobs.DELIVERED,
         counted=True,
-        latency_ms=(time.monotonic() - started) * 1000,
+        latency_ms=call * 1000,
         result={"message_id": sent.message_id, **sent.metadata},
         claim=claim.lock,
+        counters=[
+            stats.count("deliveries", channel, "delivered"),
+            *stats.observe("provider_call", channel, call),
+            *stats.observe("delivery_latency", channel, time.time() - job.enqueued_at),
+        ],
+    )
+    attempt = claim.attempts + 1
+    logger.info(
+        "job %s %s delivered at attempt %d in %.0f ms",
+        job.job_id,
+        job.channel,
+        attempt,
+        call * 1000,
+        extra=_log_fields(job, attempt, OutcomeKind.DELIVERED, call * 1000),
     )
     return Outcome(OutcomeKind.DELIVERED)
 
 
+def _log_fields(
+    job: DeliveryJob, attempt: int, outcome: OutcomeKind, latency_ms: float
+) -> dict[str, object]:
+    """A delivery log line's fields (LOG_FORMAT=json shows them; text, its message)."""
+    return {
+        "job_id": job.job_id,
+        "channel": job.channel.value,
+        "attempt": attempt,
+        "outcome": outcome.value,
+        "latency_ms": round(latency_ms, 1),
+    }
+
+
+def _failure_counters(
+    engine: Engine, job: DeliveryJob, error: NotificationError, outcome: str, call: float
+) -> list[stats.Increment]:
+    channel = job.channel.value
+    counters = [
+        stats.count("deliveries", channel, outcome),
+        stats.count("delivery_failures", channel, type(error).__name__),
+        *stats.observe("provider_call", channel, call),
+    ]
+    if isinstance(error, NotificationRateLimitError) and job.channel is Channel.PAGERDUTY:
+        counters.append(
+            stats.count("pagerduty_throttled", stats.team_label(engine.settings, job.team))
+        )
+    return counters
+
+
 def _failed(
-    engine: Engine, job: DeliveryJob, claim: Claim, error: NotificationError, started: float
+    engine: Engine, job: DeliveryJob, claim: Claim, error: NotificationError, clock: CallClock
 ) -> Outcome:
     attempt = claim.attempts + 1
     decision = engine.retry_policy.decide(error, attempt, age=time.time() - job.enqueued_at)
-    latency = (time.monotonic() - started) * 1000
+    call = clock.seconds()
+    latency = call * 1000
     if decision.retry:
         engine.jobs.record(
             job.job_id,
@@ -190,8 +276,16 @@ def _failed(
             error=error.to_dict(),
             retry_in=decision.delay,
             claim=claim.lock,
+            counters=_failure_counters(engine, job, error, "retried", call),
         )
-        logger.info("job %s %s attempt %d: %s", job.job_id, job.channel, attempt, decision.reason)
+        logger.info(
+            "job %s %s attempt %d: %s",
+            job.job_id,
+            job.channel,
+            attempt,
+            decision.reason,
+            extra=_log_fields(job, attempt, OutcomeKind.RETRY, latency),
+        )
         return Outcome(OutcomeKind.RETRY, delay=decision.delay, reason=decision.reason)
     engine.dead_letters.add(
         entry_id=dead_letter_id(job.job_id, job.channel),
@@ -212,8 +306,15 @@ def _failed(
         latency_ms=latency,
         error=error.to_dict(),
         claim=claim.lock,
+        counters=_failure_counters(engine, job, error, "dead", call),
     )
-    logger.warning("job %s %s dead-lettered: %s", job.job_id, job.channel, decision.reason)
+    logger.warning(
+        "job %s %s dead-lettered: %s",
+        job.job_id,
+        job.channel,
+        decision.reason,
+        extra=_log_fields(job, attempt, OutcomeKind.DEAD, latency),
+    )
     return Outcome(OutcomeKind.DEAD, reason=decision.reason)
 
 
@@ -237,14 +338,14 @@ def _invalid(
 # -- the channels ---------------------------------------------------------------------
 
 
-def _send(engine: Engine, job: DeliveryJob) -> NotificationResult | float:
+def _send(engine: Engine, job: DeliveryJob, clock: CallClock) -> NotificationResult | float:
     """The provider's result, or the seconds our own rate limiter says to wait first."""
     if job.channel is Channel.PAGERDUTY:
-        return _page(engine, job)
+        return _page(engine, job, clock)
     return _email(engine, job)
 
 
-def _page(engine: Engine, job: DeliveryJob) -> NotificationResult | float:
+def _page(engine: Engine, job: DeliveryJob, clock: CallClock) -> NotificationResult | float:
     routing_key = engine.settings.routing_key_for(job.team)
     raw_key = routing_key.get_secret_value()
     give_up_at = time.monotonic() + INLINE_WAIT_SECONDS
@@ -252,6 +353,7 @@ def _page(engine: Engine, job: DeliveryJob) -> NotificationResult | float:
         if time.monotonic() + slot > give_up_at:
             return slot
         time.sleep(slot + random.uniform(0, 0.005))  # noqa: S311
+    clock.start()
     provider = engine.providers.pagerduty(routing_key)
     try:
         if job.action == "trigger":

@@ -15,9 +15,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Literal
 
+import redis
+
 from config.routing import route
 from worker.addresses import parse_recipients
 from worker.channels import Channel
+from worker.engine import stats
 from worker.engine.delivery import DeliveryJob
 from worker.engine.runtime import Engine
 from worker.exceptions import InvalidFieldError
@@ -108,10 +111,30 @@ def accept(
     )
     if first is not None:
         engine.jobs.add_duplicate(first)
-        logger.info("job %s: duplicate of %s (idempotency id), dropped", job_id, first)
+        logger.info(
+            "job %s: duplicate of %s (idempotency id), dropped",
+            job_id,
+            first,
+            extra={"job_id": job_id, "outcome": "duplicate", "duplicate_of": first},
+        )
         return Accepted(first, duplicate=True, channels=tuple(channels))
-    logger.info("job %s accepted for %s", job_id, ", ".join(c.value for c in channels))
+    named = ", ".join(c.value for c in channels)
+    logger.info(
+        "job %s accepted for %s",
+        job_id,
+        named,
+        extra={"job_id": job_id, "outcome": "accepted", "channels": named},
+    )
     return Accepted(job_id, channels=tuple(channels))
+
+
+def refused(engine: Engine, source: str) -> None:
+    """Count a notification refused as invalid at ``source``'s door. A count that cannot
+    be written (Redis down) is dropped: it must not hide the refusal itself."""
+    try:
+        stats.add(engine.redis, [stats.count("notifications", source, "invalid")])
+    except redis.RedisError:
+        logger.debug("could not count a refusal at %s", source)
 
 
 def lifecycle(
@@ -119,8 +142,10 @@ def lifecycle(
     action: Literal["acknowledge", "resolve"],
     dedup_key: str,
     team: str | None,
+    source: str,
 ) -> str:
-    """Queue an acknowledge or resolve for ``dedup_key``; returns the job id."""
+    """Queue an acknowledge or resolve for ``dedup_key``, which came in through ``source``
+    (the door: ``enqueue``, ``api``, ...); returns the job id."""
     if not dedup_key or not dedup_key.strip() or not is_one_line(dedup_key):
         raise InvalidJobError([{"field": "dedup_key", "message": "must be a non-blank line"}])
     job_id = new_job_id()
@@ -136,7 +161,7 @@ def lifecycle(
         job_id,
         channels=[Channel.PAGERDUTY],
         action=action,
-        source=action,
+        source=source,
         payloads={Channel.PAGERDUTY: payload},
         team=team,
         dedup_key=dedup_key,

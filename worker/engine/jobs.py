@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,7 +33,7 @@ import redis
 from config.settings import Settings
 from worker.addresses import parse_recipients
 from worker.channels import Channel
-from worker.engine import keys, scripts
+from worker.engine import keys, scripts, stats
 from worker.engine.lock import Lock, Locks
 from worker.engine.messages import delivery_id, delivery_message
 from worker.exceptions import InvalidFieldError
@@ -100,13 +100,17 @@ class JobStore:
         replay_of: str | None = None,
         idempotency: tuple[str, Literal["claim", "reassign"]] | None = None,
         incident: str | None = None,
+        listed: bool = True,
+        ttl: int | None = None,
     ) -> str | None:
         """Accept a job in one atomic step: claim its idempotency id (``(id, "claim")``;
         ``"reassign"`` points an id at this job, for a replay), write its record, index
         each delivery in ``payloads`` as open and push its message onto its queue. A job
         whose record exists already (a redelivered ``notify``) is left as it is.
         ``incident`` is the dedup key of the PagerDuty incident this job sends an event
-        for: it goes out after the event queued before it for that incident.
+        for: it goes out after the event queued before it for that incident. ``listed=False``
+        keeps the job out of the recent jobs and the notification counts (the watchdog's
+        canaries); ``ttl`` shortens how long its record is kept.
 
         Returns None when the job is accepted, or the id of the job that claimed the
         idempotency id first (nothing of this one is written then)."""
@@ -148,17 +152,20 @@ class JobStore:
                 keys.incident_order(team, incident or ""),
                 keys.job_duplicate(job_id),
                 keys.RECENT_JOBS,
+                keys.STATS,
                 *queues,
             ],
             args=[
                 job_id,
-                self.ttl,
+                ttl or self.ttl,
                 repr(now + self.stall),
                 mode,
                 self.idempotency_ttl,
                 self.ttl if incident else "",
                 repr(now),
-                RECENT_KEPT,
+                RECENT_KEPT if listed else 0,
+                stats.count("notifications", source, "accepted")[0] if listed else "",
+                stats.count("notifications", source, "duplicate")[0] if listed else "",
                 len(members),
                 *members,
                 *messages,
@@ -217,12 +224,14 @@ class JobStore:
         error: dict[str, Any] | None = None,
         retry_in: float | None = None,
         result: dict[str, Any] | None = None,
+        counters: Sequence[stats.Increment] = (),
     ) -> int:
         """Append an entry to the attempt history and, with ``state``, move the channel to
         it: a final state closes the delivery, any other pushes its stall deadline on by
         ``quiet_for`` (how long it will rightly wait, a retry's countdown) plus the stall
-        period. ``counted`` numbers it as an attempt; ``claim`` is released with it. One
-        round trip. Returns the attempt's number (0 when not counted)."""
+        period. ``counted`` numbers it as an attempt; ``claim`` is released with it;
+        ``counters`` are bumped with it (worker/engine/stats.py). One round trip. Returns
+        the attempt's number (0 when not counted)."""
         now = time.time()
         entry: dict[str, Any] = {"at": now, "channel": channel, "outcome": outcome}
         if latency_ms is not None:
@@ -247,6 +256,7 @@ class JobStore:
                 keys.job_attempts(job_id),
                 keys.OPEN_DELIVERIES,
                 keys.delivery_claim(job_id, channel),
+                keys.STATS,
             ],
             args=[
                 channel,
@@ -256,6 +266,7 @@ class JobStore:
                 f"{job_id}:{channel}",
                 deadline,
                 claim.token if claim is not None and not claim.released else "",
+                *stats.flat(counters),
                 *fields,
             ],
         )
@@ -272,11 +283,9 @@ class JobStore:
         return (str(state) if state is not None else None), payload
 
     def add_duplicate(self, job_id: str) -> None:
-        """Count a copy of ``job_id`` that was dropped (same idempotency id)."""
-        pipe = self.redis.pipeline()
-        pipe.hincrby(keys.job(job_id), "duplicates", 1)
-        pipe.incr(keys.DUPLICATES)
-        pipe.execute()
+        """Count, on its record, a copy of ``job_id`` that was dropped (same idempotency
+        id). (The pool's count of duplicates is kept by :meth:`create`.)"""
+        self.redis.hincrby(keys.job(job_id), "duplicates", 1)
 
     def lookup(self, job_id: str) -> dict[str, Any] | None:
         """The job ``job_id``; for a copy dropped at intake (same idempotency id), the job

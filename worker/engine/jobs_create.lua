@@ -4,12 +4,15 @@
 -- it: a duplicate leaves only a note of whose copy it is, so its id still answers.
 -- KEYS[1] job hash, KEYS[2] open deliveries, KEYS[3] idempotency key, KEYS[4] the
 -- incident's newest event (a job id), KEYS[5] this id's duplicate note, KEYS[6] recent
--- jobs, KEYS[7..6+n] the queue of each delivery.
+-- jobs, KEYS[7] the counters (worker/engine/stats.py), KEYS[8..7+n] the queue of each
+-- delivery.
 -- ARGV[1] job id, ARGV[2] job ttl, ARGV[3] stall deadline, ARGV[4] idempotency: 'claim',
 -- 'reassign' or '' (none), ARGV[5] idempotency ttl, ARGV[6] the incident key's ttl, ''
--- when the job is no PagerDuty event, ARGV[7] now, ARGV[8] most recent jobs kept,
--- ARGV[9] n, ARGV[10..9+n] open-delivery members, ARGV[10+n..9+2n] messages, then
--- field, value, ... of the record.
+-- when the job is no PagerDuty event, ARGV[7] now, ARGV[8] most recent jobs kept ('0':
+-- not listed), ARGV[9] the counter of accepted jobs, ARGV[10] that of duplicates ('': not
+-- counted), ARGV[11] n,
+-- ARGV[12..11+n] open-delivery members, ARGV[12+n..11+2n] messages, then field, value,
+-- ... of the record.
 -- Returns {1} when accepted, {0} when the record exists (a redelivered `notify`), {2,
 -- first job id} for a duplicate idempotency id.
 local job_id = ARGV[1]
@@ -18,6 +21,7 @@ if ARGV[4] == 'claim' then
     local first = redis.call('GET', KEYS[3])
     if first and first ~= job_id then
       redis.call('SET', KEYS[5], first, 'EX', ARGV[2])
+      if ARGV[10] ~= '' then redis.call('HINCRBYFLOAT', KEYS[7], ARGV[10], 1) end
       return {2, first}
     end
   end
@@ -25,16 +29,19 @@ elseif ARGV[4] == 'reassign' then
   redis.call('SET', KEYS[3], job_id, 'EX', ARGV[5])
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
-local n = tonumber(ARGV[9])
-redis.call('HSET', KEYS[1], unpack(ARGV, 10 + 2 * n))
+local n = tonumber(ARGV[11])
+redis.call('HSET', KEYS[1], unpack(ARGV, 12 + 2 * n))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 for i = 1, n do
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[9 + i])
-  redis.call('LPUSH', KEYS[6 + i], ARGV[9 + n + i])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[11 + i])
+  redis.call('LPUSH', KEYS[7 + i], ARGV[11 + n + i])
 end
-redis.call('ZADD', KEYS[6], ARGV[7], job_id)
--- Bounded by count; records that expired sooner are skipped by the reader.
-redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -tonumber(ARGV[8]) - 1)
+if ARGV[9] ~= '' then redis.call('HINCRBYFLOAT', KEYS[7], ARGV[9], 1) end
+if ARGV[8] ~= '0' then
+  redis.call('ZADD', KEYS[6], ARGV[7], job_id)
+  -- Bounded by count; records that expired sooner are skipped by the reader.
+  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -tonumber(ARGV[8]) - 1)
+end
 if ARGV[6] ~= '' then
   -- This event goes out after the one queued before it for the same incident.
   local before = redis.call('GET', KEYS[4])

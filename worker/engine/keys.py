@@ -34,13 +34,26 @@ def idempotency(idempotency_id: str) -> str:
 
 DEAD_LETTERS = f"{PREFIX}dlq"  # hash: entry id -> JSON record
 DEAD_LETTER_INDEX = f"{PREFIX}dlq:index"  # sorted set: entry id by time of death
-DUPLICATES = f"{PREFIX}stats:duplicates"  # counter
+#: Where dead letters come from: a channel's delivery, intake, or the broker (poison).
+DEAD_LETTER_CHANNELS = ("pagerduty", "email", "intake", "broker")
+
+
+def dead_letter_channel(channel: str) -> str:
+    """The dead letters of one channel (sorted set, as the index): counted at scrape."""
+    return f"{PREFIX}dlq:index:{channel}"
+
+
+# worker/engine/stats.py: every counter and histogram, one field each.
+STATS = f"{PREFIX}stats"
+QUEUE_OLDEST = f"{PREFIX}stats:oldest"  # hash: queue -> "message-id first-seen-time"
+RECOVERY_LAST = f"{PREFIX}jobs:recovery:last"  # Redis time of the last recovery sweep
+WATCHDOG_LAST = f"{PREFIX}watchdog:last"  # Redis time the last canary arrived
+WATCHDOG_DEAD_SEEN = f"{PREFIX}watchdog:dead-letters"  # how many there were at that canary
 
 # Deliveries not yet delivered or dead: "JOBID:CHANNEL" scored by when, without progress,
 # it counts as stalled (worker/engine/recovery.py).
 OPEN_DELIVERIES = f"{PREFIX}jobs:open"
 RECOVERY_LOCK = f"{PREFIX}jobs:recovery:lock"
-RECOVERED = f"{PREFIX}stats:recovered"  # counter
 
 
 def incident_order(team: str | None, dedup_key: str) -> str:
@@ -74,12 +87,12 @@ HEARTBEAT_LAST = f"{PREFIX}hb:last"  # hash: slug -> {"at", "status"} of the new
 HEARTBEAT_STATE = f"{PREFIX}hb:state"  # hash: slug -> ServiceState JSON
 HEARTBEAT_CHECK_LOCK = f"{PREFIX}hb:check:lock"  # one evaluation at a time
 HEARTBEAT_LAST_CHECK = f"{PREFIX}hb:check:last"  # Redis time of the last finished check
-HEARTBEAT_REFUSED = f"{PREFIX}stats:heartbeats:refused"  # hash: reason -> count
 
 
 HEARTBEAT_SERVICES = f"{PREFIX}hb:services"  # hash: slug -> a service registered at run time
 HEARTBEAT_CHECK_SOON = f"{PREFIX}hb:check:soon"  # set while an early check is queued
 HEARTBEAT_CHECK_IDLE = f"{PREFIX}hb:check:idle"  # time of the last check with no catalogue
+HEARTBEAT_SUMMARY = f"{PREFIX}hb:summary"  # JSON: how many services in each state
 
 
 def heartbeats(slug: str) -> str:

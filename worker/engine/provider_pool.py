@@ -9,6 +9,7 @@ from pydantic import SecretStr
 
 from config.settings import Settings
 from worker.providers import PagerDutyProvider, SMTPProvider
+from worker.providers.watchdog import WatchdogPinger
 
 
 class ProviderPool:
@@ -19,6 +20,7 @@ class ProviderPool:
         self._local = threading.local()
         self._all: list[PagerDutyProvider | SMTPProvider] = []
         self._lock = threading.Lock()
+        self._watchdog: WatchdogPinger | None = None
 
     def _cache(self) -> dict[str, PagerDutyProvider | SMTPProvider]:
         cache: dict[str, PagerDutyProvider | SMTPProvider] | None = getattr(
@@ -55,9 +57,19 @@ class ProviderPool:
             self._keep("smtp", provider)
         return provider
 
+    def watchdog(self) -> WatchdogPinger:
+        """The pinger for the watchdog's calls (one client, shared by the threads)."""
+        with self._lock:
+            if self._watchdog is None:
+                self._watchdog = WatchdogPinger()
+            return self._watchdog
+
     def close(self) -> None:
         """Close every provider any thread built (their connections and sessions)."""
         with self._lock:
             providers, self._all = self._all, []
+            watchdog, self._watchdog = self._watchdog, None
         for provider in providers:
             provider.close()
+        if watchdog is not None:
+            watchdog.close()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from worker.channels import Channel
-from worker.engine import keys
+from worker.engine import keys, stats
 from worker.engine.jobs import FINAL_STATES
 from worker.engine.runtime import Engine
 
@@ -67,5 +67,6 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
             store.record(job_id, channel, f"recovered: {state}, idle {idle:.0f}s")
             found.append(Stalled(job_id, channel, payload, idle))
         if found:
-            r.incrby(keys.RECOVERED, len(found))
+            stats.add(r, [stats.count("recovered", by=len(found))])
+        stats.stamp(r, keys.RECOVERY_LAST)
         return found

@@ -47,7 +47,7 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
         return accept(engine, request, new_job_id(), "replay", replay_of=entry["id"]).job_id
     action = payload.get("action")
     if action in ("acknowledge", "resolve"):
-        return lifecycle(engine, action, payload["dedup_key"], payload.get("team"))
+        return lifecycle(engine, action, payload["dedup_key"], payload.get("team"), "replay")
     fields = dict(payload["notification"])
     fields["team"] = payload.get("team")
     fields["channel"] = Channel(entry["channel"]).value  # only the channel that failed

@@ -12,8 +12,10 @@ one that enqueues through the normal delivery queue).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +42,8 @@ class Plan:
     now: float
     read: dict[str, str | None]
     write: dict[str, ServiceState]
+    #: How many services are in each state after it (for /metrics).
+    states: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,7 +77,10 @@ class HeartbeatChecker:
                 return CheckReport(skipped=True)
             plan = self.plan(catalogue)
             report = self.commit(plan, send)
-            self.redis.set(keys.HEARTBEAT_LAST_CHECK, repr(plan.now))
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(keys.HEARTBEAT_LAST_CHECK, repr(plan.now))
+            pipe.set(keys.HEARTBEAT_SUMMARY, json.dumps(plan.states))
+            pipe.execute()
         report.services = len(catalogue.services)
         report.seconds = time.perf_counter() - started
         return report
@@ -91,6 +98,7 @@ class HeartbeatChecker:
         at = datetime.fromtimestamp(now, UTC)
         read: dict[str, str | None] = {}
         write: dict[str, ServiceState] = {}
+        tally: Counter[str] = Counter()
         for spec in specs:
             raw = states.get(spec.slug)
             old = ServiceState.model_validate_json(raw) if raw else None
@@ -104,10 +112,11 @@ class HeartbeatChecker:
                 running_since=running.get(spec.slug),
             )
             new = step(spec, old, obs, now, gap, self.check_interval)
+            tally[new.status] += 1
             if old is None or new != old or new.outbox:
                 read[spec.slug] = raw
                 write[spec.slug] = new
-        return Plan(now=now, read=read, write=write)
+        return Plan(now=now, read=read, write=write, states=dict(tally))
 
     def commit(self, plan: Plan, send: Sender) -> CheckReport:
         """Write each changed state if nobody changed it since it was read, then send the

@@ -29,7 +29,7 @@ def sender(engine: Engine) -> Sender:
                 raise ValueError("a heartbeat trigger needs its request")
             request = parse_request(action.request)
             return accept(engine, request, new_job_id(), "heartbeat").job_id
-        return lifecycle(engine, "resolve", action.dedup_key, action.team)
+        return lifecycle(engine, "resolve", action.dedup_key, action.team, "heartbeat")
 
     return send
 
@@ -40,7 +40,10 @@ def run_check(engine: Engine) -> CheckReport | None:
     if catalogue is None:
         # Said where `gds-notify heartbeats` looks, so a catalogue given to the shell but
         # not to the worker is named as the cause.
-        engine.redis.set(keys.HEARTBEAT_CHECK_IDLE, repr(time.time()), ex=IDLE_KEPT_SECONDS)
+        pipe = engine.redis.pipeline(transaction=False)
+        pipe.set(keys.HEARTBEAT_CHECK_IDLE, repr(time.time()), ex=IDLE_KEPT_SECONDS)
+        pipe.delete(keys.HEARTBEAT_SUMMARY)  # monitoring is off: no states to report
+        pipe.execute()
         return None
     report = engine.checker.run(catalogue, sender(engine))
     if report.sent or report.send_errors or report.conflicts:

@@ -23,7 +23,7 @@ from typing import Any, Literal, cast
 import redis
 
 from config.catalogue import ServiceSpec
-from worker.engine import keys, scripts
+from worker.engine import keys, scripts, stats
 from worker.engine.rate_limit import SharedRateLimiter, Slot
 
 HeartbeatStatus = Literal["up", "fail"]
@@ -35,6 +35,8 @@ MAX_FUTURE_SECONDS = 300.0
 #: Each service's log keeps its latest pings, each body cut to ``BODY_LIMIT`` characters,
 #: for a week after the last one: bounded however often, and whatever, a service sends.
 LOG_KEPT = 50
+#: The counter of refused heartbeats, by reason.
+REFUSED = "heartbeats_refused"
 BODY_LIMIT = 10_000
 LOG_TTL_SECONDS = 7 * 86_400
 
@@ -104,6 +106,7 @@ class HeartbeatStore:
                 keys.heartbeat_log(spec.slug),
                 keys.heartbeat_runs(spec.slug),
                 request.window_key if request else keys.heartbeats(spec.slug),
+                keys.STATS,
             ],
             client=pipe,
             args=[
@@ -120,6 +123,7 @@ class HeartbeatStore:
                 LOG_KEPT,
                 max(LOG_TTL_SECONDS, ttl, math.ceil(2 * (spec.max_duration or 0))),
                 request.member if request else "",
+                stats.count("heartbeats", ping.kind)[0],
             ],
         )
         results = pipe.execute()
@@ -156,11 +160,13 @@ class HeartbeatStore:
 
     def refuse(self, reason: str) -> None:
         """Count a refused heartbeat (the slug itself is not stored: it may be anything)."""
-        self.redis.hincrby(keys.HEARTBEAT_REFUSED, reason, 1)
+        stats.add(self.redis, [stats.count(REFUSED, reason)])
 
     def refused(self) -> dict[str, int]:
-        raw = cast(dict[str, str], self.redis.hgetall(keys.HEARTBEAT_REFUSED))
-        return {k: int(v) for k, v in raw.items()}
+        """How many heartbeats were refused, by reason."""
+        raw = cast(dict[str, str], self.redis.hgetall(keys.STATS))
+        prefix = REFUSED + ":"
+        return {k[len(prefix) :]: int(float(v)) for k, v in raw.items() if k.startswith(prefix)}
 
     def last(self) -> dict[str, LastHeartbeat]:
         """The newest heartbeat of every service that ever sent one."""

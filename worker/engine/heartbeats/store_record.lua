@@ -2,14 +2,16 @@
 -- a message that changes nothing ('log'). Every ping is also kept in the service's log.
 -- KEYS[1] the service's up heartbeats (sorted set), KEYS[2] newest heartbeat of each
 -- service, KEYS[3] the service's log (list, newest first), KEYS[4] its runs in progress
--- (hash: run id -> start), KEYS[5] the rate window the ping was admitted through.
+-- (hash: run id -> start), KEYS[5] the rate window the ping was admitted through, KEYS[6]
+-- the counters (worker/engine/stats.py).
 -- ARGV[1] slug, ARGV[2] time ('' = now, Redis clock), ARGV[3] kind, ARGV[4] how many
 -- heartbeats to keep, ARGV[5] the furthest ahead of now a time may be, ARGV[6] a random
 -- suffix (two heartbeats in the same microsecond both count), ARGV[7] the heartbeats'
 -- ttl (s), ARGV[8] how the ping arrived ('' none), ARGV[9] its body ('' none), ARGV[10]
 -- the run id ('' for runs without one), ARGV[11] log entries kept, ARGV[12] the log's
 -- and the runs' ttl (s), ARGV[13] the rate window's member for this ping ('' when no rate
--- applies): it runs right after the window's acquire, in the same pipeline.
+-- applies): it runs right after the window's acquire, in the same pipeline; ARGV[14] the
+-- counter of pings of this kind.
 -- Returns {1, time} when stored, {0, now} for a time too far in the future, {2} when the
 -- rate window refused the ping (nothing stored).
 if ARGV[13] ~= '' and not redis.call('ZSCORE', KEYS[5], ARGV[13]) then return {2} end
@@ -43,4 +45,5 @@ if ARGV[10] ~= '' then entry['rid'] = ARGV[10] end
 redis.call('LPUSH', KEYS[3], cjson.encode(entry))
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[11]) - 1)
 redis.call('EXPIRE', KEYS[3], ARGV[12])
+redis.call('HINCRBYFLOAT', KEYS[6], ARGV[14], 1)
 return {1, string.format('%.6f', at)}

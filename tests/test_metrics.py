@@ -1,0 +1,226 @@
+"""``/metrics`` as Prometheus reads it: parsed with prometheus_client's own parser, after
+real work went through a real Redis, an in-thread worker and the sandbox. The values are
+the pool's (they live in Redis), so a second process — ``gds-notify metrics`` — answers
+the same."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
+
+import tasks
+from tests.api_server import NOTIFY_TOKEN, ApiServer, serve
+from tests.conftest import (
+    ROUTING_KEY,
+    SMTP_PASSWORD,
+    TEAM_KEY,
+    SandboxClient,
+    free_port,
+    reconfigure,
+    wait_for,
+)
+from tests.heartbeat_helpers import WriteCatalogue, service
+from worker.engine.heartbeats.paging import run_check
+from worker.engine.runtime import engine
+from worker.providers.base import Notification
+
+GDS_NOTIFY = str(Path(sys.executable).with_name("gds-notify"))
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of one scrape, by name and labels."""
+    answer = httpx.get(url, timeout=10)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for family in text_string_to_metric_families(answer.text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def page(i: int, **fields: Any) -> Notification:
+    return Notification(
+        recipient=f"db-{i}",
+        subject=f"Disk full {i}",
+        priority="critical",
+        idempotency_id=f"metrics-{i}",
+        **fields,
+    )
+
+
+def delivered(job_id: str) -> None:
+    wait_for(
+        lambda: (r := engine().jobs.get(job_id)) and r["status"] in ("delivered", "dead-lettered")
+    )
+
+
+def test_the_work_of_the_pool_is_counted(
+    api_server: ApiServer, celery_worker: Any, service_env: Any
+) -> None:
+    pages = SandboxClient(service_env)
+    try:
+        jobs = [tasks.enqueue(page(1), team="dba"), tasks.enqueue(page(2))]
+        assert tasks.enqueue(page(1), team="dba") == jobs[0]  # a duplicate
+        with pytest.raises(tasks.InvalidJobError):
+            tasks.enqueue({"recipient": "", "subject": "x"})
+        pages.faults({"status": 429})  # throttled once, then through
+        jobs.append(tasks.enqueue(page(3), team="dba"))
+        for job in jobs:
+            delivered(job)
+        pages.faults({"status": 400})  # refused for good: dead-lettered
+        dead = tasks.enqueue(page(4))
+        delivered(dead)
+        mail = tasks.enqueue(Notification(recipient="a@example.com", subject="Report"))
+        delivered(mail)
+        with api_server.client() as http:
+            assert http.post("/v1/notifications", json={"recipient": ""}).status_code == 422
+            accepted = http.post(
+                "/v1/notifications", json={"recipient": "b@example.com", "subject": "Hi"}
+            )
+            delivered(accepted.json()["job_id"])
+        client = Celery(broker=os.environ["REDIS_URL"])
+        client.send_task("notify", args=[{"recipient": "", "subject": "x"}])
+        client.close()
+        wait_for(lambda: engine().dead_letters.count() == 2)
+    finally:
+        pages.close()
+
+    s = scrape(f"{api_server.url}/metrics")
+    n = "gds_notify_notifications_total"
+    assert value(s, n, source="enqueue", outcome="accepted") == 5
+    assert value(s, n, source="enqueue", outcome="duplicate") == 1
+    assert value(s, n, source="enqueue", outcome="invalid") == 1
+    assert value(s, n, source="api", outcome="accepted") == 1
+    assert value(s, n, source="api", outcome="invalid") == 1
+    assert value(s, n, source="notify", outcome="invalid") == 1
+    assert value(s, n, source="alertmanager", outcome="accepted") == 0  # there from the start
+
+    d = "gds_notify_deliveries_total"
+    assert value(s, d, channel="pagerduty", outcome="delivered") == 3
+    assert value(s, d, channel="pagerduty", outcome="retried") == 1
+    assert value(s, d, channel="pagerduty", outcome="dead") == 1
+    assert value(s, d, channel="email", outcome="delivered") == 2
+    failures = "gds_notify_delivery_failures_total"
+    assert value(s, failures, channel="pagerduty", error="NotificationRateLimitError") == 1
+    assert value(s, failures, channel="pagerduty", error="NotificationDeliveryError") == 1
+    assert value(s, "gds_notify_pagerduty_throttled_total", team="dba") == 1
+
+    latency = "gds_notify_delivery_latency_seconds"
+    assert value(s, latency + "_count", channel="pagerduty") == 3
+    assert value(s, latency + "_bucket", channel="pagerduty", le="+Inf") == 3
+    assert value(s, latency + "_sum", channel="pagerduty") > 0
+    call = "gds_notify_provider_call_seconds"
+    assert value(s, call + "_count", channel="pagerduty") == 5  # every attempt
+    assert value(s, call + "_count", channel="email") == 2
+
+    assert value(s, "gds_notify_dead_letters", channel="pagerduty") == 1
+    assert value(s, "gds_notify_dead_letters", channel="intake") == 1
+    assert value(s, "gds_notify_workers_alive", queue="pagerduty") >= 1
+    assert value(s, "gds_notify_redis_up") == 1
+    assert value(s, "gds_notify_queue_messages", queue="pagerduty") == 0
+    assert value(s, "gds_notify_unacked_messages") == 0
+    build = [k for k in s if k[0] == "gds_notify_build_info"]
+    assert len(build) == 1
+
+    # Nothing in it is a secret, a job id or a recipient.
+    text = httpx.get(f"{api_server.url}/metrics").text
+    for secret in (ROUTING_KEY, TEAM_KEY, SMTP_PASSWORD, NOTIFY_TOKEN, jobs[0], "db-1"):
+        assert secret not in text
+
+
+def test_queues_and_their_oldest_message_without_a_worker(api_server: ApiServer) -> None:
+    tasks.enqueue(page(1))
+    tasks.enqueue(page(2))
+    client = Celery(broker=os.environ["REDIS_URL"])
+    client.send_task("notify", args=[{"recipient": "a@example.com", "subject": "x"}])
+    client.close()
+    time.sleep(0.3)
+    first = scrape(f"{api_server.url}/metrics")
+    assert value(first, "gds_notify_queue_messages", queue="pagerduty") == 2
+    assert value(first, "gds_notify_queue_messages", queue="celery") == 1
+    # A page carries the time it was accepted: its age is known at once.
+    assert value(first, "gds_notify_queue_oldest_message_age_seconds", queue="pagerduty") >= 0.3
+    # A message from any producer is aged from the scrape that first saw it.
+    assert value(first, "gds_notify_queue_oldest_message_age_seconds", queue="celery") == 0
+    time.sleep(0.5)
+    second = scrape(f"{api_server.url}/metrics")
+    age = value(second, "gds_notify_queue_oldest_message_age_seconds", queue="celery")
+    assert age >= 0.5
+    assert value(second, "gds_notify_workers_alive", queue="pagerduty") == 0
+
+
+def test_heartbeat_gauges(
+    catalogue: WriteCatalogue, monkeypatch: pytest.MonkeyPatch, service_env: Any
+) -> None:
+    catalogue(service("billing-api", window=60) + service("etl", window=60, team="data"))
+    for api in serve(monkeypatch):
+        before = scrape(f"{api.url}/metrics")
+        assert not any(k[0] == "gds_notify_heartbeat_services" for k in before)  # not yet on
+        tasks.heartbeat("billing-api")
+        tasks.heartbeat("etl", status="fail")
+        run_check(engine())
+        s = scrape(f"{api.url}/metrics")
+        assert value(s, "gds_notify_heartbeats_total", status="up") == 1
+        assert value(s, "gds_notify_heartbeats_total", status="fail") == 1
+        states = {
+            labels[0][1]: v
+            for (name, labels), v in s.items()
+            if name == "gds_notify_heartbeat_services"
+        }
+        assert sum(states.values()) == 2
+        assert set(states) == {"new", "up", "failing", "down", "inactive"}
+        assert 0 <= value(s, "gds_notify_heartbeat_check_age_seconds") < 5
+
+
+def test_an_unreachable_redis_is_a_successful_scrape_that_says_so(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    reconfigure()
+    s = scrape(f"{api_server.url}/metrics")
+    assert value(s, "gds_notify_redis_up") == 0
+    assert not any(k[0] == "gds_notify_queue_messages" for k in s)
+
+
+def test_the_metrics_command_serves_the_same_pool(service_env: Any) -> None:
+    tasks.enqueue(page(9))
+    port = free_port()
+    proc = subprocess.Popen(
+        [GDS_NOTIFY, "metrics", "--port", str(port)],
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_for(lambda: _answers(url), timeout=20)
+        s = scrape(url)
+        assert value(s, "gds_notify_notifications_total", source="enqueue", outcome="accepted") == 1
+        assert value(s, "gds_notify_queue_messages", queue="pagerduty") == 1
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert out.startswith(f"metrics on http://127.0.0.1:{port}/metrics")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

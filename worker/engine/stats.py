@@ -1,0 +1,245 @@
+"""The pool's numbers, kept in Redis where the work is recorded, for ``/metrics``.
+
+Counters live in one hash (``keys.STATS``), one field per counter and label set
+(``deliveries:pagerduty:delivered``). They are bumped inside the scripts that already
+record the work — accepting a job, recording a delivery step, storing a heartbeat — so
+counting costs no round trip on the hot path; the scripts take the increments as
+``(field, amount)`` pairs built here, so the naming lives in this module alone. Histograms
+are counters too: one field per bucket, plus ``sum`` and ``count``.
+
+Gauges (queue depths, the oldest message's age, dead letters, heartbeat states, workers
+up, how long since the checker, the recovery sweep and the watchdog last ran) are read at
+scrape time, in one pipelined round trip: :func:`snapshot`.
+
+Every label value is from a bounded set: channels, outcomes, sources, error classes,
+heartbeat kinds and states, queues, and teams that have a routing key of their own (any
+other team counts as ``default``). Never a job id, a recipient or a key.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis
+
+from config.queues import QUEUE_ORDER
+from config.settings import Settings
+from worker.engine import keys
+
+#: One counter increment: the hash field, and by how much.
+Increment = tuple[str, float]
+
+#: Histogram buckets (seconds): a page's provider call takes milliseconds, its way from
+#: enqueue to delivered seconds, a throttled or retried one minutes.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+
+#: How recently a worker must have reported to count as alive (it reports every 10 s).
+WORKER_ALIVE_SECONDS = 30.0
+#: kombu's Redis transport: messages taken by a worker and not yet acknowledged.
+UNACKED_HASH = "unacked"
+
+
+def count(*parts: str, by: float = 1.0) -> Increment:
+    """The increment of the counter named by ``parts`` (name, then label values)."""
+    return ":".join(parts), by
+
+
+def observe(name: str, label: str, seconds: float) -> list[Increment]:
+    """One observation of a histogram: its bucket, its sum and its count."""
+    seconds = max(0.0, seconds)
+    bucket = next((str(b) for b in BUCKETS if seconds <= b), "+Inf")
+    return [
+        (f"{name}:{label}:le:{bucket}", 1.0),
+        (f"{name}:{label}:sum", seconds),
+        (f"{name}:{label}:count", 1.0),
+    ]
+
+
+def flat(increments: Iterable[Increment]) -> list[str | float]:
+    """Increments as a script's arguments: ``n, field, amount, field, amount, ...``."""
+    pairs = list(increments)
+    return [len(pairs), *[item for pair in pairs for item in pair]]
+
+
+def add(client: redis.Redis, increments: Iterable[Increment]) -> None:
+    """Bump counters where no script runs anyway (refusals, which are off the hot path)."""
+    pipe = client.pipeline(transaction=False)
+    for name, amount in increments:
+        pipe.hincrbyfloat(keys.STATS, name, amount)
+    pipe.execute()
+
+
+def team_label(settings: Settings, team: str | None) -> str:
+    """A team as a label: its name when it has a routing key of its own, else ``default``
+    (the key that pages for it), so producers cannot grow the label set."""
+    name = settings.routing_key_name(team)
+    return "default" if name == "PAGERDUTY_ROUTING_KEY" else (team or "").strip().lower()
+
+
+@dataclass
+class Snapshot:
+    """What one scrape read: counters by field, and the gauges."""
+
+    now: float
+    counters: dict[str, float]
+    queues: dict[str, int]
+    oldest_age: dict[str, float]
+    unacked: int
+    dead_letters: dict[str, int]
+    heartbeat_states: dict[str, int] | None
+    heartbeat_check_age: float | None
+    recovery_age: float | None
+    watchdog_age: float | None
+    workers: dict[str, int] = field(default_factory=dict)
+
+    def labelled(self, name: str) -> list[tuple[list[str], float]]:
+        """Every counter ``name:label:label…`` as (label values, value)."""
+        prefix = name + ":"
+        return [
+            (field_name[len(prefix) :].split(":"), value)
+            for field_name, value in sorted(self.counters.items())
+            if field_name.startswith(prefix)
+            and ":le:" not in field_name
+            and not field_name.endswith((":sum", ":count"))
+        ]
+
+    def histograms(self, name: str) -> dict[str, tuple[list[tuple[str, float]], float]]:
+        """Each label's cumulative buckets (``le`` and count, ending at ``+Inf``) and sum."""
+        out: dict[str, tuple[list[tuple[str, float]], float]] = {}
+        prefix = name + ":"
+        labels = {
+            f[len(prefix) :].rsplit(":", 1)[0]
+            for f in self.counters
+            if f.startswith(prefix) and f.endswith(":count")
+        }
+        for label in sorted(labels):
+            running = 0.0
+            buckets = []
+            for bound in [*map(str, BUCKETS), "+Inf"]:
+                running += self.counters.get(f"{prefix}{label}:le:{bound}", 0.0)
+                buckets.append((bound, running))
+            out[label] = (buckets, self.counters.get(f"{prefix}{label}:sum", 0.0))
+        return out
+
+
+def snapshot(client: redis.Redis, watchdog: bool) -> Snapshot:
+    """Read every counter and gauge in one round trip (plus one write that remembers when
+    the oldest message of a queue without timestamps was first seen)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.time()
+    pipe.hgetall(keys.STATS)
+    for queue in QUEUE_ORDER:
+        pipe.llen(queue)
+        pipe.lindex(queue, -1)  # kombu pushes on the left and takes from the right
+    pipe.hlen(UNACKED_HASH)
+    for channel in keys.DEAD_LETTER_CHANNELS:
+        pipe.zcard(keys.dead_letter_channel(channel))
+    pipe.get(keys.HEARTBEAT_SUMMARY)
+    pipe.get(keys.HEARTBEAT_LAST_CHECK)
+    pipe.get(keys.RECOVERY_LAST)
+    pipe.get(keys.WATCHDOG_LAST)
+    pipe.zrangebyscore(keys.WORKERS, "-inf", "+inf", withscores=True)
+    pipe.hgetall(keys.WORKERS_INFO)
+    pipe.hgetall(keys.QUEUE_OLDEST)
+    answers = iter(pipe.execute())
+    seconds, micros = next(answers)
+    now = float(seconds) + micros / 1_000_000
+    counters = {k: float(v) for k, v in cast(dict[str, str], next(answers)).items()}
+    queues: dict[str, int] = {}
+    oldest: dict[str, Any] = {}
+    for queue in QUEUE_ORDER:
+        queues[queue] = int(next(answers))
+        oldest[queue] = next(answers)
+    unacked = int(next(answers))
+    dead = {channel: int(next(answers)) for channel in keys.DEAD_LETTER_CHANNELS}
+    summary, last_check, recovery, watchdog_last = (next(answers) for _ in range(4))
+    seen = cast("list[tuple[str, float]]", next(answers))
+    infos = cast(dict[str, str], next(answers))
+    first_seen = cast(dict[str, str], next(answers))
+    ages = _oldest_ages(client, now, oldest, first_seen)
+    states = json.loads(summary) if summary else None
+    return Snapshot(
+        now=now,
+        counters=counters,
+        queues=queues,
+        oldest_age=ages,
+        unacked=unacked,
+        dead_letters=dead,
+        heartbeat_states=states,
+        heartbeat_check_age=_age(now, last_check) if states is not None else None,
+        recovery_age=_age(now, recovery),
+        watchdog_age=_age(now, watchdog_last) if watchdog else None,
+        workers=_workers(now, seen, infos),
+    )
+
+
+def _age(now: float, raw: Any) -> float:
+    return math.inf if raw is None else max(0.0, now - float(raw))
+
+
+def _workers(
+    now: float, seen: Sequence[tuple[str, float]], infos: dict[str, str]
+) -> dict[str, int]:
+    alive = {queue: 0 for queue in QUEUE_ORDER}
+    for hostname, at in seen:
+        if now - float(at) > WORKER_ALIVE_SECONDS:
+            continue
+        info = json.loads(infos.get(hostname) or "{}")
+        for queue in info.get("queues", []):
+            alive[queue] = alive.get(queue, 0) + 1
+    return alive
+
+
+def _oldest_ages(
+    client: redis.Redis, now: float, oldest: dict[str, Any], first_seen: dict[str, str]
+) -> dict[str, float]:
+    """Each queue's oldest message's age: from the time a delivery message carries
+    (``enqueued_at``); for others (``notify`` from any producer), since a scrape first saw
+    it at the head of its queue, a lower bound as exact as the scrape interval."""
+    ages: dict[str, float] = {}
+    remember: dict[str, str] = {}
+    for queue, raw in oldest.items():
+        if raw is None:
+            ages[queue] = 0.0
+            continue
+        message_id, enqueued_at = _identity(raw)
+        if enqueued_at is not None:
+            ages[queue] = max(0.0, now - enqueued_at)
+            continue
+        seen_id, _, seen_at = first_seen.get(queue, "").partition(" ")
+        if seen_id == message_id and seen_at:
+            ages[queue] = max(0.0, now - float(seen_at))
+        else:
+            ages[queue] = 0.0
+            remember[queue] = f"{message_id} {now!r}"
+    if remember:
+        pipe = client.pipeline(transaction=False)
+        for queue, seen in remember.items():
+            pipe.hset(keys.QUEUE_OLDEST, queue, seen)
+        pipe.execute()
+    return ages
+
+
+def _identity(raw: str) -> tuple[str, float | None]:
+    """A queued message's id, and the time its job was accepted when it says."""
+    try:
+        envelope = json.loads(raw)
+        message_id = str(envelope.get("headers", {}).get("id") or "")
+        body = json.loads(base64.b64decode(envelope["body"]))
+        job = body[0][0] if body and body[0] else None
+        enqueued = job.get("enqueued_at") if isinstance(job, dict) else None
+        return message_id, float(enqueued) if enqueued is not None else None
+    except (ValueError, KeyError, TypeError, IndexError):
+        return str(hash(raw)), None
+
+
+def stamp(client: redis.Redis, key: str) -> None:
+    """Record that something periodic (the recovery sweep, the watchdog) just ran, in
+    Redis time, which the scrape compares with."""
+    seconds, micros = client.time()
+    client.set(key, repr(float(seconds) + micros / 1_000_000))

@@ -1,0 +1,87 @@
+"""The watchdog: a canary sent through the whole pipeline at every ``WATCHDOG_INTERVAL``
+(beat, then intake, a queue, a worker, a delivery step, as a page goes), which on arrival
+calls ``WATCHDOG_URL``, an external dead man's switch. When Redis, the workers or beat
+stop, the calls stop, and the external monitor pages through its own path.
+
+A canary that arrives while the service sees itself failing (dead letters grew since the
+previous canary) calls ``WATCHDOG_FAIL_URL`` instead, with the reason as its body.
+
+Canaries go out on the ``pagerduty`` queue, the path pages take, but never reach
+PagerDuty, take no rate-limit slot, are not listed by ``gds-notify jobs`` and count in no
+notification metric (only ``gds_notify_watchdog_pings_total``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from worker.channels import Channel
+from worker.engine import keys, stats
+from worker.engine.runtime import Engine
+
+logger = logging.getLogger(__name__)
+
+#: How long a canary's job record is kept: enough to look into one that did not arrive.
+RECORD_TTL_SECONDS = 3600
+
+
+def send_canary(engine: Engine) -> str | None:
+    """Queue a canary; its job id (None when no ``WATCHDOG_URL`` is set)."""
+    if engine.settings.watchdog_url is None:
+        return None
+    job_id = "canary-" + uuid.uuid4().hex
+    payload = {
+        "job_id": job_id,
+        "channel": Channel.PAGERDUTY.value,
+        "action": "canary",
+        "enqueued_at": time.time(),
+    }
+    engine.jobs.create(
+        job_id,
+        channels=[Channel.PAGERDUTY],
+        action="canary",
+        source="watchdog",
+        payloads={Channel.PAGERDUTY: payload},
+        listed=False,
+        ttl=RECORD_TTL_SECONDS,
+    )
+    return job_id
+
+
+def verdict(engine: Engine) -> str | None:
+    """Why the service sees itself failing now, or None: dead letters that appeared since
+    the previous canary."""
+    pipe = engine.redis.pipeline()
+    pipe.zcard(keys.DEAD_LETTER_INDEX)
+    pipe.get(keys.WATCHDOG_DEAD_SEEN)
+    now, before = pipe.execute()
+    engine.redis.set(keys.WATCHDOG_DEAD_SEEN, int(now))
+    grew = int(now) - int(before) if before is not None else 0
+    if grew > 0:
+        return f"{grew} new dead letter{'' if grew == 1 else 's'} since the previous canary"
+    return None
+
+
+def arrived(engine: Engine) -> tuple[str, str | None]:
+    """A canary came through: call the watchdog. Returns the result (``ok`` or ``fail``)
+    and the reason for a fail. Raises the pinger's error when the watchdog cannot be
+    reached (counted as ``error``)."""
+    settings = engine.settings
+    reason = verdict(engine)
+    if reason is not None and settings.watchdog_fail_url is None:
+        logger.warning("watchdog: %s (no WATCHDOG_FAIL_URL to say so)", reason)
+    failing = reason is not None and settings.watchdog_fail_url is not None
+    url = settings.watchdog_fail_url if failing else settings.watchdog_url
+    if url is None:  # WATCHDOG_URL was unset after this canary left
+        return "off", reason
+    try:
+        engine.providers.watchdog().ping(url, body=reason if failing and reason else "")
+    except Exception:
+        stats.add(engine.redis, [stats.count("watchdog_pings", "error")])
+        raise
+    result = "fail" if failing else "ok"
+    stats.add(engine.redis, [stats.count("watchdog_pings", result)])
+    stats.stamp(engine.redis, keys.WATCHDOG_LAST)
+    return result, reason

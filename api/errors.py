@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from worker.engine import intake
+from worker.engine.redis_client import NotReplicatedError
 from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError
 from worker.validation import path, problem
@@ -136,3 +137,10 @@ def install(app: FastAPI) -> None:
         )
 
     app.add_exception_handler(redis.RedisError, outage)
+
+    @app.exception_handler(NotReplicatedError)
+    async def not_durable(request: Request, exc: NotReplicatedError) -> JSONResponse:
+        logger.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"error": str(exc)}, 503, headers={"Retry-After": str(OUTAGE_RETRY_AFTER)}
+        )

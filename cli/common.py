@@ -12,12 +12,12 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import redis
 
 from config.settings import get_settings
+from worker.engine.redis_client import NotReplicatedError
 from worker.exceptions import NotificationConfigError
 from worker.job_request import InvalidJobError
 
@@ -52,20 +52,15 @@ def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
             raise BadInput(str(exc)) from None
         except InvalidJobError as exc:
             raise BadInput(str(exc)) from None
+        except NotReplicatedError as exc:
+            raise Failed(str(exc)) from None
         except redis.RedisError as exc:
             raise Failed(
-                f"cannot reach Redis at {without_credentials(get_settings().redis_url)} "
+                f"cannot reach Redis at {get_settings().redis_address.shown()} "
                 f"({type(exc).__name__}: {exc})"
             ) from None
 
     return wrapper
-
-
-def without_credentials(url: str) -> str:
-    """A URL safe to print: any user and password removed."""
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def when(ts: float | None) -> str:

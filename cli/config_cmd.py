@@ -11,8 +11,9 @@ import click
 import redis
 from pydantic import SecretStr
 
-from cli.common import EXIT_FAILED, one_line_errors, without_credentials
+from cli.common import EXIT_FAILED, one_line_errors
 from config.settings import get_settings
+from worker.engine.redis_client import connect, sentinel_for
 from worker.engine.runtime import engine
 from worker.providers.pagerduty import PagerDutyProvider
 from worker.providers.smtp import SMTPProvider
@@ -31,7 +32,7 @@ def _shown(name: str, value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={_shown(name, v)}" for k, v in value.items()) or "-"
     if name == "redis_url":
-        return without_credentials(str(value))
+        return get_settings().redis_address.shown()
     if isinstance(value, list):
         return "[" + ", ".join(_plain(v) for v in value) + "]"
     return "-" if value is None else str(value)
@@ -105,15 +106,26 @@ def _safely(probe: Probe) -> tuple[str | None, str]:
 
 
 def _redis() -> tuple[str | None, str]:
-    url = get_settings().redis_url
-    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    settings = get_settings()
+    address = settings.redis_address
+    client = connect(settings, socket_timeout=3, retry=None)
     try:
         info = client.info("server")
+        replication = client.info("replication")
+        master = ""
+        if address.sentinel:
+            sentinels = sentinel_for(settings)
+            host, port = sentinels.discover_master(address.master_name)  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis 8.2
+            master = f", master {host}:{port} as the Sentinels say"
     except redis.RedisError as exc:
-        return f"{without_credentials(url)}: {type(exc).__name__}: {exc}", ""
+        return f"{address.shown()}: {type(exc).__name__}: {exc}", ""
     finally:
         client.close()
-    return None, f"{without_credentials(url)} (Redis {info.get('redis_version')})"
+    replicas = int(replication.get("connected_slaves", 0))
+    return None, (
+        f"{address.shown()} (Redis {info.get('redis_version')}{master}; "
+        f"{replicas} replica{'' if replicas == 1 else 's'})"
+    )
 
 
 def _pagerduty() -> tuple[str | None, str]:

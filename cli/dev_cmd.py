@@ -45,6 +45,12 @@ from config.dev_stack_file import dev_dir, running_stack
     help="Worker threads.",
 )
 @click.option(
+    "--ha",
+    is_flag=True,
+    help="Redis as a private Sentinel cluster (a master, two replicas, three Sentinels) "
+    "with REDIS_MIN_REPLICAS=1, to try a failover.",
+)
+@click.option(
     "--env",
     "print_env",
     is_flag=True,
@@ -58,6 +64,7 @@ def dev(
     api_port: int,
     host: str,
     concurrency: int,
+    ha: bool,
     print_env: bool,
 ) -> None:
     """Run Redis, a worker (every queue, pages first), beat, Flower, the HTTP API (with a
@@ -81,6 +88,7 @@ def dev(
         api_port=api_port,
         redis_url=os.environ.get("REDIS_URL"),
         concurrency=concurrency,
+        ha=ha,
     )
     try:
         code = run_until_interrupted(stack, click.echo)

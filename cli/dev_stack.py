@@ -2,6 +2,10 @@
 every queue (pages first), beat, Flower, the HTTP API and the sandbox, configured to talk
 to each other. The API gets a development token (admin scope) made for this run only.
 
+With ``--ha`` Redis is a private Sentinel cluster (a master, two replicas, three
+Sentinels) and the stack runs with ``REDIS_MIN_REPLICAS=1``: kill the master and watch
+the failover.
+
 Every process runs in its own session, so Ctrl-C (or a closed terminal) reaches only
 ``gds-notify dev``, which then stops them in reverse order (SIGTERM, then SIGKILL after a
 grace period) and removes what it created — whether or not it can still print (its output
@@ -32,8 +36,11 @@ from dotenv import dotenv_values
 from config.api_tokens import new_token, token_hash
 from config.catalogue import load_catalogue
 from config.dev_stack_file import dev_dir, remove_stack, running_stack, write_stack
+from config.settings import Settings
 from sandbox.children import die_with_parent
 from sandbox.redis_server import LocalRedis, RedisUnavailableError
+from sandbox.sentinel_cluster import LocalSentinelCluster
+from worker.engine.redis_client import connect
 from worker.exceptions import NotificationConfigError
 
 #: The sandbox accepts any well-formed key; this one is obviously not a real secret.
@@ -124,8 +131,10 @@ class DevStack:
     api_port: int = 8000
     redis_url: str | None = None
     concurrency: int = 8
+    ha: bool = False
     services: list[Service] = field(default_factory=list)
     local_redis: LocalRedis | None = None
+    cluster: LocalSentinelCluster | None = None
     env: dict[str, str] = field(default_factory=dict)
     announced: bool = False
     api_token: str = field(default_factory=new_token, repr=False)
@@ -163,15 +172,20 @@ class DevStack:
 
     def start_redis(self) -> str:
         if self.redis_url:
-            client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=3)
+            if self.ha:
+                raise DevStackError("--ha starts its own Redis: unset REDIS_URL to use it")
             try:
+                settings = Settings(redis_url=self.redis_url, redis_retry_seconds=0)
+                client = connect(settings, socket_connect_timeout=3)
                 client.ping()
-            except redis.RedisError as exc:
-                raise DevStackError(f"REDIS_URL does not answer: {exc}") from None
-            finally:
                 client.close()
+            except (redis.RedisError, ValueError) as exc:
+                raise DevStackError(f"REDIS_URL does not answer: {exc}") from None
             return self.redis_url
         try:
+            if self.ha:
+                self.cluster = LocalSentinelCluster().start()
+                return self.cluster.url
             self.local_redis = LocalRedis().start()
         except RedisUnavailableError as exc:
             raise DevStackError(str(exc)) from None
@@ -192,6 +206,8 @@ class DevStack:
             "SMTP_STARTTLS": "false",
             "SMTP_USE_TLS": "false",
         }
+        if self.ha:
+            own["REDIS_MIN_REPLICAS"] = "1"
         services_file = heartbeat_services_file()
         if services_file:
             own["HEARTBEAT_SERVICES_FILE"] = str(Path(services_file).resolve())
@@ -325,12 +341,26 @@ class DevStack:
         if self.local_redis is not None:
             self.local_redis.cleanup()
             self.local_redis = None
+        if self.cluster is not None:
+            self.cluster.cleanup()
+            self.cluster = None
         if self.announced:
             remove_stack()
             self.announced = False
 
     def describe(self) -> list[str]:
         redis_note = " (private, removed on exit)" if self.local_redis else ""
+        failover: list[str] = []
+        if self.cluster is not None:
+            master = self.cluster.current_master()
+            redis_note = (
+                f"\n                      (private: master 127.0.0.1:{master.port}, "
+                f"{len(self.cluster.replicas)} replicas, {len(self.cluster.sentinels)} "
+                "Sentinels; REDIS_MIN_REPLICAS=1)"
+            )
+            failover = [
+                f"  kill -9 {master.pid}   # crash the Redis master: a replica takes over",
+            ]
         return [
             "GDS Notification Service: dev stack is up",
             f"  sandbox page        {self.sandbox_url}",
@@ -347,6 +377,7 @@ class DevStack:
             '  .venv/bin/gds-notify send db-prod-01 "Disk full" --priority critical --wait',
             '  .venv/bin/gds-notify send you@example.com "Nightly report" --wait',
             '  eval "$(.venv/bin/gds-notify dev --env)"   # its settings, for any producer',
+            *failover,
             f"  curl {self.api_url}/v1/notifications \\",
             f"       -H 'Authorization: Bearer {self.api_token}' \\",
             "       -H 'Content-Type: application/json' \\",

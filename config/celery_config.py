@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote
 
 from kombu.entity import Queue
 
@@ -45,15 +45,40 @@ from config.queues import (
     QUEUE_OF,
     QUEUE_ORDER,
 )
+from config.redis_address import RedisAddress
 from config.settings import Settings
 
 
-def broker_ssl(redis_url: str) -> dict[str, Any] | None:
-    """TLS options for the broker: verify the certificate on ``rediss://`` (the URL's own
-    ``ssl_*`` query parameters override these), nothing for ``redis://`` and ``unix://``."""
-    if urlsplit(redis_url).scheme != "rediss":
+def broker_ssl(address: RedisAddress) -> dict[str, Any] | None:
+    """TLS options for the broker: verify the certificate on ``rediss://`` and
+    ``rediss+sentinel://`` (the URL's own ``ssl_*`` query parameters override these),
+    nothing for ``redis://`` and ``unix://``."""
+    if not address.tls:
         return None
-    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED, **_ssl_options(address)}
+
+
+def _ssl_options(address: RedisAddress) -> dict[str, Any]:
+    return {k: v for k, v in address.options.items() if k.startswith("ssl_")}
+
+
+def broker(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The broker URL kombu reads, and the transport options it needs besides. A Sentinel
+    address becomes kombu's own form, one ``sentinel://`` URL per Sentinel, with the
+    master's name and the Sentinels' password as transport options."""
+    address = settings.redis_address
+    if not address.sentinel:
+        return settings.redis_url, {}
+    auth = ""
+    if address.password is not None:
+        auth = f"{quote(address.username or '', safe='')}:{quote(address.password, safe='')}@"
+    url = ";".join(f"sentinel://{auth}{h}:{p}/{address.db}" for h, p in address.sentinels)
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2}
+    if address.tls:
+        sentinel_kwargs |= {"ssl": True, **(broker_ssl(address) or {})}
+    if settings.redis_sentinel_password is not None:
+        sentinel_kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
+    return url, {"master_name": address.master_name, "sentinel_kwargs": sentinel_kwargs}
 
 
 def _watchdog_schedule(settings: Settings) -> dict[str, Any]:
@@ -87,10 +112,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_timeout": 30,
         "retry_on_timeout": True,
     }
-    tls = broker_ssl(settings.redis_url)
+    tls = broker_ssl(settings.redis_address)
+    url, sentinel = broker(settings)
+    transport |= sentinel
     return {
         "broker_use_ssl": tls if tls is not None else False,  # False is Celery's default
-        "broker_url": settings.redis_url,
+        "broker_url": url,
         # Celery's consumer, but an undecodable message is dead-lettered before it is dropped.
         "worker_consumer": "worker.consumer:Consumer",
         "broker_transport_options": transport,

@@ -41,6 +41,7 @@ from pydantic_settings import (
 
 from config.api_tokens import ApiToken, load_tokens
 from config.dev_stack_file import stack_environment
+from config.redis_address import RedisAddress, parse_redis_url
 from config.routing import RoutingRule
 from worker.addresses import parse_address
 from worker.exceptions import InvalidFieldError, NotificationConfigError
@@ -52,6 +53,8 @@ DEFAULT_API_URL = "https://events.pagerduty.com/v2/enqueue"
 TEAM_KEY_PREFIX = "PAGERDUTY_ROUTING_KEY_"
 _ROUTING_KEY_RE = re.compile(r"^[A-Za-z0-9]{32}$")
 _SECRET_FIELDS = {
+    "redis_url",  # may hold a password
+    "redis_sentinel_password",
     "pagerduty_routing_key",
     "pagerduty_team_routing_keys",
     "smtp_password",
@@ -130,7 +133,30 @@ class Settings(BaseSettings):
         description="Severity for events whose priority maps to none.",
     )
     redis_url: str = Field(
-        default="redis://localhost:6379/0", description="Broker and state store."
+        default="redis://localhost:6379/0",
+        description="Broker and state store: one server, or Sentinels and a master's name "
+        "(config/redis_address.py).",
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None, description="The Sentinels' own password, when they require one (secret)."
+    )
+    redis_min_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="Replicas that must hold a job (and a delivered record) before it is "
+        "acknowledged (WAIT); 0 trusts the master alone.",
+    )
+    redis_wait_timeout: float = Field(
+        default=2.0, gt=0, le=60, description="Seconds to wait for those replicas."
+    )
+    redis_retry_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        le=300,
+        description="How long an operation is retried while Redis is unreachable or a "
+        "failover elects a new master, before it fails (default: 20 with Sentinel, 0 for "
+        "one server).",
     )
 
     smtp_host: str = Field(default="localhost", min_length=1, description="SMTP server host.")
@@ -303,17 +329,13 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme
-        if scheme == "sentinel":
-            # kombu could follow Sentinel, but the job-state client could not: refuse at
-            # start rather than half-work.
-            raise ValueError(
-                "sentinel:// is not supported yet: point REDIS_URL at the current master "
-                "through a Sentinel-aware proxy (see README, Operations)"
-            )
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        parse_redis_url(value)
         return value
+
+    @property
+    def redis_address(self) -> RedisAddress:
+        """``REDIS_URL`` parsed (it was validated when the settings were read)."""
+        return parse_redis_url(self.redis_url)
 
     @classmethod
     def settings_customise_sources(

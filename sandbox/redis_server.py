@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -57,6 +58,7 @@ class LocalRedis:
         appendonly: bool = False,
         binary: str | None = None,
         directory: str | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
         self.binary = binary or redis_server_binary()
         if self.binary is None:
@@ -65,6 +67,7 @@ class LocalRedis:
             )
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.extra = list(extra)  # more options, as redis-server's command line takes them
         self._owned_dir = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="gds-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -72,6 +75,11 @@ class LocalRedis:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     def start(self, timeout: float = 10.0) -> Self:
         args = [
@@ -92,6 +100,7 @@ class LocalRedis:
             "noeviction",
             "--loglevel",
             "warning",
+            *self.extra,
         ]
         self._proc = subprocess.Popen(  # noqa: S603 - our own argument list
             args,
@@ -112,6 +121,8 @@ class LocalRedis:
                 try:
                     client.ping()
                     return self
+                except (redis.AuthenticationError, redis.ResponseError):
+                    return self  # it answers; it wants a password (set in ``extra``)
                 except redis.ConnectionError:
                     if time.monotonic() > end:
                         self.stop()

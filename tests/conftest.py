@@ -182,8 +182,6 @@ def service_env(
     redis_url: str, mail_and_pages: SandboxServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> Iterator[SandboxServer]:
     """Settings pointing at the sandbox and the test Redis, short retries, clean Redis."""
-    import redis as redis_lib
-
     monkeypatch.chdir(tmp_path)
     env = {
         "REDIS_URL": redis_url,
@@ -204,7 +202,10 @@ def service_env(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    client = redis_lib.Redis.from_url(redis_url)
+    from config.settings import load_settings
+    from worker.engine.redis_client import connect
+
+    client = connect(load_settings())  # a Sentinel URL too
     client.flushdb()
     reconfigure()
     yield mail_and_pages

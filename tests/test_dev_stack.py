@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from config.dev_stack_file import dev_dir, running_stack
+from config.redis_address import parse_redis_url
 from tests.browser import CHROMIUM, headless
 from tests.conftest import free_port, wait_for
 
@@ -60,6 +61,13 @@ class Dev:
 
 @pytest.fixture
 def dev_stack(tmp_path: Path) -> Iterator[Dev]:
+    with running_dev(tmp_path) as dev:
+        yield dev
+
+
+@contextlib.contextmanager
+def running_dev(tmp_path: Path, *options: str) -> Iterator[Dev]:
+    """``gds-notify dev`` on free ports until its banner's last line; Ctrl-C after."""
     if (dev_dir() / "stack.json").exists():
         pytest.fail(f"a dev stack already announces itself in {dev_dir()}; stop it first")
     ports = {
@@ -68,7 +76,7 @@ def dev_stack(tmp_path: Path) -> Iterator[Dev]:
         "flower_port": free_port(),
         "api_port": free_port(),
     }
-    argv = [GDS_NOTIFY, "dev", "--concurrency", "4"]
+    argv = [GDS_NOTIFY, "dev", "--concurrency", "4", *options]
     for option, port in ports.items():
         argv += [f"--{option.replace('_', '-')}", str(port)]
     proc = subprocess.Popen(
@@ -229,6 +237,36 @@ def test_ctrl_c_stops_every_process_and_frees_every_port(dev_stack: Dev) -> None
         )
         == 0
     )
+
+
+def test_dev_ha_runs_on_sentinels_and_a_killed_master_loses_no_page(tmp_path: Path) -> None:
+    with running_dev(tmp_path, "--ha") as dev:
+        stack = json.loads((dev_dir() / "stack.json").read_text())
+        assert stack["redis"].startswith("redis+sentinel://127.0.0.1:")
+        assert stack["env"]["REDIS_MIN_REPLICAS"] == "1"
+        assert "2 replicas, 3 Sentinels; REDIS_MIN_REPLICAS=1" in dev.output
+        [kill] = [line.split() for line in dev.output.splitlines() if "kill -9" in line]
+        master_pid = int(kill[2])
+        before = cli("send", "db-1", "Before the failover", "--priority", "critical", "--wait")
+        assert before.returncode == 0, before.stderr
+
+        os.kill(master_pid, signal.SIGKILL)  # what the banner says to try
+        after = cli("send", "db-2", "After the failover", "--priority", "critical", "--wait")
+        assert after.returncode == 0, after.stderr
+        assert after.stdout.strip().endswith("delivered")
+        summaries = {i["summary"] for i in httpx.get(f"{dev.sandbox}/sandbox/incidents").json()}
+        assert summaries == {"Before the failover", "After the failover"}
+        check = cli("config", "check")
+        assert "as the Sentinels say; 1 replica)" in check.stdout, check.stdout
+
+        sentinel_ports = [port for _, port in parse_redis_url(stack["redis"]).sentinels]
+        dev.proc.send_signal(signal.SIGINT)
+        dev.proc.communicate(timeout=40)
+        assert dev.proc.returncode == 0
+        for port in sentinel_ports:  # the cluster went with the stack
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("127.0.0.1", port))
 
 
 def test_a_taken_port_is_reported_in_one_clear_line(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""What worker/broker_transport.py and worker/consumer.py rely on inside kombu and Celery.
+"""What worker/broker_transport.py and worker/consumer.py rely on inside kombu and Celery
+(and worker/engine/redis_client.py inside redis-py).
 
 The hardened transport overrides private methods (kombu has no public hook for a queue
 item that is not a message). If an upgrade renames one or changes its signature, the
@@ -15,8 +16,11 @@ from celery import Celery
 from celery.worker.consumer import Consumer as CeleryConsumer
 from flower.utils.broker import Broker as FlowerBroker
 from kombu.transport import redis as kombu_redis
+from redis.connection import AbstractConnection, SSLConnection
+from redis.sentinel import SentinelManagedConnection
 
 from worker import broker_transport, consumer
+from worker.engine import redis_client
 
 #: (kombu class, method, the parameters kombu has; our override takes them, in order).
 OVERRIDDEN = [
@@ -24,12 +28,25 @@ OVERRIDDEN = [
     (kombu_redis.Channel, "_get", ["self", "queue"]),
     (kombu_redis.Transport, "_deliver", ["self", "message", "queue"]),
     (CeleryConsumer, "on_decode_error", ["self", "message", "exc"]),
+    (SentinelManagedConnection, "_connect", ["self"]),
 ]
 OURS = {
     kombu_redis.Channel: broker_transport.Channel,
     kombu_redis.Transport: broker_transport.Transport,
     CeleryConsumer: consumer.Consumer,
+    SentinelManagedConnection: redis_client.MasterFollowingConnection,
 }
+
+
+def test_every_socket_redis_py_opens_goes_through_connect() -> None:
+    # MasterFollowingConnection asks the Sentinels for the master in _connect: every path
+    # that opens a socket, retried or not, must pass there.
+    source = inspect.getsource(AbstractConnection.connect_check_health)
+    assert "self._connect" in source
+    assert issubclass(redis_client.MasterFollowingSSLConnection, SSLConnection)
+    assert broker_transport.SentinelChannel.connection_class is (
+        redis_client.MasterFollowingConnection
+    )
 
 
 @pytest.mark.parametrize(("base", "name", "parameters"), OVERRIDDEN)
@@ -49,6 +66,20 @@ def test_the_alias_table_and_cache_install_registers_in_are_still_there() -> Non
     broker_transport.install()
     for scheme in ("redis", "rediss"):
         assert kombu.transport.get_transport_cls(scheme) is broker_transport.Transport
+    assert kombu.transport.get_transport_cls("sentinel") is broker_transport.SentinelTransport
+
+
+def test_the_sentinel_transport_reads_and_delivers_as_ours_and_finds_the_master_as_kombus() -> None:
+    channel, transport = broker_transport.SentinelChannel, broker_transport.SentinelTransport
+    assert channel.__mro__[1:4] == (
+        broker_transport.Channel,
+        kombu_redis.SentinelChannel,
+        kombu_redis.Channel,
+    )
+    assert "_sentinel_managed_pool" in kombu_redis.SentinelChannel.__dict__
+    assert transport.Channel is channel
+    assert transport._deliver is broker_transport.Transport._deliver
+    assert transport.default_port == kombu_redis.SentinelTransport.default_port
 
 
 def test_our_transport_keeps_the_url_flower_reads_and_the_public_hook_would_not() -> None:

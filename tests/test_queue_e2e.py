@@ -275,16 +275,15 @@ def test_lifecycle_jobs_retry_like_triggers(celery_worker: Any, api: SandboxClie
 
 
 def test_secrets_never_travel_in_task_arguments(service_env: SandboxServer) -> None:
-    import redis as redis_lib
-
     from config.settings import get_settings
     from tests.conftest import ROUTING_KEY, TEAM_KEY
+    from worker.engine.redis_client import connect
 
     tasks.enqueue(note(priority="critical", recipient="db-2"), team="dba")
     tasks.enqueue(note(priority="emergency", recipient="db-2"))
     tasks.enqueue(note())
     tasks.acknowledge("k", team="dba")
-    client = redis_lib.Redis.from_url(get_settings().redis_url)
+    client = connect(get_settings(), decode_responses=False)
     raw = b"".join(
         item if isinstance(item, bytes) else item.encode()
         for queue in (b"pagerduty", b"email", b"celery")
@@ -399,9 +398,13 @@ def test_a_bare_celery_client_with_defaults_reaches_the_intake(
 ) -> None:
     from celery import Celery
 
+    from config.celery_config import broker
     from config.settings import get_settings
 
-    client = Celery(broker=get_settings().redis_url)  # nothing of ours: Celery's defaults
+    # Nothing of ours: Celery's defaults, with the broker URL (and for Sentinel the master's
+    # name) any Celery client needs.
+    url, options = broker(get_settings())
+    client = Celery(broker=url, broker_transport_options=options)
     result = client.send_task(
         "notify",
         args=[

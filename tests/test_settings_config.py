@@ -153,8 +153,33 @@ def test_mask() -> None:
     assert mask(SecretStr(DBA)) == "…DDDD"
 
 
-def test_a_sentinel_url_is_refused_with_the_way_forward() -> None:
-    with pytest.raises(
-        NotificationConfigError, match="REDIS_URL: sentinel:// is not supported yet"
-    ):
-        load_settings(redis_url="sentinel://s1:26379/0")
+def test_sentinel_urls_name_the_sentinels_and_the_master() -> None:
+    found = load_settings(
+        redis_url="redis+sentinel://:s3cret@s1:26380,s2,10.0.0.3:26381/gds-main/2"
+    ).redis_address
+    assert found.sentinels == (("s1", 26380), ("s2", 26379), ("10.0.0.3", 26381))
+    assert (found.master_name, found.db, found.password, found.tls) == (
+        "gds-main",
+        2,
+        "s3cret",
+        False,
+    )
+    assert found.shown() == "redis+sentinel://s1:26380,s2:26379,10.0.0.3:26381/gds-main/2"
+    assert load_settings(redis_url="rediss+sentinel://s1/gds").redis_address.tls
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("sentinel://:pw@s1:26379;sentinel://s2:26379", "kombu's sentinel://"),
+        ("redis+sentinel://s1:26379", "names the Sentinels and the master"),
+        ("redis+sentinel://s1:26379/gds/zero", "only a database number"),
+        ("redis+sentinel://s1:port/gds", "is not a Sentinel's host:port"),
+        ("http://redis:6379", "must be a redis://"),
+    ],
+)
+def test_bad_redis_urls_say_what_a_good_one_looks_like(url: str, says: str) -> None:
+    with pytest.raises(NotificationConfigError) as caught:
+        load_settings(redis_url=url.replace("pw", "s3cret-pw"))
+    assert says in str(caught.value)
+    assert "s3cret" not in str(caught.value)  # a URL may hold a password: never echoed

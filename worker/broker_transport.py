@@ -34,6 +34,7 @@ import kombu.transport
 from kombu.transport import redis as kombu_redis
 
 from worker.engine.quarantine import excerpt, quarantine
+from worker.engine.redis_client import MasterFollowingConnection, MasterFollowingSSLConnection
 from worker.engine.runtime import engine
 
 
@@ -83,6 +84,15 @@ class Channel(kombu_redis.Channel):
             raise Empty() from None
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (it asks the Sentinels for the master), reading as
+    :class:`Channel` does, on connections that find the master again after a failover."""
+
+    connection_class = MasterFollowingConnection
+    # kombu declares its own TLS class here; what it needs is any Sentinel-managed one.
+    connection_class_ssl = MasterFollowingSSLConnection  # type: ignore[assignment]
+
+
 class Transport(kombu_redis.Transport):
     """The Redis transport with :class:`Channel`, and envelopes checked before delivery."""
 
@@ -105,8 +115,18 @@ class Transport(kombu_redis.Transport):
         )
 
 
+class SentinelTransport(Transport, kombu_redis.SentinelTransport):
+    """The same over Sentinel: what a ``redis+sentinel://`` ``REDIS_URL`` gives the broker."""
+
+    Channel = SentinelChannel
+
+
+#: kombu's scheme names, and our transport for each.
+TRANSPORTS = {"redis": "Transport", "rediss": "Transport", "sentinel": "SentinelTransport"}
+
+
 def install() -> None:
-    """Make ``redis://`` and ``rediss://`` broker URLs use :class:`Transport`."""
-    for scheme in ("redis", "rediss"):
-        kombu.transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+    """Make ``redis://``, ``rediss://`` and ``sentinel://`` broker URLs use our transports."""
+    for scheme, name in TRANSPORTS.items():
+        kombu.transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:{name}"
         kombu.transport._transport_cache.pop(scheme, None)  # resolved before us, if at all

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,10 @@ from worker.channels import Channel
 from worker.engine import keys, scripts, stats
 from worker.engine.lock import Lock, Locks
 from worker.engine.messages import delivery_id, delivery_message
+from worker.engine.redis_client import NotReplicatedError, replicated
 from worker.exceptions import InvalidFieldError
+
+logger = logging.getLogger(__name__)
 
 QUEUED = "queued"
 DEFERRED = "deferred"
@@ -81,6 +85,8 @@ class JobStore:
         self.ttl = settings.job_ttl_seconds
         self.idempotency_ttl = settings.idempotency_ttl_seconds
         self.stall = settings.job_stall_seconds
+        self.min_replicas = settings.redis_min_replicas
+        self.wait_timeout = settings.redis_wait_timeout
         self.locks = locks
         self._create = scripts.register(client, __file__, "jobs_create")
         self._claim = scripts.register(client, __file__, "jobs_claim")
@@ -144,7 +150,9 @@ class JobStore:
             queues.append(queue)
             messages.append(message)
         idempotency_id, mode = idempotency or ("", "")
-        answer = self._create(
+        pipe = self.redis.pipeline(transaction=False)
+        self._create(
+            client=pipe,
             keys=[
                 keys.job(job_id),
                 keys.OPEN_DELIVERIES,
@@ -172,7 +180,17 @@ class JobStore:
                 *[item for pair in fields.items() for item in pair],
             ],
         )
+        [answer] = self._durably(pipe, listed)
         return str(answer[1]) if int(answer[0]) == 2 else None
+
+    def _durably(self, pipe: Any, wait: bool = True) -> list[Any]:
+        """Run ``pipe``; with ``REDIS_MIN_REPLICAS``, on the same connection, WAIT for that
+        many replicas to hold its writes (:class:`NotReplicatedError` when they do not in
+        time). One round trip either way."""
+        if not wait or self.min_replicas == 0:
+            return list(pipe.execute())
+        pipe.execute_command("WAIT", self.min_replicas, int(self.wait_timeout * 1000))
+        return replicated(pipe.execute(), self.min_replicas, self.wait_timeout)
 
     def republish(self, job_id: str, channel: Channel, payload: dict[str, Any]) -> None:
         """Push a delivery's message onto its queue again (the broker lost it)."""
@@ -250,7 +268,9 @@ class JobStore:
             if result is not None:
                 fields += [f"result:{channel}", json.dumps(result)]
             deadline = "" if state in FINAL_STATES else repr(now + quiet_for + self.stall)
-        attempt = self._record(
+        pipe = self.redis.pipeline(transaction=False)
+        self._record(
+            client=pipe,
             keys=[
                 keys.job(job_id),
                 keys.job_attempts(job_id),
@@ -270,6 +290,14 @@ class JobStore:
                 *fields,
             ],
         )
+        final = state in FINAL_STATES
+        try:
+            [attempt] = self._durably(pipe, wait=final)
+        except NotReplicatedError as exc:
+            # Delivered (or dead) already: nothing to undo. Said, because a failover in
+            # this window could deliver it again.
+            logger.warning("job %s %s %s: %s", job_id, channel, state, exc)
+            attempt = exc.answers[0]
         if claim is not None:
             claim.released = True
         return int(attempt)

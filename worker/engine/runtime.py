@@ -34,7 +34,7 @@ class Engine:
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.settings = settings
-        self.redis = client if client is not None else connect(settings.redis_url)
+        self.redis = client if client is not None else connect(settings)
         self.locks = Locks(self.redis)
         self.jobs = JobStore(self.redis, settings, self.locks)
         self.dead_letters = DeadLetters(self.redis)

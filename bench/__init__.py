@@ -6,7 +6,8 @@ ratio to a baseline taken in the same run, because the machines it runs on are s
 and noisy. See README, "Benchmarks".
 
 Modules: ``stack`` (processes on free ports), ``procfile`` (the pools' command lines),
-``noop_app`` (the Celery baseline task), ``sandbox_api`` (reading the sandbox),
+``pool_control`` (a pool told to stop or start consuming), ``baseline_app`` (the Celery
+baseline tasks: no-op, bare HTTP, bare SMTP), ``sandbox_api`` (reading the sandbox),
 ``measure`` (timing helpers), ``scenarios/`` (one module per figure), ``report`` (targets,
 table, JSON and machine info), ``cli`` (the command line).
 """

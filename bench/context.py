@@ -48,6 +48,17 @@ class Context:
             interval=0.05,
         )
 
+    def wait_for_mail(self, count: int, what: str) -> float:
+        """Wait until the SMTP sink holds ``count`` messages; returns when it received the
+        newest (epoch seconds)."""
+        wait_until(
+            lambda: self.mail.message_count() >= count,
+            max(120.0, count / 10),
+            f"{count} {what} at the SMTP sink",
+            interval=0.05,
+        )
+        return max(float(m["at"]) for m in self.mail.messages())
+
     def fresh_sandbox(self) -> int:
         """Forget what the sandbox saw; returns the request number to count from."""
         seq = self.sandbox.last_seq()

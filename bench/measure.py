@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import redis
@@ -91,3 +93,44 @@ def wait_drained(client: redis.Redis, queues: Sequence[str], timeout: float) -> 
         if time.monotonic() > end:
             raise BenchError(f"queues {', '.join(queues)} not drained within {timeout:.0f} s")
         time.sleep(0.005)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time process ``pid`` has used so far, all its threads (Linux
+    /proc; 0.0 where there is none)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU time of named processes per unit of work, summed over rounds: what each process
+    spends per 1,000 pages or emails."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, dict[str, float]] = {}
+        self.items: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def measure(self, label: str, items: int, pids: dict[str, int | None]) -> Iterator[None]:
+        """Charge the CPU ``pids`` use inside the block to ``items`` of ``label``."""
+        known = {name: pid for name, pid in pids.items() if pid}
+        before = {name: cpu_seconds(pid) for name, pid in known.items()}
+        yield
+        spent = self.spent.setdefault(label, {})
+        for name, pid in known.items():
+            spent[name] = spent.get(name, 0.0) + cpu_seconds(pid) - before[name]
+        self.items[label] = self.items.get(label, 0) + items
+
+    def per_thousand_ms(self) -> dict[str, dict[str, float]]:
+        """Milliseconds of CPU per 1,000 items, per label and process (and their total)."""
+        out: dict[str, dict[str, float]] = {}
+        for label, spent in self.spent.items():
+            per = {name: round(s * 1000 * 1000 / self.items[label], 1) for name, s in spent.items()}
+            per["total"] = round(sum(per.values()), 1)
+            out[label] = per
+        return out

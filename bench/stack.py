@@ -221,6 +221,11 @@ class BenchStack:
         _stop(self._pools)
         self._pools, self._pools_key = [], None
 
+    @property
+    def harness_pid(self) -> int:
+        """This process: the producer of every scenario."""
+        return os.getpid()
+
     def redis(self) -> redis.Redis:
         """A new client on the stack's Redis (strings decoded)."""
         return redis.Redis.from_url(self.redis_url, decode_responses=True)

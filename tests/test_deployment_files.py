@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,29 @@ def queues_of(command: str) -> list[str]:
 
 def compose() -> dict[str, Any]:
     return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))
+
+
+def shell_words(command: str, **env: str) -> list[str]:
+    """``command``'s arguments as the shell honcho and foreman run it with expands them."""
+    script = f'for word in {command}; do printf "%s\\0" "$word"; done'
+    done = subprocess.run(
+        ["sh", "-c", script], env={**os.environ, **env}, capture_output=True, check=True
+    )
+    return done.stdout.decode().split("\0")[:-1]
+
+
+def test_a_pool_scales_over_processes_each_with_its_own_node_name() -> None:
+    for pool in ("pagerduty", "email"):
+        names = set()
+        for port in ("5000", "5001"):  # what `honcho start -c pagerduty=2` gives each
+            words = shell_words(procfile()[pool], PORT=port)
+            names.add(words[words.index("-n") + 1])
+        assert len(names) == 2, names
+    # Without a process manager, one process keeps a plain name.
+    words = shell_words(procfile()["pagerduty"], PORT="")
+    assert words[words.index("-n") + 1] == "pagerduty-1@%h"
+    replicas = compose()["services"]["worker-pagerduty"]["deploy"]["replicas"]
+    assert replicas == "${PAGERDUTY_PROCESSES:-2}"
 
 
 def test_procfile_runs_a_pool_per_queue_plus_beat_and_flower() -> None:
@@ -136,7 +160,7 @@ def test_procfile_pagerduty_pool_delivers_pages_past_an_email_backlog(
         for i in range(50)
     ]
     page = tasks.enqueue(Notification(recipient="db-2", subject="down", priority="critical"))
-    argv = [os.path.expandvars(a) for a in shlex.split(procfile()["pagerduty"])]
+    argv = shell_words(procfile()["pagerduty"])
     argv[0] = CELERY  # the virtualenv's celery, as the Procfile's PATH would find it
     pool = WorkerProcess(tmp_path / "pool.log", argv=argv).start()
     try:

@@ -1,6 +1,6 @@
-"""The scenarios, run in this order; ``noop`` and ``pipeline`` are the two halves that
-``throughput`` alternates. ``enqueue``, ``api`` and ``pings`` run first, before any
-worker pool is started.
+"""The scenarios, run in this order. ``baselines``, ``pipeline`` and ``alertmanager`` are
+the parts that ``throughput`` and ``email`` alternate, not scenarios of their own.
+``enqueue``, ``api`` and ``pings`` run first, before any worker pool is started.
 
 Each has ``NAME`` and ``run(ctx) -> dict``: the figures it writes at the top level of the
 results, plus ``"details"`` with what explains them.

@@ -17,18 +17,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from celery.utils.nodenames import host_format
-
 import tasks
 from bench.context import Context, delivered_at, pause
 from bench.measure import (
-    BenchError,
     in_flight,
     queue_depth,
     summary_ms,
     wait_drained,
     wait_until,
 )
+from bench.pool_control import control
 from bench.scenarios.pipeline import page
 from config.queues import EMAIL_QUEUE, INTAKE_QUEUE, PAGERDUTY_QUEUE
 from worker.celery_app import app
@@ -68,14 +66,6 @@ def measure(ctx: Context, scenario: str, count: int) -> list[float]:
     return [received[key] - at for key, at in sent.items()]
 
 
-def _control(command: str, node: str) -> None:
-    replies = app.control.broadcast(
-        command, arguments={"queue": EMAIL_QUEUE}, destination=[node], reply=True, timeout=5
-    )
-    if not replies:
-        raise BenchError(f"the email pool ({node}) did not answer {command}")
-
-
 def run(ctx: Context) -> dict[str, Any]:
     ctx.deployed_pools()
     warm = ctx.ids("latency-warmup", ctx.sizes.warmup)
@@ -85,7 +75,6 @@ def run(ctx: Context) -> dict[str, Any]:
     ctx.wait_for_events(base, len(warm), timeout=60)
 
     client = ctx.stack.redis()
-    email_node = host_format("email@%h")
     emails = [email(key, i) for i, key in enumerate(ctx.ids("backlog", ctx.sizes.backlog_emails))]
     rounds = ctx.sizes.latency_rounds
     each = max(1, ctx.sizes.latency_pages // rounds)
@@ -95,7 +84,7 @@ def run(ctx: Context) -> dict[str, Any]:
     drained_per_s: list[float] = []
     consuming = True
     try:
-        _control("cancel_consumer", email_node)
+        control("cancel_consumer", "email", EMAIL_QUEUE)
         consuming = False
         ctx.produce(emails, tasks.enqueue)
         queued = queue_depth(client, EMAIL_QUEUE)
@@ -103,7 +92,7 @@ def run(ctx: Context) -> dict[str, Any]:
             # Quiet: whatever the email pool still held is finished.
             wait_until(lambda: in_flight(client) == 0, 60, "the email pool to go quiet")
             unloaded += measure(ctx, f"latency-unloaded-{r}", each)
-            _control("add_consumer", email_node)
+            control("add_consumer", "email", EMAIL_QUEUE)
             consuming = True
             # Let the pool reach full speed (consumer restarted, prefetch refilled) first:
             # pages sent into its first second would meet a pool still ramping up.
@@ -115,14 +104,14 @@ def run(ctx: Context) -> dict[str, Any]:
             drained_per_s.append(
                 (depth - depths[-1]) / (time.monotonic() - began + LOADED_SETTLE_SECONDS)
             )
-            _control("cancel_consumer", email_node)
+            control("cancel_consumer", "email", EMAIL_QUEUE)
             consuming = False
         # The backlog has done its job; the rest would only slow the next scenario down.
         with app.connection_for_write() as conn:
             conn.default_channel.queue_purge(EMAIL_QUEUE)
     finally:
         if not consuming:
-            _control("add_consumer", email_node)
+            control("add_consumer", "email", EMAIL_QUEUE)
         wait_drained(client, [PAGERDUTY_QUEUE, INTAKE_QUEUE, EMAIL_QUEUE], timeout=120)
         client.close()
     quiet, busy = summary_ms(unloaded), summary_ms(loaded)

@@ -60,7 +60,17 @@ class ScriptReplayingPipeline(Pipeline):
     NOSCRIPT while the rest runs. The calls that failed so are run again once the scripts
     are loaded, each ``WAIT`` after the first of them with them (it vouches for their
     writes); nothing that did run is run twice.
+
+    The same replay makes redis-py's check before every pipeline (``SCRIPT EXISTS``, a
+    round trip each time) unneeded: scripts are loaded when a call meets NOSCRIPT, once
+    per server, as a plain script call does.
     """
+
+    _checked = False  # whether load_scripts() may skip its round trip
+
+    def load_scripts(self) -> None:
+        if not self._checked:
+            super().load_scripts()  # type: ignore[no-untyped-call]
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         # The attribute set in __init__, which mypy takes for Redis.transaction().
@@ -68,7 +78,11 @@ class ScriptReplayingPipeline(Pipeline):
             return list(super().execute(raise_on_error))
         stack = list(self.command_stack)
         scripts = set(self.scripts)
-        results = list(super().execute(raise_on_error=False))
+        self._checked = True
+        try:
+            results = list(super().execute(raise_on_error=False))
+        finally:
+            self._checked = False
         failed = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
         if failed:
             again = [

@@ -125,6 +125,38 @@ def test_a_delivery_another_worker_holds_is_busy(service_env: Any, api: SandboxC
     assert api.events() == []
 
 
+def test_a_copy_that_does_not_deliver_gives_its_rate_slot_back(
+    service_env: Any, api: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slot is asked for in the claim's round trip: a copy that is busy or already
+    delivered must not keep it, or duplicates would eat PagerDuty's rate."""
+    from config.settings import get_settings
+    from worker.engine.rate_limit import key_id
+
+    monkeypatch.setenv("PAGERDUTY_RATE_LIMIT", "1/minute")
+    get_settings.cache_clear()
+    eng = engine()
+    window = keys.rate_window(
+        eng.limiter.namespace,
+        key_id(eng.settings.routing_key_for(None).get_secret_value()),
+    )
+    job_id, _, task_id, payload = queued(eng, idempotency_id="e-slot")
+    other = eng.locks.acquire(keys.delivery_claim(job_id, "pagerduty"), ttl=5)
+    assert other is not None
+    assert deliver(eng, payload, task_id, "pagerduty").kind is OutcomeKind.BUSY
+    assert eng.redis.zcard(window) == 0
+    assert other.release()
+
+    asked_at = float(eng.redis.time()[0])
+    assert step(eng, task_id, payload).kind is OutcomeKind.DELIVERED
+    scores: list[Any] = list(eng.redis.zrange(window, 0, -1, withscores=True))
+    [(_, stamped)] = scores
+    assert stamped >= asked_at  # re-stamped when PagerDuty answered, with the record
+    assert step(eng, task_id, payload).kind is OutcomeKind.SKIPPED
+    assert eng.redis.zcard(window) == 1  # the skipped copy took none
+    assert len(api.events()) == 1
+
+
 def test_the_channel_comes_from_the_job_not_the_task(service_env: Any, api: SandboxClient) -> None:
     """A page handed to the email task is delivered and recorded as the page it is."""
     eng = engine()

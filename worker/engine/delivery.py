@@ -24,7 +24,7 @@ from worker.channels import Channel
 from worker.engine import jobs, stats, watchdog
 from worker.engine.dead_letters import dead_letter_id
 from worker.engine.jobs import Claim
-from worker.engine.rate_limit import Slot
+from worker.engine.rate_limit import SharedRateLimiter, Slot
 from worker.engine.runtime import Engine
 from worker.exceptions import (
     NotificationDeliveryError,
@@ -90,7 +90,8 @@ def deliver(engine: Engine, payload: Any, message_id: str, channel_hint: str) ->
         job = DeliveryJob.model_validate(payload)
     except ValidationError as exc:
         return _invalid(engine, payload, message_id, channel_hint, exc)
-    with engine.jobs.claim(job.job_id, job.channel, claim_seconds(engine, job.channel)) as claim:
+    ttl = claim_seconds(engine, job.channel)
+    with engine.jobs.claim(job.job_id, job.channel, ttl, rate=_rate(engine, job)) as claim:
         if claim.final:
             engine.jobs.record(job.job_id, job.channel, f"skipped: {claim.state}")
             return Outcome(OutcomeKind.SKIPPED, reason=claim.state)
@@ -123,6 +124,18 @@ def deliver(engine: Engine, payload: Any, message_id: str, channel_hint: str) ->
         return _attempt(engine, job, claim)
 
 
+def _rate(engine: Engine, job: DeliveryJob) -> tuple[SharedRateLimiter, str] | None:
+    """The limiter and key a page asks for its slot with, so that the slot comes in the
+    claim's round trip; None for email, the canary, or a team with no key (the attempt
+    finds that out and says so)."""
+    if job.channel is not Channel.PAGERDUTY or job.action == "canary":
+        return None
+    try:
+        return engine.limiter, engine.settings.routing_key_for(job.team).get_secret_value()
+    except NotificationError:
+        return None
+
+
 def claim_seconds(engine: Engine, channel: Channel) -> float:
     """How long one delivery attempt can take, at most, on a live worker."""
     settings = engine.settings
@@ -131,12 +144,15 @@ def claim_seconds(engine: Engine, channel: Channel) -> float:
     return 4 * settings.smtp_timeout + 5
 
 
-class CallClock:
-    """When the provider's call began: after any inline wait for a rate-limit slot, so the
-    call's latency is the provider's alone."""
+class ProviderCall:
+    """The provider's call under way: when it began (after any inline wait for a rate-limit
+    slot, so its latency is the provider's alone), and the slot it used, which the record
+    of its outcome re-stamps."""
 
-    def __init__(self) -> None:
+    def __init__(self, claim: Claim) -> None:
         self.started = time.monotonic()
+        self.offered = claim.slot
+        self.slot: Slot | None = None
 
     def start(self) -> None:
         self.started = time.monotonic()
@@ -168,7 +184,7 @@ def _canary(engine: Engine, job: DeliveryJob, claim: Claim) -> Outcome:
 def _attempt(engine: Engine, job: DeliveryJob, claim: Claim) -> Outcome:
     if job.action == "canary":
         return _canary(engine, job, claim)
-    clock = CallClock()
+    clock = ProviderCall(claim)
     try:
         sent = _send(engine, job, clock)
     except NotificationError as exc:
@@ -210,6 +226,7 @@ def _attempt(engine: Engine, job: DeliveryJob, claim: Claim) -> Outcome:
         latency_ms=call * 1000,
         result={"message_id": sent.message_id, **sent.metadata},
         claim=claim.lock,
+        arrived=clock.slot,
         counters=[
             stats.count("deliveries", channel, "delivered"),
             *stats.observe("provider_call", channel, call),
@@ -258,7 +275,7 @@ def _failure_counters(
 
 
 def _failed(
-    engine: Engine, job: DeliveryJob, claim: Claim, error: NotificationError, clock: CallClock
+    engine: Engine, job: DeliveryJob, claim: Claim, error: NotificationError, clock: ProviderCall
 ) -> Outcome:
     attempt = claim.attempts + 1
     decision = engine.retry_policy.decide(error, attempt, age=time.time() - job.enqueued_at)
@@ -276,6 +293,7 @@ def _failed(
             error=error.to_dict(),
             retry_in=decision.delay,
             claim=claim.lock,
+            arrived=clock.slot,
             counters=_failure_counters(engine, job, error, "retried", call),
         )
         logger.info(
@@ -306,6 +324,7 @@ def _failed(
         latency_ms=latency,
         error=error.to_dict(),
         claim=claim.lock,
+        arrived=clock.slot,
         counters=_failure_counters(engine, job, error, "dead", call),
     )
     logger.warning(
@@ -338,22 +357,25 @@ def _invalid(
 # -- the channels ---------------------------------------------------------------------
 
 
-def _send(engine: Engine, job: DeliveryJob, clock: CallClock) -> NotificationResult | float:
+def _send(engine: Engine, job: DeliveryJob, clock: ProviderCall) -> NotificationResult | float:
     """The provider's result, or the seconds our own rate limiter says to wait first."""
     if job.channel is Channel.PAGERDUTY:
         return _page(engine, job, clock)
     return _email(engine, job)
 
 
-def _page(engine: Engine, job: DeliveryJob, clock: CallClock) -> NotificationResult | float:
+def _page(engine: Engine, job: DeliveryJob, clock: ProviderCall) -> NotificationResult | float:
     routing_key = engine.settings.routing_key_for(job.team)
     raw_key = routing_key.get_secret_value()
     give_up_at = time.monotonic() + INLINE_WAIT_SECONDS
-    while not isinstance(slot := engine.limiter.acquire(raw_key), Slot):
+    slot = clock.offered if clock.offered is not None else engine.limiter.acquire(raw_key)
+    while not isinstance(slot, Slot):
         if time.monotonic() + slot > give_up_at:
             return slot
         time.sleep(slot + random.uniform(0, 0.005))  # noqa: S311
+        slot = engine.limiter.acquire(raw_key)
     clock.start()
+    clock.slot = slot
     provider = engine.providers.pagerduty(routing_key)
     try:
         if job.action == "trigger":
@@ -370,8 +392,6 @@ def _page(engine: Engine, job: DeliveryJob, clock: CallClock) -> NotificationRes
         # One worker was told to slow down: every worker slows down for this key.
         engine.limiter.pause(raw_key, exc.retry_after_seconds or engine.settings.retry_base_seconds)
         raise
-    finally:
-        slot.arrived()
 
 
 def _email(engine: Engine, job: DeliveryJob) -> NotificationResult:

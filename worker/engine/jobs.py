@@ -37,6 +37,7 @@ from worker.channels import Channel
 from worker.engine import keys, scripts, stats
 from worker.engine.lock import Lock, Locks
 from worker.engine.messages import delivery_id, delivery_message
+from worker.engine.rate_limit import SharedRateLimiter, Slot
 from worker.engine.redis_client import NotReplicatedError, replicated
 from worker.exceptions import InvalidFieldError
 
@@ -58,7 +59,8 @@ class Claim:
 
     ``lock`` is None when the delivery is final (nothing to do), another worker holds it
     (:attr:`busy`), or the event queued before it for the same incident is still on its
-    way (``waiting_for`` is that event's state).
+    way (``waiting_for`` is that event's state). ``slot`` is the rate-limit slot asked for
+    with the claim (a :class:`Slot`, or the seconds to wait), when one was.
     """
 
     job_id: str
@@ -67,6 +69,7 @@ class Claim:
     attempts: int
     lock: Lock | None
     waiting_for: str | None = None
+    slot: Slot | float | None = None
 
     @property
     def final(self) -> bool:
@@ -198,13 +201,24 @@ class JobStore:
         self.redis.lpush(queue, message)
 
     @contextlib.contextmanager
-    def claim(self, job_id: str, channel: str, ttl: float) -> Iterator[Claim]:
+    def claim(
+        self,
+        job_id: str,
+        channel: str,
+        ttl: float,
+        rate: tuple[SharedRateLimiter, str] | None = None,
+    ) -> Iterator[Claim]:
         """Start a delivery: its state and attempts so far, and the right to deliver it for
         ``ttl`` seconds unless it is final or another worker has it. Released on the way out
-        (or earlier, by the :meth:`record` that passes it). One round trip to take."""
+        (or earlier, by the :meth:`record` that passes it). ``rate`` (a limiter and the key
+        it counts) asks for a slot in the same round trip; a slot the delivery did not get
+        to use (it was not claimed) is given back. One round trip to take."""
         key = keys.delivery_claim(job_id, channel)
         token = Locks.new_token()
-        state, attempts, taken, before = self._claim(
+        pipe = self.redis.pipeline(transaction=False)
+        request = rate[0].ask(rate[1], pipe) if rate else None
+        self._claim(
+            client=pipe,
             keys=[keys.job(job_id), key, keys.OPEN_DELIVERIES],
             args=[
                 channel,
@@ -215,10 +229,20 @@ class JobStore:
                 keys.job("") if channel == Channel.PAGERDUTY else "",
             ],
         )
+        *asked, (state, attempts, taken, before) = pipe.execute()
+        slot = rate[0].answer(request, asked[0]) if rate and request else None
         lock = self.locks.adopt(key, token) if int(taken) else None
+        if lock is None and isinstance(slot, Slot):
+            slot.give_back()
         try:
             yield Claim(
-                job_id, channel, str(state) or None, int(attempts), lock, str(before) or None
+                job_id,
+                channel,
+                str(state) or None,
+                int(attempts),
+                lock,
+                str(before) or None,
+                slot if lock is not None else None,
             )
         finally:
             if lock is not None:
@@ -243,13 +267,15 @@ class JobStore:
         retry_in: float | None = None,
         result: dict[str, Any] | None = None,
         counters: Sequence[stats.Increment] = (),
+        arrived: Slot | None = None,
     ) -> int:
         """Append an entry to the attempt history and, with ``state``, move the channel to
         it: a final state closes the delivery, any other pushes its stall deadline on by
         ``quiet_for`` (how long it will rightly wait, a retry's countdown) plus the stall
         period. ``counted`` numbers it as an attempt; ``claim`` is released with it;
-        ``counters`` are bumped with it (worker/engine/stats.py). One round trip. Returns
-        the attempt's number (0 when not counted)."""
+        ``counters`` are bumped with it (worker/engine/stats.py); ``arrived``, the rate-limit
+        slot the attempt used, is re-stamped with it. One round trip. Returns the attempt's
+        number (0 when not counted)."""
         now = time.time()
         entry: dict[str, Any] = {"at": now, "channel": channel, "outcome": outcome}
         if latency_ms is not None:
@@ -269,6 +295,8 @@ class JobStore:
                 fields += [f"result:{channel}", json.dumps(result)]
             deadline = "" if state in FINAL_STATES else repr(now + quiet_for + self.stall)
         pipe = self.redis.pipeline(transaction=False)
+        if arrived is not None:
+            arrived.arrived(pipe)
         self._record(
             client=pipe,
             keys=[
@@ -292,12 +320,12 @@ class JobStore:
         )
         final = state in FINAL_STATES
         try:
-            [attempt] = self._durably(pipe, wait=final)
+            *_, attempt = self._durably(pipe, wait=final)
         except NotReplicatedError as exc:
             # Delivered (or dead) already: nothing to undo. Said, because a failover in
             # this window could deliver it again.
             logger.warning("job %s %s %s: %s", job_id, channel, state, exc)
-            attempt = exc.answers[0]
+            attempt = exc.answers[-1]
         if claim is not None:
             claim.released = True
         return int(attempt)

@@ -40,14 +40,20 @@ def key_id(routing_key: str) -> str:
 class Slot:
     """A reserved place in a key's window; :meth:`arrived` re-stamps it."""
 
-    def __init__(self, window_key: str, member: str, restamp: Script) -> None:
+    def __init__(self, window_key: str, member: str, restamp: Script, client: redis.Redis) -> None:
         self.window_key = window_key
         self.member = member
         self._restamp = restamp
+        self._redis = client
 
-    def arrived(self) -> None:
-        """PagerDuty has answered: count the event from now, as PagerDuty does."""
-        self._restamp(keys=[self.window_key], args=[self.member])
+    def arrived(self, client: redis.Redis | Pipeline | None = None) -> None:
+        """PagerDuty has answered: count the event from now, as PagerDuty does. Through
+        ``client`` when given: a pipeline carries it in a round trip made anyway."""
+        self._restamp(keys=[self.window_key], args=[self.member], client=client)
+
+    def give_back(self) -> None:
+        """Nothing was sent after all: free the place for another event."""
+        self._redis.zrem(self.window_key, self.member)
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ class SharedRateLimiter:
         """The slot ``request`` got (``result`` is its script's answer), or the seconds to
         wait before asking again."""
         if int(result[0]) == 1:
-            return Slot(request.window_key, request.member, self._restamp)
+            return Slot(request.window_key, request.member, self._restamp, self.redis)
         if int(result[0]) == 2:
             return float(result[1])  # paused after a 429: exactly the rest of the pause
         return max(0.001, float(result[1])) + self.margin

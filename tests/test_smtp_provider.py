@@ -10,9 +10,11 @@ import email.policy
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import trustme
+from aiosmtpd.controller import Controller
 from pydantic import ValidationError
 
 import worker.providers.smtp as smtp_module
@@ -167,6 +169,62 @@ def test_message_id_is_derived_from_the_idempotency_id(
     anonymous = provider.send(mail(idempotency_id=None))
     assert anonymous.message_id == provider.send(mail(idempotency_id=None)).message_id
     assert len({m["message_id"] for m in mail_api.messages()}) == 3
+
+
+def test_plain_text_goes_out_8bit_to_a_server_that_offers_8bitmime(
+    provider: SMTPProvider, mail_api: SandboxClient, mail_sandbox: SandboxServer
+) -> None:
+    body = "Ça dépasse 45 s. Проверьте репликацию. 🚨"
+    provider.send(mail(body=body, subject="Réplica retardée 🚨"))
+    [message] = mail_api.messages()
+    assert message["text"] == body + "\n"
+    assert message["subject"] == "Réplica retardée 🚨"
+    assert headers(message)["Content-Transfer-Encoding"] == "8bit"
+
+
+class OldServer:
+    """An aiosmtpd handler for a server without 8BITMIME (``helo_only``: one that answers
+    EHLO with 502, as a server that knows only HELO does); it keeps what it was sent."""
+
+    def __init__(self, helo_only: bool = False) -> None:
+        self.helo_only = helo_only
+        self.received: list[tuple[list[str], bytes]] = []
+
+    async def handle_EHLO(
+        self, server: object, session: Any, envelope: object, hostname: str, responses: list[str]
+    ) -> list[str]:
+        if self.helo_only:
+            return ["502 5.5.1 EHLO not implemented"]
+        session.host_name = hostname
+        return [r for r in responses if "8BITMIME" not in r]
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        self.received.append((list(envelope.mail_options), envelope.original_content))
+        return "250 2.0.0 accepted"
+
+
+@pytest.mark.parametrize("helo_only", [False, True], ids=["EHLO without 8BITMIME", "HELO only"])
+def test_a_server_without_8bitmime_gets_every_body_in_7bit(helo_only: bool) -> None:
+    handler = OldServer(helo_only)
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    provider = SMTPProvider("127.0.0.1", controller.port, starttls=False, timeout=5)
+    try:
+        body = "Ça dépasse 45 s. Проверьте репликацию."
+        provider.send(mail(body=body))
+        provider.send(mail(body="Lag is 45 s and rising."))
+    finally:
+        provider.close()
+        controller.stop()
+    assert len(handler.received) == 2
+    texts = []
+    for options, raw in handler.received:
+        assert not [o for o in options if o.upper().startswith("BODY=")], options
+        assert raw.isascii(), raw  # nothing 8-bit to a server that did not offer 8BITMIME
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        assert parsed["Content-Transfer-Encoding"] in ("7bit", "quoted-printable", "base64")
+        texts.append(parsed.get_content().replace("\r\n", "\n"))
+    assert texts == [body + "\n", "Lag is 45 s and rising.\n"]
 
 
 # -- refused before any I/O -------------------------------------------------------------

@@ -35,7 +35,7 @@ SMTP_QUEUE, SMTP_TASK = "bench_smtp", "bench.bare_smtp"
 
 app = Celery("gds_bench_baseline")
 app.add_defaults(lambda: celery_config(get_settings()))
-niceness.install(app)  # the email pool's command line says --nice 10
+niceness.install(app)  # the email pool's command line says --idle-priority
 _local = threading.local()
 
 

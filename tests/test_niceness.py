@@ -1,4 +1,5 @@
-"""``celery -A worker worker --nice N`` lowers the whole worker's CPU priority."""
+"""``celery -A worker worker --nice N`` lowers the whole worker's CPU priority, and
+``--idle-priority`` (the Procfile's email pool) puts every thread under SCHED_IDLE."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import tasks
 from tests.conftest import wait_for
@@ -40,6 +42,35 @@ def test_nice_worker_runs_every_thread_at_lower_priority_and_still_delivers(
         assert thread_niceness(worker.proc.pid) == {base + 7}  # pool threads included
     finally:
         worker.stop()
+
+
+def thread_policies(pid: int) -> set[int]:
+    return {os.sched_getscheduler(int(task.name)) for task in Path(f"/proc/{pid}/task").iterdir()}
+
+
+def test_idle_priority_worker_runs_every_thread_under_sched_idle_and_still_delivers(
+    service_env: Any, tmp_path: Path
+) -> None:
+    worker = WorkerProcess(tmp_path / "worker.log", "-P", "threads", "-c", "4", "--idle-priority")
+    worker.start()
+    try:
+        assert worker.proc is not None
+        job = tasks.enqueue({"recipient": "a@example.com", "subject": "idle", "body": "x"})
+        wait_for(lambda: (engine().jobs.get(job) or {}).get("status") == "delivered", timeout=30)
+        assert thread_policies(worker.proc.pid) == {os.SCHED_IDLE}  # pool threads included
+    finally:
+        worker.stop()
+
+
+def test_the_procfile_and_compose_start_the_email_pool_at_idle_priority() -> None:
+    procfile = (ROOT / "Procfile").read_text()
+    [email] = [line for line in procfile.splitlines() if line.startswith("email:")]
+    assert email.endswith("--idle-priority")
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["worker-email"]["command"].endswith("--idle-priority")
+    # Between containers, cgroup weight decides: the email pool's is below the default.
+    assert services["worker-email"]["cpu_shares"] < 1024
+    assert "cpu_shares" not in services["worker-pagerduty"]
 
 
 def test_nice_is_refused_out_of_range(service_env: Any) -> None:

@@ -60,6 +60,7 @@ def agree(n: Notification, sender: str) -> Prepared | None:
         assert prepared.data == flatten_message(message, utf8=False, cte_type="8bit")
         body = n.body or ""
         assert prepared.eight_bit == (not body.isascii())
+    assert isinstance(prepared, Prepared)
     return prepared
 
 
@@ -77,7 +78,7 @@ one_liners = st.lists(words, min_size=1, max_size=16).map(" ".join)
 bodies = st.lists(
     st.one_of(
         st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=90),
-        st.text(st.characters(blacklist_categories=("Cs",)), max_size=40),
+        st.text(st.characters(codec="utf-8"), max_size=40),
     ),
     max_size=8,
 ).map("\n".join)

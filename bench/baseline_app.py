@@ -23,8 +23,9 @@ from typing import Any
 
 import aiosmtplib
 import httpx
-from celery import Celery
+from celery import Celery, signals
 
+from config import library_logging
 from config.celery_config import celery_config
 from config.settings import get_settings
 from worker import niceness
@@ -36,6 +37,8 @@ SMTP_QUEUE, SMTP_TASK = "bench_smtp", "bench.bare_smtp"
 app = Celery("gds_bench_baseline")
 app.add_defaults(lambda: celery_config(get_settings()))
 niceness.install(app)  # the email pool's command line says --idle-priority
+# The product's worker logs no line of httpx's per request: neither does this one.
+signals.after_setup_logger.connect(lambda **kwargs: library_logging.quiet(), weak=False)
 _local = threading.local()
 
 

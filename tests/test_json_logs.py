@@ -102,6 +102,9 @@ def test_a_worker_logs_every_line_as_json_with_the_delivery_fields(
     assert " ready." in messages
     assert "Warm shutdown" in messages  # written from a signal handler, as JSON too
     assert "[queues]" in messages  # the banner, as one record
+    # One line per PagerDuty call, the provider's (key masked); not httpx's as well.
+    assert "pagerduty trigger key=" in messages
+    assert not [e for e in found if e["logger"].startswith("httpx")], "httpx's INFO lines"
 
     line = delivery_line(found, delivered, "delivered")
     record = engine().jobs.get(delivered)

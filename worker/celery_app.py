@@ -18,6 +18,7 @@ import click
 from celery import Celery, current_task, signals
 from celery.utils.log import get_multiprocessing_logger
 
+from config import library_logging
 from config.celery_config import celery_config
 from config.log_format import JsonFormatter
 from config.settings import Settings, get_settings
@@ -90,6 +91,11 @@ class _TaskContext(logging.Filter):
             record.task_id = task.request.id
             record.task_name = task.name
         return True
+
+
+@signals.after_setup_logger.connect  # type: ignore[untyped-decorator,unused-ignore]
+def _quiet_libraries(**kwargs: Any) -> None:
+    library_logging.quiet()
 
 
 @signals.after_setup_logger.connect  # type: ignore[untyped-decorator,unused-ignore]

@@ -8,10 +8,12 @@ import base64
 import email
 import email.policy
 import logging
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import aiosmtplib
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
@@ -29,6 +31,7 @@ from worker.exceptions import (
 )
 from worker.providers import SMTPProvider
 from worker.providers.base import Notification, NotificationStatus
+from worker.providers.smtp_message import prepare
 
 
 @pytest.fixture
@@ -225,6 +228,54 @@ def test_a_server_without_8bitmime_gets_every_body_in_7bit(helo_only: bool) -> N
         assert parsed["Content-Transfer-Encoding"] in ("7bit", "quoted-printable", "base64")
         texts.append(parsed.get_content().replace("\r\n", "\n"))
     assert texts == [body + "\n", "Lag is 45 s and rising.\n"]
+
+
+class Recorder:
+    """An aiosmtpd handler that offers what aiosmtpd offers (8BITMIME among it) and keeps
+    each message's MAIL options and bytes as they arrived."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[list[str], bytes]] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        self.received.append((list(envelope.mail_options), envelope.original_content))
+        return "250 2.0.0 accepted"
+
+
+def _without_date(raw: bytes) -> bytes:
+    return re.sub(rb"(?m)^Date: [^\r\n]*\r\n", b"", raw)
+
+
+def test_plain_alert_mail_goes_out_as_the_bytes_prepare_wrote_from_the_first_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The standard library's way is not there to fall back on: every message below,
+    # the first on a fresh session included (greeted before the way is chosen), must go
+    # out as prepare()'s bytes.
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("sent through the standard library's message")
+
+    monkeypatch.setattr(aiosmtplib.SMTP, "send_message", refused)
+    monkeypatch.setattr(smtp_module, "build_message", refused)
+    handler = Recorder()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    provider = SMTPProvider(
+        "127.0.0.1", controller.port, from_addr="alerts@example.com", starttls=False, timeout=5
+    )
+    sent = [mail(body="Ça dépasse 45 s. Проверьте репликацию."), mail(body="Lag is 45 s.")]
+    try:
+        results = [provider.send(n) for n in sent]
+    finally:
+        provider.close()
+        controller.stop()
+    assert [r.status for r in results] == [NotificationStatus.SENT] * 2
+    assert len(handler.received) == 2
+    for n, (options, raw) in zip(sent, handler.received, strict=True):
+        written = prepare(n, "alerts@example.com")
+        assert written.data is not None
+        assert _without_date(raw) == _without_date(written.data)
+        assert "BODY=8BITMIME" in options
 
 
 # -- refused before any I/O -------------------------------------------------------------

@@ -15,7 +15,13 @@ from email.utils import getaddresses
 from worker.exceptions import InvalidFieldError
 from worker.notification import is_one_line
 
-__all__ = ["check_header_value", "invalid", "parse_address", "parse_recipients"]
+__all__ = [
+    "check_header_value",
+    "invalid",
+    "is_dot_atom",
+    "parse_address",
+    "parse_recipients",
+]
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 #: The start of an RFC 2047 encoded word (``=?charset?q?...?=``). The standard library
@@ -28,6 +34,7 @@ _ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?")
 #: tests/test_smtp_message.py), which costs ten times as much.
 _ATOMS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _BARE_ADDRESS = re.compile(rf"[ \t]*({_ATOMS})@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)[ \t]*\Z")
+_DOT_ATOM = re.compile(rf"{_ATOMS}\Z")
 
 
 def invalid(field: str, problem: str) -> InvalidFieldError:
@@ -80,7 +87,27 @@ def _parsed(field: str, text: str) -> Address:
         raise invalid(field, f"{spec!r} is not a valid email address ({exc})") from None
     if not address.username or not address.domain or not _valid_domain(address.domain):
         raise invalid(field, f"{spec!r} is not a valid email address")
+    if not _DOT_ATOM.match(address.username) and not _writable(address):
+        raise invalid(
+            field,
+            f"{spec!r} has a quoted local part that cannot be written back as an address",
+        )
     return address
+
+
+def _writable(address: Address) -> bool:
+    # The standard library quotes a local part only when it holds a special character, so
+    # '".a"@example.com' comes back as '.a@example.com', which no parser reads; a header
+    # holding it cannot be written. Such an address is refused at the door instead.
+    try:
+        return Address(addr_spec=address.addr_spec).username == address.username
+    except (ValueError, IndexError, TypeError, HeaderParseError):
+        return False
+
+
+def is_dot_atom(username: str) -> bool:
+    """True when ``username`` is written bare (no quotes) in every header."""
+    return _DOT_ATOM.match(username) is not None
 
 
 def parse_recipients(field: str, text: str) -> list[Address]:

@@ -10,9 +10,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 import tasks
+from config.queues import EMAIL_QUEUE, INTAKE_QUEUE, PAGERDUTY_QUEUE
 from config.settings import Settings
 from sandbox import SandboxServer
 from tests.conftest import SandboxClient, wait_for
@@ -75,6 +77,21 @@ def test_procfile_runs_a_pool_per_queue_plus_beat_and_flower() -> None:
     assert queues_of(entries["pagerduty"])[0] == "pagerduty"
     assert entries["beat"].startswith("celery -A worker beat")
     assert entries["flower"].startswith("celery -A worker flower")
+
+
+@pytest.mark.parametrize("layout", ["Procfile", "docker-compose.yml"])
+def test_intake_is_served_by_the_page_pool_not_the_idle_email_pool(layout: str) -> None:
+    # A pool at --idle-priority gets the CPU last: intake there (pages sent with
+    # send_task("notify"), the watchdog canary) would wait out every page storm.
+    if layout == "Procfile":
+        page, mail = procfile()["pagerduty"], procfile()["email"]
+    else:
+        services = compose()["services"]
+        page = services["worker-pagerduty"]["command"]
+        mail = services["worker-email"]["command"]
+    assert "--idle-priority" in shlex.split(mail)
+    assert queues_of(mail) == [EMAIL_QUEUE]
+    assert queues_of(page) == [PAGERDUTY_QUEUE, INTAKE_QUEUE]
 
 
 def test_compose_redis_is_persistent_private_and_protected() -> None:

@@ -51,13 +51,18 @@ def thread_policies(pid: int) -> set[int]:
 def test_idle_priority_worker_runs_every_thread_under_sched_idle_and_still_delivers(
     service_env: Any, tmp_path: Path
 ) -> None:
-    worker = WorkerProcess(tmp_path / "worker.log", "-P", "threads", "-c", "4", "--idle-priority")
+    base = os.nice(0)
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess(log, "-P", "threads", "-c", "4", "--idle-priority", "--nice", "5")
     worker.start()
     try:
         assert worker.proc is not None
         job = tasks.enqueue({"recipient": "a@example.com", "subject": "idle", "body": "x"})
         wait_for(lambda: (engine().jobs.get(job) or {}).get("status") == "delivered", timeout=30)
         assert thread_policies(worker.proc.pid) == {os.SCHED_IDLE}  # pool threads included
+        # Given both, the idle policy wins and says so: --nice is not applied on top.
+        assert thread_niceness(worker.proc.pid) == {base}
+        assert "--idle-priority given: --nice 5 is ignored" in log.read_text()
     finally:
         worker.stop()
 

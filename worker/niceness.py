@@ -32,6 +32,8 @@ class Niceness(bootsteps.Step):  # type: ignore[misc]
         self, parent: Any, nice: int = 0, idle_priority: bool = False, **options: Any
     ) -> None:
         if idle_priority:
+            if nice:
+                logger.warning("--idle-priority given: --nice %d is ignored", nice)
             idle()
         elif nice:
             os.nice(nice)
@@ -65,7 +67,8 @@ def install(app: Celery) -> None:
             is_flag=True,
             default=False,
             help="Give this worker the CPU only when nothing else wants it (Linux's "
-            "SCHED_IDLE; elsewhere nice 19): the Procfile's email pool, so pages win the CPU.",
+            "SCHED_IDLE; elsewhere nice 19): the Procfile's email pool, so pages win the CPU. "
+            "Overrides --nice.",
         )
     )
     app.steps["worker"].add(Niceness)

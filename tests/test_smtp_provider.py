@@ -11,6 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiosmtplib
@@ -31,7 +32,7 @@ from worker.exceptions import (
 )
 from worker.providers import SMTPProvider
 from worker.providers.base import Notification, NotificationStatus
-from worker.providers.smtp_message import prepare
+from worker.providers.smtp_message import Prepared, prepare
 
 
 @pytest.fixture
@@ -207,7 +208,18 @@ class OldServer:
 
 
 @pytest.mark.parametrize("helo_only", [False, True], ids=["EHLO without 8BITMIME", "HELO only"])
-def test_a_server_without_8bitmime_gets_every_body_in_7bit(helo_only: bool) -> None:
+def test_a_server_without_8bitmime_gets_every_body_in_7bit(
+    helo_only: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepared: list[Prepared] = []
+
+    def recorded(notification: Notification, from_addr: str) -> Prepared:
+        # Prepared an hour ago: a Date taken afresh for the rebuilt message would differ.
+        then = datetime.now(UTC) - timedelta(hours=1)
+        prepared.append(prepare(notification, from_addr, then))
+        return prepared[-1]
+
+    monkeypatch.setattr(smtp_module, "prepare", recorded)
     handler = OldServer(helo_only)
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
@@ -221,10 +233,13 @@ def test_a_server_without_8bitmime_gets_every_body_in_7bit(helo_only: bool) -> N
         controller.stop()
     assert len(handler.received) == 2
     texts = []
-    for options, raw in handler.received:
+    for (options, raw), written in zip(handler.received, prepared, strict=True):
         assert not [o for o in options if o.upper().startswith("BODY=")], options
         assert raw.isascii(), raw  # nothing 8-bit to a server that did not offer 8BITMIME
         parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        # Built again for this server, it is still the message prepared: same Date and id.
+        assert parsed["Date"].datetime == written.date.replace(microsecond=0)
+        assert parsed["Message-ID"] == written.message_id
         assert parsed["Content-Transfer-Encoding"] in ("7bit", "quoted-printable", "base64")
         texts.append(parsed.get_content().replace("\r\n", "\n"))
     assert texts == [body + "\n", "Lag is 45 s and rising.\n"]

@@ -218,7 +218,7 @@ class SMTPProvider(BaseNotificationProvider):
             if eight_bit_mime or not prepared.eight_bit:
                 options = ["BODY=8BITMIME"] if eight_bit_mime else []
                 return await smtp.sendmail(sender, rcpt, prepared.data, mail_options=options)
-        message = prepared.message or build_message(notification, self.from_addr)[0]
+        message = prepared.message or build_message(notification, self.from_addr, prepared.date)[0]
         return await smtp.send_message(message, sender=sender, recipients=rcpt)
 
     async def asend_bulk(self, notifications: list[Notification]) -> list[NotificationResult]:

@@ -100,11 +100,13 @@ class Prepared:
     """A notification ready to go out. ``data`` is the message as it goes on the wire
     when it could be written directly (``eight_bit``: its body needs a server that offers
     8BITMIME); otherwise ``message`` is the standard library's message, which the SMTP
-    client writes for what the server offers."""
+    client writes for what the server offers. ``date`` is the Date header's moment, for a
+    message built again for a server without 8BITMIME."""
 
     sender: Address
     recipients: list[Address]
     message_id: str
+    date: datetime
     data: bytes | None = None
     eight_bit: bool = False
     message: EmailMessage | None = None
@@ -114,14 +116,15 @@ def prepare(notification: Notification, from_addr: str, now: datetime | None = N
     """The message for ``notification``, written directly when it can be; raises before
     any I/O if invalid, as :func:`build_message` does."""
     sender, recipients = _checked(notification, from_addr)
+    now = now or datetime.now(UTC)
     headers = _headers(notification, sender, now)
     message_id = dict(headers)["Message-ID"]
     written = _written(notification, sender, _sender(from_addr)[1], recipients, headers)
     if written is None:
         message = _built(notification, sender, recipients, headers)
-        return Prepared(sender, recipients, message_id, message=message)
+        return Prepared(sender, recipients, message_id, now, message=message)
     data, eight_bit = written
-    return Prepared(sender, recipients, message_id, data=data, eight_bit=eight_bit)
+    return Prepared(sender, recipients, message_id, now, data=data, eight_bit=eight_bit)
 
 
 @functools.lru_cache(maxsize=32)

@@ -12,6 +12,7 @@ installs it when it can) the scenario says so and measures nothing.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from bench import http_load
@@ -19,6 +20,8 @@ from bench.context import Context
 from bench.measure import BenchError
 
 NAME = "api"
+#: How long the count of stored jobs must hold still to be taken as final.
+SETTLE_SECONDS = 0.3
 
 #: Makes each request a distinct page (its own idempotency id), as wrk sends it.
 WRK_SCRIPT = """
@@ -56,6 +59,19 @@ def _stored_jobs(ctx: Context) -> int:
         client.close()
 
 
+def _settled_jobs(ctx: Context) -> int:
+    """The stored jobs once requests still in flight when wrk stopped have landed: the
+    count, when it no longer moves."""
+    count = _stored_jobs(ctx)
+    for _ in range(50):
+        time.sleep(SETTLE_SECONDS)
+        again = _stored_jobs(ctx)
+        if again == count:
+            return count
+        count = again
+    raise BenchError("the count of stored jobs kept moving after wrk stopped")
+
+
 def run(ctx: Context) -> dict[str, Any]:
     if http_load.wrk_path() is None:
         ctx.log("  wrk is not installed (Debian's wrk): not measured")
@@ -69,7 +85,8 @@ def run(ctx: Context) -> dict[str, Any]:
             # Each run its own idempotency ids: a repeat of the warm-up's would be a duplicate.
             warm_script = WRK_SCRIPT.replace("RUN", f"bench-{ctx.run_id}-warm")
             http_load.wrk(ctx, target, warm_script, min(8, connections), 2, "api_warm")
-            warm = _stored_jobs(ctx) - before
+            # Its last requests may still be in flight: counted once they have landed.
+            warm = _settled_jobs(ctx) - before
             script = WRK_SCRIPT.replace("RUN", f"bench-{ctx.run_id}-measured")
             done = http_load.wrk(ctx, target, script, connections, ctx.sizes.api_seconds, "api")
             stored = _stored_jobs(ctx) - before - warm

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from tests.test_hostile_properties import notifications as hostile_notifications
-from worker.addresses import _parsed, parse_address
+from worker.addresses import _parsed, parse_address, parse_recipients
 from worker.exceptions import InvalidFieldError
 from worker.providers.base import Notification
 from worker.providers.smtp_message import Prepared, build_message, prepare
@@ -232,7 +232,11 @@ def test_an_accepted_address_is_written_back_as_itself(recipient: str) -> None:
     assert n is not None
     prepared = agree(n, "alerts@example.com")
     if prepared is None:
-        return  # refused, by both ways alike, as an InvalidFieldError
+        # Refused by both ways alike; for one reason only: nothing else here is invalid.
+        _, refused = outcome(prepare, n, "alerts@example.com", NOW)
+        assert refused is not None
+        assert "cannot be written back" in refused, refused
+        return
     data = prepared.data
     if data is None:
         assert prepared.message is not None
@@ -241,6 +245,29 @@ def test_an_accepted_address_is_written_back_as_itself(recipient: str) -> None:
     # Read strictly, as a mail client's parser does: no defect, the same addresses.
     assert not to.defects, to.defects
     assert [a.addr_spec for a in to.addresses] == [r.addr_spec for r in prepared.recipients]
+
+
+@pytest.mark.parametrize(
+    ("recipient", "addresses"),
+    [
+        ('"O\\"Neil, J" <j@example.com>, ops@example.com', ["j@example.com", "ops@example.com"]),
+        ('"a\\"b"@example.com, ops@example.com', ['"a\\"b"@example.com', "ops@example.com"]),
+        ('"a\\",b"@example.com', ['"a\\",b"@example.com']),
+    ],
+)
+def test_an_escaped_quote_does_not_end_a_quoted_string(
+    recipient: str, addresses: list[str]
+) -> None:
+    parsed = parse_recipients("recipient", recipient)
+    assert [a.addr_spec for a in parsed] == addresses
+
+
+@pytest.mark.parametrize("recipient", ['"a b"@example.com', '"a\\"b"@example.com'])
+def test_a_quoted_local_part_is_built_by_the_standard_library(recipient: str) -> None:
+    prepared = agree(mail(recipient=recipient), "alerts@example.com")
+    assert prepared is not None
+    assert prepared.data is None
+    assert prepared.message is not None
 
 
 def test_a_quoted_local_part_that_cannot_be_written_back_is_refused_at_the_door() -> None:

@@ -123,9 +123,13 @@ def _split_addresses(text: str) -> list[str]:
     # Split on commas outside quotes and angle brackets: '"Doe, J" <j@x>, a@y' is two.
     parts: list[str] = []
     current: list[str] = []
-    quoted = angle = False
+    quoted = angle = escaped = False
     for ch in text:
-        if ch == '"':
+        if escaped:
+            escaped = False  # a quoted pair (the \" in "O\"Neil, J") is text, not a quote
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
             quoted = not quoted
         elif ch == "<" and not quoted:
             angle = True

@@ -216,10 +216,11 @@ def _written(
 ) -> tuple[bytes, bool] | None:
     """The message's bytes and whether its body is 8-bit, exactly as the standard library
     writes them (SMTP policy, a server with 8BITMIME); None when the message is not plain
-    text of short lines, or an address is not ASCII or has a display name."""
+    text of short lines, or a recipient is not ASCII, has a display name or a quoted local
+    part."""
     if notification.body_html or not sender.addr_spec.isascii():
         return None
-    if any(r.display_name or not r.addr_spec.isascii() for r in recipients):
+    if any(map(_not_bare, recipients)):
         return None
     # What email.contentmanager does for text: lines that fit are sent as they are (7bit,
     # or 8bit when not ASCII); longer ones would be quoted-printable or base64.

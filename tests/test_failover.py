@@ -39,7 +39,7 @@ PAGES = 300
 SECONDS = 20.0
 POOLS = (
     ("-Q", "pagerduty,celery", "-P", "threads", "-c", "8", "-n", "pagerduty@%h"),
-    ("-Q", "celery,email", "-P", "threads", "-c", "4", "-n", "email@%h"),
+    ("-Q", "email", "-P", "threads", "-c", "4", "-n", "email@%h"),
 )
 
 

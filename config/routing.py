@@ -24,7 +24,9 @@ import fnmatch
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from worker.addresses import parse_recipients
 from worker.channels import Channel
+from worker.exceptions import InvalidFieldError
 from worker.notification import NotificationPriority
 
 
@@ -50,6 +52,18 @@ class RoutingRule(BaseModel):
     def _addresses(cls, value: object) -> object:
         if isinstance(value, list) and all(isinstance(a, str) for a in value):
             return ", ".join(value)
+        return value
+
+    @field_validator("email_to")
+    @classmethod
+    def _deliverable(cls, value: str | None) -> str | None:
+        # Checked as intake checks a recipient, once at start-up: a rule that could never
+        # send mail is a configuration error, not a refusal of every job it routes.
+        if value is not None:
+            try:
+                parse_recipients("email_to", value)
+            except InvalidFieldError as exc:
+                raise ValueError(f"email_to: {exc.problem}") from None
         return value
 
     def matches(

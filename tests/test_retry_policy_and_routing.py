@@ -138,3 +138,29 @@ def test_routing_rules_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
 
     with pytest.raises(ConfigError, match=r"ROUTING_RULES: .*'pagerduty' or 'email'"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("email_to", "problem"),
+    [
+        ("oncall@-bad-.example.com", "not a valid email address"),
+        (["dba@example.com", "not an address"], "not a valid email address"),
+        ('".a"@example.com', "quoted local part"),
+        ("", "no email address given"),
+    ],
+)
+def test_a_rule_that_could_never_send_mail_stops_the_settings_loading(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, email_to: object, problem: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    rule = {"priority": ["emergency"], "channels": ["pagerduty", "email"], "email_to": email_to}
+    monkeypatch.setenv("ROUTING_RULES", json.dumps([rule]))
+    from worker.exceptions import NotificationConfigError as ConfigError
+
+    with pytest.raises(ConfigError, match=rf"ROUTING_RULES: .*email_to.*{problem}"):
+        load_settings()
+    rule["email_to"] = ["dba@example.com", '"O\\"Neil, J" <j@example.com>']
+    monkeypatch.setenv("ROUTING_RULES", json.dumps([rule]))
+    assert load_settings().routing_rules[0].email_to == (
+        'dba@example.com, "O\\"Neil, J" <j@example.com>'
+    )

@@ -186,13 +186,25 @@ def test_plain_text_goes_out_8bit_to_a_server_that_offers_8bitmime(
     assert headers(message)["Content-Transfer-Encoding"] == "8bit"
 
 
-class OldServer:
-    """An aiosmtpd handler for a server without 8BITMIME (``helo_only``: one that answers
-    EHLO with 502, as a server that knows only HELO does); it keeps what it was sent."""
+class Recorder:
+    """An aiosmtpd handler that offers what aiosmtpd offers (8BITMIME among it) and keeps
+    each message's MAIL options and bytes as they arrived."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[list[str], bytes]] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        self.received.append((list(envelope.mail_options), envelope.original_content))
+        return "250 2.0.0 accepted"
+
+
+class OldServer(Recorder):
+    """A server without 8BITMIME (``helo_only``: one that answers EHLO with 502, as a
+    server that knows only HELO does); it keeps what it was sent."""
 
     def __init__(self, helo_only: bool = False) -> None:
+        super().__init__()
         self.helo_only = helo_only
-        self.received: list[tuple[list[str], bytes]] = []
 
     async def handle_EHLO(
         self, server: object, session: Any, envelope: object, hostname: str, responses: list[str]
@@ -201,10 +213,6 @@ class OldServer:
             return ["502 5.5.1 EHLO not implemented"]
         session.host_name = hostname
         return [r for r in responses if "8BITMIME" not in r]
-
-    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
-        self.received.append((list(envelope.mail_options), envelope.original_content))
-        return "250 2.0.0 accepted"
 
 
 @pytest.mark.parametrize("helo_only", [False, True], ids=["EHLO without 8BITMIME", "HELO only"])
@@ -243,18 +251,6 @@ def test_a_server_without_8bitmime_gets_every_body_in_7bit(
         assert parsed["Content-Transfer-Encoding"] in ("7bit", "quoted-printable", "base64")
         texts.append(parsed.get_content().replace("\r\n", "\n"))
     assert texts == [body + "\n", "Lag is 45 s and rising.\n"]
-
-
-class Recorder:
-    """An aiosmtpd handler that offers what aiosmtpd offers (8BITMIME among it) and keeps
-    each message's MAIL options and bytes as they arrived."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[list[str], bytes]] = []
-
-    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
-        self.received.append((list(envelope.mail_options), envelope.original_content))
-        return "250 2.0.0 accepted"
 
 
 def _without_date(raw: bytes) -> bytes:

@@ -87,7 +87,7 @@ def _parsed(field: str, text: str) -> Address:
         raise invalid(field, f"{spec!r} is not a valid email address ({exc})") from None
     if not address.username or not address.domain or not _valid_domain(address.domain):
         raise invalid(field, f"{spec!r} is not a valid email address")
-    if not _DOT_ATOM.match(address.username) and not _writable(address):
+    if not is_dot_atom(address.username) and not _writable(address):
         raise invalid(
             field,
             f"{spec!r} has a quoted local part that cannot be written back as an address",

@@ -120,6 +120,11 @@ ROWS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("metrics_scrape_ms", "p50"), "ms"),
     (("metrics_scrape_ms", "max"), "ms"),
     (("worker_rss_mb",), "MiB"),
+    *(
+        (("step_cpu_ms", channel, part), "ms")
+        for channel in ("pagerduty", "email")
+        for part in ("step", "bare_send", "redis", "provider", "log")
+    ),
 )
 
 

@@ -32,6 +32,7 @@ class Sizes:
     scrape_queued: int = 1_000_000  # messages waiting while /metrics is scraped
     scrape_dead_letters: int = 10_000
     scrape_repeats: int = 20
+    step_jobs: int = 3_000  # delivery steps run in this process, per channel
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,4 +62,5 @@ SMOKE = Sizes(
     scrape_queued=1_000,
     scrape_dead_letters=30,
     scrape_repeats=2,
+    step_jobs=30,
 )

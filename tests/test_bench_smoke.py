@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 POSITIVE_NUMBERS = [
@@ -100,6 +102,17 @@ def test_smoke_bench_writes_every_figure_and_leaves_nothing_running(tmp_path: Pa
         assert results["alertmanager_per_s"] > 0
         assert results["pipeline_vs_alertmanager"] > 0
         assert pages["alertmanager"]["alertmanager"] > 0
+
+    # One delivery step of each channel beside its bare send, split into parts that add up.
+    parts = ("validate", "claim", "redis", "provider", "record", "log", "rest")
+    for channel in ("pagerduty", "email"):
+        step = results["step_cpu_ms"][channel]
+        assert set(step) == {"step", "bare_send", "beyond_bare", *parts}, channel
+        assert step["step"] > 0, channel
+        assert step["bare_send"] > 0, channel
+        assert all(step[p] > 0 for p in parts if p != "rest"), channel
+        timed = results["details"]["step"][channel]["timed_step"]
+        assert sum(step[p] for p in parts) == pytest.approx(timed, abs=0.01), channel
 
     assert results["run"]["smoke"] is True
     assert set(results["machine"]) >= {"cpu", "cores", "python", "redis", "date", "git_commit"}

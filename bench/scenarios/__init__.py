@@ -21,6 +21,7 @@ from bench.scenarios import (
     latency,
     pings,
     scrape,
+    step,
     throttled,
     throughput,
 )
@@ -35,6 +36,7 @@ ORDER: tuple[ModuleType, ...] = (
     throttled,
     heartbeat,
     scrape,
+    step,
 )
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {m.NAME: m.run for m in ORDER}
 

@@ -1,0 +1,102 @@
+"""The benchmark's part timer (bench/part_timer.py): each part is the CPU time inside its
+function less the other timed functions it calls, the parts add up to the timed work, and
+every function is itself again afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bench.part_timer import PartTimer
+
+
+def spin(seconds: float) -> None:
+    """Burn this thread's CPU for ``seconds``."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
+class Base:
+    @classmethod
+    def make(cls) -> str:
+        spin(0.02)
+        return cls.__name__
+
+
+class Work(Base):
+    def outer(self) -> str:
+        spin(0.03)
+        self.inner()
+        return Work.make()
+
+    def inner(self) -> None:
+        spin(0.05)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[str]:
+        spin(0.02)
+        yield "held"
+        spin(0.01)
+
+
+def test_parts_exclude_each_other_and_add_up() -> None:
+    timer = (
+        PartTimer()
+        .function(Work, "outer", "outer")
+        .function(Work, "inner", "inner")
+        .function(Work, "make", "make")
+        .context(Work, "held", "held")
+    )
+    work = Work()
+    with timer:
+        started = time.thread_time()
+        assert work.outer() == "Work"
+        with work.held() as value:
+            assert value == "held"
+            spin(0.04)  # the block: in no part
+        total = time.thread_time() - started
+
+    spent = timer.spent
+    assert spent["outer"] == pytest.approx(0.03, abs=0.01)
+    assert spent["inner"] == pytest.approx(0.05, abs=0.01)
+    assert spent["make"] == pytest.approx(0.02, abs=0.01)
+    assert spent["held"] == pytest.approx(0.03, abs=0.01)
+    assert sum(spent.values()) == pytest.approx(total - 0.04, abs=0.01)
+
+
+def test_every_function_is_itself_again_afterwards() -> None:
+    before = {name: inspect.getattr_static(Work, name) for name in ("outer", "inner", "held")}
+    timer = PartTimer().function(Work, "outer", "o").function(Work, "make", "m")
+    timer.context(Work, "held", "h")
+    with timer:
+        assert inspect.getattr_static(Work, "outer") is not before["outer"]
+        assert "make" in vars(Work)  # the inherited classmethod, shadowed while on
+    assert {name: inspect.getattr_static(Work, name) for name in before} == before
+    assert "make" not in vars(Work)  # inherited again
+    assert Work.make() == "Work"
+    assert Base.make() == "Base"
+
+
+def test_an_exception_still_closes_its_part() -> None:
+    timer = PartTimer().function(Work, "inner", "inner")
+
+    def boom(self: Work) -> None:
+        spin(0.02)
+        raise RuntimeError("boom")
+
+    Work.boom = boom  # type: ignore[attr-defined]
+    try:
+        timer.function(Work, "boom", "boom")
+        with timer, pytest.raises(RuntimeError):
+            Work().boom()  # type: ignore[attr-defined]
+        with timer:
+            Work().inner()  # nothing left open: this part is its own
+    finally:
+        del Work.boom  # type: ignore[attr-defined]
+    assert timer.spent["boom"] == pytest.approx(0.02, abs=0.01)
+    assert timer.spent["inner"] == pytest.approx(0.05, abs=0.01)

@@ -44,11 +44,12 @@ sandbox: install
 # Debian packages the tests need (headless Chromium for browser tests, Prometheus's
 # Alertmanager to send real webhooks to the API, Prometheus itself for promtool's checks
 # of deploy/prometheus and a real scrape of /metrics) and the benchmark needs (wrk, a load
-# generator). Each is installed when missing and possible (root with apt-get); otherwise
-# what needs it is skipped and says why. Pairs are command:package.
+# generator, and Alertmanager, which pages are compared with). Each is installed when
+# missing and possible (root with apt-get); otherwise what needs it is skipped and says
+# why. Pairs are command:package.
 TEST_TOOLS := chromium:chromium prometheus-alertmanager:prometheus-alertmanager \
 	promtool:prometheus wrk:wrk
-BENCH_TOOLS := wrk:wrk
+BENCH_TOOLS := wrk:wrk prometheus-alertmanager:prometheus-alertmanager
 
 define install_missing
 	@missing=""; for pair in $(1); do command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -100,3 +102,69 @@ def test_an_exception_still_closes_its_part() -> None:
         del Work.boom  # type: ignore[attr-defined]
     assert timer.spent["boom"] == pytest.approx(0.02, abs=0.01)
     assert timer.spent["inner"] == pytest.approx(0.05, abs=0.01)
+
+
+def test_only_the_thread_that_turned_it_on_is_timed() -> None:
+    timer = PartTimer().function(Work, "inner", "inner").context(Work, "held", "held")
+    other_thread_ran: list[str] = []
+
+    def elsewhere() -> None:
+        Work().inner()
+        with Work().held() as value:
+            other_thread_ran.append(value)
+
+    with timer:
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join()
+    assert other_thread_ran == ["held"]
+    assert timer.spent == {}  # the other thread's calls ran, untimed
+
+
+def test_it_cannot_be_turned_on_twice() -> None:
+    timer = PartTimer().function(Work, "inner", "inner")
+    original = inspect.getattr_static(Work, "inner")
+    with timer:
+        with pytest.raises(RuntimeError, match="already on"):
+            timer.__enter__()
+        assert inspect.getattr_static(Work, "inner") is not original
+    assert inspect.getattr_static(Work, "inner") is original
+
+
+def test_a_swap_that_fails_puts_back_the_ones_before_it() -> None:
+    class Frozen(type):
+        def __setattr__(cls, name: str, value: object) -> None:
+            if name == "refused":
+                raise AttributeError("read-only")
+            super().__setattr__(name, value)
+
+    class Locked(metaclass=Frozen):
+        def fine(self) -> None: ...
+
+        def refused(self) -> None: ...
+
+    before = inspect.getattr_static(Locked, "fine")
+    timer = PartTimer().function(Locked, "fine", "a").function(Locked, "refused", "b")
+    with pytest.raises(AttributeError, match="read-only"), timer:
+        pass
+    assert inspect.getattr_static(Locked, "fine") is before
+    with pytest.raises(AttributeError, match="read-only"), timer:  # off again, not "already on"
+        pass
+
+
+def test_owners_must_be_classes_or_modules() -> None:
+    with pytest.raises(TypeError, match="classes or modules"):
+        PartTimer().function(Work(), "inner", "inner")  # type: ignore[arg-type]
+
+
+def test_log_records_still_name_their_caller(caplog: pytest.LogCaptureFixture) -> None:
+    timer = PartTimer().function(logging.Logger, "_log", "log")
+
+    def the_caller() -> None:
+        logging.getLogger("part-timer-test").warning("logged")
+
+    with timer, caplog.at_level(logging.INFO):
+        the_caller()
+    (record,) = caplog.records
+    assert (record.funcName, record.pathname) == ("the_caller", __file__)
+    assert timer.spent["log"] > 0

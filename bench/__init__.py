@@ -8,6 +8,7 @@ and noisy. See README, "Benchmarks".
 Modules: ``stack`` (processes on free ports), ``procfile`` (the pools' command lines),
 ``pool_control`` (a pool told to stop or start consuming), ``baseline_app`` (the Celery
 baseline tasks: no-op, bare HTTP, bare SMTP), ``sandbox_api`` (reading the sandbox),
-``measure`` (timing helpers), ``scenarios/`` (one module per figure), ``report`` (targets,
-table, JSON and machine info), ``cli`` (the command line).
+``measure`` (timing helpers), ``part_timer`` (a step's CPU time split over the functions
+it passes through), ``scenarios/`` (one module per figure), ``report`` (targets, table,
+JSON and machine info), ``cli`` (the command line).
 """

@@ -83,16 +83,18 @@ def bare_smtp(message: str, sender: str, recipients: list[str]) -> None:
 
 
 def close_thread_clients() -> None:
-    """Close this thread's HTTP client and SMTP session, for a process that called the
-    tasks in place and carries on (a worker's go with it)."""
+    """Close this thread's HTTP client and SMTP session: for a process that called the
+    tasks in place and carries on (a worker's close when its process ends)."""
     client = getattr(_local, "http", None)
     if client is not None:
-        client.close()
         _local.http = None
+        client.close()
     loop = getattr(_local, "loop", None)
     if loop is not None:
         smtp = getattr(_local, "smtp", None)
-        if smtp is not None and smtp.is_connected:
-            loop.run_until_complete(smtp.quit())
-        loop.close()
         _local.loop = _local.smtp = None
+        try:
+            if smtp is not None and smtp.is_connected:
+                loop.run_until_complete(smtp.quit())
+        finally:
+            loop.close()

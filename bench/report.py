@@ -123,7 +123,7 @@ ROWS: tuple[tuple[tuple[str, ...], str], ...] = (
     *(
         (("step_cpu_ms", channel, part), "ms")
         for channel in ("pagerduty", "email")
-        for part in ("step", "bare_send", "redis", "provider", "log")
+        for part in ("step", "bare_send", "beyond_bare", "timed_step", "redis", "provider", "log")
     ),
 )
 

@@ -32,7 +32,9 @@ class Sizes:
     scrape_queued: int = 1_000_000  # messages waiting while /metrics is scraped
     scrape_dead_letters: int = 10_000
     scrape_repeats: int = 20
-    step_jobs: int = 3_000  # delivery steps run in this process, per channel
+    # Per channel, in the harness's thread: this many steps untimed, as many timed part by
+    # part, and as many bare sends.
+    step_jobs: int = 3_000
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

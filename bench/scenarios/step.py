@@ -1,6 +1,6 @@
-"""One delivery step on its own, in this process, beside the bare send it stands for: what
-the worker's CPU goes on for a page and for an email, part by part, with no Celery, no
-other thread and no other pool in the way.
+"""One delivery step on its own, in the harness's main thread, beside the bare send it
+stands for: what the worker's CPU goes on for a page and for an email, part by part, with
+no Celery, no other thread and no other pool in the way.
 
 Jobs are queued with ``tasks.enqueue`` while no pool runs; their delivery messages are
 taken off the queue and each is delivered by :func:`worker.engine.delivery.deliver` (what
@@ -11,12 +11,13 @@ is thread CPU time per item, in milliseconds:
 
 - ``step``: one delivery step; ``bare_send``: the bare send; ``beyond_bare``: the
   difference, what the project adds to the provider's call in the worker;
-- in rounds of their own, with the functions below timed (:class:`bench.part_timer.PartTimer`;
-  each part excludes the others it calls): ``validate`` (the delivery job's validation),
-  ``claim`` and ``record`` (our code around them), ``redis`` (their round trips, redis-py
-  included), ``provider`` (the provider's call: for a page the POST, for an email writing
-  the message and the SMTP transaction), ``log`` (every log line), and ``rest`` (the step
-  less all those: the glue).
+- ``timed_step``: the step in rounds of their own with the functions below timed
+  (:class:`bench.part_timer.PartTimer`; each part excludes the others it calls), and its
+  parts: ``validate`` (the delivery job's validation), ``claim`` and ``record`` (our code
+  around them), ``redis`` (their round trips, redis-py included), ``provider`` (the
+  provider's call: for a page the POST, for an email writing the message and the SMTP
+  transaction), ``log`` (every log line), and ``rest`` (``timed_step`` less all those: the
+  glue, and the timer's own cost).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -33,13 +33,13 @@ from typing import Any
 import tasks
 from bench.baseline_app import bare_http, bare_smtp, close_thread_clients
 from bench.context import Context
-from bench.measure import BenchError
+from bench.measure import BenchError, thread_cpu_ms
 from bench.part_timer import PartTimer
 from bench.scenarios import baselines
 from bench.scenarios.latency import email
 from bench.scenarios.pipeline import page
 from config import library_logging
-from config.queues import QUEUE_OF
+from config.queues import DELIVERY_TASK, QUEUE_OF
 from worker.channels import Channel
 from worker.engine import delivery
 from worker.engine.delivery import DeliveryJob, OutcomeKind, deliver
@@ -53,7 +53,7 @@ PARTS = ("validate", "claim", "redis", "provider", "record", "log")
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 
 
-def part_timer() -> PartTimer:
+def step_timer() -> PartTimer:
     """The timer over the functions a step passes through, named as :data:`PARTS`."""
     return (
         PartTimer()
@@ -69,16 +69,20 @@ def part_timer() -> PartTimer:
 def queued(ctx: Context, channel: Channel, count: int, label: str) -> list[tuple[Any, str]]:
     """``count`` jobs for ``channel`` queued and taken back off the queue as a worker
     would receive them: (the task's payload, its message id)."""
+    client = engine().redis
+    queue = QUEUE_OF[channel]
+    if waiting := client.llen(queue):
+        raise BenchError(f"{waiting} messages were already waiting in {queue}")
     make = page if channel is Channel.PAGERDUTY else email
     for i, key in enumerate(ctx.ids(f"step-{label}", count)):
         tasks.enqueue(make(key, i))
-    client = engine().redis
-    queue = QUEUE_OF[channel]
     raw = client.lrange(queue, 0, -1)
     client.delete(queue)
     jobs = []
     for message in reversed(raw):  # LPUSHed: the oldest is last
         envelope = json.loads(message)
+        if (task := envelope["headers"]["task"]) != DELIVERY_TASK[channel]:
+            raise BenchError(f"a {task} message in {queue}, where only {channel} jobs belong")
         args = json.loads(base64.b64decode(envelope["body"]))[0]
         jobs.append((args[0], envelope["headers"]["id"]))
     if len(jobs) != count:
@@ -106,14 +110,6 @@ def steps(jobs: list[tuple[Any, str]], channel: Channel) -> list[Callable[[], No
     return [partial(one_step, channel, payload, message_id) for payload, message_id in jobs]
 
 
-def cpu_ms(calls: list[Callable[[], None]]) -> float:
-    """Thread CPU milliseconds the calls took, in all."""
-    started = time.thread_time()
-    for call in calls:
-        call()
-    return (time.thread_time() - started) * 1000
-
-
 @contextmanager
 def worker_logging(path: str) -> Iterator[None]:
     """INFO lines to ``path`` in Celery's format, httpx's turned down, as in a worker."""
@@ -139,24 +135,24 @@ def measure(ctx: Context, channel: Channel) -> tuple[dict[str, float], dict[str,
     rounds = ctx.sizes.throughput_rounds
     each = max(1, ctx.sizes.step_jobs // rounds)
     spent = dict.fromkeys(("step", "bare_send", "timed"), 0.0)
-    timer = part_timer()
+    timer = step_timer()
     # Connections, sessions and first-use costs: in no figure.
-    cpu_ms(steps(queued(ctx, channel, ctx.sizes.warmup, f"{channel}-warmup"), channel))
-    cpu_ms(bare_sends(ctx, channel, ctx.sizes.warmup, f"{channel}-warmup"))
+    thread_cpu_ms(steps(queued(ctx, channel, ctx.sizes.warmup, f"{channel}-warmup"), channel))
+    thread_cpu_ms(bare_sends(ctx, channel, ctx.sizes.warmup, f"{channel}-warmup"))
     for r in range(rounds):
-        spent["step"] += cpu_ms(steps(queued(ctx, channel, each, f"{channel}-{r}"), channel))
-        spent["bare_send"] += cpu_ms(bare_sends(ctx, channel, each, f"{channel}-{r}"))
+        spent["step"] += thread_cpu_ms(steps(queued(ctx, channel, each, f"{channel}-{r}"), channel))
+        spent["bare_send"] += thread_cpu_ms(bare_sends(ctx, channel, each, f"{channel}-{r}"))
         timed = steps(queued(ctx, channel, each, f"{channel}-timed-{r}"), channel)
         with timer:
-            spent["timed"] += cpu_ms(timed)
+            spent["timed"] += thread_cpu_ms(timed)
     count = each * rounds
     figures = {name: round(ms / count, 3) for name, ms in spent.items()}
     parts = {part: round(timer.spent[part] * 1000 / count, 3) for part in PARTS}
     figures["beyond_bare"] = round(figures["step"] - figures["bare_send"], 3)
-    timed_step = figures.pop("timed")
-    parts["rest"] = round(timed_step - sum(parts.values()), 3)
-    # The timed rounds' own step (the wrappers' cost included): what the parts add up to.
-    return figures | parts, {"timed_step": timed_step, "steps": count}
+    # The timed rounds' own step, the wrappers' cost included: what the parts add up to.
+    figures["timed_step"] = figures.pop("timed")
+    parts["rest"] = round(figures["timed_step"] - sum(parts.values()), 3)
+    return figures | parts, {"steps_per_kind_of_round": count}
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -170,8 +166,10 @@ def run(ctx: Context) -> dict[str, Any]:
             for channel in (Channel.PAGERDUTY, Channel.EMAIL):
                 figures[channel.value], details[channel.value] = measure(ctx, channel)
     finally:
-        close_thread_clients()
-        engine().providers.close()
+        try:
+            close_thread_clients()
+        finally:
+            engine().providers.close()
     for name, f in figures.items():
         ctx.log(
             f"  {name}: step {f['step']:.3f} ms of CPU, bare send {f['bare_send']:.3f} ms; "

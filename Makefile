@@ -18,7 +18,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 help:
 	@echo "make run      start the whole stack: Redis, worker, beat, Flower :5555, sandbox :8025, SMTP sink :1025"
 	@echo "make test     install everything, then ruff, the layer contracts, mypy and pytest"
-	@echo "make bench    benchmark on this machine (about 6 minutes); writes bench/results/latest.json"
+	@echo "make bench    benchmark on this machine (about 5 minutes); writes bench/results/latest.json"
 	@echo "make format   rewrite the code in the project's format"
 	@echo "make clean    remove the virtual environment and caches"
 
@@ -46,7 +46,9 @@ sandbox: install
 # of deploy/prometheus and a real scrape of /metrics) and the benchmark needs (wrk, a load
 # generator, and Alertmanager, which pages are compared with). Each is installed when
 # missing and possible (root with apt-get); otherwise what needs it is skipped and says
-# why. Pairs are command:package.
+# why. Pairs are command:package. On a host run by systemd, Debian's package also starts
+# its own Alertmanager service on :9093; the tests and the benchmark start theirs on free
+# ports and do not use it (`systemctl disable --now prometheus-alertmanager` stops it).
 TEST_TOOLS := chromium:chromium prometheus-alertmanager:prometheus-alertmanager \
 	promtool:prometheus wrk:wrk
 BENCH_TOOLS := wrk:wrk prometheus-alertmanager:prometheus-alertmanager

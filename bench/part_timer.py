@@ -50,8 +50,7 @@ class PartTimer:
         def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                inner = fn(*args, **kwargs)
-                return _TimedContext(self, part, inner) if self._on_this_thread() else inner
+                return _TimedContext(self, part, fn(*args, **kwargs))
 
             return wrapper
 
@@ -59,15 +58,14 @@ class PartTimer:
         return self
 
     def _timed(self, fn: Callable[..., Any], part: str) -> Callable[..., Any]:
-        takes_stacklevel = "stacklevel" in inspect.signature(fn).parameters
+        shift = _stacklevel_shift(fn)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if shift is not None:
+                args, kwargs = shift(args, kwargs)
             if not self._on_this_thread():
                 return fn(*args, **kwargs)
-            if takes_stacklevel:
-                # The wrapper is one more frame between the caller and ``fn``.
-                kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
             self.enter(part)
             try:
                 return fn(*args, **kwargs)
@@ -105,10 +103,9 @@ class PartTimer:
         self._thread = threading.get_ident()
         try:
             for owner, name, wrapper in self._swaps:
-                own = name in vars(owner)
-                saved = (owner, name, vars(owner).get(name), own)
+                # Saved before it is swapped: whatever interrupts, _restore sees it.
+                self._saved.append((owner, name, vars(owner).get(name), name in vars(owner)))
                 setattr(owner, name, wrapper)
-                self._saved.append(saved)
         except BaseException:
             self._restore()
             raise
@@ -125,20 +122,42 @@ class PartTimer:
     def _restore(self) -> None:
         """Put every swapped function back, even when one of them cannot be."""
         failures: list[BaseException] = []
-        try:
-            for owner, name, original, own in reversed(self._saved):
-                try:
-                    if own:
-                        setattr(owner, name, original)
-                    else:
-                        delattr(owner, name)  # it was inherited: inherit it again
-                except Exception as error:  # the others still go back
-                    failures.append(error)
-        finally:
-            self._saved.clear()
-            self._thread = None
+        while self._saved:
+            owner, name, original, own = self._saved.pop()
+            try:
+                if own:
+                    setattr(owner, name, original)
+                elif name in vars(owner):
+                    delattr(owner, name)  # it was inherited: inherit it again
+            except BaseException as error:  # the others still go back first
+                failures.append(error)
+        self._thread = None
         if failures:
             raise failures[0]
+
+
+def _stacklevel_shift(
+    fn: Callable[..., Any],
+) -> Callable[[tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]] | None:
+    """For a function that takes ``stacklevel`` (``Logger._log``): what adds one to it in
+    a call, as the wrapper is one more frame between the caller and ``fn``; None for any
+    other function."""
+    parameters = list(inspect.signature(fn).parameters.values())
+    found = [i for i, p in enumerate(parameters) if p.name == "stacklevel"]
+    if not found:
+        return None
+    (index,) = found
+    default = parameters[index].default
+    default = 1 if default is inspect.Parameter.empty else default
+
+    def shift(
+        args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if len(args) > index:
+            return (*args[:index], args[index] + 1, *args[index + 1 :]), kwargs
+        return args, {**kwargs, "stacklevel": kwargs.get("stacklevel", default) + 1}
+
+    return shift
 
 
 def _rewrapped(
@@ -159,12 +178,17 @@ def _rewrapped(
 
 
 class _TimedContext:
-    """A context manager whose entering and leaving are charged to one part."""
+    """A context manager whose entering and leaving are charged to one part, when they
+    happen on the timer's thread while it is on."""
 
     def __init__(self, timer: PartTimer, part: str, inner: Any) -> None:
         self.timer, self.part, self.inner = timer, part, inner
+        self.timed = False
 
     def __enter__(self) -> Any:
+        self.timed = self.timer._on_this_thread()
+        if not self.timed:
+            return self.inner.__enter__()
         self.timer.enter(self.part)
         try:
             return self.inner.__enter__()
@@ -172,6 +196,8 @@ class _TimedContext:
             self.timer.leave()
 
     def __exit__(self, *exc: Any) -> Any:
+        if not (self.timed and self.timer._on_this_thread()):
+            return self.inner.__exit__(*exc)
         self.timer.enter(self.part)
         try:
             return self.inner.__exit__(*exc)

@@ -110,9 +110,10 @@ def test_smoke_bench_writes_every_figure_and_leaves_nothing_running(tmp_path: Pa
         assert step["bare_send"] > 0, channel
         assert all(step[p] > 0 for p in parts if p != "rest"), channel
         # Each part excludes the others, so they leave some glue over; and the wrappers'
-        # cost aside, the timed step is the step (loosely: 30 steps is a small sample).
+        # cost aside, the timed step is the step: of the same order only, as 30 steps are
+        # a small sample that one garbage collection can swing.
         assert step["rest"] >= -0.01, channel
-        assert 0.5 * step["step"] < step["timed_step"] < 2 * step["step"], channel
+        assert 0.25 * step["step"] < step["timed_step"] < 4 * step["step"], channel
 
     assert results["run"]["smoke"] is True
     assert set(results["machine"]) >= {"cpu", "cores", "python", "redis", "date", "git_commit"}

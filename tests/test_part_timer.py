@@ -168,3 +168,36 @@ def test_log_records_still_name_their_caller(caplog: pytest.LogCaptureFixture) -
     (record,) = caplog.records
     assert (record.funcName, record.pathname) == ("the_caller", __file__)
     assert timer.spent["log"] > 0
+
+
+def test_log_records_name_their_caller_on_every_thread_and_every_way_of_calling(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    timer = PartTimer().function(logging.Logger, "_log", "log")
+    log = logging.getLogger("part-timer-test")
+
+    def on_another_thread() -> None:
+        log.warning("from another thread")
+
+    def positionally() -> None:
+        # Logger._log(level, msg, args, exc_info, extra, stack_info, stacklevel)
+        log._log(logging.WARNING, "positional", (), None, None, False, 1)
+
+    with timer, caplog.at_level(logging.INFO):
+        thread = threading.Thread(target=on_another_thread)
+        thread.start()
+        thread.join()
+        positionally()
+    assert [r.funcName for r in caplog.records] == ["on_another_thread", "positionally"]
+
+
+def test_a_context_entered_on_another_thread_is_not_timed() -> None:
+    timer = PartTimer().context(Work, "held", "held")
+    with timer:
+        held = Work().held()  # made here, used there
+        thread = threading.Thread(
+            target=lambda: held.__enter__() and held.__exit__(None, None, None)
+        )
+        thread.start()
+        thread.join()
+    assert timer.spent == {}

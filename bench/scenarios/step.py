@@ -72,7 +72,10 @@ def queued(ctx: Context, channel: Channel, count: int, label: str) -> list[tuple
     client = engine().redis
     queue = QUEUE_OF[channel]
     if waiting := client.llen(queue):
-        raise BenchError(f"{waiting} messages were already waiting in {queue}")
+        raise BenchError(
+            f"{waiting} messages were already waiting in {queue}: the step takes its jobs "
+            "off an empty queue (flush Redis, or run it with no pool consuming leftovers)"
+        )
     make = page if channel is Channel.PAGERDUTY else email
     for i, key in enumerate(ctx.ids(f"step-{label}", count)):
         tasks.enqueue(make(key, i))

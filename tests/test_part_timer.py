@@ -157,24 +157,14 @@ def test_owners_must_be_classes_or_modules() -> None:
         PartTimer().function(Work(), "inner", "inner")  # type: ignore[arg-type]
 
 
-def test_log_records_still_name_their_caller(caplog: pytest.LogCaptureFixture) -> None:
-    timer = PartTimer().function(logging.Logger, "_log", "log")
-
-    def the_caller() -> None:
-        logging.getLogger("part-timer-test").warning("logged")
-
-    with timer, caplog.at_level(logging.INFO):
-        the_caller()
-    (record,) = caplog.records
-    assert (record.funcName, record.pathname) == ("the_caller", __file__)
-    assert timer.spent["log"] > 0
-
-
 def test_log_records_name_their_caller_on_every_thread_and_every_way_of_calling(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     timer = PartTimer().function(logging.Logger, "_log", "log")
     log = logging.getLogger("part-timer-test")
+
+    def the_caller() -> None:
+        log.warning("logged")
 
     def on_another_thread() -> None:
         log.warning("from another thread")
@@ -184,20 +174,28 @@ def test_log_records_name_their_caller_on_every_thread_and_every_way_of_calling(
         log._log(logging.WARNING, "positional", (), None, None, False, 1)
 
     with timer, caplog.at_level(logging.INFO):
+        the_caller()
         thread = threading.Thread(target=on_another_thread)
         thread.start()
         thread.join()
         positionally()
-    assert [r.funcName for r in caplog.records] == ["on_another_thread", "positionally"]
+    names = [r.funcName for r in caplog.records]
+    assert names == ["the_caller", "on_another_thread", "positionally"]
+    assert {r.pathname for r in caplog.records} == {__file__}
+    assert timer.spent["log"] > 0
 
 
 def test_a_context_entered_on_another_thread_is_not_timed() -> None:
     timer = PartTimer().context(Work, "held", "held")
+    used_there: list[str] = []
+
+    def use(held: contextlib.AbstractContextManager[str]) -> None:
+        with held as value:
+            used_there.append(value)
+
     with timer:
-        held = Work().held()  # made here, used there
-        thread = threading.Thread(
-            target=lambda: held.__enter__() and held.__exit__(None, None, None)
-        )
+        thread = threading.Thread(target=use, args=(Work().held(),))  # made here, used there
         thread.start()
         thread.join()
+    assert used_there == ["held"]
     assert timer.spent == {}

@@ -137,7 +137,7 @@ def measure(ctx: Context, channel: Channel) -> tuple[dict[str, float], dict[str,
     """The figures of ``channel`` (see the module's docstring), and their details."""
     rounds = ctx.sizes.throughput_rounds
     each = max(1, ctx.sizes.step_jobs // rounds)
-    spent = dict.fromkeys(("step", "bare_send", "timed"), 0.0)
+    spent = dict.fromkeys(("step", "bare_send", "timed_step"), 0.0)
     timer = step_timer()
     # Connections, sessions and first-use costs: in no figure.
     thread_cpu_ms(steps(queued(ctx, channel, ctx.sizes.warmup, f"{channel}-warmup"), channel))
@@ -147,15 +147,14 @@ def measure(ctx: Context, channel: Channel) -> tuple[dict[str, float], dict[str,
         spent["bare_send"] += thread_cpu_ms(bare_sends(ctx, channel, each, f"{channel}-{r}"))
         timed = steps(queued(ctx, channel, each, f"{channel}-timed-{r}"), channel)
         with timer:
-            spent["timed"] += thread_cpu_ms(timed)
+            spent["timed_step"] += thread_cpu_ms(timed)
     count = each * rounds
     figures = {name: round(ms / count, 3) for name, ms in spent.items()}
     parts = {part: round(timer.spent[part] * 1000 / count, 3) for part in PARTS}
     figures["beyond_bare"] = round(figures["step"] - figures["bare_send"], 3)
-    # The timed rounds' own step, the wrappers' cost included: what the parts add up to.
-    figures["timed_step"] = figures.pop("timed")
+    # The timed rounds' own step, the wrappers' cost included, is what the parts add up to.
     parts["rest"] = round(figures["timed_step"] - sum(parts.values()), 3)
-    return figures | parts, {"steps_per_kind_of_round": count}
+    return figures | parts, {"steps_of_each_kind": count}
 
 
 def run(ctx: Context) -> dict[str, Any]:

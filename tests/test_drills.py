@@ -127,15 +127,25 @@ def assert_one_incident_each(api: SandboxClient, prefix: str, n: int) -> None:
     assert max(keys.values()) == 1, f"incidents opened twice: {keys.most_common(3)}"
 
 
+@pytest.fixture
+def recovery_sweep(drill: SandboxClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beat's recovery sweep every 2 s, for deliveries 10 s without progress. The producer
+    (this process) takes the settings too, not only the workers that inherit them: a job's
+    first stall deadline is written when the job is created, so a message the broker loses
+    before any worker touches the job is only found if the producer set it short."""
+    monkeypatch.setenv("JOB_STALL_SECONDS", "10")
+    monkeypatch.setenv("JOB_RECOVERY_INTERVAL", "2")
+    reconfigure()
+
+
+@pytest.mark.usefixtures("recovery_sweep")
 def test_worker_sigkilled_three_times_loses_nothing_and_sends_nothing_twice(
-    drill: SandboxClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    drill: SandboxClient, tmp_path: Path
 ) -> None:
     drill.faults(random=[{"probability": 1.0, "fault": {"delay": 0.05}}])  # deliveries in flight
     log = tmp_path / "worker.log"
     # A SIGKILL between kombu's BRPOP and its unacked record loses the message from the
     # broker; beat's recovery sweep (in a worker that is not killed) publishes it again.
-    monkeypatch.setenv("JOB_STALL_SECONDS", "10")
-    monkeypatch.setenv("JOB_RECOVERY_INTERVAL", "2")
     beat = WorkerProcess(
         tmp_path / "beat.log", *WORKER, "-B", "--schedule", str(tmp_path / "beat-schedule")
     ).start()
@@ -147,7 +157,7 @@ def test_worker_sigkilled_three_times_loses_nothing_and_sends_nothing_twice(
             wait_for(lambda t=target: len(drill.incidents()) >= t, timeout=60)
             workers[kill % 2].kill()
             workers[kill % 2] = WorkerProcess(log, *WORKER).start()
-        wait_all_delivered(jobs, timeout=90)
+        wait_all_delivered(jobs, timeout=60)
         wait_for(queues_empty, timeout=20)
     finally:
         for w in [*workers, beat]:
@@ -170,13 +180,12 @@ def aof_redis(
     server.cleanup()
 
 
+@pytest.mark.usefixtures("recovery_sweep")
 def test_redis_restarted_mid_run_workers_reconnect_and_deliver_every_accepted_job(
-    drill: SandboxClient, aof_redis: LocalRedis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    drill: SandboxClient, aof_redis: LocalRedis, tmp_path: Path
 ) -> None:
     # A message taken off its queue in the instant Redis stops is lost by the broker; the
     # recovery sweep (beat, here embedded with -B) publishes it again from the job record.
-    monkeypatch.setenv("JOB_STALL_SECONDS", "10")
-    monkeypatch.setenv("JOB_RECOVERY_INTERVAL", "2")
     drill.faults(random=[{"probability": 1.0, "fault": {"delay": 0.05}}])
     beat = ("-B", "--schedule", str(tmp_path / "beat-schedule"))
     worker = WorkerProcess(tmp_path / "worker.log", *WORKER, *beat).start()
@@ -194,7 +203,8 @@ def test_redis_restarted_mid_run_workers_reconnect_and_deliver_every_accepted_jo
                 # While Redis is down the producer is told so: never accepted, never lost.
                 refused.append(type(exc).__name__)
         assert len(refused) == 40
-        wait_all_delivered(accepted, timeout=120)
+        # Well inside the test's own time limit, so that a failure says what is stuck.
+        wait_all_delivered(accepted, timeout=60)
         wait_for(queues_empty, timeout=30)
         assert worker.proc is not None
         assert worker.proc.poll() is None  # the same worker reconnected: nobody restarted it
@@ -410,7 +420,7 @@ def test_sigterm_during_delivery_loses_nothing(drill: SandboxClient, tmp_path: P
         wait_for(lambda: len(drill.events()) >= 2, timeout=20)  # deliveries under way
         assert worker.terminate(timeout=60) == 0  # warm shutdown
         successor.start()
-        wait_all_delivered(jobs, timeout=90)
+        wait_all_delivered(jobs, timeout=60)
         wait_for(queues_empty, timeout=30)
     finally:
         worker.stop()

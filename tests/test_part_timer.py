@@ -117,8 +117,15 @@ def test_only_the_thread_that_turned_it_on_is_timed() -> None:
         thread = threading.Thread(target=elsewhere)
         thread.start()
         thread.join()
+        Work().inner()  # the same calls here are timed: the timer is really on
+        with Work().held():
+            pass
     assert other_thread_ran == ["held"]
-    assert timer.spent == {}  # the other thread's calls ran, untimed
+    # Only this thread's share: the other thread's calls ran, untimed.
+    assert timer.spent == {
+        "inner": pytest.approx(0.05, abs=0.01),
+        "held": pytest.approx(0.03, abs=0.01),
+    }
 
 
 def test_it_cannot_be_turned_on_twice() -> None:
@@ -197,5 +204,6 @@ def test_a_context_entered_on_another_thread_is_not_timed() -> None:
         thread = threading.Thread(target=use, args=(Work().held(),))  # made here, used there
         thread.start()
         thread.join()
-    assert used_there == ["held"]
-    assert timer.spent == {}
+        use(Work().held())  # made and used here: timed, so the timer is really on
+    assert used_there == ["held", "held"]
+    assert timer.spent == {"held": pytest.approx(0.03, abs=0.01)}  # this thread's use alone

@@ -129,10 +129,10 @@ def assert_one_incident_each(api: SandboxClient, prefix: str, n: int) -> None:
 
 @pytest.fixture
 def recovery_sweep(drill: SandboxClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Beat's recovery sweep every 2 s, for deliveries 10 s without progress. The producer
-    (this process) takes the settings too, not only the workers that inherit them: a job's
-    first stall deadline is written when the job is created, so a message the broker loses
-    before any worker touches the job is only found if the producer set it short."""
+    """Beat's recovery sweep every 2 s, for deliveries 10 s without progress (a retry's
+    message lost in the pop window is found only then). The producer (this process) takes
+    the settings too, not only the workers that inherit them: a job's first deadline is
+    written when the job is created."""
     monkeypatch.setenv("JOB_STALL_SECONDS", "10")
     monkeypatch.setenv("JOB_RECOVERY_INTERVAL", "2")
     reconfigure()

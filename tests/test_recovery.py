@@ -3,6 +3,7 @@ message from delivering at the same time as the first. Real Redis, a real worker
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -14,8 +15,11 @@ from config.settings import get_settings
 from sandbox import SandboxServer
 from tasks.recovery import recover
 from tests.conftest import SandboxClient, wait_for
+from worker.celery_app import app
+from worker.channels import Channel
 from worker.engine import keys
-from worker.engine.jobs import JobStore
+from worker.engine.broker_queues import LOOK_LIMIT
+from worker.engine.jobs import PICKUP_SECONDS, JobStore
 from worker.engine.recovery import recover as sweep
 from worker.engine.runtime import engine
 
@@ -53,39 +57,137 @@ def time_passes(store: JobStore) -> None:
     store.redis.zadd(keys.OPEN_DELIVERIES, dict.fromkeys(members, 0))
 
 
-def test_a_message_the_broker_lost_is_published_again_and_delivered_once(
+def created_at(job_id: str) -> float:
+    record = engine().jobs.get(job_id)
+    assert record is not None
+    return float(record["created_at"])
+
+
+def test_a_page_the_broker_lost_is_published_again_at_its_pickup_look_and_delivered_once(
     service_env: SandboxServer, api: SandboxClient, request: pytest.FixtureRequest
 ) -> None:
+    """Lost in kombu's pop window (taken off the queue, never recorded as unacked): the
+    page goes out again PICKUP_SECONDS after it was queued, not a stall period later."""
+    assert get_settings().job_stall_seconds == 300  # the default: the stall path is far off
     job_id = tasks.enqueue(page(1))
     r = broker()
     assert r.delete("pagerduty") == 1  # the broker loses the only copy of the message
     store = engine().jobs
     assert open_count(store) == 1
-    assert recover.apply().get() == 0  # not stalled yet: nothing to do
+    assert recover.apply().get() == 0  # not due for a look yet: nothing to do
+    pickup = created_at(job_id) + PICKUP_SECONDS[Channel.PAGERDUTY]
+    assert sweep(engine(), now=pickup - 0.5) == []
 
-    time_passes(store)
-    assert recover.apply().get() == 1
-    assert recover.apply().get() == 0  # claimed by that sweep: not re-queued twice
+    [found] = sweep(engine(), now=pickup + 0.5)
+    assert (found.job_id, found.lost) == (job_id, True)
+    assert found.idle_seconds == pytest.approx(PICKUP_SECONDS[Channel.PAGERDUTY] + 0.5)
+    assert r.llen("pagerduty") == 1  # one copy
+    assert sweep(engine(), now=pickup + 1) == []  # looked at again a stall period later
+    assert r.zscore(keys.OPEN_DELIVERIES, f"{job_id}:pagerduty") == pytest.approx(pickup + 300.5)
 
     request.getfixturevalue("celery_worker")
     wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered")
     record = engine().jobs.get(job_id)
     assert record is not None
-    assert any(a["outcome"].startswith("recovered: queued") for a in record["attempts"])
+    assert record["attempts"][0]["outcome"] == (
+        "recovered: queued, lost by the broker (on no queue, in no worker's hands) 10s after"
+        " it was queued"
+    )
     assert [i["dedup_key"] for i in api.incidents()] == ["recover-1"]
     assert open_count() == 0  # delivered deliveries leave the open set
     assert float(r.hget(keys.STATS, "recovered")) == 1  # type: ignore[arg-type]
     r.close()
 
 
+def test_the_recovery_task_logs_a_lost_page_and_publishes_it(
+    service_env: SandboxServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = tasks.enqueue(page(7))
+    assert broker().delete("pagerduty") == 1
+    time_passes(engine().jobs)  # its look is due now
+    with caplog.at_level(logging.WARNING, logger="tasks.recovery"):
+        assert recover.apply().get() == 1
+    assert broker().llen("pagerduty") == 1
+    assert f"job {job_id} pagerduty: no worker took it in 0 s" in caplog.text
+    assert "(the broker lost it): re-queued" in caplog.text
+
+
+def test_a_page_waiting_its_turn_on_the_queue_is_left_alone_until_the_stall_period(
+    service_env: SandboxServer,
+) -> None:
+    job_id = tasks.enqueue(page(8))
+    r = broker()
+    created = created_at(job_id)
+    assert sweep(engine(), now=created + PICKUP_SECONDS[Channel.PAGERDUTY] + 1) == []
+    assert r.llen("pagerduty") == 1  # no copy
+    member = f"{job_id}:pagerduty"
+    assert r.zscore(keys.OPEN_DELIVERIES, member) == pytest.approx(created + 300)
+    assert sweep(engine(), now=created + 299) == []
+    # Past the stall period a copy goes out whatever the queue holds (every worker may be
+    # stuck): the claim and the record make it harmless.
+    [found] = sweep(engine(), now=created + 301)
+    assert (found.job_id, found.lost) == (job_id, False)
+    assert r.llen("pagerduty") == 2
+
+
+def test_a_page_in_a_workers_hands_is_not_published_again(service_env: SandboxServer) -> None:
+    """kombu itself takes the message as a worker does (off the queue, into its unacked
+    hash, not acknowledged): the look finds it there."""
+    job_id = tasks.enqueue(page(9))
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        message = channel.basic_get("pagerduty", no_ack=False)
+        assert message is not None
+        assert message.headers["id"] == f"{job_id}-pagerduty"
+        r = broker()
+        assert (r.llen("pagerduty"), r.hlen("unacked")) == (0, 1)
+        created = created_at(job_id)
+        assert sweep(engine(), now=created + PICKUP_SECONDS[Channel.PAGERDUTY] + 1) == []
+        assert (r.llen("pagerduty"), r.hlen("unacked")) == (0, 1)
+        message.ack()
+        assert r.hlen("unacked") == 0
+
+
+def test_a_queue_too_long_to_read_through_is_taken_to_hold_the_page(
+    service_env: SandboxServer,
+) -> None:
+    """Reading a long queue would block Redis; the page then waits for the stall period."""
+    job_id = tasks.enqueue(page(10))
+    r = broker()
+    assert r.delete("pagerduty") == 1
+    r.lpush("pagerduty", *[f"filler {i}" for i in range(LOOK_LIMIT + 1)])
+    try:
+        created = created_at(job_id)
+        assert sweep(engine(), now=created + PICKUP_SECONDS[Channel.PAGERDUTY] + 1) == []
+        member = f"{job_id}:pagerduty"
+        assert r.zscore(keys.OPEN_DELIVERIES, member) == pytest.approx(created + 300)
+        [found] = sweep(engine(), now=created + 301)
+        assert (found.job_id, found.lost) == (job_id, False)
+    finally:
+        r.delete("pagerduty")
+
+
+def test_email_is_looked_at_only_after_the_stall_period(service_env: SandboxServer) -> None:
+    job_id = tasks.enqueue(
+        {"recipient": "ops@example.com", "subject": "disk 80%", "priority": "low"}
+    )
+    r = broker()
+    assert r.delete("email") == 1
+    created = created_at(job_id)
+    assert r.zscore(keys.OPEN_DELIVERIES, f"{job_id}:email") == pytest.approx(created + 300)
+    assert sweep(engine(), now=created + 299) == []
+    [found] = sweep(engine(), now=created + 301)
+    assert (found.job_id, found.channel, found.lost) == (job_id, "email", False)
+
+
 def test_a_copy_of_a_message_still_queued_is_harmless(
     service_env: SandboxServer, api: SandboxClient, request: pytest.FixtureRequest
 ) -> None:
-    """The sweep cannot see the queue; when the original was only slow, both run and the
-    one that comes second finds the job delivered."""
+    """Past the stall period the sweep publishes a copy even of a message still queued;
+    when the original was only slow, both run and the one that comes second finds the job
+    delivered."""
     job_id = tasks.enqueue(page(2))
-    time_passes(engine().jobs)
-    assert recover.apply().get() == 1
+    assert len(sweep(engine(), now=created_at(job_id) + 301)) == 1
     assert broker().llen("pagerduty") == 2
 
     request.getfixturevalue("celery_worker")

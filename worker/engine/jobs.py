@@ -9,10 +9,11 @@ Records live in Redis for ``JOB_TTL_SECONDS`` and answer ``gds-notify status JOB
 The ``delivered`` state is also what stops a job that Redis redelivers (after a worker
 died) from being sent a second time.
 
-Every delivery not yet final is also in ``keys.OPEN_DELIVERIES``, scored by the moment it
-counts as stalled if nothing happens to it; each state change pushes that moment on. The
-record keeps each delivery's payload, so worker/engine/recovery.py can queue its message
-again when the broker lost it.
+Every delivery not yet final is also in ``keys.OPEN_DELIVERIES``, scored by the moment the
+recovery sweep next looks at it: when it counts as stalled if nothing happens to it, and
+for a page no worker has taken yet, after :data:`PICKUP_SECONDS`. Each state change pushes
+that moment on. The record keeps each delivery's payload, so worker/engine/recovery.py can
+queue its message again when the broker lost it.
 
 A delivery is worked on under a claim (:meth:`JobStore.claim`), so two copies of its
 message never deliver at the same moment; everything the step then writes goes through
@@ -51,6 +52,12 @@ DEAD = "dead"
 FINAL_STATES = (DELIVERED, DEAD)
 #: Most jobs ``gds-notify jobs`` can list (their records expire after JOB_TTL_SECONDS).
 RECENT_KEPT = 10_000
+#: How long after it is queued a delivery that no worker has taken is looked for in the
+#: broker (worker/engine/recovery.py), by channel: a page whose message the broker lost
+#: goes out again then, not a whole stall period later. A page waits for a worker for
+#: milliseconds; email backlogs are long and normal, and reading them costs more than a
+#: late email does, so email is looked at after the stall period, as everything else.
+PICKUP_SECONDS = {Channel.PAGERDUTY: 10.0}
 
 
 @dataclass
@@ -78,6 +85,22 @@ class Claim:
     @property
     def busy(self) -> bool:
         return self.lock is None and not self.final and self.waiting_for is None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where an open delivery stands, as the recovery sweep reads it."""
+
+    state: str | None  # None: the record has expired
+    attempts: int
+    created_at: float
+    claimed: bool  # a worker holds its claim now
+
+    @property
+    def untouched(self) -> bool:
+        """No worker has worked on it, nor holds it now: its message is still on the way
+        to one (or the broker lost it)."""
+        return self.state == QUEUED and self.attempts == 0 and not self.claimed
 
 
 class JobStore:
@@ -146,10 +169,11 @@ class JobStore:
             fields[f"attempts:{channel}"] = "0"
         for channel, payload in payloads.items():
             fields[f"payload:{channel}"] = json.dumps(payload)
-        members, queues, messages = [], [], []
+        members, deadlines, queues, messages = [], [], [], []
         for channel, payload in payloads.items():
             queue, message = delivery_message(channel, delivery_id(job_id, channel), payload)
             members.append(f"{job_id}:{channel}")
+            deadlines.append(repr(now + min(self.stall, PICKUP_SECONDS.get(channel, self.stall))))
             queues.append(queue)
             messages.append(message)
         idempotency_id, mode = idempotency or ("", "")
@@ -169,7 +193,6 @@ class JobStore:
             args=[
                 job_id,
                 ttl or self.ttl,
-                repr(now + self.stall),
                 mode,
                 self.idempotency_ttl,
                 self.ttl if incident else "",
@@ -179,6 +202,7 @@ class JobStore:
                 stats.count("notifications", source, "duplicate")[0] if listed else "",
                 len(members),
                 *members,
+                *deadlines,
                 *messages,
                 *[item for pair in fields.items() for item in pair],
             ],
@@ -337,6 +361,25 @@ class JobStore:
         state, raw = self.redis.hmget(keys.job(job_id), [f"state:{channel}", f"payload:{channel}"])
         payload = json.loads(raw) if raw is not None else None
         return (str(state) if state is not None else None), payload
+
+    def progress(self, deliveries: Sequence[tuple[str, str]]) -> list[Progress]:
+        """Where each ``(job id, channel)`` delivery stands, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, channel in deliveries:
+            pipe.hmget(keys.job(job_id), [f"state:{channel}", f"attempts:{channel}", "created_at"])
+            pipe.exists(keys.delivery_claim(job_id, channel))
+        answers = iter(pipe.execute())
+        found = []
+        for (state, attempts, created_at), claimed in zip(answers, answers, strict=True):
+            found.append(
+                Progress(
+                    str(state) if state is not None else None,
+                    int(attempts or 0),
+                    float(created_at or 0),
+                    bool(claimed),
+                )
+            )
+        return found
 
     def add_duplicate(self, job_id: str) -> None:
         """Count, on its record, a copy of ``job_id`` that was dropped (same idempotency

@@ -1,12 +1,18 @@
 """Recovery of deliveries the broker lost: the job record, not the queue, is the truth.
 
 Celery on Redis takes a message off its queue (BRPOP) before it records it as unacked; if
-Redis stops in that instant the message is gone from both, and no visibility timeout
-brings it back. The job record still says the delivery is open, and keeps its message.
-``recover()`` finds open deliveries that have seen no progress for ``JOB_STALL_SECONDS``
-and pushes their messages onto their queues again; a copy that turns out not to be needed
-is harmless, because every delivery checks the record (delivered? another worker's
-claim?) first.
+Redis stops in that instant, or the worker is killed, the message is gone from both, and
+no visibility timeout brings it back. The job record still says the delivery is open, and
+keeps its message. ``recover()`` publishes such messages again:
+
+- a page no worker has taken :data:`~worker.engine.jobs.PICKUP_SECONDS` after it was
+  queued, and whose message is neither on its queue nor in a worker's hands, was lost:
+  it goes out again at once (a page waiting its turn in a backlog is left alone);
+- any open delivery that has seen no progress for ``JOB_STALL_SECONDS`` goes out again
+  whatever the broker seems to hold.
+
+A copy that turns out not to be needed is harmless, because every delivery checks the
+record (delivered? another worker's claim?) first.
 
 What this cannot recover: a ``notify`` intake message lost the same way, before any job
 record exists (producers that need that covered use ``tasks.enqueue`` or the HTTP API,
@@ -19,30 +25,36 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
+from config.queues import QUEUE_OF
 from worker.channels import Channel
 from worker.engine import keys, stats
 from worker.engine.jobs import FINAL_STATES
+from worker.engine.messages import delivery_id
 from worker.engine.runtime import Engine
 
-#: Deliveries re-queued per sweep, at most (the rest wait for the next sweep).
+#: Deliveries looked at per sweep, at most (the rest wait for the next sweep).
 BATCH = 500
 
 
 @dataclass(frozen=True)
 class Stalled:
-    """One open delivery published again: its message payload, and how long it had gone
-    without progress beyond any wait it was entitled to (a retry's countdown)."""
+    """One open delivery published again: its message payload, how long it had gone
+    without progress beyond any wait it was entitled to (a retry's countdown), and whether
+    the broker was seen to have lost it (``lost``: on no queue, in no worker's hands)."""
 
     job_id: str
     channel: str
     payload: dict[str, Any]
     idle_seconds: float
+    lost: bool = False
 
 
 def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
-    """Publish again every open delivery past its stall deadline, and push the deadline on
-    by one more stall period (so one sweep takes it once). Entries whose job is final or
-    gone are dropped. Returns what was published."""
+    """Publish again every open delivery past its stall deadline, and every page the broker
+    lost before a worker took it; push each one's deadline on by one more stall period (so
+    one sweep takes it once). Entries whose job is final or gone are dropped; a page still
+    waiting on its queue is looked at again when it would count as stalled. Returns what
+    was published."""
     store, r = engine.jobs, engine.redis
     stall = engine.settings.job_stall_seconds
     # One sweeper at a time across the pool (beat may run twice during a handover).
@@ -54,19 +66,67 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
             "list[tuple[str, float]]",
             r.zrangebyscore(keys.OPEN_DELIVERIES, 0, now, start=0, num=BATCH, withscores=True),
         )
+        deliveries = [_delivery(member) for member, _ in due]
+        progress = store.progress(deliveries)
+        # Untouched and younger than a stall period: waiting its turn on the queue, or lost
+        # by the broker. The broker says which.
+        unseen = {i for i, p in enumerate(progress) if p.untouched and now - p.created_at < stall}
+        held = _held(engine, [deliveries[i] for i in unseen])
+        lost = [i for i in unseen if deliveries[i] not in held]
+        # The look came after the first read: a message taken and worked on in between is
+        # no longer in the broker, and no longer untouched.
+        still = store.progress([deliveries[i] for i in lost])
+        lost_now = {i for i, p in zip(lost, still, strict=True) if p.untouched}
         found: list[Stalled] = []
-        for member, deadline in due:
-            job_id, _, channel = member.rpartition(":")
+        for i, ((member, deadline), (job_id, channel), p) in enumerate(
+            zip(due, deliveries, progress, strict=True)
+        ):
+            if p.state is None or p.state in FINAL_STATES:
+                r.zrem(keys.OPEN_DELIVERIES, member)
+                continue
+            if i in unseen and i not in lost_now:
+                # Looked at again when it would count as stalled; GT keeps a later deadline
+                # a worker's claim may have set since.
+                r.zadd(keys.OPEN_DELIVERIES, {member: p.created_at + stall}, xx=True, gt=True)
+                continue
             state, payload = store.state_and_payload(job_id, channel)
             if state is None or state in FINAL_STATES or payload is None:
                 r.zrem(keys.OPEN_DELIVERIES, member)
                 continue
             r.zadd(keys.OPEN_DELIVERIES, {member: now + stall}, xx=True)
             store.republish(job_id, Channel(channel), payload)
-            idle = now - (float(deadline) - stall)
-            store.record(job_id, channel, f"recovered: {state}, idle {idle:.0f}s")
-            found.append(Stalled(job_id, channel, payload, idle))
+            if i in lost_now:
+                idle = now - p.created_at
+                outcome = (
+                    f"recovered: {state}, lost by the broker (on no queue, in no worker's"
+                    f" hands) {idle:.0f}s after it was queued"
+                )
+            else:
+                idle = now - (float(deadline) - stall)
+                outcome = f"recovered: {state}, idle {idle:.0f}s"
+            store.record(job_id, channel, outcome)
+            found.append(Stalled(job_id, channel, payload, idle, lost=i in lost_now))
         if found:
             stats.add(r, [stats.count("recovered", by=len(found))])
         stats.stamp(r, keys.RECOVERY_LAST)
         return found
+
+
+def _delivery(member: str) -> tuple[str, str]:
+    """The job id and channel of an open-delivery member (``job id:channel``)."""
+    job_id, _, channel = member.rpartition(":")
+    return job_id, channel
+
+
+def _held(engine: Engine, deliveries: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of ``deliveries`` the broker holds (on their queue, or in a worker's hands),
+    or cannot tell of (a queue too long to read through)."""
+    by_queue: dict[str, dict[str, tuple[str, str]]] = {}
+    for job_id, channel in deliveries:
+        queue = QUEUE_OF[Channel(channel)]
+        by_queue.setdefault(queue, {})[delivery_id(job_id, Channel(channel))] = (job_id, channel)
+    held: set[tuple[str, str]] = set()
+    for queue, wanted in by_queue.items():
+        holding = engine.broker.holding(queue, wanted)
+        held.update(wanted.values() if holding is None else (wanted[t] for t in holding))
+    return held

@@ -16,6 +16,7 @@ import redis
 from config.catalogue import Catalogue, CatalogueFile, ServiceSpec
 from config.settings import Settings, get_settings
 from worker.engine import keys
+from worker.engine.broker_queues import BrokerQueues
 from worker.engine.dead_letters import DeadLetters
 from worker.engine.heartbeats.checker import HeartbeatChecker
 from worker.engine.heartbeats.registry import ServiceRegistry
@@ -37,6 +38,7 @@ class Engine:
         self.redis = client if client is not None else connect(settings)
         self.locks = Locks(self.redis)
         self.jobs = JobStore(self.redis, settings, self.locks)
+        self.broker = BrokerQueues(self.redis)
         self.dead_letters = DeadLetters(self.redis)
         self.limiter = SharedRateLimiter(
             self.redis, settings.pagerduty_rate_limit, keys.PAGERDUTY_RATE

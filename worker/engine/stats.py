@@ -30,6 +30,7 @@ import redis
 from config.queues import QUEUE_ORDER
 from config.settings import Settings
 from worker.engine import keys
+from worker.engine.broker_queues import UNACKED_HASH
 
 #: One counter increment: the hash field, and by how much.
 Increment = tuple[str, float]
@@ -40,8 +41,6 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 
 #: How recently a worker must have reported to count as alive (it reports every 10 s).
 WORKER_ALIVE_SECONDS = 30.0
-#: kombu's Redis transport: messages taken by a worker and not yet acknowledged.
-UNACKED_HASH = "unacked"
 
 
 def count(*parts: str, by: float = 1.0) -> Increment:

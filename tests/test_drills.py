@@ -129,11 +129,13 @@ def assert_one_incident_each(api: SandboxClient, prefix: str, n: int) -> None:
 
 @pytest.fixture
 def recovery_sweep(drill: SandboxClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Beat's recovery sweep every 2 s, for deliveries 10 s without progress (a retry's
-    message lost in the pop window is found only then). The producer (this process) takes
-    the settings too, not only the workers that inherit them: a job's first deadline is
-    written when the job is created."""
-    monkeypatch.setenv("JOB_STALL_SECONDS", "10")
+    """Beat's recovery sweep every 2 s. A page the broker lost before any worker took it
+    goes out again 10 s after it was queued (its pickup look); anything else lost, such as
+    a retry's message, after 30 s without progress, a stall period short enough for the
+    drills' waits and still longer than the pickup look, as the default is. The producer
+    (this process) takes the settings too, not only the workers that inherit them: a
+    job's first deadline is written when the job is created."""
+    monkeypatch.setenv("JOB_STALL_SECONDS", "30")
     monkeypatch.setenv("JOB_RECOVERY_INTERVAL", "2")
     reconfigure()
 

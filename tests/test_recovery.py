@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,8 @@ import tasks
 from config.settings import get_settings
 from sandbox import SandboxServer
 from tasks.recovery import recover
-from tests.conftest import SandboxClient, wait_for
+from tests.conftest import SandboxClient, in_thread_worker, wait_for
+from tests.processes import beat
 from worker.celery_app import app
 from worker.channels import Channel
 from worker.engine import keys
@@ -97,6 +99,21 @@ def test_a_page_the_broker_lost_is_published_again_at_its_pickup_look_and_delive
     assert open_count() == 0  # delivered deliveries leave the open set
     assert float(r.hget(keys.STATS, "recovered")) == 1  # type: ignore[arg-type]
     r.close()
+
+
+def test_with_the_default_settings_a_lost_page_arrives_by_beats_sweep_in_seconds(
+    service_env: SandboxServer, api: SandboxClient, tmp_path: Path
+) -> None:
+    """Everything real: beat schedules the sweep, a worker runs it and then the page. With
+    the default JOB_STALL_SECONDS (300) only the pickup look can deliver it in time."""
+    job_id = tasks.enqueue(page(11))
+    assert broker().delete("pagerduty") == 1  # lost in the pop window
+    with beat(tmp_path, JOB_RECOVERY_INTERVAL="1"), in_thread_worker():
+        wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered", 40)
+    record = engine().jobs.get(job_id)
+    assert record is not None
+    assert "lost by the broker" in record["attempts"][0]["outcome"]
+    assert [i["dedup_key"] for i in api.incidents()] == ["recover-11"]
 
 
 def test_the_recovery_task_logs_a_lost_page_and_publishes_it(

@@ -50,8 +50,8 @@ RECOVERY_LAST = f"{PREFIX}jobs:recovery:last"  # Redis time of the last recovery
 WATCHDOG_LAST = f"{PREFIX}watchdog:last"  # Redis time the last canary arrived
 WATCHDOG_DEAD_SEEN = f"{PREFIX}watchdog:dead-letters"  # how many there were at that canary
 
-# Deliveries not yet delivered or dead: "JOBID:CHANNEL" scored by when, without progress,
-# it counts as stalled (worker/engine/recovery.py).
+# Deliveries not yet delivered or dead: "JOBID:CHANNEL" scored by when the recovery sweep
+# next looks at it (worker/engine/recovery.py).
 OPEN_DELIVERIES = f"{PREFIX}jobs:open"
 RECOVERY_LOCK = f"{PREFIX}jobs:recovery:lock"
 

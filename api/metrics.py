@@ -152,11 +152,14 @@ class PoolCollector(Collector):
             snap,
             [("ok",), ("fail",), ("error",)],
         )
-        recovered = CounterMetricFamily(
-            PREFIX + "recovered", "Deliveries the recovery sweep published again."
+        yield _counter(
+            "recovered",
+            "Deliveries the recovery sweep published again: lost (a page the broker lost "
+            "before any worker took it) or stalled (no progress for JOB_STALL_SECONDS).",
+            ["reason"],
+            snap,
+            [("lost",), ("stalled",)],
         )
-        recovered.add_metric([], snap.counters.get("recovered", 0.0))
-        yield recovered
 
     def _gauges(self, snap: stats.Snapshot) -> Iterator[Metric]:
         yield _gauge(

@@ -30,6 +30,7 @@ from tests.conftest import (
 )
 from tests.heartbeat_helpers import WriteCatalogue, service
 from worker.engine.heartbeats.paging import run_check
+from worker.engine.recovery import recover as sweep
 from worker.engine.runtime import engine
 from worker.providers.base import Notification
 
@@ -225,3 +226,22 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_recoveries_are_counted_by_reason(api_server: ApiServer) -> None:
+    """A page the broker lost (found at its pickup look) and a delivery that stalled."""
+    lost = tasks.enqueue(page(3))
+    stalled = tasks.enqueue(page(4))
+    r = engine().redis
+    queued = r.lrange("pagerduty", 0, -1)
+    r.lrem("pagerduty", 1, next(str(m) for m in queued if f'"{lost}-pagerduty"' in str(m)))
+    created = float((engine().jobs.get(lost) or {})["created_at"])
+    before = scrape(f"{api_server.url}/metrics")
+    assert value(before, "gds_notify_recovered_total", reason="lost") == 0
+    assert value(before, "gds_notify_recovered_total", reason="stalled") == 0
+
+    assert [s.job_id for s in sweep(engine(), now=created + 11)] == [lost]
+    assert [s.job_id for s in sweep(engine(), now=created + 301)] == [stalled]
+    after = scrape(f"{api_server.url}/metrics")
+    assert value(after, "gds_notify_recovered_total", reason="lost") == 1
+    assert value(after, "gds_notify_recovered_total", reason="stalled") == 1

@@ -97,7 +97,8 @@ def test_a_page_the_broker_lost_is_published_again_at_its_pickup_look_and_delive
     )
     assert [i["dedup_key"] for i in api.incidents()] == ["recover-1"]
     assert open_count() == 0  # delivered deliveries leave the open set
-    assert float(r.hget(keys.STATS, "recovered")) == 1  # type: ignore[arg-type]
+    assert float(r.hget(keys.STATS, "recovered:lost")) == 1  # type: ignore[arg-type]
+    assert r.hget(keys.STATS, "recovered:stalled") is None
     r.close()
 
 

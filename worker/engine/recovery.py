@@ -107,7 +107,9 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
             store.record(job_id, channel, outcome)
             found.append(Stalled(job_id, channel, payload, idle, lost=i in lost_now))
         if found:
-            stats.add(r, [stats.count("recovered", by=len(found))])
+            n_lost = sum(1 for item in found if item.lost)
+            counts = {"lost": n_lost, "stalled": len(found) - n_lost}
+            stats.add(r, [stats.count("recovered", k, by=n) for k, n in counts.items() if n])
         stats.stamp(r, keys.RECOVERY_LAST)
         return found
 

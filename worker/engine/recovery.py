@@ -6,8 +6,9 @@ no visibility timeout brings it back. The job record still says the delivery is 
 keeps its message. ``recover()`` publishes such messages again:
 
 - a page no worker has taken :data:`~worker.engine.jobs.PICKUP_SECONDS` after it was
-  queued, and whose message is neither on its queue nor in a worker's hands, was lost:
-  it goes out again at once (a page waiting its turn in a backlog is left alone);
+  queued, and whose message is neither on its queue nor in a worker's hands (looked for
+  twice, :data:`TRANSIT_SECONDS` apart), was lost: it goes out again at once (a page
+  waiting its turn in a backlog is left alone);
 - any open delivery that has seen no progress for ``JOB_STALL_SECONDS`` goes out again
   whatever the broker seems to hold.
 
@@ -34,6 +35,8 @@ from worker.engine.runtime import Engine
 
 #: Deliveries looked at per sweep, at most (the rest wait for the next sweep).
 BATCH = 500
+#: Longer than a worker takes to move a message it popped into kombu's unacked hash.
+TRANSIT_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,20 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
         unseen = {i for i, p in enumerate(progress) if p.untouched and now - p.created_at < stall}
         held = _held(engine, [deliveries[i] for i in unseen])
         lost = [i for i in unseen if deliveries[i] not in held]
-        # The look came after the first read: a message taken and worked on in between is
-        # no longer in the broker, and no longer untouched.
-        still = store.progress([deliveries[i] for i in lost])
-        lost_now = {i for i, p in zip(lost, still, strict=True) if p.untouched}
+        lost_now: set[int] = set()
+        if lost:
+            # kombu moves a message from its queue to the unacked hash in two steps, so one
+            # a worker is taking right now is in neither for a moment: look again a little
+            # later. And read the progress again: a message taken and worked on since the
+            # first read is no longer in the broker, and no longer untouched.
+            time.sleep(TRANSIT_SECONDS)
+            held = _held(engine, [deliveries[i] for i in lost])
+            still = store.progress([deliveries[i] for i in lost])
+            lost_now = {
+                i
+                for i, p in zip(lost, still, strict=True)
+                if p.untouched and deliveries[i] not in held
+            }
         found: list[Stalled] = []
         for i, ((member, deadline), (job_id, channel), p) in enumerate(
             zip(due, deliveries, progress, strict=True)

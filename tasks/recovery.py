@@ -18,19 +18,11 @@ def recover() -> int:
     lost before any worker took them; returns how many."""
     found = recover_stalled(engine())
     for item in found:
-        if item.lost:
-            logger.warning(
-                "job %s %s: no worker took it in %.0f s and its message is on no queue, "
-                "in no worker's hands (the broker lost it): re-queued",
-                item.job_id,
-                item.channel,
-                item.idle_seconds,
-            )
-        else:
-            logger.warning(
-                "job %s %s: no progress for %.0f s, re-queued (the broker lost its message?)",
-                item.job_id,
-                item.channel,
-                item.idle_seconds,
-            )
+        what = (
+            "no worker took it in %.0f s and its message is on no queue, in no worker's "
+            "hands (the broker lost it): re-queued"
+            if item.lost
+            else "no progress for %.0f s, re-queued (the broker lost its message?)"
+        )
+        logger.warning("job %s %s: " + what, item.job_id, item.channel, item.idle_seconds)
     return len(found)

@@ -24,6 +24,7 @@ from worker.channels import Channel
 from worker.engine import keys
 from worker.engine.broker_queues import LOOK_LIMIT
 from worker.engine.jobs import PICKUP_SECONDS, JobStore
+from worker.engine.recovery import Stalled
 from worker.engine.recovery import recover as sweep
 from worker.engine.runtime import engine
 
@@ -65,6 +66,11 @@ def created_at(job_id: str) -> float:
     record = engine().jobs.get(job_id)
     assert record is not None
     return float(record["created_at"])
+
+
+def sweep_at_pickup(job_id: str) -> list[Stalled]:
+    """A sweep a second after the page's pickup look fell due."""
+    return sweep(engine(), now=created_at(job_id) + PICKUP_SECONDS[Channel.PAGERDUTY] + 1)
 
 
 def test_a_page_the_broker_lost_is_published_again_at_its_pickup_look_and_delivered_once(
@@ -138,7 +144,7 @@ def test_a_page_waiting_its_turn_on_the_queue_is_left_alone_until_the_stall_peri
     job_id = tasks.enqueue(page(8))
     r = broker()
     created = created_at(job_id)
-    assert sweep(engine(), now=created + PICKUP_SECONDS[Channel.PAGERDUTY] + 1) == []
+    assert sweep_at_pickup(job_id) == []
     assert r.llen("pagerduty") == 1  # no copy
     member = f"{job_id}:pagerduty"
     assert r.zscore(keys.OPEN_DELIVERIES, member) == pytest.approx(created + 300)
@@ -161,8 +167,7 @@ def test_a_page_in_a_workers_hands_is_not_published_again(service_env: SandboxSe
         assert message.headers["id"] == f"{job_id}-pagerduty"
         r = broker()
         assert (r.llen("pagerduty"), r.hlen("unacked")) == (0, 1)
-        created = created_at(job_id)
-        assert sweep(engine(), now=created + PICKUP_SECONDS[Channel.PAGERDUTY] + 1) == []
+        assert sweep_at_pickup(job_id) == []
         assert (r.llen("pagerduty"), r.hlen("unacked")) == (0, 1)
         message.ack()
         assert r.hlen("unacked") == 0
@@ -189,8 +194,7 @@ def test_a_page_a_worker_is_taking_at_the_moment_of_the_look_is_not_published_ag
     )
     lands.start()
     try:
-        created = created_at(job_id)
-        assert sweep(engine(), now=created + PICKUP_SECONDS[Channel.PAGERDUTY] + 1) == []
+        assert sweep_at_pickup(job_id) == []
         assert r.llen("pagerduty") == 0
     finally:
         lands.join()
@@ -213,45 +217,34 @@ def test_a_retry_message_celery_published_is_found(service_env: SandboxServer) -
     )
     try:
         assert r.llen("pagerduty") == 1
-        created = created_at(job_id)
-        assert sweep(engine(), now=created + PICKUP_SECONDS[Channel.PAGERDUTY] + 1) == []
+        assert sweep_at_pickup(job_id) == []
         assert r.llen("pagerduty") == 1
     finally:
         r.delete("pagerduty")
 
 
-def test_an_unacked_hash_too_long_to_read_through_is_taken_to_hold_the_page(
-    service_env: SandboxServer,
+@pytest.mark.parametrize("crowded", ["pagerduty", "unacked"])
+def test_a_queue_or_unacked_hash_too_long_to_read_through_is_taken_to_hold_the_page(
+    service_env: SandboxServer, crowded: str
 ) -> None:
-    job_id = tasks.enqueue(page(14))
-    r = broker()
-    r.delete("pagerduty")
-    r.hset("unacked", mapping={f"tag-{i}": "[]" for i in range(LOOK_LIMIT + 1)})
-    try:
-        created = created_at(job_id)
-        assert sweep(engine(), now=created + PICKUP_SECONDS[Channel.PAGERDUTY] + 1) == []
-        assert r.zscore(keys.OPEN_DELIVERIES, f"{job_id}:pagerduty") == pytest.approx(created + 300)
-    finally:
-        r.delete("unacked")
-
-
-def test_a_queue_too_long_to_read_through_is_taken_to_hold_the_page(
-    service_env: SandboxServer,
-) -> None:
-    """A queue too long to read through: the page then waits for the stall period."""
+    """Too many messages to read through on every sweep: the page, lost or not, then waits
+    for the stall period."""
     job_id = tasks.enqueue(page(10))
     r = broker()
     assert r.delete("pagerduty") == 1
-    r.lpush("pagerduty", *[f"filler {i}" for i in range(LOOK_LIMIT + 1)])
+    if crowded == "pagerduty":
+        r.lpush("pagerduty", *[f"filler {i}" for i in range(LOOK_LIMIT + 1)])
+    else:
+        r.hset("unacked", mapping={f"tag-{i}": "[]" for i in range(LOOK_LIMIT + 1)})
     try:
+        assert sweep_at_pickup(job_id) == []
         created = created_at(job_id)
-        assert sweep(engine(), now=created + PICKUP_SECONDS[Channel.PAGERDUTY] + 1) == []
         member = f"{job_id}:pagerduty"
         assert r.zscore(keys.OPEN_DELIVERIES, member) == pytest.approx(created + 300)
         [found] = sweep(engine(), now=created + 301)
         assert (found.job_id, found.lost) == (job_id, False)
     finally:
-        r.delete("pagerduty")
+        r.delete(crowded)
 
 
 def test_email_is_looked_at_only_after_the_stall_period(service_env: SandboxServer) -> None:

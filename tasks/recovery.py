@@ -14,13 +14,13 @@ logger = logging.getLogger(__name__)
 
 @app.task(name="jobs.recover", ignore_result=True)  # type: ignore[untyped-decorator,unused-ignore]
 def recover() -> int:
-    """Re-queue deliveries with no progress for ``JOB_STALL_SECONDS``, and pages the broker
-    lost before any worker took them; returns how many."""
+    """Re-queue deliveries with no progress for ``JOB_STALL_SECONDS``, and pages (or their
+    retries) the broker lost before any worker took them; returns how many."""
     found = recover_stalled(engine())
     for item in found:
         what = (
-            "no worker took it in %.0f s and its message is on no queue, in no worker's "
-            "hands (the broker lost it): re-queued"
+            "no worker took it %.0f s after it fell due, and its message is on no queue, "
+            "in no worker's hands (the broker lost it): re-queued"
             if item.lost
             else "no progress for %.0f s, re-queued (the broker lost its message?)"
         )

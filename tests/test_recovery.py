@@ -23,6 +23,7 @@ from worker.celery_app import app
 from worker.channels import Channel
 from worker.engine import keys
 from worker.engine.broker_queues import LOOK_LIMIT
+from worker.engine.delivery import OutcomeKind, deliver
 from worker.engine.jobs import PICKUP_SECONDS, JobStore
 from worker.engine.recovery import Stalled
 from worker.engine.recovery import recover as sweep
@@ -125,6 +126,117 @@ def test_with_the_default_settings_a_lost_page_arrives_by_beats_sweep_in_seconds
     assert [i["dedup_key"] for i in api.incidents()] == ["recover-11"]
 
 
+def due_at(job_id: str) -> float:
+    """When the page's message (its retry's) fell due at a worker."""
+    return float(str(broker().hget(keys.job(job_id), "due:pagerduty")))
+
+
+def failed_attempt_whose_retry_is_lost(job_id: str, api: SandboxClient) -> float:
+    """A worker takes the page's message and its attempt fails (503, worth a retry); the
+    retry's message is then lost in the pop window. The engine's own step runs here, as a
+    worker runs it; the task that would publish the retry never runs. Returns the delay."""
+    r = broker()
+    assert r.delete("pagerduty") == 1  # the worker took the message off the queue
+    api.faults({"status": 503})
+    payload = json.loads(str(r.hget(keys.job(job_id), "payload:pagerduty")))
+    outcome = deliver(engine(), payload, f"{job_id}-pagerduty", "pagerduty")
+    assert (outcome.kind, outcome.again) == (OutcomeKind.RETRY, True)
+    assert outcome.delay is not None
+    return outcome.delay
+
+
+def test_a_retry_the_broker_lost_is_published_again_after_its_countdown_and_delivered_once(
+    service_env: SandboxServer, api: SandboxClient, request: pytest.FixtureRequest
+) -> None:
+    """The first attempt failed; the retry's message, popped when its countdown began, was
+    lost: it goes out again PICKUP_SECONDS after the countdown ran out, with none of its
+    own (it is due), and the page is delivered once."""
+    job_id = tasks.enqueue(page(14))
+    before = time.time()
+    delay = failed_attempt_whose_retry_is_lost(job_id, api)
+    due = due_at(job_id)
+    assert before + delay <= due <= time.time() + delay
+    pickup = due + PICKUP_SECONDS[Channel.PAGERDUTY]
+    assert broker().zscore(keys.OPEN_DELIVERIES, f"{job_id}:pagerduty") == pytest.approx(pickup)
+    assert sweep(engine(), now=pickup - 0.5) == []
+
+    [found] = sweep(engine(), now=pickup + 0.4)
+    assert (found.job_id, found.lost) == (job_id, True)
+    assert found.idle_seconds == pytest.approx(PICKUP_SECONDS[Channel.PAGERDUTY] + 0.4)
+    [copy] = broker().lrange("pagerduty", 0, -1)
+    assert json.loads(copy)["headers"].get("eta") is None  # due now: no countdown
+    assert sweep(engine(), now=pickup + 1) == []  # looked at again a stall period later
+
+    request.getfixturevalue("celery_worker")
+    wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered")
+    record = engine().jobs.get(job_id)
+    assert record is not None
+    assert [(a["attempt"], a["outcome"]) for a in record["attempts"]] == [
+        (1, "failed"),
+        (
+            None,
+            "recovered: retrying, lost by the broker (on no queue, in no worker's hands) 10s"
+            " after its retry was due",
+        ),
+        (2, "delivered"),
+    ]
+    assert [i["dedup_key"] for i in api.incidents()] == ["recover-14"]
+
+
+def test_a_retry_waiting_its_countdown_in_a_workers_hands_gets_no_copy_before_the_stall(
+    service_env: SandboxServer, api: SandboxClient
+) -> None:
+    """The retry's message Celery published (with its countdown) is held by a worker
+    until it is due; a worker slower than PICKUP_SECONDS to run it is not second-guessed
+    before the stall period."""
+    job_id = tasks.enqueue(page(15))
+    failed_attempt_whose_retry_is_lost(job_id, api)
+    payload = json.loads(str(broker().hget(keys.job(job_id), "payload:pagerduty")))
+    with app.connection_for_write() as connection:
+        app.send_task(
+            "deliver.pagerduty",
+            args=[payload],
+            task_id=f"{job_id}-pagerduty",
+            queue="pagerduty",
+            countdown=1,
+            connection=connection,
+        )
+    with app.connection_for_read() as connection:
+        message = connection.default_channel.basic_get("pagerduty", no_ack=False)
+        assert message is not None  # in kombu's unacked hash, as a worker holds it
+        due = due_at(job_id)
+        assert sweep(engine(), now=due + PICKUP_SECONDS[Channel.PAGERDUTY] + 1) == []
+        member = f"{job_id}:pagerduty"
+        assert broker().zscore(keys.OPEN_DELIVERIES, member) == pytest.approx(due + 300)
+        assert broker().llen("pagerduty") == 0
+        [found] = sweep(engine(), now=due + 301)
+        assert (found.job_id, found.lost) == (job_id, False)
+        assert found.idle_seconds == pytest.approx(301)
+        message.ack()
+
+
+def test_with_the_default_settings_a_lost_retry_arrives_by_beats_sweep_in_seconds(
+    service_env: SandboxServer, api: SandboxClient, tmp_path: Path
+) -> None:
+    """A real worker's first attempt is throttled (429, Retry-After 5 s) and it publishes
+    the retry; the worker stops and the retry's message is lost. beat's sweep and a new
+    worker deliver the page seconds after the countdown, not a stall period later."""
+    api.faults({"status": 429, "retry_after": "5"})
+    job_id = tasks.enqueue(page(16))
+    r = broker()
+    with in_thread_worker():
+        wait_for(lambda: r.hget(keys.job(job_id), "state:pagerduty") == "retrying")
+    assert r.delete("pagerduty") + r.delete("unacked") >= 1  # the retry's message, lost
+    assert time.time() < due_at(job_id)  # before its countdown ran out
+    with beat(tmp_path, JOB_RECOVERY_INTERVAL="1"), in_thread_worker():
+        wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered", 45)
+    record = engine().jobs.get(job_id)
+    assert record is not None
+    assert "after its retry was due" in record["attempts"][1]["outcome"]
+    assert [i["dedup_key"] for i in api.incidents()] == ["recover-16"]
+    assert [e["status"] for e in api.events()] == [429, 202]
+
+
 def test_the_recovery_task_logs_a_lost_page_and_publishes_it(
     service_env: SandboxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -134,7 +246,7 @@ def test_the_recovery_task_logs_a_lost_page_and_publishes_it(
     with caplog.at_level(logging.WARNING, logger="tasks.recovery"):
         assert recover.apply().get() == 1
     assert broker().llen("pagerduty") == 1
-    assert f"job {job_id} pagerduty: no worker took it in 0 s" in caplog.text
+    assert f"job {job_id} pagerduty: no worker took it 0 s after it fell due" in caplog.text
     assert "(the broker lost it): re-queued" in caplog.text
 
 
@@ -291,13 +403,17 @@ def test_sweep_drops_finished_and_expired_entries_and_progress_postpones_it(
     store.redis.zadd(keys.OPEN_DELIVERIES, {f"{gone}:pagerduty": 0, f"{busy}:pagerduty": 0})
 
     store.record(busy, "pagerduty", "failed", state="retrying", quiet_for=100)  # progress
-    deadline = store.redis.zscore(keys.OPEN_DELIVERIES, f"{busy}:pagerduty")
-    assert deadline is not None
-    assert deadline > time.time() + 100
+    due = due_at(busy)
+    assert due > time.time() + 99
+    member = f"{busy}:pagerduty"
+    assert store.redis.zscore(keys.OPEN_DELIVERIES, member) == pytest.approx(due + 10)
     assert sweep(engine()) == []
-    assert store.redis.zrange(keys.OPEN_DELIVERIES, 0, -1) == [f"{busy}:pagerduty"]
+    assert store.redis.zrange(keys.OPEN_DELIVERIES, 0, -1) == [member]
+    # Its message is on the queue (as a retry's would be): no copy at the look.
+    assert sweep(engine(), now=due + 11) == []
+    assert store.redis.zscore(keys.OPEN_DELIVERIES, member) == pytest.approx(due + 300)
 
-    found = sweep(engine(), now=deadline + 1)
+    found = sweep(engine(), now=due + 301)
     assert [(s.job_id, s.channel) for s in found] == [(busy, "pagerduty")]
     assert found[0].payload["job_id"] == busy
     # Still beyond any wait it was entitled to: the stall period, and one second more.

@@ -11,9 +11,11 @@ died) from being sent a second time.
 
 Every delivery not yet final is also in ``keys.OPEN_DELIVERIES``, scored by the moment the
 recovery sweep next looks at it: when it counts as stalled if nothing happens to it, and
-for a page no worker has taken yet, after :data:`PICKUP_SECONDS`. Each state change pushes
-that moment on. The record keeps each delivery's payload, so worker/engine/recovery.py can
-queue its message again when the broker lost it.
+for a page, :data:`PICKUP_SECONDS` after its message fell due at a worker (it was queued,
+or its retry's countdown ran out). Each state change pushes that moment on. The record
+keeps each delivery's payload and when its message is due (``due:<channel>``; the
+creation time until a retry sets it), so worker/engine/recovery.py can queue its message
+again when the broker lost it.
 
 A delivery is worked on under a claim (:meth:`JobStore.claim`), so two copies of its
 message never deliver at the same moment; everything the step then writes goes through
@@ -52,11 +54,12 @@ DEAD = "dead"
 FINAL_STATES = (DELIVERED, DEAD)
 #: Most jobs ``gds-notify jobs`` can list (their records expire after JOB_TTL_SECONDS).
 RECENT_KEPT = 10_000
-#: How long after it is queued a delivery that no worker has taken is looked for in the
-#: broker (worker/engine/recovery.py), by channel: a page whose message the broker lost
-#: goes out again then, not a whole stall period later. A page waits for a worker for
-#: milliseconds; email backlogs are long and normal, and reading them costs more than a
-#: late email does, so email is looked at after the stall period, as everything else.
+#: How long after its message falls due (it was queued, or its retry's countdown ran out)
+#: a delivery that no worker has taken is looked for in the broker
+#: (worker/engine/recovery.py), by channel: a page whose message the broker lost goes out
+#: again then, not a whole stall period later. A page waits for a worker for milliseconds;
+#: email backlogs are long and normal, and reading them costs more than a late email does,
+#: so email is looked at after the stall period, as everything else.
 PICKUP_SECONDS = {Channel.PAGERDUTY: 10.0}
 
 
@@ -92,15 +95,15 @@ class Progress:
     """Where an open delivery stands, as the recovery sweep reads it."""
 
     state: str | None  # None: the record has expired
-    attempts: int
-    created_at: float
+    due: float  # when its message fell (or falls) due at a worker: queued, or a retry's
+    # countdown over
     claimed: bool  # a worker holds its claim now
 
     @property
-    def untouched(self) -> bool:
-        """No worker has worked on it, nor holds it now: its message is still on the way
-        to one (or the broker lost it)."""
-        return self.state == QUEUED and self.attempts == 0 and not self.claimed
+    def awaiting(self) -> bool:
+        """Open, and in no worker's claim: its message is on its queue or in a worker's
+        hands, waiting its turn or its countdown (or the broker lost it)."""
+        return self.state is not None and self.state not in FINAL_STATES and not self.claimed
 
 
 class JobStore:
@@ -173,7 +176,7 @@ class JobStore:
         for channel, payload in payloads.items():
             queue, message = delivery_message(channel, delivery_id(job_id, channel), payload)
             members.append(f"{job_id}:{channel}")
-            deadlines.append(repr(now + min(self.stall, PICKUP_SECONDS.get(channel, self.stall))))
+            deadlines.append(repr(self.first_look(channel, now)))
             queues.append(queue)
             messages.append(message)
         idempotency_id, mode = idempotency or ("", "")
@@ -209,6 +212,11 @@ class JobStore:
         )
         [answer] = self._durably(pipe, listed)
         return str(answer[1]) if int(answer[0]) == 2 else None
+
+    def first_look(self, channel: Channel | str, due: float) -> float:
+        """When the recovery sweep first looks at a delivery whose message falls due at a
+        worker at ``due``: after :data:`PICKUP_SECONDS` for a page, else a stall period."""
+        return due + min(self.stall, PICKUP_SECONDS.get(Channel(channel), self.stall))
 
     def _durably(self, pipe: Any, wait: bool = True) -> list[Any]:
         """Run ``pipe``; with ``REDIS_MIN_REPLICAS``, on the same connection, WAIT for that
@@ -294,11 +302,12 @@ class JobStore:
         arrived: Slot | None = None,
     ) -> int:
         """Append an entry to the attempt history and, with ``state``, move the channel to
-        it: a final state closes the delivery, any other pushes its stall deadline on by
-        ``quiet_for`` (how long it will rightly wait, a retry's countdown) plus the stall
-        period. ``counted`` numbers it as an attempt; ``claim`` is released with it;
-        ``counters`` are bumped with it (worker/engine/stats.py); ``arrived``, the rate-limit
-        slot the attempt used, is re-stamped with it. One round trip. Returns the attempt's
+        it: a final state closes the delivery; any other makes its message due again after
+        ``quiet_for`` (how long it will rightly wait, a retry's countdown) and moves the
+        sweep's look to :meth:`first_look` from then. ``counted`` numbers it as an attempt;
+        ``claim`` is released with it; ``counters`` are bumped with it
+        (worker/engine/stats.py); ``arrived``, the rate-limit slot the attempt used, is
+        re-stamped with it. One round trip. Returns the attempt's
         number (0 when not counted)."""
         now = time.time()
         entry: dict[str, Any] = {"at": now, "channel": channel, "outcome": outcome}
@@ -317,7 +326,12 @@ class JobStore:
                 fields += [f"error:{channel}", json.dumps(error)]
             if result is not None:
                 fields += [f"result:{channel}", json.dumps(result)]
-            deadline = "" if state in FINAL_STATES else repr(now + quiet_for + self.stall)
+            if state in FINAL_STATES:
+                deadline = ""
+            else:
+                due = now + quiet_for
+                fields += [f"due:{channel}", repr(due)]
+                deadline = repr(self.first_look(channel, due))
         pipe = self.redis.pipeline(transaction=False)
         if arrived is not None:
             arrived.arrived(pipe)
@@ -366,16 +380,15 @@ class JobStore:
         """Where each ``(job id, channel)`` delivery stands, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id, channel in deliveries:
-            pipe.hmget(keys.job(job_id), [f"state:{channel}", f"attempts:{channel}", "created_at"])
+            pipe.hmget(keys.job(job_id), [f"state:{channel}", "created_at", f"due:{channel}"])
             pipe.exists(keys.delivery_claim(job_id, channel))
         answers = iter(pipe.execute())
         found = []
-        for (state, attempts, created_at), claimed in zip(answers, answers, strict=True):
+        for (state, created_at, due), claimed in zip(answers, answers, strict=True):
             found.append(
                 Progress(
                     str(state) if state is not None else None,
-                    int(attempts or 0),
-                    float(created_at or 0),
+                    float(due or created_at or 0),
                     bool(claimed),
                 )
             )

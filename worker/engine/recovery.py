@@ -5,10 +5,11 @@ Redis stops in that instant, or the worker is killed, the message is gone from b
 no visibility timeout brings it back. The job record still says the delivery is open, and
 keeps its message. ``recover()`` publishes such messages again:
 
-- a page no worker has taken :data:`~worker.engine.jobs.PICKUP_SECONDS` after it was
-  queued, and whose message is neither on its queue nor in a worker's hands (looked for
-  twice, :data:`TRANSIT_SECONDS` apart), was lost: it goes out again at once (a page
-  waiting its turn in a backlog is left alone);
+- a page no worker has taken :data:`~worker.engine.jobs.PICKUP_SECONDS` after its
+  message fell due (it was queued, or its retry's countdown ran out), and whose message is
+  neither on its queue nor in a worker's hands (looked for twice, :data:`TRANSIT_SECONDS`
+  apart), was lost: it goes out again at once (a page waiting its turn in a backlog is
+  left alone). Its countdown is over, so the copy needs none;
 - any open delivery that has seen no progress for ``JOB_STALL_SECONDS`` goes out again
   whatever the broker seems to hold.
 
@@ -29,7 +30,7 @@ from typing import Any, cast
 from config.queues import QUEUE_OF
 from worker.channels import Channel
 from worker.engine import keys, stats
-from worker.engine.jobs import FINAL_STATES
+from worker.engine.jobs import FINAL_STATES, QUEUED
 from worker.engine.messages import delivery_id
 from worker.engine.runtime import Engine
 
@@ -71,9 +72,9 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
         )
         deliveries = [_delivery(member) for member, _ in due]
         progress = store.progress(deliveries)
-        # Untouched and younger than a stall period: waiting its turn on the queue, or lost
-        # by the broker. The broker says which.
-        unseen = {i for i, p in enumerate(progress) if p.untouched and now - p.created_at < stall}
+        # In no worker's claim, and due for less than a stall period: waiting its turn on
+        # the queue or in a worker's hands, or lost by the broker. The broker says which.
+        unseen = {i for i, p in enumerate(progress) if p.awaiting and now - p.due < stall}
         held = _held(engine, [deliveries[i] for i in unseen])
         lost = [i for i in unseen if deliveries[i] not in held]
         lost_now: set[int] = set()
@@ -81,14 +82,14 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
             # kombu moves a message from its queue to the unacked hash in two steps, so one
             # a worker is taking right now is in neither for a moment: look again a little
             # later. And read the progress again: a message taken and worked on since the
-            # first read is no longer in the broker, and no longer untouched.
+            # first read is no longer in the broker, and no longer awaiting (or due later).
             time.sleep(TRANSIT_SECONDS)
             held = _held(engine, [deliveries[i] for i in lost])
             still = store.progress([deliveries[i] for i in lost])
             lost_now = {
                 i
                 for i, p in zip(lost, still, strict=True)
-                if p.untouched and deliveries[i] not in held
+                if p.awaiting and p.due == progress[i].due and deliveries[i] not in held
             }
         found: list[Stalled] = []
         for i, ((member, deadline), (job_id, channel), p) in enumerate(
@@ -100,7 +101,7 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
             if i in unseen and i not in lost_now:
                 # Looked at again when it would count as stalled; GT keeps a later deadline
                 # a worker's claim may have set since.
-                r.zadd(keys.OPEN_DELIVERIES, {member: p.created_at + stall}, xx=True, gt=True)
+                r.zadd(keys.OPEN_DELIVERIES, {member: p.due + stall}, xx=True, gt=True)
                 continue
             state, payload = store.state_and_payload(job_id, channel)
             if state is None or state in FINAL_STATES or payload is None:
@@ -109,13 +110,16 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
             r.zadd(keys.OPEN_DELIVERIES, {member: now + stall}, xx=True)
             store.republish(job_id, Channel(channel), payload)
             if i in lost_now:
-                idle = now - p.created_at
+                idle = now - p.due
+                since = "it was queued" if state == QUEUED else "its retry was due"
                 outcome = (
                     f"recovered: {state}, lost by the broker (on no queue, in no worker's"
-                    f" hands) {idle:.0f}s after it was queued"
+                    f" hands) {idle:.0f}s after {since}"
                 )
             else:
-                idle = now - (float(deadline) - stall)
+                # Since its last progress: a claim (its deadline a stall period on), or
+                # its message falling due.
+                idle = now - max(p.due, float(deadline) - stall)
                 outcome = f"recovered: {state}, idle {idle:.0f}s"
             store.record(job_id, channel, outcome)
             found.append(Stalled(job_id, channel, payload, idle, lost=i in lost_now))

@@ -17,13 +17,13 @@ import tasks
 from config.settings import get_settings
 from sandbox import SandboxServer
 from tasks.recovery import recover
-from tests.conftest import SandboxClient, in_thread_worker, wait_for
+from tests.conftest import SandboxClient, in_thread_worker, reconfigure, wait_for
 from tests.processes import beat
 from worker.celery_app import app
 from worker.channels import Channel
 from worker.engine import keys
 from worker.engine.broker_queues import LOOK_LIMIT
-from worker.engine.delivery import OutcomeKind, deliver
+from worker.engine.delivery import Outcome, OutcomeKind, deliver
 from worker.engine.jobs import PICKUP_SECONDS, JobStore
 from worker.engine.recovery import Stalled
 from worker.engine.recovery import recover as sweep
@@ -57,10 +57,10 @@ def open_count(store: JobStore | None = None) -> int:
     return int((store or engine().jobs).redis.zcard(keys.OPEN_DELIVERIES))
 
 
-def time_passes(store: JobStore) -> None:
-    """Every open delivery's stall deadline is now in the past."""
-    members = [str(m) for m in store.redis.zrange(keys.OPEN_DELIVERIES, 0, -1)]
-    store.redis.zadd(keys.OPEN_DELIVERIES, dict.fromkeys(members, 0))
+def moment(t: float) -> Any:
+    """A moment (seconds since the epoch) to the millisecond: pytest.approx's own tolerance,
+    relative, would be half an hour at today's epoch."""
+    return pytest.approx(t, rel=0, abs=0.001)
 
 
 def created_at(job_id: str) -> float:
@@ -94,7 +94,7 @@ def test_a_page_the_broker_lost_is_published_again_at_its_pickup_look_and_delive
     assert found.idle_seconds == pytest.approx(PICKUP_SECONDS[Channel.PAGERDUTY] + 0.4)
     assert r.llen("pagerduty") == 1  # one copy
     assert sweep(engine(), now=pickup + 1) == []  # looked at again a stall period later
-    assert r.zscore(keys.OPEN_DELIVERIES, f"{job_id}:pagerduty") == pytest.approx(pickup + 300.4)
+    assert r.zscore(keys.OPEN_DELIVERIES, f"{job_id}:pagerduty") == moment(pickup + 300.4)
 
     request.getfixturevalue("celery_worker")
     wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered")
@@ -131,40 +131,37 @@ def due_at(job_id: str) -> float:
     return float(str(broker().hget(keys.job(job_id), "due:pagerduty")))
 
 
-def failed_attempt_whose_retry_is_lost(job_id: str, api: SandboxClient) -> float:
-    """A worker takes the page's message and its attempt fails (503, worth a retry); the
-    retry's message is then lost in the pop window. The engine's own step runs here, as a
-    worker runs it; the task that would publish the retry never runs. Returns the delay."""
-    r = broker()
-    assert r.delete("pagerduty") == 1  # the worker took the message off the queue
-    api.faults({"status": 503})
-    payload = json.loads(str(r.hget(keys.job(job_id), "payload:pagerduty")))
-    outcome = deliver(engine(), payload, f"{job_id}-pagerduty", "pagerduty")
-    assert (outcome.kind, outcome.again) == (OutcomeKind.RETRY, True)
-    assert outcome.delay is not None
-    return outcome.delay
+def step(job_id: str) -> Outcome:
+    """The engine's delivery step on the page's message, run here as a worker runs it.
+    With the message first taken off the queue, and no task around the step to publish
+    the message that would carry it on after a countdown, that message is as good as lost
+    in the pop window."""
+    payload = json.loads(str(broker().hget(keys.job(job_id), "payload:pagerduty")))
+    return deliver(engine(), payload, f"{job_id}-pagerduty", "pagerduty")
 
 
 def test_a_retry_the_broker_lost_is_published_again_after_its_countdown_and_delivered_once(
     service_env: SandboxServer, api: SandboxClient, request: pytest.FixtureRequest
 ) -> None:
     """The first attempt failed; the retry's message, popped when its countdown began, was
-    lost: it goes out again PICKUP_SECONDS after the countdown ran out, with none of its
-    own (it is due), and the page is delivered once."""
+    lost: it goes out again PICKUP_SECONDS after the countdown ran out (it is due, so the
+    copy has none), and the page is delivered once."""
     job_id = tasks.enqueue(page(14))
     before = time.time()
-    delay = failed_attempt_whose_retry_is_lost(job_id, api)
+    assert broker().delete("pagerduty") == 1  # a worker took the message
+    api.faults({"status": 503})
+    outcome = step(job_id)
+    assert (outcome.kind, outcome.delay is not None) == (OutcomeKind.RETRY, True)
     due = due_at(job_id)
-    assert before + delay <= due <= time.time() + delay
+    assert before + (outcome.delay or 0) <= due <= time.time() + (outcome.delay or 0)
     pickup = due + PICKUP_SECONDS[Channel.PAGERDUTY]
-    assert broker().zscore(keys.OPEN_DELIVERIES, f"{job_id}:pagerduty") == pytest.approx(pickup)
+    assert broker().zscore(keys.OPEN_DELIVERIES, f"{job_id}:pagerduty") == moment(pickup)
     assert sweep(engine(), now=pickup - 0.5) == []
 
     [found] = sweep(engine(), now=pickup + 0.4)
     assert (found.job_id, found.lost) == (job_id, True)
     assert found.idle_seconds == pytest.approx(PICKUP_SECONDS[Channel.PAGERDUTY] + 0.4)
-    [copy] = broker().lrange("pagerduty", 0, -1)
-    assert json.loads(copy)["headers"].get("eta") is None  # due now: no countdown
+    assert broker().llen("pagerduty") == 1
     assert sweep(engine(), now=pickup + 1) == []  # looked at again a stall period later
 
     request.getfixturevalue("celery_worker")
@@ -176,43 +173,118 @@ def test_a_retry_the_broker_lost_is_published_again_after_its_countdown_and_deli
         (
             None,
             "recovered: retrying, lost by the broker (on no queue, in no worker's hands) 10s"
-            " after its retry was due",
+            " after its countdown ran out",
         ),
         (2, "delivered"),
     ]
+    assert [e["status"] for e in api.events()] == [503, 202]
     assert [i["dedup_key"] for i in api.incidents()] == ["recover-14"]
+
+
+def test_a_deferral_the_broker_lost_is_published_again_after_its_slot(
+    service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our own rate limiter put the page aside until its slot; the message that would have
+    come back then was lost."""
+    monkeypatch.setenv("PAGERDUTY_RATE_LIMIT", "1/minute")
+    reconfigure()
+    first, second = tasks.enqueue(page(17)), tasks.enqueue(page(18))
+    assert broker().delete("pagerduty") == 1  # workers took both messages
+    assert step(first).kind is OutcomeKind.DELIVERED
+    outcome = step(second)
+    assert outcome.kind is OutcomeKind.DEFERRED
+    assert outcome.delay is not None
+    assert outcome.delay > 50  # the next slot of 1/minute
+    due = due_at(second)
+    assert sweep(engine(), now=due + 9) == []
+    [found] = sweep(engine(), now=due + 11)
+    assert (found.job_id, found.lost) == (second, True)
+    assert broker().llen("pagerduty") == 1
+    record = engine().jobs.get(second)
+    assert record is not None
+    assert record["attempts"][-1]["outcome"] == (
+        "recovered: deferred, lost by the broker (on no queue, in no worker's hands) 11s"
+        " after its countdown ran out"
+    )
 
 
 def test_a_retry_waiting_its_countdown_in_a_workers_hands_gets_no_copy_before_the_stall(
     service_env: SandboxServer, api: SandboxClient
 ) -> None:
-    """The retry's message Celery published (with its countdown) is held by a worker
-    until it is due; a worker slower than PICKUP_SECONDS to run it is not second-guessed
-    before the stall period."""
+    """The retry's message Celery published (with its countdown) is held by a real worker
+    until it is due; a worker later than PICKUP_SECONDS to run it is not second-guessed
+    before the stall period, and the stall's copy then is harmless."""
     job_id = tasks.enqueue(page(15))
-    failed_attempt_whose_retry_is_lost(job_id, api)
+    assert broker().delete("pagerduty") == 1
+    api.faults({"status": 503})
+    assert step(job_id).kind is OutcomeKind.RETRY
     payload = json.loads(str(broker().hget(keys.job(job_id), "payload:pagerduty")))
-    with app.connection_for_write() as connection:
-        app.send_task(
-            "deliver.pagerduty",
-            args=[payload],
-            task_id=f"{job_id}-pagerduty",
-            queue="pagerduty",
-            countdown=1,
-            connection=connection,
-        )
-    with app.connection_for_read() as connection:
-        message = connection.default_channel.basic_get("pagerduty", no_ack=False)
-        assert message is not None  # in kombu's unacked hash, as a worker holds it
+    app.send_task(
+        "deliver.pagerduty",
+        args=[payload],
+        task_id=f"{job_id}-pagerduty",
+        queue="pagerduty",
+        countdown=60,
+    )
+    r = broker()
+    with in_thread_worker():
+        wait_for(lambda: (r.llen("pagerduty"), r.hlen("unacked")) == (0, 1))
         due = due_at(job_id)
         assert sweep(engine(), now=due + PICKUP_SECONDS[Channel.PAGERDUTY] + 1) == []
         member = f"{job_id}:pagerduty"
-        assert broker().zscore(keys.OPEN_DELIVERIES, member) == pytest.approx(due + 300)
-        assert broker().llen("pagerduty") == 0
+        assert r.zscore(keys.OPEN_DELIVERIES, member) == moment(due + 300)
+        assert (r.llen("pagerduty"), r.hlen("unacked")) == (0, 1)
         [found] = sweep(engine(), now=due + 301)
         assert (found.job_id, found.lost) == (job_id, False)
         assert found.idle_seconds == pytest.approx(301)
-        message.ack()
+        wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered")
+    assert [e["status"] for e in api.events()] == [503, 202]
+
+
+def test_a_retry_recorded_between_the_two_looks_gets_no_copy_and_keeps_its_look(
+    service_env: SandboxServer,
+) -> None:
+    """A worker takes the page (so the first look finds it nowhere), fails and records a
+    retry before the second look: the sweep sees the record moved on, makes no copy, and
+    leaves the retry's own first look where the record put it."""
+    job_id = tasks.enqueue(page(19))
+    assert broker().delete("pagerduty") == 1
+    store = engine().jobs
+    retry = threading.Timer(
+        0.2, store.record, (job_id, "pagerduty", "failed"), {"state": "retrying", "quiet_for": 30}
+    )
+    retry.start()
+    try:
+        assert sweep_at_pickup(job_id) == []
+    finally:
+        retry.join()
+    assert broker().llen("pagerduty") == 0
+    member = f"{job_id}:pagerduty"
+    look = due_at(job_id) + PICKUP_SECONDS[Channel.PAGERDUTY]
+    assert broker().zscore(keys.OPEN_DELIVERIES, member) == moment(look)
+
+
+def test_a_countdown_longer_than_the_stall_period_outlives_a_copy_that_died(
+    service_env: SandboxServer,
+) -> None:
+    """A retry due in 400 s (a long Retry-After); a copy of its message claims it early and
+    dies, which moves the sweep's look to a stall period after the claim. The countdown
+    stands: no copy before it runs out, and one then if the message is lost."""
+    job_id = tasks.enqueue(page(20))
+    assert broker().delete("pagerduty") == 1
+    store = engine().jobs
+    store.record(job_id, "pagerduty", "failed", state="retrying", counted=True, quiet_for=400)
+    due = due_at(job_id)
+    with store.claim(job_id, "pagerduty", ttl=2.0) as claim:
+        assert claim.lock is not None
+    member = f"{job_id}:pagerduty"
+    claimed_look = store.redis.zscore(keys.OPEN_DELIVERIES, member)
+    assert claimed_look is not None
+    assert claimed_look < due
+    assert sweep(engine(), now=claimed_look + 1) == []
+    assert store.redis.zscore(keys.OPEN_DELIVERIES, member) == moment(due + 10)
+    [found] = sweep(engine(), now=due + 11)
+    assert (found.job_id, found.lost) == (job_id, True)
 
 
 def test_with_the_default_settings_a_lost_retry_arrives_by_beats_sweep_in_seconds(
@@ -232,7 +304,7 @@ def test_with_the_default_settings_a_lost_retry_arrives_by_beats_sweep_in_second
         wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered", 45)
     record = engine().jobs.get(job_id)
     assert record is not None
-    assert "after its retry was due" in record["attempts"][1]["outcome"]
+    assert "after its countdown ran out" in record["attempts"][1]["outcome"]
     assert [i["dedup_key"] for i in api.incidents()] == ["recover-16"]
     assert [e["status"] for e in api.events()] == [429, 202]
 
@@ -241,12 +313,15 @@ def test_the_recovery_task_logs_a_lost_page_and_publishes_it(
     service_env: SandboxServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     job_id = tasks.enqueue(page(7))
-    assert broker().delete("pagerduty") == 1
-    time_passes(engine().jobs)  # its look is due now
+    r = broker()
+    assert r.delete("pagerduty") == 1
+    # Queued 12 s ago: its look fell due 2 s ago.
+    r.hset(keys.job(job_id), "created_at", repr(time.time() - 12))
+    r.zadd(keys.OPEN_DELIVERIES, {f"{job_id}:pagerduty": time.time() - 2})
     with caplog.at_level(logging.WARNING, logger="tasks.recovery"):
         assert recover.apply().get() == 1
-    assert broker().llen("pagerduty") == 1
-    assert f"job {job_id} pagerduty: no worker took it 0 s after it fell due" in caplog.text
+    assert r.llen("pagerduty") == 1
+    assert f"job {job_id} pagerduty: no worker took it 12 s after it fell due" in caplog.text
     assert "(the broker lost it): re-queued" in caplog.text
 
 
@@ -259,7 +334,7 @@ def test_a_page_waiting_its_turn_on_the_queue_is_left_alone_until_the_stall_peri
     assert sweep_at_pickup(job_id) == []
     assert r.llen("pagerduty") == 1  # no copy
     member = f"{job_id}:pagerduty"
-    assert r.zscore(keys.OPEN_DELIVERIES, member) == pytest.approx(created + 300)
+    assert r.zscore(keys.OPEN_DELIVERIES, member) == moment(created + 300)
     assert sweep(engine(), now=created + 299) == []
     # Past the stall period a copy goes out whatever the queue holds (every worker may be
     # stuck): the claim and the record make it harmless.
@@ -352,7 +427,7 @@ def test_a_queue_or_unacked_hash_too_long_to_read_through_is_taken_to_hold_the_p
         assert sweep_at_pickup(job_id) == []
         created = created_at(job_id)
         member = f"{job_id}:pagerduty"
-        assert r.zscore(keys.OPEN_DELIVERIES, member) == pytest.approx(created + 300)
+        assert r.zscore(keys.OPEN_DELIVERIES, member) == moment(created + 300)
         [found] = sweep(engine(), now=created + 301)
         assert (found.job_id, found.lost) == (job_id, False)
     finally:
@@ -366,7 +441,7 @@ def test_email_is_looked_at_only_after_the_stall_period(service_env: SandboxServ
     r = broker()
     assert r.delete("email") == 1
     created = created_at(job_id)
-    assert r.zscore(keys.OPEN_DELIVERIES, f"{job_id}:email") == pytest.approx(created + 300)
+    assert r.zscore(keys.OPEN_DELIVERIES, f"{job_id}:email") == moment(created + 300)
     assert sweep(engine(), now=created + 299) == []
     [found] = sweep(engine(), now=created + 301)
     assert (found.job_id, found.channel, found.lost) == (job_id, "email", False)
@@ -406,12 +481,12 @@ def test_sweep_drops_finished_and_expired_entries_and_progress_postpones_it(
     due = due_at(busy)
     assert due > time.time() + 99
     member = f"{busy}:pagerduty"
-    assert store.redis.zscore(keys.OPEN_DELIVERIES, member) == pytest.approx(due + 10)
+    assert store.redis.zscore(keys.OPEN_DELIVERIES, member) == moment(due + 10)
     assert sweep(engine()) == []
     assert store.redis.zrange(keys.OPEN_DELIVERIES, 0, -1) == [member]
     # Its message is on the queue (as a retry's would be): no copy at the look.
     assert sweep(engine(), now=due + 11) == []
-    assert store.redis.zscore(keys.OPEN_DELIVERIES, member) == pytest.approx(due + 300)
+    assert store.redis.zscore(keys.OPEN_DELIVERIES, member) == moment(due + 300)
 
     found = sweep(engine(), now=due + 301)
     assert [(s.job_id, s.channel) for s in found] == [(busy, "pagerduty")]

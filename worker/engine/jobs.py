@@ -120,6 +120,7 @@ class JobStore:
         self._create = scripts.register(client, __file__, "jobs_create")
         self._claim = scripts.register(client, __file__, "jobs_claim")
         self._record = scripts.register(client, __file__, "jobs_record")
+        self._reschedule = scripts.register(client, __file__, "jobs_reschedule")
 
     def create(
         self,
@@ -367,6 +368,14 @@ class JobStore:
         if claim is not None:
             claim.released = True
         return int(attempt)
+
+    def reschedule(self, job_id: str, channel: str, seen: float, to: float) -> bool:
+        """Move the recovery sweep's next look at a delivery from ``seen`` (the moment the
+        sweep read) to ``to``, unless a worker moved it meanwhile; True when moved."""
+        moved = self._reschedule(
+            keys=[keys.OPEN_DELIVERIES], args=[f"{job_id}:{channel}", repr(seen), repr(to)]
+        )
+        return bool(int(moved))
 
     def state_and_payload(
         self, job_id: str, channel: str

@@ -57,8 +57,9 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
     """Publish again every open delivery past its stall deadline, and every page the broker
     lost before a worker took it; push each one's deadline on by one more stall period (so
     one sweep takes it once). Entries whose job is final or gone are dropped; a page still
-    waiting on its queue is looked at again when it would count as stalled. Returns what
-    was published."""
+    waiting on its queue, or its countdown in a worker's hands, is looked at again when it
+    would count as stalled; one a worker made progress with meanwhile is left to it.
+    Returns what was published."""
     store, r = engine.jobs, engine.redis
     stall = engine.settings.job_stall_seconds
     # One sweeper at a time across the pool (beat may run twice during a handover).
@@ -72,9 +73,21 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
         )
         deliveries = [_delivery(member) for member, _ in due]
         progress = store.progress(deliveries)
+        # In no worker's claim and not yet at its first look, its message due later: a
+        # copy claimed it early and died, which moved the look. Its countdown (a
+        # Retry-After, a rate-limit slot) stands: the look goes back to after it.
+        early = {
+            i: look
+            for i, p in enumerate(progress)
+            if p.awaiting and now < (look := store.first_look(deliveries[i][1], p.due))
+        }
         # In no worker's claim, and due for less than a stall period: waiting its turn on
         # the queue or in a worker's hands, or lost by the broker. The broker says which.
-        unseen = {i for i, p in enumerate(progress) if p.awaiting and now - p.due < stall}
+        unseen = {
+            i
+            for i, p in enumerate(progress)
+            if p.awaiting and i not in early and now - p.due < stall
+        }
         held = _held(engine, [deliveries[i] for i in unseen])
         lost = [i for i in unseen if deliveries[i] not in held]
         lost_now: set[int] = set()
@@ -98,20 +111,25 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
             if p.state is None or p.state in FINAL_STATES:
                 r.zrem(keys.OPEN_DELIVERIES, member)
                 continue
+            # Each move below is made only if no worker moved the look since it was read
+            # (a claim, a record: progress, whose own moment stands).
+            if i in early:
+                store.reschedule(job_id, channel, deadline, early[i])
+                continue
             if i in unseen and i not in lost_now:
-                # Looked at again when it would count as stalled; GT keeps a later deadline
-                # a worker's claim may have set since.
-                r.zadd(keys.OPEN_DELIVERIES, {member: p.due + stall}, xx=True, gt=True)
+                # Held by the broker: looked at again when it would count as stalled.
+                store.reschedule(job_id, channel, deadline, p.due + stall)
                 continue
             state, payload = store.state_and_payload(job_id, channel)
             if state is None or state in FINAL_STATES or payload is None:
                 r.zrem(keys.OPEN_DELIVERIES, member)
                 continue
-            r.zadd(keys.OPEN_DELIVERIES, {member: now + stall}, xx=True)
+            if not store.reschedule(job_id, channel, deadline, now + stall):
+                continue
             store.republish(job_id, Channel(channel), payload)
             if i in lost_now:
                 idle = now - p.due
-                since = "it was queued" if state == QUEUED else "its retry was due"
+                since = "it was queued" if state == QUEUED else "its countdown ran out"
                 outcome = (
                     f"recovered: {state}, lost by the broker (on no queue, in no worker's"
                     f" hands) {idle:.0f}s after {since}"

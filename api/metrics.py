@@ -154,8 +154,9 @@ class PoolCollector(Collector):
         )
         yield _counter(
             "recovered",
-            "Deliveries the recovery sweep published again: lost (a page the broker lost "
-            "before any worker took it) or stalled (no progress for JOB_STALL_SECONDS).",
+            "Deliveries the recovery sweep published again: lost (a page, or its retry, "
+            "the broker lost before a worker took it) or stalled (no progress for "
+            "JOB_STALL_SECONDS).",
             ["reason"],
             snap,
             [("lost",), ("stalled",)],

@@ -69,6 +69,37 @@ def created_at(job_id: str) -> float:
     return float(record["created_at"])
 
 
+def payload_of(job_id: str) -> dict[str, Any]:
+    """The page's delivery message payload, as its job record keeps it."""
+    return dict(json.loads(str(broker().hget(keys.job(job_id), "payload:pagerduty"))))
+
+
+def published_as_celerys_retry(job_id: str, countdown: float) -> None:
+    """The page's message, published as Celery's own retry of it (with its countdown)."""
+    app.send_task(
+        "deliver.pagerduty",
+        args=[payload_of(job_id)],
+        task_id=f"{job_id}-pagerduty",
+        queue="pagerduty",
+        countdown=countdown,
+    )
+
+
+def delivered(job_id: str, timeout: float = 15.0) -> dict[str, Any]:
+    """The job's record, once it is delivered (waited for)."""
+    wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered", timeout)
+    record = engine().jobs.get(job_id)
+    assert record is not None
+    return record
+
+
+def delivered_by_beats_sweep(job_id: str, tmp_path: Path, timeout: float) -> dict[str, Any]:
+    """Real ``celery beat`` (a sweep every second, the rest default) and a real worker,
+    until the page is delivered; its record."""
+    with beat(tmp_path, JOB_RECOVERY_INTERVAL="1"), in_thread_worker():
+        return delivered(job_id, timeout)
+
+
 def sweep_at_pickup(job_id: str) -> list[Stalled]:
     """A sweep a second after the page's pickup look fell due."""
     return sweep(engine(), now=created_at(job_id) + PICKUP_SECONDS[Channel.PAGERDUTY] + 1)
@@ -97,9 +128,7 @@ def test_a_page_the_broker_lost_is_published_again_at_its_pickup_look_and_delive
     assert r.zscore(keys.OPEN_DELIVERIES, f"{job_id}:pagerduty") == moment(pickup + 300.4)
 
     request.getfixturevalue("celery_worker")
-    wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered")
-    record = engine().jobs.get(job_id)
-    assert record is not None
+    record = delivered(job_id)
     assert record["attempts"][0]["outcome"] == (
         "recovered: queued, lost by the broker (on no queue, in no worker's hands) 10s after"
         " it was queued"
@@ -118,10 +147,7 @@ def test_with_the_default_settings_a_lost_page_arrives_by_beats_sweep_in_seconds
     the default JOB_STALL_SECONDS (300) only the pickup look can deliver it in time."""
     job_id = tasks.enqueue(page(11))
     assert broker().delete("pagerduty") == 1  # lost in the pop window
-    with beat(tmp_path, JOB_RECOVERY_INTERVAL="1"), in_thread_worker():
-        wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered", 40)
-    record = engine().jobs.get(job_id)
-    assert record is not None
+    record = delivered_by_beats_sweep(job_id, tmp_path, 40)
     assert "lost by the broker" in record["attempts"][0]["outcome"]
     assert [i["dedup_key"] for i in api.incidents()] == ["recover-11"]
 
@@ -136,8 +162,7 @@ def step(job_id: str) -> Outcome:
     With the message first taken off the queue, and no task around the step to publish
     the message that would carry it on after a countdown, that message is as good as lost
     in the pop window."""
-    payload = json.loads(str(broker().hget(keys.job(job_id), "payload:pagerduty")))
-    return deliver(engine(), payload, f"{job_id}-pagerduty", "pagerduty")
+    return deliver(engine(), payload_of(job_id), f"{job_id}-pagerduty", "pagerduty")
 
 
 def test_a_retry_the_broker_lost_is_published_again_after_its_countdown_and_delivered_once(
@@ -165,9 +190,7 @@ def test_a_retry_the_broker_lost_is_published_again_after_its_countdown_and_deli
     assert sweep(engine(), now=pickup + 1) == []  # looked at again a stall period later
 
     request.getfixturevalue("celery_worker")
-    wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered")
-    record = engine().jobs.get(job_id)
-    assert record is not None
+    record = delivered(job_id)
     assert [(a["attempt"], a["outcome"]) for a in record["attempts"]] == [
         (1, "failed"),
         (
@@ -218,14 +241,7 @@ def test_a_retry_waiting_its_countdown_in_a_workers_hands_gets_no_copy_before_th
     assert broker().delete("pagerduty") == 1
     api.faults({"status": 503})
     assert step(job_id).kind is OutcomeKind.RETRY
-    payload = json.loads(str(broker().hget(keys.job(job_id), "payload:pagerduty")))
-    app.send_task(
-        "deliver.pagerduty",
-        args=[payload],
-        task_id=f"{job_id}-pagerduty",
-        queue="pagerduty",
-        countdown=60,
-    )
+    published_as_celerys_retry(job_id, countdown=60)
     r = broker()
     with in_thread_worker():
         wait_for(lambda: (r.llen("pagerduty"), r.hlen("unacked")) == (0, 1))
@@ -237,7 +253,7 @@ def test_a_retry_waiting_its_countdown_in_a_workers_hands_gets_no_copy_before_th
         [found] = sweep(engine(), now=due + 301)
         assert (found.job_id, found.lost) == (job_id, False)
         assert found.idle_seconds == pytest.approx(301)
-        wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered")
+        delivered(job_id)
     assert [e["status"] for e in api.events()] == [503, 202]
 
 
@@ -300,10 +316,7 @@ def test_with_the_default_settings_a_lost_retry_arrives_by_beats_sweep_in_second
         wait_for(lambda: r.hget(keys.job(job_id), "state:pagerduty") == "retrying")
     assert r.delete("pagerduty") + r.delete("unacked") >= 1  # the retry's message, lost
     assert time.time() < due_at(job_id)  # before its countdown ran out
-    with beat(tmp_path, JOB_RECOVERY_INTERVAL="1"), in_thread_worker():
-        wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered", 45)
-    record = engine().jobs.get(job_id)
-    assert record is not None
+    record = delivered_by_beats_sweep(job_id, tmp_path, 45)
     assert "after its countdown ran out" in record["attempts"][1]["outcome"]
     assert [i["dedup_key"] for i in api.incidents()] == ["recover-16"]
     assert [e["status"] for e in api.events()] == [429, 202]
@@ -393,15 +406,8 @@ def test_a_retry_message_celery_published_is_found(service_env: SandboxServer) -
     the ones the engine writes."""
     job_id = tasks.enqueue(page(13))
     r = broker()
-    payload = json.loads(str(r.hget(keys.job(job_id), "payload:pagerduty")))
     r.delete("pagerduty")
-    app.send_task(
-        "deliver.pagerduty",
-        args=[payload],
-        task_id=f"{job_id}-pagerduty",
-        queue="pagerduty",
-        countdown=30,
-    )
+    published_as_celerys_retry(job_id, countdown=30)
     try:
         assert r.llen("pagerduty") == 1
         assert sweep_at_pickup(job_id) == []
@@ -458,7 +464,7 @@ def test_a_copy_of_a_message_still_queued_is_harmless(
     assert broker().llen("pagerduty") == 2
 
     request.getfixturevalue("celery_worker")
-    wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered")
+    delivered(job_id)
     wait_for(lambda: broker().llen("pagerduty") == 0)
     time.sleep(0.5)
     assert [i["dedup_key"] for i in api.incidents()] == ["recover-2"]
@@ -508,9 +514,7 @@ def test_a_second_copy_waits_while_another_worker_holds_the_delivery(
     taken_at = time.time()
 
     request.getfixturevalue("celery_worker")
-    wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered", timeout=20)
-    record = engine().jobs.get(job_id)
-    assert record is not None
+    record = delivered(job_id, 20)
     outcomes = [a["outcome"] for a in record["attempts"]]
     assert outcomes[0] == "waiting: in another worker's hands"
     assert outcomes[-1] == "delivered"

@@ -92,12 +92,13 @@ class Claim:
 
 @dataclass(frozen=True)
 class Progress:
-    """Where an open delivery stands, as the recovery sweep reads it."""
+    """Where an open delivery stands, as the recovery sweep reads it: its state (None when
+    the record has expired), when its message fell (or falls) due at a worker (it was
+    queued, or its retry's countdown ran out), and whether a worker holds its claim now."""
 
-    state: str | None  # None: the record has expired
-    due: float  # when its message fell (or falls) due at a worker: queued, or a retry's
-    # countdown over
-    claimed: bool  # a worker holds its claim now
+    state: str | None
+    due: float
+    claimed: bool
 
     @property
     def awaiting(self) -> bool:
@@ -308,8 +309,8 @@ class JobStore:
         sweep's look to :meth:`first_look` from then. ``counted`` numbers it as an attempt;
         ``claim`` is released with it; ``counters`` are bumped with it
         (worker/engine/stats.py); ``arrived``, the rate-limit slot the attempt used, is
-        re-stamped with it. One round trip. Returns the attempt's
-        number (0 when not counted)."""
+        re-stamped with it. One round trip. Returns the attempt's number (0 when not
+        counted)."""
         now = time.time()
         entry: dict[str, Any] = {"at": now, "channel": channel, "outcome": outcome}
         if latency_ms is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -103,6 +102,24 @@ def delivered_by_beats_sweep(job_id: str, tmp_path: Path, timeout: float) -> dic
 def sweep_at_pickup(job_id: str) -> list[Stalled]:
     """A sweep a second after the page's pickup look fell due."""
     return sweep(engine(), now=created_at(job_id) + PICKUP_SECONDS[Channel.PAGERDUTY] + 1)
+
+
+def between_the_looks(monkeypatch: pytest.MonkeyPatch, step: Any) -> list[set[str] | None]:
+    """Runs ``step`` (what a worker does meanwhile) right after the sweep's first look in
+    the broker returns; what each look found, in order, fills the list returned."""
+    broker_queues = engine().broker
+    look = broker_queues.holding
+    seen: list[set[str] | None] = []
+
+    def looked(queue: str, task_ids: Any) -> set[str] | None:
+        found = look(queue, task_ids)
+        seen.append(found)
+        if len(seen) == 1:
+            step()
+        return found
+
+    monkeypatch.setattr(broker_queues, "holding", looked)
+    return seen
 
 
 def test_a_page_the_broker_lost_is_published_again_at_its_pickup_look_and_delivered_once(
@@ -258,7 +275,7 @@ def test_a_retry_waiting_its_countdown_in_a_workers_hands_gets_no_copy_before_th
 
 
 def test_a_retry_recorded_between_the_two_looks_gets_no_copy_and_keeps_its_look(
-    service_env: SandboxServer,
+    service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker takes the page (so the first look finds it nowhere), fails and records a
     retry before the second look: the sweep sees the record moved on, makes no copy, and
@@ -266,14 +283,12 @@ def test_a_retry_recorded_between_the_two_looks_gets_no_copy_and_keeps_its_look(
     job_id = tasks.enqueue(page(19))
     assert broker().delete("pagerduty") == 1
     store = engine().jobs
-    retry = threading.Timer(
-        0.2, store.record, (job_id, "pagerduty", "failed"), {"state": "retrying", "quiet_for": 30}
+    seen = between_the_looks(
+        monkeypatch,
+        lambda: store.record(job_id, "pagerduty", "failed", state="retrying", quiet_for=30),
     )
-    retry.start()
-    try:
-        assert sweep_at_pickup(job_id) == []
-    finally:
-        retry.join()
+    assert sweep_at_pickup(job_id) == []
+    assert seen == [set(), set()]
     assert broker().llen("pagerduty") == 0
     member = f"{job_id}:pagerduty"
     look = due_at(job_id) + PICKUP_SECONDS[Channel.PAGERDUTY]
@@ -374,30 +389,22 @@ def test_a_page_in_a_workers_hands_is_not_published_again(service_env: SandboxSe
 
 
 def test_a_page_a_worker_is_taking_at_the_moment_of_the_look_is_not_published_again(
-    service_env: SandboxServer,
+    service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """kombu pops a message, then records it as unacked: for that moment it is in neither.
-    Here the second step comes 0.2 s after the first look, as from a busy worker."""
+    Here the second step lands right after the sweep's first look, which saw nothing."""
     job_id = tasks.enqueue(page(12))
     r = broker()
     [message] = r.lrange("pagerduty", 0, -1)
     r.delete("pagerduty")
     envelope = json.loads(message)
-    lands = threading.Timer(
-        0.2,
-        r.hset,
-        (
-            "unacked",
-            envelope["properties"]["delivery_tag"],
-            json.dumps([envelope, "", "pagerduty"]),
-        ),
-    )
-    lands.start()
+    tag, entry = envelope["properties"]["delivery_tag"], json.dumps([envelope, "", "pagerduty"])
+    seen = between_the_looks(monkeypatch, lambda: r.hset("unacked", tag, entry))
     try:
         assert sweep_at_pickup(job_id) == []
+        assert seen == [set(), {f"{job_id}-pagerduty"}]
         assert r.llen("pagerduty") == 0
     finally:
-        lands.join()
         r.delete("unacked")
 
 

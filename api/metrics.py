@@ -155,11 +155,12 @@ class PoolCollector(Collector):
         yield _counter(
             "recovered",
             "Deliveries the recovery sweep published again: lost (a page, or its retry, "
-            "the broker lost before a worker took it) or stalled (no progress for "
-            "JOB_STALL_SECONDS).",
+            "the broker lost before a worker took it), abandoned (its worker died in an "
+            "attempt: the claim lapsed with no outcome recorded) or stalled (no progress "
+            "for JOB_STALL_SECONDS).",
             ["reason"],
             snap,
-            [("lost",), ("stalled",)],
+            [("lost",), ("abandoned",), ("stalled",)],
         )
 
     def _gauges(self, snap: stats.Snapshot) -> Iterator[Metric]:

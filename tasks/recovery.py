@@ -14,15 +14,23 @@ logger = logging.getLogger(__name__)
 
 @app.task(name="jobs.recover", ignore_result=True)  # type: ignore[untyped-decorator,unused-ignore]
 def recover() -> int:
-    """Re-queue deliveries with no progress for ``JOB_STALL_SECONDS``, and pages (or their
-    retries) the broker lost before any worker took them; returns how many."""
+    """Re-queue deliveries with no progress for ``JOB_STALL_SECONDS``, pages (or their
+    retries) the broker lost before any worker took them, and deliveries whose worker died
+    in an attempt; returns how many."""
     found = recover_stalled(engine())
     for item in found:
-        what = (
-            "no worker took it %.0f s after it fell due, and its message is on no queue, "
-            "in no worker's hands (the broker lost it): re-queued"
-            if item.lost
-            else "no progress for %.0f s, re-queued (the broker lost its message?)"
-        )
+        if item.lost:
+            what = (
+                "no worker took it %.0f s after it fell due, and its message is on no queue, "
+                "in no worker's hands (the broker lost it): re-queued"
+            )
+        elif item.abandoned:
+            what = (
+                "an attempt begun %.0f s ago recorded no outcome and its claim lapsed (its "
+                "worker died?): re-queued"
+            )
+        else:
+            what = "no progress for %.0f s, re-queued (the broker lost its message?)"
+
         logger.warning("job %s %s: " + what, item.job_id, item.channel, item.idle_seconds)
     return len(found)

@@ -229,19 +229,29 @@ def _answers(url: str) -> bool:
 
 
 def test_recoveries_are_counted_by_reason(api_server: ApiServer) -> None:
-    """A page the broker lost (found at its pickup look) and a delivery that stalled."""
+    """A page the broker lost (found at its pickup look), one whose worker died in its
+    attempt, and a delivery that stalled."""
     lost = tasks.enqueue(page(3))
     stalled = tasks.enqueue(page(4))
+    abandoned = tasks.enqueue(page(5))
+    with engine().jobs.claim(abandoned, "pagerduty", ttl=0.2) as claim:  # and no record
+        assert claim.lock is not None
+    time.sleep(0.3)
     r = engine().redis
     queued = r.lrange("pagerduty", 0, -1)
     r.lrem("pagerduty", 1, next(str(m) for m in queued if f'"{lost}-pagerduty"' in str(m)))
     created = float((engine().jobs.get(lost) or {})["created_at"])
     before = scrape(f"{api_server.url}/metrics")
     assert value(before, "gds_notify_recovered_total", reason="lost") == 0
+    assert value(before, "gds_notify_recovered_total", reason="abandoned") == 0
     assert value(before, "gds_notify_recovered_total", reason="stalled") == 0
 
-    assert [s.job_id for s in sweep(engine(), now=created + 11)] == [lost]
+    found = sweep(engine(), now=created + 11)
+    assert sorted((s.job_id, s.reason) for s in found) == sorted(
+        [(lost, "lost"), (abandoned, "abandoned")]
+    )
     assert [s.job_id for s in sweep(engine(), now=created + 301)] == [stalled]
     after = scrape(f"{api_server.url}/metrics")
     assert value(after, "gds_notify_recovered_total", reason="lost") == 1
+    assert value(after, "gds_notify_recovered_total", reason="abandoned") == 1
     assert value(after, "gds_notify_recovered_total", reason="stalled") == 1

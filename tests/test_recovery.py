@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,13 @@ from config.settings import get_settings
 from sandbox import SandboxServer
 from tasks.recovery import recover
 from tests.conftest import SandboxClient, in_thread_worker, reconfigure, wait_for
-from tests.processes import beat
+from tests.processes import WorkerProcess, beat
 from worker.celery_app import app
 from worker.channels import Channel
 from worker.engine import keys
-from worker.engine.broker_queues import LOOK_LIMIT
+from worker.engine.broker_queues import LOOK_LIMIT, UNACKED_HASH
 from worker.engine.delivery import Outcome, OutcomeKind, deliver
-from worker.engine.jobs import PICKUP_SECONDS, JobStore
+from worker.engine.jobs import AFTER_CLAIM_SECONDS, PICKUP_SECONDS, JobStore
 from worker.engine.recovery import Stalled
 from worker.engine.recovery import recover as sweep
 from worker.engine.runtime import engine
@@ -299,8 +300,9 @@ def test_a_countdown_longer_than_the_stall_period_outlives_a_copy_that_died(
     service_env: SandboxServer,
 ) -> None:
     """A retry due in 400 s (a long Retry-After); a copy of its message claims it early and
-    dies, which moves the sweep's look to a stall period after the claim. The countdown
-    stands: no copy before it runs out, and one then if the message is lost."""
+    dies in its attempt, which moves the sweep's look to just after the claim. The
+    countdown stands: no copy before it runs out, and one then, for the attempt that died
+    (whose message the broker would keep in the dead worker's hands)."""
     job_id = tasks.enqueue(page(20))
     assert broker().delete("pagerduty") == 1
     store = engine().jobs
@@ -315,7 +317,7 @@ def test_a_countdown_longer_than_the_stall_period_outlives_a_copy_that_died(
     assert sweep(engine(), now=claimed_look + 1) == []
     assert store.redis.zscore(keys.OPEN_DELIVERIES, member) == moment(due + 10)
     [found] = sweep(engine(), now=due + 11)
-    assert (found.job_id, found.lost) == (job_id, True)
+    assert (found.job_id, found.abandoned, found.lost) == (job_id, True, False)
 
 
 def test_with_the_default_settings_a_lost_retry_arrives_by_beats_sweep_in_seconds(
@@ -351,6 +353,33 @@ def test_the_recovery_task_logs_a_lost_page_and_publishes_it(
     assert r.llen("pagerduty") == 1
     assert f"job {job_id} pagerduty: no worker took it 12 s after it fell due" in caplog.text
     assert "(the broker lost it): re-queued" in caplog.text
+
+
+def test_the_recovery_task_logs_an_attempt_its_worker_died_in_and_publishes_it(
+    service_env: SandboxServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = tasks.enqueue(page(8))
+    r = broker()
+    store = engine().jobs
+    r.hset(keys.job(job_id), "created_at", repr(time.time() - 12))  # past its pickup look
+    with store.claim(job_id, "pagerduty", ttl=0.2) as claim:  # its block ends unrecorded
+        assert claim.lock is not None
+    time.sleep(0.2 + AFTER_CLAIM_SECONDS + 0.1)  # the claim lapsed, and the look fell due
+    with caplog.at_level(logging.WARNING, logger="tasks.recovery"):
+        assert recover.apply().get() == 1
+    assert r.llen("pagerduty") == 2  # the message enqueue published, and the copy
+    assert re.search(
+        rf"job {job_id} pagerduty: an attempt begun \d+ s ago recorded no outcome and its "
+        r"claim lapsed \(its worker died\?\): re-queued",
+        caplog.text,
+    ), caplog.text
+    record = store.get(job_id)
+    assert record is not None
+    assert re.fullmatch(
+        r"recovered: queued, its worker stopped in an attempt begun \d+s ago \(its claim "
+        r"lapsed, no outcome recorded\)",
+        record["attempts"][-1]["outcome"],
+    )
 
 
 def test_a_page_waiting_its_turn_on_the_queue_is_left_alone_until_the_stall_period(
@@ -531,3 +560,151 @@ def test_a_second_copy_waits_while_another_worker_holds_the_delivery(
     assert store.redis.exists(keys.delivery_claim(job_id, "pagerduty")) == 0  # released
     with store.claim(job_id, "pagerduty", ttl=2.0) as claim:  # never again
         assert (claim.state, claim.lock, claim.final) == ("delivered", None, True)
+
+
+def mark_of(job_id: str, channel: str = "pagerduty") -> str | None:
+    """The claim token that marked the delivery as taken, if a mark is there."""
+    mark = broker().hget(keys.job(job_id), f"taken:{channel}")
+    return None if mark is None else str(mark).split()[0]
+
+
+def test_an_attempt_is_marked_taken_from_its_claim_until_its_own_record(
+    service_env: SandboxServer,
+) -> None:
+    """The mark the sweep tells a dead worker's attempt by: set with the claim, cleared by
+    that attempt's record even after its claim lapsed, and never by another attempt's."""
+    job_id = tasks.enqueue(page(30))
+    store = engine().jobs
+    delivery = [(job_id, "pagerduty")]
+    began = time.time()
+    with store.claim(job_id, "pagerduty", ttl=5.0) as claim:
+        assert claim.lock is not None
+        assert mark_of(job_id) == claim.lock.token
+        [p] = store.progress(delivery)
+        assert p.claimed
+        assert 0 < p.claim_left <= 5
+        taken_at = p.taken_at
+        assert taken_at is not None
+        assert began <= taken_at <= time.time()
+        assert not p.abandoned
+        # The sweep's look waits for the claim to lapse, a second more for the clocks.
+        look = store.redis.zscore(keys.OPEN_DELIVERIES, f"{job_id}:pagerduty")
+        assert look == pytest.approx(taken_at + 5 + AFTER_CLAIM_SECONDS, abs=0.001)
+        store.record(
+            job_id, "pagerduty", "failed", state="retrying", quiet_for=60, claim=claim.lock
+        )
+    [p] = store.progress(delivery)
+    assert (p.claimed, p.taken_at, p.abandoned) == (False, None, False)
+
+    # An attempt that outlasts its claim and then records: its own mark goes with it.
+    with store.claim(job_id, "pagerduty", ttl=0.2) as slow:
+        assert slow.lock is not None
+        time.sleep(0.3)
+        assert store.claim_remaining(job_id, "pagerduty") == 0
+        store.record(job_id, "pagerduty", "failed", state="retrying", claim=slow.lock)
+    assert mark_of(job_id) is None
+
+    # One that outlasts its claim while another copy claims the delivery: its late record
+    # leaves the other copy's mark (and claim) alone.
+    with store.claim(job_id, "pagerduty", ttl=0.2) as late:
+        assert late.lock is not None
+        time.sleep(0.3)
+        with store.claim(job_id, "pagerduty", ttl=5.0) as second:
+            assert second.lock is not None
+            store.record(job_id, "pagerduty", "failed", state="retrying", claim=late.lock)
+            assert mark_of(job_id) == second.lock.token
+            assert store.claim_remaining(job_id, "pagerduty") > 0
+    # The second copy's block ends with no record: it died in its attempt.
+    [p] = store.progress(delivery)
+    assert p.abandoned
+
+
+def test_an_email_whose_worker_died_in_its_attempt_waits_a_stall_period_after_its_claim(
+    service_env: SandboxServer,
+) -> None:
+    """An email attempt can outlast its claim on a live worker (aiosmtplib's timeout is per
+    reply), and a copy would send it twice: email is looked at a stall period after its
+    claim, not when the claim lapses; then it goes out as abandoned."""
+    job_id = tasks.enqueue({"recipient": "ops@example.com", "subject": "disk", "priority": "low"})
+    store = engine().jobs
+    member = f"{job_id}:email"
+    with store.claim(job_id, "email", ttl=0.2) as claim:  # its block ends unrecorded
+        assert claim.lock is not None
+    [p] = store.progress([(job_id, "email")])
+    taken_at = p.taken_at
+    assert taken_at is not None
+    time.sleep(0.3)
+    look = store.redis.zscore(keys.OPEN_DELIVERIES, member)
+    assert look is not None
+    assert look == pytest.approx(taken_at + 300, abs=0.001)
+    assert sweep(engine(), now=taken_at + 100) == []
+    [found] = sweep(engine(), now=look + 1)
+    assert (found.job_id, found.channel, found.reason) == (job_id, "email", "abandoned")
+
+
+def test_a_delivery_in_a_workers_claim_at_the_look_is_left_to_it_until_the_claim_lapses(
+    service_env: SandboxServer,
+) -> None:
+    """A sweeper whose clock runs ahead (or a look read while the claim was still held)
+    finds the claim held: no copy, and the next look once the claim would have lapsed."""
+    job_id = tasks.enqueue(page(31))
+    store = engine().jobs
+    member = f"{job_id}:pagerduty"
+    with store.claim(job_id, "pagerduty", ttl=5.0) as claim:
+        assert claim.lock is not None
+        look = store.redis.zscore(keys.OPEN_DELIVERIES, member)
+        assert look is not None
+        ahead = look + 100
+        assert sweep(engine(), now=ahead) == []
+        assert broker().llen("pagerduty") == 1  # only the message enqueue published
+        moved = store.redis.zscore(keys.OPEN_DELIVERIES, member)
+        assert moved is not None
+        # Where the claim's time left puts it (it had at most 5 s left).
+        assert ahead + AFTER_CLAIM_SECONDS < moved <= ahead + 5 + AFTER_CLAIM_SECONDS
+
+
+def test_a_page_whose_worker_died_in_its_attempt_goes_out_once_its_claim_lapses(
+    service_env: SandboxServer,
+    api: SandboxClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real worker process is SIGKILLed while PagerDuty has not answered its POST yet.
+    The page's message stays in that worker's entry of kombu's unacked hash, which only the
+    visibility timeout (an hour here, the default) would hand back, and which the sweep's
+    look in the broker takes for a page in a worker's hands. Once the claim has lapsed
+    (2 x PAGERDUTY_TIMEOUT + 5 = 15 s) beat's sweep publishes it again and it is delivered
+    once: in seconds, not after the stall period (the default, 300 s)."""
+    # A timeout the test's kill lands well inside, loaded machine or not: a worker that
+    # timed out would record the failure, and be no dead worker's attempt.
+    monkeypatch.setenv("PAGERDUTY_TIMEOUT", "5")
+    monkeypatch.setenv("CELERY_VISIBILITY_TIMEOUT", "3600")
+    reconfigure()
+    assert get_settings().job_stall_seconds == 300
+    api.faults({"delay": 8})  # the killed worker's POST: answered after it is gone
+    job_id = tasks.enqueue(page(32))
+    worker = WorkerProcess(tmp_path / "worker.log", "-P", "threads", "-c", "2", "-Q", "pagerduty")
+    try:
+        worker.start()
+        # Its POST is at the emulator, held there by the fault.
+        wait_for(lambda: api.http.get("/sandbox/faults").json()["injected"] == 1)
+        assert mark_of(job_id) is not None
+        worker.kill()
+    finally:
+        worker.stop()
+    killed_at = time.time()
+    assert broker().hlen(UNACKED_HASH) == 1  # in the dead worker's hands for the hour
+    assert engine().jobs.claim_remaining(job_id, "pagerduty") > 5
+
+    record = delivered_by_beats_sweep(job_id, tmp_path, timeout=40)
+    assert time.time() - killed_at < 40
+    outcomes = [a["outcome"] for a in record["attempts"]]
+    assert len(outcomes) == 2, outcomes
+    assert outcomes[0].startswith("recovered: queued, its worker stopped in an attempt begun")
+    assert outcomes[1] == "delivered"
+    assert record["channels"]["pagerduty"]["attempts"] == 1  # the killed attempt never ended
+    # The copy was sent once; the dead worker's POST, held by the fault, at most once more.
+    posts = [e for e in api.events() if (e["body"] or {}).get("dedup_key") == "recover-32"]
+    assert [e["status"] for e in posts if e["fault"] is None] == [202]
+    assert len(posts) <= 2
+    assert len(api.incidents(dedup_key="recover-32")) == 1

@@ -10,9 +10,10 @@ The ``delivered`` state is also what stops a job that Redis redelivers (after a 
 died) from being sent a second time.
 
 Every delivery not yet final is also in ``keys.OPEN_DELIVERIES``, scored by the moment the
-recovery sweep next looks at it: when it counts as stalled if nothing happens to it, and
-for a page, :data:`PICKUP_SECONDS` after its message fell due at a worker (it was queued,
-or its retry's countdown ran out). Each state change pushes that moment on. The record
+recovery sweep next looks at it: when it counts as stalled if nothing happens to it; for a
+page, :data:`PICKUP_SECONDS` after its message fell due at a worker (it was queued, or its
+retry's countdown ran out); and for a page in a worker's claim, just after the claim
+lapses. Each claim and state change pushes that moment on. The record
 keeps each delivery's payload and when its message is due (``due:<channel>``; the
 creation time until a retry sets it), so worker/engine/recovery.py can queue its message
 again when the broker lost it.
@@ -61,6 +62,16 @@ RECENT_KEPT = 10_000
 #: email backlogs are long and normal, and reading them costs more than a late email does,
 #: so email is looked at after the stall period, as everything else.
 PICKUP_SECONDS = {Channel.PAGERDUTY: 10.0}
+#: Channels whose deliveries the recovery sweep looks at as soon as a claim on one lapses
+#: (a worker that died in an attempt leaves its mark) rather than a stall period after the
+#: claim. A page sent twice is harmless, since PagerDuty files the second under the same
+#: dedup key; an email attempt can outlast its claim on a live worker (aiosmtplib's
+#: timeout is per reply), and a copy then would send it twice, so email keeps the stall
+#: period.
+LOOK_AT_CLAIM_LAPSE = frozenset({Channel.PAGERDUTY})
+#: How long after a claim's end the sweep looks at the delivery: a second for the clocks of
+#: the worker (which reckons the end) and of Redis (which lets the claim lapse) to differ.
+AFTER_CLAIM_SECONDS = 1.0
 
 
 @dataclass
@@ -94,17 +105,31 @@ class Claim:
 class Progress:
     """Where an open delivery stands, as the recovery sweep reads it: its state (None when
     the record has expired), when its message fell (or falls) due at a worker (it was
-    queued, or its retry's countdown ran out), and whether a worker holds its claim now."""
+    queued, or its retry's countdown ran out), the seconds left on the claim a worker holds
+    now (0 when none does), and when the last attempt began whose outcome was never
+    recorded (None when every attempt's was)."""
 
     state: str | None
     due: float
-    claimed: bool
+    claim_left: float
+    taken_at: float | None = None
+
+    @property
+    def claimed(self) -> bool:
+        return self.claim_left > 0
 
     @property
     def awaiting(self) -> bool:
         """Open, and in no worker's claim: its message is on its queue or in a worker's
-        hands, waiting its turn or its countdown (or the broker lost it)."""
+        hands, waiting its turn or its countdown (or the broker lost it), or its last
+        attempt was abandoned (:attr:`abandoned`)."""
         return self.state is not None and self.state not in FINAL_STATES and not self.claimed
+
+    @property
+    def abandoned(self) -> bool:
+        """Open, an attempt was begun and its claim lapsed with no outcome recorded: the
+        worker died in the middle of it (or lost Redis before it could say how it went)."""
+        return self.awaiting and self.taken_at is not None
 
 
 class JobStore:
@@ -246,11 +271,18 @@ class JobStore:
         ``ttl`` seconds unless it is final or another worker has it. Released on the way out
         (or earlier, by the :meth:`record` that passes it). ``rate`` (a limiter and the key
         it counts) asks for a slot in the same round trip; a slot the delivery did not get
-        to use (it was not claimed) is given back. One round trip to take."""
+        to use (it was not claimed) is given back. One round trip to take.
+
+        A claimed delivery is marked as taken until the record of its attempt; the recovery
+        sweep next looks at it a stall period on, or for a page just after the claim would
+        lapse (:data:`LOOK_AT_CLAIM_LAPSE`), and publishes it again if the mark is still
+        there then (the worker died in the attempt)."""
         key = keys.delivery_claim(job_id, channel)
         token = Locks.new_token()
         pipe = self.redis.pipeline(transaction=False)
         request = rate[0].ask(rate[1], pipe) if rate else None
+        now = time.time()
+        look = ttl + AFTER_CLAIM_SECONDS if channel in LOOK_AT_CLAIM_LAPSE else self.stall
         self._claim(
             client=pipe,
             keys=[keys.job(job_id), key, keys.OPEN_DELIVERIES],
@@ -258,9 +290,10 @@ class JobStore:
                 channel,
                 token,
                 max(1, int(ttl * 1000)),
-                repr(time.time() + self.stall),
+                repr(now + look),
                 f"{job_id}:{channel}",
                 keys.job("") if channel == Channel.PAGERDUTY else "",
+                repr(now),
             ],
         )
         *asked, (state, attempts, taken, before) = pipe.execute()
@@ -390,16 +423,20 @@ class JobStore:
         """Where each ``(job id, channel)`` delivery stands, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id, channel in deliveries:
-            pipe.hmget(keys.job(job_id), [f"state:{channel}", "created_at", f"due:{channel}"])
-            pipe.exists(keys.delivery_claim(job_id, channel))
+            pipe.hmget(
+                keys.job(job_id),
+                [f"state:{channel}", "created_at", f"due:{channel}", f"taken:{channel}"],
+            )
+            pipe.pttl(keys.delivery_claim(job_id, channel))
         answers = iter(pipe.execute())
         found = []
-        for (state, created_at, due), claimed in zip(answers, answers, strict=True):
+        for (state, created_at, due, taken), claim_ms in zip(answers, answers, strict=True):
             found.append(
                 Progress(
                     str(state) if state is not None else None,
                     float(due or created_at or 0),
-                    bool(claimed),
+                    max(0, int(claim_ms)) / 1000,  # -2: no claim
+                    float(str(taken).rpartition(" ")[2]) if taken is not None else None,
                 )
             )
         return found

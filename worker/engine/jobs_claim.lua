@@ -1,11 +1,14 @@
 -- KEYS[1] job hash, KEYS[2] the claim (a lock, see lock.py), KEYS[3] open deliveries;
--- ARGV[1] channel, ARGV[2] token, ARGV[3] claim ttl (ms), ARGV[4] stall deadline, ARGV[5]
--- open-delivery member, ARGV[6] the job-hash key prefix, or '' when this channel keeps no
--- order. Returns {state or '', attempts so far, 1 if claimed, the state of the event
--- queued before this one for the same incident while it is not final, else ''}: the start
--- of a delivery in one round trip. A final state is never claimed, nor a delivery whose
--- predecessor is still on its way (events for one incident go out in the order queued).
--- A claimed delivery's stall deadline moves on, so the recovery sweep leaves it alone.
+-- ARGV[1] channel, ARGV[2] token, ARGV[3] claim ttl (ms), ARGV[4] the recovery sweep's
+-- next look (for a page, once the claim has lapsed), ARGV[5] open-delivery member, ARGV[6] the
+-- job-hash key prefix, or '' when this channel keeps no order, ARGV[7] now. Returns
+-- {state or '', attempts so far, 1 if claimed, the state of the event queued before this
+-- one for the same incident while it is not final, else ''}: the start of a delivery in
+-- one round trip. A final state is never claimed, nor a delivery whose predecessor is
+-- still on its way (events for one incident go out in the order queued).
+-- A claimed delivery is marked as taken ('taken:<channel>' = token and when) until the
+-- record of its attempt clears the mark: one still marked when its claim has lapsed was
+-- abandoned mid-attempt (its worker died), which is when the sweep next looks.
 local found = redis.call('HMGET', KEYS[1], 'state:' .. ARGV[1], 'attempts:' .. ARGV[1], 'after')
 local state = found[1] or ''
 local attempts = tonumber(found[2]) or 0
@@ -20,6 +23,9 @@ if ARGV[6] ~= '' and found[3] then
 end
 if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
   return {state, attempts, 0, ''}
+end
+if found[1] then  -- not on a record that has expired: that would make one with no TTL
+  redis.call('HSET', KEYS[1], 'taken:' .. ARGV[1], ARGV[2] .. ' ' .. ARGV[7])
 end
 redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[5])
 return {state, attempts, 1, ''}

@@ -4,7 +4,7 @@
 -- ARGV[1] channel, ARGV[2] ttl, ARGV[3] '1' to count this as an attempt, ARGV[4] the
 -- attempt entry as JSON without its opening brace, ARGV[5] open-delivery member, ARGV[6]
 -- the new stall deadline ('' closes the delivery, '-' leaves it), ARGV[7] the claim's token
--- to release ('' for none), ARGV[8] m, ARGV[9..8+2m] counter, amount, ..., then fields to
+-- to release ('' for none; its attempt's 'taken' mark is cleared with it), ARGV[8] m, ARGV[9..8+2m] counter, amount, ..., then fields to
 -- set on the job, as field, value, ...
 -- Returns the attempt's number (0 when it is not counted).
 local attempt = 0
@@ -30,5 +30,12 @@ if ARGV[6] == '' then
 elseif ARGV[6] ~= '-' then
   redis.call('ZADD', KEYS[3], 'XX', ARGV[6], ARGV[5])
 end
-if ARGV[7] ~= '' and redis.call('GET', KEYS[4]) == ARGV[7] then redis.call('DEL', KEYS[4]) end
+if ARGV[7] ~= '' then
+  if redis.call('GET', KEYS[4]) == ARGV[7] then redis.call('DEL', KEYS[4]) end
+  -- Even after the claim lapsed: this attempt did end. Another claim's mark stays.
+  local taken = redis.call('HGET', KEYS[1], 'taken:' .. ARGV[1])
+  if taken and string.sub(taken, 1, #ARGV[7] + 1) == ARGV[7] .. ' ' then
+    redis.call('HDEL', KEYS[1], 'taken:' .. ARGV[1])
+  end
+end
 return attempt

@@ -10,8 +10,16 @@ keeps its message. ``recover()`` publishes such messages again:
   neither on its queue nor in a worker's hands (looked for twice, :data:`TRANSIT_SECONDS`
   apart), was lost: it goes out again at once (a page waiting its turn in a backlog is
   left alone). Its countdown is over, so the copy needs none;
+- a delivery whose worker began an attempt and died in it (its claim lapsed, and no
+  outcome was recorded) goes out again at once: its message is still in the dead worker's
+  entry of the broker's unacked hash, where only the visibility timeout (an hour by
+  default) would bring it back. A page is looked at just after its claim lapses; email,
+  a stall period after its claim (:data:`~worker.engine.jobs.LOOK_AT_CLAIM_LAPSE`);
 - any open delivery that has seen no progress for ``JOB_STALL_SECONDS`` goes out again
   whatever the broker seems to hold.
+
+A delivery a worker holds the claim of at the look is left to it, and looked at again once
+that claim would have lapsed.
 
 A copy that turns out not to be needed is harmless, because every delivery checks the
 record (delivered? another worker's claim?) first.
@@ -24,13 +32,21 @@ which record the job and queue it in one step).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, cast
 
 from config.queues import QUEUE_OF
 from worker.channels import Channel
 from worker.engine import keys, stats
-from worker.engine.jobs import FINAL_STATES, QUEUED
+from worker.engine.jobs import (
+    AFTER_CLAIM_SECONDS,
+    FINAL_STATES,
+    PICKUP_SECONDS,
+    QUEUED,
+    JobStore,
+    Progress,
+)
 from worker.engine.messages import delivery_id
 from worker.engine.runtime import Engine
 
@@ -43,23 +59,32 @@ TRANSIT_SECONDS = 0.5
 @dataclass(frozen=True)
 class Stalled:
     """One open delivery published again: its message payload, how long it had gone
-    without progress beyond any wait it was entitled to (a retry's countdown), and whether
-    the broker was seen to have lost it (``lost``: on no queue, in no worker's hands)."""
+    without progress beyond any wait it was entitled to (a retry's countdown; for an
+    abandoned attempt, since it began), and why: the broker was seen to have lost it
+    (``lost``: on no queue, in no worker's hands), its worker died in an attempt
+    (``abandoned``), or neither (it stalled)."""
 
     job_id: str
     channel: str
     payload: dict[str, Any]
     idle_seconds: float
     lost: bool = False
+    abandoned: bool = False
+
+    @property
+    def reason(self) -> str:
+        """Why, as ``gds_notify_recovered_total`` counts it: lost, abandoned or stalled."""
+        return "lost" if self.lost else "abandoned" if self.abandoned else "stalled"
 
 
 def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
-    """Publish again every open delivery past its stall deadline, and every page the broker
-    lost before a worker took it; push each one's deadline on by one more stall period (so
-    one sweep takes it once). Entries whose job is final or gone are dropped; a page still
-    waiting on its queue, or its countdown in a worker's hands, is looked at again when it
-    would count as stalled; one a worker made progress with meanwhile is left to it.
-    Returns what was published."""
+    """Publish again every open delivery past its stall deadline, every page the broker
+    lost before a worker took it, and every delivery whose worker died in an attempt; push
+    each one's deadline on by one more stall period (so one sweep takes it once). Entries
+    whose job is final or gone are dropped; a page still waiting on its queue, or its
+    countdown in a worker's hands, is looked at again when it would count as stalled; one
+    in a worker's claim, once the claim would have lapsed; one a worker made progress with
+    meanwhile is left to it. Returns what was published."""
     store, r = engine.jobs, engine.redis
     stall = engine.settings.job_stall_seconds
     # One sweeper at a time across the pool (beat may run twice during a handover).
@@ -79,14 +104,16 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
         early = {
             i: look
             for i, p in enumerate(progress)
-            if p.awaiting and now < (look := store.first_look(deliveries[i][1], p.due))
+            if p.awaiting and now < (look := _first_look(store, deliveries[i][1], p))
         }
         # In no worker's claim, and due for less than a stall period: waiting its turn on
         # the queue or in a worker's hands, or lost by the broker. The broker says which.
+        # (Not one whose worker died in an attempt: the broker holds its message in that
+        # worker's hands for good.)
         unseen = {
             i
             for i, p in enumerate(progress)
-            if p.awaiting and i not in early and now - p.due < stall
+            if p.awaiting and not p.abandoned and i not in early and now - p.due < stall
         }
         held = _held(engine, [deliveries[i] for i in unseen])
         lost = [i for i in unseen if deliveries[i] not in held]
@@ -113,6 +140,11 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
                 continue
             # Each move below is made only if no worker moved the look since it was read
             # (a claim, a record: progress, whose own moment stands).
+            if p.claimed:
+                # A worker is at it: it records an outcome before its claim lapses, or died.
+                lapsed = now + p.claim_left + AFTER_CLAIM_SECONDS
+                store.reschedule(job_id, channel, deadline, lapsed)
+                continue
             if i in early:
                 store.reschedule(job_id, channel, deadline, early[i])
                 continue
@@ -127,6 +159,7 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
             if not store.reschedule(job_id, channel, deadline, now + stall):
                 continue
             store.republish(job_id, Channel(channel), payload)
+            begun = p.taken_at if p.abandoned else None
             if i in lost_now:
                 idle = now - p.due
                 since = "it was queued" if state == QUEUED else "its countdown ran out"
@@ -134,19 +167,37 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
                     f"recovered: {state}, lost by the broker (on no queue, in no worker's"
                     f" hands) {idle:.0f}s after {since}"
                 )
+            elif begun is not None:
+                idle = now - begun
+                outcome = (
+                    f"recovered: {state}, its worker stopped in an attempt begun {idle:.0f}s"
+                    " ago (its claim lapsed, no outcome recorded)"
+                )
             else:
-                # Since its last progress: a claim (its deadline a stall period on), or
-                # its message falling due.
+                # Since its last progress: its message falling due, or the sweep's last
+                # copy of it (its deadline a stall period on).
                 idle = now - max(p.due, float(deadline) - stall)
                 outcome = f"recovered: {state}, idle {idle:.0f}s"
             store.record(job_id, channel, outcome)
-            found.append(Stalled(job_id, channel, payload, idle, lost=i in lost_now))
+            found.append(
+                Stalled(
+                    job_id, channel, payload, idle, lost=i in lost_now, abandoned=begun is not None
+                )
+            )
         if found:
-            n_lost = sum(1 for item in found if item.lost)
-            counts = {"lost": n_lost, "stalled": len(found) - n_lost}
-            stats.add(r, [stats.count("recovered", k, by=n) for k, n in counts.items() if n])
+            counts = Counter(item.reason for item in found)
+            stats.add(r, [stats.count("recovered", k, by=n) for k, n in counts.items()])
         stats.stamp(r, keys.RECOVERY_LAST)
         return found
+
+
+def _first_look(store: JobStore, channel: str, p: Progress) -> float:
+    """When the sweep first looks at a delivery after its message fell due; for one whose
+    last attempt a worker died in, after the pickup time only (a page's 10 s; none for
+    email, not a stall period): only the sweep brings that attempt's message back."""
+    if p.abandoned:
+        return p.due + PICKUP_SECONDS.get(Channel(channel), 0.0)
+    return store.first_look(channel, p.due)
 
 
 def _delivery(member: str) -> tuple[str, str]:

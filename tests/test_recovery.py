@@ -642,6 +642,30 @@ def test_an_email_whose_worker_died_in_its_attempt_waits_a_stall_period_after_it
     assert (found.job_id, found.channel, found.reason) == (job_id, "email", "abandoned")
 
 
+def test_an_email_retry_whose_early_copy_died_goes_out_when_its_countdown_runs_out(
+    service_env: SandboxServer,
+) -> None:
+    """A retry due in 400 s, longer than the stall period; a copy claims it early and dies
+    in its attempt. The sweep's look a stall period after that claim is before the
+    countdown runs out: it goes back to the moment it does (not a stall period after it,
+    which is an email's first look), and the copy goes out then."""
+    job_id = tasks.enqueue({"recipient": "ops@example.com", "subject": "disk", "priority": "low"})
+    store = engine().jobs
+    store.record(job_id, "email", "failed", state="retrying", counted=True, quiet_for=400)
+    due = float(str(broker().hget(keys.job(job_id), "due:email")))
+    with store.claim(job_id, "email", ttl=0.2) as claim:  # its block ends unrecorded
+        assert claim.lock is not None
+    time.sleep(0.3)
+    member = f"{job_id}:email"
+    look = store.redis.zscore(keys.OPEN_DELIVERIES, member)
+    assert look is not None
+    assert look < due
+    assert sweep(engine(), now=look + 1) == []
+    assert store.redis.zscore(keys.OPEN_DELIVERIES, member) == moment(due)
+    [found] = sweep(engine(), now=due + 1)
+    assert (found.job_id, found.reason) == (job_id, "abandoned")
+
+
 def test_a_delivery_in_a_workers_claim_at_the_look_is_left_to_it_until_the_claim_lapses(
     service_env: SandboxServer,
 ) -> None:

@@ -11,6 +11,15 @@ from worker.engine.runtime import engine
 
 logger = logging.getLogger(__name__)
 
+#: The warning for each re-queued delivery, by why it was re-queued (its seconds idle).
+WHY = {
+    "lost": "no worker took it %.0f s after it fell due, and its message is on no queue, "
+    "in no worker's hands (the broker lost it): re-queued",
+    "abandoned": "an attempt begun %.0f s ago recorded no outcome and its claim lapsed (its "
+    "worker died?): re-queued",
+    "stalled": "no progress for %.0f s, re-queued (the broker lost its message?)",
+}
+
 
 @app.task(name="jobs.recover", ignore_result=True)  # type: ignore[untyped-decorator,unused-ignore]
 def recover() -> int:
@@ -19,18 +28,7 @@ def recover() -> int:
     in an attempt; returns how many."""
     found = recover_stalled(engine())
     for item in found:
-        if item.lost:
-            what = (
-                "no worker took it %.0f s after it fell due, and its message is on no queue, "
-                "in no worker's hands (the broker lost it): re-queued"
-            )
-        elif item.abandoned:
-            what = (
-                "an attempt begun %.0f s ago recorded no outcome and its claim lapsed (its "
-                "worker died?): re-queued"
-            )
-        else:
-            what = "no progress for %.0f s, re-queued (the broker lost its message?)"
-
-        logger.warning("job %s %s: " + what, item.job_id, item.channel, item.idle_seconds)
+        logger.warning(
+            "job %s %s: " + WHY[item.reason], item.job_id, item.channel, item.idle_seconds
+        )
     return len(found)

@@ -240,10 +240,15 @@ class JobStore:
         [answer] = self._durably(pipe, listed)
         return str(answer[1]) if int(answer[0]) == 2 else None
 
-    def first_look(self, channel: Channel | str, due: float) -> float:
+    def first_look(self, channel: Channel | str, due: float, *, abandoned: bool = False) -> float:
         """When the recovery sweep first looks at a delivery whose message falls due at a
-        worker at ``due``: after :data:`PICKUP_SECONDS` for a page, else a stall period."""
-        return due + min(self.stall, PICKUP_SECONDS.get(Channel(channel), self.stall))
+        worker at ``due``: after :data:`PICKUP_SECONDS` for a page, else a stall period.
+        For one whose last attempt a worker died in (``abandoned``), after the pickup time
+        only (none for email): only the sweep brings that attempt's message back."""
+        pickup = PICKUP_SECONDS.get(Channel(channel))
+        if abandoned:
+            return due + (pickup or 0.0)
+        return due + min(self.stall, pickup if pickup is not None else self.stall)
 
     def _durably(self, pipe: Any, wait: bool = True) -> list[Any]:
         """Run ``pipe``; with ``REDIS_MIN_REPLICAS``, on the same connection, WAIT for that

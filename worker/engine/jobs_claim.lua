@@ -1,14 +1,14 @@
 -- KEYS[1] job hash, KEYS[2] the claim (a lock, see lock.py), KEYS[3] open deliveries;
 -- ARGV[1] channel, ARGV[2] token, ARGV[3] claim ttl (ms), ARGV[4] the recovery sweep's
--- next look (for a page, once the claim has lapsed), ARGV[5] open-delivery member, ARGV[6] the
--- job-hash key prefix, or '' when this channel keeps no order, ARGV[7] now. Returns
--- {state or '', attempts so far, 1 if claimed, the state of the event queued before this
--- one for the same incident while it is not final, else ''}: the start of a delivery in
--- one round trip. A final state is never claimed, nor a delivery whose predecessor is
--- still on its way (events for one incident go out in the order queued).
+-- next look (for a page, once the claim has lapsed), ARGV[5] open-delivery member,
+-- ARGV[6] the job-hash key prefix, or '' when this channel keeps no order, ARGV[7] now.
+-- Returns {state or '', attempts so far, 1 if claimed, the state of the event queued
+-- before this one for the same incident while it is not final, else ''}: the start of a
+-- delivery in one round trip. A final state is never claimed, nor a delivery whose
+-- predecessor is still on its way (events for one incident go out in the order queued).
 -- A claimed delivery is marked as taken ('taken:<channel>' = token and when) until the
--- record of its attempt clears the mark: one still marked when its claim has lapsed was
--- abandoned mid-attempt (its worker died), which is when the sweep next looks.
+-- record of its attempt clears the mark: one still marked at the sweep's next look, its
+-- claim lapsed, was abandoned mid-attempt (its worker died).
 local found = redis.call('HMGET', KEYS[1], 'state:' .. ARGV[1], 'attempts:' .. ARGV[1], 'after')
 local state = found[1] or ''
 local attempts = tonumber(found[2]) or 0

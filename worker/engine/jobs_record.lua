@@ -4,8 +4,8 @@
 -- ARGV[1] channel, ARGV[2] ttl, ARGV[3] '1' to count this as an attempt, ARGV[4] the
 -- attempt entry as JSON without its opening brace, ARGV[5] open-delivery member, ARGV[6]
 -- the new stall deadline ('' closes the delivery, '-' leaves it), ARGV[7] the claim's token
--- to release ('' for none; its attempt's 'taken' mark is cleared with it), ARGV[8] m, ARGV[9..8+2m] counter, amount, ..., then fields to
--- set on the job, as field, value, ...
+-- to release ('' for none; its attempt's 'taken' mark is cleared with it), ARGV[8] m,
+-- ARGV[9..8+2m] counter, amount, ..., then fields to set on the job, as field, value, ...
 -- Returns the attempt's number (0 when it is not counted).
 local attempt = 0
 local shown = 'null'

@@ -34,19 +34,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from config.queues import QUEUE_OF
 from worker.channels import Channel
 from worker.engine import keys, stats
-from worker.engine.jobs import (
-    AFTER_CLAIM_SECONDS,
-    FINAL_STATES,
-    PICKUP_SECONDS,
-    QUEUED,
-    JobStore,
-    Progress,
-)
+from worker.engine.jobs import AFTER_CLAIM_SECONDS, FINAL_STATES, QUEUED
 from worker.engine.messages import delivery_id
 from worker.engine.runtime import Engine
 
@@ -68,13 +61,16 @@ class Stalled:
     channel: str
     payload: dict[str, Any]
     idle_seconds: float
-    lost: bool = False
-    abandoned: bool = False
+    #: Why, as ``gds_notify_recovered_total`` counts it.
+    reason: Literal["lost", "abandoned", "stalled"] = "stalled"
 
     @property
-    def reason(self) -> str:
-        """Why, as ``gds_notify_recovered_total`` counts it: lost, abandoned or stalled."""
-        return "lost" if self.lost else "abandoned" if self.abandoned else "stalled"
+    def lost(self) -> bool:
+        return self.reason == "lost"
+
+    @property
+    def abandoned(self) -> bool:
+        return self.reason == "abandoned"
 
 
 def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
@@ -104,7 +100,8 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
         early = {
             i: look
             for i, p in enumerate(progress)
-            if p.awaiting and now < (look := _first_look(store, deliveries[i][1], p))
+            if p.awaiting
+            and now < (look := store.first_look(deliveries[i][1], p.due, abandoned=p.abandoned))
         }
         # In no worker's claim, and due for less than a stall period: waiting its turn on
         # the queue or in a worker's hands, or lost by the broker. The broker says which.
@@ -160,7 +157,9 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
                 continue
             store.republish(job_id, Channel(channel), payload)
             begun = p.taken_at if p.abandoned else None
+            reason: Literal["lost", "abandoned", "stalled"] = "stalled"
             if i in lost_now:
+                reason = "lost"
                 idle = now - p.due
                 since = "it was queued" if state == QUEUED else "its countdown ran out"
                 outcome = (
@@ -168,6 +167,7 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
                     f" hands) {idle:.0f}s after {since}"
                 )
             elif begun is not None:
+                reason = "abandoned"
                 idle = now - begun
                 outcome = (
                     f"recovered: {state}, its worker stopped in an attempt begun {idle:.0f}s"
@@ -179,25 +179,12 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
                 idle = now - max(p.due, float(deadline) - stall)
                 outcome = f"recovered: {state}, idle {idle:.0f}s"
             store.record(job_id, channel, outcome)
-            found.append(
-                Stalled(
-                    job_id, channel, payload, idle, lost=i in lost_now, abandoned=begun is not None
-                )
-            )
+            found.append(Stalled(job_id, channel, payload, idle, reason))
         if found:
             counts = Counter(item.reason for item in found)
             stats.add(r, [stats.count("recovered", k, by=n) for k, n in counts.items()])
         stats.stamp(r, keys.RECOVERY_LAST)
         return found
-
-
-def _first_look(store: JobStore, channel: str, p: Progress) -> float:
-    """When the sweep first looks at a delivery after its message fell due; for one whose
-    last attempt a worker died in, after the pickup time only (a page's 10 s; none for
-    email, not a stall period): only the sweep brings that attempt's message back."""
-    if p.abandoned:
-        return p.due + PICKUP_SECONDS.get(Channel(channel), 0.0)
-    return store.first_look(channel, p.due)
 
 
 def _delivery(member: str) -> tuple[str, str]:

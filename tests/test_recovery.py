@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ from worker.engine.jobs import AFTER_CLAIM_SECONDS, PICKUP_SECONDS, JobStore
 from worker.engine.recovery import Stalled
 from worker.engine.recovery import recover as sweep
 from worker.engine.runtime import engine
+from worker.engine.workers import ALIVE_SECONDS
+from worker.presence import BOOT
 
 
 @pytest.fixture
@@ -249,30 +252,197 @@ def test_a_deferral_the_broker_lost_is_published_again_after_its_slot(
     )
 
 
-def test_a_retry_waiting_its_countdown_in_a_workers_hands_gets_no_copy_before_the_stall(
+def test_a_retry_waiting_its_countdown_in_a_live_workers_hands_gets_no_copy_before_the_stall(
     service_env: SandboxServer, api: SandboxClient
 ) -> None:
     """The retry's message Celery published (with its countdown) is held by a real worker
-    until it is due; a worker later than PICKUP_SECONDS to run it is not second-guessed
-    before the stall period, and the stall's copy then is harmless."""
+    until it is due, and marked as held by it. A live worker later than PICKUP_SECONDS to
+    run it is not second-guessed before the stall period: the sweep looks again only when
+    that worker would count as dead if it stopped saying it is up; and the stall's copy
+    then is harmless."""
     job_id = tasks.enqueue(page(15))
+    assert broker().delete("pagerduty") == 1
+    api.faults({"status": 503})
+    assert step(job_id).kind is OutcomeKind.RETRY
+    assert held_by(job_id) is None  # a first attempt's message has no countdown
+    published_as_celerys_retry(job_id, countdown=60)
+    r = broker()
+    with in_thread_worker() as worker:
+        wait_for(lambda: (r.llen("pagerduty"), r.hlen("unacked")) == (0, 1))
+        wait_for(lambda: held_by(job_id) == (worker.hostname, BOOT))
+        due = due_at(job_id)
+        member = f"{job_id}:pagerduty"
+        now = due + PICKUP_SECONDS[Channel.PAGERDUTY] + 1
+        holder = [(worker.hostname, BOOT)]
+        for _ in range(2):  # and again at that look: it is still up
+            [before] = engine().workers.silent_for(holder)
+            assert sweep(engine(), now=now) == []
+            [after] = engine().workers.silent_for(holder)  # (it may have reported between)
+            look = r.zscore(keys.OPEN_DELIVERIES, member)
+            assert look is not None
+            # Dead if it stays silent until then (the second, as for a claim, for clocks).
+            dead_at = now + ALIVE_SECONDS + AFTER_CLAIM_SECONDS
+            assert dead_at - max(before, after) - 1 < look < dead_at - min(before, after) + 1
+            now = look + 1
+        assert (r.llen("pagerduty"), r.hlen("unacked")) == (0, 1)
+        [found] = sweep(engine(), now=due + 301)
+        assert (found.job_id, found.reason, found.holder) == (job_id, "stalled", None)
+        assert found.idle_seconds == pytest.approx(301)
+        delivered(job_id)
+    assert held_by(job_id) is None  # the claim of the attempt cleared it
+    assert [e["status"] for e in api.events()] == [503, 202]
+
+
+def a_retry_in_a_workers_hands(job_id: str, api: SandboxClient) -> float:
+    """The page's first attempt fails and Celery's retry of it (a minute's countdown) is
+    taken by a worker: off its queue, into kombu's unacked hash. When it fell due."""
     assert broker().delete("pagerduty") == 1
     api.faults({"status": 503})
     assert step(job_id).kind is OutcomeKind.RETRY
     published_as_celerys_retry(job_id, countdown=60)
     r = broker()
-    with in_thread_worker():
-        wait_for(lambda: (r.llen("pagerduty"), r.hlen("unacked")) == (0, 1))
-        due = due_at(job_id)
-        assert sweep(engine(), now=due + PICKUP_SECONDS[Channel.PAGERDUTY] + 1) == []
-        member = f"{job_id}:pagerduty"
-        assert r.zscore(keys.OPEN_DELIVERIES, member) == moment(due + 300)
-        assert (r.llen("pagerduty"), r.hlen("unacked")) == (0, 1)
-        [found] = sweep(engine(), now=due + 301)
-        assert (found.job_id, found.lost) == (job_id, False)
-        assert found.idle_seconds == pytest.approx(301)
-        delivered(job_id)
-    assert [e["status"] for e in api.events()] == [503, 202]
+    [message] = r.lrange("pagerduty", 0, -1)
+    r.delete("pagerduty")
+    envelope = json.loads(message)
+    tag = envelope["properties"]["delivery_tag"]
+    r.hset(UNACKED_HASH, tag, json.dumps([envelope, "", "pagerduty"]))
+    return due_at(job_id)
+
+
+HOLDER = "pagerduty-1@host-a"
+
+
+@pytest.mark.parametrize(
+    ("holder", "copied", "said"),
+    [
+        ("never said it was up", True, r"which has restarted or stopped since"),
+        ("silent for 40 s", True, r"which has not said it is up for 4\ds"),
+        ("restarted under its name", True, r"which has not said it is up for 4\ds"),
+        ("stopped on purpose", True, r"which has restarted or stopped since"),
+        ("up", False, None),
+        ("up, and another process under its name too", False, None),
+    ],
+)
+def test_a_countdown_held_by_a_worker_that_died_goes_out_at_its_pickup_look(
+    service_env: SandboxServer, api: SandboxClient, holder: str, copied: bool, said: str | None
+) -> None:
+    """A retry's message in the hands of the worker that received it with its countdown
+    (marked so): kombu would hand it back only after the visibility timeout. If that
+    worker process has died since (silent for ALIVE_SECONDS, whoever reports under its
+    name now), the page goes out again at its pickup look; if it is up, it is left to it."""
+    job_id = tasks.enqueue(page(40))
+    due = a_retry_in_a_workers_hands(job_id, api)
+    workers = engine().workers
+    if holder != "never said it was up":
+        workers.report(HOLDER, ["pagerduty"], 1234, "boot-1")
+    if holder in ("silent for 40 s", "restarted under its name"):
+        broker().zadd(keys.WORKER_BOOTS, {f"boot-1 {HOLDER}": workers.now() - 40})
+    if holder in ("restarted under its name", "up, and another process under its name too"):
+        workers.report(HOLDER, ["pagerduty"], 5678, "boot-2")
+    if holder == "stopped on purpose":
+        workers.gone(HOLDER, "boot-1")
+    assert engine().jobs.hold(job_id, "pagerduty", HOLDER, "boot-1")
+    assert held_by(job_id) == (HOLDER, "boot-1")
+
+    now = due + PICKUP_SECONDS[Channel.PAGERDUTY] + 1
+    found = sweep(engine(), now=now)
+    r = broker()
+    look = r.zscore(keys.OPEN_DELIVERIES, f"{job_id}:pagerduty")
+    assert look is not None
+    if not copied:
+        assert found == []
+        assert r.llen("pagerduty") == 0
+        assert now + ALIVE_SECONDS - 5 < look <= now + ALIVE_SECONDS + AFTER_CLAIM_SECONDS
+        return
+    [item] = found
+    assert (item.job_id, item.reason, item.holder) == (job_id, "lost", HOLDER)
+    assert item.idle_seconds == pytest.approx(PICKUP_SECONDS[Channel.PAGERDUTY] + 1)
+    assert r.llen("pagerduty") == 1
+    assert look == moment(now + 300)
+    record = engine().jobs.get(job_id)
+    assert record is not None
+    assert re.fullmatch(
+        rf"recovered: retrying, its message was in the hands of worker {HOLDER}, {said} \(it"
+        r" died holding it\), 11s after it fell due",
+        record["attempts"][-1]["outcome"],
+    ), record["attempts"][-1]["outcome"]
+    assert sweep(engine(), now=now + 1) == []  # one copy per stall period
+
+
+def test_a_countdown_held_by_a_dead_worker_behind_too_many_unacked_waits_for_the_stall(
+    service_env: SandboxServer, api: SandboxClient
+) -> None:
+    """With more messages in workers' hands than a sweep reads through, the broker cannot
+    say the dead worker still holds it: it waits for the stall period."""
+    job_id = tasks.enqueue(page(45))
+    due = a_retry_in_a_workers_hands(job_id, api)
+    r = broker()
+    r.hset(UNACKED_HASH, mapping={f"tag-{i}": "[]" for i in range(LOOK_LIMIT + 1)})
+    assert engine().jobs.hold(job_id, "pagerduty", HOLDER, "boot-1")  # never said it was up
+    assert sweep(engine(), now=due + PICKUP_SECONDS[Channel.PAGERDUTY] + 1) == []
+    assert r.zscore(keys.OPEN_DELIVERIES, f"{job_id}:pagerduty") == moment(due + 300)
+    assert r.llen("pagerduty") == 0
+
+
+def test_a_countdown_a_worker_held_at_its_warm_shutdown_is_put_back_and_gets_no_copy(
+    service_env: SandboxServer, api: SandboxClient
+) -> None:
+    """A real worker stopped on purpose while it holds a retry through its countdown: kombu
+    puts the message back on its queue, and the worker says it stopped. The page waits its
+    turn there, and is left to it."""
+    job_id = tasks.enqueue(page(46))
+    assert broker().delete("pagerduty") == 1
+    api.faults({"status": 503})
+    assert step(job_id).kind is OutcomeKind.RETRY
+    published_as_celerys_retry(job_id, countdown=60)
+    r = broker()
+    with in_thread_worker() as worker:
+        wait_for(lambda: held_by(job_id) == (worker.hostname, BOOT))
+        assert (r.llen("pagerduty"), r.hlen(UNACKED_HASH)) == (0, 1)
+    assert (r.llen("pagerduty"), r.hlen(UNACKED_HASH)) == (1, 0)
+    assert engine().workers.silent_for([(worker.hostname, BOOT)]) == [math.inf]
+    due = due_at(job_id)
+    assert sweep(engine(), now=due + PICKUP_SECONDS[Channel.PAGERDUTY] + 1) == []
+    assert r.llen("pagerduty") == 1
+    assert r.zscore(keys.OPEN_DELIVERIES, f"{job_id}:pagerduty") == moment(due + 300)
+
+
+def test_a_countdown_held_by_a_dead_worker_and_put_back_on_its_queue_gets_no_copy(
+    service_env: SandboxServer, api: SandboxClient
+) -> None:
+    """A worker that stops on purpose gives back what it held (kombu restores its unacked
+    messages to their queues): the message waits its turn there, and is left to it."""
+    job_id = tasks.enqueue(page(41))
+    due = a_retry_in_a_workers_hands(job_id, api)
+    r = broker()
+    [entry] = r.hvals(UNACKED_HASH)
+    r.delete(UNACKED_HASH)
+    r.lpush("pagerduty", json.dumps(json.loads(entry)[0]))
+    assert engine().jobs.hold(job_id, "pagerduty", HOLDER, "boot-1")  # it never said it was up
+    assert sweep(engine(), now=due + PICKUP_SECONDS[Channel.PAGERDUTY] + 1) == []
+    assert r.llen("pagerduty") == 1
+    look = r.zscore(keys.OPEN_DELIVERIES, f"{job_id}:pagerduty")
+    assert look == moment(due + 300)
+
+
+def test_only_an_open_page_is_marked_as_held_and_its_claim_clears_the_mark(
+    service_env: SandboxServer,
+) -> None:
+    store = engine().jobs
+    job_id = tasks.enqueue(page(42))
+    assert store.hold(job_id, "pagerduty", HOLDER, "boot-1")
+    with store.claim(job_id, "pagerduty", ttl=5.0) as claim:
+        assert claim.lock is not None
+        assert held_by(job_id) is None
+        store.record(job_id, "pagerduty", "delivered", state="delivered", claim=claim.lock)
+    assert not store.hold(job_id, "pagerduty", HOLDER, "boot-1")  # final
+    assert held_by(job_id) is None
+    assert not store.hold("no-such-job", "pagerduty", HOLDER, "boot-1")
+    assert broker().exists(keys.job("no-such-job")) == 0  # no record without a TTL
+    # Email is looked at only after the stall period, whoever holds it.
+    mail = tasks.enqueue({"recipient": "ops@example.com", "subject": "disk", "priority": "low"})
+    assert not store.hold(mail, "email", HOLDER, "boot-1")
+    assert broker().hget(keys.job(mail), "held:email") is None
 
 
 def test_a_retry_recorded_between_the_two_looks_gets_no_copy_and_keeps_its_look(
@@ -380,6 +550,25 @@ def test_the_recovery_task_logs_an_attempt_its_worker_died_in_and_publishes_it(
         r"lapsed, no outcome recorded\)",
         record["attempts"][-1]["outcome"],
     )
+
+
+def test_the_recovery_task_logs_a_countdown_a_dead_worker_held_and_publishes_it(
+    service_env: SandboxServer, api: SandboxClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = tasks.enqueue(page(43))
+    a_retry_in_a_workers_hands(job_id, api)
+    r = broker()
+    # Its countdown ran out 12 s ago: its look fell due 2 s ago.
+    r.hset(keys.job(job_id), "due:pagerduty", repr(time.time() - 12))
+    r.zadd(keys.OPEN_DELIVERIES, {f"{job_id}:pagerduty": time.time() - 2})
+    assert engine().jobs.hold(job_id, "pagerduty", HOLDER, "boot-1")
+    with caplog.at_level(logging.WARNING, logger="tasks.recovery"):
+        assert recover.apply().get() == 1
+    assert r.llen("pagerduty") == 1
+    assert (
+        f"job {job_id} pagerduty: its message was in the hands of worker {HOLDER}, which has"
+        " died or restarted since, 12 s after it fell due: re-queued"
+    ) in caplog.text
 
 
 def test_a_page_waiting_its_turn_on_the_queue_is_left_alone_until_the_stall_period(
@@ -562,6 +751,12 @@ def test_a_second_copy_waits_while_another_worker_holds_the_delivery(
         assert (claim.state, claim.lock, claim.final) == ("delivered", None, True)
 
 
+def held_by(job_id: str) -> tuple[str, str] | None:
+    """The worker (hostname, boot) marked as holding the page through a countdown."""
+    [p] = engine().jobs.progress([(job_id, "pagerduty")])
+    return p.held_by
+
+
 def mark_of(job_id: str, channel: str = "pagerduty") -> str | None:
     """The claim token that marked the delivery as taken, if a mark is there."""
     mark = broker().hget(keys.job(job_id), f"taken:{channel}")
@@ -730,3 +925,52 @@ def test_a_page_whose_worker_died_in_its_attempt_goes_out_once_its_claim_lapses(
     assert [e["status"] for e in posts if e["fault"] is None] == [202]
     assert len(posts) <= 2
     assert len(api.incidents(dedup_key="recover-32")) == 1
+
+
+def test_a_page_whose_worker_died_holding_its_countdown_goes_out_once_it_counts_as_dead(
+    service_env: SandboxServer,
+    api: SandboxClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real worker process is throttled (429, Retry-After 20 s), publishes the retry,
+    receives it back with its countdown, and is SIGKILLed holding it. The message stays in
+    that worker's entry of kombu's unacked hash for the visibility timeout (an hour here,
+    the default). Once the countdown has run out and the worker has not said it is up for
+    ALIVE_SECONDS, beat's sweep publishes it again and it is delivered once: well within
+    a minute of the kill, not after the stall period (the default, 300 s)."""
+    monkeypatch.setenv("CELERY_VISIBILITY_TIMEOUT", "3600")
+    reconfigure()
+    assert get_settings().job_stall_seconds == 300
+    api.faults({"status": 429, "retry_after": "20"})
+    job_id = tasks.enqueue(page(44))
+    worker = WorkerProcess(tmp_path / "worker.log", "-P", "threads", "-c", "2", "-Q", "pagerduty")
+    try:
+        worker.start()
+        # Holding the retry, and done with the throttled attempt (acknowledged).
+        r = broker()
+        wait_for(lambda: held_by(job_id) is not None and r.hlen(UNACKED_HASH) == 1, 30)
+        worker.kill()
+    finally:
+        worker.stop()
+    killed_at = time.time()
+    assert due_at(job_id) > killed_at  # killed before its countdown ran out
+    holder = held_by(job_id)
+    assert holder is not None
+    assert holder[1] != BOOT  # that worker process's own boot, not this one's
+    assert broker().hlen(UNACKED_HASH) == 1  # in the dead worker's hands for the hour
+
+    record = delivered_by_beats_sweep(job_id, tmp_path, timeout=60)
+    assert time.time() - killed_at < 60
+    outcomes = [a["outcome"] for a in record["attempts"]]
+    assert len(outcomes) == 3, outcomes
+    assert outcomes[0] == "failed"
+    assert re.fullmatch(
+        rf"recovered: retrying, its message was in the hands of worker"
+        rf" {re.escape(holder[0])}, which has not said it is up for \d+s \(it died holding"
+        r" it\), \d+s after it fell due",
+        outcomes[1],
+    ), outcomes[1]
+    assert outcomes[2] == "delivered"
+    assert [e["status"] for e in api.events()] == [429, 202]
+    assert len(api.incidents(dedup_key="recover-44")) == 1

@@ -1,21 +1,34 @@
-"""Each worker says it is up every ``REPORT_EVERY_SECONDS`` (a worker bootstep on Celery's
-timer), so ``/readyz`` and the metrics know whether anyone is consuming. A worker that
-stops on purpose says so; one that dies simply stops reporting."""
+"""What a worker says about itself: that it is up, every ``REPORT_EVERY_SECONDS`` (a
+worker bootstep on Celery's timer), so ``/readyz`` and the metrics know whether anyone is
+consuming; and which page it holds through a countdown (a retry's, a deferral's), so the
+recovery sweep knows whose hands the message is in if that worker dies with it: kombu
+hands a dead worker's messages back only after the visibility timeout, an hour by
+default. A worker that stops on purpose (a warm or cold shutdown) says so, and kombu puts
+back what it held; one that dies simply stops reporting.
+
+Each worker process draws a boot token when it starts and says it with every report: a
+worker restarted under the same name (the Procfile's, a container's) does not answer for
+the messages its predecessor died holding."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import uuid
 from typing import Any
 
 import redis
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 
+from worker.engine.messages import delivery_of
 from worker.engine.runtime import engine
 from worker.engine.workers import REPORT_EVERY_SECONDS
 
 logger = logging.getLogger(__name__)
+
+#: This worker process, as opposed to an earlier one under the same name.
+BOOT = uuid.uuid4().hex
 
 
 class Presence(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -35,16 +48,35 @@ class Presence(bootsteps.StartStopStep):  # type: ignore[misc]
         if self.timer_ref is not None:
             self.timer_ref.cancel()
         with contextlib.suppress(redis.RedisError):  # then it simply stops being seen
-            engine().workers.gone(parent.hostname)
+            engine().workers.gone(parent.hostname, BOOT)
+
+    def terminate(self, parent: Any) -> None:
+        # A cold shutdown is on purpose too, and kombu still puts back what it held.
+        self.stop(parent)
 
     def report(self, parent: Any) -> None:
         queues = sorted(parent.app.amqp.queues.consume_from)
         try:
-            engine().workers.report(parent.hostname, queues, os.getpid())
+            engine().workers.report(parent.hostname, queues, os.getpid(), BOOT)
         except redis.RedisError as exc:
             logger.warning("cannot report this worker as up (redis unavailable): %s", exc)
 
 
+def held(sender: Any, request: Any, **_: Any) -> None:
+    """Celery's ``task_received``: a delivery received with a countdown is marked as held
+    by this worker until its attempt begins. Run in the consumer before the countdown is
+    set, so the mark is there before the attempt's claim clears it."""
+    delivery = delivery_of(request.name, request.id) if request.eta is not None else None
+    if delivery is None:
+        return
+    try:
+        engine().jobs.hold(*delivery, sender.hostname, BOOT)
+    except redis.RedisError as exc:  # the sweep then waits the stall period for it
+        logger.warning("cannot mark %s as held here (redis unavailable): %s", request.id, exc)
+
+
 def install(app: Celery) -> None:
-    """Every worker of ``app`` reports that it is up."""
+    """Every worker of ``app`` reports that it is up, and which pages it holds through a
+    countdown."""
     app.steps["worker"].add(Presence)
+    signals.task_received.connect(held, weak=False)

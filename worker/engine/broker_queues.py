@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from itertools import chain
+from typing import cast
 
 import redis
 
@@ -46,6 +47,17 @@ class BrokerQueues:
         pipe.hvals(UNACKED_HASH)
         listed, taken = pipe.execute()
         return {t for t in map(task_id, chain(listed, taken)) if t in wanted}
+
+    def taken(self, task_ids: Iterable[str]) -> set[str] | None:
+        """Which of ``task_ids`` are in a worker's hands (taken, not yet acknowledged);
+        None when the unacked hash is too long to read through."""
+        wanted = set(task_ids)
+        if not wanted:
+            return set()
+        if self.redis.hlen(UNACKED_HASH) > LOOK_LIMIT:
+            return None
+        entries = cast("list[str]", self.redis.hvals(UNACKED_HASH))
+        return {t for t in map(task_id, entries) if t in wanted}
 
 
 def task_id(message: str) -> str | None:

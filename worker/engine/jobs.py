@@ -13,7 +13,9 @@ Every delivery not yet final is also in ``keys.OPEN_DELIVERIES``, scored by the 
 recovery sweep next looks at it: when it counts as stalled if nothing happens to it; for a
 page, :data:`PICKUP_SECONDS` after its message fell due at a worker (it was queued, or its
 retry's countdown ran out); and for a page in a worker's claim, just after the claim
-lapses. Each claim and state change pushes that moment on. The record
+lapses. Each claim and state change pushes that moment on. A page's message that a
+worker received with a countdown is marked as held by that worker until its attempt's
+claim, so the sweep can tell one a dead worker held. The record
 keeps each delivery's payload and when its message is due (``due:<channel>``; the
 creation time until a retry sets it), so worker/engine/recovery.py can queue its message
 again when the broker lost it.
@@ -106,13 +108,15 @@ class Progress:
     """Where an open delivery stands, as the recovery sweep reads it: its state (None when
     the record has expired), when its message fell (or falls) due at a worker (it was
     queued, or its retry's countdown ran out), the seconds left on the claim a worker holds
-    now (0 when none does), and when the last attempt began whose outcome was never
-    recorded (None when every attempt's was)."""
+    now (0 when none does), when the last attempt began whose outcome was never
+    recorded (None when every attempt's was), and the worker that received its message
+    with a countdown and has not begun it (``(hostname, boot)``, None when none did)."""
 
     state: str | None
     due: float
     claim_left: float
     taken_at: float | None = None
+    held_by: tuple[str, str] | None = None
 
     @property
     def claimed(self) -> bool:
@@ -147,6 +151,7 @@ class JobStore:
         self._claim = scripts.register(client, __file__, "jobs_claim")
         self._record = scripts.register(client, __file__, "jobs_record")
         self._reschedule = scripts.register(client, __file__, "jobs_reschedule")
+        self._hold = scripts.register(client, __file__, "jobs_hold")
 
     def create(
         self,
@@ -320,6 +325,18 @@ class JobStore:
             if lock is not None:
                 lock.release()
 
+    def hold(self, job_id: str, channel: str, hostname: str, boot: str) -> bool:
+        """Mark an open delivery as held by the worker ``hostname`` (its process started as
+        ``boot``), which received its message with a countdown: until the claim of the
+        attempt it then begins, the recovery sweep knows whose hands the message is in,
+        and publishes it again if that worker dies with it. Only a page is marked, as only
+        a page's message is looked for before the stall period (:data:`PICKUP_SECONDS`).
+        True when marked (not on a final or expired record)."""
+        if Channel(channel) not in PICKUP_SECONDS:
+            return False
+        marked = self._hold(keys=[keys.job(job_id)], args=[channel, f"{boot} {hostname}"])
+        return bool(int(marked))
+
     def claim_remaining(self, job_id: str, channel: str) -> float:
         """Seconds left on another worker's claim (0 when there is none)."""
         return self.locks.remaining(keys.delivery_claim(job_id, channel))
@@ -430,18 +447,26 @@ class JobStore:
         for job_id, channel in deliveries:
             pipe.hmget(
                 keys.job(job_id),
-                [f"state:{channel}", "created_at", f"due:{channel}", f"taken:{channel}"],
+                [
+                    f"state:{channel}",
+                    "created_at",
+                    f"due:{channel}",
+                    f"taken:{channel}",
+                    f"held:{channel}",
+                ],
             )
             pipe.pttl(keys.delivery_claim(job_id, channel))
         answers = iter(pipe.execute())
         found = []
-        for (state, created_at, due, taken), claim_ms in zip(answers, answers, strict=True):
+        for (state, created_at, due, taken, held), claim_ms in zip(answers, answers, strict=True):
+            boot, _, hostname = str(held).partition(" ")
             found.append(
                 Progress(
                     str(state) if state is not None else None,
                     float(due or created_at or 0),
                     max(0, int(claim_ms)) / 1000,  # -2: no claim
                     float(str(taken).rpartition(" ")[2]) if taken is not None else None,
+                    (hostname, boot) if held is not None else None,
                 )
             )
         return found

@@ -8,7 +8,8 @@
 -- predecessor is still on its way (events for one incident go out in the order queued).
 -- A claimed delivery is marked as taken ('taken:<channel>' = token and when) until the
 -- record of its attempt clears the mark: one still marked at the sweep's next look, its
--- claim lapsed, was abandoned mid-attempt (its worker died).
+-- claim lapsed, was abandoned mid-attempt (its worker died). The claim also clears the
+-- mark of the worker that held its message through a countdown ('held:<channel>').
 local found = redis.call('HMGET', KEYS[1], 'state:' .. ARGV[1], 'attempts:' .. ARGV[1], 'after')
 local state = found[1] or ''
 local attempts = tonumber(found[2]) or 0
@@ -26,6 +27,8 @@ if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
 end
 if found[1] then  -- not on a record that has expired: that would make one with no TTL
   redis.call('HSET', KEYS[1], 'taken:' .. ARGV[1], ARGV[2] .. ' ' .. ARGV[7])
+  -- Its message is out of the hands that held it through a countdown (jobs_hold.lua).
+  redis.call('HDEL', KEYS[1], 'held:' .. ARGV[1])
 end
 redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[5])
 return {state, attempts, 1, ''}

@@ -110,3 +110,5 @@ def heartbeat_runs(slug: str) -> str:
 # Workers that are up (worker/engine/workers.py): hostname scored by when it last said so.
 WORKERS = f"{PREFIX}workers"
 WORKERS_INFO = f"{PREFIX}workers:info"  # hash: hostname -> {"queues", "pid"} as JSON
+#: zset: "<boot> <hostname>" -> when that worker process last said it was up.
+WORKER_BOOTS = f"{PREFIX}workers:boots"

@@ -34,6 +34,16 @@ def delivery_id(job_id: str, channel: Channel) -> str:
     return f"{job_id}-{channel.value}"
 
 
+def delivery_of(task: str, task_id: str) -> tuple[str, Channel] | None:
+    """The job id and channel of a delivery message (``task``, ``task_id``, as Celery's
+    request carries them); None for any other task's."""
+    for channel, name in DELIVERY_TASK.items():
+        suffix = f"-{channel.value}"
+        if task == name and task_id.endswith(suffix):
+            return task_id[: -len(suffix)], channel
+    return None
+
+
 def delivery_message(channel: Channel, task_id: str, payload: dict[str, Any]) -> tuple[str, str]:
     """The queue and the message that run ``deliver.<channel>`` on ``payload``."""
     queue = QUEUE_OF[channel]

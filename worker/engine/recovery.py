@@ -10,6 +10,12 @@ keeps its message. ``recover()`` publishes such messages again:
   neither on its queue nor in a worker's hands (looked for twice, :data:`TRANSIT_SECONDS`
   apart), was lost: it goes out again at once (a page waiting its turn in a backlog is
   left alone). Its countdown is over, so the copy needs none;
+- a page whose message is in the hands of the worker that received it with a countdown
+  (a retry's, a deferral's: marked so, worker/presence.py) when that worker has not said
+  it is up for :data:`~worker.engine.workers.ALIVE_SECONDS`, or was restarted since, goes
+  out again at its pickup look too: that worker died holding it, and only the visibility
+  timeout would bring it back. One a live worker holds is looked at again when that
+  worker would count as dead if it fell silent then;
 - a delivery whose worker began an attempt and died in it (its claim lapsed, and no
   outcome was recorded) goes out again at once: its message is still in the dead worker's
   entry of the broker's unacked hash, where only the visibility timeout (an hour by
@@ -31,6 +37,7 @@ which record the job and queue it in one step).
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -42,6 +49,7 @@ from worker.engine import keys, stats
 from worker.engine.jobs import AFTER_CLAIM_SECONDS, FINAL_STATES, QUEUED
 from worker.engine.messages import delivery_id
 from worker.engine.runtime import Engine
+from worker.engine.workers import ALIVE_SECONDS
 
 #: Deliveries looked at per sweep, at most (the rest wait for the next sweep).
 BATCH = 500
@@ -63,6 +71,8 @@ class Stalled:
     idle_seconds: float
     #: Why, as ``gds_notify_recovered_total`` counts it.
     reason: Literal["lost", "abandoned", "stalled"] = "stalled"
+    #: For one lost with a worker that died holding it through a countdown: that worker.
+    holder: str | None = None
 
     @property
     def lost(self) -> bool:
@@ -75,12 +85,13 @@ class Stalled:
 
 def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
     """Publish again every open delivery past its stall deadline, every page the broker
-    lost before a worker took it, and every delivery whose worker died in an attempt; push
-    each one's deadline on by one more stall period (so one sweep takes it once). Entries
-    whose job is final or gone are dropped; a page still waiting on its queue, or its
-    countdown in a worker's hands, is looked at again when it would count as stalled; one
-    in a worker's claim, once the claim would have lapsed; one a worker made progress with
-    meanwhile is left to it. Returns what was published."""
+    lost before a worker took it or whose worker died holding its countdown, and every
+    delivery whose worker died in an attempt; push each one's deadline on by one more
+    stall period (so one sweep takes it once). Entries whose job is final or gone are
+    dropped; a page still waiting on its queue, or its countdown in a live worker's hands,
+    is looked at again when it would count as stalled (the latter also when that worker
+    would count as dead); one in a worker's claim, once the claim would have lapsed; one a
+    worker made progress with meanwhile is left to it. Returns what was published."""
     store, r = engine.jobs, engine.redis
     stall = engine.settings.job_stall_seconds
     # One sweeper at a time across the pool (beat may run twice during a handover).
@@ -128,6 +139,24 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
                 for i, p in zip(lost, still, strict=True)
                 if p.awaiting and p.due == progress[i].due and deliveries[i] not in held
             }
+        # Held by the broker, with the mark of the worker that received it with a countdown
+        # and has not begun it: how long since that worker last said it was up. One silent
+        # longer than a live worker ever is, with the message still in a worker's hands,
+        # died holding it (only the visibility timeout would bring it back).
+        marked = [i for i in unseen if i not in lost_now and progress[i].held_by is not None]
+        holders = [cast("tuple[str, str]", progress[i].held_by) for i in marked]
+        silence = dict(zip(marked, engine.workers.silent_for(holders), strict=True))
+        dead = [i for i in marked if silence[i] > ALIVE_SECONDS]
+        taken = _taken(engine, [deliveries[i] for i in dead])
+        orphans = [i for i in dead if deliveries[i] in taken]
+        # Read again: a worker that took the message meanwhile (put back on its queue by the
+        # dead one's warm shutdown, say) has marked it as its own, or claimed it.
+        again = store.progress([deliveries[i] for i in orphans]) if orphans else []
+        orphaned = {
+            i
+            for i, p in zip(orphans, again, strict=True)
+            if p.awaiting and p.held_by == progress[i].held_by
+        }
         found: list[Stalled] = []
         for i, ((member, deadline), (job_id, channel), p) in enumerate(
             zip(due, deliveries, progress, strict=True)
@@ -145,9 +174,14 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
             if i in early:
                 store.reschedule(job_id, channel, deadline, early[i])
                 continue
-            if i in unseen and i not in lost_now:
-                # Held by the broker: looked at again when it would count as stalled.
-                store.reschedule(job_id, channel, deadline, p.due + stall)
+            if i in unseen and i not in lost_now and i not in orphaned:
+                # Held by the broker: looked at again when it would count as stalled; and
+                # one a live worker holds through a countdown, also when that worker
+                # would count as dead if it stopped saying it was up now.
+                look = p.due + stall
+                if i in silence and silence[i] <= ALIVE_SECONDS:
+                    look = min(look, now + ALIVE_SECONDS - silence[i] + AFTER_CLAIM_SECONDS)
+                store.reschedule(job_id, channel, deadline, look)
                 continue
             state, payload = store.state_and_payload(job_id, channel)
             if state is None or state in FINAL_STATES or payload is None:
@@ -158,7 +192,20 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
             store.republish(job_id, Channel(channel), payload)
             begun = p.taken_at if p.abandoned else None
             reason: Literal["lost", "abandoned", "stalled"] = "stalled"
-            if i in lost_now:
+            holder = None
+            if i in orphaned and p.held_by is not None:
+                reason, holder = "lost", p.held_by[0]
+                idle = now - p.due
+                gone = (
+                    "has restarted or stopped since"
+                    if silence[i] == math.inf
+                    else f"has not said it is up for {silence[i]:.0f}s"
+                )
+                outcome = (
+                    f"recovered: {state}, its message was in the hands of worker {holder},"
+                    f" which {gone} (it died holding it), {idle:.0f}s after it fell due"
+                )
+            elif i in lost_now:
                 reason = "lost"
                 idle = now - p.due
                 since = "it was queued" if state == QUEUED else "its countdown ran out"
@@ -179,7 +226,7 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
                 idle = now - max(p.due, float(deadline) - stall)
                 outcome = f"recovered: {state}, idle {idle:.0f}s"
             store.record(job_id, channel, outcome)
-            found.append(Stalled(job_id, channel, payload, idle, reason))
+            found.append(Stalled(job_id, channel, payload, idle, reason, holder))
         if found:
             counts = Counter(item.reason for item in found)
             stats.add(r, [stats.count("recovered", k, by=n) for k, n in counts.items()])
@@ -191,6 +238,16 @@ def _delivery(member: str) -> tuple[str, str]:
     """The job id and channel of an open-delivery member (``job id:channel``)."""
     job_id, _, channel = member.rpartition(":")
     return job_id, channel
+
+
+def _taken(engine: Engine, deliveries: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of ``deliveries`` have a message in a worker's hands; none when the broker
+    cannot tell (an unacked hash too long to read through)."""
+    wanted = {
+        delivery_id(job_id, Channel(channel)): (job_id, channel) for job_id, channel in deliveries
+    }
+    taken = engine.broker.taken(wanted)
+    return set() if taken is None else {wanted[t] for t in taken}
 
 
 def _held(engine: Engine, deliveries: list[tuple[str, str]]) -> set[tuple[str, str]]:

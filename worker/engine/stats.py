@@ -31,6 +31,7 @@ from config.queues import QUEUE_ORDER
 from config.settings import Settings
 from worker.engine import keys
 from worker.engine.broker_queues import UNACKED_HASH
+from worker.engine.workers import ALIVE_SECONDS
 
 #: One counter increment: the hash field, and by how much.
 Increment = tuple[str, float]
@@ -38,9 +39,6 @@ Increment = tuple[str, float]
 #: Histogram buckets (seconds): a page's provider call takes milliseconds, its way from
 #: enqueue to delivered seconds, a throttled or retried one minutes.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
-
-#: How recently a worker must have reported to count as alive (it reports every 10 s).
-WORKER_ALIVE_SECONDS = 30.0
 
 
 def count(*parts: str, by: float = 1.0) -> Increment:
@@ -186,7 +184,7 @@ def _workers(
 ) -> dict[str, int]:
     alive = {queue: 0 for queue in QUEUE_ORDER}
     for hostname, at in seen:
-        if now - float(at) > WORKER_ALIVE_SECONDS:
+        if now - float(at) > ALIVE_SECONDS:
             continue
         info = json.loads(infos.get(hostname) or "{}")
         for queue in info.get("queues", []):

@@ -173,9 +173,24 @@ def test_with_the_default_settings_a_lost_page_arrives_by_beats_sweep_in_seconds
     assert [i["dedup_key"] for i in api.incidents()] == ["recover-11"]
 
 
-def due_at(job_id: str) -> float:
-    """When the page's message (its retry's) fell due at a worker."""
-    return float(str(broker().hget(keys.job(job_id), "due:pagerduty")))
+def due_at(job_id: str, channel: str = "pagerduty") -> float:
+    """When the delivery's message (its retry's) fell due at a worker."""
+    return float(str(broker().hget(keys.job(job_id), f"due:{channel}")))
+
+
+def a_long_retry_whose_early_copy_died(job_id: str, channel: str) -> tuple[float, float]:
+    """A retry due in 400 s (a long Retry-After) that a copy of its message claimed at
+    once and died in (the claim's block ends unrecorded): when it falls due, and the
+    sweep's look the claim set, before that."""
+    store = engine().jobs
+    store.record(job_id, channel, "failed", state="retrying", counted=True, quiet_for=400)
+    due = due_at(job_id, channel)
+    with store.claim(job_id, channel, ttl=2.0) as claim:
+        assert claim.lock is not None
+    look = store.redis.zscore(keys.OPEN_DELIVERIES, f"{job_id}:{channel}")
+    assert look is not None
+    assert look < due
+    return due, look
 
 
 def step(job_id: str) -> Outcome:
@@ -475,17 +490,9 @@ def test_a_countdown_longer_than_the_stall_period_outlives_a_copy_that_died(
     (whose message the broker would keep in the dead worker's hands)."""
     job_id = tasks.enqueue(page(20))
     assert broker().delete("pagerduty") == 1
-    store = engine().jobs
-    store.record(job_id, "pagerduty", "failed", state="retrying", counted=True, quiet_for=400)
-    due = due_at(job_id)
-    with store.claim(job_id, "pagerduty", ttl=2.0) as claim:
-        assert claim.lock is not None
-    member = f"{job_id}:pagerduty"
-    claimed_look = store.redis.zscore(keys.OPEN_DELIVERIES, member)
-    assert claimed_look is not None
-    assert claimed_look < due
+    due, claimed_look = a_long_retry_whose_early_copy_died(job_id, "pagerduty")
     assert sweep(engine(), now=claimed_look + 1) == []
-    assert store.redis.zscore(keys.OPEN_DELIVERIES, member) == moment(due + 10)
+    assert broker().zscore(keys.OPEN_DELIVERIES, f"{job_id}:pagerduty") == moment(due + 10)
     [found] = sweep(engine(), now=due + 11)
     assert (found.job_id, found.abandoned, found.lost) == (job_id, True, False)
 
@@ -844,17 +851,9 @@ def test_an_email_retry_whose_early_copy_died_goes_out_when_its_countdown_runs_o
     countdown runs out: it goes back to the moment it does (not a stall period after it,
     which is an email's first look), and the copy goes out then."""
     job_id = tasks.enqueue({"recipient": "ops@example.com", "subject": "disk", "priority": "low"})
-    store = engine().jobs
-    store.record(job_id, "email", "failed", state="retrying", counted=True, quiet_for=400)
-    due = float(str(broker().hget(keys.job(job_id), "due:email")))
-    with store.claim(job_id, "email", ttl=0.2) as claim:  # its block ends unrecorded
-        assert claim.lock is not None
-    member = f"{job_id}:email"
-    look = store.redis.zscore(keys.OPEN_DELIVERIES, member)
-    assert look is not None
-    assert look < due
+    due, look = a_long_retry_whose_early_copy_died(job_id, "email")
     assert sweep(engine(), now=look + 1) == []
-    assert store.redis.zscore(keys.OPEN_DELIVERIES, member) == moment(due)
+    assert broker().zscore(keys.OPEN_DELIVERIES, f"{job_id}:email") == moment(due)
     [found] = sweep(engine(), now=due + 1)
     assert (found.job_id, found.reason) == (job_id, "abandoned")
 

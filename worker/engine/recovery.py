@@ -143,19 +143,21 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
         # and has not begun it: how long since that worker last said it was up. One silent
         # longer than a live worker ever is, with the message still in a worker's hands,
         # died holding it (only the visibility timeout would bring it back).
-        marked = [i for i in unseen if i not in lost_now and progress[i].held_by is not None]
-        holders = [cast("tuple[str, str]", progress[i].held_by) for i in marked]
-        silence = dict(zip(marked, engine.workers.silent_for(holders), strict=True))
+        marked = {
+            i: by for i in unseen if i not in lost_now and (by := progress[i].held_by) is not None
+        }
+        silence = dict(zip(marked, engine.workers.silent_for(list(marked.values())), strict=True))
         dead = [i for i in marked if silence[i] > ALIVE_SECONDS]
         taken = _taken(engine, [deliveries[i] for i in dead])
         orphans = [i for i in dead if deliveries[i] in taken]
         # Read again: a worker that took the message meanwhile (put back on its queue by the
-        # dead one's warm shutdown, say) has marked it as its own, or claimed it.
+        # dead one's warm shutdown, say) has marked it as its own, or claimed it. Each one
+        # left, by the name of the worker that died holding it.
         again = store.progress([deliveries[i] for i in orphans]) if orphans else []
         orphaned = {
-            i
+            i: marked[i][0]
             for i, p in zip(orphans, again, strict=True)
-            if p.awaiting and p.held_by == progress[i].held_by
+            if p.awaiting and p.held_by == marked[i]
         }
         found: list[Stalled] = []
         for i, ((member, deadline), (job_id, channel), p) in enumerate(
@@ -192,9 +194,9 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
             store.republish(job_id, Channel(channel), payload)
             begun = p.taken_at if p.abandoned else None
             reason: Literal["lost", "abandoned", "stalled"] = "stalled"
-            holder = None
-            if i in orphaned and p.held_by is not None:
-                reason, holder = "lost", p.held_by[0]
+            holder = orphaned.get(i)
+            if holder is not None:
+                reason = "lost"
                 idle = now - p.due
                 gone = (
                     "has restarted or stopped since"

@@ -4,7 +4,9 @@ A plan holds a scripted ``sequence`` (one fault per request, for the next N requ
 ``random`` rules (each with a probability, checked in order) used once the sequence is
 spent. A fault answers with a given ``status`` (HTTP status, or SMTP reply code for the
 sink), waits ``delay`` seconds first (past a client's timeout, if you like), or ``drop``s
-the connection without an answer. ``{}`` in a sequence means "behave normally this time".
+the connection without an answer; ``accept`` with ``drop`` takes the request first (the
+event applied, the message kept), so only the answer is lost on its way. ``{}`` in a
+sequence means "behave normally this time".
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ class Fault(BaseModel):
     status: int | None = Field(default=None, ge=100, le=599, description="Answer with this.")
     delay: float = Field(default=0.0, ge=0, le=600, description="Seconds to wait first.")
     drop: bool = Field(default=False, description="Close the connection without answering.")
+    accept: bool = Field(
+        default=False,
+        description="With drop: take the request first (apply the event, keep the message).",
+    )
     retry_after: str | None = Field(default=None, description="Retry-After header for a 429.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra answer headers.")
     body: str | None = Field(default=None, description="Answer body (HTTP) or reply text.")

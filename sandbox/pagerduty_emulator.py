@@ -126,7 +126,8 @@ class PagerDutyEmulator:
             if fault.delay:
                 await asyncio.sleep(fault.delay)
             if fault.drop:
-                self._record(path, _loads(raw), None, "connection dropped", fault)
+                taken = self._answer(path, raw)[0] if fault.accept else None
+                self._record(path, _loads(raw), taken, "connection dropped", fault)
                 return _drop(request)
             if fault.status is not None:
                 headers = dict(fault.headers)

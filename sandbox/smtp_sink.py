@@ -4,7 +4,8 @@ It counts connections (so a test can see a session being reused), offers STARTTL
 given a certificate and AUTH when given credentials, and takes the same fault plans as the
 PagerDuty emulator (:mod:`sandbox.faults`), applied per message at the end of DATA:
 ``status`` answers that SMTP reply code (421 also closes the connection, as the code
-means), ``delay`` answers late, ``drop`` cuts the connection without a reply.
+means), ``delay`` answers late, ``drop`` cuts the connection without a reply (with
+``accept``, after keeping the message).
 """
 
 from __future__ import annotations
@@ -176,11 +177,14 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        connection = getattr(server, "connection_number", 0)
         fault = self.mailbox.faults.next()
         if fault is not None:
             if fault.delay:
                 await asyncio.sleep(fault.delay)
             if fault.drop:
+                if fault.accept:  # the message is kept; only our answer is lost
+                    self.mailbox.add(envelope, session, connection)
                 if isinstance(server.transport, asyncio.Transport):
                     server.transport.abort()
                 return "421 connection dropped (injected)"  # never reaches the client
@@ -189,7 +193,6 @@ class _Handler:
                 if fault.status == 421 and server.transport is not None:
                     asyncio.get_running_loop().call_later(0.05, server.transport.close)
                 return f"{fault.status} {text}"
-        connection = getattr(server, "connection_number", 0)
         entry = self.mailbox.add(envelope, session, connection)
         return f"250 Message accepted for delivery as {entry['id']}"
 

@@ -285,6 +285,18 @@ def test_scripted_faults_apply_to_the_next_requests_in_order(
     assert sandbox_api.http.get("/sandbox/faults").json()["injected"] == 3
 
 
+def test_drop_with_accept_applies_the_event_and_loses_only_the_answer(
+    http: httpx.Client, sandbox_api: SandboxClient
+) -> None:
+    sandbox_api.faults({"drop": True, "accept": True})
+    with pytest.raises(httpx.RemoteProtocolError):
+        http.post("/v2/enqueue", json=trigger(dedup_key="taken"))
+    assert [i["dedup_key"] for i in sandbox_api.incidents()] == ["taken"]
+    assert [(e["status"], e["fault"]) for e in sandbox_api.events()] == [
+        (202, {"drop": True, "accept": True})
+    ]
+
+
 def test_injected_503_answers_service_unavailable_in_pagerdutys_shape(
     http: httpx.Client, sandbox_api: SandboxClient
 ) -> None:

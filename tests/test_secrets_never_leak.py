@@ -399,7 +399,11 @@ def _exercise(
     wait_for(lambda: engine().dead_letters.get(refused.id))
     dead.append(refused.id)
     assert len(api.incidents()) >= 2
-    assert len(api.messages(to="ops@example.com")) == 2
+    sent = api.messages(to="ops@example.com")
+    assert len(sent) == 2, (  # what went out twice, and what its job recorded
+        [(m["connection"], m["message_id"], m["at"]) for m in sent],
+        [engine().jobs.get(job) for job in jobs[-4:]],
+    )
     return jobs, dead
 
 

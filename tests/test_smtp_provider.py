@@ -356,6 +356,54 @@ def test_session_is_reopened_after_the_server_drops_it(
     assert [m["connection"] for m in mail_api.messages()] == [1, 2]
 
 
+def test_a_session_the_server_answered_421_on_is_not_used_again(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    # 421 says the server is closing the channel. The next message goes at once, before the
+    # hang-up lands: on the old session it could reach the server and lose its answer to
+    # the hang-up, and a resend would then make it two.
+    mail_api.smtp_faults({"status": 421})
+    with pytest.raises(NotificationDeliveryError) as caught:
+        provider.send(mail(idempotency_id="refused"))
+    assert caught.value.retryable
+    assert provider.send(mail(idempotency_id="next")).is_success()
+    assert provider.sessions_opened == 2
+    assert [m["connection"] for m in mail_api.messages()] == [2]
+
+
+def test_a_reused_session_lost_during_data_is_not_sent_again(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    provider.send(mail(idempotency_id="first"))
+    # The server takes the message, then the connection drops before its answer arrives.
+    mail_api.smtp_faults({"drop": True, "accept": True})
+    taken = mail(idempotency_id="taken")
+    with pytest.raises(NotificationConnectionError) as caught:
+        provider.send(taken)
+    assert caught.value.retryable  # at least once: the job's retry may make it two
+    assert "during DATA, so it may have taken the message" in str(caught.value)
+    message_id = provider.send(taken).message_id  # what that retry does
+    assert message_id is not None
+    copies = mail_api.messages(message_id=message_id)
+    assert [m["connection"] for m in copies] == [1, 2]  # not a third from a resend
+    assert provider.sessions_opened == 2
+
+
+def test_a_reused_session_the_server_hung_up_before_data_is_replaced_once(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    provider.send(mail(idempotency_id="first"))
+    # 421 at RCPT: the server is closing; nothing was taken, so a fresh session is tried.
+    refuse = {"recipients": {"busy@example.com": 421}}
+    assert mail_api.http.post("/sandbox/smtp/refuse", json=refuse).status_code == 200
+    with pytest.raises(NotificationDeliveryError) as caught:
+        provider.send(mail(recipient="busy@example.com"))
+    assert (caught.value.status_code, caught.value.retryable) == (421, True)
+    assert "may have taken" not in str(caught.value)
+    assert provider.sessions_opened == 2  # the fresh one, once
+    assert mail_api.smtp_stats()["connections"] == 2
+
+
 def test_idle_session_is_checked_with_noop_and_replaced(
     provider: SMTPProvider,
     mail_api: SandboxClient,
@@ -448,6 +496,8 @@ def test_slow_server_is_a_timeout(provider: SMTPProvider, mail_api: SandboxClien
         provider.send(mail())
     assert caught.value.timeout_seconds == 2
     assert caught.value.retryable
+    # The answer to the message was late: whether it was taken is unknown, and said.
+    assert str(caught.value).endswith("within 2s during DATA, so it may have taken the message")
 
 
 def test_refused_connection() -> None:

@@ -154,6 +154,18 @@ def test_drop_cuts_the_connection_without_a_reply(
     assert open_api.messages() == []
 
 
+def test_drop_with_accept_keeps_the_message_and_loses_only_the_reply(
+    open_sink: SandboxServer, open_api: SandboxClient
+) -> None:
+    open_api.smtp_faults({"drop": True, "accept": True})
+    with (
+        client(open_sink) as smtp,
+        pytest.raises((smtplib.SMTPServerDisconnected, ConnectionError)),
+    ):
+        smtp.send_message(message("taken"))
+    assert [m["subject"] for m in open_api.messages()] == ["taken"]
+
+
 def test_refused_recipients_at_rcpt(open_sink: SandboxServer, open_api: SandboxClient) -> None:
     bad = open_api.http.post("/sandbox/smtp/refuse", json={"recipients": {"x@example.com": 200}})
     assert bad.status_code == 400

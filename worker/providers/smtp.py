@@ -2,7 +2,9 @@
 
 One session per provider, opened on first use (TCP, TLS or STARTTLS, AUTH) and reused for
 every message after it; a session that has sat idle is checked with NOOP, and one the
-server has dropped is re-opened. Every failure is classified here, once:
+server has dropped, or answered 421 on, is re-opened. A message whose reused session was
+lost before DATA goes once more on a fresh one; after DATA it does not, as the server may
+have taken it. Every failure is classified here, once:
 
 =======================================  ===========================================
 what happened                            what the caller gets
@@ -30,7 +32,7 @@ import ssl
 import time
 from collections.abc import Awaitable
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import aiosmtplib
 from pydantic import SecretStr
@@ -114,7 +116,7 @@ class SMTPProvider(BaseNotificationProvider):
         self.timeout = float(timeout)
         self.validate_certs = validate_certs
         self.tls_context = tls_context
-        self._smtp: aiosmtplib.SMTP | None = None
+        self._smtp: _Session | None = None
         self._smtp_loop: asyncio.AbstractEventLoop | None = None
         self._last_used = 0.0
         self._own_loop: asyncio.AbstractEventLoop | None = None
@@ -182,33 +184,38 @@ class SMTPProvider(BaseNotificationProvider):
     async def asend(self, notification: Notification) -> NotificationResult:
         """Send one notification as email on the running event loop."""
         prepared = prepare(notification, self.from_addr)
+        smtp: _Session | None = None
         try:
             smtp = await self._session()
             try:
                 refused, reply = await self._transmit(smtp, notification, prepared)
-            except aiosmtplib.SMTPServerDisconnected:
-                if not self._reused:
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                if not (self._reused and _hung_up(exc) and not smtp.reached_data):
                     raise
-                # The server dropped a session we were reusing (an idle timeout, a restart):
-                # one fresh session, once. Nothing was accepted on the dead one.
+                # The server dropped (or, with 421, is closing) a session we were reusing,
+                # as on an idle timeout or a restart, before the message went out: nothing
+                # was accepted on it, so one fresh session, once. After DATA the server
+                # may have taken the message and only its answer was lost; sending it
+                # again here would make that a second email.
                 self._forget_session()
                 smtp = await self._session()
                 refused, reply = await self._transmit(smtp, notification, prepared)
         except Exception as exc:
-            if isinstance(exc, aiosmtplib.SMTPServerDisconnected | OSError):
+            if _hung_up(exc) or isinstance(exc, OSError):
                 self._forget_session()
-            raise self._translate(exc) from None
+            raise self._translate(exc, after_data=smtp is not None and smtp.reached_data) from None
         self._last_used = time.monotonic()
         rcpt = [r.addr_spec for r in prepared.recipients]
         return self._result(notification, prepared.message_id, rcpt, refused, reply)
 
     async def _transmit(
-        self, smtp: aiosmtplib.SMTP, notification: Notification, prepared: Prepared
+        self, smtp: _Session, notification: Notification, prepared: Prepared
     ) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
         """Send ``prepared`` over ``smtp``: as the bytes already written when the server
         can take them (an 8-bit body needs 8BITMIME), else as the standard library's
         message, which aiosmtplib writes for what the server offers (as it does the
         options: BODY=8BITMIME when offered, SMTPUTF8 for an address that is not ASCII)."""
+        smtp.reached_data = False
         sender = prepared.sender.addr_spec
         rcpt = [r.addr_spec for r in prepared.recipients]
         if prepared.data is not None:
@@ -280,7 +287,7 @@ class SMTPProvider(BaseNotificationProvider):
 
     # -- the session --------------------------------------------------------------------
 
-    async def _session(self) -> aiosmtplib.SMTP:
+    async def _session(self) -> _Session:
         """The open session on this loop, checked if idle; else a new one."""
         loop = asyncio.get_running_loop()
         smtp = self._smtp
@@ -297,7 +304,7 @@ class SMTPProvider(BaseNotificationProvider):
         if smtp is not None:
             self._reused = True
             return smtp
-        smtp = aiosmtplib.SMTP(
+        smtp = _Session(
             hostname=self.host,
             port=self.port,
             username=self.username,
@@ -364,11 +371,15 @@ class SMTPProvider(BaseNotificationProvider):
             text = text.replace(self._password.get_secret_value(), "***")
         return text
 
-    def _translate(self, exc: BaseException) -> NotificationError:
-        """aiosmtplib's errors (and the OS's) as this service's exception tree."""
+    def _translate(self, exc: BaseException, after_data: bool = False) -> NotificationError:
+        """aiosmtplib's errors (and the OS's) as this service's exception tree.
+        ``after_data``: the transaction had reached DATA, so a lost connection or a late
+        answer may hide a message the server took (sending it again may make two)."""
         if isinstance(exc, NotificationError):
             return exc
         where = f"{self.host}:{self.port}"
+        # Only a lost connection or answer leaves it open whether the message was taken.
+        unsure = " during DATA, so it may have taken the message" if after_data else ""
         if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
             return NotificationConfigError(
                 self._scrub(
@@ -377,15 +388,9 @@ class SMTPProvider(BaseNotificationProvider):
                 ),
                 self.name,
             )
-        if isinstance(exc, aiosmtplib.SMTPConnectTimeoutError | aiosmtplib.SMTPTimeoutError):
+        if isinstance(exc, TimeoutError):  # aiosmtplib's timeouts are TimeoutErrors too
             return NotificationTimeoutError(
-                f"SMTP server {where} did not answer within {self.timeout:g}s",
-                self.timeout,
-                self.name,
-            )
-        if isinstance(exc, TimeoutError):
-            return NotificationTimeoutError(
-                f"SMTP server {where} did not answer within {self.timeout:g}s",
+                f"SMTP server {where} did not answer within {self.timeout:g}s{unsure}",
                 self.timeout,
                 self.name,
             )
@@ -417,7 +422,7 @@ class SMTPProvider(BaseNotificationProvider):
             )
         if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
             return NotificationConnectionError(
-                f"SMTP server {where} closed the connection: {exc}", self.name
+                f"SMTP server {where} closed the connection{unsure}: {exc}", self.name
             )
         if isinstance(exc, aiosmtplib.SMTPResponseException):
             text = self._scrub(f"{exc.code} {exc.message}")
@@ -438,7 +443,8 @@ class SMTPProvider(BaseNotificationProvider):
             )
         if isinstance(exc, OSError):
             return NotificationConnectionError(
-                f"SMTP connection to {where} failed: {type(exc).__name__}: {exc}", self.name
+                f"SMTP connection to {where} failed{unsure}: {type(exc).__name__}: {exc}",
+                self.name,
             )
         if isinstance(exc, aiosmtplib.SMTPException):
             return NotificationDeliveryError(
@@ -448,6 +454,30 @@ class SMTPProvider(BaseNotificationProvider):
             f"unexpected SMTP failure talking to {where}: {type(exc).__name__}",
             provider=self.name,
         )
+
+
+class _Session(aiosmtplib.SMTP):
+    """aiosmtplib's client, noting whether the transaction under way has reached DATA:
+    up to then a lost connection cost nothing, after it the server may have taken the
+    message and lost only its answer."""
+
+    reached_data = False
+
+    async def data(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        self.reached_data = True
+        return await super().data(*args, **kwargs)
+
+
+def _hung_up(exc: BaseException) -> bool:
+    """Whether the server ended the session: it dropped the connection, or answered 421,
+    which says it is closing the channel (RFC 5321 4.2.2)."""
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return True
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return exc.code == 421
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return any(r.code == 421 for r in exc.recipients)
+    return False
 
 
 async def _greet(smtp: aiosmtplib.SMTP) -> None:

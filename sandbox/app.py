@@ -86,7 +86,9 @@ async def set_faults(request: web.Request) -> web.Response:
     try:
         plan = FaultPlan.model_validate(body)
     except ValidationError as exc:
-        return _bad_request("invalid fault plan", exc.errors(include_url=False))
+        return _bad_request(
+            "invalid fault plan", exc.errors(include_url=False, include_context=False)
+        )
     faults = _faults_of(request)
     faults.set_plan(plan)
     return web.json_response(faults.describe())

@@ -16,7 +16,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Fault(BaseModel):
@@ -32,6 +32,12 @@ class Fault(BaseModel):
     retry_after: str | None = Field(default=None, description="Retry-After header for a 429.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra answer headers.")
     body: str | None = Field(default=None, description="Answer body (HTTP) or reply text.")
+
+    @model_validator(mode="after")
+    def _accept_needs_drop(self) -> Fault:
+        if self.accept and not self.drop:
+            raise ValueError("accept goes with drop: it takes the request, then drops the answer")
+        return self
 
 
 class RandomFault(BaseModel):

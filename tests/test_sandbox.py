@@ -363,6 +363,9 @@ def test_invalid_fault_plan_is_refused(sandbox_api: SandboxClient) -> None:
     assert answer.status_code == 400
     assert answer.json()["error"] == "invalid fault plan"
     assert sandbox_api.http.delete("/sandbox/faults").json()["sequence"] == []
+    lone = sandbox_api.http.post("/sandbox/faults", json={"sequence": [{"accept": True}]})
+    assert lone.status_code == 400
+    assert "accept goes with drop" in lone.text
 
 
 # -- inspection --------------------------------------------------------------------------

@@ -366,6 +366,7 @@ def test_a_session_the_server_answered_421_on_is_not_used_again(
     with pytest.raises(NotificationDeliveryError) as caught:
         provider.send(mail(idempotency_id="refused"))
     assert caught.value.retryable
+    assert provider._smtp is None  # given up at once, not left to race the hang-up
     assert provider.send(mail(idempotency_id="next")).is_success()
     assert provider.sessions_opened == 2
     assert [m["connection"] for m in mail_api.messages()] == [2]
@@ -402,6 +403,22 @@ def test_a_reused_session_the_server_hung_up_before_data_is_replaced_once(
     assert "may have taken" not in str(caught.value)
     assert provider.sessions_opened == 2  # the fresh one, once
     assert mail_api.smtp_stats()["connections"] == 2
+
+
+def test_a_421_at_a_later_recipient_is_not_taken_for_a_loss_during_data(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    provider.send(mail(idempotency_id="first"))
+    # The first recipient is taken, the second answered 421: aiosmtplib hangs up, and DATA
+    # finds no connection. Nothing went out, so a fresh session is tried, once.
+    refuse = {"recipients": {"busy@example.com": 421}}
+    assert mail_api.http.post("/sandbox/smtp/refuse", json=refuse).status_code == 200
+    with pytest.raises(NotificationConnectionError) as caught:
+        provider.send(mail(recipient="oncall@example.com, busy@example.com"))
+    assert caught.value.retryable
+    assert "may have taken" not in str(caught.value)
+    assert provider.sessions_opened == 2
+    assert len(mail_api.messages()) == 1
 
 
 def test_idle_session_is_checked_with_noop_and_replaced(

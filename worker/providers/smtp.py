@@ -182,7 +182,8 @@ class SMTPProvider(BaseNotificationProvider):
     # -- async API ----------------------------------------------------------------------
 
     async def asend(self, notification: Notification) -> NotificationResult:
-        """Send one notification as email on the running event loop."""
+        """Send one notification as email on the running event loop; one at a time per
+        provider (the worker keeps one per thread), as a session carries one transaction."""
         prepared = prepare(notification, self.from_addr)
         smtp: _Session | None = None
         try:
@@ -464,7 +465,8 @@ class _Session(aiosmtplib.SMTP):
     reached_data = False
 
     async def data(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
-        self.reached_data = True
+        # With the connection already gone (a 421 at a later RCPT closes it), nothing goes.
+        self.reached_data = self.protocol is not None
         return await super().data(*args, **kwargs)
 
 

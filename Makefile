@@ -78,8 +78,13 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# Two test processes (pytest-xdist): most tests wait on workers, servers and timers rather
+# than the CPU, so two share a 2-core machine well. `make test PYTEST_PROCESSES=0` runs
+# them in one process.
+PYTEST_PROCESSES ?= 2
+
 pytest: install tools
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_PROCESSES) --dist worksteal
 
 test: lint typecheck pytest
 

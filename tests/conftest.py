@@ -143,12 +143,29 @@ def mail_api(mail_sandbox: SandboxServer) -> Iterator[SandboxClient]:
 TEAM_KEY = "DBAKEY0000000000000000000000DBA1"
 
 
+def owned_database() -> int:
+    """The database of REDIS_URL this test process owns: GDS_TEST_REDIS_DB (15 unless set)
+    for the first (or only) process; in a parallel run (pytest-xdist's ``gw1``, ``gw2``,
+    ...) each further process counts down from two below it, as the one below is the
+    bench smoke test's (``GDS_BENCH_REDIS_DB``, 14). Never database 0, where a Redis
+    keeps what nobody placed elsewhere (``make run``'s default among it)."""
+    base = int(os.environ.get("GDS_TEST_REDIS_DB", "15"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker.removeprefix("gw"))
+    db = base if index == 0 else base - 1 - index
+    if db < 1:
+        raise pytest.UsageError(
+            f"test process {worker} would own database {db} of REDIS_URL: run fewer"
+            " processes (PYTEST_PROCESSES), or unset REDIS_URL to give each its own Redis"
+        )
+    return db
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """REDIS_URL when set (tests own its database GDS_TEST_REDIS_DB, default 15, and empty
-    it), else a private redis-server on a free port, removed afterwards."""
-    import os
-
+    """REDIS_URL when set (each test process owns one of its databases, see
+    ``owned_database``, and empties it), else a private redis-server on a free port,
+    removed afterwards."""
     import redis as redis_lib
 
     from sandbox.redis_server import LocalRedis
@@ -158,8 +175,7 @@ def redis_url() -> Iterator[str]:
         from urllib.parse import urlsplit, urlunsplit
 
         parts = urlsplit(given)
-        db = os.environ.get("GDS_TEST_REDIS_DB", "15")
-        url = urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, ""))
+        url = urlunsplit((parts.scheme, parts.netloc, f"/{owned_database()}", parts.query, ""))
         client = redis_lib.Redis.from_url(url)
         client.flushdb()
         yield url

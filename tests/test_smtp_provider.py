@@ -391,6 +391,41 @@ def test_a_reused_session_lost_during_data_is_not_sent_again(
     assert provider.sessions_opened == 2
 
 
+class SilentAfter421(Recorder):
+    """A server that answers 421 at the end of DATA, then neither answers what comes next
+    (RSET) nor hangs up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resets = 0
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        return "421 4.3.2 Service shutting down"
+
+    async def handle_RSET(self, server: object, session: object, envelope: object) -> str:
+        self.resets += 1
+        await asyncio.sleep(60)  # the controller's stop cancels it
+        return "250 OK"
+
+
+def test_a_421_at_the_end_of_data_is_reported_at_once_not_as_a_wait_on_rset() -> None:
+    handler = SilentAfter421()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    provider = SMTPProvider("127.0.0.1", controller.port, starttls=False, timeout=2)
+    try:
+        with pytest.raises(NotificationDeliveryError, match="421") as caught:
+            provider.send(mail())
+    finally:
+        provider.close()
+        controller.stop()
+    assert type(caught.value) is NotificationDeliveryError  # not a timeout on RSET
+    assert caught.value.retryable
+    assert "may have taken" not in str(caught.value)  # the server said it did not
+    assert handler.resets == 0  # nothing more said on a channel being closed
+    assert provider._smtp is None
+
+
 @pytest.mark.parametrize(
     ("recipient", "error", "says"),
     [

@@ -460,14 +460,23 @@ class SMTPProvider(BaseNotificationProvider):
 class _Session(aiosmtplib.SMTP):
     """aiosmtplib's client, noting whether the transaction under way has reached DATA:
     up to then a lost connection cost nothing, after it the server may have taken the
-    message and lost only its answer."""
+    message and lost only its answer. A 421 to DATA ends the session, as aiosmtplib ends
+    it on a 421 to any other command."""
 
     reached_data = False
 
     async def data(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
         # With the connection already gone (a 421 at a later RCPT closes it), nothing goes.
         self.reached_data = self.protocol is not None
-        return await super().data(*args, **kwargs)
+        try:
+            return await super().data(*args, **kwargs)
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == 421:
+                # The server is closing the channel (RFC 5321 4.2.2). aiosmtplib would send
+                # RSET on it next; a server that neither answers nor hangs up would hold
+                # the attempt for the timeout and have the 421 reported as a timeout.
+                self.close()
+            raise
 
 
 def _hung_up(exc: BaseException) -> bool:

@@ -391,16 +391,17 @@ def test_a_reused_session_lost_during_data_is_not_sent_again(
     assert provider.sessions_opened == 2
 
 
-class SilentAfter421(Recorder):
-    """A server that answers 421 at the end of DATA, then neither answers what comes next
-    (RSET) nor hangs up."""
+class SilentAfterRefusing(Recorder):
+    """A server that answers ``reply`` at the end of DATA, then neither answers what comes
+    next (RSET) nor hangs up."""
 
-    def __init__(self) -> None:
+    def __init__(self, reply: str) -> None:
         super().__init__()
+        self.reply = reply
         self.resets = 0
 
     async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
-        return "421 4.3.2 Service shutting down"
+        return self.reply
 
     async def handle_RSET(self, server: object, session: object, envelope: object) -> str:
         self.resets += 1
@@ -408,22 +409,35 @@ class SilentAfter421(Recorder):
         return "250 OK"
 
 
-def test_a_421_at_the_end_of_data_is_reported_at_once_not_as_a_wait_on_rset() -> None:
-    handler = SilentAfter421()
+@pytest.mark.parametrize(
+    ("reply", "retryable", "resets"),
+    [
+        # 421 says the server is closing the channel: no RSET is sent on it.
+        ("421 4.3.2 Service shutting down", True, 0),
+        # Any other refusal gets aiosmtplib's RSET, which waits out the timeout here.
+        ("451 4.3.0 Local error in processing", True, 1),
+        ("554 5.7.1 Message rejected", False, 1),
+    ],
+)
+def test_a_refusal_at_the_end_of_data_is_reported_as_itself_whatever_comes_after(
+    reply: str, retryable: bool, resets: int
+) -> None:
+    handler = SilentAfterRefusing(reply)
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     provider = SMTPProvider("127.0.0.1", controller.port, starttls=False, timeout=2)
     try:
-        with pytest.raises(NotificationDeliveryError, match="421") as caught:
+        with pytest.raises(NotificationDeliveryError) as caught:
             provider.send(mail())
+        assert provider._smtp is None or not provider._smtp.is_connected
     finally:
         provider.close()
         controller.stop()
     assert type(caught.value) is NotificationDeliveryError  # not a timeout on RSET
-    assert caught.value.retryable
+    assert caught.value.status_code == int(reply[:3])
+    assert caught.value.retryable is retryable
     assert "may have taken" not in str(caught.value)  # the server said it did not
-    assert handler.resets == 0  # nothing more said on a channel being closed
-    assert provider._smtp is None
+    assert handler.resets == resets
 
 
 @pytest.mark.parametrize(

@@ -461,7 +461,8 @@ class _Session(aiosmtplib.SMTP):
     """aiosmtplib's client, noting whether the transaction under way has reached DATA:
     up to then a lost connection cost nothing, after it the server may have taken the
     message and lost only its answer. A 421 to DATA ends the session, as aiosmtplib ends
-    it on a 421 to any other command."""
+    it on a 421 to any other command, and the server's refusal is what is reported, not
+    the RSET that aiosmtplib sends after it."""
 
     reached_data = False
 
@@ -477,6 +478,16 @@ class _Session(aiosmtplib.SMTP):
                 # the attempt for the timeout and have the 421 reported as a timeout.
                 self.close()
             raise
+
+    async def rset(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        # aiosmtplib sends RSET only after an error reply, and keeps that reply unless the
+        # RSET itself times out. A server that answered (a 554, say) and then went silent
+        # must not have its refusal reported as a timeout that "may have taken" the
+        # message. The timeout has already closed the session.
+        try:
+            return await super().rset(*args, **kwargs)
+        except aiosmtplib.SMTPTimeoutError as exc:
+            raise aiosmtplib.SMTPServerDisconnected(f"no answer to RSET: {exc}") from exc
 
 
 def _hung_up(exc: BaseException) -> bool:

@@ -146,19 +146,20 @@ TEAM_KEY = "DBAKEY0000000000000000000000DBA1"
 def owned_database() -> int:
     """The database of REDIS_URL this test process owns: GDS_TEST_REDIS_DB (15 unless set)
     for the first (or only) process; in a parallel run (pytest-xdist's ``gw1``, ``gw2``,
-    ...) each further process counts down from two below it, as the one below is the
-    bench smoke test's (``GDS_BENCH_REDIS_DB``, 14). Never database 0, where a Redis
-    keeps what nobody placed elsewhere (``make run``'s default among it)."""
+    ...) the next ones down from it, passing over the bench smoke test's
+    (GDS_BENCH_REDIS_DB, 14) and never reaching 0, where a Redis keeps what nobody placed
+    elsewhere (``make run``'s default among it)."""
     base = int(os.environ.get("GDS_TEST_REDIS_DB", "15"))
+    bench = int(os.environ.get("GDS_BENCH_REDIS_DB", "14"))
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker.removeprefix("gw"))
-    db = base if index == 0 else base - 1 - index
-    if db < 1:
+    candidates = [db for db in range(base, 0, -1) if db != bench]
+    if index >= len(candidates):
         raise pytest.UsageError(
-            f"test process {worker} would own database {db} of REDIS_URL: run fewer"
+            f"test process {worker} would own database 0 of REDIS_URL, or none: run fewer"
             " processes (PYTEST_PROCESSES), or unset REDIS_URL to give each its own Redis"
         )
-    return db
+    return candidates[index]
 
 
 @pytest.fixture(scope="session")

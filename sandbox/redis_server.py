@@ -119,8 +119,15 @@ class LocalRedis:
                     err = self._proc.stderr.read().decode() if self._proc.stderr else ""
                     raise RedisUnavailableError(f"redis-server exited at start: {err.strip()}")
                 try:
-                    client.ping()
-                    return self
+                    answering = client.info("server")["process_id"]
+                    if answering == self._proc.pid:
+                        return self
+                    # Another Redis took the port between our pick and our start: ours
+                    # cannot bind it and exits, and must not pass for it.
+                    self.stop()
+                    raise RedisUnavailableError(
+                        f"port {self.port} is taken by another Redis (pid {answering})"
+                    )
                 except (redis.AuthenticationError, redis.ResponseError):
                     return self  # it answers; it wants a password (set in ``extra``)
                 except redis.ConnectionError:

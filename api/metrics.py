@@ -157,10 +157,11 @@ class PoolCollector(Collector):
             "Deliveries the recovery sweep published again: lost (a page, or its retry, "
             "the broker lost before a worker took it), abandoned (its worker died in an "
             "attempt: the claim lapsed with no outcome recorded) or stalled (no progress "
-            "for JOB_STALL_SECONDS).",
+            "for JOB_STALL_SECONDS); and intake (a notify or heartbeat message a worker "
+            "died holding, put back on its queue).",
             ["reason"],
             snap,
-            [("lost",), ("abandoned",), ("stalled",)],
+            [("lost",), ("abandoned",), ("stalled",), ("intake",)],
         )
 
     def _gauges(self, snap: stats.Snapshot) -> Iterator[Metric]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from celery import signals
 
+from config.queues import HEARTBEAT_TASK
 from worker.celery_app import app
 from worker.engine.heartbeats import reports
 from worker.engine.heartbeats.paging import run_check
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 ARGUMENTS = ("slug", "status", "at")
 
 
-@app.task(name="heartbeat", acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator,unused-ignore]
+@app.task(name=HEARTBEAT_TASK, acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator,unused-ignore]
 def heartbeat_task(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """``heartbeat(slug, status="up", at=None)`` for any Celery client. A refusal is logged
     and counted, never retried."""

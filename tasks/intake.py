@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from config.queues import NOTIFY_TASK
 from worker.celery_app import app
 from worker.engine import intake
 from worker.engine.delivery import Outcome, OutcomeKind
@@ -25,7 +26,7 @@ def _truncate(value: Any, limit: int = 65_536) -> Any:
     return value if len(text) <= limit else {"truncated": text[:limit], "size": len(text)}
 
 
-@app.task(bind=True, name="notify", max_retries=None, acks_late=True)  # type: ignore[untyped-decorator,unused-ignore]
+@app.task(bind=True, name=NOTIFY_TASK, max_retries=None, acks_late=True)  # type: ignore[untyped-decorator,unused-ignore]
 def notify(self: NotifierTask, *args: Any, **kwargs: Any) -> str:
     """Intake for producers in any language: one argument, the job as a JSON object."""
     job_id = self.request.id or intake.new_job_id()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from worker.celery_app import app
+from worker.engine.intake_recovery import put_back
 from worker.engine.recovery import recover as recover_stalled
 from worker.engine.runtime import engine
 
@@ -28,8 +29,17 @@ WHY = {
 def recover() -> int:
     """Re-queue deliveries with no progress for ``JOB_STALL_SECONDS``, pages (or their
     retries) the broker lost before any worker took them or that a dead worker held
-    through a countdown, and deliveries whose worker died in an attempt; returns how
-    many."""
+    through a countdown, deliveries whose worker died in an attempt, and intake messages
+    a dead worker held; returns how many."""
+    intake = put_back(engine())
+    for message in intake:
+        logger.warning(
+            "%s %s: in a worker's hands %.0f s after it fell due, though intake takes"
+            " milliseconds (its worker died?): put back on its queue",
+            message.task,
+            message.task_id,
+            message.held_seconds,
+        )
     found = recover_stalled(engine())
     for item in found:
         why = WHY["held" if item.holder else item.reason]
@@ -39,4 +49,4 @@ def recover() -> int:
             item.channel,
             why % {"idle": item.idle_seconds, "holder": item.holder},
         )
-    return len(found)
+    return len(intake) + len(found)

@@ -19,8 +19,12 @@ from kombu.transport import redis as kombu_redis
 from redis.connection import AbstractConnection, SSLConnection
 from redis.sentinel import SentinelManagedConnection
 
+from config.celery_config import celery_config
+from config.settings import Settings
 from worker import broker_transport, consumer
 from worker.engine import redis_client
+from worker.engine.broker_queues import UNACKED_HASH, UNACKED_INDEX
+from worker.engine.intake_recovery import PRIORITY_SEPARATOR, PRIORITY_STEPS
 
 #: (kombu class, method, the parameters kombu has; our override takes them, in order).
 OVERRIDDEN = [
@@ -98,3 +102,14 @@ def test_our_transport_keeps_the_url_flower_reads_and_the_public_hook_would_not(
     assert uri.startswith("worker.broker_transport:Transport://")
     with pytest.raises(NotImplementedError):
         FlowerBroker(uri)
+
+
+def test_the_broker_keys_the_engine_reads_and_writes_are_still_kombus() -> None:
+    """worker/engine/broker_queues.py and intake_recovery.py read kombu's unacked hash and
+    its index, and put messages back on a priority's list, by kombu's names (the engine may
+    not import kombu); the transport options leave those names as they are."""
+    channel = kombu_redis.Channel
+    assert (channel.unacked_key, channel.unacked_index_key) == (UNACKED_HASH, UNACKED_INDEX)
+    assert (channel.sep, list(channel.priority_steps)) == (PRIORITY_SEPARATOR, [*PRIORITY_STEPS])
+    options = celery_config(Settings())["broker_transport_options"]
+    assert not {"unacked_key", "unacked_index_key", "sep", "priority_steps"} & set(options)

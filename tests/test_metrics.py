@@ -245,6 +245,7 @@ def test_recoveries_are_counted_by_reason(api_server: ApiServer) -> None:
     assert value(before, "gds_notify_recovered_total", reason="lost") == 0
     assert value(before, "gds_notify_recovered_total", reason="abandoned") == 0
     assert value(before, "gds_notify_recovered_total", reason="stalled") == 0
+    assert value(before, "gds_notify_recovered_total", reason="intake") == 0
 
     found = sweep(engine(), now=created + 11)
     assert sorted((s.job_id, s.reason) for s in found) == sorted(
@@ -255,3 +256,4 @@ def test_recoveries_are_counted_by_reason(api_server: ApiServer) -> None:
     assert value(after, "gds_notify_recovered_total", reason="lost") == 1
     assert value(after, "gds_notify_recovered_total", reason="abandoned") == 1
     assert value(after, "gds_notify_recovered_total", reason="stalled") == 1
+    assert value(after, "gds_notify_recovered_total", reason="intake") == 0  # none was held

@@ -1,7 +1,8 @@
 """What the broker holds, read the way kombu's Redis transport keeps it: a list per queue
 (pushed on the left, taken from the right) and one hash of the messages workers have taken
-and not yet acknowledged. The engine reads these without kombu (it may not import it); the
-stats and the recovery sweep are the readers."""
+and not yet acknowledged, indexed by when each was taken. The engine reads these without
+kombu (it may not import it); the stats and the recovery sweeps are the readers, and the
+intake sweep puts back what a dead worker held."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ from typing import cast
 
 import redis
 
+from worker.engine import scripts
+
 #: kombu's Redis transport: messages taken by a worker and not yet acknowledged.
 UNACKED_HASH = "unacked"
+#: ... and when each was taken (a sorted set of delivery tags, scored in seconds).
+UNACKED_INDEX = "unacked_index"
 #: The longest queue (or unacked hash) :meth:`BrokerQueues.holding` reads through.
 LOOK_LIMIT = 2_000
+#: Index entries read per round trip by :meth:`BrokerQueues.taken_before`.
+PUT_BACK_BATCH = 200
 #: Where a message's task id starts: the first "id" key of the envelope, in its headers.
 #: (The body before it is base64; root_id, parent_id and correlation_id end in "_id".)
 _ID = '"id": "'
@@ -25,6 +32,7 @@ class BrokerQueues:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
+        self._put_back = scripts.register(client, __file__, "broker_put_back")
 
     def holding(self, queue: str, task_ids: Iterable[str]) -> set[str] | None:
         """Which of ``task_ids`` have a message on ``queue`` or in a worker's hands (taken,
@@ -58,6 +66,40 @@ class BrokerQueues:
             return None
         entries = cast("list[str]", self.redis.hvals(UNACKED_HASH))
         return {t for t in map(task_id, entries) if t in wanted}
+
+    def taken_before(self, moment: float, limit: int) -> list[tuple[str, str, float]]:
+        """The messages workers took before ``moment`` (seconds since the epoch) and still
+        hold, the oldest first, among the first ``limit`` the index lists: each one's
+        delivery tag, its unacked entry as kombu wrote it, and when it was taken."""
+        found: list[tuple[str, str, float]] = []
+        read = 0
+        while read < limit:
+            batch = min(PUT_BACK_BATCH, limit - read)
+            index = cast(
+                "list[tuple[str, float]]",
+                self.redis.zrangebyscore(
+                    UNACKED_INDEX, "-inf", moment, start=read, num=batch, withscores=True
+                ),
+            )
+            read += len(index)
+            if index:
+                tags = [tag for tag, _ in index]
+                entries = cast("list[str | None]", self.redis.hmget(UNACKED_HASH, tags))
+                found += [
+                    (tag, entry, taken)
+                    for (tag, taken), entry in zip(index, entries, strict=True)
+                    if entry is not None  # acknowledged between the two reads
+                ]
+            if len(index) < batch:
+                break
+        return found
+
+    def put_back(self, tag: str, entry: str, queue_list: str, message: str) -> bool:
+        """Queue ``message`` again on ``queue_list`` in place of the unacked entry ``entry``
+        (delivery tag ``tag``), as kombu's restore does, if that entry is still there as
+        read; False when it is not (acknowledged, or put back, meanwhile)."""
+        keys = [UNACKED_HASH, UNACKED_INDEX, queue_list]
+        return bool(self._put_back(keys=keys, args=[tag, entry, message]))
 
 
 def task_id(message: str) -> str | None:

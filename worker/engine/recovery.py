@@ -32,7 +32,8 @@ record (delivered? another worker's claim?) first.
 
 What this cannot recover: a ``notify`` intake message lost the same way, before any job
 record exists (producers that need that covered use ``tasks.enqueue`` or the HTTP API,
-which record the job and queue it in one step).
+which record the job and queue it in one step). One a dead worker held is put back by
+worker/engine/intake_recovery.py.
 """
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from collections.abc import Callable
 from typing import Literal
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api import paths
 from api.errors import ApiError, forbidden, too_many, unauthorized
 from config.api_tokens import ApiToken, Scope, find_token
 from worker.engine import keys
@@ -22,9 +22,6 @@ from worker.engine.runtime import Engine, engine
 
 #: Documents the scheme in the OpenAPI schema; the check itself is :func:`require`.
 bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer gdsn_…`")
-
-#: A key in the path of a ping URL or of the Medic-style API.
-KEY_IN_PATH = re.compile(r"^(/(?:ping|medic)/)([^/?]+)")
 
 
 @functools.lru_cache(maxsize=4)
@@ -91,6 +88,5 @@ class MaskKeysInPaths(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
-            path = KEY_IN_PATH.sub(lambda m: m.group(1) + "…" + m.group(2)[-4:], args[2])
-            record.args = (*args[:2], path, *args[3:])
+            record.args = (*args[:2], paths.masked(args[2]), *args[3:])
         return True

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import paths
 from worker.engine import intake
 from worker.engine.redis_client import NotReplicatedError
 from worker.engine.runtime import engine
@@ -129,7 +130,8 @@ def install(app: FastAPI) -> None:
         return invalid(exc.errors)
 
     async def outage(request: Request, exc: Exception) -> JSONResponse:
-        logger.warning("%s %s: redis unavailable: %s", request.method, request.url.path, exc)
+        where = paths.masked(request.url.path)
+        logger.warning("%s %s: redis unavailable: %s", request.method, where, exc)
         return JSONResponse(
             {"error": "Redis is unreachable: nothing was stored; retry later"},
             503,
@@ -140,7 +142,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(NotReplicatedError)
     async def not_durable(request: Request, exc: NotReplicatedError) -> JSONResponse:
-        logger.warning("%s %s: %s", request.method, request.url.path, exc)
+        logger.warning("%s %s: %s", request.method, paths.masked(request.url.path), exc)
         return JSONResponse(
             {"error": str(exc)}, 503, headers={"Retry-After": str(OUTAGE_RETRY_AFTER)}
         )

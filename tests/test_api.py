@@ -5,6 +5,7 @@ leads to."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import subprocess
 import time
@@ -115,6 +116,11 @@ def test_a_duplicate_answers_with_the_first_job_and_the_header_is_an_idempotency
         bad_header = http.post(
             "/v1/notifications", json=note, headers={"Idempotency-Key": "k" * 1025}
         )
+        # Blank, and a line break httpx lets through (NEL): each a 422 naming the header.
+        blank = http.post("/v1/notifications", json=note, headers={"Idempotency-Key": ""})
+        two_lines = http.post(
+            "/v1/notifications", json=note, headers={b"Idempotency-Key": "a\x85b".encode("latin-1")}
+        )
     assert first.status_code == again.status_code == in_body.status_code == 202
     assert first.json()["duplicate"] is False
     assert again.json() == {
@@ -127,6 +133,12 @@ def test_a_duplicate_answers_with_the_first_job_and_the_header_is_an_idempotency
     assert clash.json()["errors"][0]["field"] == "Idempotency-Key"
     assert bad_header.status_code == 422
     assert bad_header.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert blank.status_code == two_lines.status_code == 422
+    assert blank.json()["errors"] == [
+        {"field": "Idempotency-Key", "message": "must not be blank when given (omit it instead)"}
+    ], blank.json()
+    assert two_lines.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert "line" in two_lines.json()["errors"][0]["message"], two_lines.json()
     delivered(first.json()["job_id"])
     time.sleep(0.3)
     assert [i["dedup_key"] for i in api.incidents()] == ["k-1"]
@@ -253,23 +265,37 @@ def test_a_token_over_its_rate_is_429_with_retry_after_and_others_are_not(
 
 
 def test_redis_unreachable_is_503_with_retry_after_never_202(
-    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from config.settings import get_settings
     from tests.conftest import closed_port_url
 
     monkeypatch.setenv("REDIS_URL", closed_port_url().replace("http://", "redis://"))
     get_settings.cache_clear()
-    with api_server.client() as http:
+    with caplog.at_level(logging.WARNING, logger="api"), api_server.client() as http:
         answer = http.post(
             "/v1/notifications", json={"recipient": "db-2", "subject": "s", "priority": "critical"}
         )
         ready = http.get("/readyz")
+        # Heartbeats by the key in the path: told to come back, and the key never logged.
+        ping = http.get(f"/ping/{HEARTBEAT_TOKEN}/billing-api")
+        beat = {"heartbeat_name": "billing-api", "status": "UP"}
+        medic = http.post(f"/medic/{HEARTBEAT_TOKEN}/heartbeat", json=beat)
     assert answer.status_code == 503
     assert answer.headers["Retry-After"] == "5"
     assert "nothing was stored" in answer.json()["error"]
     assert ready.status_code == 503
     assert ready.json()["failing"] == ["redis"]
+    assert (ping.status_code, ping.text, ping.headers["Retry-After"]) == (
+        503,
+        "redis unavailable",
+        "5",
+    )
+    assert (medic.status_code, medic.headers["Retry-After"]) == (503, "5")
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(f"/ping/…{HEARTBEAT_TOKEN[-4:]}/billing-api" in line for line in logged), logged
+    assert any(f"/medic/…{HEARTBEAT_TOKEN[-4:]}/heartbeat" in line for line in logged), logged
+    assert not any(HEARTBEAT_TOKEN in line for line in logged), logged
 
 
 def test_acknowledge_and_resolve_over_http(
@@ -293,12 +319,23 @@ def test_acknowledge_and_resolve_over_http(
         delivered(resolve.json()["job_id"])
         no_body = http.post("/v1/incidents/nothing-open/resolve")
         job = http.get(f"/v1/jobs/{resolve.json()['job_id']}")
+        bad_teams = [
+            http.post("/v1/incidents/inc-1/resolve", json={"team": team})
+            for team in ("dba\nX-Evil: 1", "   ", "dba\u2028")
+        ]
     assert ack.status_code == resolve.status_code == no_body.status_code == 202
     [incident] = api.incidents(dedup_key="inc-1")
     assert [t["action"] for t in incident["timeline"]] == ["trigger", "acknowledge", "resolve"]
     assert incident["status"] == "resolved"
     assert job.json()["action"] == "resolve"
     assert job.json()["dedup_key"] == "inc-1"
+    for refused in bad_teams:  # as a notification's team is refused: nothing queued
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"] == [
+            {"field": "team", "message": "must be a non-blank single line"}
+        ]
+    records = [k for k in engine().redis.scan_iter("gds:job:*") if k.count(":") == 2]
+    assert len(records) == 4  # the trigger, the acknowledge and the two resolves
 
 
 def test_a_job_reads_as_gds_notify_status_json_prints_it(

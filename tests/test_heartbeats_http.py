@@ -293,6 +293,8 @@ def test_ping_urls_answer_as_healthchecks_does(hb_api: ApiServer, pages: Sandbox
         exit_0 = http.get(ping_url(hb_api, "billing-api", "0"))
         exit_3 = http.get(ping_url(hb_api, "etl", "3"))
         bad_exit = http.get(ping_url(hb_api, "billing-api", "256"))
+        # Digits to str.isdigit, not to Healthchecks: superscript two, Arabic-Indic three.
+        odd_digits = [http.get(ping_url(hb_api, "billing-api", d)) for d in ("\u00b2", "\u0663")]
         unknown = http.get(ping_url(hb_api, "ghost"))
         wrong_key = http.get(ping_url(hb_api, "billing-api", key="gdsn_nobody"))
         other_team = http.get(ping_url(hb_api, "etl", key=TEAM_PING_KEY))
@@ -307,6 +309,7 @@ def test_ping_urls_answer_as_healthchecks_does(hb_api: ApiServer, pages: Sandbox
     assert (head.status_code, head.text) == (200, "")
     assert post.text == exit_0.text == exit_3.text == own_team.text == "OK"
     assert bad_exit.status_code == 400
+    assert [(a.status_code, a.text) for a in odd_digits] == [(400, "invalid url format")] * 2
     assert [(a.status_code, a.text) for a in (unknown, wrong_key, other_team)] == [
         (404, "not found")
     ] * 3

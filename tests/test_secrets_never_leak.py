@@ -453,6 +453,15 @@ def _http_api(run: Run, port: int, dead_ids: list[str]) -> list[str]:
     beat = {"heartbeat_name": "leak-cron", "status": "UP"}
     medic = call("medic", "POST", f"/medic/{ADMIN_TOKEN}/heartbeat", None, json=beat)
     assert medic.status_code == 201
+    # Mistyped ping URLs reach no route, but the access log still writes their path: a base
+    # URL with a trailing slash, a capital, a key that is a token in some other place.
+    for mistyped in (
+        f"//ping/{ADMIN_TOKEN}/leak-cron",
+        f"/PING/{ADMIN_TOKEN}/leak-cron",
+        f"/ping//{ADMIN_TOKEN}/leak-cron",
+        f"/v1/jobs/{ADMIN_TOKEN}",
+    ):
+        assert call("mistyped", "GET", mistyped, None).status_code in (401, 404), mistyped
     return [job, resolved.json()["job_id"]]
 
 

@@ -23,21 +23,20 @@ __all__ = [
 ]
 
 
+TEAM_MAX_LENGTH = 255
+
+
 class JobRequest(Notification):
     """A Notification plus routing fields. ``team`` picks the PagerDuty routing key (and can
     match routing rules); ``channel`` forces one channel instead of the routing rules."""
 
-    team: str | None = Field(default=None, max_length=255)
+    team: str | None = Field(default=None, max_length=TEAM_MAX_LENGTH)
     channel: Channel | None = None
 
     @field_validator("team")
     @classmethod
     def _team_one_line(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_unicode(value)
-            if not value.strip() or not is_one_line(value):
-                raise ValueError("must be a non-blank single line")
-        return value
+        return None if value is None else check_team(value)
 
     def notification(self) -> Notification:
         """The notification part, without validating it a second time (it was, as part of
@@ -46,6 +45,17 @@ class JobRequest(Notification):
         return Notification.model_construct(
             _fields_set=self.model_fields_set & fields.keys(), **fields
         )
+
+
+def check_team(value: str) -> str:
+    """A team name as every door takes one (it picks a routing key, and is logged): one
+    non-blank line of valid Unicode; ValueError says what is wrong."""
+    check_unicode(value)
+    if not value.strip() or not is_one_line(value):
+        raise ValueError("must be a non-blank single line")
+    if len(value) > TEAM_MAX_LENGTH:
+        raise ValueError(f"must be at most {TEAM_MAX_LENGTH} characters")
+    return value
 
 
 def parse_request(payload: Any, **routing: Any) -> JobRequest:

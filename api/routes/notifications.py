@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header
+from pydantic import ValidationError
 
 from api.auth import require
 from api.routes.answers import BODY_ERRORS, Accepted, accept
 from worker.job_request import InvalidJobError, JobRequest
+from worker.validation import validation_errors
 
 router = APIRouter(tags=["notifications"])
 
@@ -47,7 +49,13 @@ def post_notification(
                 ]
             )
         # Checked as the body's own idempotency_id is (one line, not blank).
-        notification = JobRequest.model_validate(
-            {**notification.model_dump(), "idempotency_id": idempotency_key}
-        )
+        try:
+            notification = JobRequest.model_validate(
+                {**notification.model_dump(), "idempotency_id": idempotency_key}
+            )
+        except ValidationError as exc:
+            problems = [e["message"] for e in validation_errors(exc)]
+            raise InvalidJobError(
+                [{"field": "Idempotency-Key", "message": "; ".join(problems)}]
+            ) from None
     return accept(notification, "api")

@@ -6,7 +6,8 @@
 kept, cut to 10,000 characters, as that ping's log.
 
 Answers are plain text, as Healthchecks': ``OK`` 200, ``not found`` 404 (an unknown key
-and an unknown slug look the same), ``rate limited`` 429 with ``Retry-After``. As in
+and an unknown slug look the same), ``rate limited`` 429 with ``Retry-After``, and
+``redis unavailable`` 503 with ``Retry-After`` when the ping could not be kept. As in
 Healthchecks, ``?create=1`` on an unknown slug registers it (``created`` 201) with
 Healthchecks' defaults: a one-day period and an hour's grace.
 
@@ -17,16 +18,19 @@ pipelined together.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 
+import redis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from api import paths
 from api.auth import authorize
-from api.errors import ApiError
+from api.errors import OUTAGE_RETRY_AFTER, ApiError
 from config.api_tokens import ApiToken
 from config.catalogue import SLUG_PATTERN, ServiceSpec
 from worker.engine.heartbeats import reports
@@ -35,11 +39,15 @@ from worker.engine.heartbeats.registry import DEFAULT_TEAM, Registration, Regist
 from worker.engine.heartbeats.store import HeartbeatInFutureError, Ping, TooManyPings
 from worker.engine.runtime import engine
 
+logger = logging.getLogger(__name__)
+
 CORS = {"Access-Control-Allow-Origin": "*"}
 #: What ``?create=1`` gives a new service: Healthchecks' period and grace.
 CREATED_PERIOD = 86_400.0
 CREATED_GRACE = 3_600.0
 _RID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+#: An exit status as Healthchecks reads one: ASCII digits (``str.isdigit`` takes ``²``).
+_EXIT_STATUS = re.compile(r"[0-9]{1,3}")
 
 
 def _text(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
@@ -53,7 +61,7 @@ def _ping_for(suffix: str | None, rid: str | None, body: str | None) -> Ping | N
         return Ping(kind=suffix, via=f"/{suffix}", rid=rid, body=body)  # type: ignore[arg-type]
     if suffix == "fail":
         return Ping(kind="fail", via="/fail", rid=rid, body=body)
-    if suffix.isdigit() and int(suffix) <= 255:
+    if _EXIT_STATUS.fullmatch(suffix) and int(suffix) <= 255:
         code = int(suffix)
         return Ping(kind="up" if code == 0 else "fail", via=f"exit {code}", rid=rid, body=body)
     return None
@@ -118,7 +126,11 @@ async def endpoint(request: Request) -> Response:
     bounded by ``API_MAX_BODY_BYTES``; the log keeps its first ``BODY_LIMIT`` characters.)"""
     if request.method == "POST":
         request.state.body = (await request.body()).decode("utf-8", "replace")
-    answer: Response = await run_in_threadpool(ping, request)
+    try:
+        answer: Response = await run_in_threadpool(ping, request)
+    except redis.RedisError as exc:  # NotReplicatedError too: the ping may not be kept
+        logger.warning("%s %s: %s", request.method, paths.masked(request.url.path), exc)
+        return _text(503, "redis unavailable", {"Retry-After": str(OUTAGE_RETRY_AFTER)})
     return answer
 
 

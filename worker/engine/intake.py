@@ -24,7 +24,7 @@ from worker.engine import stats
 from worker.engine.delivery import DeliveryJob
 from worker.engine.runtime import Engine
 from worker.exceptions import InvalidFieldError
-from worker.job_request import InvalidJobError, JobRequest
+from worker.job_request import InvalidJobError, JobRequest, check_team
 from worker.notification import is_one_line
 from worker.providers.pagerduty_events import event_dedup_key, fit_dedup_key
 
@@ -148,6 +148,11 @@ def lifecycle(
     (the door: ``enqueue``, ``api``, ...); returns the job id."""
     if not dedup_key or not dedup_key.strip() or not is_one_line(dedup_key):
         raise InvalidJobError([{"field": "dedup_key", "message": "must be a non-blank line"}])
+    if team is not None:
+        try:
+            check_team(team)
+        except ValueError as exc:
+            raise InvalidJobError([{"field": "team", "message": str(exc)}]) from None
     job_id = new_job_id()
     payload = DeliveryJob(
         job_id=job_id,

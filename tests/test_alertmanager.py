@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sandbox import SandboxServer
-from tests.api_server import NOTIFY_TOKEN, ApiServer
+from tests.api_server import ADMIN_TOKEN, NOTIFY_TOKEN, ApiServer
 from tests.conftest import TEAM_KEY, SandboxClient, free_port, wait_for
 from worker.engine.runtime import engine
 
@@ -156,6 +156,42 @@ def test_an_alert_that_cannot_be_a_notification_is_kept_and_the_rest_go_out(
     assert [i["dedup_key"] for i in api.incidents()] == ["alertmanager-c0ffee0000000001"]
     assert not_v4.status_code == 422
     assert not_v4.json()["errors"][0]["field"] == "version"
+
+
+def test_a_resolved_alerts_dead_letter_replays_as_its_resolve_and_repeats_keep_one_letter(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An alert routed to email with no recipient is dead-lettered firing, again on
+    Alertmanager's repeat (the same letter), and resolved. Once the route is mended, the
+    firing letter replays as the trigger and the resolved one as its resolve: the incident
+    ends resolved, and no replay triggers a second time."""
+    from config.settings import get_settings
+
+    monkeypatch.setenv("ROUTING_RULES", '[{"alert_name": "Queue*", "channels": ["email"]}]')
+    get_settings.cache_clear()
+    queue = alert(fingerprint="beef000000000004", alertname="QueueSlow", severity="warning")
+    gone = queue | {"status": "resolved", "endsAt": "2026-12-02T01:05:00Z"}
+    with api_server.client() as http:
+        [firing] = http.post("/v1/alertmanager", json=webhook(queue)).json()["alerts"]
+        [repeat] = http.post("/v1/alertmanager", json=webhook(queue)).json()["alerts"]
+        [resolved] = http.post("/v1/alertmanager", json=webhook(gone, status="resolved")).json()[
+            "alerts"
+        ]
+    assert firing["job_ids"] == repeat["job_ids"] == resolved["job_ids"] == []
+    assert firing["dead_letter"] == repeat["dead_letter"] != resolved["dead_letter"]
+    assert len(engine().dead_letters.list()) == 2
+
+    monkeypatch.setenv("ROUTING_RULES", '[{"alert_name": "Queue*", "channels": ["pagerduty"]}]')
+    get_settings.cache_clear()
+    with api_server.client(ADMIN_TOKEN) as admin:
+        for letter in (firing["dead_letter"], resolved["dead_letter"]):
+            replayed = admin.post(f"/v1/dead-letters/{letter}/replay")
+            assert replayed.status_code == 202, replayed.text
+            job(replayed.json()["job_id"])
+    [incident] = api.incidents(dedup_key="alertmanager-beef000000000004")
+    assert incident["status"] == "resolved"
+    assert [t["action"] for t in incident["timeline"]] == ["trigger", "resolve"]
+    assert engine().dead_letters.list() == []
 
 
 def _alertmanager_config(path: Path, api_url: str) -> Path:

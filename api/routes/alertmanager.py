@@ -9,9 +9,9 @@ none), so the incident follows the alert however its group is split.
 Alertmanager sends a firing alert again every ``repeat_interval`` and retries on 5xx and
 429: the same firing alert (same fingerprint and start) is one job, so a repeat opens no
 incident and sends no second email. It does not retry a 4xx, so an alert that cannot be
-turned into a notification is dead-lettered with the reason (nothing is lost) and the
-rest of the group is still accepted; only a payload that is not a version 4 webhook is
-refused (422).
+turned into a notification is dead-lettered with the reason (nothing is lost; its replay
+triggers, or for a resolved alert resolves) and the rest of the group is still accepted;
+only a payload that is not a version 4 webhook is refused (422).
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ from pydantic.alias_generators import to_camel
 
 from api.auth import require
 from api.routes.answers import BODY_ERRORS, accept
-from config.routing import route
-from worker.channels import Channel
-from worker.engine import intake
+from worker.engine import alert_resolution, intake
 from worker.engine.runtime import engine
-from worker.job_request import InvalidJobError, JobRequest, parse_request
+from worker.job_request import InvalidJobError, parse_request
 from worker.notification import NotificationPriority, PagerDutySeverity
 
 router = APIRouter(tags=["alertmanager"])
@@ -164,26 +162,6 @@ def request_fields(alert: Alert, hook: Webhook) -> dict[str, Any]:
     return fields
 
 
-def _resolve(alert: Alert, firing: JobRequest) -> list[intake.Accepted]:
-    """A resolved alert: the page resolves, and an email says so where the alert emailed."""
-    eng = engine()
-    rule = route(eng.settings.routing_rules, firing.priority, firing.team, firing.alert_name, None)
-    done = []
-    if Channel.PAGERDUTY in rule.channels:
-        job_id = intake.lifecycle(eng, "resolve", dedup_key(alert), firing.team, "alertmanager")
-        done.append(intake.Accepted(job_id, channels=(Channel.PAGERDUTY,)))
-    if Channel.EMAIL in rule.channels:
-        resolved = firing.model_copy(
-            update={
-                "subject": f"[RESOLVED] {firing.subject}",
-                "idempotency_id": f"{firing.idempotency_id}/resolved",
-                "channel": Channel.EMAIL,
-            }
-        )
-        done.append(intake.accept(eng, resolved, intake.new_job_id(), "alertmanager"))
-    return done
-
-
 def _one(alert: Alert, hook: Webhook, index: int) -> AlertOutcome:
     outcome = AlertOutcome(fingerprint=fingerprint(alert), status=alert.status)
     fields = request_fields(alert, hook)
@@ -193,19 +171,25 @@ def _one(alert: Alert, hook: Webhook, index: int) -> AlertOutcome:
             answer = accept(request, "alertmanager")
             outcome.job_ids, outcome.duplicate = [answer.job_id], answer.duplicate
         else:
-            done = _resolve(alert, request)
+            done = alert_resolution.resolve(engine(), request, dedup_key(alert), "alertmanager")
             outcome.job_ids = [d.job_id for d in done]
             outcome.duplicate = bool(done) and all(d.duplicate for d in done)
     except InvalidJobError as exc:
-        # Alertmanager does not retry a 4xx: keep it, with the reason, for a replay.
+        # Alertmanager does not retry a 4xx: keep it, with the reason, for a replay (which
+        # resolves what a resolved alert names, never triggers it). One entry per alert,
+        # start and status, so its repeats every repeat_interval do not pile up.
         intake.refused(engine(), "alertmanager")
-        entry_id = f"alertmanager-{outcome.fingerprint}-{intake.new_job_id()[:8]}"
+        moment = hashlib.sha256(f"{alert.status}@{alert.starts_at}".encode()).hexdigest()
+        entry_id = f"alertmanager-{outcome.fingerprint}-{moment[:8]}"
+        payload: dict[str, Any] = {"args": [fields]}
+        if alert.status == "resolved":
+            payload["resolves"] = dedup_key(alert)
         engine().dead_letters.add(
             entry_id=entry_id,
             job_id=None,
             channel="intake",
             reason=f"alerts.{index}: {exc}",
-            payload={"args": [fields]},
+            payload=payload,
             last_error={"type": "InvalidJobError", "message": str(exc), "errors": exc.errors},
         )
         outcome.dead_letter, outcome.error = entry_id, str(exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.channels import Channel
+from worker.engine import alert_resolution
 from worker.engine.intake import accept, lifecycle, new_job_id
 from worker.engine.quarantine import BROKER_CHANNEL
 from worker.engine.runtime import Engine
@@ -12,7 +13,8 @@ from worker.job_request import InvalidJobError, parse_request
 
 
 def replay(engine: Engine, entry_id: str) -> str:
-    """Send a dead-lettered job through intake again; returns the new job id.
+    """Send a dead-lettered job through intake again; returns the new job id (for a
+    resolved alert, the first of the resolve and its email).
 
     The dead letter is removed once the new job is queued. A job that is still invalid
     raises :class:`InvalidJobError` and stays dead-lettered; an unknown id, KeyError.
@@ -44,6 +46,11 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
                 [{"field": "payload", "message": "not a single job object; cannot replay"}]
             )
         request = parse_request(args[0])
+        if isinstance(payload.get("resolves"), str):
+            # A resolved alert: what its resolving means (a resolve, a [RESOLVED] email),
+            # never the trigger its fields would make.
+            done = alert_resolution.resolve(engine, request, payload["resolves"], "replay")
+            return done[0].job_id
         return accept(engine, request, new_job_id(), "replay", replay_of=entry["id"]).job_id
     action = payload.get("action")
     if action in ("acknowledge", "resolve"):

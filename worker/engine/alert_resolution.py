@@ -1,0 +1,36 @@
+"""An alert that resolved (Alertmanager's ``resolved``): the incident its firing opened is
+resolved, and an email says so where the firing alert emailed. Shared by the webhook and
+by the replay of its dead letter, so a resolved alert replayed never pages."""
+
+from __future__ import annotations
+
+from config.routing import route
+from worker.channels import Channel
+from worker.engine import intake
+from worker.engine.runtime import Engine
+from worker.job_request import JobRequest
+
+
+def resolve(
+    engine: Engine, firing: JobRequest, dedup_key: str, source: str
+) -> list[intake.Accepted]:
+    """Queue what ``firing`` (the notification the alert was while it fired) resolving
+    means, by the routing rules: a resolve of ``dedup_key`` where it paged, a
+    ``[RESOLVED]`` email where it emailed. Raises :class:`InvalidJobError` as intake does."""
+    rule = route(
+        engine.settings.routing_rules, firing.priority, firing.team, firing.alert_name, None
+    )
+    done = []
+    if Channel.PAGERDUTY in rule.channels:
+        job_id = intake.lifecycle(engine, "resolve", dedup_key, firing.team, source)
+        done.append(intake.Accepted(job_id, channels=(Channel.PAGERDUTY,)))
+    if Channel.EMAIL in rule.channels:
+        resolved = firing.model_copy(
+            update={
+                "subject": f"[RESOLVED] {firing.subject}",
+                "idempotency_id": f"{firing.idempotency_id}/resolved",
+                "channel": Channel.EMAIL,
+            }
+        )
+        done.append(intake.accept(engine, resolved, intake.new_job_id(), source))
+    return done

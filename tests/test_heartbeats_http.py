@@ -373,6 +373,21 @@ def test_create_on_a_ping_url_registers_the_check_as_healthchecks_does(
     assert len(engine().heartbeats.log("nightly-backup")) == 2
 
 
+def test_a_team_token_registers_a_service_for_its_own_team_when_it_names_none(
+    hb_api: ApiServer,
+) -> None:
+    base = f"{hb_api.url}/medic/{TEAM_PING_KEY}/service"
+    service = {"heartbeat_name": "ledger-sync", "service_name": "Ledger", "alert_interval": 5}
+    with httpx.Client() as http:
+        registered = http.post(base, json=service)
+        elsewhere = http.post(base, json=service | {"heartbeat_name": "x", "team": "dba"})
+        shown = http.get(f"{base}/ledger-sync").json()
+    assert registered.status_code == 201, registered.text
+    assert [r["team"] for r in shown["results"]] == ["payments"]
+    assert elsewhere.status_code == 400
+    assert elsewhere.json()["message"] == "team: this token may register only team 'payments'"
+
+
 def test_registration_stops_at_the_registry_limit(
     hb_api: ApiServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

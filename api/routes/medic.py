@@ -80,7 +80,12 @@ class ServiceBody(BaseModel):
     environment: str | None = Field(default=None, min_length=1, max_length=50)
     alert_interval: float = Field(gt=0, le=43_200, description="Minutes before alerting.")
     threshold: int = Field(default=1, ge=1, le=10_000)
-    team: str = Field(default=DEFAULT_TEAM, min_length=1, max_length=255)
+    team: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description=f"The owning team: the token's own for a team token, else {DEFAULT_TEAM!r}.",
+    )
     priority: str = "p3"
     runbook: str | None = None
     max_duration: float | None = Field(default=None, gt=0, description="Seconds a run may take.")
@@ -238,7 +243,8 @@ def build_router() -> APIRouter:
                 "heartbeat_name: 1-100 letters, digits, '.', '_' or '-', starting with a "
                 "letter or digit",
             )
-        if not token.covers(wanted.team):
+        team = wanted.team or token.team or DEFAULT_TEAM
+        if not token.covers(team):
             return refused(400, f"team: this token may register only team {token.team!r}")
         eng = engine()
         if eng.service(slug) is not None:
@@ -247,7 +253,7 @@ def build_router() -> APIRouter:
             spec = ServiceSpec(
                 slug=slug,
                 name=wanted.service_name,
-                team=wanted.team,
+                team=team,
                 priority=PRIORITY[wanted.priority],
                 window=wanted.alert_interval * 60,
                 threshold=wanted.threshold,

@@ -34,7 +34,7 @@ from worker.engine.runtime import engine
 
 PREFIX = "gds_notify_"
 #: The doors notifications come in by, and the channels they go out on.
-SOURCES = ("enqueue", "notify", "api", "ingest", "alertmanager", "heartbeat", "replay")
+SOURCES = ("enqueue", "notify", "api", "ingest", "alertmanager", "heartbeat", "replay", "refused")
 CHANNELS = tuple(c.value for c in Channel)
 #: Heartbeat states always exported, so a rule can compare them even at zero.
 HEARTBEAT_STATES = ("new", "up", "failing", "down", "inactive")

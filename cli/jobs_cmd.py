@@ -82,6 +82,9 @@ def _print_record(record: dict[str, Any]) -> None:
         click.echo(f"{channel:<10} {info['state']} after {info['attempts']} attempt(s)")
         if info.get("error"):
             click.echo(f"{'':<10} last error: {info['error'].get('message')}")
+        for address, where in (info.get("recipients") or {}).items():
+            if where != info["state"]:  # refused while the server took the others
+                click.echo(f"{'':<10} {address}: {where}")
         if info["state"] == DEAD:
             entry = dead_letter_id(record["id"], channel)
             click.echo(f"{'':<10} dead letter {entry} (`gds-notify dlq show {entry}`)")

@@ -42,7 +42,8 @@ from config import library_logging
 from config.queues import DELIVERY_TASK, QUEUE_OF
 from worker.channels import Channel
 from worker.engine import delivery
-from worker.engine.delivery import DeliveryJob, OutcomeKind, deliver
+from worker.engine.delivery import OutcomeKind, deliver
+from worker.engine.delivery_job import DeliveryJob
 from worker.engine.jobs import JobStore
 from worker.engine.redis_client import ScriptReplayingPipeline
 from worker.engine.runtime import engine

@@ -15,14 +15,15 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import redis
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from worker.channels import Channel
-from worker.engine import jobs, stats, watchdog
+from worker.engine import jobs, refused_recipients, stats, watchdog
 from worker.engine.dead_letters import dead_letter_id
+from worker.engine.delivery_job import DeliveryJob
 from worker.engine.jobs import Claim
 from worker.engine.rate_limit import SharedRateLimiter, Slot
 from worker.engine.runtime import Engine
@@ -31,7 +32,7 @@ from worker.exceptions import (
     NotificationError,
     NotificationRateLimitError,
 )
-from worker.notification import Notification, NotificationResult
+from worker.notification import NotificationResult
 from worker.validation import validation_errors
 
 logger = logging.getLogger(__name__)
@@ -41,21 +42,6 @@ INLINE_WAIT_SECONDS = 2.0
 #: How long an event waits for the one queued before it for the same incident: one still
 #: queued goes out soon; one retrying or deferred may take a while.
 ORDER_WAIT_SECONDS = {True: 0.5, False: 5.0}
-
-
-class DeliveryJob(BaseModel):
-    """What a delivery task carries: never a secret, only the team that names one."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    job_id: str
-    channel: Channel
-    action: Literal["trigger", "acknowledge", "resolve", "send", "canary"]
-    notification: Notification | None = None
-    dedup_key: str | None = None
-    team: str | None = None
-    email_to: str | None = None
-    enqueued_at: float
 
 
 class OutcomeKind(enum.StrEnum):
@@ -217,6 +203,10 @@ def _attempt(engine: Engine, job: DeliveryJob, claim: Claim) -> Outcome:
         )
         return Outcome(OutcomeKind.DEFERRED, delay=delay)
     call = clock.seconds()
+    result = {"message_id": sent.message_id, **sent.metadata}
+    refused = sent.metadata.get("refused")
+    if job.channel is Channel.EMAIL and isinstance(refused, dict) and refused:
+        result |= refused_recipients.follow_up(engine, job, {a: str(w) for a, w in refused.items()})
     engine.jobs.record(
         job.job_id,
         job.channel,
@@ -224,7 +214,7 @@ def _attempt(engine: Engine, job: DeliveryJob, claim: Claim) -> Outcome:
         state=jobs.DELIVERED,
         counted=True,
         latency_ms=call * 1000,
-        result={"message_id": sent.message_id, **sent.metadata},
+        result=result,
         claim=claim.lock,
         arrived=clock.slot,
         counters=[

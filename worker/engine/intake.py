@@ -21,7 +21,7 @@ from config.routing import route
 from worker.addresses import parse_recipients
 from worker.channels import Channel
 from worker.engine import stats
-from worker.engine.delivery import DeliveryJob
+from worker.engine.delivery_job import DeliveryJob
 from worker.engine.runtime import Engine
 from worker.exceptions import InvalidFieldError
 from worker.job_request import InvalidJobError, JobRequest, check_team

@@ -561,8 +561,18 @@ def _recipients(
         addresses = [a.addr_spec for a in parse_recipients("recipient", written)]
     except InvalidFieldError:
         addresses = [written]
-    refused = (result or {}).get("refused") or {}
-    return {a: f"refused: {refused[a]}" if a in refused else state for a in addresses}
+    result = result or {}
+    refused = result.get("refused") or {}
+    then = {
+        "4": f" (sent again as job {result['resent_as']})" if "resent_as" in result else "",
+        "5": f" (dead letter {result['refused_dead_letter']})"
+        if "refused_dead_letter" in result
+        else "",
+    }
+    return {
+        a: f"refused: {refused[a]}{then.get(refused[a][:1], '')}" if a in refused else state
+        for a in addresses
+    }
 
 
 def overall_status(record: dict[str, Any]) -> str:

@@ -1,0 +1,104 @@
+"""Recipients the SMTP server refused while it took the message for the others: the one
+refused for now is sent again, as a job of its own that retries until the server takes
+it; the one refused for good is dead-lettered, and replays once mended. Real worker, real
+Redis, the sandbox's SMTP sink refusing at RCPT."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import tasks
+from cli.main import main
+from sandbox import SandboxServer
+from tests.conftest import SandboxClient, wait_for
+from worker.engine.runtime import engine
+from worker.notification import Notification
+
+
+@pytest.fixture
+def api(service_env: SandboxServer) -> Iterator[SandboxClient]:
+    client = SandboxClient(service_env)
+    yield client
+    client.close()
+
+
+def settled(job_id: str, state: str = "delivered", timeout: float = 20) -> dict[str, Any]:
+    wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == state, timeout)
+    record = engine().jobs.get(job_id)
+    assert record is not None
+    return record
+
+
+def refuse(api: SandboxClient, **codes: int) -> None:
+    recipients = {f"{name}@example.com": code for name, code in codes.items()}
+    api.http.post("/sandbox/smtp/refuse", json={"recipients": recipients}).raise_for_status()
+
+
+def test_a_recipient_refused_for_now_is_sent_again_and_one_refused_for_good_is_dead_lettered(
+    api: SandboxClient, celery_worker: Any
+) -> None:
+    refuse(api, later=450, gone=550)
+    job_id = tasks.enqueue(
+        Notification(
+            recipient="ok@example.com, later@example.com, gone@example.com",
+            subject="Nightly report",
+            body="all good",
+        )
+    )
+    email = settled(job_id)["channels"]["email"]
+    again, letter = email["result"]["resent_as"], email["result"]["refused_dead_letter"]
+    recipients = email["recipients"]
+    assert recipients["ok@example.com"] == "delivered"
+    assert recipients["later@example.com"].startswith("refused: 450")
+    assert recipients["later@example.com"].endswith(f"(sent again as job {again})")
+    assert recipients["gone@example.com"].startswith("refused: 550")
+    assert recipients["gone@example.com"].endswith(f"(dead letter {letter})")
+    shown = CliRunner().invoke(main, ["status", job_id])
+    assert shown.exit_code == 0, shown.output
+    assert "later@example.com: refused: 450" in shown.output
+    assert "gone@example.com: refused: 550" in shown.output
+
+    # Sent again to the one refused for now, retried while the server still refuses it.
+    wait_for(lambda: len((engine().jobs.get(again) or {}).get("attempts", [])) >= 2)
+    child = engine().jobs.get(again)
+    assert child is not None
+    assert child["source"] == "refused"
+    assert child["notification"]["recipient"] == "later@example.com"
+    assert child["notification"]["subject"] == "Nightly report"
+    refuse(api)  # the mailbox has room again
+    settled(again)
+    [first, resent] = api.messages()
+    assert sorted(first["rcpt_tos"]) == ["ok@example.com"]
+    assert resent["rcpt_tos"] == ["later@example.com"]
+
+    # Dead-lettered with the server's answer; replayed, it goes to that address alone.
+    entry = engine().dead_letters.get(letter)
+    assert entry is not None
+    assert (entry["job_id"], entry["channel"]) == (job_id, "email")
+    assert entry["reason"].startswith("refused by the SMTP server: gone@example.com (550")
+    replayed = tasks.replay(letter)
+    settled(replayed)
+    assert api.messages()[-1]["rcpt_tos"] == ["gone@example.com"]
+    assert engine().dead_letters.get(letter) is None
+
+
+def test_a_partial_refusal_recorded_twice_makes_one_resend_and_one_dead_letter(
+    api: SandboxClient, service_env: SandboxServer
+) -> None:
+    """A worker that died after the follow-up and before its record leaves the job to be
+    delivered again: the second follow-up finds the first's job and letter."""
+    from worker.engine import refused_recipients
+    from worker.engine.delivery_job import DeliveryJob
+
+    job_id = tasks.enqueue(Notification(recipient="ok@example.com", subject="s"))
+    job = DeliveryJob.model_validate(engine().jobs.state_and_payload(job_id, "email")[1])
+    refused = {"later@example.com": "450 4.2.2 full", "gone@example.com": "550 5.1.1 no"}
+    first = refused_recipients.follow_up(engine(), job, refused)
+    second = refused_recipients.follow_up(engine(), job, refused)
+    assert first == second
+    assert set(first) == {"resent_as", "refused_dead_letter"}
+    assert len(engine().dead_letters.list()) == 1

@@ -1,0 +1,76 @@
+"""Recipients an SMTP server refused while it took the message for the others.
+
+The job counts as delivered (its message went out), but nobody refused is forgotten: a
+refusal that may pass (4xx: a full mailbox, greylisting) is sent again to those
+addresses as a job of its own, with the retries and the dead letter every job has; one
+that will not (5xx: no such mailbox) is dead-lettered with the server's answer, for a
+replay once the address is mended. The job's result names both.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from worker.channels import Channel
+from worker.engine import intake
+from worker.engine.delivery_job import DeliveryJob
+from worker.engine.runtime import Engine
+from worker.job_request import JobRequest
+
+logger = logging.getLogger(__name__)
+
+#: The source the job that sends again is counted under (``notifications_total``).
+SOURCE = "refused"
+
+
+def follow_up(engine: Engine, job: DeliveryJob, refused: dict[str, str]) -> dict[str, str]:
+    """Send again to the addresses ``refused`` for now, dead-letter those refused for
+    good (``refused`` maps each address to the server's answer, ``"450 …"``); returns
+    what the job's result adds: ``resent_as`` (the new job's id) and ``refused_dead_letter``.
+    Done twice for one job (its worker died before recording it), it makes one job and
+    one dead letter: both are named after the job."""
+    assert job.notification is not None  # an email with no notification is never sent
+    later = {address: why for address, why in refused.items() if why.startswith("4")}
+    never = {address: why for address, why in refused.items() if address not in later}
+    added: dict[str, str] = {}
+    if later:
+        fields = job.notification.model_dump()
+        fields |= {
+            "recipient": ", ".join(later),
+            "idempotency_id": f"{job.job_id}/refused",
+            "channel": Channel.EMAIL,
+            "team": job.team,
+        }
+        again = intake.accept(
+            engine, JobRequest.model_validate(fields), intake.new_job_id(), SOURCE
+        )
+        added["resent_as"] = again.job_id
+    if never:
+        entry_id = f"{job.job_id}-email-refused"
+        to = ", ".join(never)
+        payload = job.model_copy(
+            update={
+                "notification": job.notification.model_copy(update={"recipient": to}),
+                "email_to": None,
+            }
+        )
+        reason = "refused by the SMTP server: " + "; ".join(f"{a} ({w})" for a, w in never.items())
+        engine.dead_letters.add(
+            entry_id=entry_id,
+            job_id=job.job_id,
+            channel=Channel.EMAIL.value,
+            reason=reason,
+            payload=payload.model_dump(mode="json"),
+            attempts=1,
+            last_error={"type": "NotificationDeliveryError", "message": reason},
+        )
+        added["refused_dead_letter"] = entry_id
+    logger.warning(
+        "job %s email: %d recipient(s) refused for now%s, %d for good%s",
+        job.job_id,
+        len(later),
+        f" (sent again as job {added['resent_as']})" if later else "",
+        len(never),
+        f" (dead letter {added['refused_dead_letter']})" if never else "",
+    )
+    return added

@@ -63,6 +63,15 @@ def parse_redis_url(url: str) -> RedisAddress:
             "form is not accepted; see README, Operations)"
         )
     if scheme in DIRECT_SCHEMES:
+        if scheme != "unix":
+            try:
+                port = parts.port  # urllib checks the port only when it is read
+            except ValueError:
+                port = 0
+            if port is not None and not 1 <= port <= 65535:
+                raise ValueError(
+                    f"has a port that is not a number from 1 to 65535 ({scheme}://HOST:PORT/DB)"
+                )
         return RedisAddress(url=url, tls=scheme == "rediss")
     if scheme not in SENTINEL_SCHEMES:
         raise ValueError(

@@ -37,6 +37,7 @@ from pydantic_settings import (
     EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from config.api_tokens import ApiToken, load_tokens
@@ -259,11 +260,14 @@ class Settings(BaseSettings):
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         try:
-            parse(value)
+            rate = parse(value)
         except ValueError:
             raise ValueError(
                 "must be a rate such as '120/minute', '10/second' or '2000/hour'"
             ) from None
+        if rate.amount < 1:
+            # A window of none would hold every page (or refuse every call) for ever.
+            raise ValueError("must allow at least one per period, such as '1/hour'")
         return value
 
     @field_validator("log_format", mode="before")
@@ -407,6 +411,13 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise NotificationConfigError(describe_validation_error(exc)) from None
+    except SettingsError as exc:
+        # A list or mapping variable (ROUTING_RULES, ...) that is not JSON: pydantic-settings
+        # fails before validation, with the field's name in its message.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = field.group(1).upper() if field else "settings"
+        why = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        raise NotificationConfigError(f"invalid configuration: {name}: must be JSON{why}") from None
 
 
 @functools.cache

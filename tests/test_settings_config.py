@@ -64,6 +64,15 @@ def test_bad_routing_key_is_named_and_not_echoed(monkeypatch: pytest.MonkeyPatch
         ({"PAGERDUTY_API_URL": "ftp://x"}, "PAGERDUTY_API_URL: must be an http:// or https://"),
         ({"REDIS_URL": "http://x"}, "REDIS_URL: must be a redis://"),
         ({"PAGERDUTY_RATE_LIMIT": "lots"}, "PAGERDUTY_RATE_LIMIT: must be a rate such as"),
+        # A window of none held every page for ever ("redis unavailable" from the script).
+        ({"PAGERDUTY_RATE_LIMIT": "0/minute"}, "PAGERDUTY_RATE_LIMIT: must allow at least one"),
+        ({"API_RATE_LIMIT": "0/second"}, "API_RATE_LIMIT: must allow at least one"),
+        ({"PING_RATE_LIMIT": "0/hour"}, "PING_RATE_LIMIT: must allow at least one"),
+        # Not JSON: pydantic-settings' own error (a traceback) before validation.
+        (
+            {"ROUTING_RULES": "{bad"},
+            "invalid configuration: ROUTING_RULES: must be JSON: Expecting property name",
+        ),
         ({"RETRY_MAX_ATTEMPTS": "0"}, "RETRY_MAX_ATTEMPTS: Input should be greater than"),
     ],
 )
@@ -176,6 +185,10 @@ def test_sentinel_urls_name_the_sentinels_and_the_master() -> None:
         ("redis+sentinel://s1:26379/gds/zero", "only a database number"),
         ("redis+sentinel://s1:port/gds", "is not a Sentinel's host:port"),
         ("http://redis:6379", "must be a redis://"),
+        # redis-py failed on these with a traceback, at the first connection.
+        ("redis://:pw@redis:99999/0", "has a port that is not a number from 1 to 65535"),
+        ("rediss://:pw@redis:0/0", "has a port that is not a number from 1 to 65535"),
+        ("redis://:pw@redis:port/0", "has a port that is not a number from 1 to 65535"),
     ],
 )
 def test_bad_redis_urls_say_what_a_good_one_looks_like(url: str, says: str) -> None:

@@ -35,7 +35,13 @@ from dotenv import dotenv_values
 
 from config.api_tokens import new_token, token_hash
 from config.catalogue import load_catalogue
-from config.dev_stack_file import dev_dir, remove_stack, running_stack, write_stack
+from config.dev_stack_file import (
+    INTAKE_SETTINGS,
+    dev_dir,
+    remove_stack,
+    running_stack,
+    write_stack,
+)
 from config.settings import Settings
 from sandbox.children import die_with_parent
 from sandbox.redis_server import LocalRedis, RedisUnavailableError
@@ -206,6 +212,7 @@ class DevStack:
             "SMTP_STARTTLS": "false",
             "SMTP_USE_TLS": "false",
         }
+        own |= {name: os.environ[name] for name in INTAKE_SETTINGS if name in os.environ}
         if self.ha:
             own["REDIS_MIN_REPLICAS"] = "1"
         services_file = heartbeat_services_file()

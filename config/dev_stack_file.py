@@ -18,6 +18,15 @@ from pathlib import Path
 from typing import Any
 
 STACK_FILE = "stack.json"
+#: Settings read where a job enters (routing, its first stall deadline, how long its id and
+#: record are kept): a producer without them would route or record a job otherwise than the
+#: stack does, so a stack started with any of them passes them on to its producers.
+INTAKE_SETTINGS = (
+    "ROUTING_RULES",
+    "JOB_STALL_SECONDS",
+    "IDEMPOTENCY_TTL_SECONDS",
+    "JOB_TTL_SECONDS",
+)
 
 
 def checkout_root() -> Path:

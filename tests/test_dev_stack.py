@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from config.dev_stack_file import dev_dir, running_stack
+from config.dev_stack_file import INTAKE_SETTINGS, dev_dir, running_stack
 from config.redis_address import parse_redis_url
 from tests.browser import CHROMIUM, headless
 from tests.conftest import free_port, wait_for
@@ -27,7 +27,7 @@ from tests.conftest import free_port, wait_for
 GDS_NOTIFY = str(Path(sys.executable).with_name("gds-notify"))
 #: What a fresh terminal has: none of the service's settings (GDS_DEV_DIR stays: the
 #: suite's own, see conftest.py, stands for the checkout's .gds-dev).
-SERVICE_VARIABLES = ("REDIS_URL", "PAGERDUTY_", "SMTP_", "HEARTBEAT_")
+SERVICE_VARIABLES = ("REDIS_URL", "PAGERDUTY_", "SMTP_", "HEARTBEAT_", *INTAKE_SETTINGS)
 
 
 def clean_env() -> dict[str, str]:
@@ -66,8 +66,9 @@ def dev_stack(tmp_path: Path) -> Iterator[Dev]:
 
 
 @contextlib.contextmanager
-def running_dev(tmp_path: Path, *options: str) -> Iterator[Dev]:
-    """``gds-notify dev`` on free ports until its banner's last line; Ctrl-C after."""
+def running_dev(tmp_path: Path, *options: str, env: dict[str, str] | None = None) -> Iterator[Dev]:
+    """``gds-notify dev`` on free ports (its terminal's settings ``env`` on top of a fresh
+    terminal's) until its banner's last line; Ctrl-C after."""
     if (dev_dir() / "stack.json").exists():
         pytest.fail(f"a dev stack already announces itself in {dev_dir()}; stop it first")
     ports = {
@@ -82,7 +83,7 @@ def running_dev(tmp_path: Path, *options: str) -> Iterator[Dev]:
     proc = subprocess.Popen(
         argv,
         cwd=tmp_path,
-        env=clean_env(),
+        env=clean_env() | (env or {}),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -172,6 +173,31 @@ def test_dev_stack_delivers_a_page_and_an_email_sent_with_the_cli(
     sandbox_dom = headless(dev_stack.sandbox + "/", tmp_path)
     assert "Disk full on db-prod-01" in sandbox_dom
     assert "Nightly report" in sandbox_dom
+
+
+def test_routing_rules_the_stack_started_with_reach_producers_in_other_terminals(
+    tmp_path: Path,
+) -> None:
+    """Routing happens where a job enters: the CLI in a fresh terminal routes an emergency
+    by the stack's ROUTING_RULES (a page and an email), not by the default (a page)."""
+    rules = [
+        {
+            "priority": ["emergency"],
+            "channels": ["pagerduty", "email"],
+            "email_to": "oncall@example.com",
+        }
+    ]
+    with running_dev(tmp_path, env={"ROUTING_RULES": json.dumps(rules)}) as dev:
+        sent = cli("send", "db-prod-01", "Replica lost", "--priority", "emergency", "--wait")
+        exported = cli("dev", "--env")
+        messages = httpx.get(f"{dev.sandbox}/sandbox/messages").json()
+        incidents = httpx.get(f"{dev.sandbox}/sandbox/incidents").json()
+    assert sent.returncode == 0, sent.stderr
+    assert "pagerduty  #1  delivered" in sent.stderr
+    assert "email  #1  delivered" in sent.stderr
+    assert [m["rcpt_tos"] for m in messages] == [["oncall@example.com"]]
+    assert [i["summary"] for i in incidents] == ["Replica lost"]
+    assert f"export ROUTING_RULES={shlex.quote(json.dumps(rules))}" in exported.stdout
 
 
 def test_the_printed_curl_example_sends_an_email_through_the_http_api(dev_stack: Dev) -> None:

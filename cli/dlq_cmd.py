@@ -40,7 +40,9 @@ def list_(limit: int, as_json: bool) -> None:
 def _found(name: str) -> list[dict[str, Any]]:
     entries = engine().dead_letters.find(name)
     if not entries:
-        raise Failed(f"no dead letter {name!r}, and no job of that id was dead-lettered")
+        raise Failed(
+            f"no dead letter {name!r}, nor one of a job of that id (a replay or a purge removes it)"
+        )
     return entries
 
 

@@ -87,7 +87,10 @@ def _print_record(record: dict[str, Any]) -> None:
                 click.echo(f"{'':<10} {address}: {where}")
         if info["state"] == DEAD:
             entry = dead_letter_id(record["id"], channel)
-            click.echo(f"{'':<10} dead letter {entry} (`gds-notify dlq show {entry}`)")
+            if engine().dead_letters.get(entry) is None:
+                click.echo(f"{'':<10} dead letter {entry}: replayed or purged since")
+            else:
+                click.echo(f"{'':<10} dead letter {entry} (`gds-notify dlq show {entry}`)")
     click.echo("attempts:")
     for a in record["attempts"]:
         parts = [

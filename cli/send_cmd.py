@@ -113,6 +113,8 @@ def send(
     Exit codes: 0 queued (with --wait: delivered, or a duplicate of a delivered job);
     1 dead-lettered, timed out or Redis unreachable; 2 invalid notification.
     """
+    if body_file is not None and body:
+        raise click.UsageError("--body and --body-file both give the body: use one of them")
     payload: dict[str, Any] = {
         "recipient": recipient,
         "subject": subject,

@@ -4,6 +4,7 @@ Redis, worker, sandbox and SMTP sink."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from cli.main import main
 from sandbox import SandboxServer
 from tests.conftest import ROUTING_KEY, SMTP_PASSWORD, TEAM_KEY, SandboxClient
+from worker.engine.runtime import engine
 from worker.redact import mask
 
 
@@ -123,7 +125,9 @@ def test_send_email_with_html_and_the_job_id_for_scripts(
     assert len(quiet.stdout.strip()) == 32  # just the job id, for $(...)
 
 
-def test_send_refuses_bad_input_naming_the_field(service_env: SandboxServer) -> None:
+def test_send_refuses_bad_input_naming_the_field(
+    service_env: SandboxServer, tmp_path: Path
+) -> None:
     blank = run("send", "db-1", " ")
     assert blank.exit_code == 2
     assert blank.output.strip() == "Error: invalid notification: subject: must not be blank"
@@ -133,6 +137,15 @@ def test_send_refuses_bad_input_naming_the_field(service_env: SandboxServer) -> 
     bad_mail = run("send", "not-an-address", "x")
     assert bad_mail.exit_code == 2
     assert "recipient" in bad_mail.output
+    body = tmp_path / "body.txt"
+    body.write_text("from the file")
+    two_bodies = run("send", "ops@example.com", "x", "--body", "typed", "--body-file", str(body))
+    assert two_bodies.exit_code == 2
+    assert two_bodies.output.startswith(
+        "Error: --body and --body-file both give the body: use one of them"
+    )
+    assert len(two_bodies.output.strip().splitlines()) == 1
+    assert list(engine().redis.scan_iter("gds:job:*")) == []  # nothing queued
 
 
 def test_ack_and_resolve_go_through_the_queue(celery_worker: Any, api: SandboxClient) -> None:

@@ -11,6 +11,7 @@ import tasks
 from cli.main import main
 from sandbox import SandboxServer
 from tests.conftest import ROUTING_KEY, SandboxClient, wait_for
+from worker.celery_app import app
 from worker.engine.runtime import engine
 from worker.providers.base import Notification
 
@@ -82,6 +83,17 @@ def test_dlq_list_show_replay_purge(celery_worker: Any, service_env: SandboxServ
     purged = run("dlq", "purge", "--yes")
     assert purged.output.strip() == "purged 1 dead letters"
     assert engine().dead_letters.count() == 0
+
+    # A delivery message of the wrong shape (from a producer of its own): dead-lettered by
+    # the worker; its replay says why it cannot be sent again, in one line, and keeps it.
+    app.send_task("deliver.pagerduty", args=[{"job_id": "made-up"}], queue="pagerduty")
+    wait_for(lambda: engine().dead_letters.count() == 1)
+    [letter] = engine().dead_letters.list()
+    refused = run("dlq", "replay", letter["id"])
+    assert refused.exit_code != 0
+    [line] = refused.output.strip().splitlines()
+    assert "payload.notification: not a job that can be sent again" in line, line
+    assert engine().dead_letters.count() == 1
     api.close()
 
 

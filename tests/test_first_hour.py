@@ -145,7 +145,11 @@ def test_dead_letters_are_found_by_job_id_and_named_by_status(
     assert replayed.returncode == 0, replayed.stderr
     new_job = replayed.stdout.split()[-1]
     wait_for(lambda: (r := engine().jobs.get(new_job)) and r["status"] == "delivered")
-    assert gds("dlq", "show", job_id).returncode == 1
+    gone = gds("dlq", "show", job_id)
+    assert gone.returncode == 1
+    assert "a replay or a purge removes it" in gone.stderr
+    # The job's own status no longer sends one to a dead letter that is not there.
+    assert f"dead letter {entry}: replayed or purged since" in gds("status", job_id).stdout
 
 
 def test_jobs_lists_the_newest_first_with_each_channels_state(

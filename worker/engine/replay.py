@@ -11,6 +11,11 @@ from worker.engine.quarantine import BROKER_CHANNEL
 from worker.engine.runtime import Engine
 from worker.job_request import InvalidJobError, parse_request
 
+#: What a dead letter that is not a job says when asked to replay.
+CANNOT = (
+    "not a job that can be sent again (read it with `dlq show`, fix its producer, then purge it)"
+)
+
 
 def replay(engine: Engine, entry_id: str) -> str:
     """Send a dead-lettered job through intake again; returns the new job id (for a
@@ -52,9 +57,19 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
             done = alert_resolution.resolve(engine, request, payload["resolves"], "replay")
             return done[0].job_id
         return accept(engine, request, new_job_id(), "replay", replay_of=entry["id"]).job_id
+    if not isinstance(payload, dict):
+        raise InvalidJobError([{"field": "payload", "message": f"{CANNOT}: not a JSON object"}])
     action = payload.get("action")
     if action in ("acknowledge", "resolve"):
+        if not isinstance(payload.get("dedup_key"), str):
+            raise InvalidJobError(
+                [{"field": "payload.dedup_key", "message": f"{CANNOT}: an {action} needs one"}]
+            )
         return lifecycle(engine, action, payload["dedup_key"], payload.get("team"), "replay")
+    if not isinstance(payload.get("notification"), dict):
+        raise InvalidJobError(
+            [{"field": "payload.notification", "message": f"{CANNOT}: it holds none to send"}]
+        )
     fields = dict(payload["notification"])
     fields["team"] = payload.get("team")
     fields["channel"] = Channel(entry["channel"]).value  # only the channel that failed

@@ -17,7 +17,7 @@ from worker.engine.redis_client import connect, sentinel_for
 from worker.engine.runtime import engine
 from worker.providers.pagerduty import PagerDutyProvider
 from worker.providers.smtp import SMTPProvider
-from worker.redact import mask
+from worker.redact import mask, url_shown
 
 
 @click.group()
@@ -33,6 +33,8 @@ def _shown(name: str, value: Any) -> str:
         return ", ".join(f"{k}={_shown(name, v)}" for k, v in value.items()) or "-"
     if name == "redis_url":
         return get_settings().redis_address.shown()
+    if name == "pagerduty_api_url":
+        return url_shown(str(value))
     if isinstance(value, list):
         return "[" + ", ".join(_plain(v) for v in value) + "]"
     return "-" if value is None else str(value)
@@ -140,7 +142,7 @@ def _pagerduty() -> tuple[str | None, str]:
         problem = provider.diagnose()
     if problem is None and key is None:
         problem = "URL answers, but PAGERDUTY_ROUTING_KEY is not set"
-    return problem, settings.pagerduty_api_url
+    return problem, url_shown(settings.pagerduty_api_url)
 
 
 def _smtp() -> tuple[str | None, str]:

@@ -206,6 +206,12 @@ def test_config_check_reports_unreachable_peers_and_bad_settings(
     assert "smtp       FAILED  NotificationConnectionError" in result.output
     assert "redis      ok" in result.output
 
+    monkeypatch.setenv("PAGERDUTY_API_URL", closed_port_url().replace("//", "//u:hunter2pass@"))
+    get_settings.cache_clear()
+    with_credentials = run("config", "check")
+    assert "hunter2pass" not in with_credentials.output
+    assert re.search(r"^PAGERDUTY_API_URL +http://…@127\.0\.0\.1:", with_credentials.output, re.M)
+
     monkeypatch.setenv("PAGERDUTY_TIMEOUT", "-1")
     get_settings.cache_clear()
     bad = run("config", "check")

@@ -387,6 +387,19 @@ def test_refused_connection_is_a_connection_error(routing_key: str) -> None:
         provider.trigger(page())
 
 
+def test_credentials_in_the_api_url_are_never_shown(routing_key: str) -> None:
+    """A URL through a proxy that wants basic auth: the error that goes into job records
+    and logs, and the provider's repr, show the host without the user and password."""
+    url = closed_port_url().replace("http://", "http://relay:hunter2pass@")
+    provider = PagerDutyProvider(routing_key, timeout=2, api_url=url)
+    with pytest.raises(NotificationConnectionError) as caught:
+        provider.trigger(page())
+    assert "cannot reach PagerDuty at http://…@127.0.0.1:" in str(caught.value)
+    for shown in (str(caught.value), repr(provider), provider.diagnose() or ""):
+        assert "hunter2pass" not in shown
+        assert "relay" not in shown
+
+
 def test_errors_raised_by_the_provider_survive_pickle(
     provider: PagerDutyProvider, sandbox_api: SandboxClient
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from pydantic import SecretStr
 
 
@@ -16,3 +18,12 @@ def mask(secret: str | SecretStr | None) -> str:
     if len(raw) < 12:
         return "****"
     return "…" + raw[-4:]
+
+
+def url_shown(url: str) -> str:
+    """``url`` without the user and password it may carry (``https://user:pw@host/...``,
+    a proxy's basic auth), safe to print."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="…@" + parts.netloc.rsplit("@", 1)[-1]))

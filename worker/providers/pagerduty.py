@@ -55,7 +55,7 @@ from worker.providers.pagerduty_events import (
     build_trigger,
     encode_event,
 )
-from worker.redact import mask
+from worker.redact import mask, url_shown
 
 __all__ = ["DEFAULT_API_URL", "PagerDutyProvider", "PagerDutySeverity", "parse_retry_after"]
 
@@ -146,7 +146,7 @@ class PagerDutyProvider(BaseNotificationProvider):
     def __repr__(self) -> str:
         return (
             f"PagerDutyProvider(routing_key={mask(self._routing_key)!r}, "
-            f"api_url={self.api_url!r}, timeout={self.timeout})"
+            f"api_url={url_shown(self.api_url)!r}, timeout={self.timeout})"
         )
 
     __str__ = __repr__
@@ -218,7 +218,7 @@ class PagerDutyProvider(BaseNotificationProvider):
             logger.warning("pagerduty health check failed: %s", type(exc).__name__)
             return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if response.status_code >= 500:
-            return f"{self.api_url} answered HTTP {response.status_code}"
+            return f"{url_shown(self.api_url)} answered HTTP {response.status_code}"
         return None
 
     def close(self) -> None:
@@ -274,7 +274,8 @@ class PagerDutyProvider(BaseNotificationProvider):
             ) from None
         except httpx.TransportError as exc:
             raise NotificationConnectionError(
-                f"cannot reach PagerDuty at {url}: {type(exc).__name__}: {exc}", self.name
+                f"cannot reach PagerDuty at {url_shown(url)}: {type(exc).__name__}: {exc}",
+                self.name,
             ) from None
         logger.info(
             "pagerduty %s key=%s dedup_key=%s -> %s",

@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import errors
-from api.auth import MaskKeysInPaths
+from api.auth import MaskKeysInPaths, unknown_bearer
 from api.body_limits import BodyLimits
 from api.routes import PING_ROUTES, ROUTERS
 from config.settings import get_settings
@@ -67,7 +67,7 @@ def create_app() -> PingsFirst:
     else:
         app = FastAPI(title=TITLE, version="1", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimits, **limits)
-    errors.install(app)
+    errors.install(app, unknown_bearer)
     for router in ROUTERS:
         app.include_router(router)
     access = logging.getLogger("uvicorn.access")

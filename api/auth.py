@@ -47,6 +47,17 @@ def authorize(secret: str, scope: Scope, rate: Literal["api", "ping"] | None = "
     return token
 
 
+def unknown_bearer(request: Request) -> ApiError | None:
+    """Why the request's bearer token would be refused (401), or None when it names a
+    configured token: for a request refused before its route's own check could run."""
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        return unauthorized("no API token: send `Authorization: Bearer <token>`")
+    if find_token(engine().settings.tokens, secret.strip()) is None:
+        return unauthorized("this API token is not configured (API_TOKENS)")
+    return None
+
+
 def require(scope: Scope) -> Callable[..., ApiToken]:
     """A dependency: the bearer token, if it may act in ``scope`` and is within its rate."""
 

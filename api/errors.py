@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 from fastapi import FastAPI, Request
@@ -106,8 +106,9 @@ async def _count_refusal(request: Request) -> None:
         await run_in_threadpool(intake.refused, engine(), source)
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers that give every failure its status code and shape."""
+def install(app: FastAPI, unknown_bearer: Callable[[Request], ApiError | None]) -> None:
+    """Register the handlers that give every failure its status code and shape.
+    ``unknown_bearer`` says why a request's token would be refused (api/auth.py)."""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -121,6 +122,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # A body that is not JSON fails before the route's token check: at the doors that
+        # count refusals, a caller without a token gets its 401, and counts for nothing.
+        if request.url.path in INTAKE_SOURCES:
+            refused = await run_in_threadpool(unknown_bearer, request)
+            if refused is not None:
+                return await api_error(request, refused)
         await _count_refusal(request)
         return invalid(_request_fields(exc))
 

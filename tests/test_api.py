@@ -203,6 +203,32 @@ def test_tokens_401_without_or_with_an_unknown_one_and_403_without_the_scope(
         assert HEARTBEAT_TOKEN not in answer.text
 
 
+def test_a_body_that_is_not_json_from_a_caller_without_a_token_is_401_and_not_counted(
+    api_server: ApiServer,
+) -> None:
+    """FastAPI parses the body before the route's token check runs: at the doors whose
+    refusals are counted, a stranger's garbage is a 401, not a 422 that anyone could run
+    up the count of invalid notifications with."""
+    garbage, as_json = b"{not json", {"Content-Type": "application/json"}
+    with api_server.client(token=None) as anonymous:
+        missing = [
+            anonymous.post(path, content=garbage, headers=as_json)
+            for path in ("/v1/notifications", "/ingest")
+        ]
+    with api_server.client("gdsn_not-a-configured-token") as stranger:
+        unknown = stranger.post("/v1/alertmanager", content=garbage, headers=as_json)
+    with api_server.client() as producer:
+        producer_garbage = producer.post("/v1/notifications", content=garbage, headers=as_json)
+    assert [a.status_code for a in (*missing, unknown)] == [401, 401, 401]
+    assert all(a.headers["WWW-Authenticate"] == "Bearer" for a in (*missing, unknown))
+    assert "not configured" in unknown.json()["error"]
+    assert producer_garbage.status_code == 422  # a caller with a token learns what is wrong
+    counted: dict[str, str] = engine().redis.hgetall(keys.STATS)  # type: ignore[assignment]
+    assert {k: v for k, v in counted.items() if k.endswith(":invalid")} == {
+        "notifications:api:invalid": "1"
+    }
+
+
 def test_a_body_over_the_limit_is_413_whether_declared_or_streamed(
     service_env: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -105,4 +105,13 @@ def test_an_alert_no_rule_names_recipients_for_is_refused_naming_it(
     assert "db_instance_id 7" in problem["message"]
     assert no_name.status_code == 422
     assert no_name.json()["errors"][0]["field"] == "alert_name"
+    with api_server.client() as http:
+        two_lines = http.post("/ingest", json=alert(message_id="a\nb"))
+        huge = http.post("/ingest", json=alert(db_instance_id=2**64))
+    # Named as the body names them, not as the notification they would become.
+    assert two_lines.status_code == huge.status_code == 422
+    assert [e["field"] for e in two_lines.json()["errors"]] == ["message_id"]
+    [too_big] = huge.json()["errors"]
+    assert too_big["field"] == "db_instance_id"
+    assert "string" not in too_big["message"]  # ingest takes no string id
     assert list(engine().redis.scan_iter("gds:job:*")) == []

@@ -25,6 +25,9 @@ from worker.notification import NotificationPriority
 
 router = APIRouter(tags=["GDS ingest"])
 
+#: The notification's fields, by the names the body gave them.
+AS_SENT = {"idempotency_id": "message_id", "body": "body_text"}
+
 
 class IngestBody(BaseModel):
     """The GDS design's alert."""
@@ -33,7 +36,7 @@ class IngestBody(BaseModel):
 
     message_id: str | None = Field(default=None, max_length=1024)
     alert_name: str = Field(min_length=1, max_length=1024)
-    db_instance_id: int | None = None
+    db_instance_id: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     subject: str
     body_text: str = ""
     body_html: str | None = None
@@ -77,18 +80,24 @@ def ingest(body: IngestBody) -> IngestAccepted:
             ]
         )
     idempotency_id = body.idempotency_id()
-    request = parse_request(
-        {
-            "recipient": rule.email_to or body.alert_name,
-            "subject": body.subject,
-            "body": body.body_text,
-            "body_html": body.body_html,
-            "priority": priority,
-            "alert_name": body.alert_name,
-            "db_instance_id": body.db_instance_id,
-            "idempotency_id": idempotency_id,
-        }
-    )
+    try:
+        request = parse_request(
+            {
+                "recipient": rule.email_to or body.alert_name,
+                "subject": body.subject,
+                "body": body.body_text,
+                "body_html": body.body_html,
+                "priority": priority,
+                "alert_name": body.alert_name,
+                "db_instance_id": body.db_instance_id,
+                "idempotency_id": idempotency_id,
+            }
+        )
+    except InvalidJobError as exc:
+        # Named as this body names them, not as the notification they became.
+        raise InvalidJobError(
+            [{**e, "field": AS_SENT.get(e["field"], e["field"])} for e in exc.errors]
+        ) from None
     answer = accept(request, "ingest")
     return IngestAccepted(
         job_id=answer.job_id, idempotency_id=idempotency_id, duplicate=answer.duplicate

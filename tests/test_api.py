@@ -158,6 +158,10 @@ def test_bad_fields_are_422_each_named_and_nothing_is_queued(api_server: ApiServ
             headers={"Content-Type": "application/json"},
         )
         a_list = http.post("/v1/notifications", json=[1, 2])
+        encoded = http.post(
+            "/v1/notifications", json={"recipient": "a@example.com", "subject": "=?utf-8?q?x?="}
+        )
+        bad_domain = http.post("/v1/notifications", json={"recipient": "a@-x-.com", "subject": "s"})
     assert answer.status_code == 422
     fields = {e["field"]: e["message"] for e in answer.json()["errors"]}
     assert fields["recipient"] == "must not be blank"
@@ -170,6 +174,15 @@ def test_bad_fields_are_422_each_named_and_nothing_is_queued(api_server: ApiServ
     assert not_json.status_code == 422
     assert not_json.json()["errors"] == [{"field": "body", "message": "not valid JSON"}]
     assert a_list.status_code == 422
+    # What would become an email header is refused at the door, not dead-lettered later.
+    assert encoded.status_code == 422
+    assert [e["field"] for e in encoded.json()["errors"]] == ["subject"]
+    assert "RFC 2047 encoded word" in encoded.json()["errors"][0]["message"]
+    # An address with a bad domain is no component sent without a paging priority.
+    [domain] = bad_domain.json()["errors"]
+    assert domain["field"] == "recipient"
+    assert "page" not in domain["message"], domain
+    assert "))" not in domain["message"], domain
     assert list(engine().redis.scan_iter("gds:job:*")) == []
 
 

@@ -208,7 +208,7 @@ def test_the_worker_serves_normal_jobs_after_hostile_ones(
         ),
         ({"recipient": "a@example.com", "subject": "s", "body": "b" * 3_000_000}, {"delivered"}),
         ({"recipient": f"{ew} <a@example.com>", "subject": "s"}, {"refused"}),
-        ({"recipient": "a@example.com", "subject": ew}, {"dead-lettered"}),
+        ({"recipient": "a@example.com", "subject": ew}, {"refused"}),
         ([1, 2, 3], {"refused"}),
         ("just a string", {"refused"}),
         (None, {"refused"}),
@@ -294,19 +294,15 @@ def test_what_goes_through_carries_no_injected_header_or_recipient(
     assert "MAIL FROM:<evil@x.com>" in message["text"]  # body text stays body text
 
 
-def test_encoded_word_subject_is_dead_lettered_for_email_and_paged_verbatim(
+def test_encoded_word_subject_is_refused_for_email_and_paged_verbatim(
     secure_worker: Any, api: SandboxClient
 ) -> None:
+    """Refused at the door when it would become an email header (the message's own check
+    stays behind it); a page carries the text as it is."""
     trick = "=?utf-8?q?=0D=0ABcc:_evil@x.com?="
-    mail = tasks.enqueue({"recipient": "a@b.com", "subject": trick})
+    with pytest.raises(tasks.InvalidJobError, match=r"subject: must not contain an RFC 2047"):
+        tasks.enqueue({"recipient": "a@b.com", "subject": trick})
     page = tasks.enqueue({"recipient": "db-1", "subject": trick, "priority": "critical"})
-    record = wait_for(
-        lambda: (r := engine().jobs.get(mail)) and r["status"] == "dead-lettered" and r
-    )
-    assert record["channels"]["email"]["attempts"] == 1  # refused, not retried
-    letter = engine().dead_letters.get(f"{mail}-email")
-    assert letter is not None
-    assert "encoded word" in letter["reason"]
     wait_for(lambda: (engine().jobs.get(page) or {}).get("status") == "delivered")
     assert api.messages() == []
     [event] = [e for e in api.events() if e["path"] == "/v2/enqueue"]

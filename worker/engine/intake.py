@@ -18,7 +18,7 @@ from typing import Literal
 import redis
 
 from config.routing import route
-from worker.addresses import parse_recipients
+from worker.addresses import check_header_value, parse_recipients
 from worker.channels import Channel
 from worker.engine import stats
 from worker.engine.delivery_job import DeliveryJob
@@ -70,13 +70,24 @@ def accept(
     if Channel.EMAIL in channels:
         try:
             parse_recipients("recipient", email_to or request.recipient)
+            # What becomes a header, checked as the message will check it: refused here,
+            # naming the field, rather than dead-lettered after it was accepted.
+            for field in ("subject", "alert_name", "idempotency_id"):
+                value = getattr(request, field)
+                if value is not None:
+                    check_header_value(field, str(value))
         except InvalidFieldError as exc:
             message = exc.problem
-            if request.channel is None and email_to is None:
+            if (
+                exc.field == "recipient"
+                and request.channel is None
+                and email_to is None
+                and "@" not in request.recipient
+            ):
                 # The usual cause: a component sent without a paging priority.
                 message += (
-                    f" (priority {request.priority.value} is sent by email; to page a "
-                    "component, send it with priority critical or emergency)"
+                    f"; priority {request.priority.value} is sent by email: to page a "
+                    "component, send it with priority critical or emergency"
                 )
             raise InvalidJobError([{"field": exc.field, "message": message}]) from None
 

@@ -11,6 +11,7 @@ the SMTP sink requiring STARTTLS and AUTH.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -292,6 +293,34 @@ def test_what_goes_through_carries_no_injected_header_or_recipient(
     assert squeeze(headers["Subject"]) == squeeze("Disk full " + hostile_text)
     assert squeeze(headers["X-GDS-Alert-Name"]) == squeeze("Disk: full " + hostile_text)
     assert "MAIL FROM:<evil@x.com>" in message["text"]  # body text stays body text
+
+
+def test_an_encoded_word_in_a_job_that_pages_and_emails_still_pages(
+    celery_worker: Any, api: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refusing the job at the door would refuse its page too: the page goes out, and the
+    email is dead-lettered with the reason."""
+    from config.settings import get_settings
+
+    rule = {"priority": ["critical"], "channels": ["pagerduty", "email"], "email_to": "a@b.com"}
+    monkeypatch.setenv("ROUTING_RULES", json.dumps([rule]))
+    get_settings.cache_clear()
+    trick = "=?utf-8?q?=0D=0ABcc:_evil@x.com?="
+    both = tasks.enqueue({"recipient": "db-2", "subject": trick, "priority": "critical"})
+    states = wait_for(
+        lambda: (
+            (r := engine().jobs.get(both))
+            and (s := {ch: info["state"] for ch, info in r["channels"].items()})
+            and s["pagerduty"] == "delivered"
+            and s["email"] == "dead"
+            and s
+        )
+    )
+    assert states == {"pagerduty": "delivered", "email": "dead"}
+    letter = engine().dead_letters.get(f"{both}-email")
+    assert letter is not None
+    assert "encoded word" in letter["reason"]
+    assert api.messages() == []
 
 
 def test_encoded_word_subject_is_refused_for_email_and_paged_verbatim(

@@ -71,10 +71,11 @@ def accept(
         try:
             parse_recipients("recipient", email_to or request.recipient)
             # What becomes a header, checked as the message will check it: refused here,
-            # naming the field, rather than dead-lettered after it was accepted.
+            # naming the field, rather than dead-lettered after it was accepted. Not when
+            # the job also pages: the page goes out, and the email's dead letter says why.
             for field in ("subject", "alert_name", "idempotency_id"):
                 value = getattr(request, field)
-                if value is not None:
+                if value is not None and Channel.PAGERDUTY not in channels:
                     check_header_value(field, str(value))
         except InvalidFieldError as exc:
             message = exc.problem

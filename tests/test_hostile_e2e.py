@@ -295,31 +295,42 @@ def test_what_goes_through_carries_no_injected_header_or_recipient(
     assert "MAIL FROM:<evil@x.com>" in message["text"]  # body text stays body text
 
 
-def test_an_encoded_word_in_a_job_that_pages_and_emails_still_pages(
+def paged_not_mailed(job_id: str) -> bool:
+    """The job's page was delivered and its email dead-lettered."""
+    record = engine().jobs.get(job_id) or {"channels": {}}
+    states = {channel: info["state"] for channel, info in record["channels"].items()}
+    return states == {"pagerduty": "delivered", "email": "dead"}
+
+
+def test_a_job_that_pages_and_emails_is_never_refused_for_its_emails_sake(
     celery_worker: Any, api: SandboxClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Refusing the job at the door would refuse its page too: the page goes out, and the
-    email is dead-lettered with the reason."""
+    email is dead-lettered with the reason (an encoded word in the subject; a component
+    recipient that a rule emails with no one to email)."""
     from config.settings import get_settings
 
-    rule = {"priority": ["critical"], "channels": ["pagerduty", "email"], "email_to": "a@b.com"}
-    monkeypatch.setenv("ROUTING_RULES", json.dumps([rule]))
+    rules = [
+        # A rule that emails components and names no one to email: every such email fails.
+        {"alert_name": "Unmailed*", "channels": ["pagerduty", "email"]},
+        {"priority": ["critical"], "channels": ["pagerduty", "email"], "email_to": "a@b.com"},
+    ]
+    monkeypatch.setenv("ROUTING_RULES", json.dumps(rules))
     get_settings.cache_clear()
     trick = "=?utf-8?q?=0D=0ABcc:_evil@x.com?="
     both = tasks.enqueue({"recipient": "db-2", "subject": trick, "priority": "critical"})
-    states = wait_for(
-        lambda: (
-            (r := engine().jobs.get(both))
-            and (s := {ch: info["state"] for ch, info in r["channels"].items()})
-            and s["pagerduty"] == "delivered"
-            and s["email"] == "dead"
-            and s
-        )
+    unmailed = tasks.enqueue(
+        {"recipient": "db-3", "subject": "s", "priority": "critical", "alert_name": "UnmailedX"}
     )
-    assert states == {"pagerduty": "delivered", "email": "dead"}
+    for job in (both, unmailed):
+        wait_for(lambda job=job: paged_not_mailed(job))
     letter = engine().dead_letters.get(f"{both}-email")
     assert letter is not None
     assert "encoded word" in letter["reason"]
+    assert len(api.incidents()) == 2
+    unsent = engine().dead_letters.get(f"{unmailed}-email")
+    assert unsent is not None
+    assert "recipient" in unsent["reason"]
     assert api.messages() == []
 
 

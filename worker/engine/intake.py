@@ -56,8 +56,8 @@ def accept(
 ) -> Accepted:
     """Route the job, then claim its idempotency id, record it and queue one delivery per
     channel in one step. A copy of an idempotency id accepted within the TTL is not queued
-    again: the answer names the first job. Raises :class:`InvalidJobError` for an email
-    whose recipient can never be an address."""
+    again: the answer names the first job. Raises :class:`InvalidJobError` for a job
+    routed to email alone whose recipient or headers could never be sent."""
     rule = route(
         engine.settings.routing_rules,
         request.priority,
@@ -67,15 +67,16 @@ def accept(
     )
     channels = [request.channel] if request.channel else list(rule.channels)
     email_to = rule.email_to if Channel.EMAIL in channels else None
-    if Channel.EMAIL in channels:
+    # An email that could never go out is refused here, naming the field, rather than
+    # dead-lettered after it was accepted: its recipient, and what becomes a header,
+    # checked as the message will check them. Not when the job also pages: a page is never
+    # refused for its email's sake; it goes out, and the email's dead letter says why.
+    if Channel.EMAIL in channels and Channel.PAGERDUTY not in channels:
         try:
             parse_recipients("recipient", email_to or request.recipient)
-            # What becomes a header, checked as the message will check it: refused here,
-            # naming the field, rather than dead-lettered after it was accepted. Not when
-            # the job also pages: the page goes out, and the email's dead letter says why.
             for field in ("subject", "alert_name", "idempotency_id"):
                 value = getattr(request, field)
-                if value is not None and Channel.PAGERDUTY not in channels:
+                if value is not None:
                     check_header_value(field, str(value))
         except InvalidFieldError as exc:
             message = exc.problem

@@ -11,7 +11,7 @@ import click
 import uvicorn
 import uvicorn.config
 
-from cli.common import one_line_errors
+from cli.common import BadInput, one_line_errors, port_is_free
 from config.api_tokens import SCOPES, new_token, token_hash
 from config.settings import get_settings
 
@@ -60,6 +60,12 @@ def api(
     if ctx.invoked_subcommand is not None:
         return
     settings = get_settings()  # a bad setting stops here, named, with exit code 2
+    if not port_is_free(host, port):
+        # uvicorn would log the bind error over several lines and exit 3.
+        raise BadInput(
+            f"port {port} on {host} is taken (another program listens there); "
+            "choose another with --port"
+        )
     json_logs = settings.log_format == "json"
     if not settings.tokens:
         warning = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
@@ -71,3 +72,16 @@ def when(ts: float | None) -> str:
 
 def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host``:``port`` now (as it would: with
+    SO_REUSEADDR, so a port in TIME_WAIT counts as free)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True

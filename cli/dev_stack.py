@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import httpx
 import redis
 from dotenv import dotenv_values
 
+from cli.common import port_is_free
 from config.api_tokens import new_token, token_hash
 from config.catalogue import load_catalogue
 from config.dev_stack_file import (
@@ -58,16 +58,6 @@ CURL_EXAMPLE = {"recipient": "you@example.com", "subject": "Hello over HTTP"}
 
 class DevStackError(RuntimeError):
     """The stack cannot start; the message says why in one line."""
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,25 @@ def test_a_bad_token_setting_stops_the_api_at_start_naming_it(tmp_path: Path) ->
     assert done.returncode == 2
     assert "API_TOKENS: 0.sha256" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_taken_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """As `gds-notify dev` says it; uvicorn alone logged the bind error over several lines
+    and exited 3, outside the command's exit codes."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [GDS_NOTIFY, "api", "--port", str(port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line == (
+        f"Error: port {port} on 127.0.0.1 is taken (another program listens there); "
+        "choose another with --port"
+    )

@@ -7,20 +7,25 @@ import contextlib
 import ssl
 
 import click
+from pydantic import ValidationError
 
 from sandbox.faults import Fault, FaultPlan, RandomFault
 from sandbox.pagerduty_emulator import EmulatorOptions
 from sandbox.server import SandboxError, serve
 from sandbox.smtp_sink import SinkOptions
+from worker.validation import validation_errors
 
 
 def _fail_rate(value: str) -> RandomFault:
     status, _, probability = value.partition("=")
     try:
         return RandomFault(probability=float(probability), fault=Fault(status=int(status)))
-    except ValueError as exc:
+    except ValidationError as exc:  # a number, but not one a fault can have
+        problems = "; ".join(f"{e['field']}: {e['message']}" for e in validation_errors(exc))
+        raise click.BadParameter(f"{value!r}: {problems}") from None
+    except ValueError:  # not two numbers
         raise click.BadParameter(
-            f"{value!r}: expected STATUS=PROBABILITY, such as 503=0.3 ({exc})"
+            f"{value!r}: expected STATUS=PROBABILITY, such as 503=0.3"
         ) from None
 
 

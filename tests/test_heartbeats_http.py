@@ -157,6 +157,10 @@ def test_medic_refusals_in_medics_shape(hb_api: ApiServer) -> None:
             json={"heartbeat_name": "no spaces", "service_name": "s", "alert_interval": 1},
         )
         from_file = http.post("/service/etl", json={"muted": 1})
+        service = {"heartbeat_name": "flagged", "service_name": "F", "alert_interval": 5}
+        assert http.post("/service", json=service).status_code == 201
+        bad_flags = http.post("/service/flagged", json={"muted": 2, "active": "yes"})
+        good_flags = http.post("/service/flagged", json={"muted": True, "active": 0})
         file_again = http.post(
             "/service", json={"heartbeat_name": "etl", "service_name": "s", "alert_interval": 1}
         )
@@ -172,6 +176,15 @@ def test_medic_refusals_in_medics_shape(hb_api: ApiServer) -> None:
     assert bad_name.status_code == 400
     assert bad_name.json()["message"].startswith("heartbeat_name:")
     assert from_file.status_code == 409
+    # Medic's 0/1 flags: one message a field, not one for each type the field could be.
+    assert (bad_flags.status_code, bad_flags.json()["message"]) == (
+        400,
+        "active: must be 0 or 1 (or false or true); muted: must be 0 or 1 (or false or true)",
+    )
+    assert good_flags.status_code == 200
+    flagged = engine().service("flagged")
+    assert flagged is not None
+    assert (flagged.muted, flagged.active) == (True, False)
     assert "HEARTBEAT_SERVICES_FILE" in from_file.json()["message"]
     assert file_again.json()["message"] == "Heartbeat is already registered."
     assert no_scope.status_code == 403

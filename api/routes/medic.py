@@ -18,7 +18,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from api.auth import calling_token, path_key, require
 from config.api_tokens import ApiToken
@@ -98,18 +105,28 @@ class ServiceBody(BaseModel):
         return value.strip().lower()
 
 
+def _flag(value: Any) -> Any:
+    if value in (0, 1) and type(value) in (int, bool):
+        return bool(value)
+    raise ValueError("must be 0 or 1 (or false or true)")
+
+
+#: Medic's 0/1 flags (``active``, ``muted``), true and false taken too.
+Flag = Annotated[bool, BeforeValidator(_flag)]
+
+
 class ServiceUpdate(BaseModel):
     """``POST /service/{heartbeat_name}``: any of Medic's updatable fields."""
 
     model_config = ConfigDict(extra="ignore")
 
     service_name: str | None = Field(default=None, min_length=1, max_length=255)
-    active: Literal[0, 1] | bool | None = None
+    active: Flag | None = None
     alert_interval: float | None = Field(default=None, gt=0, le=43_200)
     threshold: int | None = Field(default=None, ge=1, le=10_000)
     team: str | None = Field(default=None, min_length=1, max_length=255)
     priority: str | None = None
-    muted: Literal[0, 1] | bool | None = None
+    muted: Flag | None = None
     runbook: str | None = None
     max_duration: float | None = Field(default=None, gt=0)
 

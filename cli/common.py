@@ -54,7 +54,13 @@ def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
         except InvalidJobError as exc:
             raise BadInput(str(exc)) from None
         except NotReplicatedError as exc:
-            raise Failed(str(exc)) from None
+            job = (
+                f"; job {exc.job_id} is on the master: `gds-notify status {exc.job_id}` says "
+                "whether it stood (send with --idempotency-id to make a retry safe)"
+                if exc.job_id
+                else ""
+            )
+            raise Failed(f"{exc}{job}") from None
         except redis.RedisError as exc:
             raise Failed(
                 f"cannot reach Redis at {get_settings().redis_address.shown()} "

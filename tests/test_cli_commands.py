@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from cli.main import main
 from sandbox import SandboxServer
-from tests.conftest import ROUTING_KEY, SMTP_PASSWORD, TEAM_KEY, SandboxClient
+from tests.conftest import ROUTING_KEY, SMTP_PASSWORD, TEAM_KEY, SandboxClient, reconfigure
 from worker.engine.runtime import engine
 from worker.redact import mask
 
@@ -242,3 +242,22 @@ def test_pagerduty_test_reports_an_invalid_key(
     assert "Invalid routing key" in result.output
     assert ROUTING_KEY not in result.output
     assert run("pagerduty-test", "--team", "dba").exit_code == 0
+
+
+def test_a_job_no_replica_confirmed_is_named_with_how_to_look_it_up(
+    service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REDIS_MIN_REPLICAS asks for a replica this Redis does not have: the job is written
+    on the master but not acknowledged. The producer was given no job id, so the error
+    names it, and how to tell whether it stood."""
+    monkeypatch.setenv("REDIS_MIN_REPLICAS", "1")
+    monkeypatch.setenv("REDIS_WAIT_TIMEOUT", "0.1")
+    reconfigure()
+    sent = run("send", "ops@example.com", "Nightly report")
+    assert sent.exit_code == 1
+    [line] = sent.output.strip().splitlines()
+    assert "confirmed by 0 of the 1 replicas" in line
+    job_id = re.search(r"job (\w+) is on the master: `gds-notify status (\w+)`", line)
+    assert job_id is not None, line
+    assert job_id.group(1) == job_id.group(2)
+    assert engine().jobs.get(job_id.group(1)) is not None

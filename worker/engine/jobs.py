@@ -242,7 +242,11 @@ class JobStore:
                 *[item for pair in fields.items() for item in pair],
             ],
         )
-        [answer] = self._durably(pipe, listed)
+        try:
+            [answer] = self._durably(pipe, listed)
+        except NotReplicatedError as exc:
+            exc.job_id = job_id  # what the producer can look up, as it was not told
+            raise
         return str(answer[1]) if int(answer[0]) == 2 else None
 
     def first_look(self, channel: Channel | str, due: float, *, abandoned: bool = False) -> float:

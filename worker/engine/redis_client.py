@@ -128,6 +128,8 @@ class NotReplicatedError(redis.exceptions.RedisError):
         self.wanted, self.acked = wanted, acked
         #: The write's own results: it did happen, on the master.
         self.answers = answers or []
+        #: The job the write created, when it created one (set by the job store).
+        self.job_id: str | None = None
 
 
 def retry_seconds(settings: Settings) -> float:

@@ -5,6 +5,7 @@ Redis, the sandbox's SMTP sink refusing at RCPT."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 
 import tasks
 from cli.main import main
+from config.settings import get_settings
 from sandbox import SandboxServer
 from tests.conftest import SandboxClient, wait_for
 from worker.engine.runtime import engine
@@ -38,15 +40,28 @@ def refuse(api: SandboxClient, **codes: int) -> None:
     api.http.post("/sandbox/smtp/refuse", json={"recipients": recipients}).raise_for_status()
 
 
+EVERYONE = "ok@example.com, later@example.com, gone@example.com"
+
+
+@pytest.mark.parametrize("named_by", ["recipient", "routing rule"])
 def test_a_recipient_refused_for_now_is_sent_again_and_one_refused_for_good_is_dead_lettered(
-    api: SandboxClient, celery_worker: Any
+    api: SandboxClient, celery_worker: Any, monkeypatch: pytest.MonkeyPatch, named_by: str
 ) -> None:
+    """Whoever named the recipients (the job, or a routing rule's email_to, which the
+    resend and the replay must not send to in full again), the one refused for now gets
+    the message again, and the one refused for good, once mended."""
+    if named_by == "routing rule":
+        rule = {"alert_name": "Nightly*", "channels": ["email"], "email_to": EVERYONE}
+        monkeypatch.setenv("ROUTING_RULES", json.dumps([rule]))
+        get_settings.cache_clear()
     refuse(api, later=450, gone=550)
     job_id = tasks.enqueue(
         Notification(
-            recipient="ok@example.com, later@example.com, gone@example.com",
+            recipient=EVERYONE if named_by == "recipient" else "reports",
             subject="Nightly report",
             body="all good",
+            alert_name="NightlyReport",
+            idempotency_id=f"nightly-{named_by}",
         )
     )
     email = settled(job_id)["channels"]["email"]
@@ -67,7 +82,7 @@ def test_a_recipient_refused_for_now_is_sent_again_and_one_refused_for_good_is_d
     child = engine().jobs.get(again)
     assert child is not None
     assert child["source"] == "refused"
-    assert child["notification"]["recipient"] == "later@example.com"
+    assert child["channels"]["email"]["recipients"] == {"later@example.com": "retrying"}
     assert child["notification"]["subject"] == "Nightly report"
     refuse(api)  # the mailbox has room again
     settled(again)

@@ -16,6 +16,7 @@ from worker.exceptions import InvalidFieldError
 from worker.notification import is_one_line
 
 __all__ = [
+    "EMAIL_HEADER_FIELDS",
     "check_header_value",
     "invalid",
     "is_dot_atom",
@@ -40,6 +41,10 @@ _DOT_ATOM = re.compile(rf"{_ATOMS}\Z")
 def invalid(field: str, problem: str) -> InvalidFieldError:
     """The error for a notification that can never become a valid email."""
     return InvalidFieldError(field, problem, provider="smtp")
+
+
+#: The notification's fields that become email headers besides its addresses.
+EMAIL_HEADER_FIELDS = ("subject", "alert_name", "idempotency_id")
 
 
 def check_header_value(field: str, value: str) -> str:

@@ -206,7 +206,16 @@ def _attempt(engine: Engine, job: DeliveryJob, claim: Claim) -> Outcome:
     result = {"message_id": sent.message_id, **sent.metadata}
     refused = sent.metadata.get("refused")
     if job.channel is Channel.EMAIL and isinstance(refused, dict) and refused:
-        result |= refused_recipients.follow_up(engine, job, {a: str(w) for a, w in refused.items()})
+        try:
+            refused_addresses = {a: str(w) for a, w in refused.items()}
+            result |= refused_recipients.follow_up(engine, job, refused_addresses)
+        except redis.RedisError:
+            raise  # nothing can be recorded either: the message goes back (task_base.py)
+        except Exception:
+            # The message went out: a failed follow-up must not keep its record from
+            # being written, or the sweep would send it to everyone again. The refused
+            # addresses stay in the result, and in status.
+            logger.exception("job %s email: following up refused recipients failed", job.job_id)
     engine.jobs.record(
         job.job_id,
         job.channel,

@@ -18,7 +18,7 @@ from typing import Literal
 import redis
 
 from config.routing import route
-from worker.addresses import check_header_value, parse_recipients
+from worker.addresses import EMAIL_HEADER_FIELDS, check_header_value, parse_recipients
 from worker.channels import Channel
 from worker.engine import stats
 from worker.engine.delivery_job import DeliveryJob
@@ -53,11 +53,13 @@ def accept(
     job_id: str,
     source: str,
     replay_of: str | None = None,
+    check_email: bool = True,
 ) -> Accepted:
     """Route the job, then claim its idempotency id, record it and queue one delivery per
     channel in one step. A copy of an idempotency id accepted within the TTL is not queued
     again: the answer names the first job. Raises :class:`InvalidJobError` for a job
-    routed to email alone whose recipient or headers could never be sent."""
+    routed to email alone whose recipient or headers could never be sent (unless
+    ``check_email`` is False: the email of something that paged, dead-lettered instead)."""
     rule = route(
         engine.settings.routing_rules,
         request.priority,
@@ -71,10 +73,10 @@ def accept(
     # dead-lettered after it was accepted: its recipient, and what becomes a header,
     # checked as the message will check them. Not when the job also pages: a page is never
     # refused for its email's sake; it goes out, and the email's dead letter says why.
-    if Channel.EMAIL in channels and Channel.PAGERDUTY not in channels:
+    if check_email and Channel.EMAIL in channels and Channel.PAGERDUTY not in channels:
         try:
             parse_recipients("recipient", email_to or request.recipient)
-            for field in ("subject", "alert_name", "idempotency_id"):
+            for field in EMAIL_HEADER_FIELDS:
                 value = getattr(request, field)
                 if value is not None:
                     check_header_value(field, str(value))
@@ -92,7 +94,32 @@ def accept(
                     "component, send it with priority critical or emergency"
                 )
             raise InvalidJobError([{"field": exc.field, "message": message}]) from None
+    return _queue(engine, request, job_id, source, channels, email_to, replay_of)
 
+
+def resend(
+    engine: Engine,
+    request: JobRequest,
+    to: str,
+    job_id: str,
+    source: str,
+    replay_of: str | None = None,
+) -> Accepted:
+    """Queue ``request`` as an email to ``to`` alone, past the routing rules (whose
+    ``email_to`` would send it to their whole list): the addresses a server refused while
+    it took the others (refused_recipients.py), and the replay of their dead letter."""
+    return _queue(engine, request, job_id, source, [Channel.EMAIL], to, replay_of)
+
+
+def _queue(
+    engine: Engine,
+    request: JobRequest,
+    job_id: str,
+    source: str,
+    channels: list[Channel],
+    email_to: str | None,
+    replay_of: str | None,
+) -> Accepted:
     notification = request.notification()
     now = time.time()
     payloads = {

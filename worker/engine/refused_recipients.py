@@ -9,6 +9,7 @@ replay once the address is mended. The job's result names both.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from worker.channels import Channel
@@ -21,12 +22,15 @@ logger = logging.getLogger(__name__)
 
 #: The source the job that sends again is counted under (``notifications_total``).
 SOURCE = "refused"
+#: In a dead letter's payload: the addresses its replay goes to, and to no one else.
+RESEND_TO = "resend_to"
 
 
 def follow_up(engine: Engine, job: DeliveryJob, refused: dict[str, str]) -> dict[str, str]:
     """Send again to the addresses ``refused`` for now, dead-letter those refused for
     good (``refused`` maps each address to the server's answer, ``"450 …"``); returns
     what the job's result adds: ``resent_as`` (the new job's id) and ``refused_dead_letter``.
+    Either goes to those addresses alone, never to the rest of a routing rule's list.
     Done twice for one job (its worker died before recording it), it makes one job and
     one dead letter: both are named after the job."""
     assert job.notification is not None  # an email with no notification is never sent
@@ -34,33 +38,22 @@ def follow_up(engine: Engine, job: DeliveryJob, refused: dict[str, str]) -> dict
     never = {address: why for address, why in refused.items() if address not in later}
     added: dict[str, str] = {}
     if later:
-        fields = job.notification.model_dump()
-        fields |= {
-            "recipient": ", ".join(later),
-            "idempotency_id": f"{job.job_id}/refused",
-            "channel": Channel.EMAIL,
-            "team": job.team,
-        }
-        again = intake.accept(
-            engine, JobRequest.model_validate(fields), intake.new_job_id(), SOURCE
-        )
+        fields = job.notification.model_dump() | {"idempotency_id": _resend_id(job.job_id)}
+        request = JobRequest.model_validate(fields | {"channel": Channel.EMAIL, "team": job.team})
+        again = intake.resend(engine, request, ", ".join(later), intake.new_job_id(), SOURCE)
         added["resent_as"] = again.job_id
     if never:
         entry_id = f"{job.job_id}-email-refused"
         to = ", ".join(never)
-        payload = job.model_copy(
-            update={
-                "notification": job.notification.model_copy(update={"recipient": to}),
-                "email_to": None,
-            }
-        )
+        payload = job.model_copy(update={"email_to": to}).model_dump(mode="json")
+        payload[RESEND_TO] = to  # replay.py sends it to these addresses alone
         reason = "refused by the SMTP server: " + "; ".join(f"{a} ({w})" for a, w in never.items())
         engine.dead_letters.add(
             entry_id=entry_id,
             job_id=job.job_id,
             channel=Channel.EMAIL.value,
             reason=reason,
-            payload=payload.model_dump(mode="json"),
+            payload=payload,
             attempts=1,
             last_error={"type": "NotificationDeliveryError", "message": reason},
         )
@@ -74,3 +67,9 @@ def follow_up(engine: Engine, job: DeliveryJob, refused: dict[str, str]) -> dict
         f" (dead letter {added['refused_dead_letter']})" if never else "",
     )
     return added
+
+
+def _resend_id(job_id: str) -> str:
+    """The idempotency id of the job that sends again to those refused for now: one per
+    job, however often the follow-up runs, and short whatever the job's id."""
+    return "refused-" + hashlib.sha256(job_id.encode()).hexdigest()[:32]

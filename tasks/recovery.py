@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 
+import redis
+
 from worker.celery_app import app
 from worker.engine.intake_recovery import put_back
 from worker.engine.recovery import recover as recover_stalled
@@ -31,7 +33,14 @@ def recover() -> int:
     retries) the broker lost before any worker took them or that a dead worker held
     through a countdown, deliveries whose worker died in an attempt, and intake messages
     a dead worker held; returns how many."""
-    intake = put_back(engine())
+    try:
+        intake = put_back(engine())
+    except redis.RedisError:
+        raise
+    except Exception:
+        # Whatever an intake message holds, the deliveries' recovery below still runs.
+        logger.exception("putting back intake messages a dead worker held failed")
+        intake = []
     for message in intake:
         logger.warning(
             "%s %s: in a worker's hands %.0f s after it fell due, though intake takes"

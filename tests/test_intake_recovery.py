@@ -22,7 +22,7 @@ from tests.conftest import SandboxClient, in_thread_worker, reconfigure, wait_fo
 from tests.processes import WorkerProcess
 from worker.celery_app import app
 from worker.engine import intake_recovery, keys
-from worker.engine.broker_queues import UNACKED_HASH, UNACKED_INDEX
+from worker.engine.broker_queues import UNACKED_HASH, UNACKED_INDEX, queue_list
 from worker.engine.intake_recovery import HELD_SECONDS, put_back
 from worker.engine.runtime import engine
 
@@ -189,4 +189,35 @@ def test_an_intake_message_with_a_priority_goes_back_to_that_prioritys_list(
         for priority in (None, 0, 2, 3, 5, 6, 9, 12, -1, "x"):
             message = {"properties": {"priority": priority}}
             kombus = channel._q_for_pri("celery", channel._get_message_priority(message))
-            assert intake_recovery._queue_list("celery", priority) == kombus, priority
+            assert queue_list("celery", priority) == kombus, priority
+
+
+def test_what_a_hostile_producer_left_in_a_workers_hands_never_stops_the_sweep(
+    service_env: SandboxServer,
+) -> None:
+    """kombu records whatever envelope a worker took. A priority of 1e999 (infinity to
+    JSON), JSON nested past Python's limit, or not JSON at all is passed over or put back;
+    the message next to them is put back either way."""
+    r = broker()
+    app.send_task("notify", args=[page("beside-hostile")], task_id="ok-id")
+    [queued] = r.lrange("celery", 0, -1)
+    r.delete("celery")
+    envelope = json.loads(queued)
+    infinite = json.loads(queued)
+    infinite["headers"]["id"] = "infinite-id"
+    infinite["properties"]["priority"] = float("inf")
+    entries = {
+        "tag-ok": json.dumps([envelope, "", "celery"]),
+        "tag-infinite": json.dumps([infinite, "", "celery"]),
+        "tag-deep": "[" * 100_000 + "]" * 100_000,
+        "tag-garbage": "not json",
+    }
+    r.hset(UNACKED_HASH, mapping=entries)  # type: ignore[arg-type]
+    r.zadd(UNACKED_INDEX, dict.fromkeys(entries, time.time() - 3600))
+    done = put_back(engine())
+    assert sorted(item.task_id for item in done) == ["infinite-id", "ok-id"]
+    assert sorted(json.loads(m)["headers"]["id"] for m in r.lrange("celery", 0, -1)) == [
+        "infinite-id",
+        "ok-id",
+    ]
+    assert sorted(r.hkeys(UNACKED_HASH)) == ["tag-deep", "tag-garbage"]

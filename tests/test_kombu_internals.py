@@ -23,8 +23,12 @@ from config.celery_config import celery_config
 from config.settings import Settings
 from worker import broker_transport, consumer
 from worker.engine import redis_client
-from worker.engine.broker_queues import UNACKED_HASH, UNACKED_INDEX
-from worker.engine.intake_recovery import PRIORITY_SEPARATOR, PRIORITY_STEPS
+from worker.engine.broker_queues import (
+    PRIORITY_SEPARATOR,
+    PRIORITY_STEPS,
+    UNACKED_HASH,
+    UNACKED_INDEX,
+)
 
 #: (kombu class, method, the parameters kombu has; our override takes them, in order).
 OVERRIDDEN = [

@@ -6,9 +6,10 @@ intake sweep puts back what a dead worker held."""
 
 from __future__ import annotations
 
+from bisect import bisect
 from collections.abc import Iterable
 from itertools import chain
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -22,6 +23,10 @@ UNACKED_INDEX = "unacked_index"
 LOOK_LIMIT = 2_000
 #: Index entries read per round trip by :meth:`BrokerQueues.taken_before`.
 PUT_BACK_BATCH = 200
+#: kombu's Redis transport keeps a queue's messages of each priority step in a list of its
+#: own: the queue's name for step 0, with this separator and the step for the others.
+PRIORITY_STEPS = (0, 3, 6, 9)
+PRIORITY_SEPARATOR = "\x06\x16"
 #: Where a message's task id starts: the first "id" key of the envelope, in its headers.
 #: (The body before it is base64; root_id, parent_id and correlation_id end in "_id".)
 _ID = '"id": "'
@@ -100,6 +105,17 @@ class BrokerQueues:
         read; False when it is not (acknowledged, or put back, meanwhile)."""
         keys = [UNACKED_HASH, UNACKED_INDEX, queue_list]
         return bool(self._put_back(keys=keys, args=[tag, entry, message]))
+
+
+def queue_list(queue: str, priority: Any) -> str:
+    """The list kombu keeps ``queue``'s messages of ``priority`` (a message's
+    ``properties.priority``: 0-9, anything else counting as 0) in."""
+    try:
+        level = max(0, min(int(priority), 9))
+    except (TypeError, ValueError, OverflowError):
+        level = 0
+    step = PRIORITY_STEPS[bisect(PRIORITY_STEPS, level) - 1]
+    return f"{queue}{PRIORITY_SEPARATOR}{step}" if step else queue
 
 
 def task_id(message: str) -> str | None:

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import time
-from bisect import bisect
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from config.queues import INTAKE_QUEUE, INTAKE_TASKS
 from worker.engine import stats
-from worker.engine.broker_queues import LOOK_LIMIT
+from worker.engine.broker_queues import queue_list
 from worker.engine.runtime import Engine
 
 #: How long after it fell due an intake message may still be in a live worker's hands:
@@ -34,9 +33,9 @@ from worker.engine.runtime import Engine
 #: whose every thread waits on a slow PagerDuty when a countdown runs out can hold one
 #: longer; the copy is harmless.)
 HELD_SECONDS = 60.0
-#: kombu's Redis transport: the lists of a queue's priorities, and how they are named.
-PRIORITY_STEPS = (0, 3, 6, 9)
-PRIORITY_SEPARATOR = "\x06\x16"
+#: Messages taken before then that one sweep reads, the oldest first (each read whole: a
+#: storm of deliveries held through their countdowns can be thousands).
+LOOK_LIMIT = 2_000
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,10 @@ def put_back(engine: Engine, now: float | None = None) -> list[PutBack]:
     broker = engine.broker
     done: list[PutBack] = []
     for tag, entry, taken_at in broker.taken_before(now - HELD_SECONDS, LOOK_LIMIT):
-        held = _intake(entry, taken_at)
+        try:
+            held = _intake(entry, taken_at)
+        except RecursionError:  # JSON nested past Python's limit: no message of ours
+            held = None
         if held is None or now - held.due < HELD_SECONDS:
             continue
         message = json.dumps(_redelivered(held.message))
@@ -85,7 +87,7 @@ def _intake(entry: str, taken_at: float) -> _Held | None:
         headers = message["headers"]
         task, task_id, eta = headers["task"], headers["id"], headers.get("eta")
         priority = message.get("properties", {}).get("priority")
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
         return None
     if routing_key != INTAKE_QUEUE or exchange not in ("", INTAKE_QUEUE):
         return None
@@ -100,17 +102,7 @@ def _intake(entry: str, taken_at: float) -> _Held | None:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         due = max(due, moment.timestamp())
-    return _Held(message, task, task_id, due, _queue_list(INTAKE_QUEUE, priority))
-
-
-def _queue_list(queue: str, priority: Any) -> str:
-    """The list kombu keeps a queue's messages of ``priority`` in."""
-    try:
-        level = max(0, min(int(priority), 9))
-    except (TypeError, ValueError):
-        level = 0
-    step = PRIORITY_STEPS[bisect(PRIORITY_STEPS, level) - 1]
-    return f"{queue}{PRIORITY_SEPARATOR}{step}" if step else queue
+    return _Held(message, task, task_id, due, queue_list(INTAKE_QUEUE, priority))
 
 
 def _redelivered(message: dict[str, Any]) -> dict[str, Any]:

@@ -62,13 +62,18 @@ def show(entry_id: str) -> None:
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
 @one_line_errors
 def replay(entry_ids: tuple[str, ...], replay_all: bool) -> None:
-    """Send dead-lettered jobs through intake again (as new jobs). Prints the new job ids.
-    Each ENTRY_ID is an entry's id or a job's (every dead channel of it).
+    """Send dead-lettered jobs through intake again (as new jobs), in the order named
+    (--all: oldest first). Prints the new job ids. Each ENTRY_ID is an entry's id or a
+    job's (every dead channel of it).
 
     Exit code 1 if any could not be replayed (they stay dead-lettered).
     """
     if replay_all:
-        entry_ids = tuple(e["id"] for e in engine().dead_letters.list(limit=1_000_000))
+        # Oldest first, the order they failed in: a resolve dead-lettered after its trigger
+        # must not be queued before it (PagerDuty would drop it, and the trigger would
+        # open an incident nobody resolves).
+        letters = engine().dead_letters.list(limit=1_000_000)
+        entry_ids = tuple(e["id"] for e in reversed(letters))
     if not entry_ids:
         raise BadInput("name the dead letters to replay, or use --all")
     wanted = [entry["id"] for name in entry_ids for entry in _found(name)]

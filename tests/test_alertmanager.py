@@ -3,6 +3,8 @@ its webhook to the API, and the webhook's edge cases posted as Alertmanager writ
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import time
@@ -12,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from cli.main import main
 from sandbox import SandboxServer
 from tests.api_server import ADMIN_TOKEN, NOTIFY_TOKEN, ApiServer
 from tests.conftest import TEAM_KEY, SandboxClient, free_port, wait_for
@@ -62,8 +66,8 @@ def webhook(*alerts: dict[str, Any], status: str = "firing") -> dict[str, Any]:
     }
 
 
-def job(job_id: str) -> Any:
-    return wait_for(lambda: (r := engine().jobs.get(job_id)) and r["status"] == "delivered" and r)
+def job(job_id: str, state: str = "delivered") -> Any:
+    return wait_for(lambda: (r := engine().jobs.get(job_id)) and r["status"] == state and r)
 
 
 def test_a_firing_alert_pages_with_its_labels_and_a_repeat_queues_nothing(
@@ -158,13 +162,19 @@ def test_an_alert_that_cannot_be_a_notification_is_kept_and_the_rest_go_out(
     assert not_v4.json()["errors"][0]["field"] == "version"
 
 
+@pytest.mark.parametrize("replayed_by", ["the API, in order", "dlq replay --all"])
 def test_a_resolved_alerts_dead_letter_replays_as_its_resolve_and_repeats_keep_one_letter(
-    api_server: ApiServer, celery_worker: Any, api: SandboxClient, monkeypatch: pytest.MonkeyPatch
+    api_server: ApiServer,
+    celery_worker: Any,
+    api: SandboxClient,
+    monkeypatch: pytest.MonkeyPatch,
+    replayed_by: str,
 ) -> None:
     """An alert routed to email with no recipient is dead-lettered firing, again on
-    Alertmanager's repeat (the same letter), and resolved. Once the route is mended, the
-    firing letter replays as the trigger and the resolved one as its resolve: the incident
-    ends resolved, and no replay triggers a second time."""
+    Alertmanager's repeat (the same letter, first seen when it first was), and resolved.
+    Once the route is mended, the firing letter replays as the trigger and the resolved
+    one as its resolve (`--all` replays the oldest first): the incident ends resolved, and
+    no replay triggers a second time."""
     from config.settings import get_settings
 
     monkeypatch.setenv("ROUTING_RULES", '[{"alert_name": "Queue*", "channels": ["email"]}]')
@@ -173,6 +183,8 @@ def test_a_resolved_alerts_dead_letter_replays_as_its_resolve_and_repeats_keep_o
     gone = queue | {"status": "resolved", "endsAt": "2026-12-02T01:05:00Z"}
     with api_server.client() as http:
         [firing] = http.post("/v1/alertmanager", json=webhook(queue)).json()["alerts"]
+        first = engine().dead_letters.get(firing["dead_letter"])
+        time.sleep(0.01)
         [repeat] = http.post("/v1/alertmanager", json=webhook(queue)).json()["alerts"]
         [resolved] = http.post("/v1/alertmanager", json=webhook(gone, status="resolved")).json()[
             "alerts"
@@ -180,18 +192,57 @@ def test_a_resolved_alerts_dead_letter_replays_as_its_resolve_and_repeats_keep_o
     assert firing["job_ids"] == repeat["job_ids"] == resolved["job_ids"] == []
     assert firing["dead_letter"] == repeat["dead_letter"] != resolved["dead_letter"]
     assert len(engine().dead_letters.list()) == 2
+    again = engine().dead_letters.get(firing["dead_letter"])
+    assert first is not None
+    assert again is not None
+    assert again["first_seen"] == first["first_seen"] < again["dead_at"]
 
     monkeypatch.setenv("ROUTING_RULES", '[{"alert_name": "Queue*", "channels": ["pagerduty"]}]')
     get_settings.cache_clear()
-    with api_server.client(ADMIN_TOKEN) as admin:
-        for letter in (firing["dead_letter"], resolved["dead_letter"]):
-            replayed = admin.post(f"/v1/dead-letters/{letter}/replay")
-            assert replayed.status_code == 202, replayed.text
-            job(replayed.json()["job_id"])
+    if replayed_by == "dlq replay --all":
+        done = CliRunner().invoke(main, ["dlq", "replay", "--all"])
+        assert done.exit_code == 0, done.output
+        new_jobs = re.findall(r"-> job (\w+)", done.output)
+    else:
+        with api_server.client(ADMIN_TOKEN) as admin:
+            answers = [
+                admin.post(f"/v1/dead-letters/{letter}/replay")
+                for letter in (firing["dead_letter"], resolved["dead_letter"])
+            ]
+        assert [a.status_code for a in answers] == [202, 202], [a.text for a in answers]
+        new_jobs = [a.json()["job_id"] for a in answers]
+    for job_id in new_jobs:
+        job(job_id)
     [incident] = api.incidents(dedup_key="alertmanager-beef000000000004")
     assert incident["status"] == "resolved"
     assert [t["action"] for t in incident["timeline"]] == ["trigger", "resolve"]
     assert engine().dead_letters.list() == []
+
+
+def test_a_resolved_alert_is_never_refused_for_its_emails_sake(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rule that pages and emails, and names no one to email: the firing alert pages and
+    its email is dead-lettered; so for the resolved one, whose resolve goes out."""
+    from config.settings import get_settings
+
+    rule = {"alert_name": "Queue*", "channels": ["pagerduty", "email"]}
+    monkeypatch.setenv("ROUTING_RULES", json.dumps([rule]))
+    get_settings.cache_clear()
+    queue = alert(fingerprint="beef000000000005", alertname="QueueSlow", severity="warning")
+    gone = queue | {"status": "resolved", "endsAt": "2026-12-02T01:05:00Z"}
+    with api_server.client() as http:
+        [firing] = http.post("/v1/alertmanager", json=webhook(queue)).json()["alerts"]
+        job(firing["job_ids"][0], state="dead-lettered")
+        [resolved] = http.post("/v1/alertmanager", json=webhook(gone, status="resolved")).json()[
+            "alerts"
+        ]
+    assert "dead_letter" not in resolved or resolved["dead_letter"] is None, resolved
+    resolve_job, email_job = resolved["job_ids"]
+    job(resolve_job)
+    job(email_job, state="dead-lettered")
+    [incident] = api.incidents(dedup_key="alertmanager-beef000000000005")
+    assert incident["status"] == "resolved"
 
 
 def _alertmanager_config(path: Path, api_url: str) -> Path:

@@ -32,5 +32,9 @@ def resolve(
                 "channel": Channel.EMAIL,
             }
         )
-        done.append(intake.accept(engine, resolved, intake.new_job_id(), source))
+        # Where the alert also paged, its resolve is queued already: the email is not
+        # refused at the door for its own sake, but dead-lettered with the reason.
+        paged = Channel.PAGERDUTY in rule.channels
+        job_id = intake.new_job_id()
+        done.append(intake.accept(engine, resolved, job_id, source, check_email=not paged))
     return done

@@ -44,6 +44,11 @@ class DeadLetters:
         first_seen: float | None = None,
     ) -> dict[str, Any]:
         now = time.time()
+        if first_seen is None:
+            # An entry dead-lettered again under the same id (an Alertmanager repeat) keeps
+            # when it was first seen.
+            earlier = self.get(entry_id)
+            first_seen = earlier["first_seen"] if earlier else None
         record = {
             "id": entry_id,
             "job_id": job_id,

@@ -34,9 +34,7 @@ def authorize(secret: str, scope: Scope, rate: Literal["api", "ping"] | None = "
     the caller counts it itself) is within its rate, ``API_RATE_LIMIT`` or
     ``PING_RATE_LIMIT``."""
     eng = engine()
-    token = find_token(eng.settings.tokens, secret)
-    if token is None:
-        raise unauthorized("this API token is not configured (API_TOKENS)")
+    token = _configured(secret)
     if not token.allows(scope):
         raise forbidden(f"token {token.name!r} does not have the {scope!r} scope")
     if rate is not None:
@@ -47,14 +45,24 @@ def authorize(secret: str, scope: Scope, rate: Literal["api", "ping"] | None = "
     return token
 
 
+def _configured(secret: str | None) -> ApiToken:
+    """The configured token ``secret`` is; 401 when there is none, or it is not one."""
+    if not secret:
+        raise unauthorized("no API token: send `Authorization: Bearer <token>`")
+    token = find_token(engine().settings.tokens, secret)
+    if token is None:
+        raise unauthorized("this API token is not configured (API_TOKENS)")
+    return token
+
+
 def unknown_bearer(request: Request) -> ApiError | None:
     """Why the request's bearer token would be refused (401), or None when it names a
     configured token: for a request refused before its route's own check could run."""
     scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        return unauthorized("no API token: send `Authorization: Bearer <token>`")
-    if find_token(engine().settings.tokens, secret.strip()) is None:
-        return unauthorized("this API token is not configured (API_TOKENS)")
+    try:
+        _configured(secret.strip() if scheme.lower() == "bearer" else None)
+    except ApiError as refused:
+        return refused
     return None
 
 
@@ -65,9 +73,7 @@ def require(scope: Scope) -> Callable[..., ApiToken]:
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Security(bearer),  # noqa: B008
     ) -> ApiToken:
-        if credentials is None:
-            raise unauthorized("no API token: send `Authorization: Bearer <token>`")
-        token = authorize(credentials.credentials, scope)
+        token = authorize(credentials.credentials if credentials else "", scope)
         request.state.token = token
         return token
 

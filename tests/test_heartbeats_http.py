@@ -159,8 +159,8 @@ def test_medic_refusals_in_medics_shape(hb_api: ApiServer) -> None:
         from_file = http.post("/service/etl", json={"muted": 1})
         service = {"heartbeat_name": "flagged", "service_name": "F", "alert_interval": 5}
         assert http.post("/service", json=service).status_code == 201
-        bad_flags = http.post("/service/flagged", json={"muted": 2, "active": "yes"})
-        good_flags = http.post("/service/flagged", json={"muted": True, "active": 0})
+        bad_flags = http.post("/service/flagged", json={"muted": 2, "active": "maybe"})
+        good_flags = http.post("/service/flagged", json={"muted": True, "active": "0"})
         file_again = http.post(
             "/service", json={"heartbeat_name": "etl", "service_name": "s", "alert_interval": 1}
         )

@@ -23,6 +23,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
 )
@@ -105,10 +106,16 @@ class ServiceBody(BaseModel):
         return value.strip().lower()
 
 
-def _flag(value: Any) -> Any:
-    if value in (0, 1) and type(value) in (int, bool):
-        return bool(value)
-    raise ValueError("must be 0 or 1 (or false or true)")
+_BOOL = TypeAdapter(bool)
+
+
+def _flag(value: Any) -> bool:
+    # What pydantic reads as a bool (0/1, true/false, "yes"/"no", ...), with one message
+    # for the field rather than one for each type of a union.
+    try:
+        return _BOOL.validate_python(value)
+    except ValidationError:
+        raise ValueError("must be 0 or 1 (or false or true)") from None
 
 
 #: Medic's 0/1 flags (``active``, ``muted``), true and false taken too.

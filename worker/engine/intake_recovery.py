@@ -11,8 +11,9 @@ Intake takes milliseconds, so an intake message still in a worker's hands
 :data:`HELD_SECONDS` after it fell due (it was taken, or its countdown ran out) was held
 by a worker that died, or one stuck: it goes back on its queue, as kombu would put it
 back. A copy of one a live worker still runs is harmless: intake is idempotent by the
-task id (a job's record is written once, under its id), and a heartbeat is a report of
-the same service once more.
+task id (a job's record is written once, under its id). A heartbeat sent without ``at``
+counts from when it runs: late by up to the sweep's delay, and twice if its worker was
+only slow.
 """
 
 from __future__ import annotations

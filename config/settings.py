@@ -172,6 +172,13 @@ class Settings(BaseSettings):
     )
     smtp_use_tls: bool = Field(default=False, description="Implicit TLS from the first byte.")
     smtp_timeout: float = Field(default=30.0, gt=0, le=300, description="Seconds per reply.")
+    smtp_data_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        le=600,
+        description="Seconds for the reply to a message (RFC 5321 allows ten minutes): a "
+        "message the server took but answered later than this is sent again.",
+    )
     smtp_validate_certs: bool = Field(default=True, description="Verify the server's certificate.")
     smtp_ca_file: FilePath | None = Field(
         default=None, description="CA bundle to trust instead of the system's."

@@ -212,6 +212,7 @@ def service_env(
         "SMTP_FROM": "GDS <alerts@example.com>",
         "SMTP_STARTTLS": "false",
         "SMTP_TIMEOUT": "2",
+        "SMTP_DATA_TIMEOUT": "3",
         "RETRY_BASE_SECONDS": "0.05",
         "RETRY_CAP_SECONDS": "0.5",
         "RETRY_MAX_ATTEMPTS": "5",

@@ -207,6 +207,7 @@ def test_no_secret_in_logs_flower_cli_redis_or_dead_letters(
             "SMTP_CA_FILE": str(ca_file),
             "SMTP_FROM": "GDS <alerts@example.com>",
             "SMTP_TIMEOUT": "3",
+            "SMTP_DATA_TIMEOUT": "3",
             "RETRY_BASE_SECONDS": "0.05",
             "RETRY_CAP_SECONDS": "0.5",
             "RETRY_MAX_ATTEMPTS": "5",

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from config.settings import get_settings, load_settings
 from worker.exceptions import NotificationConfigError
+from worker.providers.smtp import SMTPProvider
 from worker.redact import mask
 
 KEY = "A" * 16 + "B" * 16
@@ -45,6 +46,11 @@ def test_defaults() -> None:
     assert s.redis_url == "redis://localhost:6379/0"
     assert s.pagerduty_rate_limit == "120/minute"
     assert s.idempotency_ttl_seconds == 86_400
+    # RFC 5321's "DATA Termination: 10 minutes" is what a server may take; five of them
+    # before taking an answer for lost, every other reply thirty seconds.
+    assert (s.smtp_timeout, s.smtp_data_timeout) == (30.0, 300.0)
+    smtp = SMTPProvider.from_settings(s)
+    assert (smtp.timeout, smtp.data_timeout) == (30.0, 300.0)
 
 
 def test_bad_routing_key_is_named_and_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,6 +80,7 @@ def test_bad_routing_key_is_named_and_not_echoed(monkeypatch: pytest.MonkeyPatch
             "invalid configuration: ROUTING_RULES: must be JSON: Expecting property name",
         ),
         ({"RETRY_MAX_ATTEMPTS": "0"}, "RETRY_MAX_ATTEMPTS: Input should be greater than"),
+        ({"SMTP_DATA_TIMEOUT": "900"}, "SMTP_DATA_TIMEOUT: Input should be less than or equal"),
     ],
 )
 def test_bad_values_name_the_variable_and_what_is_allowed(

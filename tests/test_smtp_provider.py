@@ -565,6 +565,37 @@ def test_slow_server_is_a_timeout(provider: SMTPProvider, mail_api: SandboxClien
     assert str(caught.value).endswith("within 2s during DATA, so it may have taken the message")
 
 
+def test_the_answer_to_a_message_has_its_own_longer_timeout(
+    mail_sandbox: SandboxServer, ca: trustme.CA, mail_api: SandboxClient
+) -> None:
+    """RFC 5321 gives a server minutes to answer a message (it is delivering it): an
+    answer later than the other replies' timeout is waited for, not taken for a loss and
+    sent again; one later than ``data_timeout`` is a timeout that names it."""
+    assert mail_sandbox.smtp_port is not None
+    patient = SMTPProvider(
+        "127.0.0.1",
+        mail_sandbox.smtp_port,
+        username=SMTP_USER,
+        password=SMTP_PASSWORD,
+        from_addr="alerts@example.com",
+        starttls=True,
+        timeout=1,
+        data_timeout=4,
+        tls_context=client_tls(ca),
+    )
+    try:
+        mail_api.smtp_faults({"delay": 2})
+        assert patient.send(mail(idempotency_id="slow")).is_success()
+        assert len(mail_api.messages()) == 1
+        mail_api.smtp_faults({"delay": 6})
+        with pytest.raises(NotificationTimeoutError) as caught:
+            patient.send(mail(idempotency_id="slower"))
+    finally:
+        patient.close()
+    assert caught.value.timeout_seconds == 4
+    assert str(caught.value).endswith("within 4s during DATA, so it may have taken the message")
+
+
 def test_refused_connection() -> None:
     smtp = SMTPProvider("127.0.0.1", free_port(), from_addr="a@example.com", timeout=2)
     with pytest.raises(NotificationConnectionError, match="cannot connect") as caught:

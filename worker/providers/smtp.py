@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import aiosmtplib
+from aiosmtplib.typing import Default
 from pydantic import SecretStr
 
 from config.settings import Settings
@@ -70,7 +71,10 @@ class SMTPProvider(BaseNotificationProvider):
 
     ``starttls``: ``None`` upgrades when the server offers STARTTLS, ``True`` requires it,
     ``False`` never upgrades. ``use_tls`` is implicit TLS from the first byte (port 465).
-    ``tls_context`` replaces the default trust store (a private CA, say).
+    ``tls_context`` replaces the default trust store (a private CA, say). ``timeout`` is
+    how long every reply may take, ``data_timeout`` (``timeout`` unless given) the one to
+    the message itself: RFC 5321 gives a server ten minutes for it, and a message it took
+    but answered too late would be sent again.
     """
 
     name = "smtp"
@@ -87,6 +91,7 @@ class SMTPProvider(BaseNotificationProvider):
         timeout: float = 30.0,
         validate_certs: bool = True,
         tls_context: ssl.SSLContext | None = None,
+        data_timeout: float | None = None,
     ) -> None:
         if not host or not host.strip():
             raise NotificationConfigError("SMTP host is required", provider=self.name)
@@ -96,8 +101,8 @@ class SMTPProvider(BaseNotificationProvider):
             raise NotificationConfigError(
                 "use_tls (implicit TLS) and starttls cannot both be on", provider=self.name
             )
-        if timeout <= 0:
-            raise NotificationConfigError("timeout must be greater than 0", provider=self.name)
+        if timeout <= 0 or (data_timeout is not None and data_timeout <= 0):
+            raise NotificationConfigError("timeouts must be greater than 0", provider=self.name)
         raw_password = password.get_secret_value() if isinstance(password, SecretStr) else password
         if bool(username) != bool(raw_password):
             raise NotificationConfigError(
@@ -114,6 +119,7 @@ class SMTPProvider(BaseNotificationProvider):
         self.starttls = starttls
         self.use_tls = use_tls
         self.timeout = float(timeout)
+        self.data_timeout = float(data_timeout if data_timeout is not None else timeout)
         self.validate_certs = validate_certs
         self.tls_context = tls_context
         self._smtp: _Session | None = None
@@ -141,6 +147,7 @@ class SMTPProvider(BaseNotificationProvider):
             timeout=settings.smtp_timeout,
             validate_certs=settings.smtp_validate_certs,
             tls_context=context,
+            data_timeout=max(settings.smtp_data_timeout, settings.smtp_timeout),
         )
 
     def __repr__(self) -> str:
@@ -316,6 +323,7 @@ class SMTPProvider(BaseNotificationProvider):
             tls_context=self.tls_context,
             timeout=self.timeout,
         )
+        smtp.data_timeout = self.data_timeout
         try:
             await smtp.connect()
         except BaseException:
@@ -390,9 +398,10 @@ class SMTPProvider(BaseNotificationProvider):
                 self.name,
             )
         if isinstance(exc, TimeoutError):  # aiosmtplib's timeouts are TimeoutErrors too
+            waited = self.data_timeout if after_data else self.timeout
             return NotificationTimeoutError(
-                f"SMTP server {where} did not answer within {self.timeout:g}s{unsure}",
-                self.timeout,
+                f"SMTP server {where} did not answer within {waited:g}s{unsure}",
+                waited,
                 self.name,
             )
         if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
@@ -465,10 +474,14 @@ class _Session(aiosmtplib.SMTP):
     the RSET that aiosmtplib sends after it."""
 
     reached_data = False
+    #: How long the replies to DATA and to the message may take (``SMTP_DATA_TIMEOUT``).
+    data_timeout: float | None = None
 
     async def data(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
         # With the connection already gone (a 421 at a later RCPT closes it), nothing goes.
         self.reached_data = self.protocol is not None
+        if kwargs.get("timeout", Default.token) is Default.token and self.data_timeout:
+            kwargs["timeout"] = self.data_timeout
         try:
             return await super().data(*args, **kwargs)
         except aiosmtplib.SMTPResponseException as exc:

@@ -837,10 +837,21 @@ def test_an_email_whose_worker_died_in_its_attempt_waits_a_stall_period_after_it
     assert taken_at is not None
     look = store.redis.zscore(keys.OPEN_DELIVERIES, member)
     assert look is not None
-    assert look == pytest.approx(taken_at + 300, abs=0.001)
+    assert look == pytest.approx(taken_at + 0.2 + 300, abs=0.001)
     assert sweep(engine(), now=taken_at + 100) == []
     [found] = sweep(engine(), now=look + 1)
     assert (found.job_id, found.channel, found.reason) == (job_id, "email", "abandoned")
+
+    # One whose worker still holds its claim at the look (a long SMTP_DATA_TIMEOUT): left
+    # to it, and looked at again a stall period after that claim would lapse.
+    held = tasks.enqueue({"recipient": "ops@example.com", "subject": "lag", "priority": "low"})
+    with store.claim(held, "email", ttl=600) as claim:
+        assert claim.lock is not None
+        first = store.redis.zscore(keys.OPEN_DELIVERIES, f"{held}:email")
+        assert first is not None
+        assert held not in [item.job_id for item in sweep(engine(), now=first + 1)]
+        again = store.redis.zscore(keys.OPEN_DELIVERIES, f"{held}:email")
+        assert again == pytest.approx(first + 1 + 600 + 300, abs=2)
 
 
 def test_an_email_retry_whose_early_copy_died_goes_out_when_its_countdown_runs_out(

@@ -249,6 +249,10 @@ class JobStore:
             raise
         return str(answer[1]) if int(answer[0]) == 2 else None
 
+    def after_claim(self, channel: Channel | str) -> float:
+        """How long after a claim would lapse the sweep looks at its delivery."""
+        return AFTER_CLAIM_SECONDS if Channel(channel) in LOOK_AT_CLAIM_LAPSE else self.stall
+
     def first_look(self, channel: Channel | str, due: float, *, abandoned: bool = False) -> float:
         """When the recovery sweep first looks at a delivery whose message falls due at a
         worker at ``due``: after :data:`PICKUP_SECONDS` for a page, else a stall period.
@@ -288,15 +292,15 @@ class JobStore:
         to use (it was not claimed) is given back. One round trip to take.
 
         A claimed delivery is marked as taken until the record of its attempt; the recovery
-        sweep next looks at it a stall period on, or for a page just after the claim would
-        lapse (:data:`LOOK_AT_CLAIM_LAPSE`), and publishes it again if the mark is still
-        there then (the worker died in the attempt)."""
+        sweep next looks at it a stall period after the claim would lapse, or for a page
+        just after (:data:`LOOK_AT_CLAIM_LAPSE`), and publishes it again if the mark is
+        still there then (the worker died in the attempt)."""
         key = keys.delivery_claim(job_id, channel)
         token = Locks.new_token()
         pipe = self.redis.pipeline(transaction=False)
         request = rate[0].ask(rate[1], pipe) if rate else None
         now = time.time()
-        look = ttl + AFTER_CLAIM_SECONDS if channel in LOOK_AT_CLAIM_LAPSE else self.stall
+        look = ttl + self.after_claim(channel)
         self._claim(
             client=pipe,
             keys=[keys.job(job_id), key, keys.OPEN_DELIVERIES],

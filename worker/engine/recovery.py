@@ -25,7 +25,8 @@ keeps its message. ``recover()`` publishes such messages again:
   whatever the broker seems to hold.
 
 A delivery a worker holds the claim of at the look is left to it, and looked at again once
-that claim would have lapsed.
+that claim would have lapsed (an email, a stall period after that: its attempt may outlast
+the claim on a live worker).
 
 A copy that turns out not to be needed is harmless, because every delivery checks the
 record (delivered? another worker's claim?) first.
@@ -170,8 +171,9 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
             # Each move below is made only if no worker moved the look since it was read
             # (a claim, a record: progress, whose own moment stands).
             if p.claimed:
-                # A worker is at it: it records an outcome before its claim lapses, or died.
-                lapsed = now + p.claim_left + AFTER_CLAIM_SECONDS
+                # A worker is at it: it records an outcome before its claim lapses, or died
+                # (an email attempt may outlast its claim: it gets a stall period more).
+                lapsed = now + p.claim_left + store.after_claim(channel)
                 store.reschedule(job_id, channel, deadline, lapsed)
                 continue
             if i in early:

@@ -117,3 +117,26 @@ def test_a_partial_refusal_recorded_twice_makes_one_resend_and_one_dead_letter(
     assert first == second
     assert set(first) == {"resent_as", "refused_dead_letter"}
     assert len(engine().dead_letters.list()) == 1
+
+
+def test_a_resend_that_dies_is_replayed_to_its_own_addresses_alone(
+    api: SandboxClient, celery_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resend to an address refused for now is refused for good later: its own dead
+    letter, replayed once mended, goes to that address, not to the routing rule's list
+    that the first message already reached."""
+    rule = {"alert_name": "Nightly*", "channels": ["email"], "email_to": EVERYONE}
+    monkeypatch.setenv("ROUTING_RULES", json.dumps([rule]))
+    get_settings.cache_clear()
+    refuse(api, later=450)
+    job_id = tasks.enqueue(
+        Notification(recipient="reports", subject="Nightly report", alert_name="NightlyReport")
+    )
+    again = settled(job_id)["channels"]["email"]["result"]["resent_as"]
+    refuse(api, later=550)  # the mailbox is gone now
+    settled(again, "dead-lettered")
+    refuse(api)  # and mended
+    replayed = tasks.replay(f"{again}-email")
+    settled(replayed)
+    reached = [sorted(m["rcpt_tos"]) for m in api.messages()]
+    assert reached == [["gone@example.com", "ok@example.com"], ["later@example.com"]]

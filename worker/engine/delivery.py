@@ -309,7 +309,7 @@ def _failed(
         job_id=job.job_id,
         channel=job.channel,
         reason=decision.reason,
-        payload=job.model_dump(mode="json"),
+        payload=job.payload(),
         attempts=attempt,
         last_error=error.to_dict(),
         first_seen=job.enqueued_at,

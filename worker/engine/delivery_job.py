@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -23,3 +23,12 @@ class DeliveryJob(BaseModel):
     team: str | None = None
     email_to: str | None = None
     enqueued_at: float
+    #: An email to its ``email_to`` alone, past the routing rules: the resend to addresses
+    #: a server refused (worker/engine/refused_recipients.py), whose dead letter's replay
+    #: goes to those addresses too.
+    resend: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        """The job as its message, its record and its dead letter carry it (``resend``
+        only when set, so that a worker of the release before reads every other)."""
+        return self.model_dump(mode="json", exclude=None if self.resend else {"resend"})

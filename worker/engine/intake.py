@@ -94,7 +94,7 @@ def accept(
                     "component, send it with priority critical or emergency"
                 )
             raise InvalidJobError([{"field": exc.field, "message": message}]) from None
-    return _queue(engine, request, job_id, source, channels, email_to, replay_of)
+    return _queue(engine, request, job_id, source, channels, email_to, replay_of, resend=False)
 
 
 def resend(
@@ -108,7 +108,7 @@ def resend(
     """Queue ``request`` as an email to ``to`` alone, past the routing rules (whose
     ``email_to`` would send it to their whole list): the addresses a server refused while
     it took the others (refused_recipients.py), and the replay of their dead letter."""
-    return _queue(engine, request, job_id, source, [Channel.EMAIL], to, replay_of)
+    return _queue(engine, request, job_id, source, [Channel.EMAIL], to, replay_of, resend=True)
 
 
 def _queue(
@@ -119,6 +119,8 @@ def _queue(
     channels: list[Channel],
     email_to: str | None,
     replay_of: str | None,
+    *,
+    resend: bool,
 ) -> Accepted:
     notification = request.notification()
     now = time.time()
@@ -131,7 +133,8 @@ def _queue(
             team=request.team,
             email_to=email_to if ch is Channel.EMAIL else None,
             enqueued_at=now,
-        ).model_dump(mode="json")
+            resend=resend,
+        ).payload()
         for ch in channels
     }
     idem = request.idempotency_id
@@ -201,7 +204,7 @@ def lifecycle(
         dedup_key=dedup_key,
         team=team,
         enqueued_at=time.time(),
-    ).model_dump(mode="json")
+    ).payload()
     engine.jobs.create(
         job_id,
         channels=[Channel.PAGERDUTY],

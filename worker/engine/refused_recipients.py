@@ -22,8 +22,6 @@ logger = logging.getLogger(__name__)
 
 #: The source the job that sends again is counted under (``notifications_total``).
 SOURCE = "refused"
-#: In a dead letter's payload: the addresses its replay goes to, and to no one else.
-RESEND_TO = "resend_to"
 
 
 def follow_up(engine: Engine, job: DeliveryJob, refused: dict[str, str]) -> dict[str, str]:
@@ -38,15 +36,18 @@ def follow_up(engine: Engine, job: DeliveryJob, refused: dict[str, str]) -> dict
     never = {address: why for address, why in refused.items() if address not in later}
     added: dict[str, str] = {}
     if later:
-        fields = job.notification.model_dump() | {"idempotency_id": _resend_id(job.job_id)}
-        request = JobRequest.model_validate(fields | {"channel": Channel.EMAIL, "team": job.team})
-        again = intake.resend(engine, request, ", ".join(later), intake.new_job_id(), SOURCE)
+        to = ", ".join(later)
+        fields = job.notification.model_dump() | {"recipient": to, "channel": Channel.EMAIL}
+        fields |= {"idempotency_id": _resend_id(job.job_id), "team": job.team}
+        request = JobRequest.model_validate(fields)
+        again = intake.resend(engine, request, to, intake.new_job_id(), SOURCE)
         added["resent_as"] = again.job_id
     if never:
         entry_id = f"{job.job_id}-email-refused"
         to = ", ".join(never)
-        payload = job.model_copy(update={"email_to": to}).model_dump(mode="json")
-        payload[RESEND_TO] = to  # replay.py sends it to these addresses alone
+        notification = job.notification.model_copy(update={"recipient": to})
+        update = {"notification": notification, "email_to": to, "resend": True}
+        payload = job.model_copy(update=update).payload()  # replayed to them alone
         reason = "refused by the SMTP server: " + "; ".join(f"{a} ({w})" for a, w in never.items())
         engine.dead_letters.add(
             entry_id=entry_id,

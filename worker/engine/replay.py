@@ -8,7 +8,6 @@ from worker.channels import Channel
 from worker.engine import alert_resolution
 from worker.engine.intake import accept, lifecycle, new_job_id, resend
 from worker.engine.quarantine import BROKER_CHANNEL
-from worker.engine.refused_recipients import RESEND_TO
 from worker.engine.runtime import Engine
 from worker.job_request import InvalidJobError, parse_request
 
@@ -74,10 +73,10 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
     fields = dict(payload["notification"])
     fields["team"] = payload.get("team")
     fields["channel"] = Channel(entry["channel"]).value  # only the channel that failed
-    if isinstance(payload.get(RESEND_TO), str):
-        # Recipients a server refused for good: to them alone, past the routing rules.
+    if payload.get("resend") is True and isinstance(payload.get("email_to"), str):
+        # Recipients a server refused: to them alone, past the routing rules.
         request = parse_request(fields)
-        to = payload[RESEND_TO]
+        to = payload["email_to"]
         return resend(engine, request, to, new_job_id(), "replay", entry["job_id"]).job_id
     return accept(
         engine, parse_request(fields), new_job_id(), "replay", replay_of=entry["job_id"]

@@ -36,7 +36,7 @@ from worker.engine.runtime import Engine
 HELD_SECONDS = 60.0
 #: Messages taken before then that one sweep reads, the oldest first (each read whole: a
 #: storm of deliveries held through their countdowns can be thousands).
-LOOK_LIMIT = 2_000
+READ_LIMIT = 2_000
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def put_back(engine: Engine, now: float | None = None) -> list[PutBack]:
     now = time.time() if now is None else now
     broker = engine.broker
     done: list[PutBack] = []
-    for tag, entry, taken_at in broker.taken_before(now - HELD_SECONDS, LOOK_LIMIT):
+    for tag, entry, taken_at in broker.taken_before(now - HELD_SECONDS, READ_LIMIT):
         try:
             held = _intake(entry, taken_at)
         except RecursionError:  # JSON nested past Python's limit: no message of ours

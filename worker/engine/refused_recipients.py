@@ -35,13 +35,7 @@ def follow_up(engine: Engine, job: DeliveryJob, refused: dict[str, str]) -> dict
     later = {address: why for address, why in refused.items() if why.startswith("4")}
     never = {address: why for address, why in refused.items() if address not in later}
     added: dict[str, str] = {}
-    if later:
-        to = ", ".join(later)
-        fields = job.notification.model_dump() | {"recipient": to, "channel": Channel.EMAIL}
-        fields |= {"idempotency_id": _resend_id(job.job_id), "team": job.team}
-        request = JobRequest.model_validate(fields)
-        again = intake.resend(engine, request, to, intake.new_job_id(), SOURCE)
-        added["resent_as"] = again.job_id
+    # The dead letter first: it cannot fail on what the resend's validation might.
     if never:
         entry_id = f"{job.job_id}-email-refused"
         to = ", ".join(never)
@@ -59,6 +53,13 @@ def follow_up(engine: Engine, job: DeliveryJob, refused: dict[str, str]) -> dict
             last_error={"type": "NotificationDeliveryError", "message": reason},
         )
         added["refused_dead_letter"] = entry_id
+    if later:
+        to = ", ".join(later)
+        fields = job.notification.model_dump() | {"recipient": to, "channel": Channel.EMAIL}
+        fields |= {"idempotency_id": _resend_id(job.job_id), "team": job.team}
+        request = JobRequest.model_validate(fields)
+        again = intake.resend(engine, request, to, intake.new_job_id(), SOURCE)
+        added["resent_as"] = again.job_id
     logger.warning(
         "job %s email: %d recipient(s) refused for now%s, %d for good%s",
         job.job_id,

@@ -36,19 +36,23 @@ from worker.providers.base import Notification, NotificationStatus
 from worker.providers.smtp_message import Prepared, prepare
 
 
+def sandbox_provider(mail_sandbox: SandboxServer, ca: trustme.CA, **options: Any) -> SMTPProvider:
+    """A provider for the sandbox's sink (STARTTLS and AUTH), ``options`` on top."""
+    assert mail_sandbox.smtp_port is not None
+    settings: dict[str, Any] = {
+        "username": SMTP_USER,
+        "password": SMTP_PASSWORD,
+        "from_addr": "GDS Alerts <alerts@example.com>",
+        "starttls": True,
+        "timeout": 2,
+        "tls_context": client_tls(ca),
+    }
+    return SMTPProvider("127.0.0.1", mail_sandbox.smtp_port, **(settings | options))
+
+
 @pytest.fixture
 def provider(mail_sandbox: SandboxServer, ca: trustme.CA) -> Iterator[SMTPProvider]:
-    assert mail_sandbox.smtp_port is not None
-    smtp = SMTPProvider(
-        "127.0.0.1",
-        mail_sandbox.smtp_port,
-        username=SMTP_USER,
-        password=SMTP_PASSWORD,
-        from_addr="GDS Alerts <alerts@example.com>",
-        starttls=True,
-        timeout=2,
-        tls_context=client_tls(ca),
-    )
+    smtp = sandbox_provider(mail_sandbox, ca)
     yield smtp
     smtp.close()
 
@@ -571,18 +575,7 @@ def test_the_answer_to_a_message_has_its_own_longer_timeout(
     """RFC 5321 gives a server minutes to answer a message (it is delivering it): an
     answer later than the other replies' timeout is waited for, not taken for a loss and
     sent again; one later than ``data_timeout`` is a timeout that names it."""
-    assert mail_sandbox.smtp_port is not None
-    patient = SMTPProvider(
-        "127.0.0.1",
-        mail_sandbox.smtp_port,
-        username=SMTP_USER,
-        password=SMTP_PASSWORD,
-        from_addr="alerts@example.com",
-        starttls=True,
-        timeout=1,
-        data_timeout=4,
-        tls_context=client_tls(ca),
-    )
+    patient = sandbox_provider(mail_sandbox, ca, timeout=1, data_timeout=4)
     try:
         mail_api.smtp_faults({"delay": 2})
         assert patient.send(mail(idempotency_id="slow")).is_success()

@@ -45,6 +45,28 @@ def test_a_token_is_made_shown_once_and_configured_by_its_hash_only() -> None:
     assert token not in lines[3]
 
 
+def test_a_team_limits_a_heartbeat_token_only() -> None:
+    """A notify or admin token acts for every team: a --team on it would be a promise the
+    API does not keep, so it is refused, in one line."""
+    team_key = subprocess.run(
+        [GDS_NOTIFY, "api", "token", "cron", "--scope", "heartbeat", "--team", "payments"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert team_key.returncode == 0, team_key.stderr
+    assert json.loads(team_key.stdout.splitlines()[3])["team"] == "payments"
+    for scopes in (["notify"], ["heartbeat", "admin"]):
+        argv = [GDS_NOTIFY, "api", "token", "x", "--team", "payments"]
+        for scope in scopes:
+            argv += ["--scope", scope]
+        refused = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2
+        [line] = refused.stderr.strip().splitlines()
+        assert "--team limits a token to one team's heartbeat services" in line
+        assert refused.stdout == ""  # no token made
+
+
 def test_the_api_serves_https_with_tokens_from_a_file(
     service_env: Any, tmp_path: Path, ca: trustme.CA
 ) -> None:

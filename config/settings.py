@@ -321,6 +321,12 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def smtp_data_wait(self) -> float:
+        """How long the replies to DATA and to the message may take: never less than any
+        other reply."""
+        return max(self.smtp_data_timeout, self.smtp_timeout)
+
+    @property
     def tokens(self) -> list[ApiToken]:
         """The API tokens from ``API_TOKENS`` and ``API_TOKENS_FILE``, validated at start."""
         return self._tokens

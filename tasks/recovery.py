@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 
-import redis
-
 from worker.celery_app import app
 from worker.engine.intake_recovery import put_back
 from worker.engine.recovery import recover as recover_stalled
@@ -33,22 +31,6 @@ def recover() -> int:
     retries) the broker lost before any worker took them or that a dead worker held
     through a countdown, deliveries whose worker died in an attempt, and intake messages
     a dead worker held; returns how many."""
-    try:
-        intake = put_back(engine())
-    except redis.RedisError:
-        raise
-    except Exception:
-        # Whatever an intake message holds, the deliveries' recovery below still runs.
-        logger.exception("putting back intake messages a dead worker held failed")
-        intake = []
-    for message in intake:
-        logger.warning(
-            "%s %s: in a worker's hands %.0f s after it fell due, though intake takes"
-            " milliseconds (its worker died?): put back on its queue",
-            message.task,
-            message.task_id,
-            message.held_seconds,
-        )
     found = recover_stalled(engine())
     for item in found:
         why = WHY["held" if item.holder else item.reason]
@@ -57,5 +39,15 @@ def recover() -> int:
             item.job_id,
             item.channel,
             why % {"idle": item.idle_seconds, "holder": item.holder},
+        )
+    # After the deliveries, so that nothing an intake message holds can keep them waiting.
+    intake = put_back(engine())
+    for message in intake:
+        logger.warning(
+            "%s %s: in a worker's hands %.0f s after it fell due, though intake takes"
+            " milliseconds (its worker died?): put back on its queue",
+            message.task,
+            message.task_id,
+            message.held_seconds,
         )
     return len(intake) + len(found)

@@ -22,13 +22,15 @@ from worker.engine.runtime import engine
 GDS_NOTIFY = str(Path(sys.executable).with_name("gds-notify"))
 
 
-def test_a_token_is_made_shown_once_and_configured_by_its_hash_only() -> None:
-    done = subprocess.run(
-        [GDS_NOTIFY, "api", "token", "alertmanager", "--scope", "notify", "--scope", "heartbeat"],
-        capture_output=True,
-        text=True,
-        timeout=60,
+def make_token(*args: str) -> subprocess.CompletedProcess[str]:
+    """``gds-notify api token ARGS`` in a fresh interpreter."""
+    return subprocess.run(
+        [GDS_NOTIFY, "api", "token", *args], capture_output=True, text=True, timeout=60
     )
+
+
+def test_a_token_is_made_shown_once_and_configured_by_its_hash_only() -> None:
+    done = make_token("alertmanager", "--scope", "notify", "--scope", "heartbeat")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     token = lines[1].strip()
@@ -48,19 +50,11 @@ def test_a_token_is_made_shown_once_and_configured_by_its_hash_only() -> None:
 def test_a_team_limits_a_heartbeat_token_only() -> None:
     """A notify or admin token acts for every team: a --team on it would be a promise the
     API does not keep, so it is refused, in one line."""
-    team_key = subprocess.run(
-        [GDS_NOTIFY, "api", "token", "cron", "--scope", "heartbeat", "--team", "payments"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    team_key = make_token("cron", "--scope", "heartbeat", "--team", "payments")
     assert team_key.returncode == 0, team_key.stderr
     assert json.loads(team_key.stdout.splitlines()[3])["team"] == "payments"
     for scopes in (["notify"], ["heartbeat", "admin"]):
-        argv = [GDS_NOTIFY, "api", "token", "x", "--team", "payments"]
-        for scope in scopes:
-            argv += ["--scope", scope]
-        refused = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        refused = make_token("x", "--team", "payments", *(f"--scope={s}" for s in scopes))
         assert refused.returncode == 2
         [line] = refused.stderr.strip().splitlines()
         assert "--team limits a token to one team's heartbeat services" in line
@@ -70,12 +64,7 @@ def test_a_team_limits_a_heartbeat_token_only() -> None:
 def test_the_api_serves_https_with_tokens_from_a_file(
     service_env: Any, tmp_path: Path, ca: trustme.CA
 ) -> None:
-    made = subprocess.run(
-        [GDS_NOTIFY, "api", "token", "producer", "--scope", "notify"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    made = make_token("producer", "--scope", "notify")
     token, entry = made.stdout.splitlines()[1].strip(), made.stdout.splitlines()[3]
     tokens = tmp_path / "tokens.json"
     tokens.write_text(f"[{entry}]")

@@ -16,7 +16,7 @@ from worker.exceptions import InvalidFieldError
 from worker.notification import is_one_line
 
 __all__ = [
-    "EMAIL_HEADER_FIELDS",
+    "check_email_headers",
     "check_header_value",
     "invalid",
     "is_dot_atom",
@@ -43,10 +43,6 @@ def invalid(field: str, problem: str) -> InvalidFieldError:
     return InvalidFieldError(field, problem, provider="smtp")
 
 
-#: The notification's fields that become email headers besides its addresses.
-EMAIL_HEADER_FIELDS = ("subject", "alert_name", "idempotency_id")
-
-
 def check_header_value(field: str, value: str) -> str:
     if not is_one_line(value):
         raise invalid(
@@ -61,6 +57,19 @@ def check_header_value(field: str, value: str) -> str:
             "decoded into the header (header injection)",
         )
     return value
+
+
+#: The notification's fields that become email headers besides its addresses.
+EMAIL_HEADER_FIELDS = ("subject", "alert_name", "idempotency_id")
+
+
+def check_email_headers(notification: object) -> None:
+    """Each of the notification's :data:`EMAIL_HEADER_FIELDS` that is set, checked as a
+    header value; :class:`InvalidFieldError` names the first that cannot be one."""
+    for field in EMAIL_HEADER_FIELDS:
+        value = getattr(notification, field)
+        if value is not None:
+            check_header_value(field, str(value))
 
 
 def _valid_domain(domain: str) -> bool:

@@ -127,7 +127,7 @@ def claim_seconds(engine: Engine, channel: Channel) -> float:
     settings = engine.settings
     if channel is Channel.PAGERDUTY:
         return 2 * settings.pagerduty_timeout + 5
-    return 4 * settings.smtp_timeout + max(settings.smtp_data_timeout, settings.smtp_timeout) + 5
+    return 4 * settings.smtp_timeout + settings.smtp_data_wait + 5
 
 
 class ProviderCall:

@@ -18,7 +18,7 @@ from typing import Literal
 import redis
 
 from config.routing import route
-from worker.addresses import EMAIL_HEADER_FIELDS, check_header_value, parse_recipients
+from worker.addresses import check_email_headers, parse_recipients
 from worker.channels import Channel
 from worker.engine import stats
 from worker.engine.delivery_job import DeliveryJob
@@ -76,10 +76,7 @@ def accept(
     if check_email and Channel.EMAIL in channels and Channel.PAGERDUTY not in channels:
         try:
             parse_recipients("recipient", email_to or request.recipient)
-            for field in EMAIL_HEADER_FIELDS:
-                value = getattr(request, field)
-                if value is not None:
-                    check_header_value(field, str(value))
+            check_email_headers(request)
         except InvalidFieldError as exc:
             message = exc.problem
             if (

@@ -66,10 +66,7 @@ def put_back(engine: Engine, now: float | None = None) -> list[PutBack]:
     broker = engine.broker
     done: list[PutBack] = []
     for tag, entry, taken_at in broker.taken_before(now - HELD_SECONDS, READ_LIMIT):
-        try:
-            held = _intake(entry, taken_at)
-        except RecursionError:  # JSON nested past Python's limit: no message of ours
-            held = None
+        held = _intake(entry, taken_at)
         if held is None or now - held.due < HELD_SECONDS:
             continue
         message = json.dumps(_redelivered(held.message))
@@ -88,8 +85,8 @@ def _intake(entry: str, taken_at: float) -> _Held | None:
         headers = message["headers"]
         task, task_id, eta = headers["task"], headers["id"], headers.get("eta")
         priority = message.get("properties", {}).get("priority")
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
-        return None
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
+        return None  # no message of ours (RecursionError: JSON nested past Python's limit)
     if routing_key != INTAKE_QUEUE or exchange not in ("", INTAKE_QUEUE):
         return None
     if task not in INTAKE_TASKS or not isinstance(task_id, str):

@@ -571,12 +571,12 @@ def _recipients(
         addresses = [written]
     result = result or {}
     refused = result.get("refused") or {}
-    then = {
-        "4": f" (sent again as job {result['resent_as']})" if "resent_as" in result else "",
-        "5": f" (dead letter {result['refused_dead_letter']})"
-        if "refused_dead_letter" in result
-        else "",
-    }
+    # What became of a refusal (refused_recipients.py), by its reply's class: 4xx, 5xx.
+    then = {}
+    if "resent_as" in result:
+        then["4"] = f" (sent again as job {result['resent_as']})"
+    if "refused_dead_letter" in result:
+        then["5"] = f" (dead letter {result['refused_dead_letter']})"
     return {
         a: f"refused: {refused[a]}{then.get(refused[a][:1], '')}" if a in refused else state
         for a in addresses

@@ -147,7 +147,7 @@ class SMTPProvider(BaseNotificationProvider):
             timeout=settings.smtp_timeout,
             validate_certs=settings.smtp_validate_certs,
             tls_context=context,
-            data_timeout=max(settings.smtp_data_timeout, settings.smtp_timeout),
+            data_timeout=settings.smtp_data_wait,
         )
 
     def __repr__(self) -> str:

@@ -30,8 +30,7 @@ from email.utils import format_datetime, getaddresses
 from typing import Any
 
 from worker.addresses import (
-    EMAIL_HEADER_FIELDS,
-    check_header_value,
+    check_email_headers,
     invalid,
     is_dot_atom,
     parse_address,
@@ -139,10 +138,7 @@ def _sender(from_addr: str) -> tuple[Address, bytes]:
 def _checked(notification: Notification, from_addr: str) -> tuple[Address, list[Address]]:
     sender, _ = _sender(from_addr)
     recipients = parse_recipients("recipient", notification.recipient)
-    for field in EMAIL_HEADER_FIELDS:
-        value = getattr(notification, field)
-        if value is not None:
-            check_header_value(field, str(value))
+    check_email_headers(notification)
     return sender, recipients
 
 

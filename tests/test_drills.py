@@ -412,6 +412,105 @@ def test_poison_messages_are_dead_lettered_or_rejected_and_the_worker_keeps_serv
     assert "Connection to broker lost" not in log
 
 
+def _altered(task: Any, args: Any, headers: dict[str, Any] | None = None, **outer: Any) -> str:
+    """A ``notify``-like message with some of its envelope changed: ``headers`` merged
+    into (a value of ``...`` removes the header), ``outer`` replacing top-level keys, and
+    ``args`` the body's three parts when a tuple, else the one argument list."""
+    body = json.dumps(list(args) if isinstance(args, tuple) else [args, {}, {}]).encode()
+    message = json.loads(_envelope(task, [], body=body))
+    for name, value in (headers or {}).items():
+        if value is ...:
+            del message["headers"][name]
+        else:
+            message["headers"][name] = value
+    for name, value in outer.items():
+        if value is ...:
+            del message[name]
+        else:
+            message[name] = value
+    return json.dumps(message)
+
+
+def test_task_messages_celery_cannot_take_are_dead_lettered_and_no_worker_stops(
+    drill: SandboxClient, tmp_path: Path
+) -> None:
+    # Each of these stopped Celery's consumer ("Unrecoverable error"), and kombu put it
+    # back for the next worker to stop on; or spun the consumer reconnecting; or was
+    # taken and hung, or dropped with a log line.
+    job = page("bad-envelope", 0)
+    long_ago = "2000-01-01T00:00:00+00:00"
+    r = broker()
+    poison = [
+        ("'headers.task' is not a string", _altered(["notify"], [job])),
+        ("'headers.id' is not a non-empty string", _altered("notify", [job], {"id": ["x"]})),
+        ("'headers.id' is not a non-empty string", _altered("notify", [job], {"id": ...})),
+        ("'headers.id' is not a non-empty string", _altered("notify", [job], {"id": 12345})),
+        (
+            "'headers.timelimit' is not [hard, soft] seconds",
+            _altered("notify", [job], {"timelimit": [1]}),
+        ),
+        ("the body is not [args, kwargs, embed]", _altered("notify", ({},))),
+        (
+            "the body is not [args, kwargs, embed]",
+            _altered("notify", [job], None, **{"content-type": ...}),
+        ),
+        ("the body's kwargs are not an object", _altered("notify", ([job], "x", {}))),
+        ("the body's embed is not an object", _altered("notify", ([job], {}, "x"))),
+        (
+            "the arguments do not fit task 'deliver.email'",
+            _altered("deliver.email", ["x", 1, None]),
+        ),
+        (
+            "'headers.eta' 2100-01-01T00:00:00+00:00 is more than the visibility timeout",
+            _altered("notify", [job], {"eta": "2100-01-01T00:00:00+00:00"}),
+        ),
+        (
+            f"expired ('headers.expires' {long_ago}) before a worker took it",
+            _altered("notify", [job], {"expires": long_ago}),
+        ),
+        ("'headers.eta' is not an ISO 8601 time", _altered("notify", [job], {"eta": 12345})),
+        (
+            # Passes every check above, then fails inside Celery: it iterates over
+            # stamped_headers when the message expires.
+            "Celery could not take it: TypeError",
+            _altered(
+                "notify", [job], {"expires": "2100-01-01T00:00:00+00:00", "stamped_headers": 5}
+            ),
+        ),
+    ]
+    unreadable = [
+        '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}",  # past Python's recursion limit
+        _altered("notify", [job]).replace('"retries": 0', '"retries": ' + "9" * 5000),
+    ]
+    for _, message in poison:
+        r.lpush("celery", message)
+    for message in unreadable:
+        r.lpush("celery", message)
+    worker = WorkerProcess(tmp_path / "worker.log", *WORKER).start()
+    try:
+        wait_for(queues_empty, timeout=60)
+        after = tasks.enqueue(page("after-bad-envelope", 1))
+        wait_all_delivered([after], timeout=30)
+        assert worker.proc is not None
+        assert worker.proc.poll() is None
+    finally:
+        worker.stop()
+        r.close()
+    reasons = sorted(e["reason"] for e in engine().dead_letters.list(100))
+    assert len(reasons) == len(poison) + len(unreadable), "\n".join(reasons)  # one each
+    untakeable = sorted(x for x in reasons if x.startswith("unrunnable task message: "))
+    expected = sorted(f"unrunnable task message: {start}" for start, _ in poison)
+    assert len(untakeable) == len(expected), "\n".join(reasons)
+    for reason, start in zip(untakeable, expected, strict=True):
+        assert reason.startswith(start), (reason, start)
+    assert sum("unreadable broker message: not JSON (RecursionError" in x for x in reasons) == 1
+    assert sum("unreadable broker message: not JSON (ValueError" in x for x in reasons) == 1
+    assert not [i for i in drill.incidents() if i["dedup_key"] == "bad-envelope-0"]
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert "Unrecoverable error" not in log
+    assert "Connection to broker lost" not in log
+
+
 def test_sigterm_during_delivery_loses_nothing(drill: SandboxClient, tmp_path: Path) -> None:
     drill.faults(random=[{"probability": 1.0, "fault": {"delay": 0.8}}])
     log = tmp_path / "worker.log"

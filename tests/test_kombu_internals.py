@@ -68,6 +68,20 @@ def test_every_method_we_override_still_exists_with_the_same_signature(
     assert list(inspect.signature(ours).parameters)[: len(parameters)] == parameters
 
 
+def test_what_the_consumer_and_transport_wrap_is_still_where_they_wrap_it() -> None:
+    # Consumer.create_task_handler wraps Celery's handler of every task message; our loads
+    # replaces the module global kombu's readers call.
+    assert list(inspect.signature(CeleryConsumer.create_task_handler).parameters) == [
+        "self",
+        "promise",
+    ]
+    assert "create_task_handler" in consumer.Consumer.__dict__
+    broker_transport.install()
+    for reader in (kombu_redis.Channel._brpop_read, kombu_redis.Channel._get):
+        assert "loads" in reader.__code__.co_names
+    assert vars(kombu_redis)["loads"] is broker_transport.loads
+
+
 def test_the_alias_table_and_cache_install_registers_in_are_still_there() -> None:
     assert isinstance(kombu.transport.TRANSPORT_ALIASES, dict)
     assert isinstance(kombu.transport._transport_cache, dict)

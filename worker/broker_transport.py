@@ -5,12 +5,15 @@ JSON message envelope before Celery sees it, and an item that is not JSON, or JS
 another shape, raises inside the consumer's event loop: the worker stops with
 "Unrecoverable error" (or reconnects in a loop), and the item, already popped, is gone.
 This transport checks each item first and dead-letters what is not a message, with the
-queue and the reason; everything else goes through kombu unchanged.
+queue and the reason; everything else goes through kombu unchanged. JSON that Python
+cannot read at all (nested past its recursion limit, an integer of more than 4,300
+digits) is read as "not JSON" too: kombu would let those errors stop the worker.
 
 :func:`install` (called when worker/celery_app.py is imported) makes ``redis://`` and
 ``rediss://`` URLs mean this transport. kombu has no public hook for a queue item that is
 not a message, so three of its private methods are overridden: ``Channel._brpop_read``,
-``Channel._get`` and ``Transport._deliver``. kombu is pinned to the range tested
+``Channel._get`` and ``Transport._deliver``; and the module's ``loads``, which they call,
+is replaced by :func:`loads`. kombu is pinned to the range tested
 (pyproject.toml) and tests/test_kombu_internals.py fails loudly if any of them, or the
 alias table this registers in, changes its name or signature.
 
@@ -32,10 +35,24 @@ from typing import Any
 
 import kombu.transport
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import loads as kombu_loads
 
 from worker.engine.quarantine import excerpt, quarantine
 from worker.engine.redis_client import MasterFollowingConnection, MasterFollowingSSLConnection
 from worker.engine.runtime import engine
+
+
+def loads(text: Any) -> Any:
+    """kombu's JSON reading, with every way a queue item can fail to be read raised as
+    :class:`json.JSONDecodeError` holding the item (kombu's readers catch only that)."""
+    try:
+        return kombu_loads(text)  # type: ignore[no-untyped-call]
+    except json.JSONDecodeError:
+        raise
+    except (ValueError, TypeError, RecursionError) as exc:
+        # Python's own limits (recursion, digits) and kombu's type markers with bad values.
+        doc = text if isinstance(text, str) else repr(text)
+        raise json.JSONDecodeError(f"{type(exc).__name__}: {exc}", doc, 0) from None
 
 
 def envelope_problem(message: Any) -> str | None:
@@ -127,6 +144,7 @@ TRANSPORTS = {"redis": "Transport", "rediss": "Transport", "sentinel": "Sentinel
 
 def install() -> None:
     """Make ``redis://``, ``rediss://`` and ``sentinel://`` broker URLs use our transports."""
+    kombu_redis.loads = loads  # type: ignore[attr-defined,assignment]
     for scheme, name in TRANSPORTS.items():
         kombu.transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:{name}"
         kombu.transport._transport_cache.pop(scheme, None)  # resolved before us, if at all

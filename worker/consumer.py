@@ -2,6 +2,9 @@
 
 - a message whose body cannot be decoded is dead-lettered (with the decoder's complaint)
   before Celery drops it, and shown in Flower as a failed task with that reason;
+- a task message of a shape Celery cannot take (worker/task_message_check.py), or one
+  that Celery fails to take in for any other reason, is dead-lettered the same way and
+  acknowledged, instead of stopping the worker (and, put back, every worker after it);
 - no task event is lost when tasks run on the thread pool (``-P threads``, as the
   Procfile runs them).
 
@@ -30,6 +33,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 
 from worker.engine.quarantine import message_copy, quarantine
 from worker.engine.runtime import engine
+from worker.task_message_check import task_message_problem
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +69,33 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         quarantine(engine().dead_letters, reason, message_copy(message))
         announce_failure(self, message, reason)
         super().on_decode_error(message, exc)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        take = super().create_task_handler(*args, **kwargs)
+        horizon = float(self.app.conf.broker_transport_options.get("visibility_timeout", 3600))
+        broker_errors = tuple(self.connection_errors) + tuple(self.channel_errors)
+
+        def on_task_received(message: Any) -> None:
+            try:
+                problem = task_message_problem(self.app, message, horizon)
+                if problem is None:
+                    take(message)
+                    return
+            except broker_errors:
+                raise  # the connection's trouble, not the message's: Celery reconnects
+            except Exception as exc:
+                problem = f"Celery could not take it: {type(exc).__name__}: {exc}"
+            self.on_untakeable(message, problem)
+
+        return on_task_received
+
+    def on_untakeable(self, message: Any, problem: str) -> None:
+        """Dead-letter a task message Celery cannot take, and acknowledge it."""
+        reason = f"unrunnable task message: {problem}"
+        quarantine(engine().dead_letters, reason, message_copy(message))
+        announce_failure(self, message, reason)
+        if not message.acknowledged:
+            message.reject_log_error(logger, self.connection_errors, requeue=False)
 
     def on_send_event_buffered(self) -> None:
         # Called from pool threads too. Celery adds to the hub's ready set directly, which

@@ -442,6 +442,25 @@ def test_dead_letters_listed_shown_and_replayed_by_an_admin(
     assert [i["summary"] for i in api.incidents()] == ["rejected once"]
 
 
+def test_a_dead_letter_nested_as_deep_as_a_producer_sent_it_is_still_shown(
+    api_server: ApiServer,
+) -> None:
+    # notify dead-letters a payload whose metadata is nested 900 deep, as it came; pydantic's
+    # serializer stopped at such depth and every listing answered 500.
+    deep: dict[str, Any] = {}
+    for _ in range(900):
+        deep = {"m": deep}
+    engine().dead_letters.add(
+        entry_id="deep-one", job_id=None, channel="intake", reason="too deep", payload=deep
+    )
+    with api_server.client(ADMIN_TOKEN) as ops:
+        listed = ops.get("/v1/dead-letters")
+        shown = ops.get("/v1/dead-letters/deep-one")
+    assert listed.status_code == shown.status_code == 200
+    assert listed.json()["dead_letters"][0]["id"] == "deep-one"
+    assert shown.json()["payload"] == deep
+
+
 def test_the_schema_and_the_docs_page(api_server: ApiServer, tmp_path: Path) -> None:
     schema = httpx.get(f"{api_server.url}/openapi.json").json()
     assert "/v1/notifications" in schema["paths"]

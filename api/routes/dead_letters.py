@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
 
 from api.auth import require
 from api.errors import not_found
@@ -19,22 +20,31 @@ NOT_FOUND: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.get("/v1/dead-letters", responses=ERRORS)
+# A dead letter keeps what a producer sent, nested as deep as JSON allowed it; pydantic's
+# serializer stops at a depth the standard library's does not, so the letters are
+# answered as the store wrote them.
+
+
+@router.get("/v1/dead-letters", responses=ERRORS, response_model=dict[str, Any])
 def list_dead_letters(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
-) -> dict[str, Any]:
+) -> JSONResponse:
     """The newest dead letters first, each with its reason, attempts and last error."""
     letters = engine().dead_letters
-    return {"dead_letters": letters.list(limit), "total": letters.count()}
+    return JSONResponse({"dead_letters": letters.list(limit), "total": letters.count()})
 
 
-@router.get("/v1/dead-letters/{entry_id}", responses={**ERRORS, **NOT_FOUND})
-def show_dead_letter(entry_id: str) -> dict[str, Any]:
+@router.get(
+    "/v1/dead-letters/{entry_id}",
+    responses={**ERRORS, **NOT_FOUND},
+    response_model=dict[str, Any],
+)
+def show_dead_letter(entry_id: str) -> JSONResponse:
     """Everything kept about one dead letter."""
     entry = engine().dead_letters.get(entry_id)
     if entry is None:
         raise not_found(f"no dead letter {entry_id!r}")
-    return entry
+    return JSONResponse(entry)
 
 
 @router.post(

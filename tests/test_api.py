@@ -108,6 +108,13 @@ def test_a_duplicate_answers_with_the_first_job_and_the_header_is_an_idempotency
         first = http.post("/v1/notifications", json=note, headers={"Idempotency-Key": "k-1"})
         again = http.post("/v1/notifications", json=note, headers={"Idempotency-Key": "k-1"})
         in_body = http.post("/v1/notifications", json=note | {"idempotency_id": "k-1"})
+        # Another notification under the same key is a copy too: the key names the
+        # notification. The answer says what was queued, which is the first job's page.
+        as_email = http.post(
+            "/v1/notifications",
+            json={"recipient": "dba@example.com", "subject": "other"},
+            headers={"Idempotency-Key": "k-1"},
+        )
         clash = http.post(
             "/v1/notifications",
             json=note | {"idempotency_id": "k-2"},
@@ -129,6 +136,7 @@ def test_a_duplicate_answers_with_the_first_job_and_the_header_is_an_idempotency
         "channels": ["pagerduty"],
     }
     assert in_body.json()["job_id"] == first.json()["job_id"]
+    assert as_email.json() == again.json()
     assert clash.status_code == 422
     assert clash.json()["errors"][0]["field"] == "Idempotency-Key"
     assert bad_header.status_code == 422

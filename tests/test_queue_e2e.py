@@ -190,6 +190,28 @@ def test_send_task_with_celery_defaults_reaches_the_intake(
     assert incident["routing_key"].endswith(TEAM_KEY[-4:])
 
 
+def test_a_second_notification_under_a_message_id_already_taken_is_dead_lettered(
+    celery_worker: Any, api: SandboxClient
+) -> None:
+    from worker import app
+
+    email = {"recipient": "dba@example.com", "subject": "Nightly report"}
+    page = {"recipient": "db-2", "subject": "Disk full", "priority": "critical"}
+    page["idempotency_id"] = "never-claimed"
+    app.send_task("notify", args=[email], task_id="taken-id")
+    wait_for(lambda: engine().jobs.get("taken-id") and status("taken-id")["status"] == "delivered")
+    app.send_task("notify", args=[email], task_id="taken-id")  # a copy: the same job
+    app.send_task("notify", args=[page], task_id="taken-id")  # another: it was lost unseen
+    entry = wait_for(lambda: engine().dead_letters.get("taken-id"))
+    assert "accepted already with a different notification" in entry["reason"]
+    assert entry["payload"] == {"args": [page]}
+    assert [e["id"] for e in engine().dead_letters.list()] == ["taken-id"]  # the copy is fine
+    assert list(status("taken-id")["channels"]) == ["email"]
+    assert api.incidents() == []
+    # The refused message claimed no idempotency id: the next one that names it goes out.
+    assert tasks.enqueue(note(idempotency_id="never-claimed")) != "taken-id"
+
+
 def test_a_page_handed_to_the_email_task_is_recorded_as_the_page_it_is(
     service_env: SandboxServer, api: SandboxClient
 ) -> None:

@@ -22,6 +22,7 @@ from worker.addresses import check_email_headers, parse_recipients
 from worker.channels import Channel
 from worker.engine import stats
 from worker.engine.delivery_job import DeliveryJob
+from worker.engine.jobs import JobIdTakenError
 from worker.engine.runtime import Engine
 from worker.exceptions import InvalidFieldError
 from worker.job_request import InvalidJobError, JobRequest, check_team
@@ -36,7 +37,7 @@ ACTION = {Channel.PAGERDUTY: "trigger", Channel.EMAIL: "send"}
 
 @dataclass(frozen=True)
 class Accepted:
-    """A job intake took: its id, or for a duplicate the id of the first job."""
+    """A job intake took: its id and channels, or for a duplicate the first job's."""
 
     job_id: str
     duplicate: bool = False
@@ -136,19 +137,26 @@ def _queue(
     }
     idem = request.idempotency_id
     incident = event_dedup_key(notification) if Channel.PAGERDUTY in channels else None
-    first = engine.jobs.create(
-        job_id,
-        channels=channels,
-        action=" + ".join(ACTION[c] for c in channels),
-        source=source,
-        payloads=payloads,
-        team=request.team,
-        notification=next(iter(payloads.values()))["notification"],
-        replay_of=replay_of,
-        idempotency=(idem, "reassign" if replay_of else "claim") if idem else None,
-        dedup_key=incident,  # what `resolve` needs next, shown by `status`
-        incident=incident,
-    )
+    try:
+        first = engine.jobs.create(
+            job_id,
+            channels=channels,
+            action=" + ".join(ACTION[c] for c in channels),
+            source=source,
+            payloads=payloads,
+            team=request.team,
+            notification=next(iter(payloads.values()))["notification"],
+            replay_of=replay_of,
+            idempotency=(idem, "reassign" if replay_of else "claim") if idem else None,
+            dedup_key=incident,  # what `resolve` needs next, shown by `status`
+            incident=incident,
+        )
+    except JobIdTakenError:
+        problem = (
+            f"job {job_id} was accepted already with a different notification (a message id "
+            "sent twice): send each notification under a message id of its own"
+        )
+        raise InvalidJobError([{"field": "id", "message": problem}]) from None
     if first is not None:
         engine.jobs.add_duplicate(first)
         logger.info(
@@ -157,7 +165,8 @@ def _queue(
             first,
             extra={"job_id": job_id, "outcome": "duplicate", "duplicate_of": first},
         )
-        return Accepted(first, duplicate=True, channels=tuple(channels))
+        # What the first job was queued for: this copy, whatever it asked, sends nothing.
+        return Accepted(first, duplicate=True, channels=engine.jobs.channels(first))
     named = ", ".join(c.value for c in channels)
     logger.info(
         "job %s accepted for %s",

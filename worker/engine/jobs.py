@@ -76,6 +76,15 @@ LOOK_AT_CLAIM_LAPSE = frozenset({Channel.PAGERDUTY})
 AFTER_CLAIM_SECONDS = 1.0
 
 
+class JobIdTakenError(ValueError):
+    """A job id already names a different job: a producer sent two notifications under
+    one message id, and the second would otherwise vanish as a redelivery of the first."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
 @dataclass
 class Claim:
     """Where a delivery stands as a worker picks it up, and the lock if this worker got it.
@@ -179,8 +188,9 @@ class JobStore:
         keeps the job out of the recent jobs and the notification counts (the watchdog's
         canaries); ``ttl`` shortens how long its record is kept.
 
-        Returns None when the job is accepted, or the id of the job that claimed the
-        idempotency id first (nothing of this one is written then)."""
+        Returns None when the job is accepted (or was, by a copy of its message), or the id
+        of the job that claimed the idempotency id first (nothing of this one is written
+        then). Raises :class:`JobIdTakenError` when ``job_id`` is another job's."""
         now = time.time()
         fields: dict[str, str] = {
             "id": job_id,
@@ -247,7 +257,17 @@ class JobStore:
         except NotReplicatedError as exc:
             exc.job_id = job_id  # what the producer can look up, as it was not told
             raise
+        if int(answer[0]) == 0:
+            self._check_same(job_id, fields)
         return str(answer[1]) if int(answer[0]) == 2 else None
+
+    def _check_same(self, job_id: str, fields: dict[str, str]) -> None:
+        """A record under ``job_id`` existed: fine for a redelivered message (the same
+        job), else :class:`JobIdTakenError`."""
+        names = ("notification", "team")  # what the producer sent (channels follow rules)
+        kept = self.redis.hmget(keys.job(job_id), names)
+        if any(old != fields.get(n) for n, old in zip(names, kept, strict=True)):
+            raise JobIdTakenError(job_id)
 
     def after_claim(self, channel: Channel | str) -> float:
         """How long after a claim would lapse the sweep looks at its delivery."""
@@ -507,6 +527,11 @@ class JobStore:
             alive = {r["id"] for r in found}
             self.redis.zrem(keys.RECENT_JOBS, *[i for i in ids if i not in alive])
         return [r for r in found if status in (None, r["status"])][:limit]
+
+    def channels(self, job_id: str) -> tuple[Channel, ...]:
+        """The channels the job was queued for; none when it is unknown or expired."""
+        raw = self.redis.hget(keys.job(job_id), "channels")
+        return tuple(Channel(c) for c in json.loads(raw)) if raw else ()
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job's record and attempt history, or None when unknown or expired."""

@@ -15,6 +15,8 @@
 -- Returns {1} when accepted, {0} when the record exists (a redelivered `notify`), {2,
 -- first job id} for a duplicate idempotency id.
 local job_id = ARGV[1]
+-- First: a message delivered again must not claim an idempotency id of its own.
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
 if ARGV[3] == 'claim' then
   if not redis.call('SET', KEYS[3], job_id, 'NX', 'EX', ARGV[4]) then
     local first = redis.call('GET', KEYS[3])
@@ -27,7 +29,6 @@ if ARGV[3] == 'claim' then
 elseif ARGV[3] == 'reassign' then
   redis.call('SET', KEYS[3], job_id, 'EX', ARGV[4])
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
 local n = tonumber(ARGV[10])
 redis.call('HSET', KEYS[1], unpack(ARGV, 11 + 3 * n))
 redis.call('EXPIRE', KEYS[1], ARGV[2])

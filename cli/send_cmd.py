@@ -28,6 +28,8 @@ def _metadata(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
             loaded = json.loads(as_json)
         except ValueError as exc:
             raise BadInput(f"--metadata: not JSON ({exc})") from None
+        except RecursionError:
+            raise BadInput("--metadata: nested deeper than JSON is read here") from None
         if not isinstance(loaded, dict):
             raise BadInput("--metadata: must be a JSON object")
         metadata.update(loaded)
@@ -39,7 +41,19 @@ def _metadata(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
             metadata[key] = json.loads(raw)
         except ValueError:
             metadata[key] = raw
+        except RecursionError:
+            raise BadInput(f"--meta {key}: nested deeper than JSON is read here") from None
     return metadata
+
+
+def _read_body(body_file: Any) -> str:
+    try:
+        return str(body_file.read())
+    except UnicodeDecodeError as exc:
+        raise BadInput(
+            f"--body-file: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}): convert it first, e.g. with iconv -f latin1 -t utf-8"
+        ) from None
 
 
 @click.command()
@@ -118,7 +132,7 @@ def send(
     payload: dict[str, Any] = {
         "recipient": recipient,
         "subject": subject,
-        "body": body_file.read() if body_file else body,
+        "body": _read_body(body_file) if body_file else body,
         "body_html": body_html,
         "priority": priority.lower(),
         "alert_name": alert_name,

@@ -145,6 +145,16 @@ def test_send_refuses_bad_input_naming_the_field(
         "Error: --body and --body-file both give the body: use one of them"
     )
     assert len(two_bodies.output.strip().splitlines()) == 1
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"caf\xe9 closed")
+    not_utf8 = run("send", "ops@example.com", "x", "--body-file", str(latin))
+    deep = "[" * 5000 + "]" * 5000
+    too_deep = run("send", "ops@example.com", "x", "--metadata", f'{{"a": {deep}}}')
+    too_deep_meta = run("send", "ops@example.com", "x", "--meta", f"a={deep}")
+    assert not_utf8.exit_code == too_deep.exit_code == too_deep_meta.exit_code == 2
+    assert not_utf8.output.startswith("Error: --body-file: not UTF-8 text (byte 0xe9 at offset 3)")
+    assert too_deep.output == "Error: --metadata: nested deeper than JSON is read here\n"
+    assert too_deep_meta.output == "Error: --meta a: nested deeper than JSON is read here\n"
     assert list(engine().redis.scan_iter("gds:job:*")) == []  # nothing queued
 
 

@@ -89,6 +89,7 @@ def api(
         log_config=_json_log_config() if json_logs else uvicorn.config.LOGGING_CONFIG,
         timeout_keep_alive=5,
         server_header=False,
+        http="api.request_heads:BoundedHeadProtocol",  # a head too large or too slow refused
     )
 
 

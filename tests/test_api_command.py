@@ -149,3 +149,72 @@ def test_a_taken_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
         f"Error: port {port} on 127.0.0.1 is taken (another program listens there); "
         "choose another with --port"
     )
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_request_head_too_large_or_too_slow_is_refused_and_others_are_served(
+    service_env: Any, tmp_path: Path
+) -> None:
+    """uvicorn alone kept a 100 MB header whole (stalling the loop) and waited for ever
+    on a header line a second: neither needed a token."""
+    made = make_token("producer", "--scope", "notify")
+    token, entry = made.stdout.splitlines()[1].strip(), made.stdout.splitlines()[3]
+    port = free_port()
+    env = {**os.environ, "API_TOKENS": f"[{entry}]", "API_READ_TIMEOUT": "2"}
+    log = (tmp_path / "api.log").open("wb")
+    proc = subprocess.Popen(
+        [GDS_NOTIFY, "api", "--port", str(port), "--workers", "1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(f"{url}/healthz", None), timeout=30)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as huge:
+            huge.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            try:
+                for _ in range(200):  # 12.8 MB, never finished: refused long before
+                    huge.sendall(b"a" * 65536)
+            except OSError:
+                pass  # the server closed it
+            big_answer = _read_all(huge)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            try:
+                for i in range(40):  # a header line every half second, for 20 s
+                    slow.sendall(f"X-Line-{i}: y\r\n".encode())
+                    slow.settimeout(0.5)
+                    try:
+                        if slow.recv(1, socket.MSG_PEEK):
+                            break
+                    except TimeoutError:
+                        pass
+            except OSError:
+                pass
+            slow.settimeout(30)
+            slow_answer = _read_all(slow)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            # Allowed heads, kept connections, and a body in the same packets as its head.
+            first = http.get("/healthz", headers={"X-Long": "b" * 30_000})
+            second = http.get("/healthz")
+            sent = http.post(
+                "/v1/notifications",
+                json={"recipient": "a@example.com", "subject": "x", "body": "c" * 500_000},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
+        log.close()
+    assert big_answer.startswith(b"HTTP/1.1 431 "), big_answer[:200]
+    assert slow_answer.startswith(b"HTTP/1.1 408 "), slow_answer[:200]
+    assert first.status_code == second.status_code == 200
+    assert sent.status_code == 202, sent.text

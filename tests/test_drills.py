@@ -26,6 +26,7 @@ from tests.conftest import SandboxClient, free_port, reconfigure, wait_for
 from tests.processes import WorkerProcess
 from worker.engine import keys
 from worker.engine.runtime import engine
+from worker.engine.workers import REPORT_EVERY_SECONDS
 from worker.job_request import InvalidJobError
 
 pytestmark = pytest.mark.slow
@@ -199,6 +200,7 @@ def test_redis_restarted_mid_run_workers_reconnect_and_deliver_every_accepted_jo
                 aof_redis.stop()  # a clean stop, as `docker compose restart redis` does
             if i == 120:
                 aof_redis.start()
+                back = time.time()
             try:
                 accepted.append(tasks.enqueue(page("restart", i)))
             except (redis.RedisError, OperationalError) as exc:
@@ -210,6 +212,12 @@ def test_redis_restarted_mid_run_workers_reconnect_and_deliver_every_accepted_jo
         wait_for(queues_empty, timeout=30)
         assert worker.proc is not None
         assert worker.proc.poll() is None  # the same worker reconnected: nobody restarted it
+        # ...and still says it is up: Celery empties its timer when the broker connection
+        # drops, and a report scheduled once stopped for good (counted dead, paged).
+        wait_for(lambda: time.time() > back + 2 * REPORT_EVERY_SECONDS, timeout=30)
+        assert [w.seen_at > back + REPORT_EVERY_SECONDS for w in engine().workers.seen(60)] == [
+            True
+        ]
     finally:
         worker.stop()
     incidents = Counter(i["dedup_key"] for i in drill.incidents())

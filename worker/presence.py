@@ -1,10 +1,11 @@
 """What a worker says about itself: that it is up, every ``REPORT_EVERY_SECONDS`` (a
-worker bootstep on Celery's timer), so ``/readyz`` and the metrics know whether anyone is
-consuming; and which page it holds through a countdown (a retry's, a deferral's), so the
-recovery sweep knows whose hands the message is in if that worker dies with it: kombu
-hands a dead worker's messages back only after the visibility timeout, an hour by
-default. A worker that stops on purpose (a warm or cold shutdown) says so, and kombu puts
-back what it held; one that dies simply stops reporting.
+consumer bootstep on Celery's timer, started again with each broker connection), so
+``/readyz`` and the metrics know whether anyone is consuming; and which page it holds
+through a countdown (a retry's, a deferral's), so the recovery sweep knows whose hands the
+message is in if that worker dies with it: kombu hands a dead worker's messages back only
+after the visibility timeout, an hour by default. A worker that stops on purpose (a warm
+or cold shutdown) says so, and kombu puts back what it held; one that dies simply stops
+reporting.
 
 Each worker process draws a boot token when it starts and says it with every report: a
 worker restarted under the same name (the Procfile's, a container's) does not answer for
@@ -31,22 +32,23 @@ logger = logging.getLogger(__name__)
 BOOT = uuid.uuid4().hex
 
 
-class Presence(bootsteps.StartStopStep):  # type: ignore[misc]
-    requires = ("celery.worker.components:Timer",)
+def report(parent: Any) -> None:
+    """Say that this worker (a worker or its consumer: both know the name and the app) is
+    up, and which queues it consumes."""
+    queues = sorted(parent.app.amqp.queues.consume_from)
+    try:
+        engine().workers.report(parent.hostname, queues, os.getpid(), BOOT)
+    except redis.RedisError as exc:
+        logger.warning("cannot report this worker as up (redis unavailable): %s", exc)
 
-    def __init__(self, parent: Any, **options: Any) -> None:
-        self.timer_ref: Any = None
-        super().__init__(parent, **options)
+
+class Presence(bootsteps.StartStopStep):  # type: ignore[misc]
+    """The worker's step: up when it starts, gone when it stops on purpose."""
 
     def start(self, parent: Any) -> None:
-        self.report(parent)
-        self.timer_ref = parent.timer.call_repeatedly(
-            REPORT_EVERY_SECONDS, self.report, (parent,), priority=10
-        )
+        report(parent)
 
     def stop(self, parent: Any) -> None:
-        if self.timer_ref is not None:
-            self.timer_ref.cancel()
         with contextlib.suppress(redis.RedisError):  # then it simply stops being seen
             engine().workers.gone(parent.hostname, BOOT)
 
@@ -54,12 +56,30 @@ class Presence(bootsteps.StartStopStep):  # type: ignore[misc]
         # A cold shutdown is on purpose too, and kombu still puts back what it held.
         self.stop(parent)
 
-    def report(self, parent: Any) -> None:
-        queues = sorted(parent.app.amqp.queues.consume_from)
-        try:
-            engine().workers.report(parent.hostname, queues, os.getpid(), BOOT)
-        except redis.RedisError as exc:
-            logger.warning("cannot report this worker as up (redis unavailable): %s", exc)
+
+class PresenceReports(bootsteps.StartStopStep):  # type: ignore[misc]
+    """The consumer's step: the report every ``REPORT_EVERY_SECONDS``. Celery empties the
+    event loop's timer when the broker connection drops and starts the consumer's steps
+    again once it is back: a worker step's timer would be gone for good after the first
+    Redis restart or failover, and a live worker counted dead until restarted."""
+
+    def __init__(self, parent: Any, **options: Any) -> None:
+        self.timer_ref: Any = None
+        super().__init__(parent, **options)
+
+    def start(self, parent: Any) -> None:
+        report(parent)
+        self.timer_ref = parent.timer.call_repeatedly(
+            REPORT_EVERY_SECONDS, report, (parent,), priority=10
+        )
+
+    def stop(self, parent: Any) -> None:
+        if self.timer_ref is not None:
+            self.timer_ref.cancel()
+            self.timer_ref = None
+
+    def shutdown(self, parent: Any) -> None:
+        self.stop(parent)
 
 
 def held(sender: Any, request: Any, **_: Any) -> None:
@@ -79,4 +99,5 @@ def install(app: Celery) -> None:
     """Every worker of ``app`` reports that it is up, and which pages it holds through a
     countdown."""
     app.steps["worker"].add(Presence)
+    app.steps["consumer"].add(PresenceReports)
     signals.task_received.connect(held, weak=False)

@@ -5,7 +5,9 @@ Nothing here counts: every value is read from Redis at scrape time
 (worker/engine/stats.py), so any API process, or the metrics command, answers for the whole
 pool and every scrape of any of them agrees. When Redis cannot be read the scrape still
 succeeds, with ``gds_notify_redis_up 0`` and the build info only: Prometheus then knows
-that Redis, not the notifier's web server, is what failed.
+that Redis, not the notifier's web server, is what failed. A Redis that hangs rather than
+refuses counts as down after a few seconds (``Engine.quick_redis``), inside the scrape
+timeout.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class PoolCollector(Collector):
         yield InfoMetricFamily(PREFIX + "build", "The notifier's version.", value=self.build)
         eng = engine()
         try:
-            snap = stats.snapshot(eng.redis, watchdog=eng.settings.watchdog_url is not None)
+            snap = stats.snapshot(eng.quick_redis, watchdog=eng.settings.watchdog_url is not None)
         except redis.RedisError:
             yield _single("redis_up", "Whether this scrape could read Redis.", 0)
             return

@@ -6,6 +6,7 @@ the same."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 import tasks
+from sandbox.redis_server import LocalRedis
 from tests.api_server import NOTIFY_TOKEN, ApiServer, serve
 from tests.conftest import (
     ROUTING_KEY,
@@ -196,6 +198,35 @@ def test_an_unreachable_redis_is_a_successful_scrape_that_says_so(
     s = scrape(f"{api_server.url}/metrics")
     assert value(s, "gds_notify_redis_up") == 0
     assert not any(k[0] == "gds_notify_queue_messages" for k in s)
+
+
+def test_a_hung_redis_is_a_scrape_saying_so_within_the_scrape_timeout(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis that stops answering (frozen, or its host gone) rather than refusing: the
+    scrape took 20 s, past Prometheus' 10 s timeout, so redis_up 0 was never seen and the
+    one-minute RedisDown alert never fired."""
+    with LocalRedis() as hung:
+        monkeypatch.setenv("REDIS_URL", hung.url)
+        reconfigure()
+        assert value(scrape(f"{api_server.url}/metrics"), "gds_notify_redis_up") == 1
+        assert hung.pid is not None
+        os.kill(hung.pid, signal.SIGSTOP)
+        try:
+            # Within Prometheus' default scrape timeout, or it counts as no answer at all.
+            with httpx.Client(base_url=api_server.url, timeout=9) as http:
+                metrics = http.get("/metrics")
+                ready = http.get("/readyz")
+        finally:
+            os.kill(hung.pid, signal.SIGCONT)
+    samples = {
+        (f.name, tuple(sorted(x.labels.items()))): x.value
+        for f in text_string_to_metric_families(metrics.text)
+        for x in f.samples
+    }
+    assert value(samples, "gds_notify_redis_up") == 0
+    assert ready.status_code == 503
+    assert ready.json()["failing"] == ["redis"]
 
 
 def test_the_metrics_command_serves_the_same_pool(service_env: Any) -> None:

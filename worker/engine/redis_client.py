@@ -180,6 +180,24 @@ def connect(settings: Settings, **overrides: Any) -> redis.Redis:
     return master
 
 
+#: How long a quick answer waits for Redis (a scrape, a readiness check): well inside
+#: Prometheus' default scrape timeout of 10 s, so a hung Redis reads as down.
+QUICK_TIMEOUT_SECONDS = 3.0
+
+
+def connect_quick(settings: Settings) -> redis.Redis:
+    """A client that gives up after :data:`QUICK_TIMEOUT_SECONDS`, once, instead of
+    retrying: for answers that must come whether or not Redis does."""
+    return connect(
+        settings,
+        socket_timeout=QUICK_TIMEOUT_SECONDS,
+        socket_connect_timeout=QUICK_TIMEOUT_SECONDS,
+        retry=Retry(BACKOFF, retries=0),
+        retry_on_timeout=False,
+        health_check_interval=0,
+    )
+
+
 def sentinel_for(settings: Settings) -> Sentinel:
     """The Sentinels of ``REDIS_URL``."""
     address = settings.redis_address

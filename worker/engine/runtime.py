@@ -10,6 +10,7 @@ environment once.
 from __future__ import annotations
 
 import threading
+from functools import cached_property
 
 import redis
 
@@ -25,7 +26,7 @@ from worker.engine.jobs import JobStore
 from worker.engine.lock import Locks
 from worker.engine.provider_pool import ProviderPool
 from worker.engine.rate_limit import SharedRateLimiter
-from worker.engine.redis_client import connect
+from worker.engine.redis_client import connect, connect_quick
 from worker.engine.retry_policy import RetryPolicy
 from worker.engine.workers import Workers
 
@@ -54,6 +55,12 @@ class Engine:
         self.workers = Workers(self.redis)
         self._catalogue_file: CatalogueFile | None = None
         self._catalogue_lock = threading.Lock()
+
+    @cached_property
+    def quick_redis(self) -> redis.Redis:
+        """A client on the same Redis that answers or fails within seconds (metrics
+        scrapes, readiness), where :attr:`redis` retries through a failover."""
+        return connect_quick(self.settings)
 
     def file_catalogue(self) -> Catalogue | None:
         """The catalogue in ``HEARTBEAT_SERVICES_FILE`` (re-read when the file changes), or

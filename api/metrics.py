@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 from worker.channels import Channel
 from worker.engine import stats
 from worker.engine.heartbeats.store import REFUSED
+from worker.engine.keys import DEAD_LETTER_CHANNELS
 from worker.engine.runtime import engine
 
 PREFIX = "gds_notify_"
@@ -153,6 +154,14 @@ class PoolCollector(Collector):
             ["result"],
             snap,
             [("ok",), ("fail",), ("error",)],
+        )
+        yield _counter(
+            "dead_lettered",
+            "Dead letters written, by channel (pagerduty, email, intake, broker); each "
+            "counted once, whatever is replayed or purged later.",
+            ["channel"],
+            snap,
+            [(c,) for c in DEAD_LETTER_CHANNELS],
         )
         yield _counter(
             "recovered",

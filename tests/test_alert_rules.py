@@ -20,38 +20,19 @@ README = ROOT / "README.md"
 PROMTOOL = shutil.which("promtool")
 RUNBOOKS = "README.md"
 
-#: What GET /metrics exports (the metrics spec of issue 16). To be read from the README's
-#: Observability table once that section is merged, so the two cannot drift apart.
-COUNTERS = {
-    "gds_notify_notifications_total",
-    "gds_notify_deliveries_total",
-    "gds_notify_delivery_failures_total",
-    "gds_notify_pagerduty_throttled_total",
-    "gds_notify_pagerduty_deferred_total",
-    "gds_notify_recovered_total",
-    "gds_notify_heartbeats_total",
-    "gds_notify_heartbeats_refused_total",
-    "gds_notify_watchdog_pings_total",
-}
-HISTOGRAMS = {"gds_notify_delivery_latency_seconds", "gds_notify_provider_call_seconds"}
-GAUGES = {
-    "gds_notify_queue_messages",
-    "gds_notify_queue_oldest_message_age_seconds",
-    "gds_notify_unacked_messages",
-    "gds_notify_dead_letters",
-    "gds_notify_heartbeat_services",
-    "gds_notify_heartbeat_check_age_seconds",
-    "gds_notify_recovery_sweep_age_seconds",
-    "gds_notify_watchdog_age_seconds",
-    "gds_notify_workers_alive",
-    "gds_notify_redis_up",
-    "gds_notify_build_info",
-}
-EXPORTED = (
-    COUNTERS
-    | GAUGES
-    | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
-)
+
+def exported() -> set[str]:
+    """The series GET /metrics exports, read from the README's metric table (name and
+    type in its first two columns), so the table, the rules and a scrape cannot drift."""
+    rows = re.findall(
+        r"^\| `(gds_notify_\w+)` \| (counter|gauge|histogram) \|", README.read_text(), re.M
+    )
+    assert len(rows) >= 10, "the README's metric table has moved or changed its layout"
+    suffixes = {"counter": ("",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+    return {f"{name}{suffix}" for name, kind in rows for suffix in suffixes[kind]}
+
+
+EXPORTED = exported()
 
 
 def rules() -> list[dict[str, Any]]:

@@ -200,6 +200,19 @@ def test_an_unreachable_redis_is_a_successful_scrape_that_says_so(
     assert not any(k[0] == "gds_notify_queue_messages" for k in s)
 
 
+def test_dead_letters_written_are_counted_once_each_whatever_is_replayed_or_purged(
+    api_server: ApiServer,
+) -> None:
+    letters = engine().dead_letters
+    for entry_id in ("a", "a", "b"):  # "a" twice: an Alertmanager repeat, one letter
+        letters.add(entry_id=entry_id, job_id=None, channel="intake", reason="r", payload={})
+    letters.remove("a")  # replayed
+    s = scrape(f"{api_server.url}/metrics")
+    assert value(s, "gds_notify_dead_lettered_total", channel="intake") == 2
+    assert value(s, "gds_notify_dead_lettered_total", channel="email") == 0  # known, at 0
+    assert value(s, "gds_notify_dead_letters", channel="intake") == 1
+
+
 def test_a_hung_redis_is_a_scrape_saying_so_within_the_scrape_timeout(
     api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from worker.channels import Channel
-from worker.engine import keys
+from worker.engine import keys, stats
 
 
 def dead_letter_id(job_id: str, channel: str) -> str:
@@ -64,7 +64,12 @@ class DeadLetters:
         pipe.hset(keys.DEAD_LETTERS, entry_id, json.dumps(record, default=str))
         pipe.zadd(keys.DEAD_LETTER_INDEX, {entry_id: now})
         pipe.zadd(keys.dead_letter_channel(_counted_as(channel)), {entry_id: now})
-        pipe.execute()
+        created, *_ = pipe.execute()
+        if created:
+            # Counted once each, for good: the kept letters shrink when they are replayed
+            # or purged, and an alert on them would miss what died meanwhile. HSET says
+            # which of two racing writers of one id created it.
+            self.redis.hincrbyfloat(keys.STATS, *stats.count("dead_lettered", _counted_as(channel)))
         return record
 
     def list(self, limit: int = 50) -> list[dict[str, Any]]:

@@ -192,7 +192,12 @@ class Settings(BaseSettings):
     )
     retry_base_seconds: float = Field(default=1.0, gt=0, le=3600, description="First backoff.")
     retry_cap_seconds: float = Field(default=300.0, gt=0, description="Longest single backoff.")
-    retry_max_attempts: int = Field(default=10, ge=1, le=1000, description="Attempts per job.")
+    # High enough that, with the default backoff, the deadline ends a transient outage
+    # rather than the count: ten attempts are spent in about four minutes, and a page
+    # dead-lettered while PagerDuty is down for five would wait for a person to replay it.
+    retry_max_attempts: int = Field(
+        default=50, ge=1, le=1000, description="Attempts per job and channel."
+    )
     retry_deadline_seconds: float = Field(
         default=3600.0, gt=0, description="Give up (dead-letter) this long after enqueue."
     )

@@ -100,6 +100,31 @@ def test_exhausted_and_deadline() -> None:
     assert late.reason.startswith("deadline of 600s passed")
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        NotificationDeliveryError("502", 502),
+        NotificationTimeoutError("slow", 10),
+        NotificationDeliveryError("421", 421, retryable=True),
+        NotificationRateLimitError("429", None),  # PagerDuty usually sends no Retry-After
+    ],
+)
+def test_with_the_defaults_an_outage_is_retried_until_the_deadline_not_the_count(
+    error: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env
+    for name in ("BASE_SECONDS", "CAP_SECONDS", "MAX_ATTEMPTS", "DEADLINE_SECONDS"):
+        monkeypatch.delenv(f"RETRY_{name}", raising=False)
+    monkeypatch.delenv("CELERY_VISIBILITY_TIMEOUT", raising=False)
+    policy = RetryPolicy.from_settings(load_settings())
+    for seed in range(300):
+        rng, age, attempt = random.Random(seed), 0.0, 0
+        while (decision := policy.decide(error, attempt := attempt + 1, age, rng)).retry:
+            age += decision.delay
+        assert decision.reason.startswith("deadline of 3600s passed"), (seed, decision.reason)
+        assert age > 3600 - policy.max_delay  # a last try within a backoff of the deadline
+
+
 def test_default_routing_pages_critical_and_emergency_and_mails_the_rest() -> None:
     for priority in P:
         rule = route([], priority, None, None)

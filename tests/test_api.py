@@ -22,6 +22,7 @@ from sandbox import SandboxServer
 from tests.api_server import ADMIN_TOKEN, HEARTBEAT_TOKEN, NOTIFY_TOKEN, ApiServer, serve
 from tests.browser import CHROMIUM, headless
 from tests.conftest import TEAM_KEY, SandboxClient, wait_for
+from tests.processes import WorkerProcess
 from worker.engine import keys
 from worker.engine.runtime import engine
 
@@ -480,6 +481,25 @@ def test_the_schema_and_the_docs_page(api_server: ApiServer, tmp_path: Path) -> 
     assert "GDS Notification Service" in dom
     assert "/v1/notifications" in dom
     assert "/v1/alertmanager" in dom
+
+
+def test_readiness_names_each_queue_no_worker_consumes(
+    api_server: ApiServer, tmp_path: Path
+) -> None:
+    """The Procfile's email pool alone, a real process: the page pool is dead, and pages
+    are what the service is for, so it is not ready."""
+    email_pool = WorkerProcess(tmp_path / "email.log", "-P", "threads", "-c", "2", "-Q", "email")
+    try:
+        email_pool.start()
+        with httpx.Client(base_url=api_server.url) as anonymous:
+            answer = wait_for(
+                lambda: (r := anonymous.get("/readyz")).json()["checks"]["workers"] and r
+            )
+    finally:
+        email_pool.stop()
+    assert answer.status_code == 503
+    assert answer.json()["failing"] == ["workers:pagerduty", "workers:celery"]
+    assert answer.json()["checks"]["queues"]["email"] == answer.json()["checks"]["workers"]
 
 
 def test_readiness_names_what_is_missing(

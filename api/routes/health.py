@@ -9,6 +9,7 @@ import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from config.queues import QUEUE_ORDER
 from worker.engine.heartbeats.checker import last_check
 from worker.engine.runtime import engine
 
@@ -40,8 +41,10 @@ def checker_fresh_within(interval: float) -> float:
     responses={503: {"description": "Not ready: ``failing`` names each part."}},
 )
 def readyz() -> JSONResponse:
-    """Ready: Redis answers, a worker reported within the last minute, and (with heartbeat
-    monitoring on) the heartbeat check ran recently. 503 names each part that fails."""
+    """Ready: Redis answers, every queue (pages, intake, email) has a worker that reported
+    within the last minute, and (with heartbeat monitoring on) the heartbeat check ran
+    recently. 503 names each part that fails: ``workers`` when none reported, else
+    ``workers:QUEUE`` for each queue nobody consumes."""
     eng = engine()
     checks: dict[str, Any] = {}
     failing: list[str] = []
@@ -55,8 +58,12 @@ def readyz() -> JSONResponse:
         )
     workers = eng.workers.seen(WORKER_SEEN_WITHIN)
     checks["workers"] = [w.hostname for w in workers]
+    # By queue: the email pool alive says nothing of the page pool, and pages are the point.
+    checks["queues"] = {q: [w.hostname for w in workers if q in w.queues] for q in QUEUE_ORDER}
     if not workers:
         failing.append("workers")
+    else:
+        failing.extend(f"workers:{q}" for q, names in checks["queues"].items() if not names)
     if eng.settings.heartbeat_services_file is not None:
         checked = last_check(eng.redis)
         age = None if checked is None else eng.workers.now() - checked

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,36 @@ def test_procfile_pagerduty_pool_delivers_pages_past_an_email_backlog(
     assert api.messages() == []
     assert len(api.incidents()) == 1
     api.close()
+
+
+def test_honcho_scales_the_page_pool_over_two_processes_each_seen_by_name(
+    service_env: SandboxServer, tmp_path: Path
+) -> None:
+    """The README's `honcho start -c pagerduty=2`, run by honcho itself (installed with the
+    project): two page workers, each with its own node name, both seen by the pool; a
+    SIGTERM to honcho stops both, and they say they are gone."""
+    bin_dir = str(Path(CELERY).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = (tmp_path / "honcho.log").open("wb")
+    argv = [str(Path(bin_dir) / "honcho"), "-f", str(ROOT / "Procfile"), "-d", str(ROOT)]
+    honcho = subprocess.Popen(
+        [*argv, "start", "-c", "pagerduty=2", "pagerduty"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        seen = wait_for(
+            lambda: len(names := {w.hostname for w in engine().workers.seen(30)}) == 2 and names,
+            timeout=30,
+        )
+        os.killpg(honcho.pid, signal.SIGTERM)
+        assert honcho.wait(30) is not None
+    finally:
+        if honcho.poll() is None:
+            os.killpg(honcho.pid, signal.SIGKILL)
+            honcho.wait()
+        log.close()
+    assert all(name.startswith("pagerduty-") for name in seen), seen
+    assert engine().workers.seen(30) == []  # each said it was gone on its way out

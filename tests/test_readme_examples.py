@@ -199,6 +199,6 @@ def test_the_shell_producer_example_reaches_the_intake_and_pages(
     try:
         [incident] = api.incidents()
         assert incident["summary"] == "Disk full on db-prod-01"
-        assert incident["dedup_key"] == "disk-db-prod-01"
+        assert incident["dedup_key"] == "disk-db-prod-01-sh"
     finally:
         api.close()

@@ -170,7 +170,7 @@ def test_the_first_hour_and_every_producer_example_reach_the_dev_stack(
         done = terminal.run(
             env
             + ".venv/bin/python celery_client.py\n"
-            + redis_cli.replace("disk-db-prod-01", "disk-db-prod-01-by-redis-cli")
+            + redis_cli
             + "\n"
             + http.replace(
                 '"priority": "critical"', '"priority": "critical", "idempotency_id": "by-http"'
@@ -179,7 +179,7 @@ def test_the_first_hour_and_every_producer_example_reach_the_dev_stack(
         )
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout.strip().splitlines()[-1])["duplicate"] is False
-        wanted = {"disk-db-prod-01", "disk-db-prod-01-by-redis-cli", "by-http"}
+        wanted = {"disk-db-prod-01", "disk-db-prod-01-sh", "by-http"}
         wait_for(
             lambda: wanted <= {str(i["dedup_key"]) for i in stack.incidents()},
             timeout=60,

@@ -345,10 +345,11 @@ def test_heartbeats_from_any_celery_client_and_refusals_are_counted(
         client.send_task("heartbeat", kwargs={"slug": "known", "status": "fail"})
         client.send_task("heartbeat", args=["nobody"])
         client.send_task("heartbeat", args=["known", "sideways"])
+        client.send_task("heartbeat", args=["known", "up", float("inf")])  # JSON's Infinity
     finally:
         client.close()
     store = HeartbeatStore(engine().redis)
-    wait_for(lambda: store.refused() == {"unknown_slug": 1, "invalid": 1})
+    wait_for(lambda: store.refused() == {"unknown_slug": 1, "invalid": 2})
     assert store.last()["known"].status == "fail"
     assert engine().redis.zcard(keys.heartbeats("known")) == 1
     assert not engine().redis.exists(keys.heartbeats("nobody"))
@@ -360,7 +361,10 @@ def test_heartbeats_from_any_celery_client_and_refusals_are_counted(
         tasks.heartbeat("known", status="down")
     with pytest.raises(ValueError, match=r"at: .* ahead of the server's clock"):
         tasks.heartbeat("known", at=time.time() + 3600)
-    assert store.refused() == {"unknown_slug": 2, "invalid": 3}
+    for never in (float("nan"), float("-inf"), 10**400):
+        with pytest.raises(tasks.InvalidHeartbeatError, match="at: must be a finite number"):
+            tasks.heartbeat("known", at=never)
+    assert store.refused() == {"unknown_slug": 2, "invalid": 7}
     past = datetime.now(UTC) - timedelta(seconds=30)
     assert abs(tasks.heartbeat("known", at=past.isoformat()) - past.timestamp()) < 0.001
 

@@ -3,6 +3,7 @@ field named and counted (never stored: the slug may be anything a caller sent)."
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,7 +41,15 @@ def parse_at(at: Any) -> float | None:
     if isinstance(at, bool):
         raise InvalidHeartbeatError("at: must be an ISO 8601 time or epoch seconds")
     if isinstance(at, int | float):
-        return float(at)
+        try:
+            seconds = float(at)
+        except OverflowError:  # an int beyond any float
+            seconds = math.inf
+        if not math.isfinite(seconds):
+            raise InvalidHeartbeatError(
+                f"at: must be a finite number of epoch seconds (got {at!r:.64})"
+            )
+        return seconds
     if isinstance(at, str):
         try:
             at = datetime.fromisoformat(at.strip().replace("Z", "+00:00"))

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from cli.common import Failed, echo_json, one_line_errors, when
-from worker.engine.dead_letters import dead_letter_id
+from worker.engine.dead_letters import dead_letter_id, no_job
 from worker.engine.jobs import DEAD
 from worker.engine.runtime import engine
 from worker.job_request import json_schema_text
@@ -27,7 +27,7 @@ def status(job_id: str, as_json: bool) -> None:
 
     record = engine().jobs.lookup(job_id)
     if record is None:
-        raise Failed(f"no job {job_id!r} (unknown, or older than JOB_TTL_SECONDS)")
+        raise Failed(no_job(engine().dead_letters, job_id))
     if as_json:
         echo_json(record)
         return

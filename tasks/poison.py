@@ -16,7 +16,7 @@ from typing import Any
 from celery import signals
 
 from worker.consumer import announce_failure
-from worker.engine.quarantine import message_copy, quarantine
+from worker.engine.quarantine import carried_id, message_copy, quarantine
 from worker.engine.runtime import engine
 
 
@@ -36,5 +36,6 @@ def _undecodable(
 ) -> None:
     detail = f"{type(exc).__name__}: {exc}" if exc else "rejected by the consumer"
     reason = f"undecodable message: {detail}"
-    quarantine(engine().dead_letters, reason, message_copy(message))
+    headers = getattr(message, "headers", None)
+    quarantine(engine().dead_letters, reason, message_copy(message), carried_id(headers))
     announce_failure(sender, message, reason)  # the sender is Celery's consumer

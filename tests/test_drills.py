@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -32,6 +34,7 @@ from worker.job_request import InvalidJobError
 pytestmark = pytest.mark.slow
 
 QUEUES = ("pagerduty", "celery", "email")
+GDS_NOTIFY = str(Path(sys.executable).with_name("gds-notify"))
 WORKER = ("-P", "threads", "-c", "4")
 #: Requests already on their way when a 429 arrived may land this long after it (a loaded
 #: machine can stall a thread between its pause check and its request).
@@ -511,6 +514,12 @@ def test_task_messages_celery_cannot_take_are_dead_lettered_and_no_worker_stops(
     assert len(untakeable) == len(expected), "\n".join(reasons)
     for reason, start in zip(untakeable, expected, strict=True):
         assert reason.startswith(start), (reason, start)
+    for start, message in poison:  # kept under the task id Flower shows with the failure
+        task_id = json.loads(message)["headers"].get("id")
+        if isinstance(task_id, str):
+            letter = engine().dead_letters.get(task_id)
+            assert letter is not None, (start, task_id)
+            assert letter["reason"].startswith(f"unrunnable task message: {start}")
     assert sum("unreadable broker message: not JSON (RecursionError" in x for x in reasons) == 1
     assert sum("unreadable broker message: not JSON (ValueError" in x for x in reasons) == 1
     assert not [i for i in drill.incidents() if i["dedup_key"] == "bad-envelope-0"]
@@ -536,3 +545,43 @@ def test_sigterm_during_delivery_loses_nothing(drill: SandboxClient, tmp_path: P
         successor.stop()
     assert_one_incident_each(drill, "term-", 20)
     assert engine().dead_letters.count() == 0
+
+
+def test_a_poison_letter_is_found_by_its_task_id_and_never_displaces_a_jobs_letter(
+    drill: SandboxClient, tmp_path: Path
+) -> None:
+    r = broker()
+    refused = _envelope("notify", [["a", "list"]])  # dead-lettered at intake, by its id
+    taken_id = json.loads(refused)["headers"]["id"]
+    same_id = json.loads(_envelope("notify", [], body=b"\xff\xfe{"))
+    same_id["headers"]["id"] = same_id["properties"]["correlation_id"] = taken_id
+    undecodable = _envelope("notify", [], body=b"\xff\xfe{")
+    undecodable_id = json.loads(undecodable)["headers"]["id"]
+    r.lpush("celery", refused)
+    worker = WorkerProcess(tmp_path / "worker.log", *WORKER).start()
+    try:
+        wait_for(lambda: engine().dead_letters.get(taken_id), timeout=30)
+        r.lpush("celery", json.dumps(same_id), undecodable)
+        wait_for(lambda: len(engine().dead_letters.list(10)) == 3, timeout=30)
+    finally:
+        worker.stop()
+        r.close()
+    letters = {e["id"]: e for e in engine().dead_letters.list(10)}
+    assert letters[taken_id]["channel"] == "intake"  # a hostile copy of its id displaced nothing
+    assert letters[taken_id]["reason"].startswith("invalid notification: payload:")
+    [elsewhere] = [i for i in letters if i.startswith("poison-")]
+    assert letters[elsewhere]["reason"].startswith("undecodable message: ")
+    assert letters[undecodable_id]["reason"].startswith("undecodable message: ")
+
+    # The operator holding the task id from Flower's failure, as they would type it.
+    status = subprocess.run(
+        [GDS_NOTIFY, "status", undecodable_id], capture_output=True, text=True, timeout=30
+    )
+    assert status.returncode == 1
+    assert "its message was dead-lettered before it became a job (undecodable" in status.stderr
+    assert f"gds-notify dlq show {undecodable_id}" in status.stderr
+    shown = subprocess.run(
+        [GDS_NOTIFY, "dlq", "show", undecodable_id], capture_output=True, text=True, timeout=30
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["channel"] == "broker"

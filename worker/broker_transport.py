@@ -37,7 +37,7 @@ import kombu.transport
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import loads as kombu_loads
 
-from worker.engine.quarantine import excerpt, quarantine
+from worker.engine.quarantine import carried_id, excerpt, quarantine
 from worker.engine.redis_client import MasterFollowingConnection, MasterFollowingSSLConnection
 from worker.engine.runtime import engine
 
@@ -129,6 +129,7 @@ class Transport(kombu_redis.Transport):
             engine().dead_letters,
             f"unreadable broker message on {queue!r}: {problem}",
             excerpt(json.dumps(message, default=repr)),
+            carried_id(message.get("headers")) if isinstance(message, dict) else None,
         )
 
 

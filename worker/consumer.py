@@ -31,7 +31,7 @@ from celery.app.events import Events as CeleryEvents
 from celery.events.dispatcher import EventDispatcher as CeleryEventDispatcher
 from celery.worker.consumer import Consumer as CeleryConsumer
 
-from worker.engine.quarantine import message_copy, quarantine
+from worker.engine.quarantine import carried_id, message_copy, quarantine
 from worker.engine.runtime import engine
 from worker.task_message_check import task_message_problem
 
@@ -66,7 +66,12 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
         reason = f"undecodable message: {type(exc).__name__}: {exc}"
-        quarantine(engine().dead_letters, reason, message_copy(message))
+        quarantine(
+            engine().dead_letters,
+            reason,
+            message_copy(message),
+            carried_id(getattr(message, "headers", None)),
+        )
         announce_failure(self, message, reason)
         super().on_decode_error(message, exc)
 
@@ -92,7 +97,12 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def on_untakeable(self, message: Any, problem: str) -> None:
         """Dead-letter a task message Celery cannot take, and acknowledge it."""
         reason = f"unrunnable task message: {problem}"
-        quarantine(engine().dead_letters, reason, message_copy(message))
+        quarantine(
+            engine().dead_letters,
+            reason,
+            message_copy(message),
+            carried_id(getattr(message, "headers", None)),
+        )
         announce_failure(self, message, reason)
         if not message.acknowledged:
             message.reject_log_error(logger, self.connection_errors, requeue=False)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from api.auth import require
 from api.errors import not_found
 from api.routes.answers import ERRORS, Problem
+from worker.engine.dead_letters import no_job
 from worker.engine.runtime import engine
 
 router = APIRouter(tags=["jobs"])
@@ -27,7 +28,7 @@ def get_job(job_id: str) -> dict[str, Any]:
     set to the id asked for."""
     record = engine().jobs.lookup(job_id)
     if record is None:
-        raise not_found(f"no job {job_id!r} (unknown, or older than JOB_TTL_SECONDS)")
+        raise not_found(no_job(engine().dead_letters, job_id))
     return record
 
 

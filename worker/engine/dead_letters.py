@@ -25,6 +25,18 @@ def _counted_as(channel: str) -> str:
     return channel if channel in keys.DEAD_LETTER_CHANNELS else "intake"
 
 
+def no_job(letters: DeadLetters, job_id: str) -> str:
+    """Why there is no job ``job_id``: its message was dead-lettered before it became one
+    (refused at intake, or one no task could run, kept under its task id), or it is unknown."""
+    letter = letters.get(job_id)
+    if letter is not None and letter.get("job_id") is None:
+        return (
+            f"no job {job_id!r}: its message was dead-lettered before it became a job "
+            f"({' '.join(str(letter.get('reason')).split())[:300]}); `gds-notify dlq show {job_id}` has it"
+        )
+    return f"no job {job_id!r} (unknown, or older than JOB_TTL_SECONDS)"
+
+
 class DeadLetters:
     """The dead-letter store: a hash of records and an index by time of death."""
 

@@ -10,6 +10,7 @@ that name no task or that Celery rejects.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -19,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 #: How much of a poison message is kept (it may be huge, or hostile).
 KEEP_CHARS = 65_536
+
+#: A task id kept as a letter's id: what a person can copy from Flower and type.
+TYPEABLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}")
 
 #: Dead letters of this channel hold messages, not jobs: they cannot be replayed.
 BROKER_CHANNEL = "broker"
@@ -43,11 +47,26 @@ def message_copy(message: Any) -> dict[str, Any]:
     }
 
 
+def carried_id(headers: Any) -> Any:
+    """The task id in a message's headers (a kombu message's, or a raw envelope's), if any."""
+    return headers.get("id") if isinstance(headers, dict) else None
+
+
 def quarantine(
-    dead_letters: DeadLetters, reason: str, payload: Any, entry_id: str | None = None
+    dead_letters: DeadLetters, reason: str, payload: Any, message_id: Any = None
 ) -> None:
-    """Dead-letter an unrunnable message; never raises (the consumer must survive it)."""
+    """Dead-letter an unrunnable message; never raises (the consumer must survive it).
+
+    The letter is kept under the task id the message carries, the one Flower shows with
+    its failure, so ``dlq show`` and ``status`` find it by that id; under a fresh
+    ``poison-`` id when the message has none a person could type, or when a letter of
+    another kind (a job's) already holds it."""
     try:
+        entry_id = message_id if _typeable(message_id) else None
+        if entry_id is not None:
+            held = dead_letters.get(entry_id)
+            if held is not None and held.get("channel") != BROKER_CHANNEL:
+                entry_id = None
         dead_letters.add(
             entry_id=entry_id or f"poison-{uuid.uuid4().hex}",
             job_id=None,
@@ -59,3 +78,7 @@ def quarantine(
         logger.exception("could not dead-letter a poison message (%s)", reason)
         return
     logger.warning("poison message dead-lettered: %s", reason[:1000])
+
+
+def _typeable(message_id: Any) -> bool:
+    return isinstance(message_id, str) and bool(TYPEABLE_ID.fullmatch(message_id))

@@ -30,9 +30,10 @@ def no_job(letters: DeadLetters, job_id: str) -> str:
     (refused at intake, or one no task could run, kept under its task id), or it is unknown."""
     letter = letters.get(job_id)
     if letter is not None and letter.get("job_id") is None:
+        reason = " ".join(str(letter.get("reason")).split())[:300]  # one line
         return (
             f"no job {job_id!r}: its message was dead-lettered before it became a job "
-            f"({' '.join(str(letter.get('reason')).split())[:300]}); `gds-notify dlq show {job_id}` has it"
+            f"({reason}); `gds-notify dlq show {job_id}` has it"
         )
     return f"no job {job_id!r} (unknown, or older than JOB_TTL_SECONDS)"
 

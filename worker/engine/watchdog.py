@@ -51,14 +51,16 @@ def send_canary(engine: Engine) -> str | None:
 
 
 def verdict(engine: Engine) -> str | None:
-    """Why the service sees itself failing now, or None: dead letters that appeared since
-    the previous canary."""
+    """Why the service sees itself failing now, or None: dead letters written since the
+    previous canary (counted as written: a replay or purge meanwhile hides none)."""
+    written = [stats.count("dead_lettered", c)[0] for c in keys.DEAD_LETTER_CHANNELS]
     pipe = engine.redis.pipeline()
-    pipe.zcard(keys.DEAD_LETTER_INDEX)
+    pipe.hmget(keys.STATS, written)
     pipe.get(keys.WATCHDOG_DEAD_SEEN)
-    now, before = pipe.execute()
-    engine.redis.set(keys.WATCHDOG_DEAD_SEEN, int(now))
-    grew = int(now) - int(before) if before is not None else 0
+    counts, before = pipe.execute()
+    now = int(sum(float(c) for c in counts if c is not None))
+    engine.redis.set(keys.WATCHDOG_DEAD_SEEN, now)
+    grew = now - int(before) if before is not None else 0
     if grew > 0:
         return f"{grew} new dead letter{'' if grew == 1 else 's'} since the previous canary"
     return None

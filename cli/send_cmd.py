@@ -12,13 +12,15 @@ import click
 
 import tasks
 from cli.common import EXIT_FAILED, BadInput, Failed, one_line_errors
+from config.queues import QUEUE_OF
 from config.settings import TEAM_KEY_PREFIX, get_settings, normalize_team
 from worker.channels import Channel
 from worker.engine.runtime import engine
+from worker.engine.workers import ALIVE_SECONDS
 from worker.exceptions import NotificationError
 from worker.notification import Notification, NotificationPriority
 from worker.providers.pagerduty import PagerDutyProvider
-from worker.redact import mask
+from worker.redact import mask, url_shown
 
 
 def _metadata(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
@@ -143,6 +145,7 @@ def send(
     note_team_key(team)
     started = time.time()
     job_id = tasks.enqueue(payload, team=team, channel=channel)
+    note_no_worker(job_id)
     if not wait:
         click.echo(job_id)
         return
@@ -188,7 +191,25 @@ def note_team_key(team: str | None) -> None:
         )
 
 
+def note_no_worker(job_id: str) -> None:
+    """Say (stderr) when no worker serves the job's queues: on a machine where nothing
+    else runs, the default REDIS_URL takes the job, and it would wait there unseen."""
+    eng = engine()
+    queues = [QUEUE_OF[c] for c in eng.jobs.channels(job_id)]
+    served = {q for w in eng.workers.seen(ALIVE_SECONDS) for q in w.queues}
+    idle = [q for q in queues if q not in served]
+    if idle:
+        click.echo(
+            f"note: no worker is serving {', '.join(idle)}: the job waits "
+            f"in Redis at {url_shown(eng.settings.redis_url)} until one starts (`make run`, "
+            "the Procfile, or `docker compose up`; `gds-notify dev --env` points a shell at "
+            "a running dev stack)",
+            err=True,
+        )
+
+
 def _lifecycle(job_id: str, wait: bool, timeout: float) -> None:
+    note_no_worker(job_id)
     if wait:
         follow(job_id, timeout, since=time.time())
     else:

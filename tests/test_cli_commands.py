@@ -123,6 +123,19 @@ def test_send_email_with_html_and_the_job_id_for_scripts(
     quiet = run("send", "ops@example.com", "Report 2")
     assert quiet.exit_code == 0
     assert len(quiet.stdout.strip()) == 32  # just the job id, for $(...)
+    assert "no worker" not in quiet.stderr
+
+
+def test_send_with_no_worker_serving_its_queue_says_where_the_job_waits(
+    service_env: SandboxServer,
+) -> None:
+    """A newcomer's first `send` before `make run`: the default REDIS_URL takes the job."""
+    sent = run("send", "db-1", "Disk full", "--priority", "critical")
+    assert sent.exit_code == 0
+    assert len(sent.stdout.strip()) == 32
+    assert "note: no worker is serving pagerduty: the job waits in Redis at redis" in sent.stderr
+    resolved = run("resolve", "some-incident")
+    assert "note: no worker is serving pagerduty" in resolved.stderr
 
 
 def test_send_refuses_bad_input_naming_the_field(

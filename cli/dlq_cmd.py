@@ -8,6 +8,7 @@ import click
 
 import tasks
 from cli.common import BadInput, Failed, echo_json, one_line_errors, when
+from worker.engine.keys import DEAD_LETTER_CHANNELS
 from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError
 
@@ -19,22 +20,27 @@ def dlq() -> None:
 
 @dlq.command("list")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--channel",
+    type=click.Choice(DEAD_LETTER_CHANNELS),
+    help="Only this channel's: pages, emails, payloads refused at intake, broker messages.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 @one_line_errors
-def list_(limit: int, as_json: bool) -> None:
+def list_(limit: int, channel: str | None, as_json: bool) -> None:
     """The newest dead letters first."""
 
     letters = engine().dead_letters
-    entries = letters.list(limit)
+    entries = letters.list(limit, channel)
     if as_json:
         echo_json(entries)
         return
     if not entries:
-        click.echo("no dead letters")
+        click.echo("no dead letters" + (f" on {channel}" if channel else ""))
         return
     for e in entries:
         click.echo(f"{e['id']}  {when(e['dead_at'])}  {e['channel']:<9}  {e['reason'][:120]}")
-    click.echo(f"{len(entries)} of {letters.count()} shown")
+    click.echo(f"{len(entries)} of {letters.count(channel)} shown")
 
 
 def _found(name: str) -> list[dict[str, Any]]:

@@ -436,12 +436,19 @@ def test_dead_letters_listed_shown_and_replayed_by_an_admin(
     wait_for(lambda: engine().dead_letters.count() == 1)
     with api_server.client(ADMIN_TOKEN) as ops:
         listed = ops.get("/v1/dead-letters").json()
+        pages = ops.get("/v1/dead-letters", params={"channel": "pagerduty"}).json()
+        emails = ops.get("/v1/dead-letters", params={"channel": "email"}).json()
+        no_such = ops.get("/v1/dead-letters", params={"channel": "sms"})
         entry_id = listed["dead_letters"][0]["id"]
         shown = ops.get(f"/v1/dead-letters/{entry_id}").json()
         replayed = ops.post(f"/v1/dead-letters/{entry_id}/replay")
         gone = ops.get(f"/v1/dead-letters/{entry_id}")
         unknown = ops.post("/v1/dead-letters/nope/replay")
     assert listed["total"] == 1
+    assert pages == listed
+    assert emails == {"dead_letters": [], "total": 0}
+    assert no_such.status_code == 422
+    assert no_such.json()["errors"][0]["field"] == "channel"
     assert shown["job_id"] == job_id
     assert shown["reason"].startswith("permanent error")
     assert replayed.status_code == 202

@@ -65,6 +65,16 @@ def test_dlq_list_show_replay_purge(celery_worker: Any, service_env: SandboxServ
     assert listing.exit_code == 0
     assert "2 of 2 shown" in listing.output
     assert "permanent error" in listing.output
+    engine().dead_letters.add(entry_id="odd", job_id=None, channel="intake", reason="r", payload=1)
+    emails = run("dlq", "list", "--channel", "email")
+    assert "2 of 2 shown" in emails.output
+    assert "odd" not in emails.output
+    assert "1 of 1 shown" in run("dlq", "list", "--channel", "intake").output
+    assert run("dlq", "list", "--channel", "pagerduty").output.strip() == (
+        "no dead letters on pagerduty"
+    )
+    assert run("dlq", "list", "--channel", "sms").exit_code == 2
+    engine().dead_letters.remove("odd")
     entry_id = f"{jobs[0]}-email"
     shown = json.loads(run("dlq", "show", entry_id).output)
     assert shown["last_error"]["args"][1] == 550

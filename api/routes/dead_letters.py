@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from api.auth import require
 from api.errors import not_found
 from api.routes.answers import ERRORS, Problem, Queued
+from worker.engine.keys import DeadLetterChannel
 from worker.engine.replay import replay
 from worker.engine.runtime import engine
 
@@ -28,10 +29,14 @@ NOT_FOUND: dict[int | str, dict[str, object]] = {
 @router.get("/v1/dead-letters", responses=ERRORS, response_model=dict[str, Any])
 def list_dead_letters(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
+    channel: DeadLetterChannel | None = None,
 ) -> JSONResponse:
-    """The newest dead letters first, each with its reason, attempts and last error."""
+    """The newest dead letters first, each with its reason, attempts and last error;
+    ``channel`` keeps one channel's (``total`` counts that channel's too)."""
     letters = engine().dead_letters
-    return JSONResponse({"dead_letters": letters.list(limit), "total": letters.count()})
+    return JSONResponse(
+        {"dead_letters": letters.list(limit, channel), "total": letters.count(channel)}
+    )
 
 
 @router.get(

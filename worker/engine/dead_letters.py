@@ -25,6 +25,10 @@ def _counted_as(channel: str) -> str:
     return channel if channel in keys.DEAD_LETTER_CHANNELS else "intake"
 
 
+def _index(channel: str | None) -> str:
+    return keys.DEAD_LETTER_INDEX if channel is None else keys.dead_letter_channel(channel)
+
+
 def no_job(letters: DeadLetters, job_id: str) -> str:
     """Why there is no job ``job_id``: its message was dead-lettered before it became one
     (refused at intake, or one no task could run, kept under its task id), or it is unknown."""
@@ -85,17 +89,17 @@ class DeadLetters:
             self.redis.hincrbyfloat(keys.STATS, *stats.count("dead_lettered", _counted_as(channel)))
         return record
 
-    def list(self, limit: int = 50) -> list[dict[str, Any]]:
-        """Newest first."""
-        found = self.redis.zrevrange(keys.DEAD_LETTER_INDEX, 0, max(0, limit - 1))
+    def list(self, limit: int = 50, channel: str | None = None) -> list[dict[str, Any]]:
+        """Newest first; only ``channel``'s (one of ``keys.DEAD_LETTER_CHANNELS``) if given."""
+        found = self.redis.zrevrange(_index(channel), 0, max(0, limit - 1))
         ids = [str(i) for i in found]
         if not ids:
             return []
         raw = self.redis.hmget(keys.DEAD_LETTERS, ids)
         return [json.loads(r) for r in raw if r is not None]
 
-    def count(self) -> int:
-        return int(self.redis.zcard(keys.DEAD_LETTER_INDEX))
+    def count(self, channel: str | None = None) -> int:
+        return int(self.redis.zcard(_index(channel)))
 
     def get(self, entry_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(keys.DEAD_LETTERS, entry_id)

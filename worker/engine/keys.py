@@ -4,6 +4,7 @@ a key: routing keys appear only as a short hash."""
 from __future__ import annotations
 
 import hashlib
+from typing import Literal, get_args
 
 PREFIX = "gds:"
 
@@ -35,7 +36,8 @@ def idempotency(idempotency_id: str) -> str:
 DEAD_LETTERS = f"{PREFIX}dlq"  # hash: entry id -> JSON record
 DEAD_LETTER_INDEX = f"{PREFIX}dlq:index"  # sorted set: entry id by time of death
 #: Where dead letters come from: a channel's delivery, intake, or the broker (poison).
-DEAD_LETTER_CHANNELS = ("pagerduty", "email", "intake", "broker")
+DeadLetterChannel = Literal["pagerduty", "email", "intake", "broker"]
+DEAD_LETTER_CHANNELS: tuple[str, ...] = get_args(DeadLetterChannel)
 
 
 def dead_letter_channel(channel: str) -> str:

@@ -86,10 +86,22 @@ def _request_fields(exc: RequestValidationError) -> list[dict[str, str]]:
         loc = tuple(error.get("loc", ()))
         where = path(loc[1:]) if len(loc) > 1 else "body"
         if error.get("type") == "json_invalid":
-            out.append({"field": "body", "message": "not valid JSON"})
+            why = error.get("ctx", {}).get("why")
+            out.append({"field": "body", "message": f"not valid JSON{why or ''}"})
         else:
             out.append({"field": where, "message": problem(error)})
     return out
+
+
+def _not_utf8(request: Request, error: UnicodeDecodeError) -> RequestValidationError:
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        why = f": Content-Encoding {encoding[:32]!r} is not accepted: send the body uncompressed"
+    else:
+        why = f": not UTF-8 (byte 0x{error.object[error.start]:02x} at {error.start})"
+    return RequestValidationError(
+        [{"type": "json_invalid", "loc": ("body",), "msg": "not UTF-8", "ctx": {"why": why}}]
+    )
 
 
 #: The doors notifications come in by, for the count of those refused as invalid.
@@ -116,6 +128,10 @@ def install(app: FastAPI, unknown_bearer: Callable[[Request], ApiError | None]) 
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI's "error parsing the body" names no field: bytes JSON cannot be (RFC
+            # 8259 is UTF-8), most often a compressed body or a Latin-1 producer.
+            return await request_invalid(request, _not_utf8(request, exc.__cause__))
         return JSONResponse(
             {"error": str(exc.detail)}, exc.status_code, headers=dict(exc.headers or {})
         )

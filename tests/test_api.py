@@ -4,6 +4,7 @@ leads to."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import socket
@@ -167,6 +168,17 @@ def test_bad_fields_are_422_each_named_and_nothing_is_queued(api_server: ApiServ
             headers={"Content-Type": "application/json"},
         )
         a_list = http.post("/v1/notifications", json=[1, 2])
+        page = b'{"recipient": "db-1", "subject": "caf\xc3\xa9", "priority": "critical"}'
+        latin1 = http.post(
+            "/v1/notifications",
+            content=page.replace(b"\xc3\xa9", b"\xe9"),
+            headers={"Content-Type": "application/json"},
+        )
+        gzipped = http.post(
+            "/v1/notifications",
+            content=gzip.compress(page),
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
         encoded = http.post(
             "/v1/notifications", json={"recipient": "a@example.com", "subject": "=?utf-8?q?x?="}
         )
@@ -183,6 +195,14 @@ def test_bad_fields_are_422_each_named_and_nothing_is_queued(api_server: ApiServ
     assert not_json.status_code == 422
     assert not_json.json()["errors"] == [{"field": "body", "message": "not valid JSON"}]
     assert a_list.status_code == 422
+    # Bytes that are no JSON text at all (RFC 8259 is UTF-8) say why, not "error parsing".
+    assert latin1.status_code == gzipped.status_code == 422
+    assert latin1.json()["errors"] == [
+        {"field": "body", "message": "not valid JSON: not UTF-8 (byte 0xe9 at 37)"}
+    ]
+    [compressed] = gzipped.json()["errors"]
+    assert compressed["field"] == "body"
+    assert "Content-Encoding 'gzip' is not accepted" in compressed["message"]
     # What would become an email header is refused at the door, not dead-lettered later.
     assert encoded.status_code == 422
     assert [e["field"] for e in encoded.json()["errors"]] == ["subject"]

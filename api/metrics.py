@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 from worker.channels import Channel
 from worker.engine import stats
 from worker.engine.heartbeats.store import REFUSED
+from worker.engine.jobs import oldest_undelivered
 from worker.engine.keys import DEAD_LETTER_CHANNELS
 from worker.engine.runtime import engine
 
@@ -99,6 +100,7 @@ class PoolCollector(Collector):
         eng = engine()
         try:
             snap = stats.snapshot(eng.quick_redis, watchdog=eng.settings.watchdog_url is not None)
+            late = oldest_undelivered(eng.quick_redis, snap.now)
         except redis.RedisError:
             yield _single("redis_up", "Whether this scrape could read Redis.", 0)
             return
@@ -109,6 +111,13 @@ class PoolCollector(Collector):
             "provider_call", "Each attempt's call to PagerDuty or the SMTP server.", snap
         )
         yield from self._gauges(snap)
+        yield _gauge(
+            "oldest_undelivered_seconds",
+            "How long ago the oldest job not yet delivered (or dead) on a channel was "
+            "accepted, whatever holds it: queue, rate limiter, retries, a lost message.",
+            late,
+            "channel",
+        )
 
     def _counters(self, snap: stats.Snapshot) -> Iterator[Metric]:
         yield _counter(

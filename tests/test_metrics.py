@@ -27,10 +27,12 @@ from tests.conftest import (
     TEAM_KEY,
     SandboxClient,
     free_port,
+    in_thread_worker,
     reconfigure,
     wait_for,
 )
 from tests.heartbeat_helpers import WriteCatalogue, service
+from worker.engine import keys
 from worker.engine.heartbeats.paging import run_check
 from worker.engine.recovery import recover as sweep
 from worker.engine.runtime import engine
@@ -103,6 +105,9 @@ def test_the_work_of_the_pool_is_counted(
     finally:
         pages.close()
 
+    # Closed by each delivery's last record, before any scrape looked.
+    assert engine().redis.zcard(keys.open_since("pagerduty")) == 0
+    assert engine().redis.zcard(keys.open_since("email")) == 0
     s = scrape(f"{api_server.url}/metrics")
     n = "gds_notify_notifications_total"
     assert value(s, n, source="enqueue", outcome="accepted") == 5
@@ -137,6 +142,9 @@ def test_the_work_of_the_pool_is_counted(
     assert value(s, "gds_notify_redis_up") == 1
     assert value(s, "gds_notify_queue_messages", queue="pagerduty") == 0
     assert value(s, "gds_notify_unacked_messages") == 0
+    # Every ending (delivered, dead) closed its delivery: nothing is late.
+    for channel in ("pagerduty", "email"):
+        assert value(s, "gds_notify_oldest_undelivered_seconds", channel=channel) == 0
     build = [k for k in s if k[0] == "gds_notify_build_info"]
     assert len(build) == 1
 
@@ -144,6 +152,25 @@ def test_the_work_of_the_pool_is_counted(
     text = httpx.get(f"{api_server.url}/metrics").text
     for secret in (ROUTING_KEY, TEAM_KEY, SMTP_PASSWORD, NOTIFY_TOKEN, jobs[0], "db-1"):
         assert secret not in text
+
+
+def test_a_page_the_limiter_holds_is_late_though_no_queue_holds_it(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAGERDUTY_RATE_LIMIT", "1/minute")
+    reconfigure()
+    with in_thread_worker():
+        delivered(tasks.enqueue(page(1)))
+        held = tasks.enqueue(page(2))  # over the limit: put aside for most of a minute
+        wait_for(lambda: engine().jobs.get(held)["channels"]["pagerduty"]["state"] == "deferred")  # type: ignore[index]
+        # An entry whose record is gone (a removal missed, say) is dropped when met.
+        engine().redis.zadd(keys.open_since("pagerduty"), {"expired-job": time.time() - 3600})
+        time.sleep(1.5)
+        s = scrape(f"{api_server.url}/metrics")
+    assert value(s, "gds_notify_queue_oldest_message_age_seconds", queue="pagerduty") == 0
+    assert 1.5 <= value(s, "gds_notify_oldest_undelivered_seconds", channel="pagerduty") < 60
+    assert value(s, "gds_notify_oldest_undelivered_seconds", channel="email") == 0
+    assert engine().redis.zscore(keys.open_since("pagerduty"), "expired-job") is None
 
 
 def test_queues_and_their_oldest_message_without_a_worker(api_server: ApiServer) -> None:

@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 
@@ -110,6 +110,47 @@ class Claim:
     @property
     def busy(self) -> bool:
         return self.lock is None and not self.final and self.waiting_for is None
+
+
+def forget_open(client: redis.Redis, job_id: str, channel: str) -> None:
+    """Drop a delivery whose record is final or gone from the open indexes (one that ended
+    without its record saying so: the record expired, or Redis lost part of it)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zrem(keys.OPEN_DELIVERIES, f"{job_id}:{channel}")
+    pipe.zrem(keys.open_since(channel), job_id)
+    pipe.execute()
+
+
+#: How many of a channel's oldest open entries one look checks against their records.
+OLDEST_LOOKED_AT = 20
+
+
+def oldest_undelivered(client: redis.Redis, now: float) -> dict[str, float]:
+    """Per channel, how long ago the oldest job whose delivery is not yet final (queued,
+    deferred, retrying, in an attempt, or lost) was accepted; 0 when there is none. An
+    entry whose record has ended or expired meanwhile is dropped as it is met, so a
+    missed removal can never keep the figure old."""
+    ages: dict[str, float] = {}
+    for channel in Channel:
+        oldest = cast(
+            "list[tuple[str, float]]",
+            client.zrange(keys.open_since(channel), 0, OLDEST_LOOKED_AT - 1, withscores=True),
+        )
+        pipe = client.pipeline(transaction=False)
+        for job_id, _ in oldest:
+            pipe.hget(keys.job(job_id), f"state:{channel}")
+        states = pipe.execute() if oldest else []
+        ages[channel.value] = 0.0
+        ended = []
+        for (job_id, since), state in zip(oldest, states, strict=True):
+            if state is None or state in FINAL_STATES:
+                ended.append(job_id)
+                continue
+            ages[channel.value] = max(0.0, now - float(since))
+            break
+        if ended:
+            client.zrem(keys.open_since(channel), *ended)
+    return ages
 
 
 @dataclass(frozen=True)
@@ -214,9 +255,10 @@ class JobStore:
             fields[f"attempts:{channel}"] = "0"
         for channel, payload in payloads.items():
             fields[f"payload:{channel}"] = json.dumps(payload)
-        members, deadlines, queues, messages = [], [], [], []
+        members, deadlines, queues, messages, since = [], [], [], [], []
         for channel, payload in payloads.items():
             queue, message = delivery_message(channel, delivery_id(job_id, channel), payload)
+            since.append(keys.open_since(channel))
             members.append(f"{job_id}:{channel}")
             deadlines.append(repr(self.first_look(channel, now)))
             queues.append(queue)
@@ -234,6 +276,7 @@ class JobStore:
                 keys.RECENT_JOBS,
                 keys.STATS,
                 *queues,
+                *since,
             ],
             args=[
                 job_id,
@@ -428,6 +471,7 @@ class JobStore:
                 keys.OPEN_DELIVERIES,
                 keys.delivery_claim(job_id, channel),
                 keys.STATS,
+                keys.open_since(channel),
             ],
             args=[
                 channel,

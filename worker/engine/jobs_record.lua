@@ -1,6 +1,6 @@
 -- Everything a delivery step writes, in one round trip.
 -- KEYS[1] job hash, KEYS[2] attempts list, KEYS[3] open deliveries, KEYS[4] the claim,
--- KEYS[5] the counters (worker/engine/stats.py).
+-- KEYS[5] the counters (worker/engine/stats.py), KEYS[6] the channel's open-since index.
 -- ARGV[1] channel, ARGV[2] ttl, ARGV[3] '1' to count this as an attempt, ARGV[4] the
 -- attempt entry as JSON without its opening brace, ARGV[5] open-delivery member, ARGV[6]
 -- the new stall deadline ('' closes the delivery, '-' leaves it), ARGV[7] the claim's token
@@ -27,6 +27,7 @@ if #ARGV > first_field then
 end
 if ARGV[6] == '' then
   redis.call('ZREM', KEYS[3], ARGV[5])
+  redis.call('ZREM', KEYS[6], string.sub(ARGV[5], 1, #ARGV[5] - #ARGV[1] - 1))
 elseif ARGV[6] ~= '-' then
   redis.call('ZADD', KEYS[3], 'XX', ARGV[6], ARGV[5])
 end

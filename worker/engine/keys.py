@@ -55,6 +55,14 @@ WATCHDOG_DEAD_SEEN = f"{PREFIX}watchdog:dead-letters"  # how many there were at 
 # Deliveries not yet delivered or dead: "JOBID:CHANNEL" scored by when the recovery sweep
 # next looks at it (worker/engine/recovery.py).
 OPEN_DELIVERIES = f"{PREFIX}jobs:open"
+
+
+def open_since(channel: str) -> str:
+    """Sorted set: the job ids with ``channel``'s delivery not yet final, scored by when
+    each job was accepted (how late its oldest undelivered notification is)."""
+    return f"{PREFIX}jobs:open-since:{channel}"
+
+
 RECOVERY_LOCK = f"{PREFIX}jobs:recovery:lock"
 
 

@@ -48,7 +48,7 @@ from typing import Any, Literal, cast
 from config.queues import QUEUE_OF
 from worker.channels import Channel
 from worker.engine import keys, stats
-from worker.engine.jobs import AFTER_CLAIM_SECONDS, FINAL_STATES, QUEUED
+from worker.engine.jobs import AFTER_CLAIM_SECONDS, FINAL_STATES, QUEUED, forget_open
 from worker.engine.messages import delivery_id
 from worker.engine.runtime import Engine
 from worker.engine.workers import ALIVE_SECONDS
@@ -162,11 +162,11 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
             if p.awaiting and p.held_by == marked[i]
         }
         found: list[Stalled] = []
-        for i, ((member, deadline), (job_id, channel), p) in enumerate(
+        for i, ((_, deadline), (job_id, channel), p) in enumerate(
             zip(due, deliveries, progress, strict=True)
         ):
             if p.state is None or p.state in FINAL_STATES:
-                r.zrem(keys.OPEN_DELIVERIES, member)
+                forget_open(r, job_id, channel)
                 continue
             # Each move below is made only if no worker moved the look since it was read
             # (a claim, a record: progress, whose own moment stands).
@@ -190,7 +190,7 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
                 continue
             state, payload = store.state_and_payload(job_id, channel)
             if state is None or state in FINAL_STATES or payload is None:
-                r.zrem(keys.OPEN_DELIVERIES, member)
+                forget_open(r, job_id, channel)
                 continue
             if not store.reschedule(job_id, channel, deadline, now + stall):
                 continue

@@ -513,20 +513,38 @@ def test_the_schema_and_the_docs_page(api_server: ApiServer, tmp_path: Path) -> 
 def test_readiness_names_each_queue_no_worker_consumes(
     api_server: ApiServer, tmp_path: Path
 ) -> None:
-    """The Procfile's email pool alone, a real process: the page pool is dead, and pages
-    are what the service is for, so it is not ready."""
+    """The Procfile's pools as real processes. The email pool alone: the page pool is dead,
+    and pages are what the service is for, so it is not ready. The page pool alone: ready,
+    email's absence shown (a ticket of its own, and an idle-priority pool may miss its
+    reports through a page storm)."""
     email_pool = WorkerProcess(tmp_path / "email.log", "-P", "threads", "-c", "2", "-Q", "email")
+    page_pool = WorkerProcess(
+        tmp_path / "pages.log", "-P", "threads", "-c", "2", "-Q", "pagerduty,celery"
+    )
     try:
         email_pool.start()
         with httpx.Client(base_url=api_server.url) as anonymous:
-            answer = wait_for(
+            emails_only = wait_for(
                 lambda: (r := anonymous.get("/readyz")).json()["checks"]["workers"] and r
+            )
+            page_pool.start()
+            email_pool.stop()
+            pages_only = wait_for(
+                lambda: (
+                    (r := anonymous.get("/readyz")).status_code == 200
+                    and not r.json()["checks"]["queues"]["email"]
+                    and r
+                )
             )
     finally:
         email_pool.stop()
-    assert answer.status_code == 503
-    assert answer.json()["failing"] == ["workers:pagerduty", "workers:celery"]
-    assert answer.json()["checks"]["queues"]["email"] == answer.json()["checks"]["workers"]
+        page_pool.stop()
+    assert emails_only.status_code == 503
+    assert emails_only.json()["failing"] == ["workers:pagerduty", "workers:celery"]
+    queues = emails_only.json()["checks"]["queues"]
+    assert queues["email"] == emails_only.json()["checks"]["workers"]
+    assert pages_only.json()["failing"] == []
+    assert pages_only.json()["checks"]["queues"]["pagerduty"]
 
 
 def test_readiness_names_what_is_missing(

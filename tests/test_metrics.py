@@ -163,6 +163,13 @@ def test_a_page_the_limiter_holds_is_late_though_no_queue_holds_it(
         delivered(tasks.enqueue(page(1)))
         held = tasks.enqueue(page(2))  # over the limit: put aside for most of a minute
         wait_for(lambda: engine().jobs.get(held)["channels"]["pagerduty"]["state"] == "deferred")  # type: ignore[index]
+        # A resolve waits for its trigger and its turn: not what "late" measures.
+        resolve = tasks.resolve("metrics-2")
+        assert engine().redis.zscore(keys.open_since("pagerduty"), resolve) is None
+        seconds, micros = engine().redis.time()
+        accepted = engine().redis.zscore(keys.open_since("pagerduty"), held)
+        assert accepted is not None
+        assert 0 <= seconds + micros / 1e6 - accepted < 30  # on Redis's clock
         # An entry whose record is gone (a removal missed, say) is dropped when met.
         engine().redis.zadd(keys.open_since("pagerduty"), {"expired-job": time.time() - 3600})
         time.sleep(1.5)

@@ -121,35 +121,48 @@ def forget_open(client: redis.Redis, job_id: str, channel: str) -> None:
     pipe.execute()
 
 
-#: How many of a channel's oldest open entries one look checks against their records.
-OLDEST_LOOKED_AT = 20
+#: The deliveries whose lateness is measured: notifications (a page's trigger, an email),
+#: not an acknowledge or resolve (which wait for their trigger) or the watchdog's canary.
+LATE_ACTIONS = ("trigger", "send")
+#: How many of a channel's oldest open entries one read checks against their records, and
+#: how many reads one look makes at most before it settles for what it found.
+OLDEST_BATCH = 50
+OLDEST_READS = 10
 
 
 def oldest_undelivered(client: redis.Redis, now: float) -> dict[str, float]:
-    """Per channel, how long ago the oldest job whose delivery is not yet final (queued,
-    deferred, retrying, in an attempt, or lost) was accepted; 0 when there is none. An
-    entry whose record has ended or expired meanwhile is dropped as it is met, so a
-    missed removal can never keep the figure old."""
+    """Per channel, how long ago the oldest notification whose delivery is not yet final
+    (queued, deferred, retrying, in an attempt, or lost) was accepted; 0 when there is
+    none. Entries whose record has ended or expired (a removal missed, say by a worker of
+    an earlier version) are dropped as they are met, so none can keep the figure old."""
     ages: dict[str, float] = {}
     for channel in Channel:
-        oldest = cast(
-            "list[tuple[str, float]]",
-            client.zrange(keys.open_since(channel), 0, OLDEST_LOOKED_AT - 1, withscores=True),
-        )
-        pipe = client.pipeline(transaction=False)
-        for job_id, _ in oldest:
-            pipe.hget(keys.job(job_id), f"state:{channel}")
-        states = pipe.execute() if oldest else []
+        index = keys.open_since(channel)
         ages[channel.value] = 0.0
-        ended = []
-        for (job_id, since), state in zip(oldest, states, strict=True):
-            if state is None or state in FINAL_STATES:
-                ended.append(job_id)
-                continue
-            ages[channel.value] = max(0.0, now - float(since))
-            break
-        if ended:
-            client.zrem(keys.open_since(channel), *ended)
+        for _ in range(OLDEST_READS):
+            oldest = cast(
+                "list[tuple[str, float]]",
+                client.zrange(index, 0, OLDEST_BATCH - 1, withscores=True),
+            )
+            if not oldest:
+                break
+            pipe = client.pipeline(transaction=False)
+            for job_id, _ in oldest:
+                pipe.hget(keys.job(job_id), f"state:{channel}")
+            states = pipe.execute()
+            ended = [
+                j for (j, _), s in zip(oldest, states, strict=True) if s in (None, *FINAL_STATES)
+            ]
+            if ended:
+                client.zrem(index, *ended)
+            still = [
+                since
+                for (_, since), s in zip(oldest, states, strict=True)
+                if s not in (None, *FINAL_STATES)
+            ]
+            if still:
+                ages[channel.value] = max(0.0, now - float(still[0]))
+                break
     return ages
 
 
@@ -258,7 +271,8 @@ class JobStore:
         members, deadlines, queues, messages, since = [], [], [], [], []
         for channel, payload in payloads.items():
             queue, message = delivery_message(channel, delivery_id(job_id, channel), payload)
-            since.append(keys.open_since(channel))
+            if payload.get("action") in LATE_ACTIONS:
+                since.append(keys.open_since(channel))
             members.append(f"{job_id}:{channel}")
             deadlines.append(repr(self.first_look(channel, now)))
             queues.append(queue)

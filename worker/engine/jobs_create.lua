@@ -5,7 +5,8 @@
 -- KEYS[1] job hash, KEYS[2] open deliveries, KEYS[3] idempotency key, KEYS[4] the
 -- incident's newest event (a job id), KEYS[5] this id's duplicate note, KEYS[6] recent
 -- jobs, KEYS[7] the counters (worker/engine/stats.py), KEYS[8..7+n] the queue of each
--- delivery, KEYS[8+n..7+2n] its channel's open-since index.
+-- delivery, KEYS[8+n..] the open-since index of each channel this job is late on while
+-- its delivery there is not final (a notification's: not an acknowledge, resolve or canary).
 -- ARGV[1] job id, ARGV[2] job ttl, ARGV[3] idempotency: 'claim', 'reassign' or '' (none),
 -- ARGV[4] idempotency ttl, ARGV[5] the incident key's ttl, '' when the job is no
 -- PagerDuty event, ARGV[6] now, ARGV[7] most recent jobs kept ('0': not listed), ARGV[8]
@@ -35,7 +36,12 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 for i = 1, n do
   redis.call('ZADD', KEYS[2], ARGV[10 + n + i], ARGV[10 + i])
   redis.call('LPUSH', KEYS[7 + i], ARGV[10 + 2 * n + i])
-  redis.call('ZADD', KEYS[7 + n + i], ARGV[6], job_id)
+end
+if #KEYS > 7 + n then
+  -- Redis's clock, which the reader compares with: a producer's may be off.
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  for i = 8 + n, #KEYS do redis.call('ZADD', KEYS[i], now, job_id) end
 end
 if ARGV[8] ~= '' then redis.call('HINCRBYFLOAT', KEYS[7], ARGV[8], 1) end
 if ARGV[7] ~= '0' then

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -68,6 +69,15 @@ def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
             ) from None
 
     return wrapper
+
+
+def note(text: str) -> None:
+    """Tell the person at the terminal something worth knowing, on stderr: ``note: …``,
+    or under ``LOG_FORMAT=json`` (stderr is then a log stream) a warning record."""
+    if get_settings().log_format == "json":
+        logging.getLogger("cli").warning(text)
+    else:
+        click.echo(f"note: {text}", err=True)
 
 
 def when(ts: float | None) -> str:

@@ -9,9 +9,10 @@ import uuid
 from typing import Any
 
 import click
+import redis
 
 import tasks
-from cli.common import EXIT_FAILED, BadInput, Failed, one_line_errors
+from cli.common import EXIT_FAILED, BadInput, Failed, note, one_line_errors
 from config.queues import QUEUE_OF
 from config.settings import TEAM_KEY_PREFIX, get_settings, normalize_team
 from worker.channels import Channel
@@ -20,7 +21,7 @@ from worker.engine.workers import ALIVE_SECONDS
 from worker.exceptions import NotificationError
 from worker.notification import Notification, NotificationPriority
 from worker.providers.pagerduty import PagerDutyProvider
-from worker.redact import mask, url_shown
+from worker.redact import mask
 
 
 def _metadata(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
@@ -185,26 +186,25 @@ def note_team_key(team: str | None) -> None:
         return
     if settings.routing_key_name(team) == "PAGERDUTY_ROUTING_KEY":
         own = f"{TEAM_KEY_PREFIX}{normalize_team(team).upper()}"
-        click.echo(
-            f"note: {own} is not set here: team {team}'s pages use PAGERDUTY_ROUTING_KEY",
-            err=True,
-        )
+        note(f"{own} is not set here: team {team}'s pages use PAGERDUTY_ROUTING_KEY")
 
 
 def note_no_worker(job_id: str) -> None:
     """Say (stderr) when no worker serves the job's queues: on a machine where nothing
     else runs, the default REDIS_URL takes the job, and it would wait there unseen."""
     eng = engine()
-    queues = [QUEUE_OF[c] for c in eng.jobs.channels(job_id)]
-    served = {q for w in eng.workers.seen(ALIVE_SECONDS) for q in w.queues}
+    try:
+        queues = [QUEUE_OF[c] for c in eng.jobs.channels(job_id)]
+        served = {q for w in eng.workers.seen(ALIVE_SECONDS) for q in w.queues}
+    except redis.RedisError:
+        return  # the job is queued: a failed look must not read as a failed send
     idle = [q for q in queues if q not in served]
     if idle:
-        click.echo(
-            f"note: no worker is serving {', '.join(idle)}: the job waits "
-            f"in Redis at {url_shown(eng.settings.redis_url)} until one starts (`make run`, "
-            "the Procfile, or `docker compose up`; `gds-notify dev --env` points a shell at "
-            "a running dev stack)",
-            err=True,
+        note(
+            f"no worker is serving {', '.join(idle)}: the job waits in Redis at "
+            f"{eng.settings.redis_address.shown()} until one starts (`make run`, the "
+            "Procfile, or `docker compose up`; `gds-notify dev --env` points a shell at a "
+            "running dev stack)"
         )
 
 

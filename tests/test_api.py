@@ -478,6 +478,25 @@ def test_dead_letters_listed_shown_and_replayed_by_an_admin(
     assert [i["summary"] for i in api.incidents()] == ["rejected once"]
 
 
+def test_a_job_refused_at_intake_is_named_as_such_without_its_reason_for_a_producer(
+    api_server: ApiServer,
+) -> None:
+    engine().dead_letters.add(
+        entry_id="refused-1",
+        job_id=None,
+        channel="intake",
+        reason="invalid notification: subject: 'what the producer sent'",
+        payload={},
+    )
+    with api_server.client() as producer:
+        answer = producer.get("/v1/jobs/refused-1")
+    assert answer.status_code == 404
+    message = answer.json()["error"]
+    assert "dead-lettered before it became a job" in message
+    assert "GET /v1/dead-letters/refused-1 (admin)" in message
+    assert "what the producer sent" not in message  # dead letters are for admin tokens
+
+
 def test_a_dead_letter_nested_as_deep_as_a_producer_sent_it_is_still_shown(
     api_server: ApiServer,
 ) -> None:

@@ -557,21 +557,29 @@ def test_a_poison_letter_is_found_by_its_task_id_and_never_displaces_a_jobs_lett
     same_id["headers"]["id"] = same_id["properties"]["correlation_id"] = taken_id
     undecodable = _envelope("notify", [], body=b"\xff\xfe{")
     undecodable_id = json.loads(undecodable)["headers"]["id"]
+    reused = json.loads(_envelope("no.such.task", [{}]))  # the same id again: both are kept
+    reused["headers"]["id"] = reused["properties"]["correlation_id"] = undecodable_id
     r.lpush("celery", refused)
     worker = WorkerProcess(tmp_path / "worker.log", *WORKER).start()
     try:
         wait_for(lambda: engine().dead_letters.get(taken_id), timeout=30)
         r.lpush("celery", json.dumps(same_id), undecodable)
-        wait_for(lambda: len(engine().dead_letters.list(10)) == 3, timeout=30)
+        wait_for(lambda: engine().dead_letters.get(undecodable_id), timeout=30)
+        r.lpush("celery", json.dumps(reused))
+        wait_for(lambda: len(engine().dead_letters.list(10)) == 4, timeout=30)
     finally:
         worker.stop()
         r.close()
     letters = {e["id"]: e for e in engine().dead_letters.list(10)}
     assert letters[taken_id]["channel"] == "intake"  # a hostile copy of its id displaced nothing
     assert letters[taken_id]["reason"].startswith("invalid notification: payload:")
-    [elsewhere] = [i for i in letters if i.startswith("poison-")]
-    assert letters[elsewhere]["reason"].startswith("undecodable message: ")
+    elsewhere = sorted(letters[i]["reason"][:20] for i in letters if i.startswith("poison-"))
+    assert elsewhere == ["undecodable message:", "unknown task 'no.suc"]
     assert letters[undecodable_id]["reason"].startswith("undecodable message: ")
+    written = {
+        c: engine().redis.hget(keys.STATS, f"dead_lettered:{c}") for c in ("intake", "broker")
+    }
+    assert written == {"intake": "1", "broker": "3"}  # each counted once, none replaced
 
     # The operator holding the task id from Flower's failure, as they would type it.
     status = subprocess.run(

@@ -241,9 +241,16 @@ def test_dead_letters_written_are_counted_once_each_whatever_is_replayed_or_purg
     for entry_id in ("a", "a", "b"):  # "a" twice: an Alertmanager repeat, one letter
         letters.add(entry_id=entry_id, job_id=None, channel="intake", reason="r", payload={})
     letters.remove("a")  # replayed
+    # A poison copy of a delivery's message, then that job's own letter under the same id:
+    # the letter changes kind, and is counted under its new one.
+    letters.add(entry_id="j-pagerduty", job_id=None, channel="broker", reason="r", payload={})
+    letters.add(entry_id="j-pagerduty", job_id="j", channel="pagerduty", reason="r", payload={})
+    assert letters.list(channel="broker") == []
     s = scrape(f"{api_server.url}/metrics")
     assert value(s, "gds_notify_dead_lettered_total", channel="intake") == 2
     assert value(s, "gds_notify_dead_lettered_total", channel="email") == 0  # known, at 0
+    assert value(s, "gds_notify_dead_lettered_total", channel="broker") == 1
+    assert value(s, "gds_notify_dead_lettered_total", channel="pagerduty") == 1
     assert value(s, "gds_notify_dead_letters", channel="intake") == 1
 
 

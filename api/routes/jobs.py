@@ -28,7 +28,9 @@ def get_job(job_id: str) -> dict[str, Any]:
     set to the id asked for."""
     record = engine().jobs.lookup(job_id)
     if record is None:
-        raise not_found(no_job(engine().dead_letters, job_id))
+        # Dead letters are for admin tokens: their reasons quote what producers sent.
+        shown_by = f"GET /v1/dead-letters/{job_id} (admin)"
+        raise not_found(no_job(engine().dead_letters, job_id, shown_by))
     return record
 
 

@@ -29,16 +29,18 @@ def _index(channel: str | None) -> str:
     return keys.DEAD_LETTER_INDEX if channel is None else keys.dead_letter_channel(channel)
 
 
-def no_job(letters: DeadLetters, job_id: str) -> str:
+def no_job(letters: DeadLetters, job_id: str, shown_by: str | None = None) -> str:
     """Why there is no job ``job_id``: its message was dead-lettered before it became one
-    (refused at intake, or one no task could run, kept under its task id), or it is unknown."""
+    (refused at intake, or one no task could run, kept under its task id), or it is
+    unknown. ``shown_by`` names where the letter can be read instead of quoting its
+    reason (for a caller not allowed to read dead letters)."""
     letter = letters.get(job_id)
     if letter is not None and letter.get("job_id") is None:
+        said = "its message was dead-lettered before it became a job"
+        if shown_by is not None:
+            return f"no job {job_id!r}: {said}; {shown_by} has it"
         reason = " ".join(str(letter.get("reason")).split())[:300]  # one line
-        return (
-            f"no job {job_id!r}: its message was dead-lettered before it became a job "
-            f"({reason}); `gds-notify dlq show {job_id}` has it"
-        )
+        return f"no job {job_id!r}: {said} ({reason}); `gds-notify dlq show {job_id}` has it"
     return f"no job {job_id!r} (unknown, or older than JOB_TTL_SECONDS)"
 
 
@@ -59,13 +61,22 @@ class DeadLetters:
         attempts: int = 0,
         last_error: dict[str, Any] | None = None,
         first_seen: float | None = None,
-    ) -> dict[str, Any]:
+        only_new: bool = False,
+    ) -> dict[str, Any] | None:
+        """Keep a dead letter under ``entry_id``, replacing one of that id (an Alertmanager
+        repeat keeps when it was first seen). ``only_new``: never replace; None when the id
+        is taken."""
         now = time.time()
-        if first_seen is None:
-            # An entry dead-lettered again under the same id (an Alertmanager repeat) keeps
-            # when it was first seen.
-            earlier = self.get(entry_id)
-            first_seen = earlier["first_seen"] if earlier else None
+        earlier = None if only_new else self.get(entry_id)
+        kind = _counted_as(channel)
+        changed_kind = earlier is not None and _counted_as(str(earlier.get("channel"))) != kind
+        if earlier is not None and changed_kind:
+            # Another kind of letter under this id (a poison copy of a delivery's message
+            # whose job then dead-lettered): it is replaced, and is no longer that kind.
+            self.redis.zrem(
+                keys.dead_letter_channel(_counted_as(str(earlier["channel"]))), entry_id
+            )
+            earlier = None
         record = {
             "id": entry_id,
             "job_id": job_id,
@@ -73,20 +84,24 @@ class DeadLetters:
             "reason": reason,
             "attempts": attempts,
             "last_error": last_error,
-            "first_seen": first_seen or now,
+            "first_seen": first_seen or (earlier["first_seen"] if earlier else now),
             "dead_at": now,
             "payload": payload,
         }
+        text = json.dumps(record, default=str)
+        if only_new and not self.redis.hsetnx(keys.DEAD_LETTERS, entry_id, text):
+            return None
         pipe = self.redis.pipeline()
-        pipe.hset(keys.DEAD_LETTERS, entry_id, json.dumps(record, default=str))
+        if not only_new:
+            pipe.hset(keys.DEAD_LETTERS, entry_id, text)
         pipe.zadd(keys.DEAD_LETTER_INDEX, {entry_id: now})
-        pipe.zadd(keys.dead_letter_channel(_counted_as(channel)), {entry_id: now})
-        created, *_ = pipe.execute()
-        if created:
+        pipe.zadd(keys.dead_letter_channel(kind), {entry_id: now})
+        answers = pipe.execute()
+        if only_new or changed_kind or (earlier is None and answers[0]):
             # Counted once each, for good: the kept letters shrink when they are replayed
-            # or purged, and an alert on them would miss what died meanwhile. HSET says
-            # which of two racing writers of one id created it.
-            self.redis.hincrbyfloat(keys.STATS, *stats.count("dead_lettered", _counted_as(channel)))
+            # or purged, and an alert on them would miss what died meanwhile. HSET (or
+            # HSETNX) says which of two racing writers of one id created it.
+            self.redis.hincrbyfloat(keys.STATS, *stats.count("dead_lettered", kind))
         return record
 
     def list(self, limit: int = 50, channel: str | None = None) -> list[dict[str, Any]]:

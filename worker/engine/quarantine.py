@@ -59,21 +59,22 @@ def quarantine(
 
     The letter is kept under the task id the message carries, the one Flower shows with
     its failure, so ``dlq show`` and ``status`` find it by that id; under a fresh
-    ``poison-`` id when the message has none a person could type, or when a letter of
-    another kind (a job's) already holds it."""
+    ``poison-`` id when the message has none a person could type, or when any letter
+    holds that id already (a job's, or another message's: a producer reusing ids
+    replaces nothing)."""
     try:
-        entry_id = message_id if _typeable(message_id) else None
-        if entry_id is not None:
-            held = dead_letters.get(entry_id)
-            if held is not None and held.get("channel") != BROKER_CHANNEL:
-                entry_id = None
-        dead_letters.add(
-            entry_id=entry_id or f"poison-{uuid.uuid4().hex}",
-            job_id=None,
-            channel=BROKER_CHANNEL,
-            reason=reason[:1000],
-            payload=payload,
-        )
+        ids = [message_id] if _typeable(message_id) else []
+        for entry_id in [*ids, f"poison-{uuid.uuid4().hex}"]:
+            kept = dead_letters.add(
+                entry_id=entry_id,
+                job_id=None,
+                channel=BROKER_CHANNEL,
+                reason=reason[:1000],
+                payload=payload,
+                only_new=True,
+            )
+            if kept is not None:
+                break
     except Exception:
         logger.exception("could not dead-letter a poison message (%s)", reason)
         return

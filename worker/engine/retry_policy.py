@@ -57,7 +57,9 @@ class RetryPolicy:
     ) -> float:
         """At least ``retry_after`` (or a backoff when the server gave none), plus jitter."""
         r = rng or random
-        wait = retry_after if retry_after is not None else max(self.base, self.backoff(attempt, r))
+        wait = (
+            retry_after if retry_after is not None else max(self.base, self.backoff(attempt, rng))
+        )
         # Retry-After is honoured beyond RETRY_CAP_SECONDS, but never past the visibility
         # timeout; a longer pause is kept by the shared limiter, which defers the job again.
         return min(self.hard_cap, wait + r.uniform(0, 0.1 * wait + 0.25))

@@ -218,6 +218,16 @@ def test_events_for_one_incident_go_out_in_the_order_queued(
     assert step(eng, trigger_id, trigger).kind is OutcomeKind.RETRY
     slower = step(eng, ack_id, ack)  # the trigger is retrying now: a longer wait
     assert (slower.kind, slower.delay) == (OutcomeKind.BUSY, 5.0)
+    api.faults({"status": 429, "retry_after": "30"})
+    throttled = step(eng, trigger_id, trigger)
+    assert throttled.kind is OutcomeKind.RETRY
+    assert throttled.delay is not None
+    assert throttled.delay >= 30
+    patient = step(eng, ack_id, ack)  # until the trigger's next try, not every 5 s
+    assert patient.kind is OutcomeKind.BUSY
+    assert patient.delay is not None
+    assert throttled.delay - 1 < patient.delay <= throttled.delay + 0.5
+    eng.redis.delete(*eng.redis.keys("*:pause:*"))  # PagerDuty's 30 s, passed
     assert step(eng, trigger_id, trigger).kind is OutcomeKind.DELIVERED
     assert step(eng, resolve_id, resolve).kind is OutcomeKind.BUSY  # the ack is still queued
     assert step(eng, ack_id, ack).kind is OutcomeKind.DELIVERED

@@ -100,6 +100,12 @@ def deliver(engine: Engine, payload: Any, message_id: str, channel_hint: str) ->
             # its trigger would be dropped by PagerDuty, and the trigger would then open
             # an incident nobody resolves.
             wait = ORDER_WAIT_SECONDS[claim.waiting_for == jobs.QUEUED]
+            if claim.waiting_until is not None:
+                # No sooner than its next try (a retry's countdown, a deferral): a resolve
+                # behind a trigger retrying through an outage would otherwise look every
+                # few seconds for as long as an hour.
+                until = claim.waiting_until - time.time() + ORDER_WAIT_SECONDS[True]
+                wait = max(wait, min(until, engine.retry_policy.hard_cap))
             engine.jobs.record(
                 job.job_id,
                 job.channel,

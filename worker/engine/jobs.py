@@ -91,8 +91,9 @@ class Claim:
 
     ``lock`` is None when the delivery is final (nothing to do), another worker holds it
     (:attr:`busy`), or the event queued before it for the same incident is still on its
-    way (``waiting_for`` is that event's state). ``slot`` is the rate-limit slot asked for
-    with the claim (a :class:`Slot`, or the seconds to wait), when one was.
+    way (``waiting_for`` is that event's state, ``waiting_until`` when it is next due).
+    ``slot`` is the rate-limit slot asked for with the claim (a :class:`Slot`, or the
+    seconds to wait), when one was.
     """
 
     job_id: str
@@ -102,6 +103,7 @@ class Claim:
     lock: Lock | None
     waiting_for: str | None = None
     slot: Slot | float | None = None
+    waiting_until: float | None = None
 
     @property
     def final(self) -> bool:
@@ -391,7 +393,7 @@ class JobStore:
                 repr(now),
             ],
         )
-        *asked, (state, attempts, taken, before) = pipe.execute()
+        *asked, (state, attempts, taken, before, *due) = pipe.execute()
         slot = rate[0].answer(request, asked[0]) if rate and request else None
         lock = self.locks.adopt(key, token) if int(taken) else None
         if lock is None and isinstance(slot, Slot):
@@ -405,6 +407,7 @@ class JobStore:
                 lock,
                 str(before) or None,
                 slot if lock is not None else None,
+                float(due[0]) if due and due[0] else None,
             )
         finally:
             if lock is not None:

@@ -3,8 +3,8 @@
 -- next look (for a page, once the claim has lapsed), ARGV[5] open-delivery member,
 -- ARGV[6] the job-hash key prefix, or '' when this channel keeps no order, ARGV[7] now.
 -- Returns {state or '', attempts so far, 1 if claimed, the state of the event queued
--- before this one for the same incident while it is not final, else ''}: the start of a
--- delivery in one round trip. A final state is never claimed, nor a delivery whose
+-- before this one for the same incident while it is not final, else ''[, when that event
+-- is next due]}: the start of a delivery in one round trip. A final state is never claimed, nor a delivery whose
 -- predecessor is still on its way (events for one incident go out in the order queued).
 -- A claimed delivery is marked as taken ('taken:<channel>' = token and when) until the
 -- record of its attempt clears the mark: one still marked at the sweep's next look, its
@@ -17,9 +17,9 @@ if state == 'delivered' or state == 'dead' then return {state, attempts, 0, ''} 
 if ARGV[6] ~= '' and found[3] then
   -- The predecessor's record is read by its id (a key this script is not handed; the
   -- service runs on one Redis, or a Sentinel-watched one, never a cluster).
-  local before = redis.call('HGET', ARGV[6] .. found[3], 'state:' .. ARGV[1])
-  if before and before ~= 'delivered' and before ~= 'dead' then
-    return {state, attempts, 0, before}
+  local before = redis.call('HMGET', ARGV[6] .. found[3], 'state:' .. ARGV[1], 'due:' .. ARGV[1])
+  if before[1] and before[1] ~= 'delivered' and before[1] ~= 'dead' then
+    return {state, attempts, 0, before[1], before[2] or ''}
   end
 end
 if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then

@@ -342,6 +342,8 @@ def test_heartbeats_from_any_celery_client_and_refusals_are_counted(
     client = Celery(broker=get_settings().redis_url)
     try:
         client.send_task("heartbeat", args=["known"])
+        # Stored before the fail is sent: four worker threads would take them in any order.
+        wait_for(lambda: engine().redis.zcard(keys.heartbeats("known")) == 1)
         client.send_task("heartbeat", kwargs={"slug": "known", "status": "fail"})
         client.send_task("heartbeat", args=["nobody"])
         client.send_task("heartbeat", args=["known", "sideways"])
@@ -350,7 +352,7 @@ def test_heartbeats_from_any_celery_client_and_refusals_are_counted(
         client.close()
     store = HeartbeatStore(engine().redis)
     wait_for(lambda: store.refused() == {"unknown_slug": 1, "invalid": 2})
-    assert store.last()["known"].status == "fail"
+    wait_for(lambda: store.last()["known"].status == "fail")
     assert engine().redis.zcard(keys.heartbeats("known")) == 1
     assert not engine().redis.exists(keys.heartbeats("nobody"))
     assert "nobody" not in store.last()

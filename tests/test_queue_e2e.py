@@ -190,6 +190,35 @@ def test_send_task_with_celery_defaults_reaches_the_intake(
     assert incident["routing_key"].endswith(TEAM_KEY[-4:])
 
 
+def test_links_and_chains_a_producer_attaches_are_not_run(
+    celery_worker: Any, api: SandboxClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a Celery client can attach to `notify` would run as this worker's tasks after
+    intake: a `deliver.*` on the job id, a task nobody has. None runs; the page goes out."""
+    from celery import signature
+
+    from worker import app
+
+    page = {"recipient": "db-2", "subject": "Disk full", "priority": "critical"}
+    with caplog.at_level("WARNING", logger="worker.task_base"):
+        linked = app.send_task(
+            "notify",
+            args=[page | {"idempotency_id": "linked"}],
+            link=signature("deliver.pagerduty", app=app),
+            link_error=signature("no.such.task", app=app),
+            chain=[dict(signature("deliver.email", app=app))],
+        )
+        wait_for(
+            lambda: engine().jobs.get(linked.id) and status(linked.id)["status"] == "delivered"
+        )
+        # What the links would have started, had they run, is dead-lettered within moments.
+        after = app.send_task("notify", args=[page | {"idempotency_id": "after"}])
+        wait_for(lambda: engine().jobs.get(after.id) and status(after.id)["status"] == "delivered")
+    assert engine().dead_letters.list() == []
+    assert len(api.incidents()) == 2
+    assert "ignored what its producer attached (callbacks, errbacks, chain)" in caplog.text
+
+
 def test_a_second_notification_under_a_message_id_already_taken_is_dead_lettered(
     celery_worker: Any, api: SandboxClient
 ) -> None:

@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 #: Failures of Redis itself (job state or broker): not the job's fault, never its attempt.
 OUTAGE_ERRORS = (redis.RedisError, OperationalError)
 
+#: What a Celery client can attach to a task for the worker to run after it.
+LINKS = ("callbacks", "errbacks", "chain", "chord")
+
 #: A pause before the message goes back, so a worker does not spin while Redis restarts.
 OUTAGE_PAUSE_SECONDS = 1.0
 
@@ -61,6 +64,7 @@ class NotifierTask(Task):  # type: ignore[misc]
     throws = (DeadLettered,)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self._drop_links()
         try:
             return super().__call__(*args, **kwargs)
         except OUTAGE_ERRORS as exc:
@@ -72,6 +76,23 @@ class NotifierTask(Task):  # type: ignore[misc]
             )
             time.sleep(OUTAGE_PAUSE_SECONDS)
             raise Reject(exc, requeue=True) from None
+
+    def _drop_links(self) -> None:
+        # A producer's Celery client can attach links, a chain or a chord to `notify`;
+        # Celery would run them after intake, as tasks of this worker (a `deliver.*` on a
+        # string, a task nobody has): each a dead letter of its own, and never what the
+        # producer meant. This service runs none, and says so.
+        request = self.request
+        attached = [name for name in LINKS if getattr(request, name, None)]
+        if attached:
+            logger.warning(
+                "%s %s: ignored what its producer attached (%s): tasks here run no links",
+                self.name,
+                request.id,
+                ", ".join(attached),
+            )
+            for name in attached:
+                setattr(request, name, None)
 
     def settle(self, outcome: Outcome) -> str:
         """End this run as ``outcome`` says: retry it after ``outcome.delay``, fail it with

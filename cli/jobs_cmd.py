@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from cli.common import Failed, echo_json, one_line_errors, when
+from cli.common import BadInput, Failed, echo_json, one_line_errors, when
+from worker.channels import Channel
 from worker.engine.dead_letters import dead_letter_id, no_job
 from worker.engine.jobs import DEAD
 from worker.engine.runtime import engine
@@ -44,17 +45,25 @@ def status(job_id: str, as_json: bool) -> None:
     type=click.Choice(["pending", "delivered", "dead-lettered", "partly dead"]),
     help="Only jobs in this state.",
 )
+@click.option(
+    "--late",
+    type=click.Choice([c.value for c in Channel]),
+    help="Instead: the notifications not yet delivered on this channel, oldest first.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
 @one_line_errors
-def jobs(limit: int, only: str | None, as_json: bool) -> None:
-    """The most recent jobs, newest first, with each channel's state."""
+def jobs(limit: int, only: str | None, late: str | None, as_json: bool) -> None:
+    """The most recent jobs, newest first, with each channel's state; with --late, the
+    notifications still on their way on a channel, oldest first (GdsNotifyPagesLate)."""
 
-    found = engine().jobs.recent(limit, only)
+    if late and only:
+        raise BadInput("--late and --status: choose one")
+    found = engine().jobs.late(late, limit) if late else engine().jobs.recent(limit, only)
     if as_json:
         echo_json(found)
         return
     if not found:
-        click.echo("no jobs" + (f" {only}" if only else ""))
+        click.echo("no jobs" + (f" {only}" if only else "") + (f" late on {late}" if late else ""))
         return
     for r in found:
         states = ", ".join(f"{ch} {info['state']}" for ch, info in r["channels"].items())

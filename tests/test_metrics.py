@@ -16,9 +16,11 @@ from typing import Any
 import httpx
 import pytest
 from celery import Celery
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 import tasks
+from cli.main import main
 from sandbox.redis_server import LocalRedis
 from tests.api_server import NOTIFY_TOKEN, ApiServer, serve
 from tests.conftest import (
@@ -174,10 +176,16 @@ def test_a_page_the_limiter_holds_is_late_though_no_queue_holds_it(
         engine().redis.zadd(keys.open_since("pagerduty"), {"expired-job": time.time() - 3600})
         time.sleep(1.5)
         s = scrape(f"{api_server.url}/metrics")
+        listed = CliRunner().invoke(main, ["jobs", "--late", "pagerduty"])
     assert value(s, "gds_notify_queue_oldest_message_age_seconds", queue="pagerduty") == 0
     assert 1.5 <= value(s, "gds_notify_oldest_undelivered_seconds", channel="pagerduty") < 60
     assert value(s, "gds_notify_oldest_undelivered_seconds", channel="email") == 0
     assert engine().redis.zscore(keys.open_since("pagerduty"), "expired-job") is None
+    # The runbook's way to them: the late page alone (not the resolve waiting behind it).
+    assert listed.exit_code == 0, listed.output
+    [line] = listed.output.strip().splitlines()
+    assert line.startswith(held)
+    assert "pagerduty deferred" in line
 
 
 def test_queues_and_their_oldest_message_without_a_worker(api_server: ApiServer) -> None:

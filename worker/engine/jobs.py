@@ -589,6 +589,16 @@ class JobStore:
             self.redis.zrem(keys.RECENT_JOBS, *[i for i in ids if i not in alive])
         return [r for r in found if status in (None, r["status"])][:limit]
 
+    def late(self, channel: str, limit: int) -> list[dict[str, Any]]:
+        """The notifications whose delivery on ``channel`` is not yet final, oldest first
+        (what ``gds_notify_oldest_undelivered_seconds`` measures), without their attempts."""
+        ids = [str(i) for i in self.redis.zrange(keys.open_since(channel), 0, max(0, limit - 1))]
+        pipe = self.redis.pipeline()
+        for job_id in ids:
+            pipe.hgetall(keys.job(job_id))
+        found = [_record(raw, []) for raw in pipe.execute() if raw]
+        return [r for r in found if r["channels"][channel]["state"] not in FINAL_STATES]
+
     def channels(self, job_id: str) -> tuple[Channel, ...]:
         """The channels the job was queued for; none when it is unknown or expired."""
         raw = self.redis.hget(keys.job(job_id), "channels")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 
 import pytest
@@ -227,6 +228,15 @@ def test_events_for_one_incident_go_out_in_the_order_queued(
     assert patient.kind is OutcomeKind.BUSY
     assert patient.delay is not None
     assert throttled.delay - 1 < patient.delay <= throttled.delay + 0.5
+    # The resolve behind the waiting acknowledge waits as long, and the acknowledge's own
+    # record says when it is next due (no stall for the recovery sweep meanwhile).
+    behind = step(eng, resolve_id, resolve)
+    assert behind.kind is OutcomeKind.BUSY
+    assert behind.delay is not None
+    assert patient.delay - 1 < behind.delay <= patient.delay + 1
+    due = eng.redis.hget(keys.job(ack["job_id"]), "due:pagerduty")
+    assert isinstance(due, str)
+    assert float(due) > time.time() + 20
     eng.redis.delete(*eng.redis.keys("*:pause:*"))  # PagerDuty's 30 s, passed
     assert step(eng, trigger_id, trigger).kind is OutcomeKind.DELIVERED
     assert step(eng, resolve_id, resolve).kind is OutcomeKind.BUSY  # the ack is still queued

@@ -106,11 +106,14 @@ def deliver(engine: Engine, payload: Any, message_id: str, channel_hint: str) ->
                 # few seconds for as long as an hour.
                 until = claim.waiting_until - time.time() + ORDER_WAIT_SECONDS[True]
                 wait = max(wait, min(until, engine.retry_policy.hard_cap))
+            # Its own next look is recorded as due: the event queued after it reads that,
+            # and the recovery sweep does not take a long wait for a stall.
             engine.jobs.record(
                 job.job_id,
                 job.channel,
                 f"waiting: the event queued before it is {claim.waiting_for}",
                 retry_in=wait,
+                due_in=wait,
             )
             return Outcome(OutcomeKind.BUSY, delay=wait)
         return _attempt(engine, job, claim)

@@ -445,11 +445,14 @@ class JobStore:
         result: dict[str, Any] | None = None,
         counters: Sequence[stats.Increment] = (),
         arrived: Slot | None = None,
+        due_in: float | None = None,
     ) -> int:
         """Append an entry to the attempt history and, with ``state``, move the channel to
         it: a final state closes the delivery; any other makes its message due again after
         ``quiet_for`` (how long it will rightly wait, a retry's countdown) and moves the
-        sweep's look to :meth:`first_look` from then. ``counted`` numbers it as an attempt;
+        sweep's look to :meth:`first_look` from then. ``due_in`` does the same without a
+        state, for a delivery not claimed (it waits its turn: the state is not this
+        worker's to write). ``counted`` numbers it as an attempt;
         ``claim`` is released with it; ``counters`` are bumped with it
         (worker/engine/stats.py); ``arrived``, the rate-limit slot the attempt used, is
         re-stamped with it. One round trip. Returns the attempt's number (0 when not
@@ -477,6 +480,12 @@ class JobStore:
                 due = now + quiet_for
                 fields += [f"due:{channel}", repr(due)]
                 deadline = repr(self.first_look(channel, due))
+        elif due_in is not None:
+            # Moves the look only if the delivery is still open (ZADD XX): one a worker
+            # finished meanwhile stays closed.
+            due = now + due_in
+            fields += [f"due:{channel}", repr(due)]
+            deadline = repr(self.first_look(channel, due))
         pipe = self.redis.pipeline(transaction=False)
         if arrived is not None:
             arrived.arrived(pipe)

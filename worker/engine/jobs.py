@@ -600,13 +600,33 @@ class JobStore:
 
     def late(self, channel: str, limit: int) -> list[dict[str, Any]]:
         """The notifications whose delivery on ``channel`` is not yet final, oldest first
-        (what ``gds_notify_oldest_undelivered_seconds`` measures), without their attempts."""
-        ids = [str(i) for i in self.redis.zrange(keys.open_since(channel), 0, max(0, limit - 1))]
-        pipe = self.redis.pipeline()
-        for job_id in ids:
-            pipe.hgetall(keys.job(job_id))
-        found = [_record(raw, []) for raw in pipe.execute() if raw]
-        return [r for r in found if r["channels"][channel]["state"] not in FINAL_STATES]
+        (what ``gds_notify_oldest_undelivered_seconds`` measures), without their attempts.
+        Entries whose record ended or expired are dropped as they are met, as the metric's
+        reader does."""
+        index = keys.open_since(channel)
+        late: list[dict[str, Any]] = []
+        start = 0
+        for _ in range(OLDEST_READS + limit // OLDEST_BATCH):
+            ids = [str(i) for i in self.redis.zrange(index, start, start + OLDEST_BATCH - 1)]
+            if not ids:
+                break
+            pipe = self.redis.pipeline()
+            for job_id in ids:
+                pipe.hgetall(keys.job(job_id))
+            ended = []
+            for job_id, raw in zip(ids, pipe.execute(), strict=True):
+                record = _record(raw, []) if raw else None
+                state = (record["channels"].get(channel) or {}).get("state") if record else None
+                if record is None or state in (None, *FINAL_STATES):
+                    ended.append(job_id)
+                else:
+                    late.append(record)
+            if ended:
+                self.redis.zrem(index, *ended)
+            start += OLDEST_BATCH - len(ended)
+            if len(late) >= limit:
+                break
+        return late[:limit]
 
     def channels(self, job_id: str) -> tuple[Channel, ...]:
         """The channels the job was queued for; none when it is unknown or expired."""

@@ -9,6 +9,7 @@ that name no task or that Celery rejects.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -64,6 +65,11 @@ def quarantine(
     replaces nothing)."""
     try:
         ids = [message_id] if _typeable(message_id) else []
+        if ids and _kept_already(dead_letters, message_id, payload):
+            # The same message again: its worker died between keeping it and acknowledging
+            # it, and the broker handed it back.
+            logger.warning("poison message %s seen again: kept once", message_id)
+            return
         for entry_id in [*ids, f"poison-{uuid.uuid4().hex}"]:
             kept = dead_letters.add(
                 entry_id=entry_id,
@@ -79,6 +85,13 @@ def quarantine(
         logger.exception("could not dead-letter a poison message (%s)", reason)
         return
     logger.warning("poison message dead-lettered: %s", reason[:1000])
+
+
+def _kept_already(dead_letters: DeadLetters, entry_id: str, payload: Any) -> bool:
+    held = dead_letters.get(entry_id)
+    if held is None or held.get("channel") != BROKER_CHANNEL:
+        return False
+    return bool(held.get("payload") == json.loads(json.dumps(payload, default=str)))
 
 
 def _typeable(message_id: Any) -> bool:

@@ -113,8 +113,8 @@ class PoolCollector(Collector):
         yield from self._gauges(snap)
         yield _gauge(
             "oldest_undelivered_seconds",
-            "How long ago the oldest job not yet delivered (or dead) on a channel was "
-            "accepted, whatever holds it: queue, rate limiter, retries, a lost message.",
+            "How long ago the oldest notification not yet delivered (or dead) on a channel "
+            "was accepted, whatever holds it: queue, rate limiter, retries, a lost message.",
             late,
             "channel",
         )

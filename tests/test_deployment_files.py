@@ -215,7 +215,7 @@ def test_honcho_scales_the_page_pool_over_two_processes_each_seen_by_name(
             timeout=30,
         )
         os.killpg(honcho.pid, signal.SIGTERM)
-        assert honcho.wait(30) is not None
+        honcho.wait(30)  # it stops its processes, then itself
     finally:
         if honcho.poll() is None:
             os.killpg(honcho.pid, signal.SIGKILL)

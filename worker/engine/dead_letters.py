@@ -69,13 +69,12 @@ class DeadLetters:
         now = time.time()
         earlier = None if only_new else self.get(entry_id)
         kind = _counted_as(channel)
-        changed_kind = earlier is not None and _counted_as(str(earlier.get("channel"))) != kind
-        if earlier is not None and changed_kind:
+        old_kind = _counted_as(str(earlier["channel"])) if earlier is not None else kind
+        changed_kind = old_kind != kind
+        if changed_kind:
             # Another kind of letter under this id (a poison copy of a delivery's message
             # whose job then dead-lettered): it is replaced, and is no longer that kind.
-            self.redis.zrem(
-                keys.dead_letter_channel(_counted_as(str(earlier["channel"]))), entry_id
-            )
+            self.redis.zrem(keys.dead_letter_channel(old_kind), entry_id)
             earlier = None
         record = {
             "id": entry_id,

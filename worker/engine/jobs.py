@@ -132,39 +132,43 @@ OLDEST_BATCH = 50
 OLDEST_READS = 10
 
 
+def open_jobs(client: redis.Redis, channel: str, wanted: int) -> list[tuple[str, float]]:
+    """Up to ``wanted`` of the notifications whose delivery on ``channel`` is not yet final,
+    oldest first: (job id, when it was accepted, on Redis's clock). Entries whose record
+    has ended or expired (a removal missed, say by a worker of an earlier version) are
+    dropped as they are met, so none can stand for a late one."""
+    index = keys.open_since(channel)
+    found: list[tuple[str, float]] = []
+    for _ in range(OLDEST_READS + wanted // OLDEST_BATCH):
+        batch = cast(
+            "list[tuple[str, float]]",
+            client.zrange(index, len(found), len(found) + OLDEST_BATCH - 1, withscores=True),
+        )
+        if not batch:
+            break
+        pipe = client.pipeline(transaction=False)
+        for job_id, _ in batch:
+            pipe.hget(keys.job(job_id), f"state:{channel}")
+        ended = []
+        for entry, state in zip(batch, pipe.execute(), strict=True):
+            if state is None or state in FINAL_STATES:
+                ended.append(entry[0])
+            else:
+                found.append(entry)
+        if ended:
+            client.zrem(index, *ended)
+        if len(found) >= wanted:
+            break
+    return found[:wanted]
+
+
 def oldest_undelivered(client: redis.Redis, now: float) -> dict[str, float]:
     """Per channel, how long ago the oldest notification whose delivery is not yet final
-    (queued, deferred, retrying, in an attempt, or lost) was accepted; 0 when there is
-    none. Entries whose record has ended or expired (a removal missed, say by a worker of
-    an earlier version) are dropped as they are met, so none can keep the figure old."""
+    (queued, deferred, retrying, in an attempt, or lost) was accepted; 0 when none."""
     ages: dict[str, float] = {}
     for channel in Channel:
-        index = keys.open_since(channel)
-        ages[channel.value] = 0.0
-        for _ in range(OLDEST_READS):
-            oldest = cast(
-                "list[tuple[str, float]]",
-                client.zrange(index, 0, OLDEST_BATCH - 1, withscores=True),
-            )
-            if not oldest:
-                break
-            pipe = client.pipeline(transaction=False)
-            for job_id, _ in oldest:
-                pipe.hget(keys.job(job_id), f"state:{channel}")
-            states = pipe.execute()
-            ended = [
-                j for (j, _), s in zip(oldest, states, strict=True) if s in (None, *FINAL_STATES)
-            ]
-            if ended:
-                client.zrem(index, *ended)
-            still = [
-                since
-                for (_, since), s in zip(oldest, states, strict=True)
-                if s not in (None, *FINAL_STATES)
-            ]
-            if still:
-                ages[channel.value] = max(0.0, now - float(still[0]))
-                break
+        oldest = open_jobs(client, channel, 1)
+        ages[channel.value] = max(0.0, now - oldest[0][1]) if oldest else 0.0
     return ages
 
 
@@ -600,33 +604,12 @@ class JobStore:
 
     def late(self, channel: str, limit: int) -> list[dict[str, Any]]:
         """The notifications whose delivery on ``channel`` is not yet final, oldest first
-        (what ``gds_notify_oldest_undelivered_seconds`` measures), without their attempts.
-        Entries whose record ended or expired are dropped as they are met, as the metric's
-        reader does."""
-        index = keys.open_since(channel)
-        late: list[dict[str, Any]] = []
-        start = 0
-        for _ in range(OLDEST_READS + limit // OLDEST_BATCH):
-            ids = [str(i) for i in self.redis.zrange(index, start, start + OLDEST_BATCH - 1)]
-            if not ids:
-                break
-            pipe = self.redis.pipeline()
-            for job_id in ids:
-                pipe.hgetall(keys.job(job_id))
-            ended = []
-            for job_id, raw in zip(ids, pipe.execute(), strict=True):
-                record = _record(raw, []) if raw else None
-                state = (record["channels"].get(channel) or {}).get("state") if record else None
-                if record is None or state in (None, *FINAL_STATES):
-                    ended.append(job_id)
-                else:
-                    late.append(record)
-            if ended:
-                self.redis.zrem(index, *ended)
-            start += OLDEST_BATCH - len(ended)
-            if len(late) >= limit:
-                break
-        return late[:limit]
+        (what ``gds_notify_oldest_undelivered_seconds`` measures), without their attempts."""
+        ids = [job_id for job_id, _ in open_jobs(self.redis, channel, limit)]
+        pipe = self.redis.pipeline()
+        for job_id in ids:
+            pipe.hgetall(keys.job(job_id))
+        return [_record(raw, []) for raw in pipe.execute() if raw]
 
     def channels(self, job_id: str) -> tuple[Channel, ...]:
         """The channels the job was queued for; none when it is unknown or expired."""

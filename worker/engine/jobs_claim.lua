@@ -4,8 +4,9 @@
 -- ARGV[6] the job-hash key prefix, or '' when this channel keeps no order, ARGV[7] now.
 -- Returns {state or '', attempts so far, 1 if claimed, the state of the event queued
 -- before this one for the same incident while it is not final, else ''[, when that event
--- is next due]}: the start of a delivery in one round trip. A final state is never claimed, nor a delivery whose
--- predecessor is still on its way (events for one incident go out in the order queued).
+-- is next due]}: the start of a delivery in one round trip. A final state is never
+-- claimed, nor a delivery whose predecessor is still on its way (events for one incident
+-- go out in the order queued).
 -- A claimed delivery is marked as taken ('taken:<channel>' = token and when) until the
 -- record of its attempt clears the mark: one still marked at the sweep's next look, its
 -- claim lapsed, was abandoned mid-attempt (its worker died). The claim also clears the

@@ -63,6 +63,10 @@ class NotifierTask(Task):  # type: ignore[misc]
     #: reason, instead of at ERROR with a traceback.
     throws = (DeadLettered,)
 
+    #: How a taken message waits to run: a ``notify`` that expires meanwhile is
+    #: dead-lettered, not dropped (worker/task_request.py).
+    Request = "worker.task_request:TaskRequest"
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self._drop_links()
         try:

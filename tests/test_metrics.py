@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +265,45 @@ def test_dead_letters_written_are_counted_once_each_whatever_is_replayed_or_purg
     assert value(s, "gds_notify_dead_lettered_total", channel="broker") == 1
     assert value(s, "gds_notify_dead_lettered_total", channel="pagerduty") == 1
     assert value(s, "gds_notify_dead_letters", channel="intake") == 1
+
+
+def test_a_poison_copy_racing_its_jobs_own_letter_leaves_one_letter_of_the_jobs_kind(
+    service_env: Any,
+) -> None:
+    """A delivery's message kept as poison (never replacing) while its job dead-letters
+    under the same id (replacing), at once: whichever lands first, the job's letter is what
+    is kept, listed under its own channel only, and each letter written is counted once."""
+    letters = engine().dead_letters
+    ids = [f"race-{i}-pagerduty" for i in range(1000)]
+    poison_kept: list[str] = []
+
+    def poison() -> None:
+        for entry_id in ids:
+            if letters.add(
+                entry_id=entry_id,
+                job_id=None,
+                channel="broker",
+                reason="poison",
+                payload={},
+                only_new=True,
+            ):
+                poison_kept.append(entry_id)
+
+    def job() -> None:
+        for entry_id in ids:
+            letters.add(
+                entry_id=entry_id, job_id="j", channel="pagerduty", reason="dead", payload={}
+            )
+
+    with ThreadPoolExecutor(4) as pool:  # two of each: redelivered copies race too
+        for ran in [pool.submit(step) for step in (poison, job, poison, job)]:
+            ran.result()
+    assert {(letters.get(i) or {}).get("channel") for i in ids} == {"pagerduty"}
+    assert letters.count(channel="broker") == 0
+    assert letters.count(channel="pagerduty") == letters.count() == len(ids)
+    counted = engine().redis.hgetall(keys.STATS)
+    assert float(counted["dead_lettered:pagerduty"]) == len(ids)
+    assert float(counted.get("dead_lettered:broker", 0)) == len(poison_kept)
 
 
 def test_a_hung_redis_is_a_scrape_saying_so_within_the_scrape_timeout(

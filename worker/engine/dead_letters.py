@@ -44,6 +44,38 @@ def no_job(letters: DeadLetters, job_id: str, shown_by: str | None = None) -> st
     return f"no job {job_id!r} (unknown, or older than JOB_TTL_SECONDS)"
 
 
+def _write(pipe: Any, letter: dict[str, Any], only_new: bool) -> dict[str, Any] | None:
+    """Queue the writes that keep ``letter`` on ``pipe``, which watches the letters and
+    runs each command at once until this has read the one kept under its id; None, and
+    nothing queued, when ``only_new`` and the id is taken."""
+    entry_id, kind = letter["id"], _counted_as(letter["channel"])
+    raw = pipe.hget(keys.DEAD_LETTERS, entry_id)
+    earlier = json.loads(raw) if raw is not None else None
+    if only_new and earlier is not None:
+        pipe.unwatch()
+        return None
+    now = time.time()
+    old_kind = _counted_as(str(earlier["channel"])) if earlier is not None else None
+    if not letter["first_seen"]:
+        # Kept from the letter it replaces when that was the same kind (a repeat).
+        seen = earlier["first_seen"] if earlier is not None and old_kind == kind else now
+        letter = {**letter, "first_seen": seen}
+    record = {**letter, "dead_at": now}
+    pipe.multi()
+    pipe.hset(keys.DEAD_LETTERS, entry_id, json.dumps(record, default=str))
+    pipe.zadd(keys.DEAD_LETTER_INDEX, {entry_id: now})
+    pipe.zadd(keys.dead_letter_channel(kind), {entry_id: now})
+    if old_kind != kind:
+        if old_kind is not None:
+            # Another kind of letter under this id (a poison copy of a delivery's message
+            # whose job then dead-lettered): it is replaced, and is no longer that kind.
+            pipe.zrem(keys.dead_letter_channel(old_kind), entry_id)
+        # Counted once each, for good: the kept letters shrink when they are replayed or
+        # purged, and an alert on them would miss what died meanwhile.
+        pipe.hincrbyfloat(keys.STATS, *stats.count("dead_lettered", kind))
+    return record
+
+
 class DeadLetters:
     """The dead-letter store: a hash of records and an index by time of death."""
 
@@ -65,43 +97,35 @@ class DeadLetters:
     ) -> dict[str, Any] | None:
         """Keep a dead letter under ``entry_id``, replacing one of that id (an Alertmanager
         repeat keeps when it was first seen). ``only_new``: never replace; None when the id
-        is taken."""
-        now = time.time()
-        earlier = None if only_new else self.get(entry_id)
-        kind = _counted_as(channel)
-        old_kind = _counted_as(str(earlier["channel"])) if earlier is not None else kind
-        changed_kind = old_kind != kind
-        if changed_kind:
-            # Another kind of letter under this id (a poison copy of a delivery's message
-            # whose job then dead-lettered): it is replaced, and is no longer that kind.
-            self.redis.zrem(keys.dead_letter_channel(old_kind), entry_id)
-            earlier = None
-        record = {
+        is taken.
+
+        One transaction: the letter, its indexes and its count change together, so writers
+        of one id racing (a poison copy of a delivery's message and that job's own letter)
+        leave it listed under its own channel only and counted once for each kind it
+        became, and a crash between them leaves nothing half kept."""
+        letter = {
             "id": entry_id,
             "job_id": job_id,
             "channel": channel,
             "reason": reason,
             "attempts": attempts,
             "last_error": last_error,
-            "first_seen": first_seen or (earlier["first_seen"] if earlier else now),
-            "dead_at": now,
+            "first_seen": first_seen,
+            "dead_at": None,
             "payload": payload,
         }
-        text = json.dumps(record, default=str)
-        if only_new and not self.redis.hsetnx(keys.DEAD_LETTERS, entry_id, text):
-            return None
-        pipe = self.redis.pipeline()
-        if not only_new:
-            pipe.hset(keys.DEAD_LETTERS, entry_id, text)
-        pipe.zadd(keys.DEAD_LETTER_INDEX, {entry_id: now})
-        pipe.zadd(keys.dead_letter_channel(kind), {entry_id: now})
-        answers = pipe.execute()
-        if only_new or changed_kind or (earlier is None and answers[0]):
-            # Counted once each, for good: the kept letters shrink when they are replayed
-            # or purged, and an alert on them would miss what died meanwhile. HSET (or
-            # HSETNX) says which of two racing writers of one id created it.
-            self.redis.hincrbyfloat(keys.STATS, *stats.count("dead_lettered", kind))
-        return record
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    # The whole hash is watched: another letter written meanwhile costs a
+                    # retry, and dead letters are rare enough for that.
+                    pipe.watch(keys.DEAD_LETTERS)  # type: ignore[no-untyped-call]
+                    record = _write(pipe, letter, only_new)
+                    if record is not None:
+                        pipe.execute()
+                    return record
+                except redis.WatchError:
+                    continue
 
     def list(self, limit: int = 50, channel: str | None = None) -> list[dict[str, Any]]:
         """Newest first; only ``channel``'s (one of ``keys.DEAD_LETTER_CHANNELS``) if given."""

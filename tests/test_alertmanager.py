@@ -162,6 +162,28 @@ def test_an_alert_that_cannot_be_a_notification_is_kept_and_the_rest_go_out(
     assert not_v4.json()["errors"][0]["field"] == "version"
 
 
+def test_an_alert_whose_summary_or_instance_spans_lines_pages_on_one_line(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    """Alertmanager does not read the answer: refusing a multi-line summary would lose the
+    page. A field that routes (the team) is still refused (the test above)."""
+    block = alert() | {"annotations": {"summary": "Disk full\r\non db-1\n", "description": "a\nb"}}
+    odd = alert(fingerprint="c0ffee0000000002", instance="db-2\u2028:9100")
+    odd["annotations"] = {"summary": "\n"}  # nothing to say: named by the alert instead
+    with api_server.client() as http:
+        answer = http.post("/v1/alertmanager", json=webhook(block, odd))
+    assert answer.status_code == 202
+    for outcome in answer.json()["alerts"]:
+        assert outcome["dead_letter"] is None, outcome
+        job(outcome["job_ids"][0])
+    incidents = {i["dedup_key"]: i for i in api.incidents()}
+    assert incidents["alertmanager-c0ffee0000000001"]["summary"] == "Disk full on db-1"
+    second = incidents["alertmanager-c0ffee0000000002"]
+    assert second["summary"] == "DiskFull on db-2 :9100"
+    assert second["payload"]["payload"]["component"] == "db-2 :9100"  # the recipient
+    assert engine().dead_letters.list() == []
+
+
 @pytest.mark.parametrize("replayed_by", ["the API, in order", "dlq replay --all"])
 def test_a_resolved_alerts_dead_letter_replays_as_its_resolve_and_repeats_keep_one_letter(
     api_server: ApiServer,
@@ -319,7 +341,8 @@ def test_a_real_alertmanager_fires_repeats_and_resolves_one_incident(
     alertmanager: str, celery_worker: Any, api: SandboxClient
 ) -> None:
     labels = ["alertname=ReplicaDown", "instance=db-7", "severity=critical", "team=dba"]
-    summary = "--annotation=summary=Replica down on db-7"
+    # As a rule's `summary: |` block writes it: two lines and a newline at the end.
+    summary = "--annotation=summary=Replica down\non db-7\n"
     started = datetime.now(UTC).replace(microsecond=0)
     fired = amtool(alertmanager, "alert", "add", *labels, summary, f"--start={started.isoformat()}")
     assert fired.returncode == 0, fired.stderr

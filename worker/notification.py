@@ -98,6 +98,13 @@ def is_one_line(value: str) -> bool:
     return NOT_ONE_LINE.search(value) is None
 
 
+def one_line(text: str) -> str:
+    """``text`` written for people (an alert's summary, often ending in a newline) made fit
+    for a one-line field: each line break or control character a space, each run of
+    whitespace one space, none at either end."""
+    return " ".join(NOT_ONE_LINE.sub(" ", text).split())
+
+
 def check_unicode(value: str) -> str:
     if _SURROGATE.search(value):
         raise ValueError("must be valid Unicode text (it holds a lone surrogate)")

@@ -29,7 +29,7 @@ from api.routes.answers import BODY_ERRORS, accept
 from worker.engine import alert_resolution, intake
 from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError, parse_request
-from worker.notification import NotificationPriority, PagerDutySeverity
+from worker.notification import NotificationPriority, PagerDutySeverity, one_line
 
 router = APIRouter(tags=["alertmanager"])
 
@@ -118,11 +118,15 @@ def priority(alert: Alert) -> NotificationPriority:
 
 
 def summary(alert: Alert) -> str:
-    if alert.annotations.get("summary", "").strip():
-        return alert.annotations["summary"]
+    """The alert's one-line summary. Rules often write it as a YAML block (``summary: |``),
+    which ends in a newline: a line break in a page's summary is folded, not refused, since
+    Alertmanager does not read the answer and the page would never go out."""
+    written = one_line(alert.annotations.get("summary", ""))
+    if written:
+        return written
     name = alert.labels.get("alertname", "alert from Alertmanager")
     instance = alert.labels.get("instance")
-    return f"{name} on {instance}" if instance else name
+    return one_line(f"{name} on {instance}" if instance else name)
 
 
 def request_fields(alert: Alert, hook: Webhook) -> dict[str, Any]:
@@ -148,7 +152,7 @@ def request_fields(alert: Alert, hook: Webhook) -> dict[str, Any]:
     if labels.get("severity", "").lower() in tuple(PagerDutySeverity):
         metadata["severity"] = labels["severity"].lower()
     fields: dict[str, Any] = {
-        "recipient": labels.get("instance") or labels.get("job") or summary(alert),
+        "recipient": one_line(labels.get("instance") or labels.get("job") or "") or summary(alert),
         "subject": summary(alert),
         "body": alert.annotations.get("description", ""),
         "priority": priority(alert),

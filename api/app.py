@@ -73,5 +73,8 @@ def create_app() -> PingsFirst:
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, MaskKeysInPaths) for f in access.filters):
         access.addFilter(MaskKeysInPaths())
-    pings = Starlette(routes=PING_ROUTES, middleware=[Middleware(BodyLimits, **limits)])
+    pings = Starlette(routes=PING_ROUTES, middleware=[Middleware(BodyLimits, **limits, cut=True)])
+    # A redirect is lost on a client that does not follow it (curl without -L counts a
+    # 307 as success), and its Location repeats the path's key: a path is served or not.
+    app.router.redirect_slashes = pings.router.redirect_slashes = False
     return PingsFirst(app, pings)

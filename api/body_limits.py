@@ -2,7 +2,10 @@
 when ``Content-Length`` says so, else as soon as the count passes it) and delivered within
 ``API_READ_TIMEOUT`` seconds of the first read (408), so a client that trickles its body
 cannot hold a worker thread. A plain ASGI middleware: it wraps ``receive`` and never
-buffers."""
+buffers.
+
+Ping URLs (``cut=True``) are cut instead, as Healthchecks cuts them: a crontab's
+``/fail`` with a long log must still be a failure, and curl does not retry a 413."""
 
 from __future__ import annotations
 
@@ -15,17 +18,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyLimits:
-    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout: float) -> None:
+    """``cut``: pass on only the first ``max_bytes`` of a longer body (the rest is read
+    and dropped) instead of refusing it."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, read_timeout: float, cut: bool = False
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout = read_timeout
+        self.cut = cut
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        too_long = declared is not None and declared.isdigit() and int(declared) > self.max_bytes
+        if too_long and not self.cut:
             await _refuse(send, 413, self._too_large())
             return
         received = 0
@@ -46,9 +56,13 @@ class BodyLimits:
                     408, f"the body did not arrive within {self.read_timeout:g} s"
                 ) from None
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                room = max(0, self.max_bytes - received)
+                received += len(chunk)
                 if received > self.max_bytes:
-                    raise HTTPException(413, self._too_large())
+                    if not self.cut:
+                        raise HTTPException(413, self._too_large())
+                    message = {**message, "body": chunk[:room]}
                 complete = not message.get("more_body", False)
             return message
 

@@ -343,6 +343,34 @@ def test_ping_urls_answer_as_healthchecks_does(hb_api: ApiServer, pages: Sandbox
     assert not engine().redis.exists("gds:hb:log:ghost")
 
 
+def test_a_fail_ping_with_a_long_log_or_a_trailing_slash_is_kept_as_curl_sends_it(
+    hb_api: ApiServer, tmp_path: Path
+) -> None:
+    """curl without -L takes a redirect for success and does not retry a 413: a slash at
+    the end was a 307 and a log over the body limit a 413, each a failure never seen."""
+    log = tmp_path / "backup.log"
+    log.write_text("row failed\n" * 110_000)  # 1.2 MB, past API_MAX_BODY_BYTES
+    for url, body in [
+        (ping_url(hb_api, "billing-api", "fail/"), []),
+        (ping_url(hb_api, "etl", "fail"), ["--data-binary", f"@{log}"]),
+        (ping_url(hb_api, "billing-api") + "/", []),
+    ]:
+        sent = subprocess.run(
+            ["curl", "-fsS", "-m", "10", "--retry", "3", "-w", "%{http_code}", *body, url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert (sent.returncode, sent.stdout, sent.stderr) == (0, "OK200", ""), url
+    billing, etl = engine().heartbeats.log("billing-api"), engine().heartbeats.log("etl")
+    assert [e["kind"] for e in billing[:2]] == ["up", "fail"]
+    assert etl[0]["kind"] == "fail"
+    assert etl[0]["body"].startswith("row failed\nrow failed\n")
+    assert "[cut: " in etl[0]["body"]
+    with httpx.Client(base_url=hb_api.url) as http:  # elsewhere a slash is simply not found
+        assert http.get("/healthz/").status_code == 404
+
+
 def test_a_flood_of_pings_is_limited_per_key_and_starves_nobody(
     catalogue: WriteCatalogue,
     monkeypatch: pytest.MonkeyPatch,

@@ -123,7 +123,7 @@ def _create(slug: str, token: ApiToken) -> tuple[ServiceSpec | None, bool]:
 
 async def endpoint(request: Request) -> Response:
     """The ping, read and answered; the Redis work runs in the thread pool. (The body is
-    bounded by ``API_MAX_BODY_BYTES``; the log keeps its first ``BODY_LIMIT`` characters.)"""
+    cut at ``API_MAX_BODY_BYTES``; the log keeps its first ``BODY_LIMIT`` characters.)"""
     if request.method == "POST":
         request.state.body = (await request.body()).decode("utf-8", "replace")
     try:
@@ -136,6 +136,7 @@ async def endpoint(request: Request) -> Response:
 
 METHODS = ["GET", "HEAD", "POST"]
 ROUTES = [
-    Route("/ping/{key}/{slug}", endpoint, methods=METHODS),
-    Route("/ping/{key}/{slug}/{suffix}", endpoint, methods=METHODS),
+    Route(path + end, endpoint, methods=METHODS)
+    for path in ("/ping/{key}/{slug}", "/ping/{key}/{slug}/{suffix}")
+    for end in ("", "/")  # a trailing slash too, as Healthchecks serves it
 ]

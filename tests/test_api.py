@@ -376,27 +376,27 @@ def test_acknowledge_and_resolve_over_http(
                 "recipient": "db-3",
                 "subject": "down",
                 "priority": "critical",
-                "idempotency_id": "inc-1",
+                "idempotency_id": "db-3/disk",  # a dedup key with a slash
                 "team": "dba",
             },
         )
         delivered(trigger.json()["job_id"])
-        ack = http.post("/v1/incidents/inc-1/acknowledge", json={"team": "dba"})
+        ack = http.post("/v1/incidents/db-3%2Fdisk/acknowledge", json={"team": "dba"})
         delivered(ack.json()["job_id"])
-        resolve = http.post("/v1/incidents/inc-1/resolve", json={"team": "dba"})
+        resolve = http.post("/v1/incidents/db-3/disk/resolve", json={"team": "dba"})
         delivered(resolve.json()["job_id"])
         no_body = http.post("/v1/incidents/nothing-open/resolve")
         job = http.get(f"/v1/jobs/{resolve.json()['job_id']}")
         bad_teams = [
-            http.post("/v1/incidents/inc-1/resolve", json={"team": team})
+            http.post("/v1/incidents/db-3/disk/resolve", json={"team": team})
             for team in ("dba\nX-Evil: 1", "   ", "dba\u2028")
         ]
     assert ack.status_code == resolve.status_code == no_body.status_code == 202
-    [incident] = api.incidents(dedup_key="inc-1")
+    [incident] = api.incidents(dedup_key="db-3/disk")
     assert [t["action"] for t in incident["timeline"]] == ["trigger", "acknowledge", "resolve"]
     assert incident["status"] == "resolved"
     assert job.json()["action"] == "resolve"
-    assert job.json()["dedup_key"] == "inc-1"
+    assert job.json()["dedup_key"] == "db-3/disk"
     for refused in bad_teams:  # as a notification's team is refused: nothing queued
         assert refused.status_code == 422, refused.text
         assert refused.json()["errors"] == [

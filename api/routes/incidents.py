@@ -29,7 +29,7 @@ def _queue(action: Literal["acknowledge", "resolve"], dedup_key: str, body: Life
 
 
 @router.post(
-    "/v1/incidents/{dedup_key}/acknowledge",
+    "/v1/incidents/{dedup_key:path}/acknowledge",  # a key may hold a slash
     status_code=202,
     response_model=Queued,
     responses=BODY_ERRORS,
@@ -41,7 +41,7 @@ def acknowledge(dedup_key: str, body: Lifecycle = Body(default_factory=Lifecycle
 
 
 @router.post(
-    "/v1/incidents/{dedup_key}/resolve",
+    "/v1/incidents/{dedup_key:path}/resolve",
     status_code=202,
     response_model=Queued,
     responses=BODY_ERRORS,

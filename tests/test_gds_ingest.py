@@ -76,6 +76,22 @@ def test_an_ingested_alert_reaches_the_recipients_its_rule_names_once(
     assert "<b>2 GB</b>" in message["html"]
 
 
+def test_an_alert_without_a_subject_is_mailed_under_its_name_and_hashed_without_one(
+    rules: None, api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    """The design's subject is optional: a missing part hashes as ""."""
+    sent = alert()
+    del sent["subject"]
+    with api_server.client() as http:
+        answer = http.post("/ingest", json=sent)
+    assert answer.status_code == 202, answer.text
+    expected_id = hashlib.sha256(b"DiskFull" + b"Free space: 2 GB").hexdigest()
+    assert answer.json()["idempotency_id"] == expected_id
+    finished(answer.json()["job_id"])
+    [message] = api.messages()
+    assert message["subject"] == "DiskFull"
+
+
 def test_message_id_is_the_idempotency_id_and_a_refused_recipient_shows_in_the_job(
     rules: None, api_server: ApiServer, celery_worker: Any, api: SandboxClient
 ) -> None:

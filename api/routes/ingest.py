@@ -37,7 +37,7 @@ class IngestBody(BaseModel):
     message_id: str | None = Field(default=None, max_length=1024)
     alert_name: str = Field(min_length=1, max_length=1024)
     db_instance_id: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
-    subject: str
+    subject: str = Field(default="", description="The email's subject; the alert's name if none.")
     body_text: str = ""
     body_html: str | None = None
 
@@ -84,7 +84,7 @@ def ingest(body: IngestBody) -> IngestAccepted:
         request = parse_request(
             {
                 "recipient": rule.email_to or body.alert_name,
-                "subject": body.subject,
+                "subject": body.subject if body.subject.strip() else body.alert_name,
                 "body": body.body_text,
                 "body_html": body.body_html,
                 "priority": priority,

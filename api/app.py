@@ -66,7 +66,15 @@ def create_app() -> PingsFirst:
         )
     else:
         app = FastAPI(title=TITLE, version="1", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(BodyLimits, **limits)
+    # Alertmanager posts a whole group and does not retry a 413: in a wide outage the
+    # group is largest, and refusing it would page nobody.
+    wider = {
+        "/v1/alertmanager": (
+            settings.api_max_alertmanager_body_bytes,
+            "API_MAX_ALERTMANAGER_BODY_BYTES",
+        )
+    }
+    app.add_middleware(BodyLimits, **limits, by_path=wider)
     errors.install(app, unknown_bearer)
     for router in ROUTERS:
         app.include_router(router)

@@ -11,32 +11,45 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+#: The setting that bounds a body, named in the 413.
+SETTING = "API_MAX_BODY_BYTES"
+
 
 class BodyLimits:
     """``cut``: pass on only the first ``max_bytes`` of a longer body (the rest is read
-    and dropped) instead of refusing it."""
+    and dropped) instead of refusing it. ``by_path``: a path's own bound, and the setting
+    that names it, instead of ``max_bytes``."""
 
     def __init__(
-        self, app: ASGIApp, max_bytes: int, read_timeout: float, cut: bool = False
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        read_timeout: float,
+        cut: bool = False,
+        by_path: Mapping[str, tuple[int, str]] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout = read_timeout
         self.cut = cut
+        self.by_path = dict(by_path or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes, setting = self.by_path.get(scope["path"], (self.max_bytes, SETTING))
+        too_large = f"the body is over {max_bytes} bytes ({setting})"
         declared = dict(scope.get("headers") or ()).get(b"content-length")
-        too_long = declared is not None and declared.isdigit() and int(declared) > self.max_bytes
+        too_long = declared is not None and declared.isdigit() and int(declared) > max_bytes
         if too_long and not self.cut:
-            await _refuse(send, 413, self._too_large())
+            await _refuse(send, 413, too_large)
             return
         received = 0
         deadline: float | None = None
@@ -57,19 +70,16 @@ class BodyLimits:
                 ) from None
             if message["type"] == "http.request":
                 chunk = message.get("body", b"")
-                room = max(0, self.max_bytes - received)
+                room = max(0, max_bytes - received)
                 received += len(chunk)
-                if received > self.max_bytes:
+                if received > max_bytes:
                     if not self.cut:
-                        raise HTTPException(413, self._too_large())
+                        raise HTTPException(413, too_large)
                     message = {**message, "body": chunk[:room]}
                 complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited, send)
-
-    def _too_large(self) -> str:
-        return f"the body is over {self.max_bytes} bytes (API_MAX_BODY_BYTES)"
 
 
 async def _refuse(send: Send, status: int, message: str) -> None:

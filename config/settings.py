@@ -256,6 +256,12 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(
         default=1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body."
     )
+    api_max_alertmanager_body_bytes: int = Field(
+        default=16 * 1_048_576,
+        ge=1024,
+        le=256 * 1_048_576,
+        description="Largest Alertmanager webhook body (a whole group; a 413 is not retried).",
+    )
     api_read_timeout: float = Field(
         default=10.0, gt=0, le=300, description="Seconds a client may take to send its body."
     )

@@ -22,6 +22,7 @@ from tests.api_server import ADMIN_TOKEN, NOTIFY_TOKEN, ApiServer
 from tests.conftest import TEAM_KEY, SandboxClient, free_port, wait_for
 from worker.engine.runtime import engine
 
+JSON = {"content-type": "application/json"}
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 AMTOOL = shutil.which("amtool")
 
@@ -182,6 +183,36 @@ def test_an_alert_whose_summary_or_instance_spans_lines_pages_on_one_line(
     assert second["summary"] == "DiskFull on db-2 :9100"
     assert second["payload"]["payload"]["component"] == "db-2 :9100"  # the recipient
     assert engine().dead_letters.list() == []
+
+
+def test_a_group_past_the_api_body_limit_is_taken_whole_in_a_wide_outage(
+    api_server: ApiServer,
+) -> None:
+    """Alertmanager does not retry a 413: a group over API_MAX_BODY_BYTES, as a wide outage
+    makes one (2,500 node alerts), was refused whole and paged nobody."""
+    alerts = [
+        alert(fingerprint=f"{i:016x}", instance=f"node-{i}.prod.example:9100", job="node")
+        | {"annotations": {"summary": f"node-{i} down", "description": "x" * 300}}
+        for i in range(2_500)
+    ]
+    body = json.dumps(webhook(*alerts))
+    assert len(body) > engine().settings.api_max_body_bytes
+    with api_server.client() as http:
+        answer = http.post("/v1/alertmanager", content=body, headers=JSON)
+        over = http.post(
+            "/v1/alertmanager",
+            content=b"x" * (engine().settings.api_max_alertmanager_body_bytes + 1),
+            headers=JSON,
+        )
+    assert answer.status_code == 202, answer.text[:300]
+    outcomes = answer.json()["alerts"]
+    assert len(outcomes) == 2_500
+    assert all(len(o["job_ids"]) == 1 and o["dead_letter"] is None for o in outcomes)
+    assert over.status_code == 413
+    assert over.json()["error"] == (
+        f"the body is over {engine().settings.api_max_alertmanager_body_bytes} bytes "
+        "(API_MAX_ALERTMANAGER_BODY_BYTES)"
+    )
 
 
 @pytest.mark.parametrize("replayed_by", ["the API, in order", "dlq replay --all"])

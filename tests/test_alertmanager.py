@@ -123,17 +123,21 @@ def test_a_resolved_alert_resolves_its_incident_and_mails_where_it_mailed(
         ).json()["alerts"]
         for outcome in firing:
             job(outcome["job_ids"][0])
-        resolved = http.post(
-            "/v1/alertmanager",
-            json=webhook(
-                alert("resolved"),
-                alert("resolved", fingerprint="beef000000000002", **queue),
-                status="resolved",
-            ),
-        ).json()["alerts"]
+        ended = webhook(
+            alert("resolved"),
+            alert("resolved", fingerprint="beef000000000002", **queue),
+            status="resolved",
+        )
+        resolved = http.post("/v1/alertmanager", json=ended).json()["alerts"]
+        # Sent again (a retry, the group's next notification): nothing new is queued.
+        again = http.post("/v1/alertmanager", json=ended).json()["alerts"]
     for outcome in resolved:
         [job_id] = outcome["job_ids"]
         job(job_id)
+    assert [o["job_ids"] for o in again] == [o["job_ids"] for o in resolved]
+    assert [o["duplicate"] for o in again] == [True, True]
+    assert [o["duplicate"] for o in resolved] == [False, False]
+    time.sleep(0.5)  # what a second resolve would have sent
     [incident] = api.incidents()
     assert incident["status"] == "resolved"
     assert [t["action"] for t in incident["timeline"]] == ["trigger", "resolve"]

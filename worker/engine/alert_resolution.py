@@ -22,8 +22,10 @@ def resolve(
     )
     done = []
     if Channel.PAGERDUTY in rule.channels:
-        job_id = intake.lifecycle(engine, "resolve", dedup_key, firing.team, source)
-        done.append(intake.Accepted(job_id, channels=(Channel.PAGERDUTY,)))
+        # Once per firing: Alertmanager sends a resolved alert again (its retries, the
+        # group's next notification), and each resolve would spend the key's rate.
+        once = f"{firing.idempotency_id}/resolve" if firing.idempotency_id else None
+        done.append(intake.lifecycle_once(engine, "resolve", dedup_key, firing.team, source, once))
     if Channel.EMAIL in rule.channels:
         resolved = firing.model_copy(
             update={

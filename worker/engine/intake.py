@@ -195,6 +195,20 @@ def lifecycle(
 ) -> str:
     """Queue an acknowledge or resolve for ``dedup_key``, which came in through ``source``
     (the door: ``enqueue``, ``api``, ...); returns the job id."""
+    return lifecycle_once(engine, action, dedup_key, team, source, None).job_id
+
+
+def lifecycle_once(
+    engine: Engine,
+    action: Literal["acknowledge", "resolve"],
+    dedup_key: str,
+    team: str | None,
+    source: str,
+    idempotency_id: str | None,
+) -> Accepted:
+    """As :func:`lifecycle`, and when ``idempotency_id`` is given, a copy of it accepted
+    within the TTL queues nothing: the answer names the first job (a producer that sends
+    the same resolve again, as Alertmanager does, spends no PagerDuty rate on it)."""
     if not dedup_key or not dedup_key.strip() or not is_one_line(dedup_key):
         raise InvalidJobError([{"field": "dedup_key", "message": "must be a non-blank line"}])
     if team is not None:
@@ -211,7 +225,7 @@ def lifecycle(
         team=team,
         enqueued_at=time.time(),
     ).payload()
-    engine.jobs.create(
+    first = engine.jobs.create(
         job_id,
         channels=[Channel.PAGERDUTY],
         action=action,
@@ -219,6 +233,16 @@ def lifecycle(
         payloads={Channel.PAGERDUTY: payload},
         team=team,
         dedup_key=dedup_key,
+        idempotency=(idempotency_id, "claim") if idempotency_id else None,
         incident=fit_dedup_key(dedup_key),
     )
-    return job_id
+    if first is not None:
+        engine.jobs.add_duplicate(first)
+        logger.info(
+            "job %s: duplicate of %s (idempotency id), dropped",
+            job_id,
+            first,
+            extra={"job_id": job_id, "outcome": "duplicate", "duplicate_of": first},
+        )
+        return Accepted(first, duplicate=True, channels=(Channel.PAGERDUTY,))
+    return Accepted(job_id, channels=(Channel.PAGERDUTY,))

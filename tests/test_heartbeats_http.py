@@ -63,6 +63,9 @@ curl -X POST http://localhost:5000/service/my-app-heartbeat \\
 """
 
 
+JSON = {"content-type": "application/json"}
+
+
 @pytest.fixture
 def pages(service_env: SandboxServer) -> Iterator[SandboxClient]:
     client = SandboxClient(service_env)
@@ -164,6 +167,20 @@ def test_medic_refusals_in_medics_shape(hb_api: ApiServer) -> None:
         file_again = http.post(
             "/service", json={"heartbeat_name": "etl", "service_name": "s", "alert_interval": 1}
         )
+        # What FastAPI could not read, and bodies Medic's callers send without the header.
+        not_json = http.post("/heartbeat", content=b"{oops", headers=JSON)
+        text = http.post("/heartbeat", content=b"alive", headers={"content-type": "text/plain"})
+        curl_d = http.post(  # `curl -d '{...}'` sends it as a form
+            "/heartbeat",
+            content=b'{"heartbeat_name": "etl", "status": "DOWN"}',
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        many = http.get("/heartbeat", params={"maxCount": 500})
+        wrong_count = http.get("/heartbeat", params={"maxCount": "lots"})
+    assert httpx.get(ping_url(hb_api, "etl", "fail")).text == "OK"
+    assert httpx.get(ping_url(hb_api, "etl", "3")).text == "OK"
+    with hb_api.client(HEARTBEAT_TOKEN) as http:
+        statuses = http.get("/heartbeat", params={"heartbeat_name": "etl"}).json()["results"]
     with hb_api.client(NOTIFY_TOKEN) as http:
         no_scope = http.post("/heartbeat", json={"heartbeat_name": "etl", "status": "UP"})
     anonymous = httpx.post(f"{hb_api.url}/heartbeat", json={"heartbeat_name": "etl"})
@@ -187,6 +204,16 @@ def test_medic_refusals_in_medics_shape(hb_api: ApiServer) -> None:
     assert (flagged.muted, flagged.active) == (True, False)
     assert "HEARTBEAT_SERVICES_FILE" in from_file.json()["message"]
     assert file_again.json()["message"] == "Heartbeat is already registered."
+    for refusal in (not_json, text, wrong_count):
+        assert refusal.status_code == 400, refusal.text
+        assert refusal.json()["success"] is False
+    assert not_json.json()["message"].startswith("body: not valid JSON (Expecting property")
+    assert text.json()["message"] == (
+        "body: must be a JSON object (sent with Content-Type: application/json)"
+    )
+    assert wrong_count.json()["message"].startswith("maxCount: Input should be a valid integer")
+    assert (curl_d.status_code, many.status_code) == (201, 200)
+    assert [b["status"] for b in statuses] == ["DOWN", "DOWN", "DOWN"]  # exit 3, /fail, DOWN
     assert no_scope.status_code == 403
     assert anonymous.status_code == 401
     assert engine().heartbeats.refused()["unknown_slug"] == 1

@@ -13,11 +13,15 @@ it should — and is kept in the log for people to see, but does not page.
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -47,6 +51,8 @@ MEDIC_PRIORITY = {ours: theirs for theirs, ours in PRIORITY.items()}
 STATUS_KIND: dict[str, Literal["up", "fail"]] = {"UP": "up", "DEGRADED": "up", "DOWN": "fail"}
 MAX_COUNT = 250
 
+Model = TypeVar("Model", bound=BaseModel)
+
 
 def medic(status: int, success: bool, message: str, results: Any = "") -> JSONResponse:
     """An answer in Medic's shape."""
@@ -61,6 +67,55 @@ def refused(status: int, message: str) -> JSONResponse:
 
 def _problems(exc: ValidationError) -> str:
     return "; ".join(f"{path(e['loc']) or 'body'}: {problem(e)}" for e in exc.errors())
+
+
+#: What a body that is not a JSON object gets: Medic's documented calls send JSON.
+NOT_AN_OBJECT = "body: must be a JSON object (sent with Content-Type: application/json)"
+
+
+def _validated(model: type[Model], body: Any) -> Model | JSONResponse:
+    """``body`` as ``model``, or Medic's 400 naming what is wrong. A JSON body sent without
+    its content type (``curl -d``) is read as JSON all the same."""
+    if isinstance(body, bytes | str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return refused(400, NOT_AN_OBJECT)
+    if not isinstance(body, dict):
+        return refused(400, NOT_AN_OBJECT)
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        return refused(400, _problems(exc))
+
+
+def _unreadable(exc: RequestValidationError) -> str:
+    """What FastAPI could not read, named as the caller wrote it (``maxCount``, not
+    ``query.maxCount``)."""
+    found = []
+    for error in exc.errors():
+        if error["type"] == "json_invalid":
+            why = (error.get("ctx") or {}).get("error")
+            found.append(f"body: not valid JSON ({why})" if why else "body: not valid JSON")
+        else:
+            found.append(f"{path(error['loc'][1:]) or 'body'}: {problem(error)}")
+    return "; ".join(found)
+
+
+class MedicRoute(APIRoute):
+    """A route that answers a request FastAPI could not read (a body that is not JSON, a
+    query parameter of the wrong type) in Medic's shape, as a 400."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def medic_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return refused(400, _unreadable(exc))
+
+        return medic_handler
 
 
 class HeartbeatBody(BaseModel):
@@ -184,18 +239,26 @@ def _services(token: ApiToken) -> dict[str, tuple[ServiceSpec, Registration | No
     }
 
 
+def _medic_status(entry: dict[str, Any]) -> str:
+    """A logged heartbeat as Medic's status: the one a Medic call sent, else (a ping's
+    ``/fail``, ``exit 3``) UP or DOWN by what it recorded."""
+    via = entry.get("via")
+    if via in STATUS_KIND:
+        return str(via)
+    return "UP" if entry["kind"] == "up" else "DOWN"
+
+
 def build_router() -> APIRouter:
-    router = APIRouter(tags=["Medic heartbeats"])
+    router = APIRouter(tags=["Medic heartbeats"], route_class=MedicRoute)
 
     @router.post("/heartbeat", status_code=201)
     def post_heartbeat(request: Request, body: Annotated[Any, Body()] = None) -> JSONResponse:
         """Medic's heartbeat: ``{"heartbeat_name", "service_name", "status"}``, status
         ``UP``, ``DOWN`` or ``DEGRADED``. 201 posted; 404 not registered; 400 bad data or
         an inactive service."""
-        try:
-            beat = HeartbeatBody.model_validate(body)
-        except ValidationError as exc:
-            return refused(400, _problems(exc))
+        beat = _validated(HeartbeatBody, body)
+        if isinstance(beat, JSONResponse):
+            return beat
         eng = engine()
         spec = eng.service(beat.heartbeat_name)
         if spec is None or not calling_token(request).covers(spec.team):
@@ -217,10 +280,12 @@ def build_router() -> APIRouter:
         request: Request,
         heartbeat_name: str | None = None,
         service_name: str | None = None,
-        max_count: Annotated[int, Query(alias="maxCount", ge=1, le=MAX_COUNT)] = MAX_COUNT,
+        max_count: Annotated[int, Query(alias="maxCount", ge=1)] = MAX_COUNT,
     ) -> JSONResponse:
         """The latest heartbeats, newest first (Medic's filters and ``maxCount``, at most
-        250), each with its time, status, team and priority."""
+        250: more is taken as 250, as Medic does), each with its time, status, team and
+        priority (Medic's ``UP`` or ``DOWN``, or ``DEGRADED``, for pings too)."""
+        max_count = min(max_count, MAX_COUNT)
         eng = engine()
         chosen = [
             spec
@@ -237,7 +302,7 @@ def build_router() -> APIRouter:
                     {
                         "heartbeat_name": spec.slug,
                         "service_name": spec.name,
-                        "status": entry.get("via") or ("UP" if entry["kind"] == "up" else "DOWN"),
+                        "status": _medic_status(entry),
                         "time": iso(entry["at"]),
                         "team": spec.team,
                         "priority": MEDIC_PRIORITY[spec.priority],
@@ -252,10 +317,9 @@ def build_router() -> APIRouter:
         is the window; ``environment`` prefixes the name). 201 registered; 200 when a
         service of that name exists (in the file or registered)."""
         token = calling_token(request)
-        try:
-            wanted = ServiceBody.model_validate(body)
-        except ValidationError as exc:
-            return refused(400, _problems(exc))
+        wanted = _validated(ServiceBody, body)
+        if isinstance(wanted, JSONResponse):
+            return wanted
         slug = (
             f"{wanted.environment}-{wanted.heartbeat_name}"
             if wanted.environment
@@ -325,10 +389,9 @@ def build_router() -> APIRouter:
         threshold, team, priority, muted (0/1), runbook, max_duration. A service from the
         file cannot be changed here (409): change the file."""
         token = calling_token(request)
-        try:
-            change = ServiceUpdate.model_validate(body)
-        except ValidationError as exc:
-            return refused(400, _problems(exc))
+        change = _validated(ServiceUpdate, body)
+        if isinstance(change, JSONResponse):
+            return change
         eng = engine()
         found = _services(token).get(heartbeat_name)
         if found is None:

@@ -391,6 +391,7 @@ def test_acknowledge_and_resolve_over_http(
             http.post("/v1/incidents/db-3/disk/resolve", json={"team": team})
             for team in ("dba\nX-Evil: 1", "   ", "dba\u2028")
         ]
+        misspelt = http.post("/v1/incidents/db-3/disk/resolve", json={"teams": "dba"})
     assert ack.status_code == resolve.status_code == no_body.status_code == 202
     [incident] = api.incidents(dedup_key="db-3/disk")
     assert [t["action"] for t in incident["timeline"]] == ["trigger", "acknowledge", "resolve"]
@@ -402,6 +403,10 @@ def test_acknowledge_and_resolve_over_http(
         assert refused.json()["errors"] == [
             {"field": "team", "message": "must be a non-blank single line"}
         ]
+    assert misspelt.status_code == 422
+    assert misspelt.json()["errors"] == [
+        {"field": "teams", "message": "Extra inputs are not permitted"}
+    ]
     records = [k for k in engine().redis.scan_iter("gds:job:*") if k.count(":") == 2]
     assert len(records) == 4  # the trigger, the acknowledge and the two resolves
 

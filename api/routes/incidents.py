@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Body, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import require
 from api.routes.answers import BODY_ERRORS, Queued
@@ -17,6 +17,10 @@ router = APIRouter(tags=["incidents"])
 
 
 class Lifecycle(BaseModel):
+    # A misspelt field refused, not dropped: `{"teams": "dba"}` would otherwise resolve
+    # with the default key, and the team's incident would stay open.
+    model_config = ConfigDict(extra="forbid")
+
     team: str | None = Field(
         default=None,
         max_length=255,

@@ -198,12 +198,14 @@ def test_honcho_scales_the_page_pool_over_two_processes_each_seen_by_name(
     """The README's `honcho start -c pagerduty=2`, run by honcho itself (installed with the
     project): two page workers, each with its own node name, both seen by the pool; a
     SIGTERM to honcho stops both, and they say they are gone."""
-    bin_dir = str(Path(CELERY).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # As the README runs it: the virtualenv activated, which puts the Procfile's `celery`
+    # on the PATH (a shell of its own, with no PATH from this test run).
+    activate = shlex.quote(str(Path(CELERY).parent / "activate"))
+    env = {**os.environ, "PATH": os.defpath}
     log = (tmp_path / "honcho.log").open("wb")
-    argv = [str(Path(bin_dir) / "honcho"), "-f", str(ROOT / "Procfile"), "-d", str(ROOT)]
     honcho = subprocess.Popen(
-        [*argv, "start", "-c", "pagerduty=2", "pagerduty"],
+        ["bash", "-c", f". {activate} && exec honcho start -c pagerduty=2 pagerduty"],
+        cwd=ROOT,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

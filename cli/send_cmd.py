@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
+import sys
 import time
 import uuid
 from typing import Any
@@ -148,9 +151,24 @@ def send(
     job_id = tasks.enqueue(payload, team=team, channel=channel)
     note_no_worker(job_id)
     if not wait:
+        note_duplicate(job_id, since=started)
         click.echo(job_id)
         return
     follow(job_id, timeout, since=started)
+
+
+def note_duplicate(job_id: str, since: float) -> None:
+    """Say (stderr) when the notification was a copy of a job accepted before ``since`` (same
+    idempotency id): the id printed is that job's, and nothing new was queued."""
+    try:
+        record = engine().jobs.get(job_id)
+    except redis.RedisError:
+        return
+    if record is not None and record["duplicates"] and record["created_at"] < since:
+        note(
+            f"same idempotency id as job {job_id}, accepted before: nothing new was queued "
+            f"(`{program()} status {job_id}` follows that job)"
+        )
 
 
 @click.command()
@@ -256,7 +274,20 @@ def _next_step(record: dict[str, Any]) -> None:
         return
     team = f" --team {shlex.quote(record['team'])}" if record.get("team") else ""
     key = shlex.quote(record["dedup_key"])
-    click.echo(f"  incident open: `gds-notify resolve {key}{team}` resolves it", err=True)
+    click.echo(f"  incident open: `{program()} resolve {key}{team}` resolves it", err=True)
+
+
+def program() -> str:
+    """This command as the shell finds it, so a next step printed with it runs as printed:
+    ``gds-notify`` when that is the one on the PATH, else the path it was started by (such
+    as ``.venv/bin/gds-notify``, the virtualenv not active)."""
+    started = sys.argv[0]
+    if os.path.basename(started) != "gds-notify":
+        return "gds-notify"  # not started as the command (a test runner, python -m)
+    found = shutil.which("gds-notify")
+    if found is not None and os.path.samefile(found, started):
+        return "gds-notify"
+    return shlex.quote(started)
 
 
 def _attempt_line(a: dict[str, Any]) -> str:

@@ -107,7 +107,19 @@ def test_send_carries_every_field_and_waits_for_delivery(
     )
     assert again.exit_code == 0
     assert f"deduplicated: same idempotency id as job {job_id}" in again.stderr
-    assert len(api.events()) == 1
+    # Without --wait too: the id printed is the first job's, and that is said.
+    quiet = run(
+        "send", "db-prod-01", "Replica lag 2", "-p", "critical", "--idempotency-id", "cli-1"
+    )
+    assert quiet.exit_code == 0
+    assert quiet.stdout.strip() == job_id
+    assert f"note: same idempotency id as job {job_id}, accepted before: nothing new" in (
+        quiet.stderr
+    )
+    fresh = run("send", "db-prod-01", "Other", "-p", "critical", "--idempotency-id", "cli-2")
+    assert "same idempotency id" not in fresh.stderr
+    assert len(api.events()) >= 1
+    assert sum(1 for e in api.events() if e["body"].get("dedup_key") == "cli-1") == 1
 
 
 def test_send_email_with_html_and_the_job_id_for_scripts(

@@ -3,11 +3,12 @@ same checkout — ``gds-notify`` commands, ``tasks.enqueue`` and anything else t
 the settings — talk to it with no setup.
 
 ``gds-notify dev`` writes ``.gds-dev/stack.json`` in the checkout (``GDS_DEV_DIR``
-overrides the folder): its pid, URLs, and the environment its processes run with — none of
-it secret (the sandbox's routing key is a made-up one, the API token lives as long as the
-stack, on loopback). Its values count *under* the environment: a variable set in the
-environment always wins, and the stack's values win over a ``.env`` file (which may well
-name production's Redis). A stack whose process is gone is ignored.
+overrides the folder): its pid, URLs, and the environment its processes run with (the
+sandbox's routing key is a made-up one; the admin API token lives as long as the stack, on
+loopback, and the file is readable by its owner alone). Its values count *under* the
+environment: a variable set in the environment always wins, and the stack's values win
+over a ``.env`` file (which may well name production's Redis). A stack whose process is
+gone is ignored.
 """
 
 from __future__ import annotations
@@ -83,7 +84,11 @@ def write_stack(stack: dict[str, Any]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / STACK_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(stack, indent=2))
+    tmp.unlink(missing_ok=True)
+    # Its owner's alone: it holds the stack's admin API token, which on a shared machine
+    # another user could otherwise read and use against the running stack.
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(json.dumps(stack, indent=2))
     tmp.replace(path)
     return path
 

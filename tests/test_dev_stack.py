@@ -235,6 +235,8 @@ def test_the_printed_curl_example_sends_an_email_through_the_http_api(dev_stack:
     # The stack file hands other terminals the API and its token.
     stack = json.loads((dev_dir() / "stack.json").read_text())
     assert (stack["api"], stack["api_token"]) == (api, token)
+    # ...and to no other user: it holds an admin token.
+    assert (dev_dir() / "stack.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_ctrl_c_stops_every_process_and_frees_every_port(dev_stack: Dev) -> None:

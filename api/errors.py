@@ -79,15 +79,35 @@ def invalid(errors: Sequence[dict[str, str]]) -> JSONResponse:
     return JSONResponse({"error": f"invalid request: {shown}", "errors": list(errors)}, 422)
 
 
-def _request_fields(exc: RequestValidationError) -> list[dict[str, str]]:
-    """FastAPI's errors, each located in the body, query or header (whose name goes)."""
+#: pydantic's words for a whole body that is not an object (FastAPI read it as bytes when
+#: its content type was not JSON).
+_NOT_AN_OBJECT = ("model_attributes_type", "dict_type", "model_type")
+
+
+def _json(content_type: str) -> bool:
+    """Whether FastAPI read the body as JSON: its type says JSON, or it has none."""
+    return not content_type or "json" in content_type
+
+
+def _request_fields(exc: RequestValidationError, content_type: str) -> list[dict[str, str]]:
+    """FastAPI's errors, each located in the body, query or header (whose name goes). The
+    request's whole body is named as such, not mistaken for a notification's ``body``."""
     out = []
     for error in exc.errors():
         loc = tuple(error.get("loc", ()))
         where = path(loc[1:]) if len(loc) > 1 else "body"
-        if error.get("type") == "json_invalid":
+        kind = error.get("type")
+        if kind == "json_invalid":
             why = error.get("ctx", {}).get("why")
             out.append({"field": "body", "message": f"not valid JSON{why or ''}"})
+        elif loc == ("body",) and kind == "missing":
+            out.append({"field": "body", "message": "the request has no body: send a JSON object"})
+        elif loc == ("body",) and kind in _NOT_AN_OBJECT and not _json(content_type):
+            came = f"Content-Type {content_type[:64]!r}"
+            message = f"the request's body was not read as JSON ({came}): send it with "
+            out.append({"field": "body", "message": message + "Content-Type: application/json"})
+        elif loc == ("body",) and kind in _NOT_AN_OBJECT:
+            out.append({"field": "body", "message": "the request's body must be a JSON object"})
         else:
             out.append({"field": where, "message": problem(error)})
     return out
@@ -145,7 +165,8 @@ def install(app: FastAPI, unknown_bearer: Callable[[Request], ApiError | None]) 
             if refused is not None:
                 return await api_error(request, refused)
         await _count_refusal(request)
-        return invalid(_request_fields(exc))
+        content_type = request.headers.get("content-type", "").strip().lower()
+        return invalid(_request_fields(exc, content_type))
 
     @app.exception_handler(InvalidJobError)
     async def job_invalid(request: Request, exc: InvalidJobError) -> JSONResponse:

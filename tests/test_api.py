@@ -168,6 +168,12 @@ def test_bad_fields_are_422_each_named_and_nothing_is_queued(api_server: ApiServ
             headers={"Content-Type": "application/json"},
         )
         a_list = http.post("/v1/notifications", json=[1, 2])
+        as_text = http.post(  # valid JSON, sent as `curl -d` sends it without -H
+            "/v1/notifications",
+            content=b'{"recipient": "a@example.com", "subject": "s"}',
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        empty = http.post("/v1/notifications", headers={"Content-Type": "application/json"})
         page = b'{"recipient": "db-1", "subject": "caf\xc3\xa9", "priority": "critical"}'
         latin1 = http.post(
             "/v1/notifications",
@@ -195,6 +201,19 @@ def test_bad_fields_are_422_each_named_and_nothing_is_queued(api_server: ApiServ
     assert not_json.status_code == 422
     assert not_json.json()["errors"] == [{"field": "body", "message": "not valid JSON"}]
     assert a_list.status_code == 422
+    assert a_list.json()["errors"] == [
+        {"field": "body", "message": "the request's body must be a JSON object"}
+    ]
+    assert as_text.json()["errors"] == [
+        {
+            "field": "body",
+            "message": "the request's body was not read as JSON (Content-Type "
+            "'application/x-www-form-urlencoded'): send it with Content-Type: application/json",
+        }
+    ]
+    assert empty.json()["errors"] == [
+        {"field": "body", "message": "the request has no body: send a JSON object"}
+    ]
     # Bytes that are no JSON text at all (RFC 8259 is UTF-8) say why, not "error parsing".
     assert latin1.status_code == gzipped.status_code == 422
     assert latin1.json()["errors"] == [

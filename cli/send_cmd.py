@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -204,7 +205,13 @@ def note_team_key(team: str | None) -> None:
         return
     if settings.routing_key_name(team) == "PAGERDUTY_ROUTING_KEY":
         own = f"{TEAM_KEY_PREFIX}{normalize_team(team).upper()}"
-        note(f"{own} is not set here: team {team}'s pages use PAGERDUTY_ROUTING_KEY")
+        if not re.fullmatch(r"[A-Z0-9_]+", own):
+            note(
+                f"team {team!r} cannot have a routing key of its own ({TEAM_KEY_PREFIX}<TEAM> "
+                "takes letters, digits, - and _): its pages use PAGERDUTY_ROUTING_KEY"
+            )
+        else:
+            note(f"{own} is not set here: team {team}'s pages use PAGERDUTY_ROUTING_KEY")
 
 
 def note_no_worker(job_id: str) -> None:

@@ -189,6 +189,12 @@ def test_a_team_without_its_own_key_is_told_which_key_pages_for_it(
     ) in sent.stderr
     own = gds("send", "db-1", "Disk full", "-p", "critical", "--team", "dba")
     assert "note:" not in own.stderr
+    spaced = gds("send", "db-1", "Disk full", "-p", "critical", "--team", "no such")
+    assert spaced.returncode == 0
+    assert (  # no variable a shell can set would name it
+        "note: team 'no such' cannot have a routing key of its own (PAGERDUTY_ROUTING_KEY_<TEAM> "
+        "takes letters, digits, - and _): its pages use PAGERDUTY_ROUTING_KEY"
+    ) in spaced.stderr
 
     fallback = gds("pagerduty-test", "--team", "ops")
     assert fallback.returncode == 0, fallback.stderr

@@ -43,11 +43,13 @@ class RedisAddress:
         return bool(self.sentinels)
 
     def shown(self) -> str:
-        """The address without credentials, safe to print."""
+        """The address without credentials, safe to print; ``…@`` where it holds some, so a
+        reader can see a password was given."""
         if not self.sentinel:
             parts = urlsplit(self.url)
-            host = parts.netloc.rsplit("@", 1)[-1]
-            return f"{parts.scheme}://{host}{parts.path}"
+            credentials, at, host = parts.netloc.rpartition("@")
+            given = "…@" if at and credentials else ""
+            return f"{parts.scheme}://{given}{host}{parts.path}"
         hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
         scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
         return f"{scheme}://{hosts}/{self.master_name}/{self.db}"

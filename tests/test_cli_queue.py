@@ -118,6 +118,6 @@ def test_unreachable_redis_is_one_line_and_exit_1(monkeypatch: Any, tmp_path: An
     finally:
         forget_runtime()
     assert result.exit_code == 1
-    assert "cannot reach Redis at redis://127.0.0.1:1/0" in result.output
+    assert "cannot reach Redis at redis://…@127.0.0.1:1/0" in result.output  # a password, unshown
     assert "s3cretpw" not in result.output
     assert len(result.output.strip().splitlines()) == 1

@@ -181,6 +181,9 @@ def test_sentinel_urls_name_the_sentinels_and_the_master() -> None:
         False,
     )
     assert found.shown() == "redis+sentinel://s1:26380,s2:26379,10.0.0.3:26381/gds-main/2"
+    with_password = load_settings(redis_url="rediss://:s3cret@cache.example:6380/4")
+    assert with_password.redis_address.shown() == "rediss://…@cache.example:6380/4"
+    assert load_settings(redis_url="redis://h:1/0").redis_address.shown() == "redis://h:1/0"
     assert load_settings(redis_url="rediss+sentinel://s1/gds").redis_address.tls
 
 

@@ -106,5 +106,9 @@ def purge(yes: bool) -> None:
     letters = engine().dead_letters
     count = letters.count()
     if count and not yes:
-        click.confirm(f"Delete {count} dead letters for good?", abort=True)
-    click.echo(f"purged {letters.purge()} dead letters")
+        click.confirm(f"Delete {_letters(count)} for good? (--yes: without asking)", abort=True)
+    click.echo(f"purged {_letters(letters.purge())}")
+
+
+def _letters(count: int) -> str:
+    return f"{count} dead letter{'' if count == 1 else 's'}"

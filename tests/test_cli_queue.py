@@ -88,10 +88,12 @@ def test_dlq_list_show_replay_purge(celery_worker: Any, service_env: SandboxServ
     assert run("dlq", "replay").exit_code == 2
     assert run("dlq", "replay", "nope").exit_code == 1
 
-    assert run("dlq", "purge", input="n\n").exit_code == 1  # declined: nothing deleted
+    declined = run("dlq", "purge", input="n\n")
+    assert declined.exit_code == 1  # declined: nothing deleted
+    assert "Delete 1 dead letter for good? (--yes: without asking)" in declined.output
     assert engine().dead_letters.count() == 1
     purged = run("dlq", "purge", "--yes")
-    assert purged.output.strip() == "purged 1 dead letters"
+    assert purged.output.strip() == "purged 1 dead letter"
     assert engine().dead_letters.count() == 0
 
     # A delivery message of the wrong shape (from a producer of its own): dead-lettered by

@@ -85,6 +85,37 @@ class RoutingRule(BaseModel):
         )
 
 
+def why_not(
+    rules: list[RoutingRule],
+    priority: NotificationPriority,
+    team: str | None,
+    alert: str | None,
+    db_instance_id: int | str | None,
+) -> str | None:
+    """Why no rule that names recipients (``email_to``) for ``alert`` matched, when one
+    names it: what a sender of that alert most likely expected to reach (a typo in the
+    instance, another team), or None."""
+    for rule in rules:
+        if rule.email_to is None or rule.alert_name is None or alert is None:
+            continue
+        if not fnmatch.fnmatchcase(alert, rule.alert_name):
+            continue
+        missed = []
+        if rule.db_instance_id and not _same_instance(db_instance_id, rule.db_instance_id):
+            missed.append(f"db_instance_id {db_instance_id!r} is not one of {rule.db_instance_id}")
+        if rule.team and (team is None or team.lower() not in {t.lower() for t in rule.team}):
+            missed.append(f"team {team!r} is not one of {rule.team}")
+        if rule.priority and priority not in rule.priority:
+            missed.append(
+                f"priority {priority.value} is not one of {[p.value for p in rule.priority]}"
+            )
+        if missed:
+            return f"the routing rule for alert {rule.alert_name!r} did not match: " + ", ".join(
+                missed
+            )
+    return None
+
+
 DEFAULT_RULES = [
     RoutingRule(
         priority=[NotificationPriority.CRITICAL, NotificationPriority.EMERGENCY],

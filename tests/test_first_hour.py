@@ -73,6 +73,33 @@ def test_a_component_without_a_paging_priority_is_told_how_to_page(
     assert "priority critical or emergency" in done.stderr
 
 
+def test_an_alert_that_misses_the_rule_naming_its_recipients_is_told_why(
+    service_env: SandboxServer,
+) -> None:
+    rules = (
+        '[{"alert_name": "DiskFull", "db_instance_id": [42, 43], "channels": ["email"],'
+        ' "email_to": "dba@example.com"}]'
+    )
+    done = gds(
+        "send",
+        "db-prod-01",
+        "disk",
+        "--alert-name",
+        "DiskFull",
+        "--db-instance-id",
+        "42x",
+        ROUTING_RULES=rules,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "recipient: 'db-prod-01'" in done.stderr
+    assert (
+        "the routing rule for alert 'DiskFull' did not match: db_instance_id '42x' is not "
+        "one of [42, 43]"
+    ) in done.stderr
+    assert "priority normal is sent by email" not in done.stderr  # not the cause here
+
+
 def test_a_page_names_its_dedup_key_and_the_command_that_resolves_it(
     celery_worker: Any, pages: SandboxClient
 ) -> None:

@@ -17,7 +17,7 @@ from typing import Literal
 
 import redis
 
-from config.routing import route
+from config.routing import route, why_not
 from worker.addresses import check_email_headers, parse_recipients
 from worker.channels import Channel
 from worker.engine import stats
@@ -80,7 +80,17 @@ def accept(
             check_email_headers(request)
         except InvalidFieldError as exc:
             message = exc.problem
-            if (
+            unmatched = why_not(
+                engine.settings.routing_rules,
+                request.priority,
+                request.team,
+                request.alert_name,
+                request.db_instance_id,
+            )
+            if exc.field == "recipient" and email_to is None and unmatched is not None:
+                # The sender meant a rule's recipients, and missed the rule.
+                message += f"; {unmatched}"
+            elif (
                 exc.field == "recipient"
                 and request.channel is None
                 and email_to is None

@@ -37,6 +37,10 @@ def _shown(name: str, value: Any) -> str:
         return url_shown(str(value))
     if isinstance(value, list):
         return "[" + ", ".join(_plain(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as the setting is written
+    if value is None and name == "smtp_starttls":
+        return "auto"
     return "-" if value is None else str(value)
 
 

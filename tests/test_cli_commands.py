@@ -219,6 +219,11 @@ def test_config_check_masks_secrets_and_checks_every_peer(
     assert SMTP_PASSWORD not in out
     assert re.search(rf"^PAGERDUTY_ROUTING_KEY +{re.escape(mask(ROUTING_KEY))}$", out, re.M)
     assert f"dba={mask(TEAM_KEY)}" in out
+    # Values as the settings are written: true/false, and auto for STARTTLS when offered.
+    assert re.search(r"^SMTP_USE_TLS +false$", out, re.M)
+    assert re.search(r"^SMTP_STARTTLS +(auto|true|false)$", out, re.M)
+    assert "False" not in out
+    assert "True" not in out
     assert "redis      ok" in out
     assert "pagerduty  ok" in out
     # The sandbox sink here offers no AUTH, so logging in fails: reported, not crashed.

@@ -55,24 +55,30 @@ class PagerDutyEmulator:
         """Apply run-time changes: rate_limit, rate_window, retry_after, strict_keys.
 
         ``strict_keys`` is a list of routing keys; ``None`` or ``[]`` turns strict mode off.
-        Any other ``strict_keys`` raises :class:`ValueError`, and nothing is changed.
+        A value of the wrong kind raises :class:`ValueError` naming its setting, and nothing
+        is changed.
         """
+        keys = changes.get("strict_keys")
+        if keys is not None and (
+            not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)
+        ):
+            raise ValueError(
+                "strict_keys must be a list of routing keys, or null or [] to accept "
+                "any well-formed key"
+            )
+        limit = _number(changes, "rate_limit", "a whole number, 0 for no limit", whole=True)
+        window = _number(changes, "rate_window", "a number of seconds above 0", above=0)
+        retry_after = changes.get("retry_after")
+        if "retry_after" in changes and not isinstance(retry_after, bool):
+            raise ValueError(f"retry_after must be true or false, not {retry_after!r}")
         if "strict_keys" in changes:
-            keys = changes["strict_keys"]
-            if keys is not None and (
-                not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)
-            ):
-                raise ValueError(
-                    "strict_keys must be a list of routing keys, or null or [] to accept "
-                    "any well-formed key"
-                )
             self.options.strict_keys = frozenset(keys) if keys else None
-        if "rate_limit" in changes:
-            self.options.rate_limit = self.limiter.limit = int(changes["rate_limit"])
-        if "rate_window" in changes:
-            self.options.rate_window = self.limiter.window = float(changes["rate_window"])
-        if "retry_after" in changes:
-            self.options.retry_after = bool(changes["retry_after"])
+        if limit is not None:
+            self.options.rate_limit = self.limiter.limit = int(limit)
+        if window is not None:
+            self.options.rate_window = self.limiter.window = float(window)
+        if retry_after is not None:
+            self.options.retry_after = retry_after
 
     def describe(self) -> dict[str, Any]:
         strict = self.options.strict_keys
@@ -216,3 +222,17 @@ def _drop(request: web.Request) -> web.StreamResponse:
     if transport is not None:
         transport.abort()
     raise asyncio.CancelledError  # aiohttp ends the handler quietly on a dead connection
+
+
+def _number(
+    changes: dict[str, Any], name: str, wanted: str, whole: bool = False, above: float = -1
+) -> float | None:
+    """``changes[name]`` when it is a number of the kind ``wanted`` says (at least 0, above
+    ``above``), None when absent; ValueError naming the setting otherwise."""
+    if name not in changes:
+        return None
+    value = changes[name]
+    kinds = int if whole else int | float
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < 0 or value <= above:
+        raise ValueError(f"{name} must be {wanted}, not {value!r}")
+    return float(value)

@@ -190,7 +190,7 @@ def test_an_alert_whose_summary_or_instance_spans_lines_pages_on_one_line(
 
 
 def test_a_group_past_the_api_body_limit_is_taken_whole_in_a_wide_outage(
-    api_server: ApiServer,
+    api_server: ApiServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Alertmanager does not retry a 413: a group over API_MAX_BODY_BYTES, as a wide outage
     makes one (2,500 node alerts), was refused whole and paged nobody."""
@@ -213,6 +213,11 @@ def test_a_group_past_the_api_body_limit_is_taken_whole_in_a_wide_outage(
     assert len(outcomes) == 2_500
     assert all(len(o["job_ids"]) == 1 and o["dead_letter"] is None for o in outcomes)
     assert over.status_code == 413
+    # What a receiver's max_alerts cut never reaches us: said, since it will not page.
+    with caplog.at_level("WARNING", logger="api.routes.alertmanager"), api_server.client() as http:
+        cut = webhook(alert()) | {"truncatedAlerts": 7}
+        assert http.post("/v1/alertmanager", json=cut).status_code == 202
+    assert "7 alerts of group '{}:{alertname=\"DiskFull\"}' were left out" in caplog.text
     assert over.json()["error"] == (
         f"the body is over {engine().settings.api_max_alertmanager_body_bytes} bytes "
         "(API_MAX_ALERTMANAGER_BODY_BYTES)"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
@@ -30,6 +31,8 @@ from worker.engine import alert_resolution, intake
 from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError, parse_request
 from worker.notification import NotificationPriority, PagerDutySeverity, one_line
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["alertmanager"])
 
@@ -210,4 +213,12 @@ def _one(alert: Alert, hook: Webhook, index: int) -> AlertOutcome:
 def receive(hook: Webhook) -> Received:
     """Alertmanager's webhook (version 4): each firing alert triggers, each resolved alert
     resolves; repeats of the same firing alert queue nothing new."""
+    if hook.truncated_alerts > 0:
+        # Cut by the receiver's max_alerts before they were sent: they never reach us.
+        logger.warning(
+            "alertmanager: %d alerts of group %r were left out by the receiver's max_alerts "
+            "and will not page (set max_alerts: 0)",
+            hook.truncated_alerts,
+            hook.group_key[:200],
+        )
     return Received(alerts=[_one(alert, hook, i) for i, alert in enumerate(hook.alerts)])

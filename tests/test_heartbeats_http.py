@@ -24,6 +24,7 @@ from tests.conftest import SandboxClient, wait_for
 from tests.heartbeat_helpers import WriteCatalogue, service
 from tests.processes import beat as beat_process
 from worker.engine.heartbeats.checker import last_check, read_states
+from worker.engine.heartbeats.evaluation import Observation, is_bad
 from worker.engine.runtime import engine
 
 #: Medic's own documented example ("Register and Monitor a Service"), as written.
@@ -436,6 +437,12 @@ def test_create_on_a_ping_url_registers_the_check_as_healthchecks_does(
     [created] = shown["results"]
     # Healthchecks' defaults (a day, an hour's grace); the key's team owns it.
     assert created["alert_interval"] == 1440
+    assert created["max_duration"] == 3600  # a run after /start, as Healthchecks bounds it
+    spec = engine().service("nightly-backup")
+    assert spec is not None
+    now = time.time()
+    hung = Observation(1, now - 3700, "up", None, running_since=now - 3601)
+    assert (is_bad(spec, hung, now)[0] or "").startswith("ran too long")
     assert created["team"] == "payments"
     assert created["defined_in"] == "api"
     assert len(engine().heartbeats.log("nightly-backup")) == 2

@@ -42,7 +42,8 @@ from worker.engine.runtime import engine
 logger = logging.getLogger(__name__)
 
 CORS = {"Access-Control-Allow-Origin": "*"}
-#: What ``?create=1`` gives a new service: Healthchecks' period and grace.
+#: What ``?create=1`` gives a new service: Healthchecks' period and grace (which also
+#: bounds a run after ``/start``).
 CREATED_PERIOD = 86_400.0
 CREATED_GRACE = 3_600.0
 _RID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -115,6 +116,9 @@ def _create(slug: str, token: ApiToken) -> tuple[ServiceSpec | None, bool]:
         priority="P3",
         window=CREATED_PERIOD,
         grace=CREATED_GRACE,
+        # As Healthchecks reads a start signal: a run not finished within the grace time
+        # is down (without it, a job hung after /start went unseen for a day).
+        max_duration=CREATED_GRACE,
     )
     eng = engine()
     added = eng.registry.add(Registration.new(spec))

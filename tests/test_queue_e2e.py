@@ -220,27 +220,28 @@ def test_links_and_chains_a_producer_attaches_are_not_run(
 
 
 def test_a_notify_that_expires_while_it_waits_in_the_worker_is_dead_lettered(
-    celery_worker: Any, api: SandboxClient, monkeypatch: pytest.MonkeyPatch
+    service_env: SandboxServer, api: SandboxClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Taken in time, then held behind the rate limit an operator set on `notify` until it
-    expired: Celery would acknowledge it and drop it with one log line."""
+    """Taken in time, then held behind a rate limit on `notify` (an operator's task
+    annotation, or `celery control rate_limit`) until it expired: Celery would acknowledge
+    it and drop it with one log line."""
     from worker import app
 
-    notify = app.tasks["notify"]
-    monkeypatch.setattr(notify, "rate_limit", notify.rate_limit)  # put back afterwards
-    replies = app.control.rate_limit("notify", "1/s", reply=True, timeout=5)
-    [reply] = replies  # the one worker answered
-    assert "ok" in next(iter(reply.values())), reply
+    # Set before the worker starts, which makes its buckets from it (a broadcast could
+    # reach a worker not yet listening).
+    app.loader.import_default_modules()  # the tasks, as a worker starting imports them
+    monkeypatch.setattr(app.tasks["notify"], "rate_limit", "1/s")
     page = {"recipient": "db-2", "subject": "Disk full", "priority": "critical"}
-    first = app.send_task("notify", args=[page | {"idempotency_id": "first"}])
-    # The bucket's one token goes to the first; this one waits a second for the next.
-    held = app.send_task("notify", args=[page | {"idempotency_id": "held"}], expires=0.5)
-    entry = wait_for(lambda: engine().dead_letters.get(held.id))
+    with in_thread_worker():
+        first = app.send_task("notify", args=[page | {"idempotency_id": "first"}])
+        # The bucket's one token goes to the first; this one waits a second for the next.
+        held = app.send_task("notify", args=[page | {"idempotency_id": "held"}], expires=0.5)
+        entry = wait_for(lambda: engine().dead_letters.get(held.id))
+        wait_for(lambda: engine().jobs.get(first.id) and status(first.id)["status"] == "delivered")
     assert entry["channel"] == "broker"
     assert entry["reason"].startswith("unrunnable task message: expired ('headers.expires' ")
     assert "before a worker ran it" in entry["reason"]
     assert '"idempotency_id": "held"' in entry["payload"]["body"]  # the notification is kept
-    wait_for(lambda: engine().jobs.get(first.id) and status(first.id)["status"] == "delivered")
     assert engine().jobs.get(held.id) is None  # it never ran
     assert [i["summary"] for i in api.incidents()] == ["Disk full"]
     assert [e["id"] for e in engine().dead_letters.list()] == [held.id]

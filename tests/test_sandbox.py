@@ -400,11 +400,12 @@ def test_settings_endpoint_refuses_unknown_settings(sandbox_api: SandboxClient) 
     answer = sandbox_api.http.post("/sandbox/settings", json={"rate_limt": 5})
     assert answer.status_code == 400
     assert "rate_limt" in answer.json()["error"]
-    for wrong, says in [
+    wrong_values: list[tuple[dict[str, Any], str]] = [
         ({"rate_limit": "ten"}, "rate_limit must be a whole number, 0 for no limit, not 'ten'"),
         ({"rate_window": 0}, "rate_window must be a number of seconds above 0, not 0"),
         ({"retry_after": "yes"}, "retry_after must be true or false, not 'yes'"),
-    ]:
+    ]
+    for wrong, says in wrong_values:
         # With a valid change beside it: nothing of the request is applied.
         answer = sandbox_api.http.post("/sandbox/settings", json={"strict_keys": ["k"], **wrong})
         assert (answer.status_code, answer.json()["error"]) == (400, f"invalid setting: {says}")

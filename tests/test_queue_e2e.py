@@ -238,13 +238,17 @@ def test_a_notify_that_expires_while_it_waits_in_the_worker_is_dead_lettered(
         held = app.send_task("notify", args=[page | {"idempotency_id": "held"}], expires=0.5)
         entry = wait_for(lambda: engine().dead_letters.get(held.id))
         wait_for(lambda: engine().jobs.get(first.id) and status(first.id)["status"] == "delivered")
-    assert entry["channel"] == "broker"
-    assert entry["reason"].startswith("unrunnable task message: expired ('headers.expires' ")
-    assert "before a worker ran it" in entry["reason"]
-    assert '"idempotency_id": "held"' in entry["payload"]["body"]  # the notification is kept
-    assert engine().jobs.get(held.id) is None  # it never ran
-    assert [i["summary"] for i in api.incidents()] == ["Disk full"]
-    assert [e["id"] for e in engine().dead_letters.list()] == [held.id]
+        assert entry["channel"] == "intake"
+        assert entry["reason"].startswith("expired ('headers.expires' ")
+        assert "before a worker ran it" in entry["reason"]
+        assert entry["payload"] == {"args": [page | {"idempotency_id": "held"}]}  # kept whole
+        assert engine().jobs.get(held.id) is None  # it never ran
+        assert [i["summary"] for i in api.incidents()] == ["Disk full"]
+        assert [e["id"] for e in engine().dead_letters.list()] == [held.id]
+        # An operator who decides it should still go replays it.
+        again = tasks.replay(held.id)
+        wait_for(lambda: status(again)["status"] == "delivered")
+    assert len(api.incidents()) == 2
 
 
 def test_a_second_notification_under_a_message_id_already_taken_is_dead_lettered(

@@ -4,11 +4,13 @@ except that a ``notify`` expiring while it waits is dead-lettered instead of dro
 The consumer dead-letters a ``notify`` that expired before a worker took it
 (worker/task_message_check.py). A message can also expire after it is taken: while it
 waits for its ETA on the worker's timer, or behind its task's rate limit (an operator's
-``celery control rate_limit``). Celery then acknowledges it and drops it with one log line
-and a REVOKED state. Here the message is kept first, under its task id, with the reason.
-The letter is written before Celery acknowledges the message, so a worker dying between
-the two leaves the message to come back (and to be dead-lettered by the consumer, which
-keeps the same message once).
+``celery control rate_limit``, or a task annotation). Celery then acknowledges it and drops
+it with one log line and a REVOKED state. Here its notification is kept first, under its
+task id, as an intake dead letter with the reason: ``dlq replay`` sends it after all, if an
+operator decides it still should go. The letter is written before Celery acknowledges the
+message; when it cannot be written, the message is put back instead (or, with Redis
+unreachable, stays unacknowledged and returns after the visibility timeout), to be
+dead-lettered when it is taken again.
 
 Revocations by id (Flower's "revoke", ``celery control revoke``) are an operator's
 decision and stay Celery's: only expiry is kept.
@@ -16,13 +18,16 @@ decision and stay Celery's: only expiry is kept.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from celery.worker import state
 from celery.worker.request import Request
 
 from config.queues import NOTIFY_TASK
-from worker.engine.quarantine import message_copy, quarantine
 from worker.engine.runtime import engine
+
+logger = logging.getLogger(__name__)
 
 
 class TaskRequest(Request):  # type: ignore[misc]
@@ -30,12 +35,32 @@ class TaskRequest(Request):  # type: ignore[misc]
 
     def _announce_revoked(self, reason: str, terminated: bool, signum: Any, expired: bool) -> None:
         if expired and self.task.name == NOTIFY_TASK:
-            expires = self._message.headers.get("expires")
-            quarantine(
-                engine().dead_letters,
-                f"unrunnable task message: expired ('headers.expires' {expires}) "
-                "before a worker ran it (it waited for its ETA or its task's rate limit)",
-                message_copy(self._message),
-                self.id,
-            )
+            try:
+                self._keep_expired()
+            except Exception:
+                logger.exception("notify %s expired and could not be kept: put back", self.id)
+                self._put_back()
+                return
         super()._announce_revoked(reason, terminated, signum, expired)
+
+    def _keep_expired(self) -> None:
+        expires = self._message.headers.get("expires")
+        reason = (
+            f"expired ('headers.expires' {expires}) before a worker ran it (it waited for its "
+            "ETA or its task's rate limit): replay it to send it after all"
+        )
+        payload: dict[str, Any] = {"args": list(self.args)}
+        if self.kwargs:
+            payload["kwargs"] = dict(self.kwargs)
+        engine().dead_letters.add(
+            entry_id=self.id, job_id=None, channel="intake", reason=reason, payload=payload
+        )
+        logger.warning("notify %s dead-lettered: %s", self.id, reason)
+
+    def _put_back(self) -> None:
+        state.task_ready(self)
+        self._already_revoked = True  # it is not run, whatever asks again
+        try:
+            self.reject(requeue=True)
+        except Exception:
+            logger.exception("notify %s: could not put it back either", self.id)

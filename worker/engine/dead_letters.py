@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import random
 import time
 from typing import Any
 
@@ -18,6 +19,15 @@ from worker.engine import keys, stats
 def dead_letter_id(job_id: str, channel: str) -> str:
     """The dead letter of one job's delivery on one channel."""
     return f"{job_id}-{channel}"
+
+
+#: Transactions tried before a letter that could not be kept is an outage of Redis.
+WRITE_ATTEMPTS = 50
+
+
+class DeadLetterNotKeptError(redis.RedisError):
+    """A dead letter could not be written: callers treat it as Redis failing (a task puts
+    its message back, the API answers 503), never as the job's failure."""
 
 
 def _counted_as(channel: str) -> str:
@@ -115,17 +125,22 @@ class DeadLetters:
             "payload": payload,
         }
         with self.redis.pipeline() as pipe:
-            while True:
+            for attempt in range(WRITE_ATTEMPTS):
                 try:
                     # The whole hash is watched: another letter written meanwhile costs a
-                    # retry, and dead letters are rare enough for that.
+                    # retry (after a short random pause, so writers racing spread out).
                     pipe.watch(keys.DEAD_LETTERS)  # type: ignore[no-untyped-call]
                     record = _write(pipe, letter, only_new)
                     if record is not None:
                         pipe.execute()
                     return record
                 except redis.WatchError:
-                    continue
+                    # Also what redis-py raises when the connection drops while watching.
+                    time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311
+        raise DeadLetterNotKeptError(
+            f"dead letter {entry_id!r} not kept: the letters changed under each of "
+            f"{WRITE_ATTEMPTS} attempts (Redis busy, or its connection failing)"
+        )
 
     def list(self, limit: int = 50, channel: str | None = None) -> list[dict[str, Any]]:
         """Newest first; only ``channel``'s (one of ``keys.DEAD_LETTER_CHANNELS``) if given."""

@@ -146,6 +146,32 @@ def test_a_resolved_alert_resolves_its_incident_and_mails_where_it_mailed(
     assert {r for m in api.messages() for r in m["rcpt_tos"]} == {"ops@example.com"}
 
 
+def test_an_alert_firing_again_from_the_same_start_after_its_resolve_pages_again(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    """A Prometheus silent past resolve_timeout (Alertmanager resolves its alerts), then
+    back with its `for` state: the alert fires again with its old startsAt. Its first
+    firing's idempotency id must not take it for a repeat: nobody would be paged."""
+    ended = alert("resolved") | {"endsAt": "2026-12-02T01:05:00Z"}
+    ended_again = alert("resolved") | {"endsAt": "2026-12-02T01:30:00Z"}
+    with api_server.client() as http:
+        steps = []
+        for hook in (
+            webhook(alert()),
+            webhook(ended, status="resolved"),
+            webhook(alert()),  # back, from the same start
+            webhook(ended_again, status="resolved"),
+            webhook(ended_again, status="resolved"),  # that resolution sent twice
+        ):
+            [outcome] = http.post("/v1/alertmanager", json=hook).json()["alerts"]
+            job(outcome["job_ids"][0])
+            steps.append(outcome["duplicate"])
+    assert steps == [False, False, False, False, True]
+    incidents = api.incidents()
+    assert [i["status"] for i in incidents] == ["resolved", "resolved"]
+    assert [[t["action"] for t in i["timeline"]] for i in incidents] == [["trigger", "resolve"]] * 2
+
+
 def test_an_alert_that_cannot_be_a_notification_is_kept_and_the_rest_go_out(
     api_server: ApiServer, celery_worker: Any, api: SandboxClient
 ) -> None:

@@ -178,7 +178,9 @@ def _one(alert: Alert, hook: Webhook, index: int) -> AlertOutcome:
             answer = accept(request, "alertmanager")
             outcome.job_ids, outcome.duplicate = [answer.job_id], answer.duplicate
         else:
-            done = alert_resolution.resolve(engine(), request, dedup_key(alert), "alertmanager")
+            done = alert_resolution.resolve(
+                engine(), request, dedup_key(alert), "alertmanager", alert.ends_at or None
+            )
             outcome.job_ids = [d.job_id for d in done]
             outcome.duplicate = bool(done) and all(d.duplicate for d in done)
     except InvalidJobError as exc:

@@ -6,31 +6,39 @@ from __future__ import annotations
 
 from config.routing import route
 from worker.channels import Channel
-from worker.engine import intake
+from worker.engine import intake, keys
 from worker.engine.runtime import Engine
 from worker.job_request import JobRequest
 
 
 def resolve(
-    engine: Engine, firing: JobRequest, dedup_key: str, source: str
+    engine: Engine,
+    firing: JobRequest,
+    dedup_key: str,
+    source: str,
+    resolution: str | None = None,
 ) -> list[intake.Accepted]:
     """Queue what ``firing`` (the notification the alert was while it fired) resolving
     means, by the routing rules: a resolve of ``dedup_key`` where it paged, a
-    ``[RESOLVED]`` email where it emailed. Raises :class:`InvalidJobError` as intake does."""
+    ``[RESOLVED]`` email where it emailed. ``resolution`` names this resolution (the
+    alert's ``endsAt``): the same one sent again queues nothing. The firing's idempotency
+    id is given up, so the alert firing again from the same start (a Prometheus that was
+    silent past Alertmanager's resolve_timeout, then back with its ``for`` state) pages
+    again rather than being taken for a repeat. Raises :class:`InvalidJobError` as intake
+    does."""
     rule = route(
         engine.settings.routing_rules, firing.priority, firing.team, firing.alert_name, None
     )
+    once = f"{firing.idempotency_id}/{resolution}" if firing.idempotency_id and resolution else None
     done = []
     if Channel.PAGERDUTY in rule.channels:
-        # Once per firing: Alertmanager sends a resolved alert again (its retries, the
-        # group's next notification), and each resolve would spend the key's rate.
-        once = f"{firing.idempotency_id}/resolve" if firing.idempotency_id else None
-        done.append(intake.lifecycle_once(engine, "resolve", dedup_key, firing.team, source, once))
+        claim = f"{once}/resolve" if once else None
+        done.append(intake.lifecycle_once(engine, "resolve", dedup_key, firing.team, source, claim))
     if Channel.EMAIL in rule.channels:
         resolved = firing.model_copy(
             update={
                 "subject": f"[RESOLVED] {firing.subject}",
-                "idempotency_id": f"{firing.idempotency_id}/resolved",
+                "idempotency_id": f"{once or firing.idempotency_id}/resolved",
                 "channel": Channel.EMAIL,
             }
         )
@@ -39,4 +47,6 @@ def resolve(
         paged = Channel.PAGERDUTY in rule.channels
         job_id = intake.new_job_id()
         done.append(intake.accept(engine, resolved, job_id, source, check_email=not paged))
+    if firing.idempotency_id:
+        engine.redis.delete(keys.idempotency(firing.idempotency_id))
     return done

@@ -85,8 +85,12 @@ _NOT_AN_OBJECT = ("model_attributes_type", "dict_type", "model_type")
 
 
 def _json(content_type: str) -> bool:
-    """Whether FastAPI read the body as JSON: its type says JSON, or it has none."""
-    return not content_type or "json" in content_type
+    """Whether FastAPI read the body as JSON: only under a JSON content type (it reads a
+    body with none, or another, as bytes)."""
+    media = content_type.split(";", 1)[0].strip()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 def _request_fields(exc: RequestValidationError, content_type: str) -> list[dict[str, str]]:
@@ -103,7 +107,7 @@ def _request_fields(exc: RequestValidationError, content_type: str) -> list[dict
         elif loc == ("body",) and kind == "missing":
             out.append({"field": "body", "message": "the request has no body: send a JSON object"})
         elif loc == ("body",) and kind in _NOT_AN_OBJECT and not _json(content_type):
-            came = f"Content-Type {content_type[:64]!r}"
+            came = f"Content-Type {content_type[:64]!r}" if content_type else "no Content-Type"
             message = f"the request's body was not read as JSON ({came}): send it with "
             out.append({"field": "body", "message": message + "Content-Type: application/json"})
         elif loc == ("body",) and kind in _NOT_AN_OBJECT:

@@ -174,6 +174,9 @@ def test_bad_fields_are_422_each_named_and_nothing_is_queued(api_server: ApiServ
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
         empty = http.post("/v1/notifications", headers={"Content-Type": "application/json"})
+        untyped = http.post(
+            "/v1/notifications", content=b'{"recipient": "a@example.com", "subject": "s"}'
+        )
         page = b'{"recipient": "db-1", "subject": "caf\xc3\xa9", "priority": "critical"}'
         latin1 = http.post(
             "/v1/notifications",
@@ -209,6 +212,13 @@ def test_bad_fields_are_422_each_named_and_nothing_is_queued(api_server: ApiServ
             "field": "body",
             "message": "the request's body was not read as JSON (Content-Type "
             "'application/x-www-form-urlencoded'): send it with Content-Type: application/json",
+        }
+    ]
+    assert untyped.json()["errors"] == [
+        {
+            "field": "body",
+            "message": "the request's body was not read as JSON (no Content-Type): send it "
+            "with Content-Type: application/json",
         }
     ]
     assert empty.json()["errors"] == [

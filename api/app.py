@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import errors
@@ -35,17 +36,28 @@ the scope each operation names). `/healthz`, `/readyz` and `/health` need no tok
 
 class PingsFirst:
     """Pings, the most frequent request by far, go straight to their own small app: they
-    need none of the API's middleware but the bound on bodies, and skip the rest."""
+    need none of the API's middleware but the bound on bodies, and skip the rest.
+
+    A path with a slash at the end is the path without it (``/v1/alertmanager/`` in a
+    webhook's config, a crontab's ``/ping/KEY/backup/``): no redirect, which a client that
+    does not follow it takes for success, and a 404 would be a lost notification."""
 
     def __init__(self, api: FastAPI, pings: ASGIApp) -> None:
         self.api = api
         self.pings = pings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path[:-1]}
         if scope["type"] == "http" and scope["path"].startswith("/ping/"):
             await self.pings(scope, receive, send)
         else:
             await self.api(scope, receive, send)
+
+
+def _known_bearer(scope: Scope) -> bool:
+    return unknown_bearer(Request(scope)) is None
 
 
 def create_app() -> PingsFirst:
@@ -74,7 +86,7 @@ def create_app() -> PingsFirst:
             "API_MAX_ALERTMANAGER_BODY_BYTES",
         )
     }
-    app.add_middleware(BodyLimits, **limits, by_path=wider)
+    app.add_middleware(BodyLimits, **limits, by_path=wider, admits=_known_bearer)
     errors.install(app, unknown_bearer)
     for router in ROUTERS:
         app.include_router(router)
@@ -82,7 +94,7 @@ def create_app() -> PingsFirst:
     if not any(isinstance(f, MaskKeysInPaths) for f in access.filters):
         access.addFilter(MaskKeysInPaths())
     pings = Starlette(routes=PING_ROUTES, middleware=[Middleware(BodyLimits, **limits, cut=True)])
-    # A redirect is lost on a client that does not follow it (curl without -L counts a
-    # 307 as success), and its Location repeats the path's key: a path is served or not.
+    # A slash at the end is dropped before routing (PingsFirst); a redirect would repeat
+    # a ping's key in its Location.
     app.router.redirect_slashes = pings.router.redirect_slashes = False
     return PingsFirst(app, pings)

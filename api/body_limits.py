@@ -5,13 +5,14 @@ cannot hold a worker thread. A plain ASGI middleware: it wraps ``receive`` and n
 buffers.
 
 Ping URLs (``cut=True``) are cut instead, as Healthchecks cuts them: a crontab's
-``/fail`` with a long log must still be a failure, and curl does not retry a 413."""
+``/fail`` with a long log must still be a failure, and curl does not retry a 413 (nor
+gets past a 408 on a slow link)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -22,9 +23,11 @@ SETTING = "API_MAX_BODY_BYTES"
 
 
 class BodyLimits:
-    """``cut``: pass on only the first ``max_bytes`` of a longer body (the rest is read
-    and dropped) instead of refusing it. ``by_path``: a path's own bound, and the setting
-    that names it, instead of ``max_bytes``."""
+    """``cut``: pass on only the first ``max_bytes`` of a longer body, as if that were all
+    of it (the rest is never read), instead of refusing it. ``by_path``: a path's own
+    bound, and the setting that names it, instead of ``max_bytes``, for a request that
+    ``admits`` (a caller with a configured token: a larger body is work for the API before
+    any route checks who sent it)."""
 
     def __init__(
         self,
@@ -33,18 +36,26 @@ class BodyLimits:
         read_timeout: float,
         cut: bool = False,
         by_path: Mapping[str, tuple[int, str]] | None = None,
+        admits: Callable[[Scope], bool] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout = read_timeout
         self.cut = cut
         self.by_path = dict(by_path or {})
+        self.admits = admits
+
+    def _bound(self, scope: Scope) -> tuple[int, str]:
+        own = self.by_path.get(scope["path"])
+        if own is not None and (self.admits is None or self.admits(scope)):
+            return own
+        return self.max_bytes, SETTING
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        max_bytes, setting = self.by_path.get(scope["path"], (self.max_bytes, SETTING))
+        max_bytes, setting = self._bound(scope)
         too_large = f"the body is over {max_bytes} bytes ({setting})"
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         too_long = declared is not None and declared.isdigit() and int(declared) > max_bytes
@@ -75,7 +86,9 @@ class BodyLimits:
                 if received > max_bytes:
                     if not self.cut:
                         raise HTTPException(413, too_large)
-                    message = {**message, "body": chunk[:room]}
+                    # The end, for the app: the rest is never waited for (a long log on a
+                    # slow link would otherwise run into the read timeout).
+                    message = {**message, "body": chunk[:room], "more_body": False}
                 complete = not message.get("more_body", False)
             return message
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -395,8 +396,32 @@ def test_a_fail_ping_with_a_long_log_or_a_trailing_slash_is_kept_as_curl_sends_i
     assert etl[0]["kind"] == "fail"
     assert etl[0]["body"].startswith("row failed\nrow failed\n")
     assert "[cut: " in etl[0]["body"]
-    with httpx.Client(base_url=hb_api.url) as http:  # elsewhere a slash is simply not found
-        assert http.get("/healthz/").status_code == 404
+    with httpx.Client(base_url=hb_api.url) as http:  # a slash at the end, anywhere
+        answer = http.get("/healthz/")
+        assert (answer.status_code, answer.json()["status"]) == (200, "ok")
+
+
+def test_a_long_log_on_a_slow_link_is_cut_without_waiting_for_the_rest(
+    catalogue: WriteCatalogue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is past the bound is never read: waiting for it ran into the read timeout (a
+    408, which curl's --retry repeats into the same 408) and the failure was lost."""
+    catalogue(service("backup", window=60))
+    for api in serve(monkeypatch, API_MAX_BODY_BYTES="2048", API_READ_TIMEOUT="30"):
+        with socket.create_connection(("127.0.0.1", api.port), timeout=20) as sock:
+            sock.sendall(
+                (
+                    f"POST /ping/{HEARTBEAT_TOKEN}/backup/fail HTTP/1.1\r\nHost: x\r\n"
+                    "Content-Type: text/plain\r\nContent-Length: 100000\r\n\r\n"
+                ).encode()
+                + b"x" * 3000  # past the bound; the other 97,000 bytes never come
+            )
+            answer = sock.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 200"), answer
+        assert answer.endswith("OK")
+        [failed] = engine().heartbeats.log("backup")[:1]
+        assert failed["kind"] == "fail"
+        assert failed["body"] == "x" * 2048
 
 
 def test_a_flood_of_pings_is_limited_per_key_and_starves_nobody(

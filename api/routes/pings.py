@@ -140,7 +140,6 @@ async def endpoint(request: Request) -> Response:
 
 METHODS = ["GET", "HEAD", "POST"]
 ROUTES = [
-    Route(path + end, endpoint, methods=METHODS)
-    for path in ("/ping/{key}/{slug}", "/ping/{key}/{slug}/{suffix}")
-    for end in ("", "/")  # a trailing slash too, as Healthchecks serves it
+    Route("/ping/{key}/{slug}", endpoint, methods=METHODS),
+    Route("/ping/{key}/{slug}/{suffix}", endpoint, methods=METHODS),
 ]

@@ -171,6 +171,9 @@ def test_medic_refusals_in_medics_shape(hb_api: ApiServer) -> None:
         )
         # What FastAPI could not read, and bodies Medic's callers send without the header.
         not_json = http.post("/heartbeat", content=b"{oops", headers=JSON)
+        latin1 = http.post(
+            "/heartbeat", content=b'{"heartbeat_name": "caf\xe9", "status": "UP"}', headers=JSON
+        )
         text = http.post("/heartbeat", content=b"alive", headers={"content-type": "text/plain"})
         curl_d = http.post(  # `curl -d '{...}'` sends it as a form
             "/heartbeat",
@@ -206,7 +209,8 @@ def test_medic_refusals_in_medics_shape(hb_api: ApiServer) -> None:
     assert (flagged.muted, flagged.active) == (True, False)
     assert "HEARTBEAT_SERVICES_FILE" in from_file.json()["message"]
     assert file_again.json()["message"] == "Heartbeat is already registered."
-    for refusal in (not_json, text, wrong_count):
+    assert latin1.json()["message"] == "body: not valid JSON (not UTF-8)"
+    for refusal in (not_json, text, wrong_count, latin1):
         assert refusal.status_code == 400, refusal.text
         assert refusal.json()["success"] is False
     assert not_json.json()["message"].startswith("body: not valid JSON (Expecting property")

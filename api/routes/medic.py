@@ -31,6 +31,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from starlette.exceptions import HTTPException
 
 from api.auth import calling_token, path_key, require
 from config.api_tokens import ApiToken
@@ -114,6 +115,10 @@ class MedicRoute(APIRoute):
                 return await handler(request)
             except RequestValidationError as exc:
                 return refused(400, _unreadable(exc))
+            except HTTPException as exc:
+                if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+                    return refused(400, "body: not valid JSON (not UTF-8)")
+                raise
 
         return medic_handler
 

@@ -59,6 +59,15 @@ def parse_redis_url(url: str) -> RedisAddress:
     """``url`` as a :class:`RedisAddress`; ValueError saying what a valid one looks like."""
     parts = urlsplit(url)
     scheme = parts.scheme
+    if scheme != "unix" and (
+        "@" in parts.path or "@" in parts.fragment or (not parts.hostname and "@" in parts.query)
+    ):
+        # A '/', '?' or '#' in the password ended the host part early: read so, the URL
+        # would name another host, and print part of the password as its path.
+        raise ValueError(
+            "holds '@' after its host: percent-encode a '/', '?' or '#' in the password "
+            "(%2F, %3F, %23)"
+        )
     if scheme == "sentinel":
         raise ValueError(
             f"Sentinel URLs are written {SENTINEL_FORM} (kombu's sentinel://...;sentinel://... "

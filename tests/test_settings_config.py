@@ -199,6 +199,10 @@ def test_sentinel_urls_name_the_sentinels_and_the_master() -> None:
         ("redis://:pw@redis:99999/0", "has a port that is not a number from 1 to 65535"),
         ("rediss://:pw@redis:0/0", "has a port that is not a number from 1 to 65535"),
         ("redis://:pw@redis:port/0", "has a port that is not a number from 1 to 65535"),
+        # A password with '/', '?' or '#' not percent-encoded: the host part ends early.
+        ("redis://:pw/x@redis:6379/0", "percent-encode a '/', '?' or '#' in the password"),
+        ("rediss://:pw?x@redis:6379/0", "percent-encode a '/', '?' or '#' in the password"),
+        ("redis+sentinel://:pw#x@s1:26379/gds", "percent-encode a '/', '?' or '#'"),
     ],
 )
 def test_bad_redis_urls_say_what_a_good_one_looks_like(url: str, says: str) -> None:

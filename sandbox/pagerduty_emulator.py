@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import time
 import uuid
@@ -233,6 +234,12 @@ def _number(
         return None
     value = changes[name]
     kinds = int if whole else int | float
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < 0 or value <= above:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kinds)
+        or not math.isfinite(value)
+        or value < 0
+        or value <= above
+    ):
         raise ValueError(f"{name} must be {wanted}, not {value!r}")
     return float(value)

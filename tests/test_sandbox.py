@@ -3,6 +3,7 @@ faults and the inspection endpoints, checked against the reference sheet."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -403,11 +404,16 @@ def test_settings_endpoint_refuses_unknown_settings(sandbox_api: SandboxClient) 
     wrong_values: list[tuple[dict[str, Any], str]] = [
         ({"rate_limit": "ten"}, "rate_limit must be a whole number, 0 for no limit, not 'ten'"),
         ({"rate_window": 0}, "rate_window must be a number of seconds above 0, not 0"),
+        ({"rate_window": float("inf")}, "rate_window must be a number of seconds above 0, not inf"),
         ({"retry_after": "yes"}, "retry_after must be true or false, not 'yes'"),
     ]
     for wrong, says in wrong_values:
         # With a valid change beside it: nothing of the request is applied.
-        answer = sandbox_api.http.post("/sandbox/settings", json={"strict_keys": ["k"], **wrong})
+        answer = sandbox_api.http.post(  # as Python writes JSON: Infinity allowed
+            "/sandbox/settings",
+            content=json.dumps({"strict_keys": ["k"], **wrong}),
+            headers={"Content-Type": "application/json"},
+        )
         assert (answer.status_code, answer.json()["error"]) == (400, f"invalid setting: {says}")
     assert sandbox_api.http.get("/sandbox/settings").json()["strict_keys"] is None
 

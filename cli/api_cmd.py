@@ -130,18 +130,21 @@ def _json_log_config() -> dict[str, Any]:
     multiple=True,
     required=True,
     type=click.Choice(SCOPES),
-    help="What the token may do (repeatable): notify, heartbeat, admin (everything).",
+    help="What the token may do (repeatable): notify, ping (report heartbeats only: for "
+    "crontab lines), heartbeat (report, and manage services), admin (everything).",
 )
-@click.option("--team", default=None, help="Limit a heartbeat token to the services of one team.")
+@click.option(
+    "--team", default=None, help="Limit a ping or heartbeat token to the services of one team."
+)
 def token(name: str, scopes: tuple[str, ...], team: str | None) -> None:
     """Make a new API token called NAME. Prints the token (shown once: only its hash is
     configured) and the entry to add to API_TOKENS or the API_TOKENS_FILE list."""
-    if team and set(scopes) != {"heartbeat"}:
+    if team and not set(scopes) <= {"ping", "heartbeat"}:
         # A team limits heartbeat services only: a notify or admin token would still act
         # for every team, whatever its entry said.
         raise click.UsageError(
             "--team limits a token to one team's heartbeat services: give it with "
-            "--scope heartbeat alone"
+            "--scope ping or --scope heartbeat alone"
         )
     secret = new_token()
     entry: dict[str, object] = {

@@ -11,10 +11,12 @@ plain hash is enough (there is nothing to guess from it); checking one compares 
 every configured hash in constant time.
 
 Scopes: ``notify`` (send notifications, acknowledge and resolve incidents, read jobs),
-``heartbeat`` (report heartbeats and manage monitored services), ``admin`` (everything,
-dead letters included). A ``heartbeat`` token is also a ping key: it may stand in the path
-of a Healthchecks-style ping URL or of the Medic-style API. ``team`` limits a token to the
-services of one team.
+``ping`` (report heartbeats, nothing else: the key for crontab lines and scripts, which
+end up in shell histories and CI logs), ``heartbeat`` (report heartbeats, and read and
+manage monitored services: register, mute, deactivate), ``admin`` (everything, dead
+letters included). A ``ping`` or ``heartbeat`` token is also a ping key: it may stand in
+the path of a Healthchecks-style ping URL or of the Medic-style API. ``team`` limits a
+token to the services of one team.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from worker.exceptions import NotificationConfigError
 from worker.validation import path, problem
 
-Scope = Literal["notify", "heartbeat", "admin"]
-SCOPES: tuple[Scope, ...] = ("notify", "heartbeat", "admin")
+Scope = Literal["notify", "ping", "heartbeat", "admin"]
+SCOPES: tuple[Scope, ...] = ("notify", "ping", "heartbeat", "admin")
 
 #: What every token starts with: a scanner for leaked secrets can look for it.
 TOKEN_PREFIX = "gdsn_"  # noqa: S105 - a prefix, not a secret
@@ -54,7 +56,9 @@ class ApiToken(BaseModel):
         return value.strip().lower() if isinstance(value, str) else value
 
     def allows(self, scope: Scope) -> bool:
-        return "admin" in self.scopes or scope in self.scopes
+        if "admin" in self.scopes or scope in self.scopes:
+            return True
+        return scope == "ping" and "heartbeat" in self.scopes  # managing includes reporting
 
     def covers(self, team: str) -> bool:
         """Whether this token may act on a service of ``team``."""

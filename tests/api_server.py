@@ -20,8 +20,11 @@ ADMIN_TOKEN = "gdsn_test-admin-00000000000000000000000000000002"
 HEARTBEAT_TOKEN = "gdsn_test-heartbeat-000000000000000000000000003"
 #: A ping key limited to the services of one team.
 TEAM_PING_KEY = "gdsn_test-payments-0000000000000000000000000004"
+#: A key that reports heartbeats and nothing else (the one for crontab lines).
+PING_ONLY_KEY = "gdsn_test-ping-only-00000000000000000000000005"
 TOKENS = [
     {"name": "producer", "sha256": token_hash(NOTIFY_TOKEN), "scopes": ["notify"]},
+    {"name": "crontab", "sha256": token_hash(PING_ONLY_KEY), "scopes": ["ping"]},
     {"name": "ops", "sha256": token_hash(ADMIN_TOKEN), "scopes": ["admin"]},
     {"name": "cron", "sha256": token_hash(HEARTBEAT_TOKEN), "scopes": ["heartbeat"]},
     {

@@ -53,7 +53,11 @@ def test_a_team_limits_a_heartbeat_token_only() -> None:
     team_key = make_token("cron", "--scope", "heartbeat", "--team", "payments")
     assert team_key.returncode == 0, team_key.stderr
     assert json.loads(team_key.stdout.splitlines()[3])["team"] == "payments"
-    for scopes in (["notify"], ["heartbeat", "admin"]):
+    ping_key = make_token("crontab", "--scope", "ping", "--team", "payments")
+    assert ping_key.returncode == 0, ping_key.stderr
+    entry = json.loads(ping_key.stdout.splitlines()[3])
+    assert (entry["scopes"], entry["team"]) == (["ping"], "payments")
+    for scopes in (["notify"], ["heartbeat", "admin"], ["ping", "notify"]):
         refused = make_token("x", "--team", "payments", *(f"--scope={s}" for s in scopes))
         assert refused.returncode == 2
         [line] = refused.stderr.strip().splitlines()

@@ -20,7 +20,14 @@ from click.testing import CliRunner
 
 from cli.main import main
 from sandbox import SandboxServer
-from tests.api_server import HEARTBEAT_TOKEN, NOTIFY_TOKEN, TEAM_PING_KEY, ApiServer, serve
+from tests.api_server import (
+    HEARTBEAT_TOKEN,
+    NOTIFY_TOKEN,
+    PING_ONLY_KEY,
+    TEAM_PING_KEY,
+    ApiServer,
+    serve,
+)
 from tests.conftest import SandboxClient, wait_for
 from tests.heartbeat_helpers import WriteCatalogue, service
 from tests.processes import beat as beat_process
@@ -374,6 +381,32 @@ def test_ping_urls_answer_as_healthchecks_does(hb_api: ApiServer, pages: Sandbox
     assert log[3]["body"] == "disk at 81%"
     assert engine().heartbeats.last()["etl"].status == "fail"
     assert not engine().redis.exists("gds:hb:log:ghost")
+
+
+def test_a_ping_key_reports_heartbeats_and_cannot_silence_the_monitoring(
+    hb_api: ApiServer,
+) -> None:
+    """The key in a crontab line ends up in shell histories and CI logs: with the `ping`
+    scope it reports, and cannot mute or deactivate what it reports to."""
+    medic = f"{hb_api.url}/medic/{PING_ONLY_KEY}"
+    with httpx.Client() as http:
+        pinged = http.get(ping_url(hb_api, "billing-api", key=PING_ONLY_KEY))
+        beat = http.post(f"{medic}/heartbeat", json={"heartbeat_name": "etl", "status": "UP"})
+        muted = http.post(f"{medic}/service/etl", json={"muted": 1})
+        listed = http.get(f"{medic}/service")
+        registered = http.post(
+            f"{medic}/service",
+            json={"heartbeat_name": "sneaky", "service_name": "s", "alert_interval": 1},
+        )
+    assert (pinged.status_code, pinged.text) == (200, "OK")
+    assert beat.status_code == 201
+    for refused in (muted, listed, registered):
+        assert refused.status_code == 403
+        assert (
+            "reading or changing services takes the 'heartbeat' scope" in (refused.json()["error"])
+        )
+    assert [e["kind"] for e in engine().heartbeats.log("etl")] == ["up"]
+    assert engine().service("sneaky") is None
 
 
 def test_a_fail_ping_with_a_long_log_or_a_trailing_slash_is_kept_as_curl_sends_it(

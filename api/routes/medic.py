@@ -34,6 +34,7 @@ from pydantic import (
 from starlette.exceptions import HTTPException
 
 from api.auth import calling_token, path_key, require
+from api.errors import forbidden
 from config.api_tokens import ApiToken
 from config.catalogue import SLUG_PATTERN, ServiceSpec
 from worker.engine.heartbeats import reports
@@ -253,6 +254,21 @@ def _medic_status(entry: dict[str, Any]) -> str:
     return "UP" if entry["kind"] == "up" else "DOWN"
 
 
+def _manages(request: Request) -> None:
+    """Reading or changing services takes the ``heartbeat`` scope: a ``ping`` key, the one
+    in crontab lines, reports heartbeats and nothing else (it could otherwise mute or
+    deactivate the monitoring it feeds)."""
+    token = calling_token(request)
+    if not token.allows("heartbeat"):
+        raise forbidden(
+            f"token {token.name!r} has the 'ping' scope: it reports heartbeats only; "
+            "reading or changing services takes the 'heartbeat' scope"
+        )
+
+
+MANAGES = [Depends(_manages)]
+
+
 def build_router() -> APIRouter:
     router = APIRouter(tags=["Medic heartbeats"], route_class=MedicRoute)
 
@@ -280,7 +296,7 @@ def build_router() -> APIRouter:
             check_soon(eng)
         return medic(201, True, "Heartbeat Posted Successfully.")
 
-    @router.get("/heartbeat")
+    @router.get("/heartbeat", dependencies=MANAGES)
     def get_heartbeats(
         request: Request,
         heartbeat_name: str | None = None,
@@ -316,7 +332,7 @@ def build_router() -> APIRouter:
         beats.sort(key=lambda b: str(b["time"]), reverse=True)
         return medic(200, True, "", beats[:max_count])
 
-    @router.post("/service", status_code=201)
+    @router.post("/service", status_code=201, dependencies=MANAGES)
     def register(request: Request, body: Annotated[Any, Body()] = None) -> JSONResponse:
         """Register a service (Medic's fields and defaults; ``alert_interval`` in minutes
         is the window; ``environment`` prefixes the name). 201 registered; 200 when a
@@ -364,7 +380,7 @@ def build_router() -> APIRouter:
             return medic(200, True, "Heartbeat is already registered.")
         return medic(201, True, "Heartbeat successfully registered.")
 
-    @router.get("/service")
+    @router.get("/service", dependencies=MANAGES)
     def list_services(
         request: Request, service_name: str | None = None, active: int | None = None
     ) -> JSONResponse:
@@ -378,7 +394,7 @@ def build_router() -> APIRouter:
         ]
         return medic(200, True, "", found)
 
-    @router.get("/service/{heartbeat_name}")
+    @router.get("/service/{heartbeat_name}", dependencies=MANAGES)
     def show_service(request: Request, heartbeat_name: str) -> JSONResponse:
         """One service."""
         found = _services(calling_token(request)).get(heartbeat_name)
@@ -386,7 +402,7 @@ def build_router() -> APIRouter:
             return refused(404, f"Heartbeat {heartbeat_name!r} is not registered.")
         return medic(200, True, "", [view(*found, down=heartbeat_name in _down())])
 
-    @router.post("/service/{heartbeat_name}")
+    @router.post("/service/{heartbeat_name}", dependencies=MANAGES)
     def update_service(
         request: Request, heartbeat_name: str, body: Annotated[Any, Body()] = None
     ) -> JSONResponse:
@@ -435,7 +451,7 @@ def build_router() -> APIRouter:
         eng.registry.replace(saved)
         return medic(200, True, "Successfully posted update")
 
-    @router.get("/alerts")
+    @router.get("/alerts", dependencies=MANAGES)
     def alerts(request: Request, active: int | None = None) -> JSONResponse:
         """Open heartbeat incidents (``active=1``; closed ones are not kept), with the
         PagerDuty dedup key as ``external_reference_id``."""
@@ -481,7 +497,7 @@ def _renamed(message: str) -> str:
 
 #: At the root, for callers that send a bearer token; under /medic/{key}, for Medic's own
 #: calls, which send none.
-bearer_router = APIRouter(dependencies=[Depends(require("heartbeat"))])
+bearer_router = APIRouter(dependencies=[Depends(require("ping"))])
 bearer_router.include_router(build_router())
-keyed_router = APIRouter(prefix="/medic/{key}", dependencies=[Depends(path_key("heartbeat"))])
+keyed_router = APIRouter(prefix="/medic/{key}", dependencies=[Depends(path_key("ping"))])
 keyed_router.include_router(build_router())

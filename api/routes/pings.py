@@ -76,7 +76,7 @@ def ping(request: Request) -> Response:
     if rid is not None and not _RID.match(rid):
         return _text(400, "invalid rid")
     try:
-        token: ApiToken = authorize(key, "heartbeat", rate=None)  # counted with the ping
+        token: ApiToken = authorize(key, "ping", rate=None)  # counted with the ping
     except ApiError:
         return _text(404, "not found")
     eng = engine()

@@ -19,6 +19,7 @@ from celery import Celery
 
 from sandbox import SandboxServer
 from tests.conftest import SandboxClient, wait_for
+from tests.processes import WorkerProcess
 from worker.engine.heartbeats.paging import run_check
 from worker.engine.runtime import engine
 
@@ -269,3 +270,17 @@ def test_heartbeats_names_a_catalogue_the_worker_does_not_have(
     last = shown.stdout.strip().splitlines()[-1]
     assert "HEARTBEAT_SERVICES_FILE is set here but not for the worker and beat" in last
     assert "HEARTBEAT_SERVICES_FILE=FILE make run" in last
+
+
+def test_a_page_worker_with_no_routing_key_says_so_when_it_starts(
+    service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every page it took would be dead-lettered; without this, the first one says why."""
+    for name in [n for n in os.environ if n.startswith("PAGERDUTY_ROUTING_KEY")]:
+        monkeypatch.delenv(name)
+    said = "no PAGERDUTY_ROUTING_KEY (nor any PAGERDUTY_ROUTING_KEY_<TEAM>) is set"
+    for queues, warned in (("pagerduty,celery", True), ("email", False)):
+        log = tmp_path / f"{queues}.log"
+        worker = WorkerProcess(log, "-P", "threads", "-c", "1", "-Q", queues).start()
+        worker.stop()
+        assert (said in log.read_text()) is warned, log.read_text()[-2000:]

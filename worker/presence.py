@@ -22,11 +22,15 @@ from typing import Any
 import redis
 from celery import Celery, bootsteps, signals
 
+from config.queues import QUEUE_OF
+from worker.channels import Channel
 from worker.engine.messages import delivery_of
 from worker.engine.runtime import engine
 from worker.engine.workers import REPORT_EVERY_SECONDS
 
 logger = logging.getLogger(__name__)
+
+PAGERDUTY_QUEUE = QUEUE_OF[Channel.PAGERDUTY]
 
 #: This worker process, as opposed to an earlier one under the same name.
 BOOT = uuid.uuid4().hex
@@ -42,11 +46,26 @@ def report(parent: Any) -> None:
         logger.warning("cannot report this worker as up (redis unavailable): %s", exc)
 
 
+def warn_unconfigured(parent: Any) -> None:
+    """Say at start, once, when this worker serves pages but has no routing key to send
+    them with: each would be dead-lettered, and nothing else says why until the first."""
+    settings = engine().settings
+    if PAGERDUTY_QUEUE not in parent.app.amqp.queues.consume_from:
+        return
+    if settings.pagerduty_routing_key is None and not settings.pagerduty_team_routing_keys:
+        logger.warning(
+            "no PAGERDUTY_ROUTING_KEY (nor any PAGERDUTY_ROUTING_KEY_<TEAM>) is set: every "
+            "page this worker takes will be dead-lettered (`gds-notify config check`)"
+        )
+
+
 class Presence(bootsteps.StartStopStep):  # type: ignore[misc]
-    """The worker's step: up when it starts, gone when it stops on purpose."""
+    """The worker's step: up when it starts (saying so when it cannot page), gone when it
+    stops on purpose."""
 
     def start(self, parent: Any) -> None:
         report(parent)
+        warn_unconfigured(parent)
 
     def stop(self, parent: Any) -> None:
         with contextlib.suppress(redis.RedisError):  # then it simply stops being seen

@@ -475,10 +475,6 @@ def test_task_messages_celery_cannot_take_are_dead_lettered_and_no_worker_stops(
             "'headers.eta' 2100-01-01T00:00:00+00:00 is more than the visibility timeout",
             _altered("notify", [job], {"eta": "2100-01-01T00:00:00+00:00"}),
         ),
-        (
-            f"expired ('headers.expires' {long_ago}) before a worker took it",
-            _altered("notify", [job], {"expires": long_ago}),
-        ),
         ("'headers.eta' is not an ISO 8601 time", _altered("notify", [job], {"eta": 12345})),
         (
             # Passes every check above, then fails inside Celery: it iterates over
@@ -493,9 +489,11 @@ def test_task_messages_celery_cannot_take_are_dead_lettered_and_no_worker_stops(
         '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}",  # past Python's recursion limit
         _altered("notify", [job]).replace('"retries": 0', '"retries": ' + "9" * 5000),
     ]
+    # Expired: a sound notification the producer said not to send after that time.
+    expired = _altered("notify", [job], {"expires": long_ago})
     for _, message in poison:
         r.lpush("celery", message)
-    for message in unreadable:
+    for message in [*unreadable, expired]:
         r.lpush("celery", message)
     worker = WorkerProcess(tmp_path / "worker.log", *WORKER).start()
     try:
@@ -508,7 +506,12 @@ def test_task_messages_celery_cannot_take_are_dead_lettered_and_no_worker_stops(
         worker.stop()
         r.close()
     reasons = sorted(e["reason"] for e in engine().dead_letters.list(100))
-    assert len(reasons) == len(poison) + len(unreadable), "\n".join(reasons)  # one each
+    assert len(reasons) == len(poison) + len(unreadable) + 1, "\n".join(reasons)  # one each
+    kept = engine().dead_letters.get(json.loads(expired)["headers"]["id"])
+    assert kept is not None
+    assert kept["channel"] == "intake"  # its notification, whole: a replay can send it
+    assert kept["payload"] == {"args": [job]}
+    assert kept["reason"].startswith(f"expired ('headers.expires' {long_ago}) before a worker")
     untakeable = sorted(x for x in reasons if x.startswith("unrunnable task message: "))
     expected = sorted(f"unrunnable task message: {start}" for start, _ in poison)
     assert len(untakeable) == len(expected), "\n".join(reasons)

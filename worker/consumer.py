@@ -33,7 +33,8 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 
 from worker.engine.quarantine import carried_id, message_copy, quarantine
 from worker.engine.runtime import engine
-from worker.task_message_check import task_message_problem
+from worker.task_message_check import EXPIRED, task_message_problem
+from worker.task_request import keep_expired
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     def on_untakeable(self, message: Any, problem: str) -> None:
         """Dead-letter a task message Celery cannot take, and acknowledge it."""
+        if problem.startswith(EXPIRED) and self._kept_expired(message, problem):
+            return
         reason = f"unrunnable task message: {problem}"
         quarantine(
             engine().dead_letters,
@@ -106,6 +109,26 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         announce_failure(self, message, reason)
         if not message.acknowledged:
             message.reject_log_error(logger, self.connection_errors, requeue=False)
+
+    def _kept_expired(self, message: Any, problem: str) -> bool:
+        """An expired ``notify`` kept as its notification (replayable), and acknowledged;
+        put back when Redis would not keep it. False when its body is not one to keep
+        that way (it is kept as a message instead)."""
+        body = message.decode()
+        if not (isinstance(body, list | tuple) and len(body) == 3):
+            return False
+        args, kwargs, _ = body
+        if not (isinstance(args, list | tuple) and isinstance(kwargs, dict)):
+            return False
+        try:
+            keep_expired(message.headers["id"], args, kwargs, problem)
+        except Exception:
+            logger.exception("an expired notify could not be kept: put back")
+            message.reject_log_error(logger, self.connection_errors, requeue=True)
+            return True
+        announce_failure(self, message, f"unrunnable task message: {problem}")
+        message.ack_log_error(logger, self.connection_errors)
+        return True
 
     def on_send_event_buffered(self) -> None:
         # Called from pool threads too. Celery adds to the hub's ready set directly, which

@@ -9,7 +9,8 @@ who can write to the queue can send such a message, so :class:`worker.consumer.C
 asks :func:`task_message_problem` first and dead-letters what it names.
 
 A ``notify`` that expired (its producer's ``expires``) before a worker took it is
-dead-lettered too: Celery would drop it with one log line.
+dead-lettered too, its notification kept for a replay: Celery would drop it with one log
+line.
 
 Messages Celery already handles (no task name at all, an unknown task, a body that does not
 decode) pass here: its own paths dead-letter them (tasks/poison.py).
@@ -23,6 +24,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from config.queues import NOTIFY_TASK
+
+#: How the problem of a ``notify`` that expired before a worker took it begins (the
+#: consumer keeps such a message as its notification, to be replayed if still wanted).
+EXPIRED = "expired ("
 
 
 def _seconds(value: Any) -> bool:
@@ -81,7 +86,7 @@ def _timing_problem(headers: dict[str, Any], horizon: float, now: float) -> str 
     if headers["task"] == NOTIFY_TASK and expires is not None:
         # Celery would drop it with one log line; a notification is never dropped unseen.
         if expires <= now:
-            return f"expired ('headers.expires' {headers['expires']}) before a worker took it"
+            return f"{EXPIRED}'headers.expires' {headers['expires']}) before a worker took it"
         if eta is not None and expires <= eta:
             return f"'headers.expires' {headers['expires']} is before its 'headers.eta'"
     return None

@@ -44,18 +44,13 @@ class TaskRequest(Request):  # type: ignore[misc]
         super()._announce_revoked(reason, terminated, signum, expired)
 
     def _keep_expired(self) -> None:
-        expires = self._message.headers.get("expires")
-        reason = (
-            f"expired ('headers.expires' {expires}) before a worker ran it (it waited for its "
-            "ETA or its task's rate limit): replay it to send it after all"
+        keep_expired(
+            self.id,
+            self.args,
+            self.kwargs,
+            f"expired ('headers.expires' {self._message.headers.get('expires')}) before a "
+            "worker ran it (it waited for its ETA or its task's rate limit)",
         )
-        payload: dict[str, Any] = {"args": list(self.args)}
-        if self.kwargs:
-            payload["kwargs"] = dict(self.kwargs)
-        engine().dead_letters.add(
-            entry_id=self.id, job_id=None, channel="intake", reason=reason, payload=payload
-        )
-        logger.warning("notify %s dead-lettered: %s", self.id, reason)
 
     def _put_back(self) -> None:
         state.task_ready(self)
@@ -64,3 +59,16 @@ class TaskRequest(Request):  # type: ignore[misc]
             self.reject(requeue=True)
         except Exception:
             logger.exception("notify %s: could not put it back either", self.id)
+
+
+def keep_expired(task_id: str, args: Any, kwargs: Any, why: str) -> None:
+    """Dead-letter an expired ``notify`` under its task id, its notification whole, as
+    intake does one it refuses: ``dlq replay`` sends it after all. Raises what Redis does."""
+    reason = f"{why}: replay it to send it after all"
+    payload: dict[str, Any] = {"args": list(args)}
+    if kwargs:
+        payload["kwargs"] = dict(kwargs)
+    engine().dead_letters.add(
+        entry_id=task_id, job_id=None, channel="intake", reason=reason, payload=payload
+    )
+    logger.warning("notify %s dead-lettered: %s", task_id, reason)

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import errors
-from api.auth import MaskKeysInPaths, unknown_bearer
+from api.auth import MaskKeysInPaths, bearer_token, unknown_bearer
 from api.body_limits import BodyLimits
 from api.routes import PING_ROUTES, ROUTERS
 from config.settings import get_settings
@@ -56,8 +56,10 @@ class PingsFirst:
             await self.api(scope, receive, send)
 
 
-def _known_bearer(scope: Scope) -> bool:
-    return unknown_bearer(Request(scope)) is None
+def _notify_bearer(scope: Scope) -> bool:
+    """Whether the request carries a configured token that may send notifications."""
+    token = bearer_token(Request(scope))
+    return token is not None and token.allows("notify")
 
 
 def create_app() -> PingsFirst:
@@ -86,7 +88,7 @@ def create_app() -> PingsFirst:
             "API_MAX_ALERTMANAGER_BODY_BYTES",
         )
     }
-    app.add_middleware(BodyLimits, **limits, by_path=wider, admits=_known_bearer)
+    app.add_middleware(BodyLimits, **limits, by_path=wider, admits=_notify_bearer)
     errors.install(app, unknown_bearer)
     for router in ROUTERS:
         app.include_router(router)

@@ -55,6 +55,14 @@ def _configured(secret: str | None) -> ApiToken:
     return token
 
 
+def bearer_token(request: Request) -> ApiToken | None:
+    """The configured token the request's bearer names, or None: no check of scope or rate."""
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        return None
+    return find_token(engine().settings.tokens, secret.strip())
+
+
 def unknown_bearer(request: Request) -> ApiError | None:
     """Why the request's bearer token would be refused (401), or None when it names a
     configured token: for a request refused before its route's own check could run."""

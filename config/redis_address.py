@@ -59,6 +59,11 @@ def parse_redis_url(url: str) -> RedisAddress:
     """``url`` as a :class:`RedisAddress`; ValueError saying what a valid one looks like."""
     parts = urlsplit(url)
     scheme = parts.scheme
+    if scheme == "sentinel":
+        raise ValueError(
+            f"Sentinel URLs are written {SENTINEL_FORM} (kombu's sentinel://...;sentinel://... "
+            "form is not accepted; see README, Operations)"
+        )
     if scheme != "unix" and (
         "@" in parts.path or "@" in parts.fragment or (not parts.hostname and "@" in parts.query)
     ):
@@ -67,11 +72,6 @@ def parse_redis_url(url: str) -> RedisAddress:
         raise ValueError(
             "holds '@' after its host: percent-encode a '/', '?' or '#' in the password "
             "(%2F, %3F, %23)"
-        )
-    if scheme == "sentinel":
-        raise ValueError(
-            f"Sentinel URLs are written {SENTINEL_FORM} (kombu's sentinel://...;sentinel://... "
-            "form is not accepted; see README, Operations)"
         )
     if scheme in DIRECT_SCHEMES:
         if scheme != "unix":

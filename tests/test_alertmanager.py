@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from cli.main import main
 from sandbox import SandboxServer
-from tests.api_server import ADMIN_TOKEN, NOTIFY_TOKEN, ApiServer
+from tests.api_server import ADMIN_TOKEN, HEARTBEAT_TOKEN, NOTIFY_TOKEN, ApiServer
 from tests.conftest import TEAM_KEY, SandboxClient, free_port, wait_for
 from worker.engine.runtime import engine
 
@@ -161,13 +161,15 @@ def test_an_alert_firing_again_from_the_same_start_after_its_resolve_pages_again
             webhook(alert()),
             webhook(ended, status="resolved"),
             webhook(alert()),  # back, from the same start
+            webhook(ended, status="resolved"),  # a late copy of the first resolution
+            webhook(alert()),  # a repeat of the firing: still a repeat
             webhook(ended_again, status="resolved"),
             webhook(ended_again, status="resolved"),  # that resolution sent twice
         ):
             [outcome] = http.post("/v1/alertmanager", json=hook).json()["alerts"]
             job(outcome["job_ids"][0])
             steps.append(outcome["duplicate"])
-    assert steps == [False, False, False, False, True]
+    assert steps == [False, False, False, True, True, False, True]
     incidents = api.incidents()
     assert [i["status"] for i in incidents] == ["resolved", "resolved"]
     assert [[t["action"] for t in i["timeline"]] for i in incidents] == [["trigger", "resolve"]] * 2
@@ -229,6 +231,11 @@ def test_a_group_past_the_api_body_limit_is_taken_whole_in_a_wide_outage(
     body = json.dumps(webhook(*alerts))
     assert len(body) > engine().settings.api_max_body_bytes
     anonymous = httpx.post(f"{api_server.url}/v1/alertmanager", content=body, headers=JSON)
+    ping_key = httpx.post(  # a token, but not one that may send notifications
+        f"{api_server.url}/v1/alertmanager",
+        content=body,
+        headers=JSON | {"Authorization": f"Bearer {HEARTBEAT_TOKEN}"},
+    )
     with api_server.client() as http:
         answer = http.post("/v1/alertmanager/", content=body, headers=JSON)  # a slash too
         over = http.post(
@@ -237,8 +244,9 @@ def test_a_group_past_the_api_body_limit_is_taken_whole_in_a_wide_outage(
             headers=JSON,
         )
     # The larger bound is for a caller with a token: before any route runs, it is work.
-    assert anonymous.status_code == 413
-    assert "(API_MAX_BODY_BYTES)" in anonymous.json()["error"]
+    for refused in (anonymous, ping_key):
+        assert refused.status_code == 413
+        assert "(API_MAX_BODY_BYTES)" in refused.json()["error"]
     assert answer.status_code == 202, answer.text[:300]
     outcomes = answer.json()["alerts"]
     assert len(outcomes) == 2_500

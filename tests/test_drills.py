@@ -423,6 +423,10 @@ def test_poison_messages_are_dead_lettered_or_rejected_and_the_worker_keeps_serv
     assert "Connection to broker lost" not in log
 
 
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
 def _altered(task: Any, args: Any, headers: dict[str, Any] | None = None, **outer: Any) -> str:
     """A ``notify``-like message with some of its envelope changed: ``headers`` merged
     into (a value of ``...`` removes the header), ``outer`` replacing top-level keys, and
@@ -476,6 +480,11 @@ def test_task_messages_celery_cannot_take_are_dead_lettered_and_no_worker_stops(
             _altered("notify", [job], {"eta": "2100-01-01T00:00:00+00:00"}),
         ),
         ("'headers.eta' is not an ISO 8601 time", _altered("notify", [job], {"eta": 12345})),
+        (
+            # Expired, and no body to keep as a notification: kept as the message it is.
+            f"expired ('headers.expires' {long_ago}) before a worker took it",
+            _altered("notify", [job], {"expires": long_ago}, body=_b64(b"{not json")),
+        ),
         (
             # Passes every check above, then fails inside Celery: it iterates over
             # stamped_headers when the message expires.

@@ -398,9 +398,18 @@ def test_a_ping_key_reports_heartbeats_and_cannot_silence_the_monitoring(
             f"{medic}/service",
             json={"heartbeat_name": "sneaky", "service_name": "s", "alert_interval": 1},
         )
+        created = http.get(ping_url(hb_api, "sneaky", key=PING_ONLY_KEY) + "?create=1")
+        read = [http.get(f"{medic}/{path}") for path in ("heartbeat", "alerts", "service/etl")]
+        by_bearer = http.get(
+            f"{hb_api.url}/service", headers={"Authorization": f"Bearer {PING_ONLY_KEY}"}
+        )
     assert (pinged.status_code, pinged.text) == (200, "OK")
     assert beat.status_code == 201
-    for refused in (muted, listed, registered):
+    assert (created.status_code, created.text) == (
+        403,
+        "forbidden: creating a check takes the heartbeat scope",
+    )
+    for refused in (muted, listed, registered, *read, by_bearer):
         assert refused.status_code == 403
         assert (
             "reading or changing services takes the 'heartbeat' scope" in (refused.json()["error"])

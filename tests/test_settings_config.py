@@ -203,6 +203,7 @@ def test_sentinel_urls_name_the_sentinels_and_the_master() -> None:
         ("redis://:pw/x@redis:6379/0", "percent-encode a '/', '?' or '#' in the password"),
         ("rediss://:pw?x@redis:6379/0", "percent-encode a '/', '?' or '#' in the password"),
         ("redis+sentinel://:pw#x@s1:26379/gds", "percent-encode a '/', '?' or '#'"),
+        ("sentinel://:pw@s1:26379;sentinel://:pw@s2:26379", "kombu's sentinel://"),
     ],
 )
 def test_bad_redis_urls_say_what_a_good_one_looks_like(url: str, says: str) -> None:

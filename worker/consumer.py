@@ -114,14 +114,13 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         """An expired ``notify`` kept as its notification (replayable), and acknowledged;
         put back when Redis would not keep it. False when its body is not one to keep
         that way (it is kept as a message instead)."""
-        body = message.decode()
-        if not (isinstance(body, list | tuple) and len(body) == 3):
-            return False
-        args, kwargs, _ = body
-        if not (isinstance(args, list | tuple) and isinstance(kwargs, dict)):
+        try:
+            args, kwargs, _ = message.decode()
+        except Exception:  # not a body to read: kept as the message it is
             return False
         try:
-            keep_expired(message.headers["id"], args, kwargs, problem)
+            if not keep_expired(message.headers["id"], args, kwargs, problem):
+                return False
         except Exception:
             logger.exception("an expired notify could not be kept: put back")
             message.reject_log_error(logger, self.connection_errors, requeue=True)

@@ -18,6 +18,7 @@ decision and stay Celery's: only expiry is kept.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -25,6 +26,7 @@ from celery.worker import state
 from celery.worker.request import Request
 
 from config.queues import NOTIFY_TASK
+from worker.engine.quarantine import message_copy, quarantine
 from worker.engine.runtime import engine
 
 logger = logging.getLogger(__name__)
@@ -44,16 +46,20 @@ class TaskRequest(Request):  # type: ignore[misc]
         super()._announce_revoked(reason, terminated, signum, expired)
 
     def _keep_expired(self) -> None:
-        keep_expired(
-            self.id,
-            self.args,
-            self.kwargs,
+        why = (
             f"expired ('headers.expires' {self._message.headers.get('expires')}) before a "
-            "worker ran it (it waited for its ETA or its task's rate limit)",
+            "worker ran it (it waited for its ETA or its task's rate limit)"
         )
+        if not keep_expired(self.id, self.args, self.kwargs, why):
+            # Not one notification of a size to keep whole: kept as the message it was.
+            reason = f"unrunnable task message: {why}"
+            quarantine(engine().dead_letters, reason, message_copy(self._message), self.id)
 
     def _put_back(self) -> None:
         state.task_ready(self)
+        # Celery counted it as revoked when it found it expired; a worker that takes it
+        # again must see an expired message, not a revoked id it would drop unkept.
+        state.revoked.discard(self.id)
         self._already_revoked = True  # it is not run, whatever asks again
         try:
             self.reject(requeue=True)
@@ -61,14 +67,28 @@ class TaskRequest(Request):  # type: ignore[misc]
             logger.exception("notify %s: could not put it back either", self.id)
 
 
-def keep_expired(task_id: str, args: Any, kwargs: Any, why: str) -> None:
+#: The largest notification an expired ``notify`` is kept whole for (a replay sends it);
+#: past it only the start of the message is kept. The API takes no larger body either.
+KEEP_WHOLE_BYTES = 1_048_576
+
+
+def keep_expired(task_id: str, args: Any, kwargs: Any, why: str) -> bool:
     """Dead-letter an expired ``notify`` under its task id, its notification whole, as
-    intake does one it refuses: ``dlq replay`` sends it after all. Raises what Redis does."""
+    intake does one it refuses: ``dlq replay`` sends it after all. Nothing is kept for one
+    whose job exists (it was accepted before, and its message came back after its ack was
+    lost). False, keeping nothing, when it is not one notification of at most
+    ``KEEP_WHOLE_BYTES``. Raises what Redis does."""
+    if not (isinstance(args, list | tuple) and len(args) == 1 and not kwargs):
+        return False
+    if len(json.dumps(args[0], default=str)) > KEEP_WHOLE_BYTES:
+        return False
+    eng = engine()
+    if eng.jobs.get(task_id) is not None:
+        logger.info("notify %s expired, but its job was accepted already: nothing kept", task_id)
+        return True
     reason = f"{why}: replay it to send it after all"
-    payload: dict[str, Any] = {"args": list(args)}
-    if kwargs:
-        payload["kwargs"] = dict(kwargs)
-    engine().dead_letters.add(
-        entry_id=task_id, job_id=None, channel="intake", reason=reason, payload=payload
+    eng.dead_letters.add(
+        entry_id=task_id, job_id=None, channel="intake", reason=reason, payload={"args": [args[0]]}
     )
     logger.warning("notify %s dead-lettered: %s", task_id, reason)
+    return True

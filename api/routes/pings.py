@@ -1,15 +1,16 @@
 """Healthchecks-style ping URLs, so a crontab line switches by changing its URL:
 ``/ping/{key}/{slug}`` and its suffixes ``/start``, ``/fail``, ``/log`` and
 ``/{exit_status}`` (0 is success, 1-255 failure), by HEAD, GET or POST, with an optional
-``?rid=`` tying a start to its finish. The key in the path (a token with the
-``heartbeat`` scope, for the deployment or one team) authorises the ping; a POST body is
-kept, cut to 10,000 characters, as that ping's log.
+``?rid=`` tying a start to its finish. The key in the path (a token with the ``ping``
+scope, or ``heartbeat``, for the deployment or one team) authorises the ping; a POST body
+is kept, cut to 10,000 characters, as that ping's log.
 
 Answers are plain text, as Healthchecks': ``OK`` 200, ``not found`` 404 (an unknown key
 and an unknown slug look the same), ``rate limited`` 429 with ``Retry-After``, and
 ``redis unavailable`` 503 with ``Retry-After`` when the ping could not be kept. As in
 Healthchecks, ``?create=1`` on an unknown slug registers it (``created`` 201) with
-Healthchecks' defaults: a one-day period and an hour's grace.
+Healthchecks' defaults: a one-day period and an hour's grace. Registering takes the
+``heartbeat`` scope: a ``ping`` key (``forbidden`` 403) reports and nothing else.
 
 These routes skip FastAPI's request models (a ping is a path and maybe some text) so that
 a ping costs little: one Redis round trip, the key's rate window and the ping itself
@@ -83,6 +84,8 @@ def ping(request: Request) -> Response:
     spec = eng.service(slug)
     created = False
     if spec is None and request.query_params.get("create") == "1":
+        if not token.allows("heartbeat"):
+            return _text(403, "forbidden: creating a check takes the heartbeat scope")
         if not SLUG_PATTERN.match(slug):
             return _text(400, "invalid slug")
         try:

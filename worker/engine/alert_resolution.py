@@ -25,7 +25,7 @@ def resolve(
     id is given up, so the alert firing again from the same start (a Prometheus that was
     silent past Alertmanager's resolve_timeout, then back with its ``for`` state) pages
     again rather than being taken for a repeat. Raises :class:`InvalidJobError` as intake
-    does."""
+    does. A replay (no ``resolution``) gives nothing up."""
     rule = route(
         engine.settings.routing_rules, firing.priority, firing.team, firing.alert_name, None
     )
@@ -47,6 +47,8 @@ def resolve(
         paged = Channel.PAGERDUTY in rule.channels
         job_id = intake.new_job_id()
         done.append(intake.accept(engine, resolved, job_id, source, check_email=not paged))
-    if firing.idempotency_id:
-        engine.redis.delete(keys.idempotency(firing.idempotency_id))
+    if once is not None and not all(d.duplicate for d in done):
+        # Only for a resolution seen for the first time: a copy of an old one, arriving
+        # after the alert fired again from the same start, must not free that firing's id.
+        engine.redis.delete(keys.idempotency(str(firing.idempotency_id)))
     return done

@@ -195,6 +195,12 @@ def test_medic_refusals_in_medics_shape(hb_api: ApiServer) -> None:
         statuses = http.get("/heartbeat", params={"heartbeat_name": "etl"}).json()["results"]
     with hb_api.client(NOTIFY_TOKEN) as http:
         no_scope = http.post("/heartbeat", json={"heartbeat_name": "etl", "status": "UP"})
+        no_scope_unread = http.post("/heartbeat", content=b"{oops", headers=JSON)
+    # What cannot be read is answered only to a caller with a key: others get the refusal.
+    anonymous_unread = httpx.post(f"{hb_api.url}/heartbeat", content=b"{oops", headers=JSON)
+    wrong_key_unread = httpx.post(
+        f"{hb_api.url}/medic/gdsn_nobody/heartbeat", content=b"{oops", headers=JSON
+    )
     anonymous = httpx.post(f"{hb_api.url}/heartbeat", json={"heartbeat_name": "etl"})
     assert (unknown.status_code, unknown.json()["success"]) == (404, False)
     assert bad.status_code == 400
@@ -227,8 +233,10 @@ def test_medic_refusals_in_medics_shape(hb_api: ApiServer) -> None:
     assert wrong_count.json()["message"].startswith("maxCount: Input should be a valid integer")
     assert (curl_d.status_code, many.status_code) == (201, 200)
     assert [b["status"] for b in statuses] == ["DOWN", "DOWN", "DOWN"]  # exit 3, /fail, DOWN
-    assert no_scope.status_code == 403
-    assert anonymous.status_code == 401
+    assert no_scope.status_code == no_scope_unread.status_code == 403
+    assert anonymous.status_code == anonymous_unread.status_code == 401
+    assert wrong_key_unread.status_code == 401
+    assert "error" in anonymous_unread.json()  # the API's shape, as every token refusal
     assert engine().heartbeats.refused()["unknown_slug"] == 1
     assert not engine().redis.exists("gds:hb:log:ghost")  # refused, never stored
 

@@ -31,9 +31,10 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from api.auth import calling_token, path_key, require
+from api.auth import authorize, calling_token, path_key, require
 from api.errors import forbidden
 from config.api_tokens import ApiToken
 from config.catalogue import SLUG_PATTERN, ServiceSpec
@@ -104,9 +105,21 @@ def _unreadable(exc: RequestValidationError) -> str:
     return "; ".join(found)
 
 
+def _caller_check(request: Request) -> None:
+    """The check the route's dependency would have made of its caller (the key in the
+    path, else the bearer), which FastAPI runs only after it has read the body: raises the
+    same 401 or 403."""
+    key = request.path_params.get("key")
+    if key is None:
+        scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+        key = secret.strip() if scheme.lower() == "bearer" else ""
+    authorize(str(key), "ping", rate=None)
+
+
 class MedicRoute(APIRoute):
     """A route that answers a request FastAPI could not read (a body that is not JSON, a
-    query parameter of the wrong type) in Medic's shape, as a 400."""
+    query parameter of the wrong type) in Medic's shape, as a 400, once its caller is
+    known to hold a key: anyone else gets the 401 or 403 the route would give."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -115,9 +128,11 @@ class MedicRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as exc:
+                await run_in_threadpool(_caller_check, request)
                 return refused(400, _unreadable(exc))
             except HTTPException as exc:
                 if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+                    await run_in_threadpool(_caller_check, request)
                     return refused(400, "body: not valid JSON (not UTF-8)")
                 raise
 

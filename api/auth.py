@@ -55,20 +55,23 @@ def _configured(secret: str | None) -> ApiToken:
     return token
 
 
+def bearer_secret(request: Request) -> str:
+    """The secret of the request's ``Authorization: Bearer`` header, or ""."""
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else ""
+
+
 def bearer_token(request: Request) -> ApiToken | None:
     """The configured token the request's bearer names, or None: no check of scope or rate."""
-    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        return None
-    return find_token(engine().settings.tokens, secret.strip())
+    secret = bearer_secret(request)
+    return find_token(engine().settings.tokens, secret) if secret else None
 
 
 def unknown_bearer(request: Request) -> ApiError | None:
     """Why the request's bearer token would be refused (401), or None when it names a
     configured token: for a request refused before its route's own check could run."""
-    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
     try:
-        _configured(secret.strip() if scheme.lower() == "bearer" else None)
+        _configured(bearer_secret(request))
     except ApiError as refused:
         return refused
     return None

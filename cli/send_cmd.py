@@ -165,11 +165,17 @@ def note_duplicate(job_id: str, since: float) -> None:
         record = engine().jobs.get(job_id)
     except redis.RedisError:
         return
-    if record is not None and record["duplicates"] and record["created_at"] < since:
+    if record is not None and _copy_of_earlier(record, since):
         note(
             f"same idempotency id as job {job_id}, accepted before: nothing new was queued "
             f"(`{program()} status {job_id}` follows that job)"
         )
+
+
+def _copy_of_earlier(record: dict[str, Any], since: float) -> bool:
+    """Whether a send since ``since`` was dropped as a copy of ``record``'s job, which
+    came before it (the id a send prints is then that job's)."""
+    return bool(record["duplicates"]) and record["created_at"] < since
 
 
 @click.command()
@@ -253,8 +259,8 @@ def follow(job_id: str, timeout: float, since: float) -> None:
         if record is None:
             raise Failed(f"job {job_id}: no record (expired, or Redis was emptied)")
         if not announced:
-            duplicate = record["duplicates"] and record["created_at"] < since
-            first = "deduplicated: same idempotency id as " if duplicate else ""
+            copy = _copy_of_earlier(record, since)
+            first = "deduplicated: same idempotency id as " if copy else ""
             channels = ", ".join(record["channels"])
             key = f" (dedup key {record['dedup_key']})" if record.get("dedup_key") else ""
             click.echo(f"{first}job {job_id} queued for {channels}{key}", err=True)

@@ -73,16 +73,28 @@ class RoutingRule(BaseModel):
         alert: str | None,
         db_instance_id: int | str | None = None,
     ) -> bool:
+        return not self.missed(priority, team, alert, db_instance_id)
+
+    def missed(
+        self,
+        priority: NotificationPriority,
+        team: str | None,
+        alert: str | None,
+        db_instance_id: int | str | None = None,
+    ) -> list[str]:
+        """The fields of this rule a notification with these values does not match."""
+        missed = []
         if self.priority and priority not in self.priority:
-            return False
+            missed.append("priority")
         if self.db_instance_id and not _same_instance(db_instance_id, self.db_instance_id):
-            return False
+            missed.append("db_instance_id")
         if self.team and (team is None or team.lower() not in {t.lower() for t in self.team}):
-            return False
-        return not (
-            self.alert_name is not None
-            and (alert is None or not fnmatch.fnmatchcase(alert, self.alert_name))
-        )
+            missed.append("team")
+        if self.alert_name is not None and (
+            alert is None or not fnmatch.fnmatchcase(alert, self.alert_name)
+        ):
+            missed.append("alert_name")
+        return missed
 
 
 def why_not(
@@ -95,23 +107,19 @@ def why_not(
     """Why no rule that names recipients (``email_to``) for ``alert`` matched, when one
     names it: what a sender of that alert most likely expected to reach (a typo in the
     instance, another team), or None."""
+    sent = {"priority": priority.value, "db_instance_id": db_instance_id, "team": team}
     for rule in rules:
-        if rule.email_to is None or rule.alert_name is None or alert is None:
+        if rule.email_to is None or rule.alert_name is None:
             continue
-        if not fnmatch.fnmatchcase(alert, rule.alert_name):
-            continue
-        missed = []
-        if rule.db_instance_id and not _same_instance(db_instance_id, rule.db_instance_id):
-            missed.append(f"db_instance_id {db_instance_id!r} is not one of {rule.db_instance_id}")
-        if rule.team and (team is None or team.lower() not in {t.lower() for t in rule.team}):
-            missed.append(f"team {team!r} is not one of {rule.team}")
-        if rule.priority and priority not in rule.priority:
-            missed.append(
-                f"priority {priority.value} is not one of {[p.value for p in rule.priority]}"
-            )
-        if missed:
+        missed = rule.missed(priority, team, alert, db_instance_id)
+        if missed and "alert_name" not in missed:
+            named = {"priority": [p.value for p in rule.priority]}
+            parts = [
+                f"{field} {sent[field]!r} is not one of {named.get(field, getattr(rule, field))}"
+                for field in missed
+            ]
             return f"the routing rule for alert {rule.alert_name!r} did not match: " + ", ".join(
-                missed
+                parts
             )
     return None
 

@@ -34,7 +34,7 @@ from pydantic import (
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from api.auth import authorize, calling_token, path_key, require
+from api.auth import authorize, bearer_secret, calling_token, path_key, require
 from api.errors import forbidden
 from config.api_tokens import ApiToken
 from config.catalogue import SLUG_PATTERN, ServiceSpec
@@ -110,10 +110,7 @@ def _caller_check(request: Request) -> None:
     path, else the bearer), which FastAPI runs only after it has read the body: raises the
     same 401 or 403."""
     key = request.path_params.get("key")
-    if key is None:
-        scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-        key = secret.strip() if scheme.lower() == "bearer" else ""
-    authorize(str(key), "ping", rate=None)
+    authorize(str(key) if key is not None else bearer_secret(request), "ping", rate=None)
 
 
 class MedicRoute(APIRoute):

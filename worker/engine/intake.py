@@ -80,14 +80,18 @@ def accept(
             check_email_headers(request)
         except InvalidFieldError as exc:
             message = exc.problem
-            unmatched = why_not(
-                engine.settings.routing_rules,
-                request.priority,
-                request.team,
-                request.alert_name,
-                request.db_instance_id,
+            unmatched = (
+                why_not(
+                    engine.settings.routing_rules,
+                    request.priority,
+                    request.team,
+                    request.alert_name,
+                    request.db_instance_id,
+                )
+                if exc.field == "recipient" and email_to is None
+                else None
             )
-            if exc.field == "recipient" and email_to is None and unmatched is not None:
+            if unmatched is not None:
                 # The sender meant a rule's recipients, and missed the rule.
                 message += f"; {unmatched}"
             elif (
@@ -168,15 +172,8 @@ def _queue(
         )
         raise InvalidJobError([{"field": "id", "message": problem}]) from None
     if first is not None:
-        engine.jobs.add_duplicate(first)
-        logger.info(
-            "job %s: duplicate of %s (idempotency id), dropped",
-            job_id,
-            first,
-            extra={"job_id": job_id, "outcome": "duplicate", "duplicate_of": first},
-        )
         # What the first job was queued for: this copy, whatever it asked, sends nothing.
-        return Accepted(first, duplicate=True, channels=engine.jobs.channels(first))
+        return _dropped(engine, job_id, first, engine.jobs.channels(first))
     named = ", ".join(c.value for c in channels)
     logger.info(
         "job %s accepted for %s",
@@ -247,12 +244,18 @@ def lifecycle_once(
         incident=fit_dedup_key(dedup_key),
     )
     if first is not None:
-        engine.jobs.add_duplicate(first)
-        logger.info(
-            "job %s: duplicate of %s (idempotency id), dropped",
-            job_id,
-            first,
-            extra={"job_id": job_id, "outcome": "duplicate", "duplicate_of": first},
-        )
-        return Accepted(first, duplicate=True, channels=(Channel.PAGERDUTY,))
+        return _dropped(engine, job_id, first, (Channel.PAGERDUTY,))
     return Accepted(job_id, channels=(Channel.PAGERDUTY,))
+
+
+def _dropped(engine: Engine, job_id: str, first: str, channels: tuple[Channel, ...]) -> Accepted:
+    """Job ``job_id`` was a copy of ``first`` (same idempotency id): counted on the first's
+    record and logged; the answer names the first."""
+    engine.jobs.add_duplicate(first)
+    logger.info(
+        "job %s: duplicate of %s (idempotency id), dropped",
+        job_id,
+        first,
+        extra={"job_id": job_id, "outcome": "duplicate", "duplicate_of": first},
+    )
+    return Accepted(first, duplicate=True, channels=channels)

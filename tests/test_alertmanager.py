@@ -346,7 +346,159 @@ def test_a_resolved_alert_is_never_refused_for_its_emails_sake(
     assert incident["status"] == "resolved"
 
 
-def _alertmanager_config(path: Path, api_url: str) -> Path:
+def grouped(*alerts: dict[str, Any], **common: str) -> dict[str, Any]:
+    """A group's webhook as Alertmanager writes it, its status from its alerts."""
+    firing = any(a["status"] == "firing" for a in alerts)
+    return webhook(*alerts, status="firing" if firing else "resolved") | {
+        "commonLabels": {"alertname": "DiskFull"} | common
+    }
+
+
+def node(i: int, status: str = "firing", **labels: str) -> dict[str, Any]:
+    return alert(status, fingerprint=f"{i:016x}", instance=f"node-{i}:9100", **labels) | {
+        "annotations": {"summary": f"Disk full on node-{i}"}
+    }
+
+
+def test_a_group_is_one_incident_that_follows_its_firing_alerts_and_resolves_once(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    """?incident=group: one incident per group, as Alertmanager's own PagerDuty receiver
+    makes it. A repeat of the same firing alerts queues nothing; a change triggers again
+    (PagerDuty adds it to the open incident); the group resolved resolves it, once."""
+    steps = [
+        grouped(node(1), node(2), node(3), team="dba"),
+        grouped(node(1), node(2), node(3), team="dba"),  # repeat_interval
+        grouped(node(1), node(2), node(3, "resolved"), team="dba"),  # one resolved
+        grouped(node(1, "resolved"), node(2, "resolved"), team="dba"),
+        grouped(node(1, "resolved"), node(2, "resolved"), team="dba"),  # sent again
+    ]
+    outcomes = []
+    with api_server.client() as http:
+        for hook in steps:
+            answer = http.post("/v1/alertmanager?incident=group", json=hook)
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["alerts"] == []
+            outcome = answer.json()["group"]
+            for job_id in outcome["job_ids"]:
+                job(job_id)
+            outcomes.append(outcome)
+    assert [(o["status"], o["firing"], o["duplicate"]) for o in outcomes] == [
+        ("firing", 3, False),
+        ("firing", 3, True),
+        ("firing", 2, False),
+        ("resolved", 0, False),
+        ("resolved", 0, True),
+    ]
+    assert outcomes[1]["job_ids"] == outcomes[0]["job_ids"]
+    time.sleep(0.5)  # what a second resolve would have sent
+    [incident] = api.incidents()
+    assert incident["dedup_key"] == outcomes[0]["dedup_key"]
+    assert incident["dedup_key"].startswith("alertmanager-group-")
+    assert incident["routing_key"].endswith(TEAM_KEY[-4:])  # the group's common team
+    assert incident["status"] == "resolved"
+    assert [t["action"] for t in incident["timeline"]] == ["trigger", "trigger", "resolve"]
+    first, second = [e["body"] for e in api.events() if e["body"]["event_action"] == "trigger"]
+    assert first["payload"]["summary"] == "[FIRING:3] DiskFull"
+    assert second["payload"]["summary"] == "[FIRING:2] DiskFull"
+    details = second["payload"]["custom_details"]
+    assert (details["num_firing"], details["num_resolved"]) == (2, 1)
+    assert [a["labels"]["instance"] for a in details["firing"]] == ["node-1:9100", "node-2:9100"]
+    assert second["payload"]["class"] == "DiskFull"
+    assert second["payload"]["severity"] == "critical"
+
+
+def test_a_groups_resolve_goes_where_it_paged_after_the_alert_that_paged_has_left_it(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A critical and a warning in one group: it pages. The critical resolves and leaves
+    the group (Alertmanager sends a resolved alert once); the warning alone is an email.
+    When the warning resolves, the group's resolve still resolves the page, on every
+    routing key it paged on (its common team changed while it fired), and mails."""
+    from config.settings import get_settings
+
+    monkeypatch.setenv(
+        "ROUTING_RULES",
+        '[{"priority": ["normal"], "channels": ["email"], "email_to": "ops@example.com"}]',
+    )
+    get_settings.cache_clear()
+    warning = {"severity": "warning"}
+    steps = [
+        grouped(node(1, team="dba"), node(2, team="dba", **warning), team="dba"),
+        grouped(node(1, "resolved", team="dba"), node(2, team="web", **warning)),
+        grouped(node(2, "resolved", team="web", **warning)),
+    ]
+    with api_server.client() as http:
+        for hook in steps:
+            outcome = http.post("/v1/alertmanager?incident=group", json=hook).json()["group"]
+            assert outcome["dead_letter"] is None, outcome
+            for job_id in outcome["job_ids"]:
+                job(job_id)
+    incidents = api.incidents()
+    assert len(incidents) == 1, incidents  # the warning alone never paged
+    assert incidents[0]["status"] == "resolved"
+    assert incidents[0]["routing_key"].endswith(TEAM_KEY[-4:])
+    resolves = [e for e in api.events() if e["body"]["event_action"] == "resolve"]
+    assert len(resolves) == 2  # the team's key and the default key: where it may have paged
+    subjects = [m["subject"] for m in api.messages()]
+    assert subjects == ["[FIRING:1] Disk full on node-2", "[RESOLVED] Disk full on node-2"]
+    # Forgotten once resolved: firing again with the same alerts pages again.
+    with api_server.client() as http:
+        again = http.post("/v1/alertmanager?incident=group", json=steps[0]).json()["group"]
+    assert again["duplicate"] is False
+    job(again["job_ids"][0])
+    assert [i["status"] for i in api.incidents()] == ["resolved", "triggered"]
+
+
+def test_a_group_too_large_for_an_incident_each_pages_once_as_a_group(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    """12,000 alerts: more than one webhook may make incidents of (and, one per alert,
+    hours of PagerDuty's rate per routing key); as a group, one page listing them."""
+    hook = grouped(*(node(i) for i in range(12_000)))
+    with api_server.client() as http:
+        each = http.post("/v1/alertmanager", json=hook)
+        as_group = http.post("/v1/alertmanager?incident=group", json=hook)
+        unknown = http.post("/v1/alertmanager?incident=both", json=hook)
+    assert each.status_code == 422
+    [error] = each.json()["errors"]
+    assert error["field"] == "alerts"
+    assert "12000 alerts, more than 10000" in error["message"]
+    assert "?incident=group" in error["message"]
+    assert unknown.status_code == 422
+    assert unknown.json()["errors"][0]["field"] == "incident"
+    assert as_group.status_code == 202, as_group.text[:300]
+    outcome = as_group.json()["group"]
+    job(outcome["job_ids"][0])
+    [event] = [e["body"] for e in api.events()]
+    assert event["payload"]["summary"] == "[FIRING:12000] DiskFull"
+    details = event["payload"]["custom_details"]
+    assert details["num_firing"] == 12_000
+    assert len(details["firing"]) == 100
+    assert details["firing_not_listed"] == 11_900
+
+
+def test_a_group_that_cannot_be_a_notification_is_kept_with_its_reason(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    bad = "dba\nX-Evil: 1"
+    with api_server.client() as http:
+        firing = http.post("/v1/alertmanager?incident=group", json=grouped(node(1), team=bad))
+        again = http.post("/v1/alertmanager?incident=group", json=grouped(node(1), team=bad))
+        resolved = http.post(
+            "/v1/alertmanager?incident=group", json=grouped(node(1, "resolved"), team=bad)
+        )
+    kept = [a.json()["group"] for a in (firing, again, resolved)]
+    assert [k["job_ids"] for k in kept] == [[], [], []]
+    assert kept[0]["dead_letter"] == kept[1]["dead_letter"] != kept[2]["dead_letter"]
+    letter = engine().dead_letters.get(kept[2]["dead_letter"])
+    assert letter is not None
+    assert letter["reason"].startswith("group: invalid notification: team")
+    assert letter["payload"]["resolves"] == kept[2]["dedup_key"]
+    assert api.incidents() == []
+
+
+def _alertmanager_config(path: Path, webhook_url: str) -> Path:
     path.write_text(
         f"""
 route:
@@ -358,7 +510,7 @@ route:
 receivers:
   - name: gds
     webhook_configs:
-      - url: {api_url}/v1/alertmanager
+      - url: {webhook_url}
         send_resolved: true
         max_alerts: 0
         http_config:
@@ -371,7 +523,11 @@ receivers:
 
 
 @pytest.fixture
-def alertmanager(api_server: ApiServer, tmp_path: Path) -> Iterator[str]:
+def alertmanager(
+    api_server: ApiServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A real Alertmanager sending to the API; its webhook URL's query is the parameter."""
+    webhook_url = f"{api_server.url}/v1/alertmanager{getattr(request, 'param', '')}"
     if ALERTMANAGER is None or AMTOOL is None:
         pytest.skip("Debian's prometheus-alertmanager is not installed (make test installs it)")
     port = free_port()
@@ -380,7 +536,7 @@ def alertmanager(api_server: ApiServer, tmp_path: Path) -> Iterator[str]:
     proc = subprocess.Popen(
         [
             ALERTMANAGER,
-            f"--config.file={_alertmanager_config(tmp_path / 'alertmanager.yml', api_server.url)}",
+            f"--config.file={_alertmanager_config(tmp_path / 'alertmanager.yml', webhook_url)}",
             f"--storage.path={tmp_path / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--cluster.listen-address=",
@@ -456,6 +612,51 @@ def test_a_real_alertmanager_fires_repeats_and_resolves_one_incident(
     [incident] = api.incidents()
     assert [t["action"] for t in incident["timeline"]] == ["trigger", "resolve"]
     assert incident["dedup_key"] == dedup_key
+
+
+@pytest.mark.parametrize("alertmanager", ["?incident=group"], indirect=True)
+def test_a_real_alertmanagers_group_is_one_incident_until_all_its_alerts_resolve(
+    alertmanager: str, celery_worker: Any, api: SandboxClient
+) -> None:
+    """As Prometheus sends them: two alerts of one group fire (one incident, its page
+    listing both), one resolves (the incident stays open), then the other."""
+    started = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+
+    def post(*instances: str, ended: bool = False) -> None:
+        end = {"endsAt": (datetime.now(UTC) - timedelta(seconds=1)).isoformat()} if ended else {}
+        alerts = [
+            {
+                "labels": {"alertname": "NodeDown", "instance": i, "severity": "critical"},
+                "annotations": {"summary": f"{i} is down"},
+                "startsAt": started.isoformat(),
+            }
+            | end
+            for i in instances
+        ]
+        httpx.post(f"{alertmanager}/api/v2/alerts", json=alerts, timeout=10).raise_for_status()
+
+    def firing_counts() -> list[int]:
+        return [
+            e["body"]["payload"]["custom_details"]["num_firing"]
+            for e in api.events()
+            if e["body"]["event_action"] == "trigger"
+        ]
+
+    post("node-1", "node-2")
+    wait_for(lambda: firing_counts() and firing_counts()[-1] == 2, timeout=30)
+    post("node-1", ended=True)
+    wait_for(lambda: firing_counts()[-1] == 1, timeout=30)
+    [incident] = api.incidents()
+    assert incident["status"] == "triggered"
+    post("node-2", ended=True)
+    wait_for(lambda: api.incidents()[0]["status"] == "resolved", timeout=30)
+    time.sleep(3)  # repeats of the resolved group queue nothing new
+    [incident] = api.incidents()
+    assert incident["dedup_key"].startswith("alertmanager-group-")
+    actions = [t["action"] for t in incident["timeline"]]
+    assert actions[-1] == "resolve"
+    assert actions.count("resolve") == 1
+    assert incident["summary"].startswith("[FIRING:")
 
 
 def _jobs_from(source: str) -> list[dict[str, Any]]:

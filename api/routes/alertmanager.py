@@ -19,15 +19,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from api.auth import require
 from api.routes.answers import BODY_ERRORS, accept
-from worker.engine import alert_resolution, intake
+from worker.engine import alert_groups, alert_resolution, intake
 from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError, parse_request
 from worker.notification import NotificationPriority, PagerDutySeverity, one_line
@@ -85,11 +85,10 @@ class Webhook(_Camel):
     common_labels: dict[str, str] = Field(default_factory=dict)
     common_annotations: dict[str, str] = Field(default_factory=dict)
     external_url: str = Field(default="", alias="externalURL")
-    alerts: list[Alert] = Field(max_length=10_000)
+    alerts: list[Alert]
 
 
-class AlertOutcome(BaseModel):
-    fingerprint: str
+class Outcome(BaseModel):
     status: str
     job_ids: list[str] = Field(default_factory=list)
     duplicate: bool = False
@@ -99,8 +98,28 @@ class AlertOutcome(BaseModel):
     error: str | None = None
 
 
+class AlertOutcome(Outcome):
+    fingerprint: str
+
+
+class GroupOutcome(Outcome):
+    dedup_key: str
+    firing: int = 0
+
+
 class Received(BaseModel):
-    alerts: list[AlertOutcome]
+    alerts: list[AlertOutcome] = Field(
+        default_factory=list, description="One per alert (an incident per alert)."
+    )
+    group: GroupOutcome | None = Field(
+        default=None, description="The group's (an incident per group: ?incident=group)."
+    )
+
+
+#: More than this in one webhook is refused when each alert is its own incident: each is
+#: its own notification, and Alertmanager waits for the answer. A group's incident takes
+#: any number.
+MAX_ALERTS_EACH = 10_000
 
 
 def fingerprint(alert: Alert) -> str:
@@ -184,25 +203,189 @@ def _one(alert: Alert, hook: Webhook, index: int) -> AlertOutcome:
             outcome.job_ids = [d.job_id for d in done]
             outcome.duplicate = bool(done) and all(d.duplicate for d in done)
     except InvalidJobError as exc:
-        # Alertmanager does not retry a 4xx: keep it, with the reason, for a replay (which
-        # resolves what a resolved alert names, never triggers it). One entry per alert,
-        # start and status, so its repeats every repeat_interval do not pile up.
-        intake.refused(engine(), "alertmanager")
-        moment = hashlib.sha256(f"{alert.status}@{alert.starts_at}".encode()).hexdigest()
-        entry_id = f"alertmanager-{outcome.fingerprint}-{moment[:8]}"
-        payload: dict[str, Any] = {"args": [fields]}
-        if alert.status == "resolved":
-            payload["resolves"] = dedup_key(alert)
-        engine().dead_letters.add(
-            entry_id=entry_id,
-            job_id=None,
-            channel="intake",
-            reason=f"alerts.{index}: {exc}",
-            payload=payload,
-            last_error={"type": "InvalidJobError", "message": str(exc), "errors": exc.errors},
-        )
-        outcome.dead_letter, outcome.error = entry_id, str(exc)
+        resolves = dedup_key(alert) if alert.status == "resolved" else None
+        moment = f"{alert.status}@{alert.starts_at}"
+        outcome.dead_letter = _keep(fields, exc, f"{outcome.fingerprint}-", moment, index, resolves)
+        outcome.error = str(exc)
     return outcome
+
+
+#: How many of a group's alerts its page lists (custom details) and its email names.
+LISTED_IN_PAGE = 100
+LISTED_IN_EMAIL = 1_000
+
+
+def group_dedup_key(hook: Webhook) -> str:
+    """``alertmanager-group-`` and a hash of the group's key: the same group (its route and
+    grouping labels) is the same incident, as Alertmanager's own PagerDuty receiver has it."""
+    key = hook.group_key or json.dumps(
+        [hook.receiver, hook.group_labels], sort_keys=True, separators=(",", ":")
+    )
+    return f"alertmanager-group-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:16]}"
+
+
+def group_title(hook: Webhook, alerts: list[Alert]) -> str:
+    """The group's one-line title: its common summary, the summary of its one alert, or its
+    grouping labels' values."""
+    common = one_line(hook.common_annotations.get("summary", ""))
+    if common:
+        return common
+    if len(alerts) == 1:
+        return summary(alerts[0])
+    named = one_line(" ".join(v for _, v in sorted(hook.group_labels.items())))
+    return named or one_line(hook.common_labels.get("alertname", "")) or "Alertmanager group"
+
+
+def worst(alerts: list[Alert]) -> Alert:
+    """The alert whose severity asks the most (the first of them)."""
+    return max(alerts, key=lambda a: priority(a).rank)
+
+
+def group_fields(hook: Webhook, firing: list[Alert]) -> dict[str, Any]:
+    """The notification a firing group becomes: its worst alert's priority, the group's
+    common ``team``, and its firing alerts listed. Its idempotency id names the set of
+    firing alerts, so a repeat queues nothing and a change triggers again (PagerDuty adds
+    it to the same open incident; an email route mails the new list)."""
+    key = group_dedup_key(hook)
+    head = worst(firing)
+    listed = [
+        {"labels": a.labels, "annotations": a.annotations, "startsAt": a.starts_at}
+        for a in firing[:LISTED_IN_PAGE]
+    ]
+    details: dict[str, Any] = {
+        "firing": listed,
+        "num_firing": len(firing),
+        "num_resolved": len(hook.alerts) - len(firing),
+        "groupLabels": hook.group_labels,
+        "commonLabels": hook.common_labels,
+        "commonAnnotations": hook.common_annotations,
+        "receiver": hook.receiver,
+        "groupKey": hook.group_key,
+    }
+    if len(firing) > LISTED_IN_PAGE:
+        details["firing_not_listed"] = len(firing) - LISTED_IN_PAGE
+    metadata: dict[str, Any] = {
+        "dedup_key": key,
+        "client": "Alertmanager",
+        "custom_details": details,
+    }
+    if hook.external_url.startswith(("http://", "https://")):
+        metadata["client_url"] = hook.external_url
+    sources = dict.fromkeys(
+        a.generator_url for a in firing if a.generator_url.startswith(("http://", "https://"))
+    )
+    if sources:
+        metadata["links"] = [{"href": url, "text": "Alert source"} for url in list(sources)[:5]]
+    alert_name = hook.common_labels.get("alertname") or head.labels.get("alertname")
+    if alert_name:
+        metadata["class"] = alert_name
+    if head.labels.get("severity", "").lower() in tuple(PagerDutySeverity):
+        metadata["severity"] = head.labels["severity"].lower()
+    lines = [f"- {summary(a)}" for a in firing[:LISTED_IN_EMAIL]]
+    if len(firing) > LISTED_IN_EMAIL:
+        lines.append(f"- and {len(firing) - LISTED_IN_EMAIL} more")
+    moments = sorted(f"{fingerprint(a)}@{a.starts_at}" for a in firing)
+    firing_set = hashlib.sha256("\n".join(moments).encode("utf-8")).hexdigest()[:16]
+    title = group_title(hook, firing)
+    fields: dict[str, Any] = {
+        "recipient": one_line(" ".join(v for _, v in sorted(hook.group_labels.items()))) or title,
+        "subject": f"[FIRING:{len(firing)}] {title}",
+        "body": "\n".join(lines),
+        "priority": priority(head),
+        "alert_name": alert_name,
+        "idempotency_id": f"{key}@{firing_set}",
+        "metadata": metadata,
+    }
+    if hook.common_labels.get("team"):
+        fields["team"] = hook.common_labels["team"]
+    return fields
+
+
+def _group(hook: Webhook) -> GroupOutcome:
+    key = group_dedup_key(hook)
+    group_id = key.removeprefix("alertmanager-group-")
+    firing = [a for a in hook.alerts if a.status == "firing"]
+    outcome = GroupOutcome(
+        dedup_key=key, status="firing" if firing else "resolved", firing=len(firing)
+    )
+    if not hook.alerts:
+        return outcome
+    redis = engine().redis
+    if firing:
+        fields = group_fields(hook, firing)
+        try:
+            request = parse_request(fields)
+            alert_groups.remember(
+                redis, group_id, request.priority, request.team, str(request.idempotency_id)
+            )
+            answer = accept(request, "alertmanager")
+            outcome.job_ids, outcome.duplicate = [answer.job_id], answer.duplicate
+        except InvalidJobError as exc:
+            outcome.dead_letter = _keep(
+                fields, exc, "group-", f"firing@{fields['idempotency_id']}", None, None
+            )
+            outcome.error = str(exc)
+        return outcome
+    # Resolved: where any of its firings went (the alert that paged may have left the group).
+    memory = alert_groups.recall(redis, group_id)
+    resolution = hashlib.sha256(
+        "\n".join(sorted(f"{fingerprint(a)}@{a.ends_at}" for a in hook.alerts)).encode("utf-8")
+    ).hexdigest()[:16]
+    fields = group_fields(hook, hook.alerts)
+    fields["subject"] = group_title(hook, hook.alerts)
+    fields["priority"] = memory.worst(*(priority(a) for a in hook.alerts))
+    fields["idempotency_id"] = key
+    done: list[intake.Accepted] = []
+    try:
+        request = parse_request(fields)
+        # Its common team may have changed while it fired: each routing key it paged on.
+        done = alert_resolution.resolve(
+            engine(),
+            request,
+            key,
+            "alertmanager",
+            resolution,
+            fired_as=memory.firing_ids,
+            fired_at=memory.priorities,
+            fired_for=memory.teams,
+        )
+    except InvalidJobError as exc:
+        outcome.dead_letter = _keep(fields, exc, "group-", f"resolved@{resolution}", None, key)
+        outcome.error = str(exc)
+    outcome.job_ids = [d.job_id for d in done]
+    outcome.duplicate = bool(done) and all(d.duplicate for d in done)
+    if done and not outcome.duplicate:
+        alert_groups.forget(redis, group_id, memory)
+    return outcome
+
+
+def _keep(
+    fields: dict[str, Any],
+    exc: InvalidJobError,
+    name: str,
+    moment: str,
+    index: int | None,
+    resolves: str | None,
+) -> str:
+    """Dead-letter what could not become a notification, with the reason, for a replay
+    (which resolves what a resolved alert names, never triggers it): Alertmanager does not
+    retry a 4xx. One entry per alert (or group), moment and status, so the repeats every
+    repeat_interval do not pile up."""
+    intake.refused(engine(), "alertmanager")
+    entry_id = f"alertmanager-{name}{hashlib.sha256(moment.encode()).hexdigest()[:8]}"
+    payload: dict[str, Any] = {"args": [fields]}
+    if resolves is not None:
+        payload["resolves"] = resolves
+    where = f"alerts.{index}: " if index is not None else "group: "
+    engine().dead_letters.add(
+        entry_id=entry_id,
+        job_id=None,
+        channel="intake",
+        reason=f"{where}{exc}",
+        payload=payload,
+        last_error={"type": "InvalidJobError", "message": str(exc), "errors": exc.errors},
+    )
+    return entry_id
 
 
 @router.post(
@@ -212,9 +395,18 @@ def _one(alert: Alert, hook: Webhook, index: int) -> AlertOutcome:
     responses=BODY_ERRORS,
     dependencies=[Depends(require("notify"))],
 )
-def receive(hook: Webhook) -> Received:
+def receive(
+    hook: Webhook,
+    incident: Annotated[
+        Literal["alert", "group"],
+        Query(description="One incident per alert (the default), or one per group."),
+    ] = "alert",
+) -> Received:
     """Alertmanager's webhook (version 4): each firing alert triggers, each resolved alert
-    resolves; repeats of the same firing alert queue nothing new."""
+    resolves; repeats of the same firing alert queue nothing new. With ``?incident=group``
+    the group is one incident, as Alertmanager's own PagerDuty receiver makes it: it
+    triggers while any alert fires (again when the firing alerts change) and resolves when
+    none does."""
     if hook.truncated_alerts > 0:
         # Cut by the receiver's max_alerts before they were sent: they never reach us.
         logger.warning(
@@ -222,5 +414,18 @@ def receive(hook: Webhook) -> Received:
             "and will not page (set max_alerts: 0)",
             hook.truncated_alerts,
             hook.group_key[:200],
+        )
+    if incident == "group":
+        return Received(group=_group(hook))
+    if len(hook.alerts) > MAX_ALERTS_EACH:
+        raise InvalidJobError(
+            [
+                {
+                    "field": "alerts",
+                    "message": f"{len(hook.alerts)} alerts, more than {MAX_ALERTS_EACH} "
+                    "incidents in one webhook: send this receiver's groups as one incident "
+                    "each (?incident=group)",
+                }
+            ]
         )
     return Received(alerts=[_one(alert, hook, i) for i, alert in enumerate(hook.alerts)])

@@ -122,3 +122,8 @@ WORKERS = f"{PREFIX}workers"
 WORKERS_INFO = f"{PREFIX}workers:info"  # hash: hostname -> {"queues", "pid"} as JSON
 #: zset: "<boot> <hostname>" -> when that worker process last said it was up.
 WORKER_BOOTS = f"{PREFIX}workers:boots"
+
+
+def alert_group(group_id: str) -> str:
+    """Hash: what an Alertmanager group paged as while it fired (worker/engine/alert_groups.py)."""
+    return f"{PREFIX}alertmanager:group:{group_id}"

@@ -12,6 +12,11 @@ incident and sends no second email. It does not retry a 4xx, so an alert that ca
 turned into a notification is dead-lettered with the reason (nothing is lost; its replay
 triggers, or for a resolved alert resolves) and the rest of the group is still accepted;
 only a payload that is not a version 4 webhook is refused (422).
+
+With ``?incident=group`` (the receiver's URL) the group is one incident instead, as
+Alertmanager's own PagerDuty receiver makes it: dedup key ``alertmanager-group-`` and a
+hash of the group key, triggered while any alert fires, resolved when none does
+(:mod:`worker.engine.alert_groups` remembers where its firings went).
 """
 
 from __future__ import annotations

@@ -478,24 +478,40 @@ def test_a_group_too_large_for_an_incident_each_pages_once_as_a_group(
     assert details["firing_not_listed"] == 11_900
 
 
-def test_a_group_that_cannot_be_a_notification_is_kept_with_its_reason(
-    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+def test_a_group_that_cannot_be_a_notification_is_kept_and_replays_once_mended(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bad = "dba\nX-Evil: 1"
+    """Routed to email with no one to email: the firing group is dead-lettered (once,
+    however often Alertmanager repeats it), and so is its resolution. Once the route is
+    mended, the letters replay as the trigger and its resolve."""
+    from config.settings import get_settings
+
+    monkeypatch.setenv("ROUTING_RULES", '[{"alert_name": "DiskFull", "channels": ["email"]}]')
+    get_settings.cache_clear()
     with api_server.client() as http:
-        firing = http.post("/v1/alertmanager?incident=group", json=grouped(node(1), team=bad))
-        again = http.post("/v1/alertmanager?incident=group", json=grouped(node(1), team=bad))
-        resolved = http.post(
-            "/v1/alertmanager?incident=group", json=grouped(node(1, "resolved"), team=bad)
-        )
-    kept = [a.json()["group"] for a in (firing, again, resolved)]
+        kept = [
+            http.post("/v1/alertmanager?incident=group", json=hook).json()["group"]
+            for hook in (grouped(node(1)), grouped(node(1)), grouped(node(1, "resolved")))
+        ]
     assert [k["job_ids"] for k in kept] == [[], [], []]
     assert kept[0]["dead_letter"] == kept[1]["dead_letter"] != kept[2]["dead_letter"]
     letter = engine().dead_letters.get(kept[2]["dead_letter"])
     assert letter is not None
-    assert letter["reason"].startswith("group: invalid notification: team")
+    assert letter["reason"].startswith("group: invalid notification: recipient")
     assert letter["payload"]["resolves"] == kept[2]["dedup_key"]
-    assert api.incidents() == []
+    assert len(engine().dead_letters.list()) == 2
+
+    monkeypatch.setenv("ROUTING_RULES", '[{"alert_name": "DiskFull", "channels": ["pagerduty"]}]')
+    get_settings.cache_clear()
+    with api_server.client(ADMIN_TOKEN) as admin:
+        for entry in (kept[0]["dead_letter"], kept[2]["dead_letter"]):
+            answer = admin.post(f"/v1/dead-letters/{entry}/replay")
+            assert answer.status_code == 202, answer.text
+            job(answer.json()["job_id"])
+    [incident] = api.incidents()
+    assert incident["dedup_key"] == kept[0]["dedup_key"]
+    assert [t["action"] for t in incident["timeline"]] == ["trigger", "resolve"]
+    assert engine().dead_letters.list() == []
 
 
 def _alertmanager_config(path: Path, webhook_url: str) -> Path:

@@ -47,6 +47,13 @@ class RoutingRule(BaseModel):
             return [v.lower() if isinstance(v, str) else v for v in value]
         return value
 
+    @field_validator("priority", "team", "db_instance_id", mode="before")
+    @classmethod
+    def _one_or_a_list(cls, value: object) -> object:
+        # Runs before _lower (pydantic runs "before" validators last-defined first).
+        # `"priority": "critical"` is how people write a rule of one value.
+        return [value] if isinstance(value, (str, int)) else value
+
     @field_validator("email_to", mode="before")
     @classmethod
     def _addresses(cls, value: object) -> object:

@@ -160,6 +160,11 @@ def test_routing_rules_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ROUTING_RULES", json.dumps([{"team": ["dba"], "channels": ["pagerduty"]}]))
     assert load_settings().routing_rules[0].team == ["dba"]
+    # A rule of one value, written as the value.
+    one = {"priority": "Critical", "team": "dba", "db_instance_id": 42, "channels": ["email"]}
+    monkeypatch.setenv("ROUTING_RULES", json.dumps([one | {"email_to": "dba@example.com"}]))
+    rule = load_settings().routing_rules[0]
+    assert (rule.priority, rule.team, rule.db_instance_id) == (["critical"], ["dba"], [42])
     monkeypatch.setenv("ROUTING_RULES", json.dumps([{"team": ["dba"], "channels": ["sms"]}]))
     from worker.exceptions import NotificationConfigError as ConfigError
 

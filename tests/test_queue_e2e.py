@@ -263,6 +263,43 @@ def test_a_notify_that_expires_while_it_waits_in_the_worker_is_dead_lettered(
     assert len(api.incidents()) == 3
 
 
+def test_an_expired_notify_that_cannot_be_kept_is_put_back_until_it_can_be(
+    service_env: SandboxServer,
+    api: SandboxClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis refuses the dead letter (here the letters' hash is another type, a real
+    WRONGTYPE error): the expired notify is neither acknowledged nor dropped, but put back,
+    in the worker that held it and in the consumer that takes it again, until its letter
+    can be written."""
+    from worker import app
+    from worker.engine import keys
+
+    app.loader.import_default_modules()
+    monkeypatch.setattr(app.tasks["notify"], "rate_limit", "1/s")
+    page = {"recipient": "db-2", "subject": "Disk full", "priority": "critical"}
+    engine().redis.set(keys.DEAD_LETTERS, "not a hash")
+    try:
+        with caplog.at_level("WARNING"), in_thread_worker():
+            first = app.send_task("notify", args=[page | {"idempotency_id": "first"}])
+            held = app.send_task("notify", args=[page | {"idempotency_id": "held"}], expires=0.5)
+            wait_for(lambda: f"notify {held.id} expired and could not be kept" in caplog.text)
+            wait_for(lambda: "an expired notify could not be kept: put back" in caplog.text)
+            engine().redis.delete(keys.DEAD_LETTERS)  # Redis takes writes again
+            entry = wait_for(lambda: engine().dead_letters.get(held.id))
+            wait_for(
+                lambda: engine().jobs.get(first.id) and status(first.id)["status"] == "delivered"
+            )
+    finally:
+        engine().redis.delete(keys.DEAD_LETTERS)
+    assert entry["channel"] == "intake"
+    assert entry["payload"] == {"args": [page | {"idempotency_id": "held"}]}
+    assert engine().jobs.get(held.id) is None
+    assert [i["summary"] for i in api.incidents()] == ["Disk full"]
+    assert not engine().redis.llen("celery")  # nothing left behind on the queue
+
+
 def test_a_second_notification_under_a_message_id_already_taken_is_dead_lettered(
     celery_worker: Any, api: SandboxClient
 ) -> None:

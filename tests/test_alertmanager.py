@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -408,46 +409,92 @@ def test_a_group_is_one_incident_that_follows_its_firing_alerts_and_resolves_onc
     assert second["payload"]["severity"] == "critical"
 
 
-def test_a_groups_resolve_goes_where_it_paged_after_the_alert_that_paged_has_left_it(
+def test_a_groups_incident_keeps_its_team_and_priority_and_resolves_where_it_went(
     api_server: ApiServer, celery_worker: Any, api: SandboxClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A critical and a warning in one group: it pages. The critical resolves and leaves
-    the group (Alertmanager sends a resolved alert once); the warning alone is an email.
-    When the warning resolves, the group's resolve still resolves the page, on every
-    routing key it paged on (its common team changed while it fired), and mails."""
+    """A warning mails; a critical joins and pages, on the team's key the incident opened
+    with, though the group's common team changed; the critical resolves and leaves the
+    group, and the incident stays a page. Its resolve goes exactly where it went (the
+    team's key; the recipients mailed then, not those the rules name by now), once."""
     from config.settings import get_settings
 
-    monkeypatch.setenv(
-        "ROUTING_RULES",
-        '[{"priority": ["normal"], "channels": ["email"], "email_to": "ops@example.com"}]',
-    )
-    get_settings.cache_clear()
+    def rules(to: str) -> None:
+        rule = {"priority": ["normal"], "channels": ["email"], "email_to": to}
+        monkeypatch.setenv("ROUTING_RULES", json.dumps([rule]))
+        get_settings.cache_clear()
+
+    rules("ops@example.com")
     warning = {"severity": "warning"}
     steps = [
-        grouped(node(1, team="dba"), node(2, team="dba", **warning), team="dba"),
-        grouped(node(1, "resolved", team="dba"), node(2, team="web", **warning)),
-        grouped(node(2, "resolved", team="web", **warning)),
+        grouped(node(2, team="dba", **warning), team="dba"),
+        grouped(node(1, team="web"), node(2, team="dba", **warning)),
+        grouped(node(1, "resolved", team="web"), node(2, team="dba", **warning)),
+        grouped(node(2, "resolved", team="dba", **warning), team="dba"),
+        grouped(node(2, "resolved", team="dba", **warning), team="dba"),  # sent again
     ]
+    outcomes = []
     with api_server.client() as http:
-        for hook in steps:
+        for n, hook in enumerate(steps):
+            if n == 3:
+                rules("someone-else@example.com")
             outcome = http.post("/v1/alertmanager?incident=group", json=hook).json()["group"]
             assert outcome["dead_letter"] is None, outcome
             for job_id in outcome["job_ids"]:
                 job(job_id)
-    incidents = api.incidents()
-    assert len(incidents) == 1, incidents  # the warning alone never paged
-    assert incidents[0]["status"] == "resolved"
-    assert incidents[0]["routing_key"].endswith(TEAM_KEY[-4:])
-    resolves = [e for e in api.events() if e["body"]["event_action"] == "resolve"]
-    assert len(resolves) == 2  # the team's key and the default key: where it may have paged
-    subjects = [m["subject"] for m in api.messages()]
-    assert subjects == ["[FIRING:1] Disk full on node-2", "[RESOLVED] Disk full on node-2"]
-    # Forgotten once resolved: firing again with the same alerts pages again.
+            outcomes.append(outcome)
+    assert [o["duplicate"] for o in outcomes] == [False, False, False, False, True]
+    [incident] = api.incidents()
+    assert incident["routing_key"].endswith(TEAM_KEY[-4:])  # dba's, as it opened
+    assert [t["action"] for t in incident["timeline"]] == ["trigger", "trigger", "resolve"]
+    assert incident["status"] == "resolved"
+    assert len([e for e in api.events() if e["body"]["event_action"] == "resolve"]) == 1
+    mail = [(m["subject"], m["rcpt_tos"]) for m in api.messages()]
+    assert mail == [
+        ("[FIRING:1] Disk full on node-2", ["ops@example.com"]),
+        ("[RESOLVED] Disk full on node-2", ["ops@example.com"]),
+    ]
+    # Firing again after its resolve: a new incident, as its own webhook has it.
     with api_server.client() as http:
-        again = http.post("/v1/alertmanager?incident=group", json=steps[0]).json()["group"]
+        again = http.post("/v1/alertmanager?incident=group", json=steps[1]).json()["group"]
     assert again["duplicate"] is False
     job(again["job_ids"][0])
     assert [i["status"] for i in api.incidents()] == ["resolved", "triggered"]
+    assert api.incidents()[1]["routing_key"].endswith("0001")  # no common team: the default
+
+
+def test_a_group_that_returns_to_earlier_alerts_or_hears_a_late_copy_is_told_so(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    """2, then 3, then 2 alerts again: each change triggers (the page lists what fires
+    now). The two Alertmanagers of an HA pair send the same notification at once: one
+    job. One resolves the group, then the other's late copy of the last firing arrives
+    (PagerDuty opens a new incident, as it would for Alertmanager's own receiver), then
+    its resolve, the same as the first: it resolves that incident too."""
+    two = grouped(node(1), node(2))
+    three = grouped(node(1), node(2), node(3))
+    ended = grouped(node(1, "resolved"), node(2, "resolved"), node(3, "resolved"))
+
+    def send(hook: dict[str, Any]) -> dict[str, Any]:
+        with api_server.client() as http:
+            outcome = http.post("/v1/alertmanager?incident=group", json=hook).json()["group"]
+        for job_id in outcome["job_ids"]:
+            job(job_id)
+        return dict(outcome)
+
+    assert [send(h)["duplicate"] for h in (two, three)] == [False, False]
+    with ThreadPoolExecutor(8) as pool:  # an HA pair, and Alertmanager's retries
+        copies = list(pool.map(send, [two] * 8))
+    assert sorted(c["duplicate"] for c in copies) == [False] + [True] * 7
+    assert len({c["job_ids"][0] for c in copies}) == 1
+    summaries = [
+        e["body"]["payload"]["summary"]
+        for e in api.events()
+        if e["body"]["event_action"] == "trigger"
+    ]
+    assert summaries == ["[FIRING:2] DiskFull", "[FIRING:3] DiskFull", "[FIRING:2] DiskFull"]
+    assert [send(h)["duplicate"] for h in (ended, two, ended)] == [False, False, False]
+    incidents = api.incidents()
+    assert [i["status"] for i in incidents] == ["resolved", "resolved"]
 
 
 def test_a_group_too_large_for_an_incident_each_pages_once_as_a_group(

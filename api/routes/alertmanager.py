@@ -32,7 +32,9 @@ from pydantic.alias_generators import to_camel
 
 from api.auth import require
 from api.routes.answers import BODY_ERRORS, accept
-from worker.engine import alert_groups, alert_resolution, intake
+from config.routing import route
+from worker.channels import Channel
+from worker.engine import alert_resolution, intake, keys
 from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError, parse_request
 from worker.notification import NotificationPriority, PagerDutySeverity, one_line
@@ -306,6 +308,10 @@ def group_fields(hook: Webhook, firing: list[Alert]) -> dict[str, Any]:
     return fields
 
 
+def _digest(moments: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(moments)).encode("utf-8")).hexdigest()[:16]
+
+
 def _group(hook: Webhook) -> GroupOutcome:
     key = group_dedup_key(hook)
     group_id = key.removeprefix("alertmanager-group-")
@@ -315,53 +321,82 @@ def _group(hook: Webhook) -> GroupOutcome:
     )
     if not hook.alerts:
         return outcome
-    redis = engine().redis
     if firing:
+        moment = _digest([f"{fingerprint(a)}@{a.starts_at}" for a in firing])
         fields = group_fields(hook, firing)
         try:
-            request = parse_request(fields)
-            alert_groups.remember(
-                redis, group_id, request.priority, request.team, str(request.idempotency_id)
-            )
-            answer = accept(request, "alertmanager")
-            outcome.job_ids, outcome.duplicate = [answer.job_id], answer.duplicate
+            _fire(group_id, key, moment, fields, outcome)
         except InvalidJobError as exc:
-            outcome.dead_letter = _keep(
-                fields, exc, "group-", f"firing@{fields['idempotency_id']}", None, None
-            )
+            outcome.dead_letter = _keep(fields, exc, "group-", f"firing@{moment}", None, None)
             outcome.error = str(exc)
         return outcome
-    # Resolved: where any of its firings went (the alert that paged may have left the group).
-    memory = alert_groups.recall(redis, group_id)
-    resolution = hashlib.sha256(
-        "\n".join(sorted(f"{fingerprint(a)}@{a.ends_at}" for a in hook.alerts)).encode("utf-8")
-    ).hexdigest()[:16]
-    fields = group_fields(hook, hook.alerts)
-    fields["subject"] = group_title(hook, hook.alerts)
-    fields["priority"] = memory.worst(*(priority(a) for a in hook.alerts))
-    fields["idempotency_id"] = key
-    done: list[intake.Accepted] = []
+    resolution = _digest([f"{fingerprint(a)}@{a.ends_at}" for a in hook.alerts])
+    fields = group_fields(hook, hook.alerts) | {"subject": group_title(hook, hook.alerts)}
     try:
-        request = parse_request(fields)
-        # Its common team may have changed while it fired: each routing key it paged on.
-        done = alert_resolution.resolve(
-            engine(),
-            request,
-            key,
-            "alertmanager",
-            resolution,
-            fired_as=memory.firing_ids,
-            fired_at=memory.priorities,
-            fired_for=memory.teams,
-        )
+        _resolve(group_id, key, resolution, fields, outcome)
     except InvalidJobError as exc:
         outcome.dead_letter = _keep(fields, exc, "group-", f"resolved@{resolution}", None, key)
         outcome.error = str(exc)
+    return outcome
+
+
+def _fire(
+    group_id: str, key: str, moment: str, fields: dict[str, Any], outcome: GroupOutcome
+) -> None:
+    """Trigger (or mail) the group's firing alerts as its incident's team and priority,
+    and note where it went."""
+    eng = engine()
+    asked = parse_request(fields)
+    state = eng.alert_groups.fired(group_id, moment, key, asked.team, asked.priority)
+    request = asked.model_copy(
+        update={
+            "idempotency_id": state.idempotency_id,
+            "team": state.team,
+            "priority": state.priority or asked.priority,
+        }
+    )
+    answer = accept(request, "alertmanager")
+    outcome.job_ids, outcome.duplicate = [answer.job_id], answer.duplicate
+    rule = route(
+        eng.settings.routing_rules, request.priority, request.team, request.alert_name, None
+    )
+    mailed = rule.email_to or request.recipient if Channel.EMAIL.value in answer.channels else None
+    eng.alert_groups.went(group_id, Channel.PAGERDUTY.value in answer.channels, mailed)
+
+
+def _resolve(
+    group_id: str, key: str, resolution: str, fields: dict[str, Any], outcome: GroupOutcome
+) -> None:
+    """Resolve the incident where it paged and mail each recipient it mailed; for a group
+    never seen firing (or forgotten), route the resolved alerts as their firing would."""
+    eng = engine()
+    state = eng.alert_groups.resolved(group_id, resolution, key)
+    once = state.idempotency_id
+    if not state.went_somewhere:
+        request = parse_request(fields | {"idempotency_id": once})
+        done = alert_resolution.resolve(eng, request, key, "alertmanager", "resolved")
+    else:
+        done = []
+        if state.paged:
+            done.append(
+                intake.lifecycle_once(
+                    eng, "resolve", key, state.team, "alertmanager", f"{once}/resolve"
+                )
+            )
+        resolved = parse_request(
+            {k: v for k, v in fields.items() if k != "team"}
+            | {
+                "subject": f"[RESOLVED] {fields['subject']}",
+                "priority": state.priority or fields["priority"],
+            }
+        )
+        for to in state.mailed:
+            copy = resolved.model_copy(
+                update={"idempotency_id": f"{once}/resolved/{keys.digest(to, 16)}"}
+            )
+            done.append(intake.resend(eng, copy, to, intake.new_job_id(), "alertmanager"))
     outcome.job_ids = [d.job_id for d in done]
     outcome.duplicate = bool(done) and all(d.duplicate for d in done)
-    if done and not outcome.duplicate:
-        alert_groups.forget(redis, group_id, memory)
-    return outcome
 
 
 def _keep(

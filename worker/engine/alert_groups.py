@@ -1,14 +1,16 @@
-"""What an Alertmanager group was while it fired, for its resolve.
+"""An Alertmanager group as one incident (the webhook's ``?incident=group``).
 
-A receiver that opens one incident per group triggers again whenever the group's firing
-alerts change, each time with the priority of the worst of them. By the time the group
-resolves, the alert that paged may have left it (Alertmanager sends a resolved alert once,
-then forgets it), so the resolved group alone would route its resolve by what is left:
-an email, and the incident open for good. Each firing is remembered here instead: every
-priority the group fired at and every firing's idempotency id, so the resolve goes where
-any firing went and gives up every id (the group firing again later with the same alerts
-is then a new incident, not a repeat). Fields are only ever added while it fires, so two
-Alertmanagers of an HA pair writing at once lose nothing.
+Each webhook names the group's state: the set of its firing alerts, or its resolution.
+The group's hash in Redis holds the last state and its id (a counter: a new state takes a
+new id, the same state again the same id, so a repeat, or the copy that the other
+Alertmanager of an HA pair sends, is one job), and, while its incident is open, the team
+whose routing key it pages (fixed when it opens: the group's common labels can change
+under it), the worst priority it fired at (an incident's priority does not fall while it is
+open), and where it went: paged, and to which recipients it mailed. Its resolve goes to
+exactly those, however the group has changed by then (the alert that paged may have left
+it) or the routing rules since; kept until the group fires again after it, so a late copy
+of the resolution finds them and is taken for the copy it is. Moving on is one Lua
+script, so two webhooks at once agree.
 """
 
 from __future__ import annotations
@@ -16,73 +18,78 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
-from redis.typing import EncodableT, FieldT
 
-from worker.engine import keys
+from worker.engine import keys, scripts
 from worker.notification import NotificationPriority
 
-#: Refreshed by every firing: a group that fires for longer is remembered as long.
+#: Refreshed by every webhook of the group.
 REMEMBERED_SECONDS = 30 * 24 * 3600
 
-_PRIORITY = "priority:"
-_FIRING = "firing:"
-_TEAM = "team:"
+_RANKED = sorted(NotificationPriority, key=lambda p: p.rank)
+_MAIL = "mail:"
 
 
 @dataclass(frozen=True)
-class GroupMemory:
-    """The priorities a group fired at, the teams it paged (None: the default routing
-    key) and its firings' idempotency ids."""
+class GroupState:
+    """Where a group stands after a webhook."""
 
-    priorities: frozenset[NotificationPriority] = frozenset()
-    teams: frozenset[str | None] = frozenset()
-    firing_ids: frozenset[str] = frozenset()
-    fields: tuple[str, ...] = ()
+    idempotency_id: str
+    team: str | None = None  # its open incident's, as fixed when it opened
+    priority: NotificationPriority | None = None  # the worst its open incident fired at
+    paged: bool = False
+    mailed: tuple[str, ...] = ()
 
-    def worst(self, *also: NotificationPriority) -> NotificationPriority:
-        """The highest of the remembered priorities and ``also``."""
-        ranked = [*self.priorities, *also]
-        return max(ranked, key=lambda p: p.rank) if ranked else NotificationPriority.NORMAL
-
-
-def remember(
-    client: redis.Redis,
-    group_id: str,
-    priority: NotificationPriority,
-    team: str | None,
-    firing_id: str,
-) -> None:
-    """Note one firing of the group (before it is queued, so no firing goes unremembered)."""
-    key = keys.alert_group(group_id)
-    fields: dict[FieldT, EncodableT] = {
-        f"{_PRIORITY}{priority.value}": 1,
-        f"{_TEAM}{team or ''}": 1,
-        f"{_FIRING}{firing_id}": 1,
-    }
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(key, mapping=fields)
-    pipe.expire(key, REMEMBERED_SECONDS)
-    pipe.execute()
+    @property
+    def went_somewhere(self) -> bool:
+        return self.paged or bool(self.mailed)
 
 
-def recall(client: redis.Redis, group_id: str) -> GroupMemory:
-    """What the group fired as, since it was last forgotten."""
-    fields = [str(f) for f in client.hkeys(keys.alert_group(group_id))]  # decoded by the client
-    priorities: set[NotificationPriority] = set()
-    for field in fields:
-        if field.startswith(_PRIORITY):
-            try:
-                priorities.add(NotificationPriority(field.removeprefix(_PRIORITY)))
-            except ValueError:
-                continue  # a priority an older or newer version wrote
-    teams = {f.removeprefix(_TEAM) or None for f in fields if f.startswith(_TEAM)}
-    firing_ids = {f.removeprefix(_FIRING) for f in fields if f.startswith(_FIRING)}
-    return GroupMemory(
-        frozenset(priorities), frozenset(teams), frozenset(firing_ids), tuple(fields)
-    )
+class AlertGroups:
+    """The groups' states, on one Redis client."""
 
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._advance = scripts.register(client, __file__, "alert_groups_advance")
 
-def forget(client: redis.Redis, group_id: str, memory: GroupMemory) -> None:
-    """Drop what ``memory`` read, and only that: a firing remembered since is kept."""
-    if memory.fields:
-        client.hdel(keys.alert_group(group_id), *memory.fields)
+    def fired(
+        self,
+        group_id: str,
+        firing: str,
+        prefix: str,
+        team: str | None,
+        priority: NotificationPriority,
+    ) -> GroupState:
+        """The group fires with the set of alerts ``firing`` names: its state, with the id
+        the firing's notification takes (``prefix`` and a count), the team its incident
+        pages and the priority it has."""
+        return self._move(group_id, f"firing:{firing}", prefix, True, team or "", priority.rank)
+
+    def resolved(self, group_id: str, resolution: str, prefix: str) -> GroupState:
+        """The group resolves (``resolution`` names the alerts and their ends): its state,
+        with where its incident went."""
+        return self._move(group_id, f"resolved:{resolution}", prefix, False, "", -1)
+
+    def went(self, group_id: str, paged: bool, mailed_to: str | None) -> None:
+        """Note where a firing's notification went (it was queued): the resolve goes there."""
+        fields = {"paged": 1} if paged else {}
+        if mailed_to:
+            fields[f"{_MAIL}{mailed_to}"] = 1
+        if fields:
+            self.redis.hset(keys.alert_group(group_id), mapping=fields)  # type: ignore[arg-type]
+
+    def _move(
+        self, group_id: str, state: str, prefix: str, firing: bool, team: str, rank: int
+    ) -> GroupState:
+        flat = self._advance(
+            keys=[keys.alert_group(group_id)],
+            args=[state, prefix, 1 if firing else 0, team, rank, REMEMBERED_SECONDS],
+        )
+        held = dict(zip(flat[::2], flat[1::2], strict=True))
+        rank_held = held.get("rank")
+        return GroupState(
+            idempotency_id=held["id"],
+            team=held.get("team") or None,
+            priority=_RANKED[int(rank_held)] if rank_held is not None else None,
+            paged="paged" in held,
+            mailed=tuple(sorted(f.removeprefix(_MAIL) for f in held if f.startswith(_MAIL))),
+        )

@@ -17,6 +17,7 @@ import redis
 from config.catalogue import Catalogue, CatalogueFile, ServiceSpec
 from config.settings import Settings, get_settings
 from worker.engine import keys
+from worker.engine.alert_groups import AlertGroups
 from worker.engine.broker_queues import BrokerQueues
 from worker.engine.dead_letters import DeadLetters
 from worker.engine.heartbeats.checker import HeartbeatChecker
@@ -53,6 +54,7 @@ class Engine:
             self.redis, self.heartbeats, self.locks, settings.heartbeat_check_interval
         )
         self.workers = Workers(self.redis)
+        self.alert_groups = AlertGroups(self.redis)
         self._catalogue_file: CatalogueFile | None = None
         self._catalogue_lock = threading.Lock()
 

@@ -1,0 +1,31 @@
+-- KEYS[1] a group's hash. ARGV: [1] the state its webhook says (its firing alerts, or its
+-- resolution), [2] the prefix of the ids its notifications take, [3] 1 for a firing,
+-- [4] the team the firing would open its incident for ("" for none), [5] the firing's
+-- priority rank, [6] seconds to keep the hash.
+-- A state other than the last moves the group on: a new id, never used before for the
+-- group (a counter), so a return to an earlier set of alerts is news again. The same state
+-- again (a repeat, the other Alertmanager of an HA pair) gets the same id, which intake
+-- takes for a copy. A firing after a resolution opens a new incident: the last one's team,
+-- priority and destinations are forgotten. A firing fixes its incident's team when the
+-- incident opens, and raises its priority, never lowers it, while it is open.
+-- Returns the hash.
+local key = KEYS[1]
+local was = redis.call('HGET', key, 'state')
+if was ~= ARGV[1] then
+  if ARGV[3] == '1' and was and string.sub(was, 1, 9) == 'resolved:' then
+    for _, field in ipairs(redis.call('HKEYS', key)) do
+      if field == 'team' or field == 'rank' or field == 'paged' or string.sub(field, 1, 5) == 'mail:' then
+        redis.call('HDEL', key, field)
+      end
+    end
+  end
+  local n = redis.call('HINCRBY', key, 'n', 1)
+  redis.call('HSET', key, 'state', ARGV[1], 'id', ARGV[2] .. '#' .. n)
+end
+if ARGV[3] == '1' then
+  redis.call('HSETNX', key, 'team', ARGV[4])
+  local worst = tonumber(redis.call('HGET', key, 'rank') or '-1')
+  if tonumber(ARGV[5]) > worst then redis.call('HSET', key, 'rank', ARGV[5]) end
+end
+redis.call('EXPIRE', key, ARGV[6])
+return redis.call('HGETALL', key)

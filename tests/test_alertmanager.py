@@ -516,7 +516,11 @@ def test_a_group_too_large_for_an_incident_each_pages_once_as_a_group(
     assert unknown.json()["errors"][0]["field"] == "incident"
     assert as_group.status_code == 202, as_group.text[:300]
     outcome = as_group.json()["group"]
-    job(outcome["job_ids"][0])
+    record = job(outcome["job_ids"][0])
+    lines = record["notification"]["body"].splitlines()  # what an email route would mail
+    assert len(lines) == 1_001
+    assert lines[0] == "- Disk full on node-0"
+    assert lines[-1] == "- and 11000 more"
     [event] = [e["body"] for e in api.events()]
     assert event["payload"]["summary"] == "[FIRING:12000] DiskFull"
     details = event["payload"]["custom_details"]

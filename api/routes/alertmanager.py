@@ -249,10 +249,9 @@ def worst(alerts: list[Alert]) -> Alert:
 
 
 def group_fields(hook: Webhook, firing: list[Alert]) -> dict[str, Any]:
-    """The notification a firing group becomes: its worst alert's priority, the group's
-    common ``team``, and its firing alerts listed. Its idempotency id names the set of
-    firing alerts, so a repeat queues nothing and a change triggers again (PagerDuty adds
-    it to the same open incident; an email route mails the new list)."""
+    """The notification a firing group asks to be: its worst alert's priority, the group's
+    common ``team``, and its firing alerts listed (its incident's state may keep another
+    team and a higher priority: :mod:`worker.engine.alert_groups`)."""
     key = group_dedup_key(hook)
     head = worst(firing)
     listed = [
@@ -291,8 +290,6 @@ def group_fields(hook: Webhook, firing: list[Alert]) -> dict[str, Any]:
     lines = [f"- {summary(a)}" for a in firing[:LISTED_IN_EMAIL]]
     if len(firing) > LISTED_IN_EMAIL:
         lines.append(f"- and {len(firing) - LISTED_IN_EMAIL} more")
-    moments = sorted(f"{fingerprint(a)}@{a.starts_at}" for a in firing)
-    firing_set = hashlib.sha256("\n".join(moments).encode("utf-8")).hexdigest()[:16]
     title = group_title(hook, firing)
     fields: dict[str, Any] = {
         "recipient": one_line(" ".join(v for _, v in sorted(hook.group_labels.items()))) or title,
@@ -300,7 +297,6 @@ def group_fields(hook: Webhook, firing: list[Alert]) -> dict[str, Any]:
         "body": "\n".join(lines),
         "priority": priority(head),
         "alert_name": alert_name,
-        "idempotency_id": f"{key}@{firing_set}",
         "metadata": metadata,
     }
     if hook.common_labels.get("team"):
@@ -323,7 +319,8 @@ def _group(hook: Webhook) -> GroupOutcome:
         return outcome
     if firing:
         moment = _digest([f"{fingerprint(a)}@{a.starts_at}" for a in firing])
-        fields = group_fields(hook, firing)
+        # A dead letter's replay is this one job; the webhook takes its state's id.
+        fields = group_fields(hook, firing) | {"idempotency_id": f"{key}@{moment}"}
         try:
             _fire(group_id, key, moment, fields, outcome)
         except InvalidJobError as exc:

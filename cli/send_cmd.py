@@ -23,6 +23,7 @@ from worker.channels import Channel
 from worker.engine.runtime import engine
 from worker.engine.workers import ALIVE_SECONDS
 from worker.exceptions import NotificationError
+from worker.job_request import BODY_MAX_CHARS
 from worker.notification import Notification, NotificationPriority
 from worker.providers.pagerduty import PagerDutyProvider
 from worker.redact import mask
@@ -55,7 +56,8 @@ def _metadata(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
 
 def _read_body(body_file: Any) -> str:
     try:
-        return str(body_file.read())
+        # Enough to be refused as too long, never the whole of an endless stdin.
+        return str(body_file.read(BODY_MAX_CHARS + 1))
     except UnicodeDecodeError as exc:
         raise BadInput(
             f"--body-file: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from kombu.entity import Queue
 
@@ -67,6 +67,8 @@ def broker(settings: Settings) -> tuple[str, dict[str, Any]]:
     address becomes kombu's own form, one ``sentinel://`` URL per Sentinel, with the
     master's name and the Sentinels' password as transport options."""
     address = settings.redis_address
+    if settings.redis_url.startswith("unix:"):
+        return _kombu_socket_url(settings.redis_url), {}
     if not address.sentinel:
         return settings.redis_url, {}
     auth = ""
@@ -79,6 +81,20 @@ def broker(settings: Settings) -> tuple[str, dict[str, Any]]:
     if settings.redis_sentinel_password is not None:
         sentinel_kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
     return url, {"master_name": address.master_name, "sentinel_kwargs": sentinel_kwargs}
+
+
+def _kombu_socket_url(url: str) -> str:
+    """redis-py's ``unix://[user:password@]/path?db=N[&password=...]`` as kombu writes a
+    socket (it knows no ``unix`` transport): ``redis+socket://[user:password@]/path`` with
+    the database as its virtual host."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    password = parts.password if parts.password is not None else query.get("password")
+    username = parts.username if parts.username is not None else query.get("username")
+    auth = ""
+    if password is not None:
+        auth = f"{quote(unquote(username or ''), safe='')}:{quote(unquote(password), safe='')}@"
+    return f"redis+socket://{auth}{parts.path}?virtual_host={query.get('db', '0')}"
 
 
 def _watchdog_schedule(settings: Settings) -> dict[str, Any]:

@@ -10,10 +10,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+import tasks
 from cli.main import main
 from sandbox import SandboxServer
 from tests.conftest import ROUTING_KEY, SMTP_PASSWORD, TEAM_KEY, SandboxClient, reconfigure
 from worker.engine.runtime import engine
+from worker.exceptions import InvalidJobError
+from worker.notification import Notification
 from worker.redact import mask
 
 
@@ -180,7 +183,20 @@ def test_send_refuses_bad_input_naming_the_field(
     assert not_utf8.output.startswith("Error: --body-file: not UTF-8 text (byte 0xe9 at offset 3)")
     assert too_deep.output == "Error: --metadata: nested deeper than JSON is read here\n"
     assert too_deep_meta.output == "Error: --meta a: nested deeper than JSON is read here\n"
+    huge = tmp_path / "huge.log"  # a stray log file as the body
+    huge.write_text("x" * (3 * 1_048_576))
+    too_long = run("send", "ops@example.com", "x", "--body-file", str(huge))
+    assert too_long.exit_code == 2
+    assert too_long.output.startswith(
+        "Error: invalid notification: body: must be at most 1048576 characters"
+    )
     assert list(engine().redis.scan_iter("gds:job:*")) == []  # nothing queued
+    with pytest.raises(InvalidJobError, match="body_html: must be at most 1048576 characters"):
+        tasks.enqueue(
+            Notification(recipient="ops@example.com", subject="x", body_html="x" * 1_048_577)
+        )
+    huge.write_text("x" * 1_048_576)  # the most a body may be: it goes
+    assert run("send", "ops@example.com", "x", "--body-file", str(huge)).exit_code == 0
 
 
 def test_ack_and_resolve_go_through_the_queue(celery_worker: Any, api: SandboxClient) -> None:

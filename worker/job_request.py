@@ -25,13 +25,41 @@ __all__ = [
 
 TEAM_MAX_LENGTH = 255
 
+#: The longest body (and HTML body) a notification may have, at every door: what the HTTP
+#: API takes in a whole request (API_MAX_BODY_BYTES' default), and far past any alert.
+BODY_MAX_CHARS = 1_048_576
+
 
 class JobRequest(Notification):
     """A Notification plus routing fields. ``team`` picks the PagerDuty routing key (and can
     match routing rules); ``channel`` forces one channel instead of the routing rules."""
 
+    # Bounded here, at the doors, not in Notification: a job stored before the bound still
+    # delivers. The bound is shown in the schema; the check is _bounded's, which says more.
+    body: str = Field(
+        default="",
+        description="Plain-text body / incident details.",
+        json_schema_extra={"maxLength": BODY_MAX_CHARS},
+    )
+    body_html: str | None = Field(
+        default=None,
+        description="Optional HTML alternative.",
+        json_schema_extra={"maxLength": BODY_MAX_CHARS},
+    )
     team: str | None = Field(default=None, max_length=TEAM_MAX_LENGTH)
     channel: Channel | None = None
+
+    @field_validator("body", "body_html")
+    @classmethod
+    def _bounded(cls, value: str | None) -> str | None:
+        # Every copy of a job is kept in Redis (its record, its delivery message): a
+        # producer's stray log file must not fill it.
+        if value is not None and len(value) > BODY_MAX_CHARS:
+            raise ValueError(
+                f"must be at most {BODY_MAX_CHARS} characters (it has {len(value)}): "
+                "send a link to the rest"
+            )
+        return value
 
     @field_validator("team")
     @classmethod

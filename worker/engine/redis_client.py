@@ -164,6 +164,8 @@ def connect(settings: Settings, **overrides: Any) -> redis.Redis:
         "retry_on_timeout": True,
         **overrides,
     }
+    if address.url.startswith("unix:"):
+        options.pop("socket_keepalive")  # a TCP option: redis-py's socket connection refuses it
     if not address.sentinel:
         return Client.from_url(address.url, **options)
     master: redis.Redis = sentinel_for(settings).master_for(  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis 8.2

@@ -285,3 +285,41 @@ def test_deactivating_a_service_resolves_its_incident_and_watches_it_no_more() -
     run.spec = spec(active=True)
     assert run.check(SILENT) == "new"  # back: a full window to report first
     assert run.sent == ["trigger", "resolve"]
+
+
+def test_an_incident_resolves_on_the_routing_key_it_was_opened_on() -> None:
+    """The service's team changes while its incident is open (the file is edited, or
+    Medic's POST /service/{name} names another team): the resolve still goes to the key
+    the trigger paged, or PagerDuty would leave that incident open for good."""
+    run = Run(spec(team="dba"))
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    run.check(SILENT)
+    assert run.state is not None
+    assert run.state.incident is not None
+    assert run.state.incident.team == "dba"
+    run.spec = spec(team="web")
+    run.now += 1
+    run.state = step(run.spec, run.state, GOOD, run.now, INTERVAL, INTERVAL)
+    [resolve] = run.state.outbox
+    assert (resolve.kind, resolve.team) == ("resolve", "dba")
+    # A state written before incidents kept their team resolves on the service's team.
+    old = ServiceState.model_validate(
+        {
+            "status": "down",
+            "since": 1.0,
+            "incident": {"dedup_key": "medic-heartbeat-svc", "idempotency_id": "x", "opened_at": 1},
+        }
+    )
+    [resolve] = step(run.spec, old, GOOD, run.now + 1, INTERVAL, INTERVAL).outbox
+    assert resolve.team == "web"
+
+
+def test_a_reported_failure_pages_at_the_first_failing_check() -> None:
+    """failures_before_page guards against a blip of silence, not against a service that
+    says it failed (the README's promise)."""
+    run = Run(spec(flap={"failures_before_page": 3}))
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    assert run.check(FAILED) == "down"
+    assert run.sent == ["trigger"]

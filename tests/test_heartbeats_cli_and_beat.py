@@ -18,6 +18,8 @@ from sandbox.server import SandboxServer
 from tests.conftest import SandboxClient, wait_for
 from tests.heartbeat_helpers import WriteCatalogue, service
 from tests.processes import CELERY, ROOT, beat
+from worker.engine.messages import check_message
+from worker.engine.runtime import engine
 
 GDS_NOTIFY = str(Path(sys.executable).with_name("gds-notify"))
 
@@ -31,7 +33,14 @@ def test_heartbeat_and_heartbeats_commands(catalogue: WriteCatalogue) -> None:
     ok = run("heartbeat", "billing-api")
     assert ok.exit_code == 0, ok.output
     assert ok.output.startswith("heartbeat billing-api up at ")
+    queue, _ = check_message()
+    assert engine().redis.llen(queue) == 0
     assert run("heartbeat", "etl", "--fail", "--at", "2026-01-01T00:00:00Z").exit_code == 0
+    # A reported failure asks for a check at once, through this door too (one, however
+    # many failures arrive within the second).
+    assert engine().redis.llen(queue) == 1
+    assert run("heartbeat", "etl", "--fail", "--at", "2026-01-01T00:00:00Z").exit_code == 0
+    assert engine().redis.llen(queue) == 1
 
     unknown = run("heartbeat", "ghost")
     assert unknown.exit_code == 2

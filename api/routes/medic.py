@@ -41,7 +41,6 @@ from config.catalogue import SLUG_PATTERN, ServiceSpec
 from worker.engine.heartbeats import reports
 from worker.engine.heartbeats.checker import read_states
 from worker.engine.heartbeats.evaluation import iso
-from worker.engine.heartbeats.paging import check_soon
 from worker.engine.heartbeats.registry import DEFAULT_TEAM, Registration, RegistryFullError
 from worker.engine.heartbeats.store import HeartbeatInFutureError, Ping
 from worker.engine.runtime import engine
@@ -304,8 +303,6 @@ def build_router() -> APIRouter:
             reports.ping(eng, spec, Ping(kind=kind, via=beat.status))
         except HeartbeatInFutureError as exc:
             return refused(400, str(exc))
-        if kind == "fail":
-            check_soon(eng)
         return medic(201, True, "Heartbeat Posted Successfully.")
 
     @router.get("/heartbeat", dependencies=MANAGES)

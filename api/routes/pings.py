@@ -35,7 +35,6 @@ from api.errors import OUTAGE_RETRY_AFTER, ApiError
 from config.api_tokens import ApiToken
 from config.catalogue import SLUG_PATTERN, ServiceSpec
 from worker.engine.heartbeats import reports
-from worker.engine.heartbeats.paging import check_soon
 from worker.engine.heartbeats.registry import DEFAULT_TEAM, Registration, RegistryFullError
 from worker.engine.heartbeats.store import HeartbeatInFutureError, Ping, TooManyPings
 from worker.engine.runtime import engine
@@ -105,8 +104,6 @@ def ping(request: Request) -> Response:
         return _text(429, "rate limited", {"Retry-After": str(max(1, math.ceil(exc.wait)))})
     except HeartbeatInFutureError:
         return _text(400, "invalid time")
-    if what.kind == "fail":
-        check_soon(eng)
     return _text(201, "created") if created else _text(200, "OK")
 
 

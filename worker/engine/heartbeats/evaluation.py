@@ -57,6 +57,14 @@ class Incident(BaseModel):
     idempotency_id: str
     opened_at: float
     job_id: str | None = None
+    #: The team whose routing key it paged (None in a state from before it was kept): its
+    #: resolve goes there, whatever team the service names by then.
+    team: str | None = None
+
+    def resolve(self, spec: ServiceSpec) -> Action:
+        """The resolve of this incident, on the routing key it was opened on."""
+        team = self.team if self.team is not None else spec.paging_team
+        return Action(kind="resolve", dedup_key=self.dedup_key, team=team)
 
 
 class Action(BaseModel):
@@ -152,9 +160,7 @@ def step(
 
     if not spec.active:
         if s.incident is not None:
-            s.outbox.append(
-                Action(kind="resolve", dedup_key=s.incident.dedup_key, team=spec.paging_team)
-            )
+            s.outbox.append(s.incident.resolve(spec))
             s.incident = None
         s.fail_streak = s.ok_streak = 0
         s.suppressed, s.reason = False, "inactive: not watched"
@@ -172,9 +178,7 @@ def step(
         if s.incident is not None:
             storm = len(s.opened) >= spec.flap.storm_incidents
             if s.ok_streak >= spec.flap.successes_before_resolve and not storm:
-                s.outbox.append(
-                    Action(kind="resolve", dedup_key=s.incident.dedup_key, team=spec.paging_team)
-                )
+                s.outbox.append(s.incident.resolve(spec))
                 s.incident = None
                 _move(s, "up", now)
             elif storm:
@@ -193,7 +197,9 @@ def step(
         if s.status != "new":
             _move(s, "failing", now)
         return s
-    if s.fail_streak < spec.flap.failures_before_page:
+    if s.fail_streak < spec.flap.failures_before_page and not reported:
+        # Consecutive checks guard against a blip of silence; a service that says it
+        # failed is not a blip.
         _move(s, "failing", now)
         return s
     _move(s, "down", now)
@@ -211,6 +217,7 @@ def step(
         dedup_key=spec.dedup_key,
         idempotency_id=f"{spec.dedup_key}@{opened_ms}",
         opened_at=now,
+        team=spec.paging_team,
     )
     s.opened.append(now)
     s.outbox.append(

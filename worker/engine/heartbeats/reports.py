@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from config.catalogue import Catalogue, ServiceSpec, UnknownServiceError
+from worker.engine.heartbeats.paging import check_soon
 from worker.engine.heartbeats.store import HeartbeatInFutureError, HeartbeatStatus, Ping
 from worker.engine.runtime import Engine
 from worker.exceptions import NotificationConfigError
@@ -91,10 +92,13 @@ def ping(engine: Engine, spec: ServiceSpec, ping: Ping, key: str | None = None) 
     :class:`HeartbeatInFutureError`, counted."""
     rate = (engine.ping_limiter, key) if key is not None else None
     try:
-        return engine.heartbeats.record(spec, ping, rate)
+        at = engine.heartbeats.record(spec, ping, rate)
     except HeartbeatInFutureError:
         engine.heartbeats.refuse("invalid")
         raise
+    if ping.kind == "fail":
+        check_soon(engine)  # whichever door it came through: HTTP, Medic, Celery, the CLI
+    return at
 
 
 def record(engine: Engine, slug: Any, status: Any = "up", at: Any = None) -> float:

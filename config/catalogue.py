@@ -61,6 +61,7 @@ from pydantic import (
 )
 
 from worker.exceptions import NotificationConfigError
+from worker.notification import check_unicode, is_one_line
 from worker.validation import path, problem
 
 SLUG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -211,8 +212,12 @@ class ServiceSpec(_Strict):
     @field_validator("name", "team", "routing_key_team")
     @classmethod
     def _one_line(cls, value: str | None) -> str | None:
-        if value is not None and (not value.strip() or "\r" in value or "\n" in value):
-            raise ValueError("must be a non-blank single line")
+        # As intake checks the page's summary, component and team: a name it would refuse
+        # is a service that could never be paged for.
+        if value is not None:
+            check_unicode(value)
+            if not value.strip() or not is_one_line(value):
+                raise ValueError("must be a non-blank single line")
         return value
 
     @property

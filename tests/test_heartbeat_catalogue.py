@@ -94,6 +94,10 @@ def test_durations(value: object, seconds: float) -> None:
         ("threshold = 0", "services.svc.threshold: Input should be greater than or equal to 1"),
         ('runbook_url = "not a url"', "services.svc.runbook_url: "),
         ('name = " "', "services.svc.name: must be a non-blank single line"),
+        # What intake would refuse in the page: the service could never be paged for.
+        ('name = "Billing\\u2028API"', "services.svc.name: must be a non-blank single line"),
+        ('team = "ops\\u0000"', "services.svc.team: must be a non-blank single line"),
+        ('routing_key_team = "a\\u0007b"', "services.svc.routing_key_team: must be a non-blank"),
         ('colour = "red"', "services.svc.colour: Extra inputs are not permitted"),
         (
             '[[services.svc.maintenance]]\ncron = "61 * * * *"\nduration = "1h"',

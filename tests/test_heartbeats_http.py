@@ -566,3 +566,29 @@ def test_registration_stops_at_the_registry_limit(
     }
     assert (ping.status_code, ping.text) == (400, "too many checks")
     assert set(engine().registry.all()) == {"a"}
+
+
+def test_a_registration_that_no_longer_reads_leaves_every_other_service_watched(
+    hb_api: ApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A service an older version registered with a name now refused (a U+2028 in it, which
+    intake would refuse in the page) must not stop the checker for every service."""
+    from worker.engine import keys
+    from worker.engine.heartbeats.paging import run_check
+
+    base = f"{hb_api.url}/medic/{HEARTBEAT_TOKEN}/service"
+    with httpx.Client() as http:
+        ok = http.post(base, json={"heartbeat_name": "a", "service_name": "A", "alert_interval": 5})
+        refused = http.post(
+            base, json={"heartbeat_name": "b", "service_name": "B\u2028C", "alert_interval": 5}
+        )
+    assert ok.status_code == 201
+    assert refused.status_code == 400
+    assert "single line" in refused.json()["message"]
+    stored = json.loads(engine().redis.hget(keys.HEARTBEAT_SERVICES, "a"))
+    stored["spec"] |= {"slug": "b", "name": "B\u2028C"}
+    engine().redis.hset(keys.HEARTBEAT_SERVICES, "b", json.dumps(stored))
+    with caplog.at_level("ERROR", logger="worker.engine.heartbeats.registry"):
+        assert set(engine().registry.all()) == {"a"}
+        assert run_check(engine()) is not None
+    assert "registered service 'b' is not watched" in caplog.text

@@ -7,15 +7,18 @@ a ping looks its service up through a per-process cache that forgets after
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from typing import cast
 
 import redis
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from config.catalogue import ServiceSpec
 from worker.engine import keys
+
+logger = logging.getLogger(__name__)
 
 #: How long a process trusts what it read about a registered service.
 CACHE_SECONDS = 1.0
@@ -84,8 +87,22 @@ class ServiceRegistry:
         return None if raw is None else Registration.model_validate_json(str(raw))
 
     def all(self) -> dict[str, Registration]:
+        """Every registration that still reads as one. One that does not (registered by an
+        older version under rules since tightened) is logged and left out: every other
+        service stays watched rather than none."""
         raw = cast(dict[str, str], self.redis.hgetall(keys.HEARTBEAT_SERVICES))
-        return {slug: Registration.model_validate(json.loads(v)) for slug, v in raw.items()}
+        found = {}
+        for slug, value in raw.items():
+            try:
+                found[slug] = Registration.model_validate(json.loads(value))
+            except (ValueError, ValidationError) as exc:
+                logger.error(
+                    "registered service %r is not watched: its registration no longer reads "
+                    "(%s); register it again, or delete it",
+                    slug[:100],
+                    str(exc).replace("\n", " ")[:300],
+                )
+        return found
 
     def lookup(self, slug: str) -> ServiceSpec | None:
         """The registered spec for ``slug``, from this process's cache when fresh."""

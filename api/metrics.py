@@ -99,7 +99,11 @@ class PoolCollector(Collector):
         yield InfoMetricFamily(PREFIX + "build", "The notifier's version.", value=self.build)
         eng = engine()
         try:
-            snap = stats.snapshot(eng.quick_redis, watchdog=eng.settings.watchdog_url is not None)
+            snap = stats.snapshot(
+                eng.quick_redis,
+                watchdog=eng.settings.watchdog_url is not None,
+                heartbeats=eng.settings.heartbeat_services_file is not None,
+            )
             late = oldest_undelivered(eng.quick_redis, snap.now)
         except redis.RedisError:
             yield _single("redis_up", "Whether this scrape could read Redis.", 0)

@@ -603,7 +603,9 @@ def test_readiness_names_each_queue_no_worker_consumes(
 def test_readiness_names_what_is_missing(
     api_server: ApiServer, celery_worker: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    from config.catalogue import ServiceSpec
     from config.settings import get_settings
+    from worker.engine.heartbeats.registry import Registration
 
     with httpx.Client(base_url=api_server.url) as anonymous:
         ready = wait_for(lambda: (r := anonymous.get("/readyz")).status_code == 200 and r)
@@ -611,6 +613,11 @@ def test_readiness_names_what_is_missing(
         assert anonymous.get("/health").json() == {"status": "ok"}
         engine().redis.delete(keys.WORKERS)  # no worker has said it is up
         no_workers = anonymous.get("/readyz")
+        # A service registered through Medic's API turns monitoring on as a file does.
+        spec = ServiceSpec(slug="etl", name="ETL", team="data", priority="P2", window=60)
+        assert engine().registry.add(Registration.new(spec))
+        registered = anonymous.get("/readyz")
+        engine().redis.delete(keys.HEARTBEAT_SERVICES)
         catalogue = tmp_path / "services.toml"
         catalogue.write_text("")
         monkeypatch.setenv("HEARTBEAT_SERVICES_FILE", str(catalogue))
@@ -618,5 +625,6 @@ def test_readiness_names_what_is_missing(
         never_checked = anonymous.get("/readyz")
     assert no_workers.status_code == 503
     assert no_workers.json()["failing"] == ["workers"]
+    assert registered.json()["failing"] == ["workers", "heartbeat_check"]
     assert never_checked.status_code == 503
     assert "heartbeat_check" in never_checked.json()["failing"]

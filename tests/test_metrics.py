@@ -5,6 +5,7 @@ the same."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -219,8 +220,11 @@ def test_heartbeat_gauges(
 ) -> None:
     catalogue(service("billing-api", window=60) + service("etl", window=60, team="data"))
     for api in serve(monkeypatch):
+        # Monitoring is on and no check ever ran (beat never started, or Redis lost its
+        # data): the check is infinitely old, so the stale-check alert can fire.
         before = scrape(f"{api.url}/metrics")
-        assert not any(k[0] == "gds_notify_heartbeat_services" for k in before)  # not yet on
+        assert value(before, "gds_notify_heartbeat_check_age_seconds") == math.inf
+        assert value(before, "gds_notify_heartbeat_services", state="up") == 0
         tasks.heartbeat("billing-api")
         tasks.heartbeat("etl", status="fail")
         run_check(engine())
@@ -235,6 +239,20 @@ def test_heartbeat_gauges(
         assert sum(states.values()) == 2
         assert set(states) == {"new", "up", "failing", "down", "inactive"}
         assert 0 <= value(s, "gds_notify_heartbeat_check_age_seconds") < 5
+
+
+def test_heartbeat_gauges_appear_with_the_first_registered_service(api_server: ApiServer) -> None:
+    """No services file: monitoring is off, nothing to show, until Medic's API registers a
+    service; from then the check that never ran is infinitely old."""
+    from config.catalogue import ServiceSpec
+    from worker.engine.heartbeats.registry import Registration
+
+    off = scrape(f"{api_server.url}/metrics")
+    assert not any(name.startswith("gds_notify_heartbeat_") for name, _ in off)
+    spec = ServiceSpec(slug="etl", name="ETL", team="data", priority="P2", window=60)
+    assert engine().registry.add(Registration.new(spec))
+    on = scrape(f"{api_server.url}/metrics")
+    assert value(on, "gds_notify_heartbeat_check_age_seconds") == math.inf
 
 
 def test_an_unreachable_redis_is_a_successful_scrape_that_says_so(

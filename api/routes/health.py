@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from config.queues import INTAKE_QUEUE, PAGERDUTY_QUEUE, QUEUE_ORDER
+from worker.engine import keys
 from worker.engine.heartbeats.checker import last_check
 from worker.engine.runtime import engine
 
@@ -45,7 +46,8 @@ def checker_fresh_within(interval: float) -> float:
 )
 def readyz() -> JSONResponse:
     """Ready: Redis answers, pages and intake have a worker that reported within the last
-    minute, and (with heartbeat monitoring on) the heartbeat check ran recently. 503 names
+    minute, and (with heartbeat monitoring on: a services file, or a service registered
+    through the API) the heartbeat check ran recently. 503 names
     each part that fails: ``workers`` when none reported, else ``workers:QUEUE`` for the
     page or intake queue nobody consumes. ``checks.queues`` shows email's workers too."""
     eng = engine()
@@ -69,7 +71,8 @@ def readyz() -> JSONResponse:
         failing.append("workers")
     else:
         failing.extend(f"workers:{q}" for q in PAGE_QUEUES if not checks["queues"][q])
-    if eng.settings.heartbeat_services_file is not None:
+    monitoring = eng.settings.heartbeat_services_file is not None
+    if monitoring or eng.quick_redis.exists(keys.HEARTBEAT_SERVICES):  # or one registered
         checked = last_check(eng.redis)
         age = None if checked is None else eng.workers.now() - checked
         checks["heartbeat_check_age_seconds"] = None if age is None else round(age, 1)

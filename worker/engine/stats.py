@@ -124,9 +124,12 @@ class Snapshot:
         return out
 
 
-def snapshot(client: redis.Redis, watchdog: bool) -> Snapshot:
+def snapshot(client: redis.Redis, watchdog: bool, heartbeats: bool = False) -> Snapshot:
     """Read every counter and gauge in one round trip (plus one write that remembers when
-    the oldest message of a queue without timestamps was first seen)."""
+    the oldest message of a queue without timestamps was first seen). Heartbeat states
+    and the check's age are read when monitoring is on: ``heartbeats`` (a services file
+    is configured), a service registered through the API, or a check's summary in Redis;
+    a check that never ran (beat never started, or Redis lost its data) is infinitely old."""
     pipe = client.pipeline(transaction=False)
     pipe.time()
     pipe.hgetall(keys.STATS)
@@ -137,6 +140,7 @@ def snapshot(client: redis.Redis, watchdog: bool) -> Snapshot:
     for channel in keys.DEAD_LETTER_CHANNELS:
         pipe.zcard(keys.dead_letter_channel(channel))
     pipe.get(keys.HEARTBEAT_SUMMARY)
+    pipe.exists(keys.HEARTBEAT_SERVICES)
     pipe.get(keys.HEARTBEAT_LAST_CHECK)
     pipe.get(keys.RECOVERY_LAST)
     pipe.get(keys.WATCHDOG_LAST)
@@ -154,12 +158,13 @@ def snapshot(client: redis.Redis, watchdog: bool) -> Snapshot:
         oldest[queue] = next(answers)
     unacked = int(next(answers))
     dead = {channel: int(next(answers)) for channel in keys.DEAD_LETTER_CHANNELS}
-    summary, last_check, recovery, watchdog_last = (next(answers) for _ in range(4))
+    summary, registered, last_check, recovery, watchdog_last = (next(answers) for _ in range(5))
     seen = cast("list[tuple[str, float]]", next(answers))
     infos = cast(dict[str, str], next(answers))
     first_seen = cast(dict[str, str], next(answers))
     ages = _oldest_ages(client, now, oldest, first_seen)
-    states = json.loads(summary) if summary else None
+    monitoring = heartbeats or bool(registered) or bool(summary)
+    states = (json.loads(summary) if summary else {}) if monitoring else None
     return Snapshot(
         now=now,
         counters=counters,

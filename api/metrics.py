@@ -105,10 +105,16 @@ class PoolCollector(Collector):
                 heartbeats=eng.settings.heartbeat_services_file is not None,
             )
             late = oldest_undelivered(eng.quick_redis, snap.now)
+            refused = stats.refuses_writes(eng.quick_redis)
         except redis.RedisError:
             yield _single("redis_up", "Whether this scrape could read Redis.", 0)
             return
         yield _single("redis_up", "Whether this scrape could read Redis.", 1)
+        yield _single(
+            "redis_writable",
+            "Whether Redis took this scrape's write (0: out of memory, read-only, ...).",
+            0 if refused else 1,
+        )
         yield from self._counters(snap)
         yield _histogram("delivery_latency", "From enqueue to delivered, per channel.", snap)
         yield _histogram(

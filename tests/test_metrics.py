@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from celery import Celery
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
@@ -263,6 +264,35 @@ def test_an_unreachable_redis_is_a_successful_scrape_that_says_so(
     s = scrape(f"{api_server.url}/metrics")
     assert value(s, "gds_notify_redis_up") == 0
     assert not any(k[0] == "gds_notify_queue_messages" for k in s)
+
+
+@pytest.mark.parametrize("refusal", ["out of memory", "read-only replica"])
+def test_a_redis_that_answers_but_refuses_writes_is_named_as_such(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    """A real Redis out of memory (noeviction), or a replica taken for the master: it
+    answers pings and reads, and takes no job. Scrapes and /readyz say so, instead of the
+    workers (who cannot report either) looking dead."""
+    with LocalRedis() as own, LocalRedis() as master:
+        monkeypatch.setenv("REDIS_URL", own.url)
+        reconfigure()
+        raw = redis.Redis.from_url(own.url)
+        fine = scrape(f"{api_server.url}/metrics")
+        if refusal == "out of memory":
+            raw.config_set("maxmemory-policy", "noeviction")
+            raw.config_set("maxmemory", 1)
+        else:
+            raw.replicaof("127.0.0.1", master.port)
+        refused = scrape(f"{api_server.url}/metrics")
+        ready = httpx.get(f"{api_server.url}/readyz")
+        raw.close()
+    assert value(fine, "gds_notify_redis_writable") == 1
+    assert value(refused, "gds_notify_redis_up") == 1
+    assert value(refused, "gds_notify_redis_writable") == 0
+    assert ready.status_code == 503
+    assert ready.json()["failing"] == ["redis"]
+    said = {"out of memory": "OutOfMemoryError: ", "read-only replica": "ReadOnlyError: "}
+    assert ready.json()["checks"]["redis"].startswith(f"not writable: {said[refusal]}")
 
 
 def test_dead_letters_written_are_counted_once_each_whatever_is_replayed_or_purged(

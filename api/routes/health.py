@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from config.queues import INTAKE_QUEUE, PAGERDUTY_QUEUE, QUEUE_ORDER
-from worker.engine import keys
+from worker.engine import keys, stats
 from worker.engine.heartbeats.checker import last_check
 from worker.engine.runtime import engine
 
@@ -45,7 +45,7 @@ def checker_fresh_within(interval: float) -> float:
     responses={503: {"description": "Not ready: ``failing`` names each part."}},
 )
 def readyz() -> JSONResponse:
-    """Ready: Redis answers, pages and intake have a worker that reported within the last
+    """Ready: Redis answers and takes a write, pages and intake have a worker that reported within the last
     minute, and (with heartbeat monitoring on: a services file, or a service registered
     through the API) the heartbeat check ran recently. 503 names
     each part that fails: ``workers`` when none reported, else ``workers:QUEUE`` for the
@@ -55,9 +55,11 @@ def readyz() -> JSONResponse:
     failing: list[str] = []
     try:
         eng.quick_redis.ping()  # a hung Redis answers 503 in seconds, as a refusing one
-        checks["redis"] = "ok"
+        refused = stats.refuses_writes(eng.quick_redis)
+        checks["redis"] = f"not writable: {refused}" if refused else "ok"
     except redis.RedisError as exc:
         checks["redis"] = f"unreachable: {type(exc).__name__}"
+    if checks["redis"] != "ok":
         return JSONResponse(
             {"status": "not ready", "failing": ["redis"], "checks": checks}, status_code=503
         )

@@ -50,6 +50,7 @@ STATS = f"{PREFIX}stats"
 QUEUE_OLDEST = f"{PREFIX}stats:oldest"  # hash: queue -> "message-id first-seen-time"
 RECOVERY_LAST = f"{PREFIX}jobs:recovery:last"  # Redis time of the last recovery sweep
 WATCHDOG_LAST = f"{PREFIX}watchdog:last"  # Redis time the last canary arrived
+WRITE_PROBE = f"{PREFIX}probe:write"  # written by scrapes and readiness: Redis takes writes
 WATCHDOG_DEAD_SEEN = f"{PREFIX}watchdog:dead-lettered"  # how many were written by that canary
 
 # Deliveries not yet delivered or dead: "JOBID:CHANNEL" scored by when the recovery sweep

@@ -245,3 +245,15 @@ def stamp(client: redis.Redis, key: str) -> None:
     Redis time, which the scrape compares with."""
     seconds, micros = client.time()
     client.set(key, repr(float(seconds) + micros / 1_000_000))
+
+
+def refuses_writes(client: redis.Redis) -> str | None:
+    """Why Redis answers but will not take a write (out of memory, a read-only replica
+    taken for the master, too few replicas, a failed snapshot stopping writes), or None
+    when it takes one. Every job is a write: such a Redis accepts nothing and delivers
+    nothing while it still answers reads and pings. A connection error is raised."""
+    try:
+        client.set(keys.WRITE_PROBE, "1", ex=60)
+    except redis.ResponseError as exc:
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return None

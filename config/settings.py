@@ -243,6 +243,13 @@ class Settings(BaseSettings):
     watchdog_interval: float = Field(
         default=60.0, ge=1, le=3600, description="Seconds between watchdog canaries (beat)."
     )
+    watchdog_late_page_seconds: float = Field(
+        default=300.0,
+        ge=1,
+        le=86_400,
+        description="A page undelivered this long after it was accepted makes the canary "
+        "call WATCHDOG_FAIL_URL.",
+    )
 
     api_tokens: str | None = Field(
         default=None, description="JSON list of API tokens: name, sha256 of the secret, scopes."

@@ -107,3 +107,25 @@ def test_a_canary_that_finds_dead_letters_grown_calls_the_fail_url(
     assert scraped[("gds_notify_watchdog_pings_total", ("fail",))] == 2
     assert scraped[("gds_notify_watchdog_pings_total", ("ok",))] >= 3
     assert scraped[("gds_notify_watchdog_age_seconds", ())] < 60
+
+
+def test_a_canary_says_fail_when_pages_are_late_or_it_came_through_late(
+    service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PagerDuty failing or throttling is retried for an hour before anything dies, and a
+    backlog on the page queue delays every canary alike: neither writes a dead letter,
+    and the watchdog heard "ok" throughout."""
+    from worker.engine.watchdog import verdict
+
+    monkeypatch.setenv("WATCHDOG_URL", f"{service_env.url}/ping/gds-canary")
+    monkeypatch.setenv("WATCHDOG_INTERVAL", "10")
+    monkeypatch.setenv("WATCHDOG_LATE_PAGE_SECONDS", "1")
+    reconfigure()
+    assert verdict(engine(), sent_at=time.time()) is None
+    assert verdict(engine(), sent_at=time.time() - 25) == (
+        "this canary took 25 s to come through (pages wait as long)"
+    )
+    tasks.enqueue(Notification(recipient="db-1", subject="Disk full", priority="critical"))
+    assert verdict(engine()) is None  # no worker, but not late yet
+    time.sleep(1.5)
+    assert verdict(engine()) == "a page accepted 2 s ago is not delivered yet"

@@ -159,7 +159,7 @@ class ProviderCall:
 def _canary(engine: Engine, job: DeliveryJob, claim: Claim) -> Outcome:
     """The watchdog's canary came through the pipeline: call the watchdog, and end."""
     try:
-        result, reason = watchdog.arrived(engine)
+        result, reason = watchdog.arrived(engine, job.enqueued_at)
     except NotificationError as exc:
         engine.jobs.record(
             job.job_id,

@@ -19,6 +19,7 @@ import uuid
 
 from worker.channels import Channel
 from worker.engine import keys, stats
+from worker.engine.jobs import oldest_undelivered
 from worker.engine.runtime import Engine
 
 logger = logging.getLogger(__name__)
@@ -50,9 +51,14 @@ def send_canary(engine: Engine) -> str | None:
     return job_id
 
 
-def verdict(engine: Engine) -> str | None:
-    """Why the service sees itself failing now, or None: dead letters written since the
-    previous canary (counted as written: a replay or purge meanwhile hides none)."""
+def verdict(engine: Engine, sent_at: float | None = None) -> str | None:
+    """Why the service sees itself failing now, or None. Any of: dead letters written since
+    the previous canary (counted as written: a replay or purge meanwhile hides none); a
+    page still undelivered ``WATCHDOG_LATE_PAGE_SECONDS`` after it was accepted (PagerDuty
+    failing or throttling, retries piling up: what GdsNotifyPagesLate says, heard here
+    through the external monitor's own path); this canary itself on its way for longer than
+    ``WATCHDOG_INTERVAL`` since ``sent_at`` (a backlog on the page queue: it keeps
+    arriving, one per interval, only late)."""
     written = [stats.count("dead_lettered", c)[0] for c in keys.DEAD_LETTER_CHANNELS]
     pipe = engine.redis.pipeline()
     pipe.hmget(keys.STATS, written)
@@ -61,17 +67,27 @@ def verdict(engine: Engine) -> str | None:
     now = int(sum(float(c) for c in counts if c is not None))
     engine.redis.set(keys.WATCHDOG_DEAD_SEEN, now)
     grew = now - int(before) if before is not None else 0
+    reasons = []
     if grew > 0:
-        return f"{grew} new dead letter{'' if grew == 1 else 's'} since the previous canary"
-    return None
+        letters = f"{grew} new dead letter{'' if grew == 1 else 's'}"
+        reasons.append(f"{letters} since the previous canary")
+    late = oldest_undelivered(engine.redis, engine.workers.now())[Channel.PAGERDUTY.value]
+    if late > engine.settings.watchdog_late_page_seconds:
+        reasons.append(f"a page accepted {late:.0f} s ago is not delivered yet")
+    if sent_at is not None:
+        # The host clocks of beat and this worker: a skew of seconds is far inside this.
+        took = time.time() - sent_at
+        if took > engine.settings.watchdog_interval:
+            reasons.append(f"this canary took {took:.0f} s to come through (pages wait as long)")
+    return "; ".join(reasons) or None
 
 
-def arrived(engine: Engine) -> tuple[str, str | None]:
-    """A canary came through: call the watchdog. Returns the result (``ok`` or ``fail``)
-    and the reason for a fail. Raises the pinger's error when the watchdog cannot be
-    reached (counted as ``error``)."""
+def arrived(engine: Engine, sent_at: float | None = None) -> tuple[str, str | None]:
+    """A canary (sent at ``sent_at``) came through: call the watchdog. Returns the result
+    (``ok`` or ``fail``) and the reason for a fail. Raises the pinger's error when the
+    watchdog cannot be reached (counted as ``error``)."""
     settings = engine.settings
-    reason = verdict(engine)
+    reason = verdict(engine, sent_at)
     if reason is not None and settings.watchdog_fail_url is None:
         logger.warning("watchdog: %s (no WATCHDOG_FAIL_URL to say so)", reason)
     failing = reason is not None and settings.watchdog_fail_url is not None

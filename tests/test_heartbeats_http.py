@@ -585,7 +585,7 @@ def test_a_registration_that_no_longer_reads_leaves_every_other_service_watched(
     assert ok.status_code == 201
     assert refused.status_code == 400
     assert "single line" in refused.json()["message"]
-    stored = json.loads(engine().redis.hget(keys.HEARTBEAT_SERVICES, "a"))
+    stored = json.loads(str(engine().redis.hget(keys.HEARTBEAT_SERVICES, "a")))
     stored["spec"] |= {"slug": "b", "name": "B\u2028C"}
     engine().redis.hset(keys.HEARTBEAT_SERVICES, "b", json.dumps(stored))
     with caplog.at_level("ERROR", logger="worker.engine.heartbeats.registry"):

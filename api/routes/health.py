@@ -45,11 +45,12 @@ def checker_fresh_within(interval: float) -> float:
     responses={503: {"description": "Not ready: ``failing`` names each part."}},
 )
 def readyz() -> JSONResponse:
-    """Ready: Redis answers and takes a write, pages and intake have a worker that reported within the last
-    minute, and (with heartbeat monitoring on: a services file, or a service registered
-    through the API) the heartbeat check ran recently. 503 names
-    each part that fails: ``workers`` when none reported, else ``workers:QUEUE`` for the
-    page or intake queue nobody consumes. ``checks.queues`` shows email's workers too."""
+    """Ready: Redis answers and takes a write, pages and intake have a worker that
+    reported within the last minute, and (with heartbeat monitoring on: a services file,
+    or a service registered through the API) the heartbeat check ran recently. 503 names
+    each part that fails: ``redis`` (unreachable, or refusing writes), ``workers`` when
+    none reported, else ``workers:QUEUE`` for the page or intake queue nobody consumes,
+    ``heartbeat_check``. ``checks.queues`` shows email's workers too."""
     eng = engine()
     checks: dict[str, Any] = {}
     failing: list[str] = []

@@ -31,6 +31,7 @@ from tests.api_server import (
 from tests.conftest import SandboxClient, wait_for
 from tests.heartbeat_helpers import WriteCatalogue, service
 from tests.processes import beat as beat_process
+from worker.engine import keys
 from worker.engine.heartbeats.checker import last_check, read_states
 from worker.engine.heartbeats.evaluation import Observation, is_bad
 from worker.engine.runtime import engine
@@ -573,7 +574,6 @@ def test_a_registration_that_no_longer_reads_leaves_every_other_service_watched(
 ) -> None:
     """A service an older version registered with a name now refused (a U+2028 in it, which
     intake would refuse in the page) must not stop the checker for every service."""
-    from worker.engine import keys
     from worker.engine.heartbeats.paging import run_check
 
     base = f"{hb_api.url}/medic/{HEARTBEAT_TOKEN}/service"
@@ -592,3 +592,29 @@ def test_a_registration_that_no_longer_reads_leaves_every_other_service_watched(
         assert set(engine().registry.all()) == {"a"}
         assert run_check(engine()) is not None
     assert "registered service 'b' is not watched" in caplog.text
+
+
+def test_a_run_that_crashed_is_ended_by_the_next_run_that_finishes(
+    catalogue: WriteCatalogue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run A starts and crashes without a word; run B starts and finishes. A's start must
+    not keep "ran too long" open through every later run (as in Healthchecks, where a new
+    start replaces the last). A run started after the one that finishes is still running."""
+    catalogue(service("etl", window=60, extra='max_duration = "1h"'))
+    for api in serve(monkeypatch):
+        spec = engine().service("etl")
+        assert spec is not None
+
+        def post(suffix: str, rid: str, api: ApiServer = api) -> None:
+            answer = httpx.post(ping_url(api, "etl", suffix), params={"rid": rid})
+            assert answer.text == "OK"
+
+        post("start", "A")  # crashes
+        post("start", "B")
+        post("start", "C")  # overlaps B, still going when B finishes
+        post("", "B")
+        running = engine().heartbeats.running_since([spec])
+        assert set(engine().redis.hkeys(keys.heartbeat_runs("etl"))) == {"C"}
+        post("", "C")
+        assert engine().heartbeats.running_since([spec]) == {}
+        assert list(running) == ["etl"]

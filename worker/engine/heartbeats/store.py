@@ -39,6 +39,11 @@ LOG_KEPT = 50
 REFUSED = "heartbeats_refused"
 BODY_LIMIT = 10_000
 LOG_TTL_SECONDS = 7 * 86_400
+#: Heartbeats are kept at least this long after the last, however short the window: a
+#: job moved from every 5 minutes to daily, its window edited to match, still has its last
+#: heartbeat when the new window is read (kept for the old window alone, it expired within
+#: minutes and the service paged). The count kept per service bounds what this costs.
+HEARTBEATS_KEPT_SECONDS = 8 * 86_400
 
 
 class HeartbeatInFutureError(ValueError):
@@ -93,7 +98,7 @@ class HeartbeatStore:
 
         ``rate`` (a limiter and the key it counts) admits the ping first, in the same round
         trip: over the rate, :class:`TooManyPings` and nothing stored."""
-        ttl = math.ceil(2 * spec.span) + 60
+        ttl = max(math.ceil(2 * spec.span) + 60, HEARTBEATS_KEPT_SECONDS)
         body = ping.body or ""
         if len(body) > BODY_LIMIT:
             body = body[:BODY_LIMIT] + f" … [cut: {len(ping.body or '') - BODY_LIMIT} more]"

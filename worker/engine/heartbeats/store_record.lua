@@ -33,7 +33,17 @@ if kind == 'up' or kind == 'fail' then
   if (not prev) or cjson.decode(prev)['at'] <= at then
     redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({at = at, status = kind}))
   end
-  redis.call('HDEL', KEYS[4], ARGV[10])  -- the run it finishes, if one was started
+  -- The run it finishes, if one was started; and any run started before that one, which
+  -- crashed without a word (as Healthchecks, where a new start replaces the last): left,
+  -- its start would keep "ran too long" open through every run that finishes after it.
+  local started = redis.call('HGET', KEYS[4], ARGV[10])
+  redis.call('HDEL', KEYS[4], ARGV[10])
+  if started then
+    local runs = redis.call('HGETALL', KEYS[4])
+    for i = 1, #runs, 2 do
+      if tonumber(runs[i + 1]) < tonumber(started) then redis.call('HDEL', KEYS[4], runs[i]) end
+    end
+  end
 elseif kind == 'start' then
   redis.call('HSET', KEYS[4], ARGV[10], string.format('%.6f', at))
   redis.call('EXPIRE', KEYS[4], ARGV[12])

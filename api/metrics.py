@@ -34,7 +34,8 @@ from worker.engine import stats
 from worker.engine.heartbeats.store import REFUSED
 from worker.engine.jobs import oldest_undelivered
 from worker.engine.keys import DEAD_LETTER_CHANNELS
-from worker.engine.runtime import engine
+from worker.engine.runtime import Engine, engine
+from worker.exceptions import NotificationConfigError
 
 PREFIX = "gds_notify_"
 #: The doors notifications come in by, and the channels they go out on.
@@ -121,6 +122,13 @@ class PoolCollector(Collector):
             "provider_call", "Each attempt's call to PagerDuty or the SMTP server.", snap
         )
         yield from self._gauges(snap)
+        if eng.settings.heartbeat_services_file is not None:
+            yield _single(
+                "heartbeat_catalogue_refused",
+                "1 when the services file's last edit was refused (the last good one is "
+                "still in force; a worker or beat started now would stop).",
+                self._catalogue_refused(eng),
+            )
         yield _gauge(
             "oldest_undelivered_seconds",
             "How long ago the oldest notification not yet delivered (or dead) on a channel "
@@ -128,6 +136,13 @@ class PoolCollector(Collector):
             late,
             "channel",
         )
+
+    @staticmethod
+    def _catalogue_refused(eng: Engine) -> float:
+        try:
+            return 1.0 if eng.catalogue_refused() is not None else 0.0
+        except NotificationConfigError:  # not even a first good version: as bad
+            return 1.0
 
     def _counters(self, snap: stats.Snapshot) -> Iterator[Metric]:
         yield _counter(

@@ -37,6 +37,7 @@ wins over a registered one of the same slug.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import tomllib
@@ -63,6 +64,8 @@ from pydantic import (
 from worker.exceptions import NotificationConfigError
 from worker.notification import check_unicode, is_one_line
 from worker.validation import path, problem
+
+logger = logging.getLogger(__name__)
 
 SLUG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 RUNBOOK_PATTERN = r"^https?://\S+$"
@@ -353,6 +356,13 @@ class CatalogueFile:
                     self.last_error = None
                 except NotificationConfigError as exc:
                     self.last_error = str(exc)
+                    # Once per edit. The services it adds are not watched, and the next
+                    # start of a worker or beat on this file stops with this error.
+                    logger.error(
+                        "heartbeat catalogue edit refused, the last good one stays in force "
+                        "(a worker or beat started now would stop): %s",
+                        exc,
+                    )
             return self._catalogue
 
 

@@ -256,6 +256,27 @@ def test_heartbeat_gauges_appear_with_the_first_registered_service(api_server: A
     assert value(on, "gds_notify_heartbeat_check_age_seconds") == math.inf
 
 
+def test_a_refused_catalogue_edit_is_logged_and_exported(
+    catalogue: WriteCatalogue, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last good catalogue stays in force, so nothing pages wrongly; but what the edit
+    adds is not watched and the next worker to start on the file stops: someone must hear."""
+    catalogue(service("billing-api", window=60))
+    for api in serve(monkeypatch):
+        good = scrape(f"{api.url}/metrics")
+        with caplog.at_level("ERROR", logger="config.catalogue"):
+            catalogue(service("billing-api", window=60) + service("etl", window=60, priority="P9"))
+            bad = scrape(f"{api.url}/metrics")
+            scrape(f"{api.url}/metrics")  # read again: logged once per edit
+        catalogue(service("billing-api", window=60) + service("etl", window=60))
+        mended = scrape(f"{api.url}/metrics")
+    assert value(good, "gds_notify_heartbeat_catalogue_refused") == 0
+    assert value(bad, "gds_notify_heartbeat_catalogue_refused") == 1
+    assert value(mended, "gds_notify_heartbeat_catalogue_refused") == 0
+    [refused] = [r.getMessage() for r in caplog.records if "edit refused" in r.getMessage()]
+    assert "services.etl.priority" in refused
+
+
 def test_an_unreachable_redis_is_a_successful_scrape_that_says_so(
     api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -76,6 +76,13 @@ class Engine:
             catalogue_file = self._catalogue_file
         return catalogue_file.current()
 
+    def catalogue_refused(self) -> str | None:
+        """Why the services file's last edit was refused (the last good catalogue is still
+        in force), or None: no file, or its latest version is the one in force."""
+        if self.file_catalogue() is None:
+            return None
+        return self._catalogue_file.last_error if self._catalogue_file else None
+
     def catalogue(self) -> Catalogue | None:
         """Every monitored service: the file's and those registered at run time (the file
         wins a slug both name); None when there is no file and nothing is registered."""

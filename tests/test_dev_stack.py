@@ -49,6 +49,7 @@ class Dev:
         self.proc = proc
         self.ports = ports
         self.output = ""
+        self.started = False
 
     @property
     def sandbox(self) -> str:
@@ -71,6 +72,30 @@ def running_dev(tmp_path: Path, *options: str, env: dict[str, str] | None = None
     terminal's) until its banner's last line; Ctrl-C after."""
     if (dev_dir() / "stack.json").exists():
         pytest.fail(f"a dev stack already announces itself in {dev_dir()}; stop it first")
+    for attempt in range(3):
+        # A free port is free when asked, not when the stack binds it: another test's
+        # outgoing connection may take it as its own source port meanwhile.
+        dev = _start_dev(tmp_path, options, env)
+        proc = dev.proc
+        if dev.started or "is already in use" not in dev.output or attempt == 2:
+            break
+    try:
+        if not dev.started:
+            pytest.fail(f"gds-notify dev did not start: {dev.output}")
+        yield dev
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _start_dev(tmp_path: Path, options: tuple[str, ...], env: dict[str, str] | None) -> Dev:
+    """``gds-notify dev`` on ports free now, read up to its banner's last line (``started``)
+    or to its exit (its output then holds why, stderr included)."""
     ports = {
         "port": free_port(),
         "smtp_port": free_port(),
@@ -89,24 +114,18 @@ def running_dev(tmp_path: Path, *options: str, env: dict[str, str] | None = None
         text=True,
     )
     dev = Dev(proc, ports)
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            dev.output += line
-            if line.startswith("Ctrl-C stops everything"):
-                break
-        else:
-            err = proc.stderr.read() if proc.stderr else ""
-            pytest.fail(f"gds-notify dev did not start: {dev.output} {err}")
-        yield dev
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        dev.output += line
+        if line.startswith("Ctrl-C stops everything"):
+            dev.started = True
+            return dev
+    dev.output += proc.stderr.read() if proc.stderr else ""
+    proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    return dev
 
 
 def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:

@@ -369,6 +369,12 @@ def test_heartbeats_from_any_celery_client_and_refusals_are_counted(
     assert store.refused() == {"unknown_slug": 2, "invalid": 7}
     past = datetime.now(UTC) - timedelta(seconds=30)
     assert abs(tasks.heartbeat("known", at=past.isoformat()) - past.timestamp()) < 0.001
+    # A sender's clock two minutes fast: the heartbeat counts from now, and a failure
+    # reported right after it is the newest word.
+    ahead = tasks.heartbeat("known", at=time.time() + 120)
+    assert ahead <= store.now()
+    tasks.heartbeat("known", status="fail")
+    assert store.last()["known"].status == "fail"
 
 
 def test_heartbeats_are_bounded_per_service(catalogue: WriteCatalogue) -> None:

@@ -21,6 +21,10 @@ local at = now
 if ARGV[2] ~= '' then
   at = tonumber(ARGV[2])
   if at > now + tonumber(ARGV[5]) then return {0, tostring(now)} end
+  -- A sender's clock a little ahead: counted from now. Kept as sent, it would keep the
+  -- service alive up to that far past its death, and as the newest heartbeat it would
+  -- outrank every report that follows (a DOWN sent a minute later would be ignored).
+  if at > now then at = now end
 end
 local kind = ARGV[3]
 if kind == 'up' then

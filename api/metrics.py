@@ -228,6 +228,11 @@ class PoolCollector(Collector):
             {k: float(v) for k, v in snap.dead_letters.items()},
             "channel",
         )
+        yield _single(
+            "worker_clock_skew_seconds",
+            "The largest difference, either way, between a live worker's clock and Redis's.",
+            snap.worker_clock_skew,
+        )
         yield _gauge(
             "workers_alive",
             "Workers that reported in the last 30 s, by queue consumed.",

@@ -277,6 +277,22 @@ def test_a_refused_catalogue_edit_is_logged_and_exported(
     assert "services.etl.priority" in refused
 
 
+def test_a_worker_clock_off_from_redis_is_exported(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retry deadlines and the recovery sweep read host clocks: a host whose clock runs
+    half a minute fast is seen at its worker's next report (its clock faked here)."""
+    engine().workers.report("ok@host-1", ["pagerduty"], 1, "boot-1")
+    in_step = scrape(f"{api_server.url}/metrics")
+    real = time.time
+    with monkeypatch.context() as fast:  # only for the report: the scrape keeps real time
+        fast.setattr(time, "time", lambda: real() + 30)
+        engine().workers.report("fast@host-2", ["email"], 2, "boot-2")
+    off = scrape(f"{api_server.url}/metrics")
+    assert value(in_step, "gds_notify_worker_clock_skew_seconds") < 1
+    assert 29 < value(off, "gds_notify_worker_clock_skew_seconds") < 31
+
+
 def test_an_unreachable_redis_is_a_successful_scrape_that_says_so(
     api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

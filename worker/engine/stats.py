@@ -93,6 +93,8 @@ class Snapshot:
     recovery_age: float | None
     watchdog_age: float | None
     workers: dict[str, int] = field(default_factory=dict)
+    #: The largest difference, either way, of a live worker's clock from Redis's.
+    worker_clock_skew: float = 0.0
 
     def labelled(self, name: str) -> list[tuple[list[str], float]]:
         """Every counter ``name:label:label…`` as (label values, value)."""
@@ -177,6 +179,7 @@ def snapshot(client: redis.Redis, watchdog: bool, heartbeats: bool = False) -> S
         recovery_age=_age(now, recovery),
         watchdog_age=_age(now, watchdog_last) if watchdog else None,
         workers=_workers(now, seen, infos),
+        worker_clock_skew=_clock_skew(now, seen, infos),
     )
 
 
@@ -195,6 +198,15 @@ def _workers(
         for queue in info.get("queues", []):
             alive[queue] = alive.get(queue, 0) + 1
     return alive
+
+
+def _clock_skew(now: float, seen: Sequence[tuple[str, float]], infos: dict[str, str]) -> float:
+    skews = [
+        abs(float(json.loads(infos.get(hostname) or "{}").get("clock_skew", 0.0)))
+        for hostname, at in seen
+        if now - float(at) <= ALIVE_SECONDS
+    ]
+    return max(skews, default=0.0)
 
 
 def _oldest_ages(

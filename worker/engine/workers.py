@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -43,11 +44,16 @@ class Workers:
         return float(seconds) + micros / 1_000_000
 
     def report(self, hostname: str, queues: list[str], pid: int, boot: str) -> None:
-        """``hostname`` (its process started as ``boot``) is up now, consuming ``queues``."""
+        """``hostname`` (its process started as ``boot``) is up now, consuming ``queues``;
+        with how far its clock is from Redis's (retry deadlines, the recovery sweep and the
+        ages of messages read host clocks)."""
+        before = time.time()
         now = self.now()
+        skew = (before + time.time()) / 2 - now  # within half the round trip
+        info = {"queues": queues, "pid": pid, "clock_skew": round(skew, 3)}
         pipe = self.redis.pipeline()
         pipe.zadd(keys.WORKERS, {hostname: now})
-        pipe.hset(keys.WORKERS_INFO, hostname, json.dumps({"queues": queues, "pid": pid}))
+        pipe.hset(keys.WORKERS_INFO, hostname, json.dumps(info))
         # Per process too: two processes under one name (a restart, a clash) stay apart.
         pipe.zadd(keys.WORKER_BOOTS, {f"{boot} {hostname}": now})
         # Workers gone for an hour are forgotten, so the sets stay the size of the pool.

@@ -57,14 +57,6 @@ class Incident(BaseModel):
     idempotency_id: str
     opened_at: float
     job_id: str | None = None
-    #: The team whose routing key it paged (None in a state from before it was kept): its
-    #: resolve goes there, whatever team the service names by then.
-    team: str | None = None
-
-    def resolve(self, spec: ServiceSpec) -> Action:
-        """The resolve of this incident, on the routing key it was opened on."""
-        team = self.team if self.team is not None else spec.paging_team
-        return Action(kind="resolve", dedup_key=self.dedup_key, team=team)
 
 
 class Action(BaseModel):
@@ -91,11 +83,24 @@ class ServiceState(BaseModel):
     suppressed: bool = False
     reason: str | None = None
     incident: Incident | None = None
+    #: The team whose routing key the open incident paged: its resolve goes there, whatever
+    #: team the service names by then. Kept here, not in Incident, whose readers in older
+    #: versions refuse a field they do not know (a rolling upgrade, a rollback); None in a
+    #: state written before it was kept, or by such a version.
+    incident_team: str | None = None
     opened: list[float] = Field(default_factory=list)
     outbox: list[Action] = Field(default_factory=list)
 
     def dump(self) -> str:
         return self.model_dump_json()
+
+    def resolve_incident(self, spec: ServiceSpec) -> None:
+        """Queue the open incident's resolve, for the team it paged, and close it."""
+        if self.incident is None:
+            return
+        team = self.incident_team if self.incident_team is not None else spec.paging_team
+        self.outbox.append(Action(kind="resolve", dedup_key=self.incident.dedup_key, team=team))
+        self.incident = self.incident_team = None
 
 
 @dataclass(frozen=True)
@@ -159,9 +164,7 @@ def step(
     s.opened = [t for t in s.opened if t > now - spec.flap.storm_period]
 
     if not spec.active:
-        if s.incident is not None:
-            s.outbox.append(s.incident.resolve(spec))
-            s.incident = None
+        s.resolve_incident(spec)
         s.fail_streak = s.ok_streak = 0
         s.suppressed, s.reason = False, "inactive: not watched"
         _move(s, "inactive", now)
@@ -178,8 +181,7 @@ def step(
         if s.incident is not None:
             storm = len(s.opened) >= spec.flap.storm_incidents
             if s.ok_streak >= spec.flap.successes_before_resolve and not storm:
-                s.outbox.append(s.incident.resolve(spec))
-                s.incident = None
+                s.resolve_incident(spec)
                 _move(s, "up", now)
             elif storm:
                 s.reason = "recovering; resolve held back: incident storm guard"
@@ -217,8 +219,8 @@ def step(
         dedup_key=spec.dedup_key,
         idempotency_id=f"{spec.dedup_key}@{opened_ms}",
         opened_at=now,
-        team=spec.paging_team,
     )
+    s.incident_team = spec.paging_team
     s.opened.append(now)
     s.outbox.append(
         Action(

@@ -591,7 +591,14 @@ def test_a_registration_that_no_longer_reads_leaves_every_other_service_watched(
     with caplog.at_level("ERROR", logger="worker.engine.heartbeats.registry"):
         assert set(engine().registry.all()) == {"a"}
         assert run_check(engine()) is not None
-    assert "registered service 'b' is not watched" in caplog.text
+        assert run_check(engine()) is not None
+        ping = httpx.get(ping_url(hb_api, "b"))
+    assert caplog.text.count("registered service 'b' is not watched") == 1  # once a process
+    assert (ping.status_code, ping.text) == (404, "not found")  # as if not registered
+    # Registering it again is how it is mended: the unreadable entry is replaced.
+    again = httpx.post(base, json={"heartbeat_name": "b", "service_name": "B", "alert_interval": 5})
+    assert again.status_code == 201, again.text
+    assert set(engine().registry.all()) == {"a", "b"}
 
 
 def test_a_run_that_crashed_is_ended_by_the_next_run_that_finishes(

@@ -62,17 +62,24 @@ class ServiceRegistry:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._cache: dict[str, tuple[float, Registration]] = {}
+        self._unreadable: set[str] = set()
         self._lock = threading.Lock()
 
     def add(self, registration: Registration) -> bool:
         """Register a service unless its slug is taken; True when it was added. Raises
-        :class:`RegistryFullError` at ``MAX_REGISTERED`` services."""
+        :class:`RegistryFullError` at ``MAX_REGISTERED`` services. A registration under the
+        slug that no longer reads (see :meth:`all`) is replaced: registering it again is
+        how it is mended."""
         slug = registration.spec.slug
         if self.redis.hlen(keys.HEARTBEAT_SERVICES) >= MAX_REGISTERED:
             raise RegistryFullError(f"the registry is full ({MAX_REGISTERED} services)")
-        added = bool(
-            self.redis.hsetnx(keys.HEARTBEAT_SERVICES, slug, registration.model_dump_json())
-        )
+        value = registration.model_dump_json()
+        added = bool(self.redis.hsetnx(keys.HEARTBEAT_SERVICES, slug, value))
+        if not added:
+            held = self.redis.hget(keys.HEARTBEAT_SERVICES, slug)
+            if held is not None and self._read(slug, str(held)) is None:
+                self.redis.hset(keys.HEARTBEAT_SERVICES, slug, value)
+                added = True
         self._forget(slug)
         return added
 
@@ -83,26 +90,33 @@ class ServiceRegistry:
         self._forget(slug)
 
     def get(self, slug: str) -> Registration | None:
+        """The registration of ``slug``; None when there is none, or it no longer reads."""
         raw = self.redis.hget(keys.HEARTBEAT_SERVICES, slug)
-        return None if raw is None else Registration.model_validate_json(str(raw))
+        return None if raw is None else self._read(slug, str(raw))
 
     def all(self) -> dict[str, Registration]:
         """Every registration that still reads as one. One that does not (registered by an
-        older version under rules since tightened) is logged and left out: every other
-        service stays watched rather than none."""
+        older version under rules since tightened) is logged and left out, as if it were
+        not registered: every other service stays watched rather than none."""
         raw = cast(dict[str, str], self.redis.hgetall(keys.HEARTBEAT_SERVICES))
-        found = {}
-        for slug, value in raw.items():
-            try:
-                found[slug] = Registration.model_validate(json.loads(value))
-            except (ValueError, ValidationError) as exc:
+        found = {slug: self._read(slug, value) for slug, value in raw.items()}
+        return {slug: r for slug, r in found.items() if r is not None}
+
+    def _read(self, slug: str, value: str) -> Registration | None:
+        try:
+            return Registration.model_validate(json.loads(value))
+        except (ValueError, ValidationError) as exc:
+            with self._lock:
+                first = slug not in self._unreadable
+                self._unreadable.add(slug)
+            if first:  # once per process: the checker reads the registry at every check
                 logger.error(
                     "registered service %r is not watched: its registration no longer reads "
-                    "(%s); register it again, or delete it",
+                    "(%s); register it again (Medic's POST /service), which replaces it",
                     slug[:100],
                     str(exc).replace("\n", " ")[:300],
                 )
-        return found
+            return None
 
     def lookup(self, slug: str) -> ServiceSpec | None:
         """The registered spec for ``slug``, from this process's cache when fresh."""

@@ -349,6 +349,14 @@ class CatalogueFile:
     def current(self) -> Catalogue:
         with self._lock:
             stamp = self._stat()
+            if stamp is None and self._stamp is not None:
+                # Gone (deleted, moved, unreadable): what is in force stays, but the next
+                # worker or beat to start on it stops.
+                self._stamp = None
+                self.last_error = f"HEARTBEAT_SERVICES_FILE {self.path}: cannot be read"
+                logger.error(
+                    "heartbeat catalogue %s; the last good one stays in force", self.last_error
+                )
             if stamp is not None and stamp != self._stamp:
                 self._stamp = stamp
                 try:

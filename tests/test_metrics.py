@@ -270,9 +270,16 @@ def test_a_refused_catalogue_edit_is_logged_and_exported(
             scrape(f"{api.url}/metrics")  # read again: logged once per edit
         catalogue(service("billing-api", window=60) + service("etl", window=60))
         mended = scrape(f"{api.url}/metrics")
+        path = catalogue(service("billing-api", window=60))
+        path.unlink()  # deleted: a worker started now would stop as surely
+        gone = scrape(f"{api.url}/metrics")
+        catalogue(service("billing-api", window=60))
+        back = scrape(f"{api.url}/metrics")
     assert value(good, "gds_notify_heartbeat_catalogue_refused") == 0
     assert value(bad, "gds_notify_heartbeat_catalogue_refused") == 1
     assert value(mended, "gds_notify_heartbeat_catalogue_refused") == 0
+    assert value(gone, "gds_notify_heartbeat_catalogue_refused") == 1
+    assert value(back, "gds_notify_heartbeat_catalogue_refused") == 0
     [refused] = [r.getMessage() for r in caplog.records if "edit refused" in r.getMessage()]
     assert "services.etl.priority" in refused
 
@@ -315,6 +322,10 @@ def test_a_redis_that_answers_but_refuses_writes_is_named_as_such(
         reconfigure()
         raw = redis.Redis.from_url(own.url)
         fine = scrape(f"{api_server.url}/metrics")
+        # A notify from any producer: the next scrape would note when it first saw it.
+        producer = Celery(broker=own.url)
+        producer.send_task("notify", args=[{"recipient": "a@example.com", "subject": "x"}])
+        producer.close()
         if refusal == "out of memory":
             raw.config_set("maxmemory-policy", "noeviction")
             raw.config_set("maxmemory", 1)

@@ -19,6 +19,7 @@ other team counts as ``default``). Never a job id, a recipient or a key.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -235,7 +236,9 @@ def _oldest_ages(
         pipe = client.pipeline(transaction=False)
         for queue, seen in remember.items():
             pipe.hset(keys.QUEUE_OLDEST, queue, seen)
-        pipe.execute()
+        # A Redis refusing writes: the scrape still reads, and says so (redis_writable).
+        with contextlib.suppress(redis.ResponseError):
+            pipe.execute()
     return ages
 
 

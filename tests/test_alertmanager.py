@@ -529,6 +529,29 @@ def test_a_group_too_large_for_an_incident_each_pages_once_as_a_group(
     assert details["firing_not_listed"] == 11_900
 
 
+def test_long_summaries_and_descriptions_are_cut_not_refused(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    """Alertmanager does not read the answer: an alert or group refused for the length of
+    its text (past the body bound every notification keeps) would page nobody."""
+    wordy = alert() | {"annotations": {"summary": "s", "description": "d" * 2_000_000}}
+    group = grouped(
+        *(node(i) | {"annotations": {"summary": f"node-{i} " + "x" * 5_000}} for i in range(1_000))
+    )
+    with api_server.client() as http:
+        [one] = http.post("/v1/alertmanager", json=webhook(wordy)).json()["alerts"]
+        many = http.post("/v1/alertmanager?incident=group", json=group).json()["group"]
+    assert one["dead_letter"] is None, one
+    assert many["dead_letter"] is None, many["error"]
+    body = job(one["job_ids"][0])["notification"]["body"]
+    assert len(body) <= 1_048_576
+    assert body.endswith("[cut by gds-notification: 2000000 characters in all]")
+    listed = job(many["job_ids"][0])["notification"]["body"].splitlines()
+    assert 1 < len(listed) < 1_000
+    assert listed[-1] == f"- and {1_001 - len(listed)} more"
+    assert len(api.incidents()) == 2
+
+
 def test_a_group_that_cannot_be_a_notification_is_kept_and_replays_once_mended(
     api_server: ApiServer, celery_worker: Any, api: SandboxClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

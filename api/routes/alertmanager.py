@@ -36,7 +36,7 @@ from config.routing import route
 from worker.channels import Channel
 from worker.engine import alert_resolution, intake, keys
 from worker.engine.runtime import engine
-from worker.job_request import InvalidJobError, parse_request
+from worker.job_request import BODY_MAX_CHARS, InvalidJobError, parse_request
 from worker.notification import NotificationPriority, PagerDutySeverity, one_line
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def request_fields(alert: Alert, hook: Webhook) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "recipient": one_line(labels.get("instance") or labels.get("job") or "") or summary(alert),
         "subject": summary(alert),
-        "body": alert.annotations.get("description", ""),
+        "body": _fitted(alert.annotations.get("description", "")),
         "priority": priority(alert),
         "alert_name": labels.get("alertname"),
         # The same firing alert (same start) is one job, however often it is repeated.
@@ -220,6 +220,19 @@ def _one(alert: Alert, hook: Webhook, index: int) -> AlertOutcome:
 #: How many of a group's alerts its page lists (custom details) and its email names.
 LISTED_IN_PAGE = 100
 LISTED_IN_EMAIL = 1_000
+
+
+#: The longest line an alert gets in a group's list.
+LISTED_LINE_CHARS = 1_024
+
+
+def _fitted(text: str) -> str:
+    """``text`` within the body bound every notification keeps: Alertmanager does not read
+    the answer, so an alert refused for a long description would be a page never sent."""
+    if len(text) <= BODY_MAX_CHARS:
+        return text
+    note = f"\n[cut by gds-notification: {len(text)} characters in all]"
+    return text[: BODY_MAX_CHARS - len(note)] + note
 
 
 def group_dedup_key(hook: Webhook) -> str:
@@ -287,9 +300,16 @@ def group_fields(hook: Webhook, firing: list[Alert]) -> dict[str, Any]:
         metadata["class"] = alert_name
     if head.labels.get("severity", "").lower() in tuple(PagerDutySeverity):
         metadata["severity"] = head.labels["severity"].lower()
-    lines = [f"- {summary(a)}" for a in firing[:LISTED_IN_EMAIL]]
-    if len(firing) > LISTED_IN_EMAIL:
-        lines.append(f"- and {len(firing) - LISTED_IN_EMAIL} more")
+    lines: list[str] = []
+    size = 0
+    for alert in firing[:LISTED_IN_EMAIL]:
+        line = f"- {summary(alert)}"[:LISTED_LINE_CHARS]
+        size += len(line) + 1
+        if size > BODY_MAX_CHARS // 2:
+            break
+        lines.append(line)
+    if len(firing) > len(lines):
+        lines.append(f"- and {len(firing) - len(lines)} more")
     title = group_title(hook, firing)
     fields: dict[str, Any] = {
         "recipient": one_line(" ".join(v for _, v in sorted(hook.group_labels.items()))) or title,

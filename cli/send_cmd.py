@@ -56,8 +56,14 @@ def _metadata(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
 
 def _read_body(body_file: Any) -> str:
     try:
-        # Enough to be refused as too long, never the whole of an endless stdin.
-        return str(body_file.read(BODY_MAX_CHARS + 1))
+        # Never more than a body may hold: an endless stdin is not read to its end.
+        body = str(body_file.read(BODY_MAX_CHARS + 1))
+        if len(body) > BODY_MAX_CHARS:
+            raise BadInput(
+                f"--body-file: more than {BODY_MAX_CHARS} characters, the most a body may "
+                "hold: send a link to the rest"
+            )
+        return body
     except UnicodeDecodeError as exc:
         raise BadInput(
             f"--body-file: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "

@@ -4,6 +4,8 @@ Redis, worker, sandbox and SMTP sink."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ from worker.engine.runtime import engine
 from worker.exceptions import InvalidJobError
 from worker.notification import Notification
 from worker.redact import mask
+
+GDS_NOTIFY = str(Path(sys.executable).with_name("gds-notify"))
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Any:
@@ -188,8 +192,25 @@ def test_send_refuses_bad_input_naming_the_field(
     too_long = run("send", "ops@example.com", "x", "--body-file", str(huge))
     assert too_long.exit_code == 2
     assert too_long.output.startswith(
-        "Error: invalid notification: body: must be at most 1048576 characters"
+        "Error: --body-file: more than 1048576 characters, the most a body may hold"
     )
+    # Read no further than that: an endless stdin is refused, not read to its end.
+    yes = subprocess.Popen(["yes"], stdout=subprocess.PIPE)
+    try:
+        endless = subprocess.run(
+            [GDS_NOTIFY, "send", "ops@example.com", "x", "--body-file", "-"],
+            stdin=yes.stdout,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        yes.kill()
+        yes.wait()
+        if yes.stdout is not None:
+            yes.stdout.close()
+    assert endless.returncode == 2, endless.stderr[-300:]
+    assert "--body-file: more than 1048576 characters" in endless.stderr
     assert list(engine().redis.scan_iter("gds:job:*")) == []  # nothing queued
     with pytest.raises(InvalidJobError, match="body_html: must be at most 1048576 characters"):
         tasks.enqueue(

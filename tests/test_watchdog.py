@@ -129,3 +129,30 @@ def test_a_canary_says_fail_when_pages_are_late_or_it_came_through_late(
     assert verdict(engine()) is None  # no worker, but not late yet
     time.sleep(1.5)
     assert verdict(engine()) == "a page accepted 2 s ago is not delivered yet"
+
+
+def test_a_canary_delivered_late_calls_the_fail_url_with_how_late(
+    service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delivery step hands the canary's own send time to the verdict: one that spent a
+    minute on its way (a backlog on the page queue) says so to the external monitor."""
+    import base64
+    import json
+
+    from config.queues import PAGERDUTY_QUEUE
+    from worker.engine.delivery import deliver
+    from worker.engine.watchdog import send_canary
+
+    monkeypatch.setenv("WATCHDOG_URL", f"{service_env.url}/ping/gds-canary")
+    monkeypatch.setenv("WATCHDOG_FAIL_URL", f"{service_env.url}/ping/gds-canary/fail")
+    monkeypatch.setenv("WATCHDOG_INTERVAL", "10")
+    reconfigure()
+    assert send_canary(engine()) is not None
+    envelope = json.loads(str(engine().redis.rpop(PAGERDUTY_QUEUE)))
+    [[payload], _, _] = json.loads(base64.b64decode(envelope["body"]))
+    payload["enqueued_at"] -= 60  # as if it had waited a minute behind other pages
+    deliver(engine(), payload, envelope["headers"]["id"], "pagerduty")
+    [ping] = pings(service_env)
+    assert ping["kind"] == "fail"
+    assert ping["body"].startswith("this canary took 6")
+    assert ping["body"].endswith(" s to come through (pages wait as long)")

@@ -3,6 +3,7 @@ its webhook to the API, and the webhook's edge cases posted as Alertmanager writ
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -425,24 +426,28 @@ def test_a_groups_incident_keeps_its_team_and_priority_and_resolves_where_it_wen
 
     rules("ops@example.com")
     warning = {"severity": "warning"}
+    late = {"endsAt": "2026-12-02T01:06:00Z"}
     steps = [
         grouped(node(2, team="dba", **warning), team="dba"),
+        grouped(node(2, team="dba", **warning), team="dba"),  # a repeat, after the rules change
         grouped(node(1, team="web"), node(2, team="dba", **warning)),
         grouped(node(1, "resolved", team="web"), node(2, team="dba", **warning)),
         grouped(node(2, "resolved", team="dba", **warning), team="dba"),
         grouped(node(2, "resolved", team="dba", **warning), team="dba"),  # sent again
+        # The other Alertmanager of an HA pair: the same resolution, another end.
+        grouped(node(2, "resolved", team="dba", **warning) | late, team="dba"),
     ]
     outcomes = []
     with api_server.client() as http:
         for n, hook in enumerate(steps):
-            if n == 3:
+            if n == 1:
                 rules("someone-else@example.com")
             outcome = http.post("/v1/alertmanager?incident=group", json=hook).json()["group"]
             assert outcome["dead_letter"] is None, outcome
             for job_id in outcome["job_ids"]:
                 job(job_id)
             outcomes.append(outcome)
-    assert [o["duplicate"] for o in outcomes] == [False, False, False, False, True]
+    assert [o["duplicate"] for o in outcomes] == [False, True, False, False, False, True, True]
     [incident] = api.incidents()
     assert incident["routing_key"].endswith(TEAM_KEY[-4:])  # dba's, as it opened
     assert [t["action"] for t in incident["timeline"]] == ["trigger", "trigger", "resolve"]
@@ -455,7 +460,7 @@ def test_a_groups_incident_keeps_its_team_and_priority_and_resolves_where_it_wen
     ]
     # Firing again after its resolve: a new incident, as its own webhook has it.
     with api_server.client() as http:
-        again = http.post("/v1/alertmanager?incident=group", json=steps[1]).json()["group"]
+        again = http.post("/v1/alertmanager?incident=group", json=steps[2]).json()["group"]
     assert again["duplicate"] is False
     job(again["job_ids"][0])
     assert [i["status"] for i in api.incidents()] == ["resolved", "triggered"]
@@ -552,40 +557,70 @@ def test_long_summaries_and_descriptions_are_cut_not_refused(
     assert len(api.incidents()) == 2
 
 
-def test_a_group_that_cannot_be_a_notification_is_kept_and_replays_once_mended(
+def test_a_group_that_cannot_be_a_notification_is_kept_and_replays_while_it_fires(
     api_server: ApiServer, celery_worker: Any, api: SandboxClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Routed to email with no one to email: the firing group is dead-lettered (once,
-    however often Alertmanager repeats it), and so is its resolution. Once the route is
-    mended, the letters replay as the trigger and its resolve."""
+    however often Alertmanager repeats it). Once the route is mended, its letter replays
+    while the group still fires, and the group's resolve then goes where it went. A letter
+    left until the group moved on is refused: it would open an incident no webhook
+    resolves. A resolution that cannot go out is kept too, and replays as its resolve."""
     from config.settings import get_settings
 
-    monkeypatch.setenv("ROUTING_RULES", '[{"alert_name": "DiskFull", "channels": ["email"]}]')
-    get_settings.cache_clear()
-    with api_server.client() as http:
-        kept = [
-            http.post("/v1/alertmanager?incident=group", json=hook).json()["group"]
-            for hook in (grouped(node(1)), grouped(node(1)), grouped(node(1, "resolved")))
-        ]
-    assert [k["job_ids"] for k in kept] == [[], [], []]
-    assert kept[0]["dead_letter"] == kept[1]["dead_letter"] != kept[2]["dead_letter"]
-    letter = engine().dead_letters.get(kept[2]["dead_letter"])
+    def rules(channels: str) -> None:
+        rule = f'{{"alert_name": "DiskFull", "channels": {channels}}}'
+        monkeypatch.setenv("ROUTING_RULES", f"[{rule}]")
+        get_settings.cache_clear()
+
+    rules('["email"]')
+    post = functools.partial(_post_group, api_server)
+    kept = [post(grouped(node(1))), post(grouped(node(1)))]
+    assert [k["job_ids"] for k in kept] == [[], []]
+    assert kept[0]["dead_letter"] == kept[1]["dead_letter"]
+    letter = engine().dead_letters.get(kept[0]["dead_letter"])
     assert letter is not None
     assert letter["reason"].startswith("group: invalid notification: recipient")
-    assert letter["payload"]["resolves"] == kept[2]["dedup_key"]
-    assert len(engine().dead_letters.list()) == 2
 
-    monkeypatch.setenv("ROUTING_RULES", '[{"alert_name": "DiskFull", "channels": ["pagerduty"]}]')
-    get_settings.cache_clear()
+    rules('["pagerduty"]')
     with api_server.client(ADMIN_TOKEN) as admin:
-        for entry in (kept[0]["dead_letter"], kept[2]["dead_letter"]):
-            answer = admin.post(f"/v1/dead-letters/{entry}/replay")
-            assert answer.status_code == 202, answer.text
-            job(answer.json()["job_id"])
+        replayed = admin.post(f"/v1/dead-letters/{kept[0]['dead_letter']}/replay")
+    assert replayed.status_code == 202, replayed.text
+    job(replayed.json()["job_id"])
+    assert post(grouped(node(1)))["duplicate"] is True  # the repeat after it: one job
+    resolved = post(grouped(node(1, "resolved")))
+    job(resolved["job_ids"][0])
     [incident] = api.incidents()
-    assert incident["dedup_key"] == kept[0]["dedup_key"]
     assert [t["action"] for t in incident["timeline"]] == ["trigger", "resolve"]
-    assert engine().dead_letters.list() == []
+
+    # Left until the group moved on (here: resolved), the letter would page for good.
+    rules('["email"]')
+    stale = post(grouped(node(2)))["dead_letter"]
+    rules('["pagerduty"]')
+    job(post(grouped(node(2)))["job_ids"][0])  # Alertmanager's repeat pages, once mended
+    job(post(grouped(node(2, "resolved")))["job_ids"][0])
+    with api_server.client(ADMIN_TOKEN) as admin:
+        refused = admin.post(f"/v1/dead-letters/{stale}/replay")
+    assert refused.status_code == 422
+    assert "the group has moved on since" in refused.json()["errors"][0]["message"]
+    assert [i["status"] for i in api.incidents()] == ["resolved", "resolved"]
+
+    # A group never seen firing whose resolve cannot go out: kept, replayed as its resolve.
+    rules('["email"]')
+    never = grouped(node(3, "resolved")) | {"groupKey": '{}:{alertname="Other"}'}
+    letter_id = post(never)["dead_letter"]
+    kept_resolve = engine().dead_letters.get(letter_id)
+    assert kept_resolve is not None
+    assert kept_resolve["payload"]["resolves"].startswith("alertmanager-group-")
+    rules('["pagerduty"]')
+    with api_server.client(ADMIN_TOKEN) as admin:
+        assert admin.post(f"/v1/dead-letters/{letter_id}/replay").status_code == 202
+
+
+def _post_group(api_server: ApiServer, hook: dict[str, Any]) -> dict[str, Any]:
+    with api_server.client() as http:
+        answer = http.post("/v1/alertmanager?incident=group", json=hook)
+    assert answer.status_code == 202, answer.text
+    return dict(answer.json()["group"])
 
 
 def _alertmanager_config(path: Path, webhook_url: str) -> Path:

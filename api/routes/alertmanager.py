@@ -32,8 +32,6 @@ from pydantic.alias_generators import to_camel
 
 from api.auth import require
 from api.routes.answers import BODY_ERRORS, accept
-from config.routing import route
-from worker.channels import Channel
 from worker.engine import alert_resolution, intake, keys
 from worker.engine.runtime import engine
 from worker.job_request import BODY_MAX_CHARS, InvalidJobError, parse_request
@@ -344,7 +342,11 @@ def _group(hook: Webhook) -> GroupOutcome:
         try:
             _fire(group_id, key, moment, fields, outcome)
         except InvalidJobError as exc:
-            outcome.dead_letter = _keep(fields, exc, "group-", f"firing@{moment}", None, None)
+            # Its replay sends it only while the group still fires with these alerts.
+            group = {"id": group_id, "state": f"firing:{moment}"}
+            outcome.dead_letter = _keep(
+                fields, exc, "group-", f"firing@{moment}", None, None, group
+            )
             outcome.error = str(exc)
         return outcome
     resolution = _digest([f"{fingerprint(a)}@{a.ends_at}" for a in hook.alerts])
@@ -374,11 +376,7 @@ def _fire(
     )
     answer = accept(request, "alertmanager")
     outcome.job_ids, outcome.duplicate = [answer.job_id], answer.duplicate
-    rule = route(
-        eng.settings.routing_rules, request.priority, request.team, request.alert_name, None
-    )
-    mailed = rule.email_to or request.recipient if Channel.EMAIL.value in answer.channels else None
-    eng.alert_groups.went(group_id, Channel.PAGERDUTY.value in answer.channels, mailed)
+    eng.alert_groups.went(group_id, eng.jobs, answer.job_id)
 
 
 def _resolve(
@@ -390,7 +388,12 @@ def _resolve(
     state = eng.alert_groups.resolved(group_id, resolution, key)
     once = state.idempotency_id
     if not state.went_somewhere:
-        request = parse_request(fields | {"idempotency_id": once})
+        # Routed as its firing would be: by the incident's team and priority where the
+        # group's state holds them (seen firing, not known where it went), else its alerts'.
+        held = {"team": state.team} if state.team else {}
+        if state.priority is not None:
+            held["priority"] = state.priority
+        request = parse_request(fields | held | {"idempotency_id": once})
         done = alert_resolution.resolve(eng, request, key, "alertmanager", "resolved")
     else:
         done = []
@@ -423,6 +426,7 @@ def _keep(
     moment: str,
     index: int | None,
     resolves: str | None,
+    group: dict[str, str] | None = None,
 ) -> str:
     """Dead-letter what could not become a notification, with the reason, for a replay
     (which resolves what a resolved alert names, never triggers it): Alertmanager does not
@@ -433,6 +437,8 @@ def _keep(
     payload: dict[str, Any] = {"args": [fields]}
     if resolves is not None:
         payload["resolves"] = resolves
+    if group is not None:
+        payload["group"] = group
     where = f"alerts.{index}: " if index is not None else "group: "
     engine().dead_letters.add(
         entry_id=entry_id,

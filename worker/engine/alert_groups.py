@@ -16,10 +16,16 @@ script, so two webhooks at once agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
+from worker.addresses import parse_recipients
+from worker.channels import Channel
 from worker.engine import keys, scripts
+from worker.engine.jobs import JobStore
+from worker.exceptions import InvalidFieldError
 from worker.notification import NotificationPriority
 
 #: Refreshed by every webhook of the group.
@@ -34,6 +40,7 @@ class GroupState:
     """Where a group stands after a webhook."""
 
     idempotency_id: str
+    state: str = ""  # "firing:<its alerts>" or "resolved:<the resolution>"
     team: str | None = None  # its open incident's, as fixed when it opened
     priority: NotificationPriority | None = None  # the worst its open incident fired at
     paged: bool = False
@@ -69,13 +76,32 @@ class AlertGroups:
         with where its incident went."""
         return self._move(group_id, f"resolved:{resolution}", prefix, False, "", -1)
 
-    def went(self, group_id: str, paged: bool, mailed_to: str | None) -> None:
-        """Note where a firing's notification went (it was queued): the resolve goes there."""
-        fields = {"paged": 1} if paged else {}
-        if mailed_to:
-            fields[f"{_MAIL}{mailed_to}"] = 1
+    def current(self, group_id: str) -> GroupState | None:
+        """Where the group stands now; None when it was never seen (or forgotten)."""
+        held = cast(dict[str, str], self.redis.hgetall(keys.alert_group(group_id)))
+        return _state(held) if held.get("id") else None
+
+    def went(self, group_id: str, jobs: JobStore, job_id: str) -> None:
+        """Note where the firing queued as ``job_id`` went, as its job record says (for a
+        copy, the first job's: what was sent, not what today's rules would send). The
+        resolve goes there. Recipients that are not addresses (a route with no
+        ``email_to``: the email is dead-lettered) are not noted."""
+        fields: dict[FieldT, EncodableT] = {}
+        for channel in jobs.channels(job_id):
+            if channel is Channel.PAGERDUTY:
+                fields["paged"] = 1
+                continue
+            _, payload = jobs.state_and_payload(job_id, channel)
+            if payload is None:
+                continue
+            to = payload.get("email_to") or (payload.get("notification") or {}).get("recipient")
+            try:
+                parse_recipients("recipient", str(to))
+            except InvalidFieldError:
+                continue
+            fields[f"{_MAIL}{to}"] = 1
         if fields:
-            self.redis.hset(keys.alert_group(group_id), mapping=fields)  # type: ignore[arg-type]
+            self.redis.hset(keys.alert_group(group_id), mapping=fields)
 
     def _move(
         self, group_id: str, state: str, prefix: str, firing: bool, team: str, rank: int
@@ -84,12 +110,16 @@ class AlertGroups:
             keys=[keys.alert_group(group_id)],
             args=[state, prefix, 1 if firing else 0, team, rank, REMEMBERED_SECONDS],
         )
-        held = dict(zip(flat[::2], flat[1::2], strict=True))
-        rank_held = held.get("rank")
-        return GroupState(
-            idempotency_id=held["id"],
-            team=held.get("team") or None,
-            priority=_RANKED[int(rank_held)] if rank_held is not None else None,
-            paged="paged" in held,
-            mailed=tuple(sorted(f.removeprefix(_MAIL) for f in held if f.startswith(_MAIL))),
-        )
+        return _state(dict(zip(flat[::2], flat[1::2], strict=True)))
+
+
+def _state(held: dict[str, str]) -> GroupState:
+    rank_held = held.get("rank")
+    return GroupState(
+        idempotency_id=held["id"],
+        state=held.get("state", ""),
+        team=held.get("team") or None,
+        priority=_RANKED[int(rank_held)] if rank_held is not None else None,
+        paged="paged" in held,
+        mailed=tuple(sorted(f.removeprefix(_MAIL) for f in held if f.startswith(_MAIL))),
+    )

@@ -11,8 +11,11 @@
 -- Returns the hash.
 local key = KEYS[1]
 local was = redis.call('HGET', key, 'state')
-if was ~= ARGV[1] then
-  if ARGV[3] == '1' and was and string.sub(was, 1, 9) == 'resolved:' then
+local resolved = function(state) return state and string.sub(state, 1, 9) == 'resolved:' end
+-- A resolution after a resolution is the same word (the other Alertmanager of an HA pair
+-- may hold another set of resolved alerts, or other ends): its resolve is sent once.
+if was ~= ARGV[1] and not (resolved(was) and resolved(ARGV[1])) then
+  if ARGV[3] == '1' and resolved(was) then
     for _, field in ipairs(redis.call('HKEYS', key)) do
       if field == 'team' or field == 'rank' or field == 'paged' or string.sub(field, 1, 5) == 'mail:' then
         redis.call('HDEL', key, field)

@@ -9,7 +9,7 @@ from worker.engine import alert_resolution
 from worker.engine.intake import accept, lifecycle, new_job_id, resend
 from worker.engine.quarantine import BROKER_CHANNEL
 from worker.engine.runtime import Engine
-from worker.job_request import InvalidJobError, parse_request
+from worker.job_request import InvalidJobError, JobRequest, parse_request
 
 #: What a dead letter that is not a job says when asked to replay.
 CANNOT = (
@@ -51,6 +51,8 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
                 [{"field": "payload", "message": "not a single job object; cannot replay"}]
             )
         request = parse_request(args[0])
+        if isinstance(payload.get("group"), dict):
+            return _group_firing(engine, request, payload["group"])
         if isinstance(payload.get("resolves"), str):
             # A resolved alert: what its resolving means (a resolve, a [RESOLVED] email),
             # never the trigger its fields would make.
@@ -81,3 +83,27 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
     return accept(
         engine, parse_request(fields), new_job_id(), "replay", replay_of=entry["job_id"]
     ).job_id
+
+
+def _group_firing(engine: Engine, request: JobRequest, group: dict[str, Any]) -> str:
+    """An Alertmanager group's firing, replayed: only while the group still fires with the
+    same alerts, as the job its webhooks name (a repeat Alertmanager sent meanwhile and
+    this are one), with its incident's team and priority, and noted where it went, so the
+    group's resolve goes there too. Afterwards it would open an incident no webhook
+    resolves."""
+    group_id = str(group.get("id"))
+    now = engine.alert_groups.current(group_id)
+    if now is None or now.state != group.get("state"):
+        problem = (
+            "the group has moved on since (its alerts changed, or it resolved): "
+            "Alertmanager's next notification carries what is current; purge this letter"
+        )
+        raise InvalidJobError([{"field": "payload.group", "message": problem}])
+    update = {
+        "idempotency_id": now.idempotency_id,
+        "team": now.team,
+        "priority": now.priority or request.priority,
+    }
+    done = accept(engine, request.model_copy(update=update), new_job_id(), "replay")
+    engine.alert_groups.went(group_id, engine.jobs, done.job_id)
+    return done.job_id

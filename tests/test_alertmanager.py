@@ -500,6 +500,16 @@ def test_a_group_that_returns_to_earlier_alerts_or_hears_a_late_copy_is_told_so(
     assert [send(h)["duplicate"] for h in (ended, two, ended)] == [False, False, False]
     incidents = api.incidents()
     assert [i["status"] for i in incidents] == ["resolved", "resolved"]
+    # The group fires anew (alerts that started after those ended), then a late copy of
+    # the old resolution arrives: it must not close the new incident.
+    anew = grouped(alert(fingerprint="0000000000000009", starts="2026-12-02T02:00:00Z"))
+    assert send(anew)["duplicate"] is False
+    late = send(ended)
+    assert (late["status"], late["duplicate"], late["job_ids"]) == ("stale", True, [])
+    assert [i["status"] for i in api.incidents()] == ["resolved", "resolved", "triggered"]
+    over = alert("resolved", fingerprint="0000000000000009", starts="2026-12-02T02:00:00Z")
+    assert send(grouped(over | {"endsAt": "2026-12-02T02:30:00Z"}))["duplicate"] is False
+    assert [i["status"] for i in api.incidents()] == ["resolved"] * 3
 
 
 def test_a_group_too_large_for_an_incident_each_pages_once_as_a_group(

@@ -24,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -322,6 +324,26 @@ def group_fields(hook: Webhook, firing: list[Alert]) -> dict[str, Any]:
     return fields
 
 
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def _epoch(text: str) -> float | None:
+    """An Alertmanager time (RFC 3339, nanoseconds and all) in epoch seconds; None when it
+    is not one (and for Go's zero time, which stands for none)."""
+    try:
+        moment = datetime.fromisoformat(_FRACTION.sub(r"\1", text.strip()).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None or moment.year < 1970:
+        return None
+    return moment.timestamp()
+
+
+def _latest(times: list[str]) -> float | None:
+    epochs = [e for e in map(_epoch, times) if e is not None]
+    return max(epochs) if epochs else None
+
+
 def _digest(moments: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(moments)).encode("utf-8")).hexdigest()[:16]
 
@@ -340,7 +362,8 @@ def _group(hook: Webhook) -> GroupOutcome:
         # A dead letter's replay is this one job; the webhook takes its state's id.
         fields = group_fields(hook, firing) | {"idempotency_id": f"{key}@{moment}"}
         try:
-            _fire(group_id, key, moment, fields, outcome)
+            since = _latest([a.starts_at for a in firing])
+            _fire(group_id, key, moment, fields, outcome, since)
         except InvalidJobError as exc:
             # Its replay sends it only while the group still fires with these alerts.
             group = {"id": group_id, "state": f"firing:{moment}"}
@@ -352,7 +375,9 @@ def _group(hook: Webhook) -> GroupOutcome:
     resolution = _digest([f"{fingerprint(a)}@{a.ends_at}" for a in hook.alerts])
     fields = group_fields(hook, hook.alerts) | {"subject": group_title(hook, hook.alerts)}
     try:
-        _resolve(group_id, key, resolution, fields, outcome)
+        _resolve(
+            group_id, key, resolution, fields, outcome, _latest([a.ends_at for a in hook.alerts])
+        )
     except InvalidJobError as exc:
         outcome.dead_letter = _keep(fields, exc, "group-", f"resolved@{resolution}", None, key)
         outcome.error = str(exc)
@@ -360,13 +385,18 @@ def _group(hook: Webhook) -> GroupOutcome:
 
 
 def _fire(
-    group_id: str, key: str, moment: str, fields: dict[str, Any], outcome: GroupOutcome
+    group_id: str,
+    key: str,
+    moment: str,
+    fields: dict[str, Any],
+    outcome: GroupOutcome,
+    since: float | None,
 ) -> None:
     """Trigger (or mail) the group's firing alerts as its incident's team and priority,
     and note where it went."""
     eng = engine()
     asked = parse_request(fields)
-    state = eng.alert_groups.fired(group_id, moment, key, asked.team, asked.priority)
+    state = eng.alert_groups.fired(group_id, moment, key, asked.team, asked.priority, since)
     request = asked.model_copy(
         update={
             "idempotency_id": state.idempotency_id,
@@ -380,12 +410,21 @@ def _fire(
 
 
 def _resolve(
-    group_id: str, key: str, resolution: str, fields: dict[str, Any], outcome: GroupOutcome
+    group_id: str,
+    key: str,
+    resolution: str,
+    fields: dict[str, Any],
+    outcome: GroupOutcome,
+    ended: float | None,
 ) -> None:
     """Resolve the incident where it paged and mail each recipient it mailed; for a group
     never seen firing (or forgotten), route the resolved alerts as their firing would."""
     eng = engine()
-    state = eng.alert_groups.resolved(group_id, resolution, key)
+    state = eng.alert_groups.resolved(group_id, resolution, key, ended)
+    if state.stale:
+        # A late copy of an earlier resolution, and the group fires anew: nothing to do.
+        outcome.status, outcome.duplicate = "stale", True
+        return
     once = state.idempotency_id
     if not state.went_somewhere:
         # Routed as its firing would be: by the incident's team and priority where the

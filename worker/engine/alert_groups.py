@@ -45,6 +45,8 @@ class GroupState:
     priority: NotificationPriority | None = None  # the worst its open incident fired at
     paged: bool = False
     mailed: tuple[str, ...] = ()
+    #: The webhook was a late copy of an earlier resolution (the group fires anew).
+    stale: bool = False
 
     @property
     def went_somewhere(self) -> bool:
@@ -65,16 +67,21 @@ class AlertGroups:
         prefix: str,
         team: str | None,
         priority: NotificationPriority,
+        since: float | None = None,
     ) -> GroupState:
-        """The group fires with the set of alerts ``firing`` names: its state, with the id
-        the firing's notification takes (``prefix`` and a count), the team its incident
-        pages and the priority it has."""
-        return self._move(group_id, f"firing:{firing}", prefix, True, team or "", priority.rank)
+        """The group fires with the set of alerts ``firing`` names (the latest of them
+        started at ``since``): its state, with the id the firing's notification takes
+        (``prefix`` and a count), the team its incident pages and the priority it has."""
+        state = f"firing:{firing}"
+        return self._move(group_id, state, prefix, True, team or "", priority.rank, since)
 
-    def resolved(self, group_id: str, resolution: str, prefix: str) -> GroupState:
-        """The group resolves (``resolution`` names the alerts and their ends): its state,
-        with where its incident went."""
-        return self._move(group_id, f"resolved:{resolution}", prefix, False, "", -1)
+    def resolved(
+        self, group_id: str, resolution: str, prefix: str, ended: float | None = None
+    ) -> GroupState:
+        """The group resolves (``resolution`` names the alerts and their ends, the latest at
+        ``ended``): its state, with where its incident went; ``stale`` when every alert of it
+        ended before the firing in force began."""
+        return self._move(group_id, f"resolved:{resolution}", prefix, False, "", -1, ended)
 
     def current(self, group_id: str) -> GroupState | None:
         """Where the group stands now; None when it was never seen (or forgotten)."""
@@ -104,11 +111,26 @@ class AlertGroups:
             self.redis.hset(keys.alert_group(group_id), mapping=fields)
 
     def _move(
-        self, group_id: str, state: str, prefix: str, firing: bool, team: str, rank: int
+        self,
+        group_id: str,
+        state: str,
+        prefix: str,
+        firing: bool,
+        team: str,
+        rank: int,
+        moment: float | None,
     ) -> GroupState:
         flat = self._advance(
             keys=[keys.alert_group(group_id)],
-            args=[state, prefix, 1 if firing else 0, team, rank, REMEMBERED_SECONDS],
+            args=[
+                state,
+                prefix,
+                1 if firing else 0,
+                team,
+                rank,
+                REMEMBERED_SECONDS,
+                "" if moment is None else repr(moment),
+            ],
         )
         return _state(dict(zip(flat[::2], flat[1::2], strict=True)))
 
@@ -122,4 +144,5 @@ def _state(held: dict[str, str]) -> GroupState:
         priority=_RANKED[int(rank_held)] if rank_held is not None else None,
         paged="paged" in held,
         mailed=tuple(sorted(f.removeprefix(_MAIL) for f in held if f.startswith(_MAIL))),
+        stale="stale" in held,
     )

@@ -67,7 +67,7 @@ def broker(settings: Settings) -> tuple[str, dict[str, Any]]:
     address becomes kombu's own form, one ``sentinel://`` URL per Sentinel, with the
     master's name and the Sentinels' password as transport options."""
     address = settings.redis_address
-    if settings.redis_url.startswith("unix:"):
+    if address.unix:
         return _kombu_socket_url(settings.redis_url), {}
     if not address.sentinel:
         return settings.redis_url, {}

@@ -42,6 +42,11 @@ class RedisAddress:
     def sentinel(self) -> bool:
         return bool(self.sentinels)
 
+    @property
+    def unix(self) -> bool:
+        """A server reached through its socket file (``unix://``)."""
+        return self.url.startswith("unix:")
+
     def shown(self) -> str:
         """The address without credentials, safe to print; ``…@`` where it holds some, so a
         reader can see a password was given."""

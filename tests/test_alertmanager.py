@@ -480,11 +480,10 @@ def test_a_group_that_returns_to_earlier_alerts_or_hears_a_late_copy_is_told_so(
     ended = grouped(node(1, "resolved"), node(2, "resolved"), node(3, "resolved"))
 
     def send(hook: dict[str, Any]) -> dict[str, Any]:
-        with api_server.client() as http:
-            outcome = http.post("/v1/alertmanager?incident=group", json=hook).json()["group"]
+        outcome = _post_group(api_server, hook)
         for job_id in outcome["job_ids"]:
             job(job_id)
-        return dict(outcome)
+        return outcome
 
     assert [send(h)["duplicate"] for h in (two, three)] == [False, False]
     with ThreadPoolExecutor(8) as pool:  # an HA pair, and Alertmanager's retries

@@ -1,10 +1,9 @@
-"""``unix://``: the whole service over a Redis that listens on a socket file only (with a
-password and a database other than 0): the broker (kombu knows it as ``redis+socket://``),
+"""``unix://``: the whole service over a Redis reached through its socket file alone (with
+a password and a database other than 0): the broker (kombu knows it as ``redis+socket://``),
 job records, the CLI."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from click.testing import CliRunner
 import tasks
 from cli.main import main
 from sandbox import SandboxServer
-from sandbox.redis_server import redis_server_binary
+from sandbox.redis_server import LocalRedis, RedisUnavailableError
 from tests.conftest import SandboxClient, wait_for
 from worker.engine.runtime import engine
 from worker.providers.base import Notification
@@ -26,34 +25,17 @@ PASSWORD = "s3cret/with?odd#chars"
 
 @pytest.fixture(scope="module")
 def socket_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A redis-server on a socket file, no TCP port; yields the socket's path."""
-    binary = redis_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server binary to start a Redis on a socket")
-    directory = tmp_path_factory.mktemp("socket-redis")
-    socket = directory / "redis.sock"
-    listen = ["--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700"]
-    keep = ["--requirepass", PASSWORD, "--save", "", "--appendonly", "no", "--dir", str(directory)]
-    proc = subprocess.Popen(
-        [binary, *listen, *keep],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis_lib.Redis(unix_socket_path=str(socket), password=PASSWORD)
-
-    def up() -> bool:
-        try:
-            return bool(client.ping())
-        except redis_lib.ConnectionError:
-            return False
-
+    """A redis-server with a password and a socket file; yields the socket's path."""
+    socket = tmp_path_factory.mktemp("socket-redis") / "redis.sock"
+    listen = ["--unixsocket", str(socket), "--unixsocketperm", "700"]
     try:
-        wait_for(up, timeout=15)
+        server = LocalRedis(extra=[*listen, "--requirepass", PASSWORD]).start()
+    except RedisUnavailableError as exc:
+        pytest.skip(f"no redis-server to start: {exc}")
+    try:
         yield socket
     finally:
-        client.close()
-        proc.terminate()
-        proc.wait(10)
+        server.cleanup()
 
 
 @pytest.fixture

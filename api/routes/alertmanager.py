@@ -21,7 +21,6 @@ hash of the group key, triggered while any alert fires, resolved when none does
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -134,7 +133,7 @@ def fingerprint(alert: Alert) -> str:
     if alert.fingerprint:
         return alert.fingerprint
     canonical = json.dumps(alert.labels, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+    return keys.digest(canonical, 16)
 
 
 def dedup_key(alert: Alert) -> str:
@@ -241,7 +240,7 @@ def group_dedup_key(hook: Webhook) -> str:
     key = hook.group_key or json.dumps(
         [hook.receiver, hook.group_labels], sort_keys=True, separators=(",", ":")
     )
-    return f"alertmanager-group-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:16]}"
+    return f"alertmanager-group-{keys.digest(key, 16)}"
 
 
 def group_title(hook: Webhook, alerts: list[Alert]) -> str:
@@ -345,7 +344,7 @@ def _latest(times: list[str]) -> float | None:
 
 
 def _digest(moments: list[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(moments)).encode("utf-8")).hexdigest()[:16]
+    return keys.digest("\n".join(sorted(moments)), 16)
 
 
 def _group(hook: Webhook) -> GroupOutcome:
@@ -472,7 +471,7 @@ def _keep(
     retry a 4xx. One entry per alert (or group), moment and status, so the repeats every
     repeat_interval do not pile up."""
     intake.refused(engine(), "alertmanager")
-    entry_id = f"alertmanager-{name}{hashlib.sha256(moment.encode()).hexdigest()[:8]}"
+    entry_id = f"alertmanager-{name}{keys.digest(moment, 8)}"
     payload: dict[str, Any] = {"args": [fields]}
     if resolves is not None:
         payload["resolves"] = resolves

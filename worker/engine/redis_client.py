@@ -164,7 +164,7 @@ def connect(settings: Settings, **overrides: Any) -> redis.Redis:
         "retry_on_timeout": True,
         **overrides,
     }
-    if address.url.startswith("unix:"):
+    if address.unix:
         options.pop("socket_keepalive")  # a TCP option: redis-py's socket connection refuses it
     if not address.sentinel:
         return Client.from_url(address.url, **options)

@@ -137,6 +137,39 @@ def test_after_a_checker_outage_every_service_waits_a_full_window() -> None:
     assert run.sent == ["trigger"]
 
 
+def test_a_checker_slow_for_good_holds_once_then_pages_silence() -> None:
+    """Checks that keep coming later than a window (each one expired behind a backed-up
+    queue but every third) are the monitor's pace, not an outage: the first long gap
+    holds, the later ones do not, and a silent service is paged."""
+    run = Run(spec(window=10))
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    previous: float | None = INTERVAL
+    statuses = []
+    for _ in range(3):
+        run.now += 30
+        run.state = step(run.spec, run.state, SILENT, run.now, 30, INTERVAL, previous)
+        run.sent += [a.kind for a in run.state.outbox]
+        run.state.outbox = []
+        statuses.append(run.state.status)
+        previous = 30
+    assert statuses == ["failing", "down", "down"]
+    assert run.sent == ["trigger"]
+
+
+def test_a_second_outage_after_a_check_on_time_holds_again() -> None:
+    run = Run(spec(window=10))
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    run.check(GOOD, gap=60, advance=60)
+    run.now += 1
+    run.state = step(run.spec, run.state, GOOD, run.now, INTERVAL, INTERVAL, 60)
+    run.now += 60
+    run.state = step(run.spec, run.state, SILENT, run.now, 60, INTERVAL, INTERVAL)
+    assert run.state.status == "failing"
+    assert run.state.outbox == []
+
+
 def test_a_short_gap_is_not_an_outage() -> None:
     run = Run(spec(window=10))
     run.check(GOOD, gap=None)

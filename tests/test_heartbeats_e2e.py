@@ -278,6 +278,29 @@ def test_after_a_checker_outage_no_service_is_paged_before_a_full_window(
     assert first_page - resumed >= 1.5  # one full window after the checker came back
 
 
+def test_a_checker_slow_for_good_still_pages_a_silent_service(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    """Checks every 1.6 s against a 1 s window (at an interval of 0.2 s an outage is a gap
+    over 1.4 s), as when most checks expire behind a backed-up queue: the first late check
+    holds, as after an outage; the next ones are the checker's pace and page."""
+    import tasks
+
+    catalogue(service("slow", window=1.0))
+    tasks.heartbeat("slow")
+    check()
+    keep_checking(1.2, beating=("slow",))
+    assert state("slow").status == "up"
+    statuses = []
+    for _ in range(3):  # the service falls silent as the checker slows down
+        time.sleep(1.6)
+        check()
+        statuses.append(state("slow").status)
+    assert statuses == ["failing", "down", "down"]
+    wait_for(lambda: pages.incidents(dedup_key="medic-heartbeat-slow"))
+    assert len(pages.events()) == 1
+
+
 def test_a_redis_wipe_counts_as_an_outage_too(
     catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any, redis_url: str
 ) -> None:

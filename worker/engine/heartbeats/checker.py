@@ -40,6 +40,8 @@ class Plan:
     """One evaluation: the states read and the states to write, by slug."""
 
     now: float
+    #: Seconds since the check before it (None: no check before it).
+    gap: float | None
     read: dict[str, str | None]
     write: dict[str, ServiceState]
     #: How many services are in each state after it (for /metrics).
@@ -79,6 +81,10 @@ class HeartbeatChecker:
             report = self.commit(plan, send)
             pipe = self.redis.pipeline(transaction=False)
             pipe.set(keys.HEARTBEAT_LAST_CHECK, repr(plan.now))
+            if plan.gap is None:
+                pipe.delete(keys.HEARTBEAT_LAST_GAP)
+            else:
+                pipe.set(keys.HEARTBEAT_LAST_GAP, repr(plan.gap))
             pipe.set(keys.HEARTBEAT_SUMMARY, json.dumps(plan.states))
             pipe.execute()
         report.services = len(catalogue.services)
@@ -88,8 +94,11 @@ class HeartbeatChecker:
     def plan(self, catalogue: Catalogue) -> Plan:
         """Read everything a check needs in a few round trips and evaluate every service."""
         now = self.store.now()
-        raw_last_check = self.redis.get(keys.HEARTBEAT_LAST_CHECK)
+        raw_last_check, raw_previous_gap = self.redis.mget(
+            keys.HEARTBEAT_LAST_CHECK, keys.HEARTBEAT_LAST_GAP
+        )
         gap = None if raw_last_check is None else now - float(raw_last_check)
+        previous_gap = None if raw_previous_gap is None else float(raw_previous_gap)
         specs = list(catalogue.services.values())
         counts = self.store.counts(specs, now)
         running = self.store.running_since(specs)
@@ -111,12 +120,12 @@ class HeartbeatChecker:
                 maintenance_until=window_end.timestamp() if window_end else None,
                 running_since=running.get(spec.slug),
             )
-            new = step(spec, old, obs, now, gap, self.check_interval)
+            new = step(spec, old, obs, now, gap, self.check_interval, previous_gap)
             tally[new.status] += 1
             if old is None or new != old or new.outbox:
                 read[spec.slug] = raw
                 write[spec.slug] = new
-        return Plan(now=now, read=read, write=write, states=dict(tally))
+        return Plan(now=now, gap=gap, read=read, write=write, states=dict(tally))
 
     def commit(self, plan: Plan, send: Sender) -> CheckReport:
         """Write each changed state if nobody changed it since it was read, then send the

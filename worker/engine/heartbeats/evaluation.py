@@ -11,8 +11,11 @@ finished within ``max_duration``. Rules that shape the pages:
 - **Hold.** No trigger for silence before ``hold_until``: a service first seen, or every
   service after the checker itself stopped for longer than a window (start-up, a monitor
   outage, a Redis restart), first gets one full window to report. A monitor outage never
-  pages every team at once. A failure the service reported itself (``fail``, or a run
-  that is too long) is news, not silence: it pages during a hold too.
+  pages every team at once. Only the first long gap after a check on time starts a hold:
+  a checker that is slow for good (checks expired behind a backed-up queue, each gap
+  longer than a window) would otherwise hold every service for ever. A failure the
+  service reported itself (``fail``, or a run that is too long) is news, not silence: it
+  pages during a hold too.
 - **Maintenance and mute.** A window, or a muted service, stops triggers; the service is
   ``down`` but *suppressed*. Resolves always go out. A service still down when its window
   ends (or it is unmuted) is paged then.
@@ -145,6 +148,17 @@ def outage_after(spec: ServiceSpec, check_interval: float) -> float:
     return max(spec.window, 2 * check_interval + 1)
 
 
+def starts_hold(
+    spec: ServiceSpec, gap: float | None, previous_gap: float | None, check_interval: float
+) -> bool:
+    """Whether this check follows an outage of the checker: no check before it (Redis lost
+    its data, or the first check ever), or a long gap after a check that came on time."""
+    if gap is None:
+        return True
+    outage = outage_after(spec, check_interval)
+    return gap > outage and not (previous_gap is not None and previous_gap > outage)
+
+
 def step(
     spec: ServiceSpec,
     state: ServiceState | None,
@@ -152,14 +166,17 @@ def step(
     now: float,
     checker_gap: float | None,
     check_interval: float,
+    previous_gap: float | None = None,
 ) -> ServiceState:
-    """The service's state after this check; new actions are appended to its outbox."""
+    """The service's state after this check; new actions are appended to its outbox.
+    ``checker_gap`` is the time since the last check, ``previous_gap`` the gap before that
+    one (None when unknown)."""
     s = (
         state.model_copy(deep=True)
         if state
         else ServiceState(since=now, hold_until=now + spec.span)
     )
-    if checker_gap is None or checker_gap > outage_after(spec, check_interval):
+    if starts_hold(spec, checker_gap, previous_gap, check_interval):
         s.hold_until = max(s.hold_until, now + spec.span)
     s.opened = [t for t in s.opened if t > now - spec.flap.storm_period]
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from config.catalogue import ServiceSpec
-from worker.engine.heartbeats.evaluation import Observation, ServiceState, step
+from worker.engine.heartbeats.evaluation import (
+    REMOVED,
+    Observation,
+    ServiceState,
+    removed,
+    step,
+)
 
 INTERVAL = 1.0
 
@@ -358,3 +364,30 @@ def test_a_reported_failure_pages_at_the_first_failing_check() -> None:
     run.checks(GOOD, 11)
     assert run.check(FAILED) == "down"
     assert run.sent == ["trigger"]
+
+
+def test_a_removed_service_resolves_drops_its_unsent_trigger_then_is_forgotten() -> None:
+    run = Run(spec(window=10))
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    run.now += 1
+    down = step(run.spec, run.state, SILENT, run.now, INTERVAL, INTERVAL)
+    assert [a.kind for a in down.outbox] == ["trigger"]  # queued, not sent yet
+
+    left = removed(down, run.now + 1)
+    assert left is not None
+    assert [(a.kind, a.team) for a in left.outbox] == [("resolve", "ops")]
+    assert (left.status, left.incident, left.reason) == ("inactive", None, REMOVED)
+    left.outbox = []  # sent
+    assert removed(left, run.now + 2) is None
+
+
+def test_a_removed_service_whose_incident_team_was_not_kept_is_left_as_it_is() -> None:
+    run = Run(spec(window=10))
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    run.check(SILENT)
+    assert run.state is not None
+    assert run.state.incident is not None
+    legacy = run.state.model_copy(update={"incident_team": None})
+    assert removed(legacy, run.now + 1) is legacy

@@ -301,6 +301,56 @@ def test_a_checker_slow_for_good_still_pages_a_silent_service(
     assert len(pages.events()) == 1
 
 
+def test_a_removed_service_is_resolved_and_forgotten_and_starts_new_when_added_again(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    both = service("gone", window=0.5) + service("stays", window=0.5)
+    catalogue(both)
+    check()
+    check_until(lambda: len(pages.incidents(status="triggered")) == 2)  # both silent
+    catalogue(service("stays", window=0.5))
+    check_until(lambda: pages.incidents(dedup_key="medic-heartbeat-gone", status="resolved"))
+    check_until(lambda: state("gone") is None)
+    assert state("stays").incident is not None
+    assert pages.incidents(dedup_key="medic-heartbeat-stays", status="triggered")
+
+    # Kept, the old incident made this outage look paged already: now it is a new service,
+    # with its first window to report, and paged again.
+    catalogue(both)
+    check()
+    assert state("gone").status == "new"
+    check_until(lambda: pages.incidents(dedup_key="medic-heartbeat-gone", status="triggered"))
+
+
+def test_a_worker_without_the_services_file_forgets_no_state(
+    catalogue: WriteCatalogue,
+    pages: SandboxClient,
+    celery_worker: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process that knows only the services registered at run time (its
+    HEARTBEAT_SERVICES_FILE unset) cannot tell a removed service from the file's."""
+    from config.catalogue import ServiceSpec
+    from tests.conftest import reconfigure
+    from worker.engine.heartbeats.registry import Registration
+    from worker.engine.runtime import engine
+
+    catalogue(service("in-file", window=0.5))
+    check()
+    check_until(lambda: pages.incidents(dedup_key="medic-heartbeat-in-file"))
+    spec = ServiceSpec.model_validate(
+        {"slug": "registered", "name": "R", "team": "payments", "priority": "P3", "window": 60}
+    )
+    assert engine().registry.add(Registration.new(spec))
+    monkeypatch.delenv("HEARTBEAT_SERVICES_FILE")
+    reconfigure()
+    assert check() is not None  # a check over the registered service alone
+    assert state("in-file").incident is not None
+    assert state("registered").status == "new"
+    time.sleep(0.3)
+    assert pages.incidents(dedup_key="medic-heartbeat-in-file", status="resolved") == []
+
+
 def test_a_redis_wipe_counts_as_an_outage_too(
     catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any, redis_url: str
 ) -> None:

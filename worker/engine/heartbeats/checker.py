@@ -25,7 +25,13 @@ import redis
 
 from config.catalogue import Catalogue
 from worker.engine import keys, scripts
-from worker.engine.heartbeats.evaluation import Action, Observation, ServiceState, step
+from worker.engine.heartbeats.evaluation import (
+    Action,
+    Observation,
+    ServiceState,
+    removed,
+    step,
+)
 from worker.engine.heartbeats.store import HeartbeatStore
 from worker.engine.lock import Locks
 
@@ -44,6 +50,8 @@ class Plan:
     gap: float | None
     read: dict[str, str | None]
     write: dict[str, ServiceState]
+    #: Services no longer listed with nothing left to send: their states are deleted.
+    forget: list[str] = field(default_factory=list)
     #: How many services are in each state after it (for /metrics).
     states: dict[str, int] = field(default_factory=dict)
 
@@ -69,15 +77,18 @@ class HeartbeatChecker:
         self.check_interval = check_interval
         self._cas = scripts.register(client, __file__, "checker_compare_and_set")
 
-    def run(self, catalogue: Catalogue, send: Sender) -> CheckReport:
-        """One guarded evaluation of every service; skipped if another is running."""
+    def run(self, catalogue: Catalogue, send: Sender, complete: bool = True) -> CheckReport:
+        """One guarded evaluation of every service; skipped if another is running.
+        ``complete``: the catalogue lists every service there is, so a state it does not
+        list is a removed service's (False when this process has no services file, and so
+        knows only the services registered at run time)."""
         started = time.perf_counter()
         ttl = min(max(5.0, 2 * self.check_interval), 120.0)
         with self.locks.held(keys.HEARTBEAT_CHECK_LOCK, ttl) as lock:
             if lock is None:
                 logger.debug("heartbeat check skipped: another checker is running")
                 return CheckReport(skipped=True)
-            plan = self.plan(catalogue)
+            plan = self.plan(catalogue, complete)
             report = self.commit(plan, send)
             pipe = self.redis.pipeline(transaction=False)
             pipe.set(keys.HEARTBEAT_LAST_CHECK, repr(plan.now))
@@ -91,8 +102,9 @@ class HeartbeatChecker:
         report.seconds = time.perf_counter() - started
         return report
 
-    def plan(self, catalogue: Catalogue) -> Plan:
-        """Read everything a check needs in a few round trips and evaluate every service."""
+    def plan(self, catalogue: Catalogue, complete: bool = True) -> Plan:
+        """Read everything a check needs in a few round trips and evaluate every service
+        (and, with a ``complete`` catalogue, every removed service's state)."""
         now = self.store.now()
         raw_last_check, raw_previous_gap = self.redis.mget(
             keys.HEARTBEAT_LAST_CHECK, keys.HEARTBEAT_LAST_GAP
@@ -125,19 +137,28 @@ class HeartbeatChecker:
             if old is None or new != old or new.outbox:
                 read[spec.slug] = raw
                 write[spec.slug] = new
-        return Plan(now=now, gap=gap, read=read, write=write, states=dict(tally))
+        forget: list[str] = []
+        for slug in sorted(states.keys() - catalogue.services.keys() if complete else ()):
+            old = ServiceState.model_validate_json(states[slug])
+            left = removed(old, now)
+            if left is None:
+                forget.append(slug)
+                read[slug] = states[slug]
+            elif left != old:
+                read[slug] = states[slug]
+                write[slug] = left
+        return Plan(now=now, gap=gap, read=read, write=write, forget=forget, states=dict(tally))
 
     def commit(self, plan: Plan, send: Sender) -> CheckReport:
         """Write each changed state if nobody changed it since it was read, then send the
         outbox of each state this checker wrote and clear what was sent."""
         report = CheckReport()
-        slugs = list(plan.write)
+        slugs = [*plan.write, *plan.forget]
         pipe = self.redis.pipeline(transaction=False)
         for slug in slugs:
+            new = plan.write[slug].dump() if slug in plan.write else ""  # "": delete it
             self._cas(
-                keys=[keys.HEARTBEAT_STATE],
-                args=[slug, plan.read[slug] or "", plan.write[slug].dump()],
-                client=pipe,
+                keys=[keys.HEARTBEAT_STATE], args=[slug, plan.read[slug] or "", new], client=pipe
             )
         won = pipe.execute() if slugs else []
         for slug, ok in zip(slugs, won, strict=True):
@@ -146,6 +167,9 @@ class HeartbeatChecker:
                 logger.info("heartbeat %s: state changed by another checker; left to it", slug)
                 continue
             report.changed += 1
+            if slug not in plan.write:
+                logger.info("heartbeat %s: removed from the catalogue; state forgotten", slug)
+                continue
             state = plan.write[slug]
             if state.outbox:
                 self._drain(slug, state, send, report)

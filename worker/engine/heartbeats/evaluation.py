@@ -20,6 +20,9 @@ finished within ``max_duration``. Rules that shape the pages:
   ``down`` but *suppressed*. Resolves always go out. A service still down when its window
   ends (or it is unmuted) is paged then.
 - **Inactive.** A deactivated service is not watched; an incident it had is resolved.
+- **Removed.** A service no longer in the catalogue is treated as deactivated (its
+  incident resolved, a trigger not yet sent dropped), then forgotten: added again, it
+  starts new. Kept, its old incident made its next outage look paged already.
 - **Storm guard.** At most ``storm_incidents`` incidents are opened per ``storm_period``;
   while at that limit a recovering service keeps its incident open instead of resolving
   (and re-opening it at the next flap).
@@ -97,11 +100,12 @@ class ServiceState(BaseModel):
     def dump(self) -> str:
         return self.model_dump_json()
 
-    def resolve_incident(self, spec: ServiceSpec) -> None:
-        """Queue the open incident's resolve, for the team it paged, and close it."""
+    def resolve_incident(self, paging_team: str) -> None:
+        """Queue the open incident's resolve, for the team it paged (``paging_team``, the
+        service's team now, for an incident opened before that was kept), and close it."""
         if self.incident is None:
             return
-        team = self.incident_team if self.incident_team is not None else spec.paging_team
+        team = self.incident_team if self.incident_team is not None else paging_team
         self.outbox.append(Action(kind="resolve", dedup_key=self.incident.dedup_key, team=team))
         self.incident = self.incident_team = None
 
@@ -181,7 +185,7 @@ def step(
     s.opened = [t for t in s.opened if t > now - spec.flap.storm_period]
 
     if not spec.active:
-        s.resolve_incident(spec)
+        s.resolve_incident(spec.paging_team)
         s.fail_streak = s.ok_streak = 0
         s.suppressed, s.reason = False, "inactive: not watched"
         _move(s, "inactive", now)
@@ -198,7 +202,7 @@ def step(
         if s.incident is not None:
             storm = len(s.opened) >= spec.flap.storm_incidents
             if s.ok_streak >= spec.flap.successes_before_resolve and not storm:
-                s.resolve_incident(spec)
+                s.resolve_incident(spec.paging_team)
                 _move(s, "up", now)
             elif storm:
                 s.reason = "recovering; resolve held back: incident storm guard"
@@ -247,6 +251,29 @@ def step(
             request=trigger_request(spec, obs, reason, s.incident.idempotency_id),
         )
     )
+    return s
+
+
+#: Why a removed service's last state is inactive.
+REMOVED = "removed from the catalogue: not watched"
+
+
+def removed(state: ServiceState, now: float) -> ServiceState | None:
+    """The state of a service the catalogue no longer lists: its incident resolved and a
+    trigger not yet sent dropped, then (once nothing is left to send) None, to forget it.
+    A state whose incident's team is unknown (written by a version that did not keep it)
+    is left as it is: there is no routing key to resolve it with."""
+    if state.incident is not None and state.incident_team is None:
+        return state
+    s = state.model_copy(deep=True)
+    s.outbox = [a for a in s.outbox if a.kind == "resolve"]
+    if s.incident_team is not None:
+        s.resolve_incident(s.incident_team)
+    if not s.outbox:
+        return None
+    s.fail_streak = s.ok_streak = 0
+    s.suppressed, s.reason = False, REMOVED
+    _move(s, "inactive", now)
     return s
 
 

@@ -45,7 +45,8 @@ def run_check(engine: Engine) -> CheckReport | None:
         pipe.delete(keys.HEARTBEAT_SUMMARY)  # monitoring is off: no states to report
         pipe.execute()
         return None
-    report = engine.checker.run(catalogue, sender(engine))
+    complete = engine.file_catalogue() is not None
+    report = engine.checker.run(catalogue, sender(engine), complete)
     if report.sent or report.send_errors or report.conflicts:
         logger.info(
             "heartbeat check: %d services, %d changed, %d pages queued, %d not sent, %d conflicts",

@@ -16,6 +16,7 @@ import redis
 from sandbox.server import SandboxServer
 from tests.conftest import TEAM_KEY, SandboxClient, wait_for
 from tests.heartbeat_helpers import WriteCatalogue, service
+from worker.job_request import InvalidJobError
 from worker.redact import mask
 
 
@@ -147,6 +148,37 @@ def test_a_reported_failure_pages_and_an_up_resolves(
     tasks.heartbeat("etl", status="up")
     check_until(lambda: pages.incidents(status="resolved"))
     assert incident["dedup_key"] == "medic-heartbeat-etl"
+
+
+def test_a_page_intake_refuses_is_dead_lettered_and_holds_back_no_later_page(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    import tasks
+    from worker.engine import keys
+    from worker.engine.heartbeats.evaluation import Action
+    from worker.engine.replay import replay
+    from worker.engine.runtime import engine
+
+    catalogue(service("etl", window=2))
+    tasks.heartbeat("etl", status="fail")
+    check_until(lambda: pages.incidents(status="triggered"))
+    # A trigger intake refuses for good is still in the outbox (a state an older version
+    # wrote, say); the service then recovers.
+    stuck = state("etl")
+    bad = {"recipient": "Etl", "subject": "s", "body": "b", "priority": "urgent"}
+    stuck.outbox = [Action(kind="trigger", dedup_key="medic-heartbeat-x", team="t", request=bad)]
+    engine().redis.hset(keys.HEARTBEAT_STATE, "etl", stuck.dump())
+    tasks.heartbeat("etl", status="up")
+    check_until(lambda: pages.incidents(status="resolved"))
+    check()
+    assert state("etl").outbox == []
+    [letter] = engine().dead_letters.list()
+    assert letter["channel"] == "intake"
+    assert letter["reason"].startswith("heartbeat trigger for medic-heartbeat-x refused at intake")
+    assert "priority" in letter["reason"]
+    assert letter["payload"] == {"args": [bad]}
+    with pytest.raises(InvalidJobError, match="priority"):
+        replay(engine(), letter["id"])
 
 
 def test_maintenance_suppresses_the_trigger_and_pages_a_service_still_down_when_it_ends(

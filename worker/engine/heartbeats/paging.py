@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from worker.engine import keys
 from worker.engine.heartbeats.checker import CheckReport, Sender
 from worker.engine.heartbeats.evaluation import Action
-from worker.engine.intake import accept, lifecycle, new_job_id
+from worker.engine.intake import accept, lifecycle, new_job_id, refused
 from worker.engine.messages import check_message
 from worker.engine.runtime import Engine
-from worker.job_request import parse_request
+from worker.job_request import InvalidJobError, parse_request
 
 logger = logging.getLogger(__name__)
 
@@ -21,17 +22,44 @@ IDLE_KEPT_SECONDS = 86_400
 
 
 def sender(engine: Engine) -> Sender:
-    """What the checker hands each action to: it queues the page, returns the job id."""
+    """What the checker hands each action to: it queues the page, returns the job id. A
+    page intake refuses is dead-lettered with the reason (the letter's id is returned):
+    kept in the service's outbox, it would be refused at every check, and hold back every
+    page after it."""
 
     def send(action: Action) -> str:
-        if action.kind == "trigger":
-            if action.request is None:
-                raise ValueError("a heartbeat trigger needs its request")
-            request = parse_request(action.request)
-            return accept(engine, request, new_job_id(), "heartbeat").job_id
-        return lifecycle(engine, "resolve", action.dedup_key, action.team, "heartbeat")
+        try:
+            if action.kind == "trigger":
+                request = parse_request(action.request)
+                return accept(engine, request, new_job_id(), "heartbeat").job_id
+            return lifecycle(engine, "resolve", action.dedup_key, action.team, "heartbeat")
+        except InvalidJobError as exc:
+            return _refused(engine, action, exc)
 
     return send
+
+
+def _refused(engine: Engine, action: Action, exc: InvalidJobError) -> str:
+    reason = f"heartbeat {action.kind} for {action.dedup_key} refused at intake: {exc}"
+    payload: dict[str, Any]
+    if action.kind == "trigger":
+        channel, payload = "intake", {"args": [action.request]}
+    else:  # replayed as the resolve it is
+        channel = "pagerduty"
+        payload = {"action": "resolve", "dedup_key": action.dedup_key, "team": action.team}
+    # One letter however often a crash makes the checker send this action again.
+    entry_id = keys.digest(action.model_dump_json(), 32)
+    engine.dead_letters.add(
+        entry_id=entry_id,
+        job_id=None,
+        channel=channel,
+        reason=reason,
+        payload=payload,
+        last_error={"type": "InvalidJobError", "message": str(exc), "errors": exc.errors},
+    )
+    refused(engine, "heartbeat")
+    logger.error("%s; dead-lettered as %s", reason, entry_id)
+    return entry_id
 
 
 def run_check(engine: Engine) -> CheckReport | None:

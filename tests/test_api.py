@@ -155,6 +155,39 @@ def test_a_duplicate_answers_with_the_first_job_and_the_header_is_an_idempotency
     assert len(api.events()) == 1
 
 
+def test_links_and_images_pagerduty_would_refuse_are_422_at_the_door(
+    api_server: ApiServer,
+) -> None:
+    """Checked at the worker alone, they were a 202 and then a page dead-lettered."""
+    page = {"recipient": "db-1", "subject": "down", "priority": "critical"}
+    with api_server.client() as http:
+        links = http.post("/v1/notifications", json=page | {"metadata": {"links": "nope"}})
+        no_href = http.post(
+            "/v1/notifications", json=page | {"metadata": {"links": [{"text": "runbook"}]}}
+        )
+        images = http.post(
+            "/v1/notifications", json=page | {"metadata": {"images": [{"src": "http://x/a.png"}]}}
+        )
+        good = http.post(
+            "/v1/notifications",
+            json=page
+            | {
+                "metadata": {
+                    "links": [{"href": "https://runbooks.example/db", "text": "Runbook"}],
+                    "images": [{"src": "https://grafana.example/d.png", "alt": "graph"}],
+                }
+            },
+        )
+    assert [a.status_code for a in (links, no_href, images)] == [422] * 3
+    messages = [a.json()["errors"][0] for a in (links, no_href, images)]
+    assert messages[0]["field"] == "metadata"
+    assert messages[0]["message"] == "metadata.links: Input should be a valid list"
+    assert messages[1]["message"] == "metadata.links.0.href: Field required"
+    assert messages[2]["message"].startswith("metadata.images.0.src: String should match")
+    assert good.status_code == 202
+    assert len(list(engine().redis.scan_iter("gds:job:*"))) == 1
+
+
 def test_bad_fields_are_422_each_named_and_nothing_is_queued(api_server: ApiServer) -> None:
     with api_server.client() as http:
         answer = http.post(

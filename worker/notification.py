@@ -25,14 +25,19 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    TypeAdapter,
     ValidationError,
     field_validator,
 )
 
 from worker.exceptions import InvalidJobError
-from worker.validation import validation_errors
+from worker.validation import described, validation_errors
 
 __all__ = [
+    "EVENT_IMAGES",
+    "EVENT_LINKS",
+    "EventImage",
+    "EventLink",
     "Notification",
     "NotificationPriority",
     "NotificationResult",
@@ -167,6 +172,27 @@ class _OneLineErrors(ModelMetaclass):
             raise InvalidJobError(validation_errors(exc)) from None
 
 
+class EventLink(BaseModel):
+    """One of ``metadata.links``: a link PagerDuty shows on the incident."""
+
+    model_config = ConfigDict(extra="forbid")
+    href: str = Field(min_length=1)
+    text: str | None = None
+
+
+class EventImage(BaseModel):
+    """One of ``metadata.images``: an image PagerDuty shows on the incident."""
+
+    model_config = ConfigDict(extra="forbid")
+    src: str = Field(pattern=r"^https://", description="PagerDuty shows only https images")
+    href: str | None = None
+    alt: str | None = None
+
+
+EVENT_LINKS = TypeAdapter(list[EventLink])
+EVENT_IMAGES = TypeAdapter(list[EventImage])
+
+
 class Notification(BaseModel, metaclass=_OneLineErrors):
     """One notification as a producer submits it.
 
@@ -259,6 +285,12 @@ class Notification(BaseModel, metaclass=_OneLineErrors):
             raise ValueError(f"metadata.severity must be one of {', '.join(SEVERITIES)}")
         if "custom_details" in value and not isinstance(value["custom_details"], dict):
             raise ValueError("metadata.custom_details must be a JSON object")
+        for key, shape in (("links", EVENT_LINKS), ("images", EVENT_IMAGES)):
+            if key in value:
+                try:
+                    shape.validate_python(value[key])
+                except ValidationError as exc:
+                    raise ValueError(described(f"metadata.{key}", exc)) from None
         return value
 
     @field_validator("priority", mode="before")

@@ -24,6 +24,14 @@ def path(loc: Sequence[int | str], skip: Sequence[str] = ()) -> str:
     return ".".join(str(part) for part in loc if part not in skip)
 
 
+def described(field: str, exc: ValidationError) -> str:
+    """Every error of a value validated on its own, as ``field.0.href: Field required``
+    (``field`` naming where the value sits), joined by semicolons."""
+    return "; ".join(
+        f"{path([field, *e['loc']])}: {problem(e)}" for e in exc.errors(include_url=False)
+    )
+
+
 def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
     """pydantic's errors as ``[{"field": "recipient", "message": "..."}]``."""
     return [

@@ -15,15 +15,18 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from worker.exceptions import NotificationDeliveryError
 from worker.notification import (
+    EVENT_IMAGES,
+    EVENT_LINKS,
     Notification,
     NotificationPriority,
     PagerDutySeverity,
     content_key,
 )
+from worker.validation import described
 
 MAX_SUMMARY_CHARS = 1024
 MAX_DEDUP_KEY_CHARS = 255
@@ -63,23 +66,6 @@ SEVERITY_BY_PRIORITY: dict[NotificationPriority, PagerDutySeverity] = {
     NotificationPriority.CRITICAL: PagerDutySeverity.CRITICAL,
     NotificationPriority.EMERGENCY: PagerDutySeverity.CRITICAL,
 }
-
-
-class _Link(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    href: str = Field(min_length=1)
-    text: str | None = None
-
-
-class _Image(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    src: str = Field(pattern=r"^https://", description="PagerDuty shows only https images")
-    href: str | None = None
-    alt: str | None = None
-
-
-_LINKS = TypeAdapter(list[_Link])
-_IMAGES = TypeAdapter(list[_Image])
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
@@ -124,11 +110,7 @@ def severity_for(
 
 
 def _invalid(field: str, exc: ValidationError) -> NotificationDeliveryError:
-    problems = "; ".join(
-        f"{field}{''.join(f'[{p}]' if isinstance(p, int) else f'.{p}' for p in e['loc'])}: "
-        f"{e['msg']}"
-        for e in exc.errors()
-    )
+    problems = described(field, exc)
     return NotificationDeliveryError(
         f"notification cannot become a PagerDuty event: {problems}",
         errors=[problems],
@@ -184,17 +166,13 @@ def build_trigger(
         "dedup_key": event_dedup_key(notification),
         "payload": payload,
     }
+    # Their shape was checked with the notification's (at intake, and again as the job is
+    # read); read here, they drop what PagerDuty would not take (nulls).
     if "links" in meta:
-        try:
-            links = _LINKS.validate_python(meta["links"])
-        except ValidationError as exc:
-            raise _invalid("metadata.links", exc) from None
+        links = EVENT_LINKS.validate_python(meta["links"])
         event["links"] = [link.model_dump(exclude_none=True) for link in links]
     if "images" in meta:
-        try:
-            images = _IMAGES.validate_python(meta["images"])
-        except ValidationError as exc:
-            raise _invalid("metadata.images", exc) from None
+        images = EVENT_IMAGES.validate_python(meta["images"])
         event["images"] = [image.model_dump(exclude_none=True) for image in images]
     for key in ("client", "client_url"):
         if isinstance(meta.get(key), str):
@@ -259,7 +237,7 @@ def build_change(
     if links:
         try:
             event["links"] = [
-                link.model_dump(exclude_none=True) for link in _LINKS.validate_python(links)
+                link.model_dump(exclude_none=True) for link in EVENT_LINKS.validate_python(links)
             ]
         except ValidationError as exc:
             raise _invalid("links", exc) from None

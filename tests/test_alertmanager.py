@@ -543,6 +543,41 @@ def test_a_group_too_large_for_an_incident_each_pages_once_as_a_group(
     assert details["firing_not_listed"] == 11_900
 
 
+def test_labels_intake_would_refuse_are_folded_and_cut_so_the_alert_still_pages(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    """An alertname over lines or over 1,024 characters, an instance over 4,096, a
+    fingerprint or start time no Alertmanager writes: each used to dead-letter the page."""
+    two_lines = alert(fingerprint="c0ffee0000000003", alertname="Disk\nFull")
+    huge = alert(fingerprint="f" * 1_100, alertname="A" * 2_000, instance="i" * 5_000)
+    huge["startsAt"] = "2026-12-02T01:00:00Z" + " " * 1_100
+    group = grouped(node(1, alertname="Disk\nFull"), alertname="Disk\nFull")
+    with api_server.client() as http:
+        answer = http.post("/v1/alertmanager", json=webhook(two_lines, huge))
+        as_group = http.post("/v1/alertmanager?incident=group", json=group)
+    assert answer.status_code == as_group.status_code == 202
+    folded, cut = answer.json()["alerts"]
+    assert folded["dead_letter"] is cut["dead_letter"] is as_group.json()["group"]["error"] is None
+    assert job(folded["job_ids"][0])["notification"]["alert_name"] == "Disk Full"
+    record = job(cut["job_ids"][0])["notification"]
+    assert len(record["alert_name"]) == 1_024
+    assert record["alert_name"].endswith("…")
+    assert len(record["recipient"]) == 4_096
+    assert len(record["idempotency_id"]) <= 1_024
+    assert cut["fingerprint"] == folded_hash(huge["fingerprint"])
+    job(as_group.json()["group"]["job_ids"][0])
+    classes = sorted(e["body"]["payload"].get("class", "") for e in api.events())
+    assert classes[:2] == ["A" * 1_023 + "…", "Disk Full"]
+    assert engine().dead_letters.list() == []
+    assert len(api.incidents()) == 3
+
+
+def folded_hash(fingerprint: str) -> str:
+    from worker.engine import keys
+
+    return keys.digest(fingerprint, 16)
+
+
 def test_long_summaries_and_descriptions_are_cut_not_refused(
     api_server: ApiServer, celery_worker: Any, api: SandboxClient
 ) -> None:

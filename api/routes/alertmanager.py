@@ -128,10 +128,21 @@ class Received(BaseModel):
 MAX_ALERTS_EACH = 10_000
 
 
+#: The bounds intake keeps on the fields labels become.
+NAME_MAX_CHARS = 1024
+RECIPIENT_MAX_CHARS = 4096
+#: A fingerprint longer than this (Alertmanager's are 16 hex digits), or not one printable
+#: line, is used by its hash: it names dead letters and makes the idempotency id.
+FINGERPRINT_MAX_CHARS = 64
+
+
 def fingerprint(alert: Alert) -> str:
     """The alert's fingerprint, or a stable hash of its labels when it has none."""
-    if alert.fingerprint:
-        return alert.fingerprint
+    given = alert.fingerprint
+    if given and len(given) <= FINGERPRINT_MAX_CHARS and given.isprintable():
+        return given
+    if given:
+        return keys.digest(given, 16)
     canonical = json.dumps(alert.labels, sort_keys=True, separators=(",", ":"))
     return keys.digest(canonical, 16)
 
@@ -175,23 +186,41 @@ def request_fields(alert: Alert, hook: Webhook) -> dict[str, Any]:
         metadata["client_url"] = hook.external_url
     if alert.generator_url.startswith(("http://", "https://")):
         metadata["links"] = [{"href": alert.generator_url, "text": "Alert source"}]
-    if "alertname" in labels:
-        metadata["class"] = labels["alertname"]
+    alert_name = _line(labels.get("alertname", ""), NAME_MAX_CHARS)
+    if alert_name:
+        metadata["class"] = alert_name
     if labels.get("severity", "").lower() in tuple(PagerDutySeverity):
         metadata["severity"] = labels["severity"].lower()
+    component = labels.get("instance") or labels.get("job") or ""
     fields: dict[str, Any] = {
-        "recipient": one_line(labels.get("instance") or labels.get("job") or "") or summary(alert),
+        "recipient": _line(component, RECIPIENT_MAX_CHARS)
+        or _line(summary(alert), RECIPIENT_MAX_CHARS),
         "subject": summary(alert),
         "body": _fitted(alert.annotations.get("description", "")),
         "priority": priority(alert),
-        "alert_name": labels.get("alertname"),
+        "alert_name": alert_name or None,
         # The same firing alert (same start) is one job, however often it is repeated.
-        "idempotency_id": f"{dedup_key(alert)}@{alert.starts_at}",
+        "idempotency_id": _bounded_id(f"{dedup_key(alert)}@{alert.starts_at}"),
         "metadata": metadata,
     }
     if labels.get("team"):
         fields["team"] = labels["team"]
     return fields
+
+
+def _line(text: str, limit: int) -> str:
+    """A label (any text, to Prometheus) as a one-line field intake takes: folded, and cut
+    to ``limit`` characters. Alertmanager does not read the answer: a field intake refuses
+    would be a page never sent. (Not the team: it picks the routing key, so a team intake
+    refuses is kept as a dead letter rather than guessed at.)"""
+    folded = one_line(text)
+    return folded if len(folded) <= limit else folded[: limit - 1] + "…"
+
+
+def _bounded_id(text: str) -> str:
+    """An idempotency id within intake's bound: ``text``, or its hash (an alert whose start
+    time is not the short RFC 3339 text Alertmanager sends)."""
+    return text if len(text) <= NAME_MAX_CHARS else f"alertmanager-{keys.digest(text, 40)}"
 
 
 def _one(alert: Alert, hook: Webhook, index: int) -> AlertOutcome:
@@ -294,7 +323,9 @@ def group_fields(hook: Webhook, firing: list[Alert]) -> dict[str, Any]:
     )
     if sources:
         metadata["links"] = [{"href": url, "text": "Alert source"} for url in list(sources)[:5]]
-    alert_name = hook.common_labels.get("alertname") or head.labels.get("alertname")
+    alert_name = _line(
+        hook.common_labels.get("alertname") or head.labels.get("alertname") or "", NAME_MAX_CHARS
+    )
     if alert_name:
         metadata["class"] = alert_name
     if head.labels.get("severity", "").lower() in tuple(PagerDutySeverity):
@@ -311,11 +342,14 @@ def group_fields(hook: Webhook, firing: list[Alert]) -> dict[str, Any]:
         lines.append(f"- and {len(firing) - len(lines)} more")
     title = group_title(hook, firing)
     fields: dict[str, Any] = {
-        "recipient": one_line(" ".join(v for _, v in sorted(hook.group_labels.items()))) or title,
+        "recipient": _line(
+            " ".join(v for _, v in sorted(hook.group_labels.items())), RECIPIENT_MAX_CHARS
+        )
+        or _line(title, RECIPIENT_MAX_CHARS),
         "subject": f"[FIRING:{len(firing)}] {title}",
         "body": "\n".join(lines),
         "priority": priority(head),
-        "alert_name": alert_name,
+        "alert_name": alert_name or None,
         "metadata": metadata,
     }
     if hook.common_labels.get("team"):

@@ -295,6 +295,26 @@ class Settings(BaseSettings):
             raise ValueError("must allow at least one per period, such as '1/hour'")
         return value
 
+    @field_validator(
+        "pagerduty_routing_key",
+        "redis_sentinel_password",
+        "redis_retry_seconds",
+        "smtp_username",
+        "smtp_password",
+        "smtp_ca_file",
+        "heartbeat_services_file",
+        "watchdog_url",
+        "watchdog_fail_url",
+        "api_tokens",
+        "api_tokens_file",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # A template's `SMTP_USERNAME=` (as .env.example writes it) means "not set": read as
+        # an empty login, every email failed on a relay that takes none.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_format", mode="before")
     @classmethod
     def _format_name(cls, value: Any) -> Any:

@@ -13,6 +13,7 @@ from worker.exceptions import NotificationConfigError
 from worker.providers.smtp import SMTPProvider
 from worker.redact import mask
 
+ROOT = Path(__file__).resolve().parent.parent
 KEY = "A" * 16 + "B" * 16
 DBA = "D" * 32
 CORE = "C" * 31 + "1"
@@ -211,3 +212,38 @@ def test_bad_redis_urls_say_what_a_good_one_looks_like(url: str, says: str) -> N
         load_settings(redis_url=url.replace("pw", "s3cret-pw"))
     assert says in str(caught.value)
     assert "s3cret" not in str(caught.value)  # a URL may hold a password: never echoed
+
+
+def test_the_env_template_copied_as_it_is_sends_email_with_no_login(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`cp .env.example .env` leaves `SMTP_USERNAME=` and `SMTP_PASSWORD=` blank: that is
+    no login (a relay that takes none), not an empty one every email fails on; a blank
+    `PAGERDUTY_ROUTING_KEY=` is no key, not a malformed one."""
+    from sandbox import SandboxServer
+    from worker.notification import Notification
+
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text())
+    s = load_settings()
+    assert (s.smtp_username, s.smtp_password, s.pagerduty_routing_key) == (None, None, None)
+    assert s.smtp_host == "smtp.example.com"  # the file was read
+    with SandboxServer(smtp_port=0) as sink:
+        assert sink.smtp_port is not None
+        monkeypatch.setenv("SMTP_HOST", "127.0.0.1")
+        monkeypatch.setenv("SMTP_PORT", str(sink.smtp_port))
+        monkeypatch.setenv("SMTP_STARTTLS", "false")
+        smtp = SMTPProvider.from_settings(load_settings())
+        try:
+            sent = smtp.send(Notification(recipient="you@example.com", subject="Nightly report"))
+        finally:
+            smtp.close()
+        assert sent.status == "sent"
+        assert len(sink.mailbox.messages()) == 1
+
+
+def test_blank_optional_settings_are_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HEARTBEAT_SERVICES_FILE", "WATCHDOG_URL", "API_TOKENS_FILE", "SMTP_CA_FILE"):
+        monkeypatch.setenv(name, " ")
+    s = load_settings()
+    unset = (s.heartbeat_services_file, s.watchdog_url, s.api_tokens_file, s.smtp_ca_file)
+    assert unset == (None, None, None, None)

@@ -47,7 +47,7 @@ from config.routing import RoutingRule
 from worker.addresses import parse_address
 from worker.exceptions import InvalidFieldError, NotificationConfigError
 from worker.notification import PagerDutySeverity
-from worker.validation import problem
+from worker.validation import path, problem
 
 #: PagerDuty's Events API v2 (US region); EU accounts use events.eu.pagerduty.com.
 DEFAULT_API_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -436,8 +436,12 @@ class Settings(BaseSettings):
 
 
 def _variable_name(loc: tuple[int | str, ...]) -> str:
+    """The variable, and where in its value (``ROUTING_RULES: 1.channels``): a list of
+    rules is a long line to search for a misspelt key."""
     if loc and loc[0] == "pagerduty_team_routing_keys" and len(loc) > 1:
         return f"{TEAM_KEY_PREFIX}{str(loc[1]).upper()}"
+    if len(loc) > 1:
+        return f"{str(loc[0]).upper()}: {path(loc[1:])}"
     return str(loc[0]).upper() if loc else "settings"
 
 

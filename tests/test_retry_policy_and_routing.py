@@ -168,8 +168,15 @@ def test_routing_rules_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("ROUTING_RULES", json.dumps([{"team": ["dba"], "channels": ["sms"]}]))
     from worker.exceptions import NotificationConfigError as ConfigError
 
-    with pytest.raises(ConfigError, match=r"ROUTING_RULES: .*'pagerduty' or 'email'"):
+    with pytest.raises(ConfigError, match=r"ROUTING_RULES: 0\.channels\.0: .*'pagerduty' or"):
         load_settings()
+    # A misspelt key in the second rule: named with the rule, not as the whole variable.
+    rules = [{"priority": "critical", "channels": ["pagerduty"]}, {"chanels": ["email"]}]
+    monkeypatch.setenv("ROUTING_RULES", json.dumps(rules))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "ROUTING_RULES: 1.channels: Field required" in str(caught.value)
+    assert "ROUTING_RULES: 1.chanels: Extra inputs are not permitted" in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,7 @@ def test_a_component_without_a_paging_priority_is_told_how_to_page(
     assert "recipient: 'db-prod-01'" in done.stderr
     assert "priority normal is sent by email" in done.stderr
     assert "priority critical or emergency" in done.stderr
+    assert "give it a ROUTING_RULES rule with an email_to" in done.stderr  # or mail someone
 
 
 def test_an_alert_that_misses_the_rule_naming_its_recipients_is_told_why(

@@ -103,7 +103,8 @@ def accept(
                 # The usual cause: a component sent without a paging priority.
                 message += (
                     f"; priority {request.priority.value} is sent by email: to page a "
-                    "component, send it with priority critical or emergency"
+                    "component, send it with priority critical or emergency; to mail "
+                    "someone about it, give it a ROUTING_RULES rule with an email_to"
                 )
             raise InvalidJobError([{"field": exc.field, "message": message}]) from None
     return _queue(engine, request, job_id, source, channels, email_to, replay_of, resend=False)

@@ -29,14 +29,16 @@ def _api_limiter(eng: Engine) -> SharedRateLimiter:
     return SharedRateLimiter(eng.redis, eng.settings.api_rate_limit, keys.API_RATE)
 
 
-def authorize(secret: str, scope: Scope, rate: Literal["api", "ping"] | None = "api") -> ApiToken:
+def authorize(
+    secret: str, scope: Scope, rate: Literal["api", "ping"] | None = "api", why: str = ""
+) -> ApiToken:
     """The token ``secret`` is, if it may act in ``scope`` and (unless ``rate`` is None:
     the caller counts it itself) is within its rate, ``API_RATE_LIMIT`` or
-    ``PING_RATE_LIMIT``."""
+    ``PING_RATE_LIMIT``. ``why`` follows the 403's reason: what the routes take."""
     eng = engine()
     token = _configured(secret)
     if not token.allows(scope):
-        raise forbidden(f"token {token.name!r} does not have the {scope!r} scope")
+        raise forbidden(f"token {token.name!r} does not have the {scope!r} scope{why}")
     if rate is not None:
         limiter = _api_limiter(eng) if rate == "api" else eng.ping_limiter
         wait = limiter.acquire(token.name)
@@ -77,25 +79,25 @@ def unknown_bearer(request: Request) -> ApiError | None:
     return None
 
 
-def require(scope: Scope) -> Callable[..., ApiToken]:
+def require(scope: Scope, why: str = "") -> Callable[..., ApiToken]:
     """A dependency: the bearer token, if it may act in ``scope`` and is within its rate."""
 
     def check(
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Security(bearer),  # noqa: B008
     ) -> ApiToken:
-        token = authorize(credentials.credentials if credentials else "", scope)
+        token = authorize(credentials.credentials if credentials else "", scope, why=why)
         request.state.token = token
         return token
 
     return check
 
 
-def path_key(scope: Scope) -> Callable[..., ApiToken]:
+def path_key(scope: Scope, why: str = "") -> Callable[..., ApiToken]:
     """A dependency: the key in the path (``{key}``), as :func:`require` checks a bearer."""
 
     def check(request: Request, key: str) -> ApiToken:
-        token = authorize(key, scope, "ping")
+        token = authorize(key, scope, "ping", why)
         request.state.token = token
         return token
 

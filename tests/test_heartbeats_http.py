@@ -235,6 +235,11 @@ def test_medic_refusals_in_medics_shape(hb_api: ApiServer) -> None:
     assert (curl_d.status_code, many.status_code) == (201, 200)
     assert [b["status"] for b in statuses] == ["DOWN", "DOWN", "DOWN"]  # exit 3, /fail, DOWN
     assert no_scope.status_code == no_scope_unread.status_code == 403
+    # Which scope to make a token with, for heartbeats and for services alike.
+    assert no_scope.json()["error"].endswith(
+        "does not have the 'ping' scope: Medic's API takes the 'ping' scope to report "
+        "heartbeats, the 'heartbeat' scope to read or change services too"
+    )
     assert anonymous.status_code == anonymous_unread.status_code == 401
     assert wrong_key_unread.status_code == 401
     assert "error" in anonymous_unread.json()  # the API's shape, as every token refusal

@@ -506,7 +506,11 @@ def _renamed(message: str) -> str:
 
 #: At the root, for callers that send a bearer token; under /medic/{key}, for Medic's own
 #: calls, which send none.
-bearer_router = APIRouter(dependencies=[Depends(require("ping"))])
+SCOPES = (
+    ": Medic's API takes the 'ping' scope to report heartbeats, the 'heartbeat' scope to "
+    "read or change services too"
+)
+bearer_router = APIRouter(dependencies=[Depends(require("ping", SCOPES))])
 bearer_router.include_router(build_router())
-keyed_router = APIRouter(prefix="/medic/{key}", dependencies=[Depends(path_key("ping"))])
+keyed_router = APIRouter(prefix="/medic/{key}", dependencies=[Depends(path_key("ping", SCOPES))])
 keyed_router.include_router(build_router())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
@@ -180,17 +181,27 @@ def install(app: FastAPI, unknown_bearer: Callable[[Request], ApiError | None]) 
     async def outage(request: Request, exc: Exception) -> JSONResponse:
         where = paths.masked(request.url.path)
         logger.warning("%s %s: redis unavailable: %s", request.method, where, exc)
-        return JSONResponse(
-            {"error": "Redis is unreachable: nothing was stored; retry later"},
-            503,
-            headers={"Retry-After": str(OUTAGE_RETRY_AFTER)},
-        )
+        said = "Redis is unreachable: nothing was stored; retry later"
+        if isinstance(exc, redis.TimeoutError):
+            # The write may have been sent before the answer timed out, and run since.
+            said = (
+                "Redis did not answer in time: what was sent may have been stored; retry "
+                "later with the same idempotency id"
+            )
+        return JSONResponse({"error": said}, 503, headers={"Retry-After": str(OUTAGE_RETRY_AFTER)})
 
     app.add_exception_handler(redis.RedisError, outage)
 
     @app.exception_handler(NotReplicatedError)
     async def not_durable(request: Request, exc: NotReplicatedError) -> JSONResponse:
         logger.warning("%s %s: %s", request.method, paths.masked(request.url.path), exc)
-        return JSONResponse(
-            {"error": str(exc)}, 503, headers={"Retry-After": str(OUTAGE_RETRY_AFTER)}
-        )
+        body: dict[str, Any] = {"error": str(exc)}
+        if exc.job_id is not None:
+            # The job is on the master and may well go out: the producer was told no id,
+            # and a retry without an idempotency id would be a second job.
+            body["job_id"] = exc.job_id
+            body["error"] += (
+                f"; job {exc.job_id} is on the master: GET /v1/jobs/{exc.job_id} says whether "
+                "it stood (send an idempotency_id to make a retry safe)"
+            )
+        return JSONResponse(body, 503, headers={"Retry-After": str(OUTAGE_RETRY_AFTER)})

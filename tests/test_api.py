@@ -394,6 +394,51 @@ def test_a_token_over_its_rate_is_429_with_retry_after_and_others_are_not(
         assert NOTIFY_TOKEN not in stored
 
 
+def test_a_job_no_replica_confirmed_is_503_naming_the_job(
+    service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REDIS_MIN_REPLICAS asks for a replica this Redis does not have: the job is written
+    on the master, not acknowledged. The answer names it: a producer that sent no
+    idempotency id would otherwise send it again, as a second job."""
+    api = serve(monkeypatch, REDIS_MIN_REPLICAS="1", REDIS_WAIT_TIMEOUT="0.1")
+    server = next(api)
+    try:
+        with server.client() as http:
+            answer = http.post(
+                "/v1/notifications", json={"recipient": "a@example.com", "subject": "s"}
+            )
+            assert answer.status_code == 503
+            assert answer.headers["Retry-After"] == "5"
+            job_id = answer.json()["job_id"]
+            assert "confirmed by 0 of the 1 replicas" in answer.json()["error"]
+            assert f"GET /v1/jobs/{job_id} says whether it stood" in answer.json()["error"]
+            looked_up = http.get(f"/v1/jobs/{job_id}")
+        assert looked_up.status_code == 200
+        assert looked_up.json()["id"] == job_id
+    finally:
+        next(api, None)
+
+
+def test_a_write_redis_did_not_answer_in_time_is_not_said_to_be_unstored(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read timeout comes after the script was sent: it may have run, so the answer
+    does not say "nothing was stored" (a producer would resend without a care)."""
+    import redis
+
+    def timed_out(*args: Any, **kwargs: Any) -> None:
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(engine().jobs, "create", timed_out)
+    with api_server.client() as http:
+        answer = http.post("/v1/notifications", json={"recipient": "a@example.com", "subject": "s"})
+    assert (answer.status_code, answer.headers["Retry-After"]) == (503, "5")
+    assert answer.json()["error"] == (
+        "Redis did not answer in time: what was sent may have been stored; retry later with "
+        "the same idempotency id"
+    )
+
+
 def test_redis_unreachable_is_503_with_retry_after_never_202(
     api_server: ApiServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -40,6 +40,10 @@ TOO_LARGE = _refusal(b"431 Request Header Fields Too Large", "Request head too l
 TOO_SLOW = _refusal(b"408 Request Timeout", "Request head not received in time.")
 
 
+class HeadTooLargeError(Exception):
+    """Raised from a parser callback to stop parsing a head already refused."""
+
+
 class BoundedHeadProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, refusing a head that is too large or too slow."""
 
@@ -47,8 +51,10 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.head_timeout = get_settings().api_read_timeout
         self.head_open = True
-        self.head_bytes = 0
+        self.head_bytes = 0  # bytes received while the head is open: a head never finished
+        self.head_parsed = 0  # the request line's and headers' bytes, as parsed
         self.head_timer: asyncio.TimerHandle | None = None
+        self.refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -68,6 +74,26 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         if self.head_open and self.head_bytes > HEAD_MAX_BYTES:
             self._refuse(TOO_LARGE)
 
+    # A head that arrives in one read is parsed whole before data_received can count it:
+    # its parts are counted as the parser hands them over.
+    def on_url(self, url: bytes) -> None:
+        self._parsed(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._parsed(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def _parsed(self, size: int) -> None:
+        self.head_parsed += size
+        if self.head_parsed > HEAD_MAX_BYTES:
+            self._refuse(TOO_LARGE)
+            raise HeadTooLargeError  # httptools stops; uvicorn takes it for a bad request
+
+    def send_400_response(self, msg: str) -> None:
+        if not self.refused:  # not after the 431 this sent
+            super().send_400_response(msg)
+
     def on_headers_complete(self) -> None:
         self.head_open = False
         self._stop_head_timer()
@@ -76,7 +102,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self.head_open = True
-        self.head_bytes = 0
+        self.head_bytes = self.head_parsed = 0
 
     def _start_head_timer(self) -> None:
         self.head_timer = self.loop.call_later(self.head_timeout, self._refuse, TOO_SLOW)
@@ -89,6 +115,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def _refuse(self, answer: bytes) -> None:
         self._stop_head_timer()
         self.head_open = False
+        self.refused = True
         if not self.transport.is_closing():
             self.transport.write(answer)
             self.transport.close()

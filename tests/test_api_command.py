@@ -190,6 +190,11 @@ def test_a_request_head_too_large_or_too_slow_is_refused_and_others_are_served(
             except OSError:
                 pass  # the server closed it
             big_answer = _read_all(huge)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as at_once:
+            # The whole head in one write (one read, for the server): 70 KB of header.
+            head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000
+            at_once.sendall(head + b"\r\n\r\n")
+            at_once_answer = _read_all(at_once)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
             slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             try:
@@ -219,6 +224,8 @@ def test_a_request_head_too_large_or_too_slow_is_refused_and_others_are_served(
         proc.wait(15)
         log.close()
     assert big_answer.startswith(b"HTTP/1.1 431 "), big_answer[:200]
+    assert at_once_answer.startswith(b"HTTP/1.1 431 "), at_once_answer[:200]
+    assert b"400" not in at_once_answer  # one answer: the 431
     assert slow_answer.startswith(b"HTTP/1.1 408 "), slow_answer[:200]
     assert first.status_code == second.status_code == 200
     assert sent.status_code == 202, sent.text

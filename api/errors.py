@@ -129,6 +129,16 @@ def _not_utf8(request: Request, error: UnicodeDecodeError) -> RequestValidationE
     )
 
 
+def _unparsable(error: ValueError | RecursionError) -> RequestValidationError:
+    if isinstance(error, RecursionError):
+        why = ": nested too deeply"
+    else:  # Python's own advice after the semicolon is for its programmers
+        why = f": {str(error).split(';', 1)[0]}"
+    return RequestValidationError(
+        [{"type": "json_invalid", "loc": ("body",), "msg": "unparsable", "ctx": {"why": why}}]
+    )
+
+
 #: The doors notifications come in by, for the count of those refused as invalid.
 INTAKE_SOURCES = {
     "/v1/notifications": "api",
@@ -157,6 +167,10 @@ def install(app: FastAPI, unknown_bearer: Callable[[Request], ApiError | None]) 
             # FastAPI's "error parsing the body" names no field: bytes JSON cannot be (RFC
             # 8259 is UTF-8), most often a compressed body or a Latin-1 producer.
             return await request_invalid(request, _not_utf8(request, exc.__cause__))
+        if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+            # JSON the parser will not build: a number of thousands of digits, or arrays
+            # and objects nested past the interpreter's recursion limit.
+            return await request_invalid(request, _unparsable(exc.__cause__))
         return JSONResponse(
             {"error": str(exc.detail)}, exc.status_code, headers=dict(exc.headers or {})
         )

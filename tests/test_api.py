@@ -188,6 +188,36 @@ def test_links_and_images_pagerduty_would_refuse_are_422_at_the_door(
     assert len(list(engine().redis.scan_iter("gds:job:*"))) == 1
 
 
+def test_json_the_parser_will_not_build_is_422_naming_why_and_401_without_a_token(
+    api_server: ApiServer,
+) -> None:
+    """A number of thousands of digits, or nesting past the recursion limit: JSON the
+    standard library refuses after its grammar accepted it (FastAPI's bare 400 named
+    nothing, and answered a caller with no token too)."""
+    digits = b'{"recipient": "a@example.com", "subject": "s", "metadata": {"n": ' + b"9" * 5_000
+    deep = b'{"recipient": "a@example.com", "subject": "s", "metadata": {"n": ' + b"[" * 100_000
+    with api_server.client() as http:
+        answers = [
+            http.post("/v1/notifications", content=body + b"}}", headers=JSON_TYPE)
+            for body in (digits, deep)
+        ]
+    with api_server.client(token=None) as anonymous:
+        no_token = anonymous.post("/v1/notifications", content=digits + b"}}", headers=JSON_TYPE)
+    assert [a.status_code for a in answers] == [422, 422]
+    [number] = answers[0].json()["errors"]
+    assert number["field"] == "body"
+    assert number["message"].startswith("not valid JSON: Exceeds the limit (4300 digits)")
+    assert "sys.set_int_max_str_digits" not in number["message"]
+    assert answers[1].json()["errors"] == [
+        {"field": "body", "message": "not valid JSON: nested too deeply"}
+    ]
+    assert no_token.status_code == 401
+    assert list(engine().redis.scan_iter("gds:job:*")) == []
+
+
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
 def test_bad_fields_are_422_each_named_and_nothing_is_queued(api_server: ApiServer) -> None:
     with api_server.client() as http:
         answer = http.post(

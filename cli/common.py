@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,6 +19,8 @@ from typing import Any, ParamSpec, TypeVar
 import click
 import redis
 
+from config.dev_stack_file import running_stack
+from config.redis_address import parse_redis_url
 from config.settings import get_settings
 from worker.engine.redis_client import NotReplicatedError
 from worker.exceptions import NotificationConfigError
@@ -65,10 +68,29 @@ def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
         except redis.RedisError as exc:
             raise Failed(
                 f"cannot reach Redis at {get_settings().redis_address.shown()} "
-                f"({type(exc).__name__}: {exc})"
+                f"({type(exc).__name__}: {exc}){_stale_stack_hint()}"
             ) from None
 
     return wrapper
+
+
+def _stale_stack_hint() -> str:
+    """Why a terminal may be talking to the wrong Redis: its REDIS_URL exported from a dev
+    stack that has since restarted on another port (the environment wins over the
+    stack's announcement)."""
+    exported = os.environ.get("REDIS_URL")
+    stack = running_stack()
+    ours = (stack or {}).get("env", {}).get("REDIS_URL")
+    if not exported or not isinstance(ours, str) or ours == exported:
+        return ""
+    try:
+        shown = parse_redis_url(ours).shown()
+    except ValueError:
+        return ""
+    return (
+        f"; REDIS_URL is set in your environment, and the dev stack running here is at "
+        f'{shown}: run `eval "$(gds-notify dev --env)"` again, or unset REDIS_URL'
+    )
 
 
 def note(text: str) -> None:

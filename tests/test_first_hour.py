@@ -285,3 +285,25 @@ def test_a_page_worker_with_no_routing_key_says_so_when_it_starts(
         worker = WorkerProcess(log, "-P", "threads", "-c", "1", "-Q", queues).start()
         worker.stop()
         assert (said in log.read_text()) is warned, log.read_text()[-2000:]
+
+
+def test_a_terminal_left_on_a_restarted_dev_stacks_redis_is_told_so(tmp_path: Path) -> None:
+    """`eval "$(gds-notify dev --env)"` exported the stack's REDIS_URL; the stack was then
+    restarted on another port. The environment wins, so the error says what happened."""
+    from tests.conftest import free_port
+
+    stack = {"pid": os.getpid(), "env": {"REDIS_URL": "redis://127.0.0.1:6399/0"}}
+    (tmp_path / "stack.json").write_text(json.dumps(stack))
+    exported = f"redis://127.0.0.1:{free_port()}/0"
+    done = gds("send", "you@example.com", "hi", REDIS_URL=exported, GDS_DEV_DIR=str(tmp_path))
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"Error: cannot reach Redis at {exported}")
+    assert done.stderr.rstrip().endswith(
+        "REDIS_URL is set in your environment, and the dev stack running here is at "
+        'redis://127.0.0.1:6399/0: run `eval "$(gds-notify dev --env)"` again, or unset REDIS_URL'
+    )
+    # With no stack running, or the stack's own address exported, nothing is guessed.
+    (tmp_path / "stack.json").unlink()
+    alone = gds("send", "you@example.com", "hi", REDIS_URL=exported, GDS_DEV_DIR=str(tmp_path))
+    assert "dev stack" not in alone.stderr

@@ -157,6 +157,13 @@ def test_notification_round_trips_through_json_without_loss() -> None:
     assert Notification(recipient="r", subject="s", db_instance_id="db-7").db_instance_id == "db-7"
 
 
+def test_a_db_instance_id_of_true_or_false_is_refused_not_read_as_a_number() -> None:
+    with pytest.raises(ValidationError, match=r"db_instance_id\n.*must be an integer or a string"):
+        Notification.model_validate_json(
+            '{"recipient": "r", "subject": "s", "db_instance_id": true}'
+        )
+
+
 def test_metadata_must_be_json() -> None:
     with pytest.raises(ValidationError) as caught:
         Notification.model_validate({"recipient": "r", "subject": "s", "metadata": {"w": object()}})

@@ -241,6 +241,14 @@ class Notification(BaseModel, metaclass=_OneLineErrors):
     def _valid_unicode(cls, value: str | None) -> str | None:
         return check_unicode(value) if value is not None else None
 
+    @field_validator("db_instance_id", mode="before")
+    @classmethod
+    def _not_a_flag(cls, value: Any) -> Any:
+        # JSON's true is no instance id; pydantic would read it as the number 1.
+        if isinstance(value, bool):
+            raise ValueError("must be an integer or a string, not true or false")
+        return value
+
     @field_validator("db_instance_id")
     @classmethod
     def _valid_id(cls, value: int | str | None) -> int | str | None:

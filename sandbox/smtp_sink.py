@@ -63,6 +63,9 @@ class Mailbox:
         self._messages: deque[dict[str, Any]] = deque(maxlen=max_messages)
         self._ids = itertools.count(1)
         self.connections = 0
+        #: AUTH attempts seen, each a password sent (over TLS or not: ``clear`` counts those
+        #: made on a connection without it).
+        self.logins = {"tls": 0, "clear": 0}
         self.faults = FaultInjector()
         self._live: dict[asyncio.BaseTransport, asyncio.AbstractEventLoop] = {}
         #: Recipients the sink refuses at RCPT, with the reply code to refuse them with.
@@ -134,14 +137,23 @@ class Mailbox:
             items = [m for m in items if m["message_id"] == message_id]
         return items
 
+    def login_seen(self, encrypted: bool) -> None:
+        with self._lock:
+            self.logins["tls" if encrypted else "clear"] += 1
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"connections": self.connections, "messages": len(self._messages)}
+            return {
+                "connections": self.connections,
+                "messages": len(self._messages),
+                "logins": dict(self.logins),
+            }
 
     def reset(self) -> None:
         with self._lock:
             self._messages.clear()
             self.connections = 0
+            self.logins = {"tls": 0, "clear": 0}
             self.refused_recipients = {}
         self.faults.clear()
 
@@ -223,6 +235,7 @@ def smtp_factory(mailbox: Mailbox, options: SinkOptions) -> Any:
     def authenticator(
         server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
     ) -> AuthResult:
+        mailbox.login_seen(encrypted=session.ssl is not None)
         ok = (
             isinstance(auth_data, LoginPassword)
             and auth_data.login.decode() == options.username

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 import worker.providers.smtp as smtp_module
 from config.settings import load_settings
 from sandbox import SandboxServer
+from sandbox.smtp_sink import SinkOptions
 from tests.conftest import SMTP_PASSWORD, SMTP_USER, SandboxClient, client_tls, free_port
 from worker.exceptions import (
     NotificationConfigError,
@@ -345,7 +346,11 @@ def test_one_session_for_many_messages(provider: SMTPProvider, mail_api: Sandbox
         assert provider.send(mail(idempotency_id=f"job-{i}")).is_success()
     results = provider.send_bulk([mail(idempotency_id=f"bulk-{i}") for i in range(10)])
     assert all(r.is_success() for r in results)
-    assert mail_api.smtp_stats() == {"connections": 1, "messages": 25}
+    assert mail_api.smtp_stats() == {
+        "connections": 1,
+        "messages": 25,
+        "logins": {"tls": 1, "clear": 0},
+    }
     assert provider.sessions_opened == 1
     assert {m["connection"] for m in mail_api.messages()} == {1}
 
@@ -484,7 +489,11 @@ def test_idle_session_is_checked_with_noop_and_replaced(
     mail_sandbox.mailbox.close_connections()
     time.sleep(0.1)
     assert provider.send(mail(idempotency_id="after")).is_success()
-    assert mail_api.smtp_stats() == {"connections": 2, "messages": 2}
+    assert mail_api.smtp_stats() == {
+        "connections": 2,
+        "messages": 2,
+        "logins": {"tls": 2, "clear": 0},
+    }
 
 
 def test_async_use_on_another_loop_then_sync_again(
@@ -718,6 +727,58 @@ def test_mail_before_starttls_is_refused_by_the_server(
     with pytest.raises(NotificationConfigError, match="530"):
         smtp.send(mail())
     smtp.close()
+
+
+def test_the_password_goes_only_over_tls_unless_plain_text_is_chosen(
+    mail_sandbox: SandboxServer, ca: trustme.CA
+) -> None:
+    """A server that offers AUTH but no STARTTLS (or a path that strips STARTTLS from its
+    list): with STARTTLS on auto, the password is not sent; SMTP_STARTTLS=false sends it
+    in clear, as chosen; where STARTTLS is offered, auto logs in over it."""
+    plain = SinkOptions(username=SMTP_USER, password=SMTP_PASSWORD)
+    with SandboxServer(smtp_port=0, sink=plain) as clear_sink:
+        assert clear_sink.smtp_port is not None
+
+        def provider(starttls: bool | None) -> SMTPProvider:
+            return SMTPProvider(
+                "127.0.0.1",
+                clear_sink.smtp_port or 0,
+                username=SMTP_USER,
+                password=SMTP_PASSWORD,
+                from_addr="alerts@example.com",
+                starttls=starttls,
+                timeout=2,
+            )
+
+        auto = provider(None)
+        with pytest.raises(NotificationConfigError) as refused:
+            auto.send(mail())
+        assert not refused.value.retryable
+        assert "does not offer STARTTLS: the password for 'gds-mailer' is not sent in clear" in (
+            str(refused.value)
+        )
+        assert "SMTP_STARTTLS=false" in str(refused.value)
+        assert auto.diagnose() is not None  # `config check` says so too
+        auto.close()
+        assert clear_sink.mailbox.stats()["logins"] == {"tls": 0, "clear": 0}
+        assert clear_sink.mailbox.messages() == []
+
+        required = provider(True)
+        with pytest.raises(NotificationConfigError, match="which SMTP_STARTTLS=true requires"):
+            required.send(mail())
+        required.close()
+        assert clear_sink.mailbox.stats()["logins"] == {"tls": 0, "clear": 0}
+
+        chosen = provider(False)
+        assert chosen.send(mail()).status == NotificationStatus.SENT
+        chosen.close()
+        assert clear_sink.mailbox.stats()["logins"] == {"tls": 0, "clear": 1}
+
+    assert mail_sandbox.smtp_port is not None
+    over_tls = sandbox_provider(mail_sandbox, ca, starttls=None)
+    assert over_tls.send(mail()).status == NotificationStatus.SENT
+    over_tls.close()
+    assert mail_sandbox.mailbox.stats()["logins"] == {"tls": 1, "clear": 0}
 
 
 def test_health_check(provider: SMTPProvider, mail_api: SandboxClient) -> None:

@@ -14,6 +14,8 @@ import trustme
 from sandbox import SandboxServer
 from tests.conftest import SMTP_PASSWORD, SMTP_USER, SandboxClient, client_tls
 
+NO_LOGINS = {"tls": 0, "clear": 0}
+
 
 def client(server: SandboxServer, ca: trustme.CA | None = None) -> smtplib.SMTP:
     assert server.smtp_port is not None
@@ -106,12 +108,12 @@ def test_counts_connections_and_reset_forgets(
         smtp.send_message(message("b"))
     with client(open_sink) as smtp:
         smtp.send_message(message("c"))
-    assert open_api.smtp_stats() == {"connections": 2, "messages": 3}
+    assert open_api.smtp_stats() == {"connections": 2, "messages": 3, "logins": NO_LOGINS}
     assert [m["connection"] for m in open_api.messages()] == [1, 1, 2]
     open_api.http.post("/sandbox/smtp/refuse", json={"recipients": {"x@example.com": 550}})
     open_api.smtp_faults({"status": 451})
     open_api.http.post("/sandbox/reset").raise_for_status()
-    assert open_api.smtp_stats() == {"connections": 0, "messages": 0}
+    assert open_api.smtp_stats() == {"connections": 0, "messages": 0, "logins": NO_LOGINS}
     with client(open_sink) as smtp:
         smtp.send_message(message("after reset", "x@example.com"))  # no fault, no refusal
     assert len(open_api.messages()) == 1

@@ -315,10 +315,10 @@ class SMTPProvider(BaseNotificationProvider):
         smtp = _Session(
             hostname=self.host,
             port=self.port,
-            username=self.username,
-            password=self._password.get_secret_value() if self._password else None,
             use_tls=self.use_tls,
-            start_tls=False if self.use_tls else self.starttls,
+            # STARTTLS when offered, and a required one checked below, as a refusal that
+            # says which setting: aiosmtplib's own is an error retried for an hour.
+            start_tls=False if self.use_tls or self.starttls is False else None,
             validate_certs=self.validate_certs,
             tls_context=self.tls_context,
             timeout=self.timeout,
@@ -326,6 +326,7 @@ class SMTPProvider(BaseNotificationProvider):
         smtp.data_timeout = self.data_timeout
         try:
             await smtp.connect()
+            await self._log_in(smtp)
         except BaseException:
             smtp.close()  # a half-open session (TLS up, AUTH refused) must not linger
             raise
@@ -334,6 +335,37 @@ class SMTPProvider(BaseNotificationProvider):
         self.sessions_opened += 1
         logger.info("smtp session %d opened to %s:%s", self.sessions_opened, self.host, self.port)
         return smtp
+
+    async def _log_in(self, smtp: _Session) -> None:
+        """Check the session is encrypted as the settings ask, then AUTH. The password goes
+        only over TLS, unless ``starttls`` is False (plain text chosen): a server that does
+        not offer STARTTLS, or someone on the path who strips it from the server's list,
+        would otherwise be handed it in clear."""
+        where = f"{self.host}:{self.port}"
+        encrypted = smtp.get_transport_info("sslcontext") is not None
+        if self.starttls is True and not encrypted:
+            raise NotificationConfigError(
+                f"SMTP server {where} does not offer STARTTLS, which SMTP_STARTTLS=true requires",
+                self.name,
+            )
+        if self.username is None or self._password is None:
+            return
+        if not encrypted and self.starttls is None:
+            raise NotificationConfigError(
+                f"SMTP server {where} does not offer STARTTLS: the password for "
+                f"{self.username!r} is not sent in clear (SMTP_USE_TLS=true for a server on "
+                "implicit TLS, or SMTP_STARTTLS=false to send it in clear on a network you "
+                "trust)",
+                self.name,
+            )
+        if smtp.is_ehlo_or_helo_needed:  # the server's list again, after STARTTLS
+            await smtp.ehlo()
+        if not smtp.supports_extension("auth"):
+            raise NotificationConfigError(
+                f"SMTP server {where} does not offer AUTH, and SMTP_USERNAME is set",
+                self.name,
+            )
+        await smtp.login(self.username, self._password.get_secret_value())
 
     def _forget_session(self) -> None:
         smtp, self._smtp = self._smtp, None

@@ -6,6 +6,7 @@ COPY worker ./worker
 COPY tasks ./tasks
 COPY sandbox ./sandbox
 COPY cli ./cli
+COPY api ./api
 RUN pip install --no-cache-dir .
 RUN mkdir -p /data && chown nobody /data
 USER nobody

@@ -225,3 +225,30 @@ def test_honcho_scales_the_page_pool_over_two_processes_each_seen_by_name(
         log.close()
     assert all(name.startswith("pagerduty-") for name in seen), seen
     assert engine().workers.seen(30) == []  # each said it was gone on its way out
+
+
+def test_the_image_holds_every_package_its_commands_import(tmp_path: Path) -> None:
+    """What the Dockerfile copies, imported alone (the checkout and its editable install
+    out of the path): `gds-notify` (the API, the sandbox, the CLI) and the worker. The
+    image once left out `api`, and every `gds-notify` command in it failed."""
+    import shutil
+    import site
+    import sys
+
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and (ROOT / words[1]).is_dir():
+            shutil.copytree(ROOT / words[1], tmp_path / words[1])
+    program = (
+        "import sys; sys.path[:0] = sys.argv[1:]; "
+        "import cli.main, api.app, worker.celery_app, tasks, sandbox.server"
+    )
+    paths = [str(tmp_path), *site.getsitepackages()]
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", program, *paths],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -51,6 +51,7 @@ def interpolate(text: str, hosts: dict[str, str]) -> str:
         while "${" + name in text:
             start = text.index("${" + name)
             text = text[:start] + value + text[text.index("}", start) + 1 :]
+    text = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text)  # a default, as compose gives it
     for name, address in hosts.items():
         text = text.replace(name, address)
     return text

@@ -154,6 +154,31 @@ def test_compose_publishes_nothing_beyond_localhost_and_redis_needs_its_password
         assert url.split("@", 1)[1].startswith("redis:6379/"), (name, url)
 
 
+def _seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+)(s|m)", duration)
+    assert match is not None, duration
+    return int(match.group(1)) * (60 if match.group(2) == "m" else 1)
+
+
+def test_compose_stops_gracefully_bounds_redis_and_rotates_logs() -> None:
+    """A stop lets a worker finish the deliveries it holds (Docker's default 10 s killed
+    one mid-call, sent again later); Redis has a ceiling, so noeviction refuses writes
+    rather than the host killing it; logs do not fill the disk."""
+    services = compose()["services"]
+    settings = Settings()
+    for name in ("worker-pagerduty", "worker-email", "beat", "api"):
+        grace = _seconds(services[name]["stop_grace_period"])
+        assert grace > settings.pagerduty_timeout, name
+        assert services[name]["logging"]["options"]["max-size"], name
+    assert _seconds(services["worker-email"]["stop_grace_period"]) > settings.smtp_data_timeout
+    command = services["redis"]["command"].split()
+    assert command[command.index("--maxmemory") + 1] == "${REDIS_MAXMEMORY:-1gb}"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert services["redis"]["logging"]["options"]["max-file"]
+    # The API's own liveness: /readyz describes the whole service.
+    assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
+
+
 def test_env_example_names_every_setting() -> None:
     text = (ROOT / ".env.example").read_text()
     names = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))

@@ -130,6 +130,29 @@ def test_smtp_550_is_dead_lettered_and_421_retried(celery_worker: Any, api: Sand
     assert status(retried)["channels"]["email"]["attempts"] == 2
 
 
+def test_an_email_without_an_idempotency_id_gets_its_jobs_message_id_kept_across_retries(
+    celery_worker: Any, api: SandboxClient
+) -> None:
+    """The same alert text sent again is a new message to its receiver: a Message-ID taken
+    from the content made Gmail and Exchange drop the second as a duplicate. A retry of
+    one job (its answer lost after the server kept it) keeps the job's Message-ID."""
+    api.smtp_faults({"drop": True, "accept": True})
+    first = tasks.enqueue(note())
+    wait_for(lambda: status(first)["status"] == "delivered")
+    second = tasks.enqueue(note())
+    wait_for(lambda: status(second)["status"] == "delivered")
+    sent = api.messages()
+    assert len(sent) == 3  # the first job's twice: kept, its answer lost, sent again
+    by_job: dict[str, set[str]] = {}
+    for message in sent:
+        job_id = dict(message["headers"])["X-GDS-Job-Id"]
+        by_job.setdefault(job_id, set()).add(message["message_id"])
+    assert set(by_job) == {first, second}
+    assert [len(ids) for ids in by_job.values()] == [1, 1]  # one Message-ID per job
+    assert by_job[first] != by_job[second]
+    assert status(first)["channels"]["email"]["attempts"] == 2
+
+
 def test_exhausted_retries_dead_letter(celery_worker: Any, api: SandboxClient) -> None:
     from worker.engine.runtime import engine
 

@@ -227,10 +227,10 @@ def test_a_server_without_8bitmime_gets_every_body_in_7bit(
 ) -> None:
     prepared: list[Prepared] = []
 
-    def recorded(notification: Notification, from_addr: str) -> Prepared:
+    def recorded(notification: Notification, from_addr: str, job_id: str | None) -> Prepared:
         # Prepared an hour ago: a Date taken afresh for the rebuilt message would differ.
         then = datetime.now(UTC) - timedelta(hours=1)
-        prepared.append(prepare(notification, from_addr, then))
+        prepared.append(prepare(notification, from_addr, then, job_id))
         return prepared[-1]
 
     monkeypatch.setattr(smtp_module, "prepare", recorded)
@@ -240,7 +240,7 @@ def test_a_server_without_8bitmime_gets_every_body_in_7bit(
     provider = SMTPProvider("127.0.0.1", controller.port, starttls=False, timeout=5)
     try:
         body = "Ça dépasse 45 s. Проверьте репликацию."
-        provider.send(mail(body=body))
+        provider.send(mail(body=body, idempotency_id=None), "job-1")
         provider.send(mail(body="Lag is 45 s and rising."))
     finally:
         provider.close()
@@ -254,6 +254,7 @@ def test_a_server_without_8bitmime_gets_every_body_in_7bit(
         # Built again for this server, it is still the message prepared: same Date and id.
         assert parsed["Date"].datetime == written.date.replace(microsecond=0)
         assert parsed["Message-ID"] == written.message_id
+        assert parsed["X-GDS-Job-Id"] == written.job_id
         assert parsed["Content-Transfer-Encoding"] in ("7bit", "quoted-printable", "base64")
         texts.append(parsed.get_content().replace("\r\n", "\n"))
     assert texts == [body + "\n", "Lag is 45 s and rising.\n"]

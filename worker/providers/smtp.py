@@ -163,9 +163,10 @@ class SMTPProvider(BaseNotificationProvider):
             self._own_loop = asyncio.new_event_loop()
         return self._own_loop.run_until_complete(coro)
 
-    def send(self, notification: Notification) -> NotificationResult:
-        """Send one notification as email; raises a classified error on failure."""
-        return self._run(self.asend(notification))
+    def send(self, notification: Notification, job_id: str | None = None) -> NotificationResult:
+        """Send one notification as email (job ``job_id``'s, when it is one: its Message-ID
+        and X-GDS-Job-Id come from it); raises a classified error on failure."""
+        return self._run(self.asend(notification, job_id))
 
     def send_bulk(self, notifications: list[Notification]) -> list[NotificationResult]:
         """Send many over one session. A failure becomes a FAILED result for that message
@@ -188,10 +189,12 @@ class SMTPProvider(BaseNotificationProvider):
 
     # -- async API ----------------------------------------------------------------------
 
-    async def asend(self, notification: Notification) -> NotificationResult:
+    async def asend(
+        self, notification: Notification, job_id: str | None = None
+    ) -> NotificationResult:
         """Send one notification as email on the running event loop; one at a time per
         provider (the worker keeps one per thread), as a session carries one transaction."""
-        prepared = prepare(notification, self.from_addr)
+        prepared = prepare(notification, self.from_addr, job_id=job_id)
         smtp: _Session | None = None
         try:
             smtp = await self._session()
@@ -233,7 +236,10 @@ class SMTPProvider(BaseNotificationProvider):
             if eight_bit_mime or not prepared.eight_bit:
                 options = ["BODY=8BITMIME"] if eight_bit_mime else []
                 return await smtp.sendmail(sender, rcpt, prepared.data, mail_options=options)
-        message = prepared.message or build_message(notification, self.from_addr, prepared.date)[0]
+        message = (
+            prepared.message
+            or build_message(notification, self.from_addr, prepared.date, prepared.job_id)[0]
+        )
         return await smtp.send_message(message, sender=sender, recipients=rcpt)
 
     async def asend_bulk(self, notifications: list[Notification]) -> list[NotificationResult]:

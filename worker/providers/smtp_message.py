@@ -78,20 +78,31 @@ POLICY = email.policy.SMTP.clone(header_factory=_HeaderClasses())
 READ_BACK = email.policy.default.clone(header_factory=_HeaderClasses())
 
 
-def message_id_for(notification: Notification, domain: str) -> str:
-    """``<gds.HASH@domain>`` from the idempotency id (or the content when there is none):
-    every resend of the same job carries the same Message-ID."""
-    seed = notification.idempotency_id or content_key(notification)
+def message_id_for(notification: Notification, domain: str, job_id: str | None = None) -> str:
+    """``<gds.HASH@domain>`` from the idempotency id, else the job's id, else the content:
+    every resend of the same job carries the same Message-ID. Not the content when there
+    is a job: receivers (Gmail, Exchange) drop a Message-ID they have seen, so the same
+    alert text sent again next week would vanish."""
+    if notification.idempotency_id:
+        seed = notification.idempotency_id
+    elif job_id:
+        seed = f"job:{job_id}"
+    else:
+        seed = content_key(notification)
     digest = hashlib.sha256(seed.encode("utf-8")).hexdigest()[:32]
     return f"<gds.{digest}@{domain}>"
 
 
 def build_message(
-    notification: Notification, from_addr: str, now: datetime | None = None
+    notification: Notification,
+    from_addr: str,
+    now: datetime | None = None,
+    job_id: str | None = None,
 ) -> tuple[EmailMessage, Address, list[Address]]:
-    """The message, its sender and its recipients; raises before any I/O if invalid."""
+    """The message (of job ``job_id``, when it is one), its sender and its recipients;
+    raises before any I/O if invalid."""
     sender, recipients = _checked(notification, from_addr)
-    headers = _headers(notification, sender, now)
+    headers = _headers(notification, sender, now, job_id)
     return _built(notification, sender, recipients, headers), sender, recipients
 
 
@@ -107,24 +118,31 @@ class Prepared:
     recipients: list[Address]
     message_id: str
     date: datetime
+    job_id: str | None = None
     data: bytes | None = None
     eight_bit: bool = False
     message: EmailMessage | None = None
 
 
-def prepare(notification: Notification, from_addr: str, now: datetime | None = None) -> Prepared:
-    """The message for ``notification``, written directly when it can be; raises before
-    any I/O if invalid, as :func:`build_message` does."""
+def prepare(
+    notification: Notification,
+    from_addr: str,
+    now: datetime | None = None,
+    job_id: str | None = None,
+) -> Prepared:
+    """The message for ``notification`` (of job ``job_id``, when it is one), written
+    directly when it can be; raises before any I/O if invalid, as :func:`build_message`
+    does."""
     sender, recipients = _checked(notification, from_addr)
     now = now or datetime.now(UTC)
-    headers = _headers(notification, sender, now)
+    headers = _headers(notification, sender, now, job_id)
     message_id = dict(headers)["Message-ID"]
     written = _written(notification, sender, _sender(from_addr)[1], recipients, headers)
     if written is None:
         message = _built(notification, sender, recipients, headers)
-        return Prepared(sender, recipients, message_id, now, message=message)
+        return Prepared(sender, recipients, message_id, now, job_id, message=message)
     data, eight_bit = written
-    return Prepared(sender, recipients, message_id, now, data=data, eight_bit=eight_bit)
+    return Prepared(sender, recipients, message_id, now, job_id, data=data, eight_bit=eight_bit)
 
 
 @functools.lru_cache(maxsize=32)
@@ -143,19 +161,21 @@ def _checked(notification: Notification, from_addr: str) -> tuple[Address, list[
 
 
 def _headers(
-    notification: Notification, sender: Address, now: datetime | None
+    notification: Notification, sender: Address, now: datetime | None, job_id: str | None
 ) -> list[tuple[str, str]]:
     """Every header after From and To, in the order written."""
     headers = [
         ("Subject", notification.subject),
         ("Date", format_datetime((now or datetime.now(UTC)).astimezone(UTC))),
-        ("Message-ID", message_id_for(notification, sender.domain)),
+        ("Message-ID", message_id_for(notification, sender.domain, job_id)),
         ("X-GDS-Priority", notification.priority.value),
     ]
     if notification.alert_name:
         headers.append(("X-GDS-Alert-Name", notification.alert_name))
     if notification.idempotency_id:
         headers.append(("X-GDS-Idempotency-Id", notification.idempotency_id))
+    if job_id:
+        headers.append(("X-GDS-Job-Id", job_id))
     headers += IMPORTANCE_HEADERS.get(notification.priority, {}).items()
     return headers
 

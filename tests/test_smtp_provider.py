@@ -24,7 +24,13 @@ import worker.providers.smtp as smtp_module
 from config.settings import load_settings
 from sandbox import SandboxServer
 from sandbox.smtp_sink import SinkOptions
-from tests.conftest import SMTP_PASSWORD, SMTP_USER, SandboxClient, client_tls, free_port
+from tests.conftest import (
+    SMTP_PASSWORD,
+    SMTP_USER,
+    SandboxClient,
+    client_tls,
+    free_port,
+)
 from worker.exceptions import (
     NotificationConfigError,
     NotificationConnectionError,
@@ -381,6 +387,25 @@ def test_a_session_the_server_answered_421_on_is_not_used_again(
     assert provider.send(mail(idempotency_id="next")).is_success()
     assert provider.sessions_opened == 2
     assert [m["connection"] for m in mail_api.messages()] == [2]
+
+
+def test_a_send_cancelled_mid_transaction_leaves_no_session_out_of_step(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    """A caller's timeout cancels asend while the server still owes its answer to the
+    message; reused, the session paired that late 250 with the next MAIL, and the next
+    message was dead-lettered as refused ("answered 250")."""
+    mail_api.smtp_faults({"delay": 1.5})
+
+    async def two() -> Any:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(provider.asend(mail(idempotency_id="slow")), 0.5)
+        return await provider.asend(mail(idempotency_id="next"))
+
+    result = asyncio.run(two())
+    assert result.status == NotificationStatus.SENT
+    [sent] = mail_api.messages(message_id=result.message_id or "")
+    assert sent["connection"] == 2  # a fresh session
 
 
 def test_a_reused_session_lost_during_data_is_not_sent_again(

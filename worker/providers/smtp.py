@@ -211,8 +211,13 @@ class SMTPProvider(BaseNotificationProvider):
                 self._forget_session()
                 smtp = await self._session()
                 refused, reply = await self._transmit(smtp, notification, prepared)
+        except asyncio.CancelledError:
+            # Cancelled mid-transaction (a caller's timeout): the server's answers still to
+            # come would be read as the next message's, so the session is not used again.
+            self._forget_session()
+            raise
         except Exception as exc:
-            if _hung_up(exc) or isinstance(exc, OSError):
+            if _hung_up(exc) or isinstance(exc, OSError) or _out_of_step(exc):
                 self._forget_session()
             raise self._translate(exc, after_data=smtp is not None and smtp.reached_data) from None
         self._last_used = time.monotonic()
@@ -480,7 +485,9 @@ class SMTPProvider(BaseNotificationProvider):
                 f"SMTP server {where} answered {text}",
                 exc.code,
                 [text],
-                retryable=400 <= exc.code < 500,
+                # A 2xx or 3xx where an error was taken: the exchange is out of step (the
+                # session is dropped), not the server refusing the message.
+                retryable=exc.code < 500,
                 provider=self.name,
             )
         if isinstance(exc, ssl.SSLCertVerificationError):
@@ -551,6 +558,12 @@ def _hung_up(exc: BaseException) -> bool:
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         return any(r.code == 421 for r in exc.recipients)
     return False
+
+
+def _out_of_step(exc: BaseException) -> bool:
+    """A success or intermediate reply where aiosmtplib expected another: the replies no
+    longer pair with the commands on this session."""
+    return isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code < 400
 
 
 async def _greet(smtp: aiosmtplib.SMTP) -> None:

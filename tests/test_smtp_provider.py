@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import aiosmtplib
@@ -225,6 +226,50 @@ class OldServer(Recorder):
             return ["502 5.5.1 EHLO not implemented"]
         session.host_name = hostname
         return [r for r in responses if "8BITMIME" not in r]
+
+
+class Tarpit(Recorder):
+    """A server that answers every RCPT, slowly: each reply within the timeout, the whole
+    past any bound on a reply."""
+
+    async def handle_RCPT(
+        self, server: object, session: object, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        await asyncio.sleep(0.3)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_one_attempt_is_bounded_in_all_within_the_deliverys_claim() -> None:
+    """Twelve recipients at 0.3 s each, every reply well within a 0.5 s timeout: the attempt
+    ends at 4 × 0.5 + 0.5 s, inside the claim a delivery holds (that plus 5 s), so no other
+    worker takes the job up while this one is still sending it."""
+    from config.settings import load_settings
+    from worker.channels import Channel
+    from worker.engine.delivery import claim_seconds
+    from worker.providers.smtp import attempt_seconds
+
+    handler = Tarpit()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    provider = SMTPProvider("127.0.0.1", controller.port, starttls=False, timeout=0.5)
+    many = ", ".join(f"u{i}@example.com" for i in range(12))
+    try:
+        with pytest.raises(NotificationTimeoutError) as caught:
+            provider.send(mail(recipient=many))
+    finally:
+        provider.close()
+        controller.stop()
+    assert provider.attempt_seconds == 2.5
+    assert "took more than 2.5s in all for one message" in str(caught.value)
+    assert caught.value.retryable
+    assert handler.received == []
+    # The provider the settings make is bounded 5 s inside the claim a delivery holds.
+    settings = load_settings()
+    holder: Any = SimpleNamespace(settings=settings)
+    bound = SMTPProvider.from_settings(settings).attempt_seconds
+    assert bound == attempt_seconds(settings.smtp_timeout, settings.smtp_data_wait)
+    assert claim_seconds(holder, Channel.EMAIL) == bound + 5
 
 
 @pytest.mark.parametrize("helo_only", [False, True], ids=["EHLO without 8BITMIME", "HELO only"])

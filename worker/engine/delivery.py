@@ -33,6 +33,7 @@ from worker.exceptions import (
     NotificationRateLimitError,
 )
 from worker.notification import NotificationResult
+from worker.providers.smtp import attempt_seconds
 from worker.validation import validation_errors
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def claim_seconds(engine: Engine, channel: Channel) -> float:
     settings = engine.settings
     if channel is Channel.PAGERDUTY:
         return 2 * settings.pagerduty_timeout + 5
-    return 4 * settings.smtp_timeout + settings.smtp_data_wait + 5
+    return attempt_seconds(settings.smtp_timeout, settings.smtp_data_wait) + 5
 
 
 class ProviderCall:

@@ -66,6 +66,14 @@ T = TypeVar("T")
 IDLE_CHECK_SECONDS = 5.0
 
 
+def attempt_seconds(timeout: float, data_timeout: float) -> float:
+    """The most one message's attempt may take, session and all: each reply is bounded by
+    ``timeout`` (the message's by ``data_timeout``), but a server that slows every reply
+    (a tarpit, many recipients) could otherwise hold an attempt past the delivery's claim,
+    and another worker would send the message again."""
+    return 4 * timeout + data_timeout
+
+
 class SMTPProvider(BaseNotificationProvider):
     """Sends notifications as email through one SMTP server.
 
@@ -189,11 +197,31 @@ class SMTPProvider(BaseNotificationProvider):
 
     # -- async API ----------------------------------------------------------------------
 
+    @property
+    def attempt_seconds(self) -> float:
+        """How long one message's attempt may take in all (:func:`attempt_seconds`)."""
+        return attempt_seconds(self.timeout, self.data_timeout)
+
     async def asend(
         self, notification: Notification, job_id: str | None = None
     ) -> NotificationResult:
         """Send one notification as email on the running event loop; one at a time per
         provider (the worker keeps one per thread), as a session carries one transaction."""
+        budget = self.attempt_seconds
+        try:
+            async with asyncio.timeout(budget):
+                return await self._asend(notification, job_id)
+        except TimeoutError as exc:
+            if isinstance(exc, NotificationError):  # one reply's own timeout, translated
+                raise
+            raise NotificationTimeoutError(
+                f"SMTP server {self.host}:{self.port} took more than {budget:g}s in all for "
+                "one message, so it may have taken it",
+                budget,
+                self.name,
+            ) from None
+
+    async def _asend(self, notification: Notification, job_id: str | None) -> NotificationResult:
         prepared = prepare(notification, self.from_addr, job_id=job_id)
         smtp: _Session | None = None
         try:

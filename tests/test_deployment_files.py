@@ -78,6 +78,8 @@ def test_procfile_runs_a_pool_per_queue_plus_beat_and_flower() -> None:
     assert queues_of(entries["pagerduty"])[0] == "pagerduty"
     assert entries["beat"].startswith("celery -A worker beat")
     assert entries["flower"].startswith("celery -A worker flower")
+    # Production's process list: an emulator failing to bind its port would stop it all.
+    assert "sandbox" not in entries
 
 
 @pytest.mark.parametrize("layout", ["Procfile", "docker-compose.yml"])

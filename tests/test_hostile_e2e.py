@@ -48,6 +48,7 @@ EXPECTED_HEADERS = {
     "X-GDS-Priority",
     "X-GDS-Alert-Name",
     "X-GDS-Idempotency-Id",
+    "X-GDS-Job-Id",
     "Importance",
     "X-Priority",
     "Priority",
@@ -289,6 +290,7 @@ def test_what_goes_through_carries_no_injected_header_or_recipient(
     assert set(names) <= EXPECTED_HEADERS
     assert len(names) == len(set(names))
     headers = dict(message["headers"])
+    assert headers["X-GDS-Job-Id"] == job
     # The standard library's RFC 2047 round trip may drop the space between two non-ASCII
     # words ("é 🚨" comes back "é🚨"); every other character arrives as sent.
     assert squeeze(headers["Subject"]) == squeeze("Disk full " + hostile_text)

@@ -374,12 +374,20 @@ def test_a_removed_service_resolves_drops_its_unsent_trigger_then_is_forgotten()
     down = step(run.spec, run.state, SILENT, run.now, INTERVAL, INTERVAL)
     assert [a.kind for a in down.outbox] == ["trigger"]  # queued, not sent yet
 
-    left = removed(down, run.now + 1)
+    noted = removed(down, run.now + 1, INTERVAL)
+    assert noted is not None
+    assert noted.missing_since == run.now + 1
+    assert noted.incident is not None  # not yet: a file caught half written, say
+    assert removed(noted, run.now + 1 + 19 * INTERVAL, INTERVAL) is noted
+    # Listed again at one check: the count starts over.
+    assert step(run.spec, noted, GOOD, run.now + 2, INTERVAL, INTERVAL).missing_since is None
+
+    left = removed(noted, run.now + 1 + 20 * INTERVAL, INTERVAL)
     assert left is not None
     assert [(a.kind, a.team) for a in left.outbox] == [("resolve", "ops")]
     assert (left.status, left.incident, left.reason) == ("inactive", None, REMOVED)
     left.outbox = []  # sent
-    assert removed(left, run.now + 2) is None
+    assert removed(left, run.now + 30 * INTERVAL, INTERVAL) is None
 
 
 def test_a_removed_service_whose_incident_team_was_not_kept_is_left_as_it_is() -> None:
@@ -389,5 +397,5 @@ def test_a_removed_service_whose_incident_team_was_not_kept_is_left_as_it_is() -
     run.check(SILENT)
     assert run.state is not None
     assert run.state.incident is not None
-    legacy = run.state.model_copy(update={"incident_team": None})
-    assert removed(legacy, run.now + 1) is legacy
+    legacy = run.state.model_copy(update={"incident_team": None, "missing_since": run.now})
+    assert removed(legacy, run.now + 100 * INTERVAL, INTERVAL) is legacy

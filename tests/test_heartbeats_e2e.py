@@ -341,7 +341,16 @@ def test_a_removed_service_is_resolved_and_forgotten_and_starts_new_when_added_a
     check()
     check_until(lambda: len(pages.incidents(status="triggered")) == 2)  # both silent
     catalogue(service("stays", window=0.5))
+    check()  # missing at one check: noted, nothing resolved (a file caught half written)
+    assert state("gone").missing_since is not None
+    assert state("gone").incident is not None
+    catalogue(both)  # the file whole again
+    check()
+    assert state("gone").missing_since is None
+    catalogue(service("stays", window=0.5))
+    removed_at = time.monotonic()
     check_until(lambda: pages.incidents(dedup_key="medic-heartbeat-gone", status="resolved"))
+    assert time.monotonic() - removed_at >= 20 * 0.2  # missing at every check for 20
     check_until(lambda: state("gone") is None)
     assert state("stays").incident is not None
     assert pages.incidents(dedup_key="medic-heartbeat-stays", status="triggered")

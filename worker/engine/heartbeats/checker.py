@@ -140,7 +140,7 @@ class HeartbeatChecker:
         forget: list[str] = []
         for slug in sorted(states.keys() - catalogue.services.keys() if complete else ()):
             old = ServiceState.model_validate_json(states[slug])
-            left = removed(old, now)
+            left = removed(old, now, self.check_interval)
             if left is None:
                 forget.append(slug)
                 read[slug] = states[slug]

@@ -20,9 +20,12 @@ finished within ``max_duration``. Rules that shape the pages:
   ``down`` but *suppressed*. Resolves always go out. A service still down when its window
   ends (or it is unmuted) is paged then.
 - **Inactive.** A deactivated service is not watched; an incident it had is resolved.
-- **Removed.** A service no longer in the catalogue is treated as deactivated (its
-  incident resolved, a trigger not yet sent dropped), then forgotten: added again, it
-  starts new. Kept, its old incident made its next outage look paged already.
+- **Removed.** A service missing from the catalogue at every check for
+  ``REMOVED_AFTER_CHECKS`` check intervals is treated as deactivated (its incident
+  resolved, a trigger not yet sent dropped), then forgotten: added again, it starts new.
+  Kept, its old incident made its next outage look paged already. Not at once: a file
+  caught half written, or one host's file behind the others', must not resolve incidents
+  that are still open (a check that lists the service again clears the count).
 - **Storm guard.** At most ``storm_incidents`` incidents are opened per ``storm_period``;
   while at that limit a recovering service keeps its incident open instead of resolving
   (and re-opening it at the next flap).
@@ -96,6 +99,8 @@ class ServiceState(BaseModel):
     incident_team: str | None = None
     opened: list[float] = Field(default_factory=list)
     outbox: list[Action] = Field(default_factory=list)
+    #: When a check first found the service missing from its catalogue (None: listed).
+    missing_since: float | None = None
 
     def dump(self) -> str:
         return self.model_dump_json()
@@ -183,6 +188,7 @@ def step(
     if starts_hold(spec, checker_gap, previous_gap, check_interval):
         s.hold_until = max(s.hold_until, now + spec.span)
     s.opened = [t for t in s.opened if t > now - spec.flap.storm_period]
+    s.missing_since = None
 
     if not spec.active:
         s.resolve_incident(spec.paging_team)
@@ -256,14 +262,22 @@ def step(
 
 #: Why a removed service's last state is inactive.
 REMOVED = "removed from the catalogue: not watched"
+#: How many check intervals a service must be missing from every check before it counts
+#: as removed.
+REMOVED_AFTER_CHECKS = 20
 
 
-def removed(state: ServiceState, now: float) -> ServiceState | None:
-    """The state of a service the catalogue no longer lists: its incident resolved and a
-    trigger not yet sent dropped, then (once nothing is left to send) None, to forget it.
-    A state whose incident's team is unknown (written by a version that did not keep it)
-    is left as it is: there is no routing key to resolve it with."""
+def removed(state: ServiceState, now: float, check_interval: float) -> ServiceState | None:
+    """The state of a service the catalogue does not list: first noted as missing; once
+    it has been missing for ``REMOVED_AFTER_CHECKS`` intervals, its incident resolved and
+    a trigger not yet sent dropped, then (once nothing is left to send) None, to forget
+    it. A state whose incident's team is unknown (written by a version that did not keep
+    it) is left as it is: there is no routing key to resolve it with."""
     if state.incident is not None and state.incident_team is None:
+        return state
+    if state.missing_since is None:
+        return state.model_copy(update={"missing_since": now})
+    if now - state.missing_since < REMOVED_AFTER_CHECKS * check_interval:
         return state
     s = state.model_copy(deep=True)
     s.outbox = [a for a in s.outbox if a.kind == "resolve"]

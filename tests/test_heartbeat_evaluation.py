@@ -10,6 +10,7 @@ from worker.engine.heartbeats.evaluation import (
     Observation,
     ServiceState,
     removed,
+    starts_hold,
     step,
 )
 
@@ -143,37 +144,62 @@ def test_after_a_checker_outage_every_service_waits_a_full_window() -> None:
     assert run.sent == ["trigger"]
 
 
-def test_a_checker_slow_for_good_holds_once_then_pages_silence() -> None:
-    """Checks that keep coming later than a window (each one expired behind a backed-up
-    queue but every third) are the monitor's pace, not an outage: the first long gap
-    holds, the later ones do not, and a silent service is paged."""
-    run = Run(spec(window=10))
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
-    previous: float | None = INTERVAL
-    statuses = []
-    for _ in range(3):
-        run.now += 30
-        run.state = step(run.spec, run.state, SILENT, run.now, 30, INTERVAL, previous)
+def late_checks(run: Run, gaps: list[float], held_ago: float | None) -> list[str]:
+    """Checks after each of ``gaps`` seconds, a silent service; ``held_ago``: how long before
+    the first a check last held silence (None: never), as the checker keeps it."""
+    statuses: list[str] = []
+    held_at = None if held_ago is None else run.now - held_ago
+    for gap in gaps:
+        run.now += gap
+        since = None if held_at is None else run.now - held_at
+        if starts_hold(run.spec, gap, since, INTERVAL):
+            held_at = run.now
+        run.state = step(run.spec, run.state, SILENT, run.now, gap, INTERVAL, since)
         run.sent += [a.kind for a in run.state.outbox]
         run.state.outbox = []
         statuses.append(run.state.status)
-        previous = 30
-    assert statuses == ["failing", "down", "down"]
-    assert run.sent == ["trigger"]
+    return statuses
 
 
-def test_a_second_outage_after_a_check_on_time_holds_again() -> None:
+def test_a_checker_slow_for_good_holds_once_then_pages_silence() -> None:
+    """Checks that keep coming later than a window (most expiring behind a backed-up
+    queue) are the checker's pace, not an outage each: the first holds, as after an
+    outage; the next ones page."""
     run = Run(spec(window=10))
     run.check(GOOD, gap=None)
     run.checks(GOOD, 11)
-    run.check(GOOD, gap=60, advance=60)
-    run.now += 1
-    run.state = step(run.spec, run.state, GOOD, run.now, INTERVAL, INTERVAL, 60)
-    run.now += 60
-    run.state = step(run.spec, run.state, SILENT, run.now, 60, INTERVAL, INTERVAL)
-    assert run.state.status == "failing"
-    assert run.state.outbox == []
+    assert late_checks(run, [30, 30, 30], held_ago=None) == ["failing", "down", "down"]
+    assert run.sent == ["trigger"]
+
+
+def test_late_checks_between_checks_on_time_page_silence_too() -> None:
+    """Late and on-time checks in turn (expired checks at random): each late one after an
+    on-time one is no new outage either."""
+    run = Run(spec(window=10))
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    statuses = late_checks(run, [30, 1] * 4, held_ago=None)
+    assert statuses[:2] == ["failing", "failing"]
+    assert statuses[-1] == "down"
+    assert run.sent == ["trigger"]
+
+
+def test_an_outage_long_after_the_last_hold_holds_again() -> None:
+    """A late check, then later a real outage of the monitor: its services get their full
+    window again, so the outage pages no team."""
+    run = Run(spec(window=10))
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, 11)
+    late_checks(run, [30], held_ago=None)  # held; the service reports again
+    run.checks(GOOD, 20)
+    statuses = late_checks(run, [3_600, 1, 1], held_ago=60)
+    assert statuses == ["failing", "failing", "failing"]
+    assert run.sent == []
+    # Ten minutes after a hold, not before: a second outage inside them pages.
+    run2 = Run(spec(window=10))
+    run2.check(GOOD, gap=None)
+    run2.checks(GOOD, 11)
+    assert late_checks(run2, [300], held_ago=200) == ["down"]
 
 
 def test_a_short_gap_is_not_an_outage() -> None:

@@ -315,7 +315,8 @@ def test_a_checker_slow_for_good_still_pages_a_silent_service(
 ) -> None:
     """Checks every 1.6 s against a 1 s window (at an interval of 0.2 s an outage is a gap
     over 1.4 s), as when most checks expire behind a backed-up queue: the first late check
-    holds, as after an outage; the next ones are the checker's pace and page."""
+    holds, as after an outage; the next ones are the checker's pace and page. (A hold at
+    each never paged it.)"""
     import tasks
 
     catalogue(service("slow", window=1.0))

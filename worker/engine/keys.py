@@ -98,7 +98,7 @@ HEARTBEAT_LAST = f"{PREFIX}hb:last"  # hash: slug -> {"at", "status"} of the new
 HEARTBEAT_STATE = f"{PREFIX}hb:state"  # hash: slug -> ServiceState JSON
 HEARTBEAT_CHECK_LOCK = f"{PREFIX}hb:check:lock"  # one evaluation at a time
 HEARTBEAT_LAST_CHECK = f"{PREFIX}hb:check:last"  # Redis time of the last finished check
-HEARTBEAT_LAST_GAP = f"{PREFIX}hb:check:gap"  # seconds between that check and the one before
+HEARTBEAT_HELD_AT = f"{PREFIX}hb:check:held"  # Redis time a check last held silence
 
 
 HEARTBEAT_SERVICES = f"{PREFIX}hb:services"  # hash: slug -> a service registered at run time

@@ -30,6 +30,7 @@ from worker.engine.heartbeats.evaluation import (
     Observation,
     ServiceState,
     removed,
+    starts_hold,
     step,
 )
 from worker.engine.heartbeats.store import HeartbeatStore
@@ -46,12 +47,12 @@ class Plan:
     """One evaluation: the states read and the states to write, by slug."""
 
     now: float
-    #: Seconds since the check before it (None: no check before it).
-    gap: float | None
     read: dict[str, str | None]
     write: dict[str, ServiceState]
     #: Services no longer listed with nothing left to send: their states are deleted.
     forget: list[str] = field(default_factory=list)
+    #: Whether it held silence for an outage of the checker.
+    held: bool = False
     #: How many services are in each state after it (for /metrics).
     states: dict[str, int] = field(default_factory=dict)
 
@@ -92,10 +93,8 @@ class HeartbeatChecker:
             report = self.commit(plan, send)
             pipe = self.redis.pipeline(transaction=False)
             pipe.set(keys.HEARTBEAT_LAST_CHECK, repr(plan.now))
-            if plan.gap is None:
-                pipe.delete(keys.HEARTBEAT_LAST_GAP)
-            else:
-                pipe.set(keys.HEARTBEAT_LAST_GAP, repr(plan.gap))
+            if plan.held:
+                pipe.set(keys.HEARTBEAT_HELD_AT, repr(plan.now))
             pipe.set(keys.HEARTBEAT_SUMMARY, json.dumps(plan.states))
             pipe.execute()
         report.services = len(catalogue.services)
@@ -106,11 +105,11 @@ class HeartbeatChecker:
         """Read everything a check needs in a few round trips and evaluate every service
         (and, with a ``complete`` catalogue, every removed service's state)."""
         now = self.store.now()
-        raw_last_check, raw_previous_gap = self.redis.mget(
-            keys.HEARTBEAT_LAST_CHECK, keys.HEARTBEAT_LAST_GAP
+        raw_last_check, raw_held = self.redis.mget(
+            keys.HEARTBEAT_LAST_CHECK, keys.HEARTBEAT_HELD_AT
         )
         gap = None if raw_last_check is None else now - float(raw_last_check)
-        previous_gap = None if raw_previous_gap is None else float(raw_previous_gap)
+        since_held = None if raw_held is None else now - float(raw_held)
         specs = list(catalogue.services.values())
         counts = self.store.counts(specs, now)
         running = self.store.running_since(specs)
@@ -132,7 +131,7 @@ class HeartbeatChecker:
                 maintenance_until=window_end.timestamp() if window_end else None,
                 running_since=running.get(spec.slug),
             )
-            new = step(spec, old, obs, now, gap, self.check_interval, previous_gap)
+            new = step(spec, old, obs, now, gap, self.check_interval, since_held)
             tally[new.status] += 1
             if old is None or new != old or new.outbox:
                 read[spec.slug] = raw
@@ -147,7 +146,12 @@ class HeartbeatChecker:
             elif left != old:
                 read[slug] = states[slug]
                 write[slug] = left
-        return Plan(now=now, gap=gap, read=read, write=write, forget=forget, states=dict(tally))
+        # Only a long gap counts: the hold of a first check (or one after Redis lost its
+        # data) is no sign of a checker that is late.
+        held = gap is not None and any(
+            starts_hold(s, gap, since_held, self.check_interval) for s in specs
+        )
+        return Plan(now=now, read=read, write=write, forget=forget, held=held, states=dict(tally))
 
     def commit(self, plan: Plan, send: Sender) -> CheckReport:
         """Write each changed state if nobody changed it since it was read, then send the

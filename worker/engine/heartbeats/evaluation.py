@@ -11,11 +11,11 @@ finished within ``max_duration``. Rules that shape the pages:
 - **Hold.** No trigger for silence before ``hold_until``: a service first seen, or every
   service after the checker itself stopped for longer than a window (start-up, a monitor
   outage, a Redis restart), first gets one full window to report. A monitor outage never
-  pages every team at once. Only the first long gap after a check on time starts a hold:
-  a checker that is slow for good (checks expired behind a backed-up queue, each gap
-  longer than a window) would otherwise hold every service for ever. A failure the
-  service reported itself (``fail``, or a run that is too long) is news, not silence: it
-  pages during a hold too.
+  pages every team at once. A long gap within ``HOLD_AGAIN_AFTER_SECONDS`` of the last
+  hold holds nothing: checks that stay late (most of them expiring behind a backed-up
+  queue) are the checker's pace, and a hold at each would never page silence. A failure
+  the service reported itself (``fail``, or a run that is too long) is news, not silence:
+  it pages during a hold too.
 - **Maintenance and mute.** A window, or a muted service, stops triggers; the service is
   ``down`` but *suppressed*. Resolves always go out. A service still down when its window
   ends (or it is unmuted) is paged then.
@@ -157,15 +157,22 @@ def outage_after(spec: ServiceSpec, check_interval: float) -> float:
     return max(spec.window, 2 * check_interval + 1)
 
 
+#: After a hold for an outage, a long gap holds again only this long after it (or the
+#: service's span, when longer).
+HOLD_AGAIN_AFTER_SECONDS = 600.0
+
+
 def starts_hold(
-    spec: ServiceSpec, gap: float | None, previous_gap: float | None, check_interval: float
+    spec: ServiceSpec, gap: float | None, since_held: float | None, check_interval: float
 ) -> bool:
-    """Whether this check follows an outage of the checker: no check before it (Redis lost
-    its data, or the first check ever), or a long gap after a check that came on time."""
+    """Whether this check holds silence for an outage of the checker: no check before it
+    (Redis lost its data, or the first check ever), or a gap longer than a window, unless
+    a check held silence less than ``HOLD_AGAIN_AFTER_SECONDS`` ago (``since_held``)."""
     if gap is None:
         return True
-    outage = outage_after(spec, check_interval)
-    return gap > outage and not (previous_gap is not None and previous_gap > outage)
+    if gap <= outage_after(spec, check_interval):
+        return False
+    return since_held is None or since_held >= max(HOLD_AGAIN_AFTER_SECONDS, spec.span)
 
 
 def step(
@@ -175,17 +182,17 @@ def step(
     now: float,
     checker_gap: float | None,
     check_interval: float,
-    previous_gap: float | None = None,
+    since_held: float | None = None,
 ) -> ServiceState:
     """The service's state after this check; new actions are appended to its outbox.
-    ``checker_gap`` is the time since the last check, ``previous_gap`` the gap before that
-    one (None when unknown)."""
+    ``checker_gap`` is the time since the last check, ``since_held`` since a check last
+    held silence for an outage (None: not known)."""
     s = (
         state.model_copy(deep=True)
         if state
         else ServiceState(since=now, hold_until=now + spec.span)
     )
-    if starts_hold(spec, checker_gap, previous_gap, check_interval):
+    if starts_hold(spec, checker_gap, since_held, check_interval):
         s.hold_until = max(s.hold_until, now + spec.span)
     s.opened = [t for t in s.opened if t > now - spec.flap.storm_period]
     s.missing_since = None

@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
-from pydantic import ValidationError
 
 from worker.providers.base import Notification
 from worker.providers.pagerduty import change_url_for, parse_retry_after
@@ -57,8 +56,10 @@ def test_reserved_custom_details_keys_cannot_be_overwritten_by_metadata() -> Non
 
 
 def test_images_must_be_https() -> None:
-    with pytest.raises(ValidationError, match=r"metadata\.images\.0\.src: String should match"):
-        note(metadata={"images": [{"src": "http://x"}]})
+    from worker.exceptions import NotificationDeliveryError
+
+    with pytest.raises(NotificationDeliveryError, match=r"metadata\.images\.0\.src"):
+        build_trigger(note(metadata={"images": [{"src": "http://x"}]}), routing_key="k", source="s")
 
 
 def test_oversize_shedding_goes_as_far_as_links_when_needed() -> None:

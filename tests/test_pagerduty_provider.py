@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
-from pydantic import ValidationError
 
 from config.settings import get_settings
 from sandbox import SandboxServer
@@ -263,9 +262,14 @@ def test_long_dedup_key_becomes_a_stable_hash(
     assert sandbox_api.incidents()[0]["status"] == "acknowledged"
 
 
-def test_malformed_links_are_refused_with_the_notification() -> None:
-    with pytest.raises(ValidationError, match=r"metadata\.links\.0\.href: Field required"):
-        page(metadata={"links": [{"text": "no href"}]})
+def test_malformed_links_are_refused_before_sending(
+    provider: PagerDutyProvider, sandbox_api: SandboxClient
+) -> None:
+    """A page queued before intake checked links (or built here directly)."""
+    with pytest.raises(NotificationDeliveryError, match=r"metadata\.links\.0\.href") as caught:
+        provider.trigger(page(metadata={"links": [{"text": "no href"}]}))
+    assert not caught.value.retryable
+    assert sandbox_api.events() == []
 
 
 # -- every answer class -----------------------------------------------------------------

@@ -44,6 +44,7 @@ __all__ = [
     "NotificationStatus",
     "PagerDutySeverity",
     "content_key",
+    "event_links_problem",
 ]
 
 
@@ -293,12 +294,6 @@ class Notification(BaseModel, metaclass=_OneLineErrors):
             raise ValueError(f"metadata.severity must be one of {', '.join(SEVERITIES)}")
         if "custom_details" in value and not isinstance(value["custom_details"], dict):
             raise ValueError("metadata.custom_details must be a JSON object")
-        for key, shape in (("links", EVENT_LINKS), ("images", EVENT_IMAGES)):
-            if key in value:
-                try:
-                    shape.validate_python(value[key])
-                except ValidationError as exc:
-                    raise ValueError(described(f"metadata.{key}", exc)) from None
         return value
 
     @field_validator("priority", mode="before")
@@ -306,6 +301,18 @@ class Notification(BaseModel, metaclass=_OneLineErrors):
     def _priority_any_case(cls, value: Any) -> Any:
         # Producers in other languages send "CRITICAL" as often as "critical".
         return value.lower() if isinstance(value, str) else value
+
+
+def event_links_problem(metadata: dict[str, JsonValue]) -> str | None:
+    """What PagerDuty would refuse in ``metadata``'s ``links`` or ``images`` (which only a
+    page uses: to an email they are any metadata), or None."""
+    for key, shape in (("links", EVENT_LINKS), ("images", EVENT_IMAGES)):
+        if key in metadata:
+            try:
+                shape.validate_python(metadata[key])
+            except ValidationError as exc:
+                return described(f"metadata.{key}", exc)
+    return None
 
 
 def content_key(notification: Notification) -> str:

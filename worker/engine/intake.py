@@ -26,7 +26,7 @@ from worker.engine.jobs import JobIdTakenError
 from worker.engine.runtime import Engine
 from worker.exceptions import InvalidFieldError
 from worker.job_request import InvalidJobError, JobRequest, check_team
-from worker.notification import is_one_line
+from worker.notification import event_links_problem, is_one_line
 from worker.providers.pagerduty_events import event_dedup_key, fit_dedup_key
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,9 @@ def accept(
                     "someone about it, give it a ROUTING_RULES rule with an email_to"
                 )
             raise InvalidJobError([{"field": exc.field, "message": message}]) from None
+    if Channel.PAGERDUTY in channels and (problem := event_links_problem(request.metadata)):
+        # Refused here, naming the item, rather than a page dead-lettered once accepted.
+        raise InvalidJobError([{"field": "metadata", "message": problem}])
     return _queue(engine, request, job_id, source, channels, email_to, replay_of, resend=False)
 
 

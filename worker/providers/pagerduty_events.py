@@ -166,13 +166,19 @@ def build_trigger(
         "dedup_key": event_dedup_key(notification),
         "payload": payload,
     }
-    # Their shape was checked with the notification's (at intake, and again as the job is
-    # read); read here, they drop what PagerDuty would not take (nulls).
+    # Intake refuses a page whose links or images PagerDuty would not take; one queued
+    # before it did (or built here directly) is refused now, before anything is sent.
     if "links" in meta:
-        links = EVENT_LINKS.validate_python(meta["links"])
+        try:
+            links = EVENT_LINKS.validate_python(meta["links"])
+        except ValidationError as exc:
+            raise _invalid("metadata.links", exc) from None
         event["links"] = [link.model_dump(exclude_none=True) for link in links]
     if "images" in meta:
-        images = EVENT_IMAGES.validate_python(meta["images"])
+        try:
+            images = EVENT_IMAGES.validate_python(meta["images"])
+        except ValidationError as exc:
+            raise _invalid("metadata.images", exc) from None
         event["images"] = [image.model_dump(exclude_none=True) for image in images]
     for key in ("client", "client_url"):
         if isinstance(meta.get(key), str):

@@ -450,6 +450,13 @@ def test_a_job_no_replica_confirmed_is_503_naming_the_job(
             assert "confirmed by 0 of the 1 replicas" in answer.json()["error"]
             assert f"GET /v1/jobs/{job_id} says whether it stood" in answer.json()["error"]
             looked_up = http.get(f"/v1/jobs/{job_id}")
+            # The producer's retry, with an idempotency id this time, twice: the first
+            # retry's job is named by the second, whose own id was never written.
+            once = {"recipient": "a@example.com", "subject": "s", "idempotency_id": "r-1"}
+            first, again = (http.post("/v1/notifications", json=once) for _ in range(2))
+            assert first.status_code == again.status_code == 503
+            assert again.json()["job_id"] == first.json()["job_id"]
+            assert http.get(f"/v1/jobs/{again.json()['job_id']}").status_code == 200
         assert looked_up.status_code == 200
         assert looked_up.json()["id"] == job_id
     finally:

@@ -320,7 +320,10 @@ class JobStore:
         try:
             [answer] = self._durably(pipe, listed)
         except NotReplicatedError as exc:
-            exc.job_id = job_id  # what the producer can look up, as it was not told
+            # What the producer can look up, as it was not told: this job, or for a copy of
+            # an idempotency id (nothing written) the first job it names.
+            copy_of = exc.answers[0] if exc.answers else None
+            exc.job_id = str(copy_of[1]) if copy_of and int(copy_of[0]) == 2 else job_id
             raise
         if int(answer[0]) == 0:
             self._check_same(job_id, fields)

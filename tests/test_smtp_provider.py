@@ -240,6 +240,32 @@ class Tarpit(Recorder):
         return "250 OK"
 
 
+class OddSuccess(Recorder):
+    """A server that takes the message and answers 252, not 250."""
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        await super().handle_DATA(server, session, envelope)
+        return "252 2.0.0 taken, oddly"
+
+
+def test_a_success_code_out_of_place_after_the_message_is_not_sent_again() -> None:
+    """A 2xx where aiosmtplib wanted 250, after the message went: the server may well have
+    taken it, so it is not retried (a second copy); out of step, the session is dropped."""
+    handler = OddSuccess()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    provider = SMTPProvider("127.0.0.1", controller.port, starttls=False, timeout=5)
+    try:
+        with pytest.raises(NotificationDeliveryError, match="answered 252") as caught:
+            provider.send(mail())
+        assert not caught.value.retryable
+        assert provider._smtp is None  # not used again
+    finally:
+        provider.close()
+        controller.stop()
+    assert len(handler.received) == 1
+
+
 def test_one_attempt_is_bounded_in_all_within_the_deliverys_claim() -> None:
     """Twelve recipients at 0.3 s each, every reply well within a 0.5 s timeout: the attempt
     ends at 4 × 0.5 + 0.5 s, inside the claim a delivery holds (that plus 5 s), so no other

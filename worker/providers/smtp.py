@@ -135,6 +135,7 @@ class SMTPProvider(BaseNotificationProvider):
         self._last_used = 0.0
         self._own_loop: asyncio.AbstractEventLoop | None = None
         self._reused = False  # whether the last _session() handed out an existing session
+        self._cut_during_data = False  # whether the last attempt was cut off in DATA
         #: How many sessions this provider has opened (reuse shows as a small number).
         self.sessions_opened = 0
 
@@ -208,15 +209,15 @@ class SMTPProvider(BaseNotificationProvider):
         """Send one notification as email on the running event loop; one at a time per
         provider (the worker keeps one per thread), as a session carries one transaction."""
         budget = self.attempt_seconds
+        self._cut_during_data = False
         try:
             async with asyncio.timeout(budget):
                 return await self._asend(notification, job_id)
-        except TimeoutError as exc:
-            if isinstance(exc, NotificationError):  # one reply's own timeout, translated
-                raise
+        except TimeoutError:  # the budget's: a reply's own timeout comes out translated
+            unsure = ", during DATA, so it may have taken it" if self._cut_during_data else ""
             raise NotificationTimeoutError(
                 f"SMTP server {self.host}:{self.port} took more than {budget:g}s in all for "
-                "one message, so it may have taken it",
+                f"one message{unsure}",
                 budget,
                 self.name,
             ) from None
@@ -242,6 +243,7 @@ class SMTPProvider(BaseNotificationProvider):
         except asyncio.CancelledError:
             # Cancelled mid-transaction (a caller's timeout): the server's answers still to
             # come would be read as the next message's, so the session is not used again.
+            self._cut_during_data = smtp is not None and smtp.reached_data
             self._forget_session()
             raise
         except Exception as exc:
@@ -514,8 +516,9 @@ class SMTPProvider(BaseNotificationProvider):
                 exc.code,
                 [text],
                 # A 2xx or 3xx where an error was taken: the exchange is out of step (the
-                # session is dropped), not the server refusing the message.
-                retryable=exc.code < 500,
+                # session is dropped). Before DATA nothing was taken: try again. After it,
+                # the server may have taken the message: not again (no second copy).
+                retryable=400 <= exc.code < 500 or (exc.code < 400 and not after_data),
                 provider=self.name,
             )
         if isinstance(exc, ssl.SSLCertVerificationError):

@@ -166,13 +166,19 @@ def test_compose_stops_gracefully_bounds_redis_and_rotates_logs() -> None:
     """A stop lets a worker finish the deliveries it holds (Docker's default 10 s killed
     one mid-call, sent again later); Redis has a ceiling, so noeviction refuses writes
     rather than the host killing it; logs do not fill the disk."""
+    from types import SimpleNamespace
+
+    from worker.channels import Channel
+    from worker.engine.delivery import claim_seconds
+
     services = compose()["services"]
-    settings = Settings()
+    defaults: Any = SimpleNamespace(settings=Settings(_env_file=None))
     for name in ("worker-pagerduty", "worker-email", "beat", "api"):
         grace = _seconds(services[name]["stop_grace_period"])
-        assert grace > settings.pagerduty_timeout, name
+        assert grace >= claim_seconds(defaults, Channel.PAGERDUTY), name
         assert services[name]["logging"]["options"]["max-size"], name
-    assert _seconds(services["worker-email"]["stop_grace_period"]) > settings.smtp_data_timeout
+    email_grace = _seconds(services["worker-email"]["stop_grace_period"])
+    assert email_grace >= claim_seconds(defaults, Channel.EMAIL)
     command = services["redis"]["command"].split()
     assert command[command.index("--maxmemory") + 1] == "${REDIS_MAXMEMORY:-1gb}"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"

@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
     EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -86,17 +87,30 @@ def _check_http_url(value: str) -> str:
 
 
 class _TeamRoutingKeysSource(PydanticBaseSettingsSource):
-    """Collects ``PAGERDUTY_ROUTING_KEY_<TEAM>`` variables into ``pagerduty_team_routing_keys``."""
+    """Collects ``PAGERDUTY_ROUTING_KEY_<TEAM>`` variables into ``pagerduty_team_routing_keys``:
+    from the ``.env`` file and the environment (which wins), as every other setting. One
+    left blank is not set."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], dotenv: PydanticBaseSettingsSource
+    ) -> None:
+        super().__init__(settings_cls)
+        self.dotenv = dotenv
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False  # everything happens in __call__
 
     def __call__(self) -> dict[str, Any]:
-        keys = {
-            normalize_team(name[len(TEAM_KEY_PREFIX) :]): value
-            for name, value in os.environ.items()
-            if name.upper().startswith(TEAM_KEY_PREFIX) and len(name) > len(TEAM_KEY_PREFIX)
-        }
+        from_file = self.dotenv.env_vars if isinstance(self.dotenv, DotEnvSettingsSource) else {}
+        keys: dict[str, Any] = {}
+        for variables in (from_file, os.environ):
+            for name, value in variables.items():
+                team = name[len(TEAM_KEY_PREFIX) :]
+                if name.upper().startswith(TEAM_KEY_PREFIX) and team:
+                    if value is None or not value.strip():
+                        keys.pop(normalize_team(team), None)
+                    else:
+                        keys[normalize_team(team)] = value
         return {"pagerduty_team_routing_keys": keys} if keys else {}
 
 
@@ -404,7 +418,7 @@ class Settings(BaseSettings):
         return (
             init_settings,
             env_settings,
-            _TeamRoutingKeysSource(settings_cls),
+            _TeamRoutingKeysSource(settings_cls, dotenv_settings),
             _DevStackSource(settings_cls),
             dotenv_settings,
             file_secret_settings,

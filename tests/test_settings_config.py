@@ -247,3 +247,24 @@ def test_blank_optional_settings_are_unset(monkeypatch: pytest.MonkeyPatch) -> N
     s = load_settings()
     unset = (s.heartbeat_services_file, s.watchdog_url, s.api_tokens_file, s.smtp_ca_file)
     assert unset == (None, None, None, None)
+
+
+def test_team_keys_are_read_from_the_env_file_too_and_the_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A team's key in `.env` was never read (the team paged with the default key) while
+    the default key next to it was; blank, as `.env.example` writes them, it is not set."""
+    (tmp_path / ".env").write_text(
+        f"PAGERDUTY_ROUTING_KEY={KEY}\nPAGERDUTY_ROUTING_KEY_DBA={DBA}\n"
+        "PAGERDUTY_ROUTING_KEY_CORE=\nPAGERDUTY_ROUTING_KEY_OPS=\n"
+    )
+    s = load_settings()
+    assert s.routing_key_for("dba").get_secret_value() == DBA
+    assert set(s.pagerduty_team_routing_keys) == {"dba"}
+    monkeypatch.setenv("PAGERDUTY_ROUTING_KEY_DBA", CORE)
+    monkeypatch.setenv("PAGERDUTY_ROUTING_KEY_CORE", CORE)
+    s = load_settings()
+    assert s.routing_key_for("dba").get_secret_value() == CORE
+    assert s.routing_key_for("core").get_secret_value() == CORE
+    monkeypatch.setenv("PAGERDUTY_ROUTING_KEY_DBA", "")  # blank in the environment: unset
+    assert set(load_settings().pagerduty_team_routing_keys) == {"core"}

@@ -153,6 +153,32 @@ def test_an_email_without_an_idempotency_id_gets_its_jobs_message_id_kept_across
     assert status(first)["channels"]["email"]["attempts"] == 2
 
 
+def test_an_email_replayed_from_its_dead_letter_carries_its_first_jobs_message_id(
+    celery_worker: Any, api: SandboxClient
+) -> None:
+    """The server kept the message but its answer was lost, then the retry was refused:
+    dead-lettered. Replayed, it is the same message to its receiver (who may hold it
+    already), by Message-ID, however many replays on."""
+    from worker.engine.runtime import engine
+
+    api.smtp_faults({"drop": True, "accept": True}, {"status": 550})
+    first = tasks.enqueue(note())
+    wait_for(lambda: status(first)["status"] == "dead-lettered")
+    [kept] = api.messages()
+    api.smtp_faults({"status": 550})
+    [letter] = engine().dead_letters.list()
+    again = tasks.replay(letter["id"])
+    wait_for(lambda: status(again)["status"] == "dead-lettered")
+    [second_letter] = engine().dead_letters.list()
+    third = tasks.replay(second_letter["id"])
+    wait_for(lambda: status(third)["status"] == "delivered")
+    messages = api.messages()  # the copy kept at first, and the replay's
+    assert len(messages) == 2
+    assert {m["message_id"] for m in messages} == {kept["message_id"]}
+    assert [dict(m["headers"])["X-GDS-Job-Id"] for m in messages] == [first, first]
+    assert status(third)["replay_of"] == again
+
+
 def test_exhausted_retries_dead_letter(celery_worker: Any, api: SandboxClient) -> None:
     from worker.engine.runtime import engine
 

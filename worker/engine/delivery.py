@@ -409,7 +409,7 @@ def _email(engine: Engine, job: DeliveryJob) -> NotificationResult:
     notification = job.notification
     if job.email_to:
         notification = notification.model_copy(update={"recipient": job.email_to})
-    return engine.providers.smtp().send(notification, job.job_id)
+    return engine.providers.smtp().send(notification, job.message_of or job.job_id)
 
 
 def _malformed(job: DeliveryJob, problem: str) -> NotificationDeliveryError:

@@ -27,8 +27,16 @@ class DeliveryJob(BaseModel):
     #: a server refused (worker/engine/refused_recipients.py), whose dead letter's replay
     #: goes to those addresses too.
     resend: bool = False
+    #: An email replayed from a dead letter: the job whose message it sends again, the
+    #: first of the chain. Its Message-ID is that job's, so a receiver that had the
+    #: message already (the answer to it was lost) drops the copy.
+    message_of: str | None = None
 
     def payload(self) -> dict[str, Any]:
-        """The job as its message, its record and its dead letter carry it (``resend``
-        only when set, so that a worker of the release before reads every other)."""
-        return self.model_dump(mode="json", exclude=None if self.resend else {"resend"})
+        """The job as its message, its record and its dead letter carry it (``resend`` and
+        ``message_of`` only when set, so that a worker of the release before reads every
+        other)."""
+        unset = {"resend"} if not self.resend else set()
+        if self.message_of is None:
+            unset.add("message_of")
+        return self.model_dump(mode="json", exclude=unset or None)

@@ -55,6 +55,7 @@ def accept(
     source: str,
     replay_of: str | None = None,
     check_email: bool = True,
+    message_of: str | None = None,
 ) -> Accepted:
     """Route the job, then claim its idempotency id, record it and queue one delivery per
     channel in one step. A copy of an idempotency id accepted within the TTL is not queued
@@ -110,7 +111,17 @@ def accept(
     if Channel.PAGERDUTY in channels and (problem := event_links_problem(request.metadata)):
         # Refused here, naming the item, rather than a page dead-lettered once accepted.
         raise InvalidJobError([{"field": "metadata", "message": problem}])
-    return _queue(engine, request, job_id, source, channels, email_to, replay_of, resend=False)
+    return _queue(
+        engine,
+        request,
+        job_id,
+        source,
+        channels,
+        email_to,
+        replay_of,
+        resend=False,
+        message_of=message_of,
+    )
 
 
 def resend(
@@ -137,6 +148,7 @@ def _queue(
     replay_of: str | None,
     *,
     resend: bool,
+    message_of: str | None = None,
 ) -> Accepted:
     notification = request.notification()
     now = time.time()
@@ -150,6 +162,7 @@ def _queue(
             email_to=email_to if ch is Channel.EMAIL else None,
             enqueued_at=now,
             resend=resend,
+            message_of=message_of if ch is Channel.EMAIL else None,
         ).payload()
         for ch in channels
     }

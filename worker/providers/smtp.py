@@ -384,20 +384,24 @@ class SMTPProvider(BaseNotificationProvider):
         would otherwise be handed it in clear."""
         where = f"{self.host}:{self.port}"
         encrypted = smtp.get_transport_info("sslcontext") is not None
+        # Refused for now, not for good: one node of a relay behind a balancer, or a path
+        # that strips STARTTLS, may offer it again at the job's next attempt.
         if self.starttls is True and not encrypted:
-            raise NotificationConfigError(
+            raise NotificationDeliveryError(
                 f"SMTP server {where} does not offer STARTTLS, which SMTP_STARTTLS=true requires",
-                self.name,
+                retryable=True,
+                provider=self.name,
             )
         if self.username is None or self._password is None:
             return
         if not encrypted and self.starttls is None:
-            raise NotificationConfigError(
+            raise NotificationDeliveryError(
                 f"SMTP server {where} does not offer STARTTLS: the password for "
                 f"{self.username!r} is not sent in clear (SMTP_USE_TLS=true for a server on "
                 "implicit TLS, or SMTP_STARTTLS=false to send it in clear on a network you "
                 "trust)",
-                self.name,
+                retryable=True,
+                provider=self.name,
             )
         if smtp.is_ehlo_or_helo_needed:  # the server's list again, after STARTTLS
             await smtp.ehlo()

@@ -85,6 +85,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def _parsed(self, size: int) -> None:
+        if not self.head_open:
+            return  # a chunked body's trailers: the body's bound covers them
         self.head_parsed += size
         if self.head_parsed > HEAD_MAX_BYTES:
             self._refuse(TOO_LARGE)

@@ -195,6 +195,24 @@ def test_a_request_head_too_large_or_too_slow_is_refused_and_others_are_served(
             head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000
             at_once.sendall(head + b"\r\n\r\n")
             at_once_answer = _read_all(at_once)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as trailed:
+            # A head within the bound, and a chunked body's trailers: not counted with it.
+            body = b'{"recipient": "a@example.com", "subject": "trailers"}'
+            trailed.sendall(
+                b"POST /v1/notifications HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                + f"Authorization: Bearer {token}\r\n".encode()
+                + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                + b"X-Long: "
+                + b"b" * 60_000
+                + b"\r\n\r\n"
+                + f"{len(body):x}\r\n".encode()
+                + body
+                + b"\r\n0\r\n"
+                + b"X-Trailer: "
+                + b"t" * 6_000
+                + b"\r\n\r\n"
+            )
+            trailed_answer = _read_all(trailed)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
             slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             try:
@@ -226,6 +244,7 @@ def test_a_request_head_too_large_or_too_slow_is_refused_and_others_are_served(
     assert big_answer.startswith(b"HTTP/1.1 431 "), big_answer[:200]
     assert at_once_answer.startswith(b"HTTP/1.1 431 "), at_once_answer[:200]
     assert b"400" not in at_once_answer  # one answer: the 431
+    assert trailed_answer.startswith(b"HTTP/1.1 202 "), trailed_answer[:300]
     assert slow_answer.startswith(b"HTTP/1.1 408 "), slow_answer[:200]
     assert first.status_code == second.status_code == 200
     assert sent.status_code == 202, sent.text

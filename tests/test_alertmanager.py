@@ -551,13 +551,15 @@ def test_labels_intake_would_refuse_are_folded_and_cut_so_the_alert_still_pages(
     two_lines = alert(fingerprint="c0ffee0000000003", alertname="Disk\nFull")
     huge = alert(fingerprint="f" * 1_100, alertname="A" * 2_000, instance="i" * 5_000)
     huge["startsAt"] = "2026-12-02T01:00:00Z" + " " * 1_100
+    broken_start = alert(fingerprint="c0ffee0000000004") | {"startsAt": "2026-12-02\n01:00"}
     group = grouped(node(1, alertname="Disk\nFull"), alertname="Disk\nFull")
     with api_server.client() as http:
-        answer = http.post("/v1/alertmanager", json=webhook(two_lines, huge))
+        answer = http.post("/v1/alertmanager", json=webhook(two_lines, huge, broken_start))
         as_group = http.post("/v1/alertmanager?incident=group", json=group)
     assert answer.status_code == as_group.status_code == 202
-    folded, cut = answer.json()["alerts"]
+    folded, cut, broken = answer.json()["alerts"]
     assert folded["dead_letter"] is cut["dead_letter"] is as_group.json()["group"]["error"] is None
+    assert broken["dead_letter"] is None, broken["error"]
     assert job(folded["job_ids"][0])["notification"]["alert_name"] == "Disk Full"
     record = job(cut["job_ids"][0])["notification"]
     assert len(record["alert_name"]) == 1_024
@@ -569,7 +571,16 @@ def test_labels_intake_would_refuse_are_folded_and_cut_so_the_alert_still_pages(
     classes = sorted(e["body"]["payload"].get("class", "") for e in api.events())
     assert classes[:2] == ["A" * 1_023 + "…", "Disk Full"]
     assert engine().dead_letters.list() == []
-    assert len(api.incidents()) == 3
+    assert len(api.incidents()) == 4
+
+
+def test_a_long_fingerprint_an_incident_was_opened_with_still_names_it() -> None:
+    """Fingerprints up to 1,000 characters worked before labels were bounded: an incident
+    opened then is resolved by the same dedup key now."""
+    from api.routes.alertmanager import Alert, dedup_key
+
+    long = "f" * 900
+    assert dedup_key(Alert.model_validate(alert(fingerprint=long))) == f"alertmanager-{long}"
 
 
 def folded_hash(fingerprint: str) -> str:

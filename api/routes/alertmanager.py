@@ -132,8 +132,12 @@ MAX_ALERTS_EACH = 10_000
 NAME_MAX_CHARS = 1024
 RECIPIENT_MAX_CHARS = 4096
 #: A fingerprint longer than this (Alertmanager's are 16 hex digits), or not one printable
-#: line, is used by its hash: it names dead letters and makes the idempotency id.
-FINGERPRINT_MAX_CHARS = 64
+#: line, is used by its hash: it names dead letters and the incident. (One this long or
+#: shorter is used as it is, as before there was a bound: an incident opened then still
+#: resolves.)
+FINGERPRINT_MAX_CHARS = 1000
+#: Intake's bound on an idempotency id.
+IDEMPOTENCY_ID_MAX_CHARS = 1024
 
 
 def fingerprint(alert: Alert) -> str:
@@ -218,9 +222,11 @@ def _line(text: str, limit: int) -> str:
 
 
 def _bounded_id(text: str) -> str:
-    """An idempotency id within intake's bound: ``text``, or its hash (an alert whose start
-    time is not the short RFC 3339 text Alertmanager sends)."""
-    return text if len(text) <= NAME_MAX_CHARS else f"alertmanager-{keys.digest(text, 40)}"
+    """An idempotency id intake takes: ``text``, or its hash (an alert whose start time is
+    not the short RFC 3339 text Alertmanager sends)."""
+    if len(text) <= IDEMPOTENCY_ID_MAX_CHARS and text.isprintable():
+        return text
+    return f"alertmanager-{keys.digest(text, 40)}"
 
 
 def _one(alert: Alert, hook: Webhook, index: int) -> AlertOutcome:

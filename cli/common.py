@@ -79,8 +79,8 @@ def _stale_stack_hint() -> str:
     stack that has since restarted on another port (the environment wins over the
     stack's announcement)."""
     exported = os.environ.get("REDIS_URL")
-    stack = running_stack()
-    ours = (stack or {}).get("env", {}).get("REDIS_URL")
+    env = (running_stack() or {}).get("env")
+    ours = env.get("REDIS_URL") if isinstance(env, dict) else None
     if not exported or not isinstance(ours, str) or ours == exported:
         return ""
     try:

@@ -184,6 +184,18 @@ def test_late_checks_between_checks_on_time_page_silence_too() -> None:
     assert run.sent == ["trigger"]
 
 
+def test_a_checker_slower_than_the_hold_again_interval_pages_silence_too() -> None:
+    """Checks 700 s apart (and a service whose window is longer than that): a gap that
+    begins at the check that held holds nothing, so silence is paged between holds."""
+    for window, gap in ((10, 700), (900, 1_000)):
+        run = Run(spec(window=window))
+        run.check(GOOD, gap=None)
+        run.checks(GOOD, window + 1)
+        statuses = late_checks(run, [gap] * 6, held_ago=None)
+        assert "down" in statuses, (window, statuses)
+        assert run.sent == ["trigger"], (window, run.sent)
+
+
 def test_an_outage_long_after_the_last_hold_holds_again() -> None:
     """A late check, then later a real outage of the monitor: its services get their full
     window again, so the outage pages no team."""
@@ -192,7 +204,7 @@ def test_an_outage_long_after_the_last_hold_holds_again() -> None:
     run.checks(GOOD, 11)
     late_checks(run, [30], held_ago=None)  # held; the service reports again
     run.checks(GOOD, 20)
-    statuses = late_checks(run, [3_600, 1, 1], held_ago=60)
+    statuses = late_checks(run, [3_600, 1, 1], held_ago=660)
     assert statuses == ["failing", "failing", "failing"]
     assert run.sent == []
     # Ten minutes after a hold, not before: a second outage inside them pages.

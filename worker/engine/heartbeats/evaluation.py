@@ -167,12 +167,16 @@ def starts_hold(
 ) -> bool:
     """Whether this check holds silence for an outage of the checker: no check before it
     (Redis lost its data, or the first check ever), or a gap longer than a window, unless
-    a check held silence less than ``HOLD_AGAIN_AFTER_SECONDS`` ago (``since_held``)."""
+    the gap began less than ``HOLD_AGAIN_AFTER_SECONDS`` (or the span) after a check held
+    silence (``since_held`` is counted to now). From the gap's start, not from now: each
+    gap of a checker slow by ten minutes or more would otherwise hold again."""
     if gap is None:
         return True
     if gap <= outage_after(spec, check_interval):
         return False
-    return since_held is None or since_held >= max(HOLD_AGAIN_AFTER_SECONDS, spec.span)
+    if since_held is None:
+        return True
+    return since_held - gap >= max(HOLD_AGAIN_AFTER_SECONDS, spec.span)
 
 
 def step(

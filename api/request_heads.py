@@ -85,8 +85,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def _parsed(self, size: int) -> None:
-        if not self.head_open:
-            return  # a chunked body's trailers: the body's bound covers them
+        # After the head, these are a chunked body's trailers: bounded the same, apart.
         self.head_parsed += size
         if self.head_parsed > HEAD_MAX_BYTES:
             self._refuse(TOO_LARGE)
@@ -98,6 +97,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.head_open = False
+        self.head_parsed = 0  # what follows are trailers, with a bound of their own
         self._stop_head_timer()
         super().on_headers_complete()
 

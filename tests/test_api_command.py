@@ -213,6 +213,22 @@ def test_a_request_head_too_large_or_too_slow_is_refused_and_others_are_served(
                 + b"\r\n\r\n"
             )
             trailed_answer = _read_all(trailed)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as trailers:
+            # Trailers past the bound themselves: refused, not kept in memory.
+            trailers.sendall(
+                b"POST /v1/notifications HTTP/1.1\r\nHost: x\r\n"
+                + f"Authorization: Bearer {token}\r\n".encode()
+                + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + f"{len(body):x}\r\n".encode()
+                + body
+                + b"\r\n0\r\n"
+            )
+            try:
+                for i in range(200):
+                    trailers.sendall(f"X-T{i}: ".encode() + b"t" * 1_000 + b"\r\n")
+            except OSError:
+                pass  # the server closed it
+            trailers_answer = _read_all(trailers)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
             slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             try:
@@ -245,6 +261,7 @@ def test_a_request_head_too_large_or_too_slow_is_refused_and_others_are_served(
     assert at_once_answer.startswith(b"HTTP/1.1 431 "), at_once_answer[:200]
     assert b"400" not in at_once_answer  # one answer: the 431
     assert trailed_answer.startswith(b"HTTP/1.1 202 "), trailed_answer[:300]
+    assert trailers_answer.startswith(b"HTTP/1.1 431 "), trailers_answer[:300]
     assert slow_answer.startswith(b"HTTP/1.1 408 "), slow_answer[:200]
     assert first.status_code == second.status_code == 200
     assert sent.status_code == 202, sent.text

@@ -36,7 +36,13 @@ from api.routes.answers import BODY_ERRORS, accept
 from worker.engine import alert_resolution, intake, keys
 from worker.engine.runtime import engine
 from worker.job_request import BODY_MAX_CHARS, InvalidJobError, parse_request
-from worker.notification import NotificationPriority, PagerDutySeverity, one_line
+from worker.notification import (
+    NotificationPriority,
+    PagerDutySeverity,
+    check_unicode,
+    is_one_line,
+    one_line,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +149,7 @@ IDEMPOTENCY_ID_MAX_CHARS = 1024
 def fingerprint(alert: Alert) -> str:
     """The alert's fingerprint, or a stable hash of its labels when it has none."""
     given = alert.fingerprint
-    if given and len(given) <= FINGERPRINT_MAX_CHARS and given.isprintable():
+    if given and _intake_takes(given, FINGERPRINT_MAX_CHARS):
         return given
     if given:
         return keys.digest(given, 16)
@@ -221,10 +227,20 @@ def _line(text: str, limit: int) -> str:
     return folded if len(folded) <= limit else folded[: limit - 1] + "…"
 
 
+def _intake_takes(text: str, limit: int) -> bool:
+    """Whether intake takes ``text`` as one line of at most ``limit`` characters (what it
+    took before labels were bounded, so an incident opened then keeps its key)."""
+    try:
+        check_unicode(text)
+    except ValueError:
+        return False
+    return len(text) <= limit and is_one_line(text)
+
+
 def _bounded_id(text: str) -> str:
     """An idempotency id intake takes: ``text``, or its hash (an alert whose start time is
     not the short RFC 3339 text Alertmanager sends)."""
-    if len(text) <= IDEMPOTENCY_ID_MAX_CHARS and text.isprintable():
+    if _intake_takes(text, IDEMPOTENCY_ID_MAX_CHARS):
         return text
     return f"alertmanager-{keys.digest(text, 40)}"
 

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -42,7 +42,7 @@ from config.dev_stack_file import (
     running_stack,
     write_stack,
 )
-from config.settings import Settings
+from config.settings import TEAM_KEY_PREFIX, Settings
 from sandbox.children import die_with_parent
 from sandbox.redis_server import LocalRedis, RedisUnavailableError
 from sandbox.sentinel_cluster import LocalSentinelCluster
@@ -58,6 +58,25 @@ CURL_EXAMPLE = {"recipient": "you@example.com", "subject": "Hello over HTTP"}
 
 class DevStackError(RuntimeError):
     """The stack cannot start; the message says why in one line."""
+
+
+def process_env(
+    environment: Mapping[str, str], stack: Mapping[str, str], dotenv: Path
+) -> dict[str, str]:
+    """What the stack's processes run with: the environment, the stack's settings over it,
+    and blanks (the environment wins over a ``.env`` file in the checkout, and blank is
+    unset) for what must not come from that file or the shell: an SMTP login the sink
+    would refuse, and a team's own routing key (production's, perhaps), where the sandbox's
+    made-up key pages for every team."""
+    env = {k: v for k, v in environment.items() if not k.startswith("SMTP_")}
+    env.update(stack)
+    env["SMTP_USERNAME"] = env["SMTP_PASSWORD"] = ""
+    from_file = dotenv_values(dotenv) if dotenv.is_file() else {}
+    for name in [*env, *from_file]:
+        if name.upper().startswith(TEAM_KEY_PREFIX):
+            env[name] = ""
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 @dataclass
@@ -239,12 +258,7 @@ class DevStack:
         logs.mkdir(parents=True, exist_ok=True)
         redis_url = self.start_redis()
         self.env = self.child_env(redis_url)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_")}
-        env.update(self.env)
-        # Blank, not absent: the environment wins over a `.env` file in the checkout, whose
-        # login the sink would refuse.
-        env["SMTP_USERNAME"] = env["SMTP_PASSWORD"] = ""
-        env["PYTHONUNBUFFERED"] = "1"
+        env = process_env(os.environ, self.env, Path(".env"))
         py = sys.executable
         celery = [py, "-m", "celery", "-A", "worker"]
         self.services = [

@@ -441,3 +441,34 @@ def test_dev_env_without_a_stack_says_so_in_one_line() -> None:
     assert done.stdout == ""
     assert done.stderr.startswith("Error: no dev stack is running")
     assert done.stderr.count("\n") == 1
+
+
+def test_the_stacks_processes_take_no_login_or_team_key_from_the_shell_or_env_file(
+    tmp_path: Path,
+) -> None:
+    """A `.env` in the checkout may hold production's SMTP login and teams' routing keys:
+    the sink would refuse the login, and a team's pages would carry its real key to the
+    sandbox. Blanks in the environment win over the file, and blank is unset."""
+    from cli.dev_stack import process_env
+    from config.settings import load_settings
+
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "SMTP_USERNAME=prod-mailer\nSMTP_PASSWORD=prod-secret\n"
+        f"PAGERDUTY_ROUTING_KEY_DBA={'D' * 32}\n"
+    )
+    shell = {"PAGERDUTY_ROUTING_KEY_CORE": "C" * 32, "SMTP_HOST": "smtp.prod", "PATH": "/bin"}
+    stack = {"PAGERDUTY_ROUTING_KEY": "S" * 32, "SMTP_HOST": "127.0.0.1", "SMTP_PORT": "1025"}
+    env = process_env(shell, stack, dotenv)
+    assert env["SMTP_HOST"] == "127.0.0.1"
+    assert env["PATH"] == "/bin"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)  # the processes read the .env of where they run
+        for name in [n for n in os.environ if n.startswith(("SMTP_", "PAGERDUTY_"))]:
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        settings = load_settings()
+    assert (settings.smtp_username, settings.smtp_password) == (None, None)
+    assert settings.pagerduty_team_routing_keys == {}
+    assert settings.routing_key_for("dba").get_secret_value() == "S" * 32

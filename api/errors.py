@@ -216,6 +216,6 @@ def install(app: FastAPI, unknown_bearer: Callable[[Request], ApiError | None]) 
             body["job_id"] = exc.job_id
             body["error"] += (
                 f"; job {exc.job_id} is on the master: GET /v1/jobs/{exc.job_id} says whether "
-                "it stood (send an idempotency_id to make a retry safe)"
+                "it stood (a retry is safe with an idempotency_id, a second job without one)"
             )
         return JSONResponse(body, 503, headers={"Retry-After": str(OUTAGE_RETRY_AFTER)})

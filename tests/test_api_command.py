@@ -217,7 +217,8 @@ def test_a_request_head_too_large_or_too_slow_is_refused_and_others_are_served(
             # Trailers past the bound themselves: refused, not kept in memory. The bound is
             # passed at the last line, so the server has read all that was sent when it
             # answers (bytes it never read would make its close a reset, and lose the 431).
-            lines, counted = [], 0
+            lines: list[bytes] = []
+            counted = 0
             while counted <= 65_536:
                 name, value = f"X-T{len(lines)}", "t" * 1_000
                 lines.append(f"{name}: {value}\r\n".encode())

@@ -4,15 +4,17 @@ checks of Redis, the PagerDuty URL and the SMTP server."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import click
 import redis
 from pydantic import SecretStr
 
 from cli.common import EXIT_FAILED, one_line_errors
-from config.settings import get_settings
+from config.settings import Settings, get_settings
 from worker.engine.redis_client import connect, sentinel_for
 from worker.engine.runtime import engine
 from worker.providers.pagerduty import PagerDutyProvider
@@ -78,6 +80,12 @@ def check(offline: bool) -> None:
             "PAGERDUTY_ROUTING_KEY_<TEAM> of their own can page",
             err=True,
         )
+    for name in _placeholders(settings):
+        click.echo(
+            f"warning: {name} holds the placeholder .env.example ships (change-me): set a "
+            "secret of your own",
+            err=True,
+        )
     if offline:
         return
     click.echo("")
@@ -98,6 +106,26 @@ def check(offline: bool) -> None:
             logging.disable(logging.NOTSET)
     if failures:
         raise SystemExit(EXIT_FAILED)
+
+
+#: The passwords `.env.example` ships, to be replaced.
+PLACEHOLDERS = frozenset({"change-me", "change-me-too"})
+
+
+def _placeholders(settings: Settings) -> list[str]:
+    """The secrets still set to a placeholder of `.env.example`: Redis' password (in the
+    URL, and the Sentinels'), and Flower's login, which Flower reads itself."""
+    found = []
+    password = urlsplit(settings.redis_url).password
+    if password is not None and unquote(password) in PLACEHOLDERS:
+        found.append("REDIS_URL")
+    sentinel = settings.redis_sentinel_password
+    if sentinel is not None and sentinel.get_secret_value() in PLACEHOLDERS:
+        found.append("REDIS_SENTINEL_PASSWORD")
+    flower = os.environ.get("FLOWER_BASIC_AUTH", "")
+    if flower.rpartition(":")[2] in PLACEHOLDERS:
+        found.append("FLOWER_BASIC_AUTH")
+    return found
 
 
 #: A live check's answer: what failed (None when nothing did), and what it found.

@@ -296,6 +296,33 @@ def test_config_check_reports_unreachable_peers_and_bad_settings(
     assert bad.output.startswith("Error: invalid configuration: PAGERDUTY_TIMEOUT: ")
 
 
+def test_config_check_warns_of_the_env_templates_placeholder_passwords(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """`change-me`, as `.env.example` ships it, passes compose's `:?` checks: config check
+    says which secrets still hold it."""
+    from config.settings import get_settings
+
+    monkeypatch.chdir(tmp_path)
+    sentinels = "redis+sentinel://:change-me@127.0.0.1:26379,127.0.0.1:26380/gds/0"
+    monkeypatch.setenv("REDIS_URL", sentinels)
+    monkeypatch.setenv("REDIS_SENTINEL_PASSWORD", "change-me-too")
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:change-me")
+    get_settings.cache_clear()
+    placeholders = run("config", "check", "--offline")
+    monkeypatch.setenv("REDIS_URL", "redis://:k7Vq9wX2pL@127.0.0.1:6379/0")
+    monkeypatch.delenv("REDIS_SENTINEL_PASSWORD")
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:k7Vq9wX2pL")
+    get_settings.cache_clear()
+    own = run("config", "check", "--offline")
+    get_settings.cache_clear()
+    assert placeholders.exit_code == own.exit_code == 0
+    warned = [line for line in placeholders.output.splitlines() if "placeholder" in line]
+    names = [line.split()[1] for line in warned]
+    assert names == ["REDIS_URL", "REDIS_SENTINEL_PASSWORD", "FLOWER_BASIC_AUTH"]
+    assert "placeholder" not in own.output
+
+
 def test_pagerduty_test_triggers_and_resolves_with_the_configured_key(
     service_env: SandboxServer, api: SandboxClient
 ) -> None:

@@ -196,7 +196,7 @@ def install(app: FastAPI, unknown_bearer: Callable[[Request], ApiError | None]) 
         where = paths.masked(request.url.path)
         logger.warning("%s %s: redis unavailable: %s", request.method, where, exc)
         said = "Redis is unreachable: nothing was stored; retry later"
-        if isinstance(exc, redis.TimeoutError):
+        if isinstance(exc, redis.TimeoutError) and request.method not in ("GET", "HEAD"):
             # The write may have been sent before the answer timed out, and run since.
             said = (
                 "Redis did not answer in time: what was sent may have been stored; retry "

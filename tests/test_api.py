@@ -543,6 +543,7 @@ def test_acknowledge_and_resolve_over_http(
             for team in ("dba\nX-Evil: 1", "   ", "dba\u2028")
         ]
         misspelt = http.post("/v1/incidents/db-3/disk/resolve", json={"teams": "dba"})
+        two_lines = http.post("/v1/incidents/db-3%0Adisk/acknowledge", json={"team": "dba"})
     assert ack.status_code == resolve.status_code == no_body.status_code == 202
     [incident] = api.incidents(dedup_key="db-3/disk")
     assert [t["action"] for t in incident["timeline"]] == ["trigger", "acknowledge", "resolve"]
@@ -557,6 +558,11 @@ def test_acknowledge_and_resolve_over_http(
     assert misspelt.status_code == 422
     assert misspelt.json()["errors"] == [
         {"field": "teams", "message": "Extra inputs are not permitted"}
+    ]
+    # A key over two lines: refused naming it, not a 404 for a route it matched none of.
+    assert two_lines.status_code == 422
+    assert two_lines.json()["errors"] == [
+        {"field": "dedup_key", "message": "must be a non-blank line"}
     ]
     records = [k for k in engine().redis.scan_iter("gds:job:*") if k.count(":") == 2]
     assert len(records) == 4  # the trigger, the acknowledge and the two resolves
@@ -675,6 +681,7 @@ def test_a_dead_letter_nested_as_deep_as_a_producer_sent_it_is_still_shown(
 def test_the_schema_and_the_docs_page(api_server: ApiServer, tmp_path: Path) -> None:
     schema = httpx.get(f"{api_server.url}/openapi.json").json()
     assert "/v1/notifications" in schema["paths"]
+    assert "/v1/incidents/{dedup_key}/acknowledge" in schema["paths"]  # no convertor shown
     assert "JobRequest" in schema["components"]["schemas"]
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     if CHROMIUM is None:

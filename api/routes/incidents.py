@@ -7,6 +7,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from api.auth import require
 from api.routes.answers import BODY_ERRORS, Queued
@@ -14,6 +15,16 @@ from worker.engine import intake
 from worker.engine.runtime import engine
 
 router = APIRouter(tags=["incidents"])
+
+
+class _AnyKey(PathConvertor):
+    """Starlette's ``path``, line breaks included: a key with one (``a%0Ab``) reaches intake,
+    which refuses it naming ``dedup_key``, rather than matching no route (a bare 404)."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("key", _AnyKey())
 
 
 class Lifecycle(BaseModel):
@@ -33,7 +44,7 @@ def _queue(action: Literal["acknowledge", "resolve"], dedup_key: str, body: Life
 
 
 @router.post(
-    "/v1/incidents/{dedup_key:path}/acknowledge",  # a key may hold a slash
+    "/v1/incidents/{dedup_key:key}/acknowledge",  # a key may hold a slash
     status_code=202,
     response_model=Queued,
     responses=BODY_ERRORS,
@@ -45,7 +56,7 @@ def acknowledge(dedup_key: str, body: Lifecycle = Body(default_factory=Lifecycle
 
 
 @router.post(
-    "/v1/incidents/{dedup_key:path}/resolve",
+    "/v1/incidents/{dedup_key:key}/resolve",
     status_code=202,
     response_model=Queued,
     responses=BODY_ERRORS,

@@ -53,6 +53,14 @@ class Run:
         return [self.check(obs) for _ in range(n)]
 
 
+def up(service: ServiceSpec) -> Run:
+    """A run of ``service`` that has reported through its first window: up."""
+    run = Run(service)
+    run.check(GOOD, gap=None)
+    run.checks(GOOD, int(service.window) + 1)
+    return run
+
+
 def test_a_new_service_gets_one_full_window_before_it_can_be_paged() -> None:
     run = Run(spec(window=10, grace=5))
     statuses = [run.check(SILENT, gap=None), *run.checks(SILENT, 14)]
@@ -75,9 +83,7 @@ def test_silent_then_back_pages_once_and_resolves_once() -> None:
 
 
 def test_flap_settings_need_consecutive_checks_both_ways() -> None:
-    run = Run(spec(flap={"failures_before_page": 3, "successes_before_resolve": 2}))
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec(flap={"failures_before_page": 3, "successes_before_resolve": 2}))
     assert run.checks(SILENT, 2) == ["failing", "failing"]
     assert run.check(GOOD) == "up"  # the streak is broken: start again
     assert run.checks(SILENT, 3) == ["failing", "failing", "down"]
@@ -89,9 +95,7 @@ def test_flap_settings_need_consecutive_checks_both_ways() -> None:
 
 
 def test_a_reported_failure_counts_even_with_enough_heartbeats() -> None:
-    run = Run(spec())
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec())
     failed = Observation(count=5, last_at=1.0, last_status="fail", maintenance_until=None)
     assert run.check(failed) == "down"
     assert run.state is not None
@@ -99,9 +103,7 @@ def test_a_reported_failure_counts_even_with_enough_heartbeats() -> None:
 
 
 def test_maintenance_stops_the_trigger_and_pages_when_it_ends_if_still_down() -> None:
-    run = Run(spec())
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec())
     until = run.now + 3.5
     in_window = Observation(count=0, last_at=None, last_status=None, maintenance_until=until)
     assert run.checks(in_window, 3) == ["down"] * 3
@@ -113,9 +115,7 @@ def test_maintenance_stops_the_trigger_and_pages_when_it_ends_if_still_down() ->
 
 
 def test_a_resolve_goes_out_inside_a_maintenance_window() -> None:
-    run = Run(spec())
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec())
     run.check(SILENT)
     in_window_good = Observation(count=1, last_at=1.0, last_status="up", maintenance_until=4e9)
     assert run.check(in_window_good) == "up"
@@ -123,9 +123,7 @@ def test_a_resolve_goes_out_inside_a_maintenance_window() -> None:
 
 
 def test_recovery_inside_maintenance_without_an_incident_sends_nothing() -> None:
-    run = Run(spec())
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec())
     quiet = Observation(count=0, last_at=None, last_status=None, maintenance_until=4e9)
     run.checks(quiet, 3)
     assert run.check(GOOD) == "up"
@@ -133,9 +131,7 @@ def test_recovery_inside_maintenance_without_an_incident_sends_nothing() -> None
 
 
 def test_after_a_checker_outage_every_service_waits_a_full_window() -> None:
-    run = Run(spec(window=10))
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec(window=10))
     # The checker was away for a minute; the service has been silent all that time.
     assert run.check(SILENT, gap=60, advance=60) == "failing"
     assert run.checks(SILENT, 9) == ["failing"] * 9
@@ -165,9 +161,7 @@ def test_a_checker_slow_for_good_holds_once_then_pages_silence() -> None:
     """Checks that keep coming later than a window (most expiring behind a backed-up
     queue) are the checker's pace, not an outage each: the first holds, as after an
     outage; the next ones page."""
-    run = Run(spec(window=10))
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec(window=10))
     assert late_checks(run, [30, 30, 30], held_ago=None) == ["failing", "down", "down"]
     assert run.sent == ["trigger"]
 
@@ -175,9 +169,7 @@ def test_a_checker_slow_for_good_holds_once_then_pages_silence() -> None:
 def test_late_checks_between_checks_on_time_page_silence_too() -> None:
     """Late and on-time checks in turn (expired checks at random): each late one after an
     on-time one is no new outage either."""
-    run = Run(spec(window=10))
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec(window=10))
     statuses = late_checks(run, [30, 1] * 4, held_ago=None)
     assert statuses[:2] == ["failing", "failing"]
     assert statuses[-1] == "down"
@@ -188,9 +180,7 @@ def test_a_checker_slower_than_the_hold_again_interval_pages_silence_too() -> No
     """Checks 700 s apart (and a service whose window is longer than that): a gap that
     begins at the check that held holds nothing, so silence is paged between holds."""
     for window, gap in ((10, 700), (900, 1_000)):
-        run = Run(spec(window=window))
-        run.check(GOOD, gap=None)
-        run.checks(GOOD, window + 1)
+        run = up(spec(window=window))
         statuses = late_checks(run, [gap] * 6, held_ago=None)
         assert "down" in statuses, (window, statuses)
         assert run.sent == ["trigger"], (window, run.sent)
@@ -199,41 +189,31 @@ def test_a_checker_slower_than_the_hold_again_interval_pages_silence_too() -> No
 def test_an_outage_long_after_the_last_hold_holds_again() -> None:
     """A late check, then later a real outage of the monitor: its services get their full
     window again, so the outage pages no team."""
-    run = Run(spec(window=10))
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec(window=10))
     late_checks(run, [30], held_ago=None)  # held; the service reports again
     run.checks(GOOD, 20)
     statuses = late_checks(run, [3_600, 1, 1], held_ago=660)
     assert statuses == ["failing", "failing", "failing"]
     assert run.sent == []
     # Ten minutes after a hold, not before: a second outage inside them pages.
-    run2 = Run(spec(window=10))
-    run2.check(GOOD, gap=None)
-    run2.checks(GOOD, 11)
+    run2 = up(spec(window=10))
     assert late_checks(run2, [300], held_ago=200) == ["down"]
 
 
 def test_a_short_gap_is_not_an_outage() -> None:
-    run = Run(spec(window=10))
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec(window=10))
     assert run.check(SILENT, gap=3, advance=3) == "down"
 
 
 def test_an_open_incident_still_resolves_during_the_hold() -> None:
-    run = Run(spec(window=10))
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec(window=10))
     run.check(SILENT)
     assert run.check(GOOD, gap=600, advance=600) == "up"
     assert run.sent == ["trigger", "resolve"]
 
 
 def test_a_flapping_service_opens_at_most_storm_incidents_per_period() -> None:
-    run = Run(spec(flap={"storm_incidents": 3, "storm_period": "10m"}))
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec(flap={"storm_incidents": 3, "storm_period": "10m"}))
     for _ in range(20):  # up, down, up, down ... once a second for 40 s
         run.check(SILENT)
         run.check(GOOD)
@@ -249,9 +229,7 @@ def test_a_flapping_service_opens_at_most_storm_incidents_per_period() -> None:
 
 
 def test_a_steady_service_does_not_rewrite_its_state() -> None:
-    run = Run(spec())
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec())
     before = run.state
     run.check(GOOD)
     assert run.state == before
@@ -319,9 +297,7 @@ def test_a_reported_failure_pages_even_while_a_new_service_is_held() -> None:
 
 
 def test_a_run_longer_than_max_duration_pages_and_its_finish_resolves() -> None:
-    run = Run(spec(max_duration=5))
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec(max_duration=5))
     started = run.now
     running = Observation(
         count=1, last_at=1.0, last_status="up", maintenance_until=None, running_since=started
@@ -336,9 +312,7 @@ def test_a_run_longer_than_max_duration_pages_and_its_finish_resolves() -> None:
 
 
 def test_a_muted_service_is_shown_down_but_never_paged_until_unmuted() -> None:
-    run = Run(spec(muted=True))
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec(muted=True))
     assert run.checks(SILENT, 3) == ["down"] * 3
     assert run.state is not None
     assert run.state.suppressed
@@ -351,9 +325,7 @@ def test_a_muted_service_is_shown_down_but_never_paged_until_unmuted() -> None:
 
 
 def test_deactivating_a_service_resolves_its_incident_and_watches_it_no_more() -> None:
-    run = Run(spec())
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec())
     run.check(SILENT)
     assert run.sent == ["trigger"]
     run.spec = spec(active=False)
@@ -368,9 +340,7 @@ def test_an_incident_resolves_on_the_routing_key_it_was_opened_on() -> None:
     """The service's team changes while its incident is open (the file is edited, or
     Medic's POST /service/{name} names another team): the resolve still goes to the key
     the trigger paged, or PagerDuty would leave that incident open for good."""
-    run = Run(spec(team="dba"))
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec(team="dba"))
     run.check(SILENT)
     assert run.state is not None
     assert run.state.incident is not None
@@ -397,17 +367,13 @@ def test_an_incident_resolves_on_the_routing_key_it_was_opened_on() -> None:
 def test_a_reported_failure_pages_at_the_first_failing_check() -> None:
     """failures_before_page guards against a blip of silence, not against a service that
     says it failed (the README's promise)."""
-    run = Run(spec(flap={"failures_before_page": 3}))
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec(flap={"failures_before_page": 3}))
     assert run.check(FAILED) == "down"
     assert run.sent == ["trigger"]
 
 
 def test_a_removed_service_resolves_drops_its_unsent_trigger_then_is_forgotten() -> None:
-    run = Run(spec(window=10))
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec(window=10))
     run.now += 1
     down = step(run.spec, run.state, SILENT, run.now, INTERVAL, INTERVAL)
     assert [a.kind for a in down.outbox] == ["trigger"]  # queued, not sent yet
@@ -429,9 +395,7 @@ def test_a_removed_service_resolves_drops_its_unsent_trigger_then_is_forgotten()
 
 
 def test_a_removed_service_whose_incident_team_was_not_kept_is_left_as_it_is() -> None:
-    run = Run(spec(window=10))
-    run.check(GOOD, gap=None)
-    run.checks(GOOD, 11)
+    run = up(spec(window=10))
     run.check(SILENT)
     assert run.state is not None
     assert run.state.incident is not None

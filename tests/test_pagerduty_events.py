@@ -7,6 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
+from worker.notification import truncate
 from worker.providers.base import Notification
 from worker.providers.pagerduty import change_url_for, parse_retry_after
 from worker.providers.pagerduty_events import (
@@ -18,7 +19,6 @@ from worker.providers.pagerduty_events import (
     dedup_key_for,
     encode_event,
     fit_event_size,
-    truncate,
 )
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

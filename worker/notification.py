@@ -36,6 +36,8 @@ from worker.validation import described, validation_errors
 __all__ = [
     "EVENT_IMAGES",
     "EVENT_LINKS",
+    "NAME_MAX_CHARS",
+    "RECIPIENT_MAX_CHARS",
     "EventImage",
     "EventLink",
     "Notification",
@@ -45,6 +47,7 @@ __all__ = [
     "PagerDutySeverity",
     "content_key",
     "event_links_problem",
+    "truncate",
 ]
 
 
@@ -102,6 +105,11 @@ ONE_LINE_MESSAGE = "must be a single line (no CR or LF, no other line break or c
 def is_one_line(value: str) -> bool:
     """True when ``value`` holds no line break of any kind and no control character."""
     return NOT_ONE_LINE.search(value) is None
+
+
+def truncate(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, ending in "…" when it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def one_line(text: str) -> str:
@@ -173,6 +181,12 @@ class _OneLineErrors(ModelMetaclass):
             raise InvalidJobError(validation_errors(exc)) from None
 
 
+#: The bounds on a notification's fields: the recipient (or component), and a name (the
+#: alert's name, the idempotency id).
+RECIPIENT_MAX_CHARS = 4096
+NAME_MAX_CHARS = 1024
+
+
 class EventLink(BaseModel):
     """One of ``metadata.links``: a link PagerDuty shows on the incident."""
 
@@ -213,19 +227,20 @@ class Notification(BaseModel, metaclass=_OneLineErrors):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     recipient: str = Field(
-        max_length=4096, description="Email address(es), or the affected component."
+        max_length=RECIPIENT_MAX_CHARS,
+        description="Email address(es), or the affected component.",
     )
     subject: str = Field(description="One-line summary; the PagerDuty incident title.")
     body: str = Field(default="", description="Plain-text body / incident details.")
     body_html: str | None = Field(default=None, description="Optional HTML alternative.")
     priority: NotificationPriority = NotificationPriority.NORMAL
     alert_name: str | None = Field(
-        default=None, max_length=1024, description="Alert rule name (PagerDuty class)."
+        default=None, max_length=NAME_MAX_CHARS, description="Alert rule name (PagerDuty class)."
     )
     db_instance_id: int | str | None = None
     idempotency_id: str | None = Field(
         default=None,
-        max_length=1024,
+        max_length=NAME_MAX_CHARS,
         description="Stable job identity: dedup key, Message-ID seed.",
     )
     metadata: dict[str, JsonValue] = Field(default_factory=dict)

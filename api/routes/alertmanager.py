@@ -37,11 +37,14 @@ from worker.engine import alert_resolution, intake, keys
 from worker.engine.runtime import engine
 from worker.job_request import BODY_MAX_CHARS, InvalidJobError, parse_request
 from worker.notification import (
+    NAME_MAX_CHARS,
+    RECIPIENT_MAX_CHARS,
     NotificationPriority,
     PagerDutySeverity,
     check_unicode,
     is_one_line,
     one_line,
+    truncate,
 )
 
 logger = logging.getLogger(__name__)
@@ -134,16 +137,11 @@ class Received(BaseModel):
 MAX_ALERTS_EACH = 10_000
 
 
-#: The bounds intake keeps on the fields labels become.
-NAME_MAX_CHARS = 1024
-RECIPIENT_MAX_CHARS = 4096
-#: A fingerprint longer than this (Alertmanager's are 16 hex digits), or not one printable
-#: line, is used by its hash: it names dead letters and the incident. (One this long or
-#: shorter is used as it is, as before there was a bound: an incident opened then still
-#: resolves.)
+#: A fingerprint longer than this (Alertmanager's are 16 hex digits), or not one line as
+#: intake reads one, is used by its hash: it names dead letters and the incident. (One
+#: this long or shorter is used as it is, as before there was a bound: an incident opened
+#: then still resolves.)
 FINGERPRINT_MAX_CHARS = 1000
-#: Intake's bound on an idempotency id.
-IDEMPOTENCY_ID_MAX_CHARS = 1024
 
 
 def fingerprint(alert: Alert) -> str:
@@ -223,8 +221,7 @@ def _line(text: str, limit: int) -> str:
     to ``limit`` characters. Alertmanager does not read the answer: a field intake refuses
     would be a page never sent. (Not the team: it picks the routing key, so a team intake
     refuses is kept as a dead letter rather than guessed at.)"""
-    folded = one_line(text)
-    return folded if len(folded) <= limit else folded[: limit - 1] + "…"
+    return truncate(one_line(text), limit)
 
 
 def _intake_takes(text: str, limit: int) -> bool:
@@ -240,7 +237,7 @@ def _intake_takes(text: str, limit: int) -> bool:
 def _bounded_id(text: str) -> str:
     """An idempotency id intake takes: ``text``, or its hash (an alert whose start time is
     not the short RFC 3339 text Alertmanager sends)."""
-    if _intake_takes(text, IDEMPOTENCY_ID_MAX_CHARS):
+    if _intake_takes(text, NAME_MAX_CHARS):
         return text
     return f"alertmanager-{keys.digest(text, 40)}"
 

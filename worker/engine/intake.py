@@ -61,7 +61,8 @@ def accept(
     channel in one step. A copy of an idempotency id accepted within the TTL is not queued
     again: the answer names the first job. Raises :class:`InvalidJobError` for a job
     routed to email alone whose recipient or headers could never be sent (unless
-    ``check_email`` is False: the email of something that paged, dead-lettered instead)."""
+    ``check_email`` is False: the email of something that paged, dead-lettered instead).
+    ``message_of``: for a replay, the job whose Message-ID its email carries."""
     rule = route(
         engine.settings.routing_rules,
         request.priority,

@@ -81,15 +81,14 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
         to = payload["email_to"]
         return resend(engine, request, to, new_job_id(), "replay", entry["job_id"]).job_id
     # An email sent again carries its first job's Message-ID (the answer to it may have been
-    # lost after the server took it); a page is the same incident by its dedup key anyway.
-    first = payload.get("message_of") or entry["job_id"]
+    # lost after the server took it); intake keeps it for the email alone.
     return accept(
         engine,
         parse_request(fields),
         new_job_id(),
         "replay",
         replay_of=entry["job_id"],
-        message_of=first if entry["channel"] == Channel.EMAIL.value else None,
+        message_of=payload.get("message_of") or entry["job_id"],
     ).job_id
 
 

@@ -25,6 +25,7 @@ from worker.notification import (
     NotificationPriority,
     PagerDutySeverity,
     content_key,
+    truncate,
 )
 from worker.validation import described
 
@@ -96,11 +97,6 @@ def dedup_key_for(notification: Notification) -> str:
     if notification.idempotency_id:
         return fit_dedup_key(notification.idempotency_id)
     return content_key(notification)
-
-
-def truncate(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, ending in "…" when it was cut."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def severity_for(

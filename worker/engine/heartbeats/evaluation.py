@@ -11,8 +11,8 @@ finished within ``max_duration``. Rules that shape the pages:
 - **Hold.** No trigger for silence before ``hold_until``: a service first seen, or every
   service after the checker itself stopped for longer than a window (start-up, a monitor
   outage, a Redis restart), first gets one full window to report. A monitor outage never
-  pages every team at once. A long gap within ``HOLD_AGAIN_AFTER_SECONDS`` of the last
-  hold holds nothing: checks that stay late (most of them expiring behind a backed-up
+  pages every team at once. A long gap that begins within ``HOLD_AGAIN_AFTER_SECONDS``
+  of the last hold holds nothing: checks that stay late (most of them expiring behind a backed-up
   queue) are the checker's pace, and a hold at each would never page silence. A failure
   the service reported itself (``fail``, or a run that is too long) is news, not silence:
   it pages during a hold too.

@@ -268,10 +268,12 @@ def test_the_image_holds_every_package_its_commands_import(tmp_path: Path) -> No
     import site
     import sys
 
-    for line in (ROOT / "Dockerfile").read_text().splitlines():
-        words = line.split()
-        if words[:1] == ["COPY"] and (ROOT / words[1]).is_dir():
-            shutil.copytree(ROOT / words[1], tmp_path / words[1])
+    context = build_context(ROOT)
+    for source in dockerfile_copies():
+        for path in context:
+            if path == source or path.startswith(source + "/"):
+                (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(ROOT / path, tmp_path / path)
     program = (
         "import sys; sys.path[:0] = sys.argv[1:]; "
         "import cli.main, api.app, worker.celery_app, tasks, sandbox.server"
@@ -285,3 +287,91 @@ def test_the_image_holds_every_package_its_commands_import(tmp_path: Path) -> No
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def dockerfile_copies() -> list[str]:
+    """The sources the Dockerfile's COPY lines name, relative to the build context."""
+    sources = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"]:
+            sources += [word.rstrip("/") for word in words[1:-1] if not word.startswith("--")]
+    return sources
+
+
+def _docker_pattern(pattern: str) -> re.Pattern[str]:
+    # Docker's .dockerignore syntax: Go's filepath.Match per path, plus ** for any depth;
+    # a pattern that matches a folder excludes everything in it.
+    text = pattern.strip().lstrip("/").removeprefix("./")
+    out, i = "", 0
+    while i < len(text):
+        if text.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif text[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif text[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(text[i]), i + 1
+    return re.compile(out + "(/.*)?")
+
+
+def build_context(root: Path) -> set[str]:
+    """The files ``docker build`` sends from ``root`` after its .dockerignore: each rule
+    in order, the last that matches a path (or a folder holding it) deciding, ``!``
+    taking a path back in."""
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            keep = line.startswith("!")
+            rules.append((keep, _docker_pattern(line[1:] if keep else line)))
+
+    def ignored(path: str) -> bool:
+        verdict = False
+        for keep, pattern in rules:
+            if pattern.fullmatch(path):
+                verdict = not keep
+        return verdict
+
+    files = set()
+    for folder, dirs, names in os.walk(root):
+        relative = Path(folder).relative_to(root)
+        # A folder ignored is not walked: no rule here takes anything inside one back.
+        dirs[:] = [d for d in dirs if not ignored((relative / d).as_posix())]
+        paths = ((relative / name).as_posix() for name in names)
+        files |= {path for path in paths if not ignored(path)}
+    return files
+
+
+def test_the_build_context_leaves_out_secrets_and_local_state(tmp_path: Path) -> None:
+    """``docker build .`` sends the daemon neither .env (the routing keys, the SMTP and
+    Redis passwords) nor the virtualenv, git history, caches or bench results; everything
+    the Dockerfile copies still goes."""
+    for path in [
+        ".env",
+        ".env.production",
+        ".env.example",
+        ".git/HEAD",
+        ".venv/bin/python",
+        ".gds-dev/stack.json",
+        "worker/__pycache__/app.cpython-311.pyc",
+        "worker/engine/__pycache__/jobs.cpython-311.pyc",
+        "worker/engine/jobs_claim.lua",
+        "worker/celery_app.py",
+        "gds_notification.egg-info/PKG-INFO",
+        "bench/results/latest.json",
+        "celerybeat-schedule.db",
+        "pyproject.toml",
+    ]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("x")
+    assert build_context(tmp_path) == {
+        ".env.example",
+        "worker/engine/jobs_claim.lua",
+        "worker/celery_app.py",
+        "pyproject.toml",
+    }
+    context = build_context(ROOT)
+    for source in dockerfile_copies():
+        assert any(p == source or p.startswith(source + "/") for p in context), source
+    assert "worker/engine/jobs_claim.lua" in context  # the scripts travel with the code

@@ -6,8 +6,8 @@ Nothing here counts: every value is read from Redis at scrape time
 pool and every scrape of any of them agrees. When Redis cannot be read the scrape still
 succeeds, with ``gds_notify_redis_up 0`` and the build info only: Prometheus then knows
 that Redis, not the notifier's web server, is what failed. A Redis that hangs rather than
-refuses counts as down after a few seconds (``Engine.quick_redis``), inside the scrape
-timeout.
+refuses, or answers each read too slowly, counts as down after ``BUDGET_SECONDS`` for all
+the scrape's reads together (api/redis_deadline.py), inside Prometheus' scrape timeout.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from api.redis_deadline import BUDGET_SECONDS, SingleFlight
 from worker.channels import Channel
 from worker.engine import stats
 from worker.engine.heartbeats.store import REFUSED
@@ -90,6 +91,24 @@ def _single(name: str, doc: str, value: float) -> Metric:
     return GaugeMetricFamily(PREFIX + name, doc, value=value)
 
 
+REDIS_UP_HELP = f"Whether this scrape read Redis, every read within {BUDGET_SECONDS:g} s."
+
+#: The scrape's Redis reads, one set in flight at a time (api/redis_deadline.py).
+READS: SingleFlight[tuple[stats.Snapshot, dict[str, float], str | None]] = SingleFlight(
+    "metrics-redis"
+)
+
+
+def _read(eng: Engine) -> tuple[stats.Snapshot, dict[str, float], str | None]:
+    snap = stats.snapshot(
+        eng.quick_redis,
+        watchdog=eng.settings.watchdog_url is not None,
+        heartbeats=eng.settings.heartbeat_services_file is not None,
+    )
+    late = oldest_undelivered(eng.quick_redis, snap.now)
+    return snap, late, stats.refuses_writes(eng.quick_redis)
+
+
 class PoolCollector(Collector):
     """Every metric of the pool, read from Redis at each collection."""
 
@@ -100,17 +119,11 @@ class PoolCollector(Collector):
         yield InfoMetricFamily(PREFIX + "build", "The notifier's version.", value=self.build)
         eng = engine()
         try:
-            snap = stats.snapshot(
-                eng.quick_redis,
-                watchdog=eng.settings.watchdog_url is not None,
-                heartbeats=eng.settings.heartbeat_services_file is not None,
-            )
-            late = oldest_undelivered(eng.quick_redis, snap.now)
-            refused = stats.refuses_writes(eng.quick_redis)
+            snap, late, refused = READS.run(lambda: _read(eng))
         except redis.RedisError:
-            yield _single("redis_up", "Whether this scrape could read Redis.", 0)
+            yield _single("redis_up", REDIS_UP_HELP, 0)
             return
-        yield _single("redis_up", "Whether this scrape could read Redis.", 1)
+        yield _single("redis_up", REDIS_UP_HELP, 1)
         yield _single(
             "redis_writable",
             "Whether Redis took this scrape's write (0: out of memory, read-only, ...).",

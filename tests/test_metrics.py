@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +25,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 import tasks
+from api.redis_deadline import SingleFlight, TooSlow
 from cli.main import main
 from sandbox.redis_server import LocalRedis
 from tests.api_server import NOTIFY_TOKEN, ApiServer, serve
@@ -429,6 +432,100 @@ def test_a_hung_redis_is_a_scrape_saying_so_within_the_scrape_timeout(
     assert value(samples, "gds_notify_redis_up") == 0
     assert ready.status_code == 503
     assert ready.json()["failing"] == ["redis"]
+
+
+class SlowProxy:
+    """A TCP proxy to a Redis that holds each of its answers for ``delay`` seconds: a
+    Redis that answers every read, each just inside the per-read timeout."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.target, self.delay = port, delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        self.open: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            self.open += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, 0), daemon=True).start()
+            threading.Thread(
+                target=self._pipe, args=(upstream, client, self.delay), daemon=True
+            ).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket, delay: float) -> None:
+        try:
+            while chunk := source.recv(65536):
+                time.sleep(delay)
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self) -> None:
+        for each in self.open:
+            each.close()
+
+
+def test_a_slow_redis_is_a_scrape_saying_so_within_the_scrape_timeout(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis that answers every read in 2 s, inside the per-read timeout (3 s): the
+    scrape's reads one after another took 15 s, so Prometheus gave up at 10 s, the
+    target looked down ("restart the API") and redis_up 0 was never seen. All of a
+    scrape's reads, and all of a readiness probe's, now have one deadline."""
+    with LocalRedis() as redis_server:
+        proxy = SlowProxy(redis_server.port, delay=2.0)
+        try:
+            monkeypatch.setenv("REDIS_URL", proxy.url)
+            reconfigure()
+            with httpx.Client(base_url=api_server.url, timeout=9) as http:
+                metrics = http.get("/metrics")
+                ready = http.get("/readyz")
+                again = http.get("/metrics")  # while the first scrape's reads still run
+            reading = [t for t in threading.enumerate() if t.name.startswith("metrics-redis")]
+        finally:
+            proxy.close()
+    for answer in (metrics, again):
+        samples = {
+            (f.name, tuple(sorted(x.labels.items()))): x.value
+            for f in text_string_to_metric_families(answer.text)
+            for x in f.samples
+        }
+        assert value(samples, "gds_notify_redis_up") == 0
+    assert ready.status_code == 503
+    assert ready.json()["failing"] == ["redis"]
+    assert ready.json()["checks"]["redis"] == "unreachable: TooSlow"
+    assert len(reading) == 1  # the second scrape waited on the first's reads
+
+
+def test_a_read_past_its_deadline_is_waited_on_once_and_never_counts() -> None:
+    """One read in flight per purpose: callers while it runs wait on it (no thread each);
+    once its budget is spent they are told at once; the read after it starts afresh."""
+    calls: list[int] = []
+    release = threading.Event()
+
+    def read() -> int:
+        calls.append(1)
+        release.wait(10)
+        return len(calls)
+
+    flight: SingleFlight[int] = SingleFlight("test-flight")
+    for _ in range(3):
+        with pytest.raises(TooSlow, match=r"within 0\.2 s"):
+            flight.run(read, seconds=0.2)
+    assert len(calls) == 1
+    release.set()
+    wait_for(lambda: flight._running is not None and flight._running.done())
+    assert flight.run(read, seconds=5) == 2  # done already: a fresh read, not the stale one
+    assert isinstance(TooSlow("x"), redis.RedisError)  # callers report it as Redis down
 
 
 def test_the_metrics_command_serves_the_same_pool(service_env: Any) -> None:

@@ -9,10 +9,12 @@ import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from api.redis_deadline import SingleFlight
 from config.queues import INTAKE_QUEUE, PAGERDUTY_QUEUE, QUEUE_ORDER
 from worker.engine import keys, stats
 from worker.engine.heartbeats.checker import last_check
-from worker.engine.runtime import engine
+from worker.engine.runtime import Engine, engine
+from worker.engine.workers import Workers
 
 router = APIRouter(tags=["health"])
 
@@ -21,6 +23,10 @@ PAGE_QUEUES = (PAGERDUTY_QUEUE, INTAKE_QUEUE)
 
 #: A worker that has not said it is up for this long is not counted.
 WORKER_SEEN_WITHIN = 60.0
+
+#: The probe's Redis reads, one set in flight at a time, all within one budget
+#: (api/redis_deadline.py): a Redis answering each read slowly is as down as a hung one.
+READS: SingleFlight[tuple[dict[str, Any], list[str]]] = SingleFlight("readyz-redis")
 
 
 @router.get("/healthz")
@@ -52,19 +58,27 @@ def readyz() -> JSONResponse:
     none reported, else ``workers:QUEUE`` for the page or intake queue nobody consumes,
     ``heartbeat_check``. ``checks.queues`` shows email's workers too."""
     eng = engine()
+    try:
+        checks, failing = READS.run(lambda: _readiness(eng))
+    except redis.RedisError as exc:
+        checks, failing = {"redis": f"unreachable: {type(exc).__name__}"}, ["redis"]
+    status = 503 if failing else 200
+    body = {"status": "not ready" if failing else "ready", "failing": failing, "checks": checks}
+    return JSONResponse(body, status_code=status)
+
+
+def _readiness(eng: Engine) -> tuple[dict[str, Any], list[str]]:
+    """The checks and the parts failing, read on the client that never waits out a
+    failover (a hung Redis must be a quick 503, not a retry)."""
+    client = eng.quick_redis
     checks: dict[str, Any] = {}
     failing: list[str] = []
-    try:
-        eng.quick_redis.ping()  # a hung Redis answers 503 in seconds, as a refusing one
-        refused = stats.refuses_writes(eng.quick_redis)
-        checks["redis"] = f"not writable: {refused}" if refused else "ok"
-    except redis.RedisError as exc:
-        checks["redis"] = f"unreachable: {type(exc).__name__}"
-    if checks["redis"] != "ok":
-        return JSONResponse(
-            {"status": "not ready", "failing": ["redis"], "checks": checks}, status_code=503
-        )
-    workers = eng.workers.seen(WORKER_SEEN_WITHIN)
+    client.ping()
+    refused = stats.refuses_writes(client)
+    if refused:
+        return {"redis": f"not writable: {refused}"}, ["redis"]
+    checks["redis"] = "ok"
+    workers = Workers(client).seen(WORKER_SEEN_WITHIN)
     checks["workers"] = [w.hostname for w in workers]
     # By queue: the email pool alive says nothing of the page pool, and pages are the point.
     # Email's own pool is shown, not failed on: it runs at idle CPU priority and may miss
@@ -75,12 +89,10 @@ def readyz() -> JSONResponse:
     else:
         failing.extend(f"workers:{q}" for q in PAGE_QUEUES if not checks["queues"][q])
     monitoring = eng.settings.heartbeat_services_file is not None
-    if monitoring or eng.quick_redis.exists(keys.HEARTBEAT_SERVICES):  # or one registered
-        checked = last_check(eng.redis)
-        age = None if checked is None else eng.workers.now() - checked
+    if monitoring or client.exists(keys.HEARTBEAT_SERVICES):  # or one registered
+        checked = last_check(client)
+        age = None if checked is None else Workers(client).now() - checked
         checks["heartbeat_check_age_seconds"] = None if age is None else round(age, 1)
         if age is None or age > checker_fresh_within(eng.settings.heartbeat_check_interval):
             failing.append("heartbeat_check")
-    status = 503 if failing else 200
-    body = {"status": "not ready" if failing else "ready", "failing": failing, "checks": checks}
-    return JSONResponse(body, status_code=status)
+    return checks, failing

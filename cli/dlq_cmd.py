@@ -43,12 +43,14 @@ def list_(limit: int, channel: str | None, as_json: bool) -> None:
     click.echo(f"{len(entries)} of {letters.count(channel)} shown")
 
 
+def _missing(name: str) -> str:
+    return f"no dead letter {name!r}, nor one of a job of that id (a replay or a purge removes it)"
+
+
 def _found(name: str) -> list[dict[str, Any]]:
     entries = engine().dead_letters.find(name)
     if not entries:
-        raise Failed(
-            f"no dead letter {name!r}, nor one of a job of that id (a replay or a purge removes it)"
-        )
+        raise Failed(_missing(name))
     return entries
 
 
@@ -68,33 +70,48 @@ def show(entry_id: str) -> None:
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
 @one_line_errors
 def replay(entry_ids: tuple[str, ...], replay_all: bool) -> None:
-    """Send dead-lettered jobs through intake again (as new jobs), in the order named
-    (--all: oldest first). Prints the new job ids. Each ENTRY_ID is an entry's id or a
-    job's (every dead channel of it).
+    """Send dead-lettered jobs through intake again (as new jobs), oldest first whatever
+    the order named. Prints the new job ids. Each ENTRY_ID is an entry's id or a job's
+    (every dead channel of it); --all instead of ids replays every one.
 
     Exit code 1 if any could not be replayed (they stay dead-lettered).
     """
-    if replay_all:
-        # Oldest first, the order they failed in: a resolve dead-lettered after its trigger
-        # must not be queued before it (PagerDuty would drop it, and the trigger would
-        # open an incident nobody resolves).
-        letters = engine().dead_letters.list(limit=1_000_000)
-        entry_ids = tuple(e["id"] for e in reversed(letters))
-    if not entry_ids:
+    if replay_all and entry_ids:
+        raise BadInput("name the dead letters to replay, or use --all: not both")
+    if not (replay_all or entry_ids):
         raise BadInput("name the dead letters to replay, or use --all")
-    wanted = [entry["id"] for name in entry_ids for entry in _found(name)]
-    problems = []
+    letters = engine().dead_letters.list(limit=1_000_000) if replay_all else []
+    missing = [name for name in dict.fromkeys(entry_ids) if not _add(letters, name)]
+    # One name gone (replayed by a run before this one) stops none of the others.
+    problems = [f"{name}: not replayed: {_missing(name)}" for name in missing]
+    # The order they died in: a resolve dead-lettered after its trigger must not be queued
+    # before it (PagerDuty would drop it, and the trigger would open an incident nobody
+    # resolves), and `dlq list` prints the newest first.
+    letters.sort(key=lambda entry: entry.get("dead_at") or 0)
+    wanted = list(dict.fromkeys(entry["id"] for entry in letters))
     for entry_id in wanted:
         try:
             click.echo(f"{entry_id} -> job {tasks.replay(entry_id)}")
-        except (KeyError, InvalidJobError) as exc:
-            problems.append(f"{entry_id}: not replayed: {exc}")
-    if len(problems) == 1 and len(wanted) == 1:
+        except (LookupError, InvalidJobError) as exc:
+            problems.append(f"{entry_id}: not replayed: {_text(exc)}")
+    asked = len(wanted) + len(missing)
+    if len(problems) == 1 and asked == 1:
         raise Failed(problems[0])
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
-        raise Failed(f"{len(problems)} of {len(wanted)} not replayed")
+        raise Failed(f"{len(problems)} of {asked} not replayed")
+
+
+def _add(letters: list[dict[str, Any]], name: str) -> bool:
+    found = engine().dead_letters.find(name)
+    letters += found
+    return bool(found)
+
+
+def _text(exc: Exception) -> str:
+    # A KeyError's str() is its argument's repr, quotes and all.
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
 
 
 @dlq.command()

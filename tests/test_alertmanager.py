@@ -567,6 +567,8 @@ def test_labels_intake_would_refuse_are_folded_and_cut_so_the_alert_still_pages(
     assert len(record["recipient"]) == 4_096
     assert len(record["idempotency_id"]) <= 1_024
     assert cut["fingerprint"] == folded_hash(huge["fingerprint"])
+    for each in (folded, broken):  # each page delivered before the sandbox is read
+        job(each["job_ids"][0])
     job(as_group.json()["group"]["job_ids"][0])
     classes = sorted(e["body"]["payload"].get("class", "") for e in api.events())
     assert classes[:2] == ["A" * 1_023 + "…", "Disk Full"]

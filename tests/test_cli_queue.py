@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from click.testing import CliRunner
@@ -123,3 +126,69 @@ def test_unreachable_redis_is_one_line_and_exit_1(monkeypatch: Any, tmp_path: An
     assert "cannot reach Redis at redis://…@127.0.0.1:1/0" in result.output  # a password, unshown
     assert "s3cretpw" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_dlq_replay_goes_oldest_first_whatever_the_order_named(
+    celery_worker: Any, service_env: SandboxServer
+) -> None:
+    """`dlq list` prints the newest first, so piping its ids to `dlq replay` named a
+    resolve before its trigger: PagerDuty dropped the resolve, and the trigger then
+    opened an incident nobody resolved. ids and --all together replayed everything."""
+    api = SandboxClient(service_env)
+    api.faults({"status": 400}, {"status": 400})
+    page = Notification(
+        recipient="db-9", subject="Disk full", priority="critical", idempotency_id="order-1"
+    )
+    tasks.enqueue(page)
+    wait_for(lambda: engine().dead_letters.count() == 1)
+    tasks.resolve("order-1")
+    wait_for(lambda: engine().dead_letters.count() == 2)
+    newest_first = [letter["id"] for letter in json.loads(run("dlq", "list", "--json").output)]
+
+    both = run("dlq", "replay", newest_first[0], "--all")
+    assert both.exit_code == 2
+    assert "not both" in both.output
+    assert engine().dead_letters.count() == 2
+
+    replayed = run("dlq", "replay", *newest_first, "nope")
+    assert replayed.exit_code == 1  # one name unknown: the others replayed all the same
+    assert [line.split()[0] for line in replayed.stdout.splitlines()] == newest_first[::-1]
+    assert "nope: not replayed: no dead letter 'nope'" in replayed.stderr
+    assert "1 of 3 not replayed" in replayed.stderr
+    wait_for(lambda: [i["status"] for i in api.incidents()] == ["resolved"])
+    assert engine().dead_letters.count() == 0
+    api.close()
+
+
+def test_two_replays_at_once_send_each_dead_letter_once(service_env: SandboxServer) -> None:
+    """Two operators (or one, twice) replaying the same letters at the same moment: each
+    read every letter before either removed one, and every job went out twice."""
+    letters = engine().dead_letters
+    names = [f"twice-{i}-email" for i in range(20)]
+    for i, name in enumerate(names):
+        letters.add(
+            entry_id=name,
+            job_id=f"twice-{i}",
+            channel="email",
+            reason="550",
+            payload={"notification": {"recipient": "a@example.com", "subject": f"s{i}"}},
+        )
+    start = threading.Barrier(4)
+
+    def replay_all() -> list[str]:
+        start.wait()
+        done = []
+        for name in names:
+            # LookupError: being replayed by another run, or replayed by it already.
+            with contextlib.suppress(LookupError):
+                done.append(tasks.replay(name))
+        return done
+
+    with ThreadPoolExecutor(4) as pool:
+        runs = [pool.submit(replay_all) for _ in range(4)]
+        jobs = [job for each in runs for job in each.result()]
+    assert len(jobs) == len(set(jobs)) == len(names)
+    assert letters.count() == 0
+    assert sorted(engine().jobs.get(job)["replay_of"] for job in jobs) == sorted(
+        f"twice-{i}" for i in range(20)
+    )

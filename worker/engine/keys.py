@@ -45,6 +45,11 @@ def dead_letter_channel(channel: str) -> str:
     return f"{PREFIX}dlq:index:{channel}"
 
 
+def dead_letter_replay(entry_id: str) -> str:
+    """The lock a replay of one dead letter holds (worker/engine/replay.py)."""
+    return f"{PREFIX}dlq:replaying:{digest(entry_id, 40)}"
+
+
 # worker/engine/stats.py: every counter and histogram, one field each.
 STATS = f"{PREFIX}stats"
 QUEUE_OLDEST = f"{PREFIX}stats:oldest"  # hash: queue -> "message-id first-seen-time"

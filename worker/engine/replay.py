@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.channels import Channel
-from worker.engine import alert_resolution
+from worker.engine import alert_resolution, keys
 from worker.engine.intake import accept, lifecycle, new_job_id, resend
 from worker.engine.quarantine import BROKER_CHANNEL
 from worker.engine.runtime import Engine
@@ -17,18 +17,36 @@ CANNOT = (
 )
 
 
+#: How long one replay holds its letter: ample for intake, and short enough that a letter
+#: whose replayer died in between (its job queued or not) can be replayed again soon.
+HOLD_SECONDS = 60.0
+
+
+class ReplayInProgressError(LookupError):
+    """Another process is replaying this dead letter at this moment."""
+
+
 def replay(engine: Engine, entry_id: str) -> str:
     """Send a dead-lettered job through intake again; returns the new job id (for a
     resolved alert, the first of the resolve and its email).
 
     The dead letter is removed once the new job is queued. A job that is still invalid
-    raises :class:`InvalidJobError` and stays dead-lettered; an unknown id, KeyError.
+    raises :class:`InvalidJobError` and stays dead-lettered; an unknown id (or one replayed
+    meanwhile), KeyError; one another process is replaying now, ReplayInProgressError.
+    Two operators replaying the same letters at once send each job once: the letter is held
+    from reading it until it is removed.
     """
-    entry = engine.dead_letters.get(entry_id)
-    if entry is None:
-        raise KeyError(f"no dead letter {entry_id!r}")
-    job_id = _requeue(engine, entry)
-    engine.dead_letters.remove(entry_id)
+    hold = engine.locks.acquire(keys.dead_letter_replay(entry_id), HOLD_SECONDS)
+    if hold is None:
+        raise ReplayInProgressError(f"dead letter {entry_id!r} is being replayed elsewhere now")
+    try:
+        entry = engine.dead_letters.get(entry_id)
+        if entry is None:
+            raise KeyError(f"no dead letter {entry_id!r} (replayed or purged meanwhile?)")
+        job_id = _requeue(engine, entry)
+        engine.dead_letters.remove(entry_id)
+    finally:
+        hold.release()
     return job_id
 
 

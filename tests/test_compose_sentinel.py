@@ -9,13 +9,11 @@ master name the file writes are the ones a real ``redis-server`` and Sentinel ac
 
 from __future__ import annotations
 
-import contextlib
+import os
 import re
-import shlex
+import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ import yaml
 
 from config.redis_address import parse_redis_url
 from config.settings import Settings
-from sandbox.redis_server import LocalRedis, free_port, redis_server_binary
+from sandbox.redis_server import free_port, redis_server_binary
 from worker.engine.redis_client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,13 +61,18 @@ def test_the_layout_has_three_sentinels_two_replicas_and_every_process_follows_t
     replicas = [n for n in services if n.startswith("redis-replica-")]
     assert len(replicas) == 2
     for name in replicas:
-        command = services[name]["command"].split()
-        assert command[command.index("--replicaof") + 1 :][:2] == ["redis", "6379"]
-        assert "--masterauth" in command
-        assert "--requirepass" in command
+        assert services[name]["environment"]["FIRST_ROLE"] == "replicaof redis 6379"
         assert "healthcheck" in services[name]
-    # The first master must be able to follow a new one when it comes back.
-    assert "--masterauth" in services["redis"]["command"].split()
+    for name in ("redis", *replicas):
+        script = services[name]["command"][2]
+        # The first master must be able to follow a new one when it comes back.
+        assert '--masterauth "$$REDIS_PASSWORD"' in script
+        assert '--requirepass "$$REDIS_PASSWORD"' in script
+        assert "--replicaof" not in script  # the role is the file's: a failover rewrites it
+        assert services[name]["environment"]["ANNOUNCE"] == name
+    for name in (*replicas, *SENTINELS):  # each remembers the layout on its own volume
+        assert services[name]["volumes"] == [f"{name}-data:/data"]
+        assert f"{name}-data" in override()["volumes"]
     for name, service in {**base()["services"], **services}.items():
         assert "ports" not in service or name in ("flower", "api", "sandbox"), name
     for name in SENTINELS:
@@ -89,81 +92,166 @@ def test_the_layout_has_three_sentinels_two_replicas_and_every_process_follows_t
     assert "REDIS_SENTINEL_PASSWORD=" in (ROOT / ".env.example").read_text()
 
 
-def sentinel_config(hosts: dict[str, str], port: int) -> str:
-    """What a Sentinel container writes to /tmp/sentinel.conf, by running its own shell."""
-    script = override()["services"]["sentinel-1"]["command"][2].replace("$$", "$")
-    printing = script.split(" > /tmp/sentinel.conf")[0]
-    environment = {
-        "SENTINEL_NAME": "sentinel-1",
-        "REDIS_PASSWORD": PASSWORD,
-        "REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD,
-    }
-    text = subprocess.run(
-        ["sh", "-c", printing], env=environment, capture_output=True, text=True, check=True
-    ).stdout
-    text = interpolate(text, hosts).replace("port 26379", f"port {port}")
-    # One Sentinel here, so a quorum of one; the file's is two of three.
-    text, found = re.subn(r"^(sentinel monitor gds 127\.0\.0\.1 \d+) 2$", r"\1 1", text, flags=re.M)
-    assert found == 1, text
-    return text + "bind 127.0.0.1\n"
+class Layout:
+    """The file's three servers and three Sentinels, each started by its own service's
+    command (its shell script, as the container runs it) on loopback: the service names
+    are 127.0.0.1, each process has a port and a data folder of its own, and the image's
+    entrypoint is the ``redis-server`` binary itself."""
+
+    SERVERS = ("redis", "redis-replica-1", "redis-replica-2")
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        self.binary, self.folder = binary, folder
+        self.ports = {name: free_port() for name in (*self.SERVERS, *SENTINELS)}
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+        self.password, self.sentinel_password = PASSWORD, SENTINEL_PASSWORD
+
+    def start(self, name: str) -> None:
+        service = override()["services"][name]
+        script = service["command"][2].replace("$$", "$")
+        data = self.folder / name
+        data.mkdir(exist_ok=True)
+        first_master = f"127.0.0.1 {self.ports['redis']}"
+        script = (
+            script.replace("/data/", f"{data}/")
+            .replace("exec docker-entrypoint.sh redis-server", f"exec {self.binary}")
+            .replace("port 26379", f"port {self.ports[name]}")
+            .replace("gds redis 6379", f"gds {first_master}")
+        )
+        script += f" --port {self.ports[name]} --bind 127.0.0.1"
+        environment = {
+            "PATH": os.environ["PATH"],
+            "REDIS_PASSWORD": self.password,
+            "REDIS_SENTINEL_PASSWORD": self.sentinel_password,
+            "REDIS_MAXMEMORY": "64mb",
+            "ANNOUNCE": "127.0.0.1",
+            "SENTINEL_NAME": "127.0.0.1",
+        }
+        role = service["environment"].get("FIRST_ROLE")
+        if role is not None:
+            environment["FIRST_ROLE"] = role.replace("redis 6379", first_master)
+        self.running[name] = subprocess.Popen(
+            ["sh", "-c", script],
+            cwd=data,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.running.pop(name)
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+
+    def stop_all(self) -> None:
+        """Stop every process, the Sentinels first (so they start no failover), each
+        with SIGTERM, as a host's shutdown does."""
+        for name in sorted(self.running, key=lambda n: n not in SENTINELS):
+            self.stop(name)
+
+    def server(self, name: str) -> redis.Redis:
+        return redis.Redis(port=self.ports[name], password=self.password, socket_timeout=2)
+
+    def sentinel(self, name: str) -> redis.Redis:
+        return redis.Redis(port=self.ports[name], password=self.sentinel_password, socket_timeout=2)
+
+    def masters(self) -> set[str]:
+        """The master each Sentinel names, by service, with its flags: one entry when they
+        agree on a master they see up."""
+        seen = set()
+        for name in SENTINELS:
+            with self.sentinel(name) as client:
+                state = client.sentinel_master("gds")  # type: ignore[no-untyped-call,unused-ignore]
+            port = int(state["port"])
+            [server] = [n for n in self.SERVERS if self.ports[n] == port]
+            seen.add(f"{server} {state['flags']}")
+        return seen
+
+    def role(self, name: str) -> str:
+        with self.server(name) as client:
+            return str(client.info("replication")["role"])
+
+    def url(self) -> str:
+        sentinels = ",".join(f"127.0.0.1:{self.ports[n]}" for n in SENTINELS)
+        return f"redis+sentinel://:{self.password}@{sentinels}/gds/0"
 
 
-def server_args(name: str, hosts: dict[str, str]) -> list[str]:
-    command = interpolate(" ".join(override()["services"][name]["command"].split()), hosts)
-    return shlex.split(command)[1:]  # after redis-server
+def settled(check: Any, timeout: float = 60.0) -> Any:
+    """``check()``'s first true answer, asking through errors (a process starting, an
+    election) until ``timeout``."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            answer = check()
+            if answer:
+                return answer
+        except redis.RedisError:
+            if time.monotonic() > end:
+                raise
+        if time.monotonic() > end:
+            raise AssertionError(f"not settled in {timeout} s: {check()!r}")
+        time.sleep(0.2)
 
 
-@contextlib.contextmanager
-def process(argv: list[str]) -> Iterator[None]:
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def test_the_files_redis_and_sentinel_settings_run_and_the_service_follows_them(
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_reboot_after_a_failover_keeps_the_new_master_and_its_writes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """The file's servers and Sentinels, run for real: the service writes through the
+    Sentinels; the master dies and a replica takes over; the old master comes back as a
+    replica; then everything restarts at once, with both passwords changed. The Sentinels
+    used to start from the first layout again (watching the old master, now a replica:
+    no master at all) and the servers from their command lines (the old master a master
+    again, its replicas resyncing from it, every write since the failover gone)."""
     binary = redis_server_binary()
     if binary is None:
         pytest.skip("no redis-server to run the layout's configuration with")
-    master_port, sentinel_port = free_port(), free_port()
-    hosts = {"redis-replica-1": "127.0.0.1", "sentinel-1": "127.0.0.1"}
-    master_hosts = {**hosts, "--replica-announce-ip redis": "--replica-announce-ip 127.0.0.1"}
-    master = LocalRedis(port=master_port, extra=server_args("redis", master_hosts))
-    replica_hosts = {**hosts, "redis 6379": f"127.0.0.1 {master_port}"}
-    replica = LocalRedis(extra=server_args("redis-replica-1", replica_hosts))
-    with tempfile.TemporaryDirectory() as folder:
-        config = Path(folder) / "sentinel.conf"
-        config.write_text(
-            sentinel_config(
-                {**hosts, "gds redis 6379": f"gds 127.0.0.1 {master_port}"}, sentinel_port
-            )
-            + f"dir {folder}\n"
-        )
+    layout = Layout(binary, tmp_path)
+
+    def written(value: str) -> bool:
+        monkeypatch.setenv("REDIS_SENTINEL_PASSWORD", layout.sentinel_password)
+        client = connect(Settings(redis_url=layout.url(), redis_retry_seconds=0))
         try:
-            master.start()
-            replica.start()
-            with process([binary, str(config), "--sentinel"]):
-                sentinel = redis.Redis(port=sentinel_port, password=SENTINEL_PASSWORD)
-                end = time.monotonic() + 10
-                while time.monotonic() < end:
-                    with contextlib.suppress(redis.RedisError):
-                        if sentinel.sentinel_get_master_addr_by_name("gds"):  # type: ignore[no-untyped-call,unused-ignore]
-                            break
-                    time.sleep(0.1)
-                sentinel.close()
-                monkeypatch.setenv("REDIS_SENTINEL_PASSWORD", SENTINEL_PASSWORD)
-                url = f"redis+sentinel://:{PASSWORD}@127.0.0.1:{sentinel_port}/gds/0"
-                client = connect(Settings(redis_url=url, redis_retry_seconds=0))
-                client.set("compose-layout", "written through the Sentinel")
-                assert client.wait(1, 5000) == 1  # the replica has it
-                client.delete("compose-layout")
-                client.close()
-                with pytest.raises(redis.AuthenticationError):
-                    redis.Redis(port=sentinel_port).ping()  # the Sentinels want their password
+            client.set(f"compose-layout-{value}", value)
+            return bool(client.wait(1, 5000) >= 1)  # a replica has it
         finally:
-            replica.cleanup()
-            master.cleanup()
+            client.close()
+
+    try:
+        for name in (*Layout.SERVERS, *SENTINELS):
+            layout.start(name)
+        settled(lambda: layout.masters() == {"redis master"})
+        settled(lambda: written("before"))
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=layout.ports["sentinel-1"]).ping()  # Sentinels want a password
+
+        layout.stop("redis", signal.SIGKILL)
+        [promoted] = settled(
+            lambda: (
+                {m.split()[0] for m in layout.masters()} - {"redis"}
+                if len(layout.masters()) == 1
+                else None
+            )
+        )
+        settled(lambda: written("after"))
+        layout.start("redis")  # back, and told to follow the new master
+        settled(lambda: layout.role("redis") == "slave")
+
+        layout.stop_all()
+        layout.password, layout.sentinel_password = "rotated-pw", "rotated-sentinel-pw"
+        for name in (*Layout.SERVERS, *SENTINELS):
+            layout.start(name)
+        assert settled(lambda: layout.masters() == {f"{promoted} master"})
+        assert layout.role(promoted) == "master"
+        for name in Layout.SERVERS:
+            with layout.server(name) as client:
+                settled(lambda c=client: c.get("compose-layout-after") == b"after")
+                assert client.get("compose-layout-before") == b"before"
+        settled(lambda: written("rebooted"))
+    finally:
+        for name in list(layout.running):
+            layout.running.pop(name).kill()

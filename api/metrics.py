@@ -106,7 +106,7 @@ def _read(eng: Engine) -> tuple[stats.Snapshot, dict[str, float], str | None]:
         heartbeats=eng.settings.heartbeat_services_file is not None,
     )
     late = oldest_undelivered(eng.quick_redis, snap.now)
-    return snap, late, stats.refuses_writes(eng.quick_redis)
+    return snap, late, stats.refuses_writes(eng.quick_redis, eng.settings.redis_min_replicas)
 
 
 class PoolCollector(Collector):

@@ -346,6 +346,33 @@ def test_a_redis_that_answers_but_refuses_writes_is_named_as_such(
     assert ready.json()["checks"]["redis"].startswith(f"not writable: {said[refusal]}")
 
 
+def test_too_few_replicas_for_redis_min_replicas_is_a_redis_refusing_writes(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REDIS_MIN_REPLICAS=1 and no replica: every accept is a 503, yet the probe's write
+    went through, so /readyz said ok and no alert fired. The probe waits for the replicas
+    as an accept does."""
+    with LocalRedis() as own:
+        monkeypatch.setenv("REDIS_URL", own.url)
+        monkeypatch.setenv("REDIS_MIN_REPLICAS", "1")
+        reconfigure()
+        alone = scrape(f"{api_server.url}/metrics")
+        alone_ready = httpx.get(f"{api_server.url}/readyz", timeout=9)
+        with LocalRedis(extra=["--replicaof", "127.0.0.1", str(own.port)]) as replica:
+            follower = redis.Redis.from_url(replica.url)
+            wait_for(lambda: follower.info("replication")["master_link_status"] == "up")
+            follower.close()
+            followed = scrape(f"{api_server.url}/metrics")
+            followed_ready = httpx.get(f"{api_server.url}/readyz", timeout=9)
+    assert value(alone, "gds_notify_redis_up") == 1
+    assert value(alone, "gds_notify_redis_writable") == 0
+    assert alone_ready.json()["checks"]["redis"].startswith(
+        "not writable: too few replicas: 0 of the 1 REDIS_MIN_REPLICAS asks for"
+    )
+    assert value(followed, "gds_notify_redis_writable") == 1
+    assert followed_ready.json()["checks"]["redis"] == "ok"
+
+
 def test_dead_letters_written_are_counted_once_each_whatever_is_replayed_or_purged(
     api_server: ApiServer,
 ) -> None:

@@ -74,7 +74,7 @@ def _readiness(eng: Engine) -> tuple[dict[str, Any], list[str]]:
     checks: dict[str, Any] = {}
     failing: list[str] = []
     client.ping()
-    refused = stats.refuses_writes(client)
+    refused = stats.refuses_writes(client, eng.settings.redis_min_replicas)
     if refused:
         return {"redis": f"not writable: {refused}"}, ["redis"]
     checks["redis"] = "ok"

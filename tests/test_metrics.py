@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import tasks
 from api.redis_deadline import SingleFlight, TooSlow
 from cli.main import main
+from config.settings import Settings
 from sandbox.redis_server import LocalRedis
 from tests.api_server import NOTIFY_TOKEN, ApiServer, serve
 from tests.conftest import (
@@ -40,7 +41,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.heartbeat_helpers import WriteCatalogue, service
-from worker.engine import keys
+from worker.engine import keys, stats
 from worker.engine.heartbeats.paging import run_check
 from worker.engine.recovery import recover as sweep
 from worker.engine.runtime import engine
@@ -311,6 +312,42 @@ def test_an_unreachable_redis_is_a_successful_scrape_that_says_so(
     s = scrape(f"{api_server.url}/metrics")
     assert value(s, "gds_notify_redis_up") == 0
     assert not any(k[0] == "gds_notify_queue_messages" for k in s)
+
+
+def test_messages_sent_with_a_celery_priority_are_counted_in_their_queue(
+    api_server: ApiServer,
+) -> None:
+    """kombu keeps a message sent with a priority in a list of its own (``celery`` +
+    ``\\x06\\x169``): the queue's count and its oldest message's age left it out, so a
+    `notify` sent at priority 9 could wait unseen by GdsNotifyPagesQueuedTooLong."""
+    producer = Celery(broker=engine().settings.redis_url)
+    try:
+        producer.send_task("notify", args=[{"recipient": "a", "subject": "x"}], priority=9)
+        first = scrape(f"{api_server.url}/metrics")
+        time.sleep(1.1)
+        later = scrape(f"{api_server.url}/metrics")
+        producer.send_task("notify", args=[{"recipient": "b", "subject": "y"}])
+        both = scrape(f"{api_server.url}/metrics")
+    finally:
+        producer.close()
+    assert value(first, "gds_notify_queue_messages", queue="celery") == 1
+    age = "gds_notify_queue_oldest_message_age_seconds"
+    assert value(first, age, queue="celery") == 0  # first seen now
+    assert value(later, age, queue="celery") >= 1
+    assert value(both, "gds_notify_queue_messages", queue="celery") == 2
+    assert value(both, age, queue="celery") >= 1  # still the priority one, the oldest
+
+
+def test_a_team_is_one_label_however_its_producers_write_it(
+    service_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Routing reads `dba-prod`, `DBA_PROD` and ` Dba-Prod ` as one team, with one key;
+    their throttled and deferred counts were split over two series."""
+    monkeypatch.setenv("PAGERDUTY_ROUTING_KEY_DBA_PROD", TEAM_KEY)
+    settings = Settings()
+    labels = {stats.team_label(settings, team) for team in ("dba-prod", "DBA_PROD", " Dba-Prod ")}
+    assert labels == {"dba_prod"}
+    assert stats.team_label(settings, "nobody") == "default"
 
 
 @pytest.mark.parametrize("refusal", ["out of memory", "read-only replica"])

@@ -52,7 +52,7 @@ def dead_letter_replay(entry_id: str) -> str:
 
 # worker/engine/stats.py: every counter and histogram, one field each.
 STATS = f"{PREFIX}stats"
-QUEUE_OLDEST = f"{PREFIX}stats:oldest"  # hash: queue -> "message-id first-seen-time"
+QUEUE_OLDEST = f"{PREFIX}stats:oldest"  # hash: queue list -> "message-id first-seen-time"
 RECOVERY_LAST = f"{PREFIX}jobs:recovery:last"  # Redis time of the last recovery sweep
 WATCHDOG_LAST = f"{PREFIX}watchdog:last"  # Redis time the last canary arrived
 WRITE_PROBE = f"{PREFIX}probe:write"  # written by scrapes and readiness: Redis takes writes

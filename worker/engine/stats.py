@@ -29,9 +29,9 @@ from typing import Any, cast
 import redis
 
 from config.queues import QUEUE_ORDER
-from config.settings import Settings
+from config.settings import Settings, normalize_team
 from worker.engine import keys
-from worker.engine.broker_queues import UNACKED_HASH
+from worker.engine.broker_queues import PRIORITY_STEPS, UNACKED_HASH, queue_list
 from worker.engine.workers import ALIVE_SECONDS
 
 #: One counter increment: the hash field, and by how much.
@@ -74,9 +74,10 @@ def add(client: redis.Redis, increments: Iterable[Increment]) -> None:
 
 def team_label(settings: Settings, team: str | None) -> str:
     """A team as a label: its name when it has a routing key of its own, else ``default``
-    (the key that pages for it), so producers cannot grow the label set."""
+    (the key that pages for it), so producers cannot grow the label set; written as
+    routing reads it (``DBA-Prod`` and ``dba_prod`` are one team, one series)."""
     name = settings.routing_key_name(team)
-    return "default" if name == "PAGERDUTY_ROUTING_KEY" else (team or "").strip().lower()
+    return "default" if name == "PAGERDUTY_ROUTING_KEY" else normalize_team(team or "")
 
 
 @dataclass
@@ -136,9 +137,12 @@ def snapshot(client: redis.Redis, watchdog: bool, heartbeats: bool = False) -> S
     pipe = client.pipeline(transaction=False)
     pipe.time()
     pipe.hgetall(keys.STATS)
+    # kombu keeps a queue's messages sent with a Celery priority in lists of their own.
+    lists = {queue: [queue_list(queue, step) for step in PRIORITY_STEPS] for queue in QUEUE_ORDER}
     for queue in QUEUE_ORDER:
-        pipe.llen(queue)
-        pipe.lindex(queue, -1)  # kombu pushes on the left and takes from the right
+        for name in lists[queue]:
+            pipe.llen(name)
+            pipe.lindex(name, -1)  # kombu pushes on the left and takes from the right
     pipe.hlen(UNACKED_HASH)
     for channel in keys.DEAD_LETTER_CHANNELS:
         pipe.zcard(keys.dead_letter_channel(channel))
@@ -157,15 +161,18 @@ def snapshot(client: redis.Redis, watchdog: bool, heartbeats: bool = False) -> S
     queues: dict[str, int] = {}
     oldest: dict[str, Any] = {}
     for queue in QUEUE_ORDER:
-        queues[queue] = int(next(answers))
-        oldest[queue] = next(answers)
+        queues[queue] = 0
+        for name in lists[queue]:
+            queues[queue] += int(next(answers))
+            oldest[name] = next(answers)
     unacked = int(next(answers))
     dead = {channel: int(next(answers)) for channel in keys.DEAD_LETTER_CHANNELS}
     summary, registered, last_check, recovery, watchdog_last = (next(answers) for _ in range(5))
     seen = cast("list[tuple[str, float]]", next(answers))
     infos = cast(dict[str, str], next(answers))
     first_seen = cast(dict[str, str], next(answers))
-    ages = _oldest_ages(client, now, oldest, first_seen)
+    ages_of = _oldest_ages(client, now, oldest, first_seen)
+    ages = {queue: max(ages_of[name] for name in lists[queue]) for queue in QUEUE_ORDER}
     monitoring = heartbeats or bool(registered) or bool(summary)
     states = (json.loads(summary) if summary else {}) if monitoring else None
     return Snapshot(
@@ -213,7 +220,7 @@ def _clock_skew(now: float, seen: Sequence[tuple[str, float]], infos: dict[str, 
 def _oldest_ages(
     client: redis.Redis, now: float, oldest: dict[str, Any], first_seen: dict[str, str]
 ) -> dict[str, float]:
-    """Each queue's oldest message's age: from the time a delivery message carries
+    """Each list's oldest message's age: from the time a delivery message carries
     (``enqueued_at``); for others (``notify`` from any producer), since a scrape first saw
     it at the head of its queue, a lower bound as exact as the scrape interval."""
     ages: dict[str, float] = {}

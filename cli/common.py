@@ -50,7 +50,7 @@ def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-
+        _check_text(kwargs)
         try:
             return func(*args, **kwargs)
         except NotificationConfigError as exc:
@@ -72,6 +72,23 @@ def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:
             ) from None
 
     return wrapper
+
+
+def _check_text(arguments: dict[str, object]) -> None:
+    """Refuse an argument that is not UTF-8 text: Python hands the bytes of one (a Latin-1
+    terminal, a binary file name) over as lone surrogates, which fail deep inside, at the
+    first encode, with a traceback."""
+    for name, value in arguments.items():
+        for text in value if isinstance(value, tuple | list) else (value,):
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raw = text.encode("utf-8", "surrogateescape")
+                    raise BadInput(
+                        f"{name.upper()}: {raw!r} is not UTF-8 text (convert it first, e.g. "
+                        "with iconv -f latin1 -t utf-8)"
+                    ) from None
 
 
 def _stale_stack_hint() -> str:

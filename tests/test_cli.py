@@ -145,3 +145,22 @@ def test_sink_options_must_come_in_pairs() -> None:
     result = CliRunner().invoke(main, ["sandbox", "--smtp-user", "u"])
     assert result.exit_code == 2
     assert "--smtp-user and --smtp-password go together" in result.output
+
+
+@pytest.mark.parametrize(
+    "command", [["status"], ["dlq", "show"], ["dlq", "replay"], ["resolve"], ["ack"], ["heartbeat"]]
+)
+def test_an_argument_that_is_not_utf8_is_one_line_naming_it(command: list[str]) -> None:
+    """A Latin-1 terminal's bytes: Python passes them on as lone surrogates, and each of
+    these commands ended in a UnicodeEncodeError traceback."""
+    done = subprocess.run(
+        [GDS_NOTIFY, *command, b"caf\xe9"],
+        capture_output=True,
+        env={**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0"},  # never reached
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.decode().splitlines()
+    assert line.endswith(
+        "b'caf\\xe9' is not UTF-8 text (convert it first, e.g. with iconv -f latin1 -t utf-8)"
+    )

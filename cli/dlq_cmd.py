@@ -115,6 +115,27 @@ def _text(exc: Exception) -> str:
 
 
 @dlq.command()
+@click.argument("entry_ids", nargs=-1, required=True)
+@one_line_errors
+def remove(entry_ids: tuple[str, ...]) -> None:
+    """Delete the dead letters named, and only those (an entry's id or a job's, as for
+    `show`): for one that is not to be sent, once read. Exit code 1 if a name was not
+    found (the others are removed all the same)."""
+    missing = []
+    for name in dict.fromkeys(entry_ids):
+        found = engine().dead_letters.find(name)
+        if not found:
+            missing.append(name)
+        for entry in found:
+            if engine().dead_letters.remove(entry["id"]):
+                click.echo(f"removed {entry['id']}")
+    for name in missing:
+        click.echo(f"{name}: {_missing(name)}", err=True)
+    if missing:
+        raise Failed(f"{len(missing)} of {len(set(entry_ids))} not found")
+
+
+@dlq.command()
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @one_line_errors
 def purge(yes: bool) -> None:

@@ -193,3 +193,17 @@ def test_two_replays_at_once_send_each_dead_letter_once(service_env: SandboxServ
     assert sorted(str(r.get("replay_of")) for r in records) == sorted(
         f"twice-{i}" for i in range(20)
     )
+
+
+def test_dlq_remove_deletes_only_the_letters_named(service_env: SandboxServer) -> None:
+    """A letter not to be sent was to be purged, and purge deletes every letter."""
+    letters = engine().dead_letters
+    for entry_id, job_id in (("poison-1", None), ("j2-email", "j2"), ("keep-me", None)):
+        letters.add(entry_id=entry_id, job_id=job_id, channel="intake", reason="r", payload={})
+    removed = run("dlq", "remove", "poison-1", "j2", "nope")
+    assert removed.exit_code == 1
+    assert removed.stdout.splitlines() == ["removed poison-1", "removed j2-email"]
+    assert "nope: no dead letter 'nope'" in removed.stderr
+    assert "1 of 3 not found" in removed.stderr
+    assert [letter["id"] for letter in letters.list()] == ["keep-me"]
+    assert run("dlq", "remove").exit_code == 2

@@ -13,7 +13,8 @@ from worker.job_request import InvalidJobError, JobRequest, parse_request
 
 #: What a dead letter that is not a job says when asked to replay.
 CANNOT = (
-    "not a job that can be sent again (read it with `dlq show`, fix its producer, then purge it)"
+    "not a job that can be sent again (read it with `dlq show`, fix its producer, then "
+    "`dlq remove` it)"
 )
 
 
@@ -58,7 +59,7 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
                 {
                     "field": "payload",
                     "message": "a message no task could read, not a job; read it with "
-                    "`dlq show`, fix its producer, then purge it",
+                    "`dlq show`, fix its producer, then `dlq remove` it",
                 }
             ]
         )
@@ -121,7 +122,7 @@ def _group_firing(engine: Engine, request: JobRequest, group: dict[str, Any]) ->
     if now is None or now.state != group.get("state"):
         problem = (
             "the group has moved on since (its alerts changed, or it resolved): "
-            "Alertmanager's next notification carries what is current; purge this letter"
+            "Alertmanager's next notification carries what is current; `dlq remove` this letter"
         )
         raise InvalidJobError([{"field": "payload.group", "message": problem}])
     update = {

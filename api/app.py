@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api import errors
 from api.auth import MaskKeysInPaths, bearer_token, unknown_bearer
 from api.body_limits import BodyLimits
+from api.response_counts import COUNTS, counted
 from api.routes import PING_ROUTES, ROUTERS
 from config.settings import get_settings
 
@@ -50,10 +51,12 @@ class PingsFirst:
         path = scope.get("path", "")
         if len(path) > 1 and path.endswith("/"):
             scope = {**scope, "path": path[:-1]}
-        if scope["type"] == "http" and scope["path"].startswith("/ping/"):
-            await self.pings(scope, receive, send)
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)  # the lifespan: the API's own
+        elif scope["path"].startswith("/ping/"):
+            await counted(self.pings, scope, receive, send)
         else:
-            await self.api(scope, receive, send)
+            await counted(self.api, scope, receive, send)
 
 
 def _notify_bearer(scope: Scope) -> bool:
@@ -99,4 +102,5 @@ def create_app() -> PingsFirst:
     # A slash at the end is dropped before routing (PingsFirst); a redirect would repeat
     # a ping's key in its Location.
     app.router.redirect_slashes = pings.router.redirect_slashes = False
+    app.router.on_shutdown.append(COUNTS.flush)  # what this process counted last
     return PingsFirst(app, pings)

@@ -30,6 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from api.redis_deadline import BUDGET_SECONDS, SingleFlight
+from api.response_counts import NAME
 from worker.channels import Channel
 from worker.engine import stats
 from worker.engine.heartbeats.store import REFUSED
@@ -201,6 +202,13 @@ class PoolCollector(Collector):
             ["result"],
             snap,
             [("ok",), ("fail",), ("error",)],
+        )
+        yield _counter(
+            NAME,
+            "The HTTP API's answers, by route (its template, or other) and status code; "
+            "each API process writes its counts once a second.",
+            ["route", "code"],
+            snap,
         )
         yield _counter(
             "dead_lettered",

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import tasks
 from api.redis_deadline import SingleFlight, TooSlow
+from api.response_counts import COUNTS
 from cli.main import main
 from config.settings import Settings
 from sandbox.redis_server import LocalRedis
@@ -590,6 +591,50 @@ def test_a_read_past_its_deadline_is_waited_on_once_and_never_counts() -> None:
     wait_for(lambda: flight._running is not None and flight._running.done())
     assert flight.run(read, seconds=5) == 2  # done already: a fresh read, not the stale one
     assert isinstance(TooSlow("x"), redis.RedisError)  # callers report it as Redis down
+
+
+def test_the_apis_answers_are_counted_by_route_template_and_code(
+    api_server: ApiServer,
+) -> None:
+    """A 500 or a run of 401s (a producer's rotated token) showed in no metric. Answers
+    are counted by the route's template, never the path: a ping's key stays out."""
+    COUNTS.flush()  # what earlier tests in this process counted goes to their Redis now
+    before = scrape(f"{api_server.url}/metrics")
+    secret_key = "k" * 22
+    with api_server.client() as http:
+        assert http.post(
+            "/v1/notifications", json={"recipient": "a@example.com", "subject": "x"}
+        ).is_success
+        assert http.post("/v1/notifications", json={"subject": "x"}).status_code == 422
+        assert http.post("/v1/incidents/db-1/resolve").status_code == 202
+        assert http.get(f"/ping/{secret_key}/backup").status_code == 404
+        assert http.get("/no/such/path").status_code == 404
+    with api_server.client(token=None) as stranger:
+        assert stranger.post("/v1/notifications", json={}).status_code == 401
+
+    def grew(samples: dict[Any, float], route: str, code: str) -> float:
+        key = ("gds_notify_http_responses_total", (("code", code), ("route", route)))
+        return samples.get(key, 0.0) - before.get(key, 0.0)
+
+    expected = {
+        ("/v1/notifications", "202"): 1,
+        ("/v1/notifications", "422"): 1,
+        ("/v1/notifications", "401"): 1,
+        ("/v1/incidents/{dedup_key}/resolve", "202"): 1,
+        ("/ping/{key}/{slug}", "404"): 1,
+        ("other", "404"): 1,
+    }
+    after = wait_for(
+        lambda: (
+            (s := scrape(f"{api_server.url}/metrics"))
+            and all(grew(s, *label) >= n for label, n in expected.items())
+            and s
+        )
+    )
+    assert {label: grew(after, *label) for label in expected} == expected
+    text = httpx.get(f"{api_server.url}/metrics").text
+    assert secret_key not in text
+    assert "dedup_key:" not in text
 
 
 def test_the_metrics_command_serves_the_same_pool(service_env: Any) -> None:

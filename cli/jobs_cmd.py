@@ -96,8 +96,11 @@ def _print_record(record: dict[str, Any]) -> None:
                 click.echo(f"{'':<10} {address}: {where}")
         if info["state"] == DEAD:
             entry = dead_letter_id(record["id"], channel)
-            if engine().dead_letters.get(entry) is None:
-                click.echo(f"{'':<10} dead letter {entry}: replayed or purged since")
+            if info.get("replayed_as"):
+                again = info["replayed_as"]
+                click.echo(f"{'':<10} dead letter {entry}: replayed as job {again}")
+            elif engine().dead_letters.get(entry) is None:
+                click.echo(f"{'':<10} dead letter {entry}: removed since")
             else:
                 click.echo(f"{'':<10} dead letter {entry} (`gds-notify dlq show {entry}`)")
     click.echo("attempts:")

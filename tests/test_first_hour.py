@@ -185,8 +185,11 @@ def test_dead_letters_are_found_by_job_id_and_named_by_status(
     gone = gds("dlq", "show", job_id)
     assert gone.returncode == 1
     assert "a replay or a purge removes it" in gone.stderr
-    # The job's own status no longer sends one to a dead letter that is not there.
-    assert f"dead letter {entry}: replayed or purged since" in gds("status", job_id).stdout
+    # The job's own status no longer sends one to a dead letter that is not there: it
+    # names the job the letter was replayed as.
+    assert f"dead letter {entry}: replayed as job {new_job}" in gds("status", job_id).stdout
+    as_json = json.loads(gds("status", job_id, "--json").stdout)
+    assert as_json["channels"]["pagerduty"]["replayed_as"] == new_job
 
 
 def test_jobs_lists_the_newest_first_with_each_channels_state(

@@ -583,6 +583,19 @@ class JobStore:
         id). (The pool's count of duplicates is kept by :meth:`create`.)"""
         self.redis.hincrby(keys.job(job_id), "duplicates", 1)
 
+    def note_replayed(self, job_id: str, channel: str, replayed_as: str) -> None:
+        """Note, on the record of a job dead on ``channel``, the job its dead letter was
+        replayed as (``status`` shows it). Nothing when the record has expired."""
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(keys.job(job_id))  # type: ignore[no-untyped-call]
+                if pipe.exists(keys.job(job_id)):
+                    pipe.multi()  # type: ignore[no-untyped-call,unused-ignore]
+                    pipe.hset(keys.job(job_id), f"replayed_as:{channel}", json.dumps(replayed_as))
+                    pipe.execute()
+            except redis.WatchError:
+                pass  # it changed meanwhile (expired, or a late record): the note can go
+
     def lookup(self, job_id: str) -> dict[str, Any] | None:
         """The job ``job_id``; for a copy dropped at intake (same idempotency id), the job
         it was a copy of, with ``"duplicate": job_id``. None when unknown or expired."""
@@ -665,6 +678,8 @@ def _channel(raw: dict[str, str], channel: str) -> dict[str, Any]:
         "result": field("result"),
         "error": field("error"),
     }
+    if raw.get(f"replayed_as:{channel}") is not None:
+        out["replayed_as"] = field("replayed_as")
     payload = field("payload")
     if channel == "email" and isinstance(payload, dict):
         out["recipients"] = _recipients(payload, state, out["result"])

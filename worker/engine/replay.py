@@ -46,6 +46,8 @@ def replay(engine: Engine, entry_id: str) -> str:
             raise KeyError(f"no dead letter {entry_id!r} (replayed or purged meanwhile?)")
         job_id = _requeue(engine, entry)
         engine.dead_letters.remove(entry_id)
+        if entry.get("job_id") and entry.get("channel") in tuple(Channel):
+            engine.jobs.note_replayed(entry["job_id"], entry["channel"], job_id)
     finally:
         hold.release()
     return job_id

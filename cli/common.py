@@ -22,6 +22,7 @@ import redis
 from config.dev_stack_file import running_stack
 from config.redis_address import parse_redis_url
 from config.settings import get_settings
+from worker.engine import keys
 from worker.engine.redis_client import NotReplicatedError
 from worker.exceptions import NotificationConfigError
 from worker.job_request import InvalidJobError
@@ -89,6 +90,20 @@ def _check_text(arguments: dict[str, object]) -> None:
                         f"{name.upper()}: {raw!r} is not UTF-8 text (convert it first, e.g. "
                         "with iconv -f latin1 -t utf-8)"
                     ) from None
+
+
+def say_if_foreign(client: redis.Redis) -> None:
+    """When a listing found nothing: say so on stderr if this Redis holds nothing of the
+    service at all (no worker ever reported to it, no job came through it). A stale
+    REDIS_URL, or another database number, then reads as "nothing to do"."""
+    if client.exists(keys.STATS, keys.WORKERS, keys.RECENT_JOBS):
+        return
+    click.echo(
+        f"note: the Redis at {get_settings().redis_address.shown()} holds nothing of this "
+        "service (no worker has reported to it, no job came through it): is REDIS_URL the "
+        f"one the service uses?{_stale_stack_hint()}",
+        err=True,
+    )
 
 
 def _stale_stack_hint() -> str:

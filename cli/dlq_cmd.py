@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 import tasks
-from cli.common import BadInput, Failed, echo_json, one_line_errors, when
+from cli.common import BadInput, Failed, echo_json, one_line_errors, say_if_foreign, when
 from worker.engine.keys import DEAD_LETTER_CHANNELS
 from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError
@@ -32,6 +32,8 @@ def list_(limit: int, channel: str | None, as_json: bool) -> None:
 
     letters = engine().dead_letters
     entries = letters.list(limit, channel)
+    if not entries:
+        say_if_foreign(engine().redis)
     if as_json:
         echo_json(entries)
         return

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from cli.common import BadInput, Failed, echo_json, one_line_errors, when
+from cli.common import BadInput, Failed, echo_json, one_line_errors, say_if_foreign, when
 from worker.channels import Channel
 from worker.engine.dead_letters import dead_letter_id, no_job
 from worker.engine.jobs import DEAD
@@ -59,6 +59,8 @@ def jobs(limit: int, only: str | None, late: str | None, as_json: bool) -> None:
     if late and only:
         raise BadInput("--late and --status: choose one")
     found = engine().jobs.late(late, limit) if late else engine().jobs.recent(limit, only)
+    if not found:
+        say_if_foreign(engine().redis)
     if as_json:
         echo_json(found)
         return

@@ -207,3 +207,19 @@ def test_dlq_remove_deletes_only_the_letters_named(service_env: SandboxServer) -
     assert "1 of 3 not found" in removed.stderr
     assert [letter["id"] for letter in letters.list()] == ["keep-me"]
     assert run("dlq", "remove").exit_code == 2
+
+
+def test_an_empty_listing_of_a_redis_the_service_never_used_says_so(
+    service_env: SandboxServer,
+) -> None:
+    """A stale REDIS_URL, or another database number: `dlq list` and `jobs` read "nothing
+    to do" at 3 a.m. from a Redis that never held the service."""
+    for command in (["dlq", "list"], ["jobs"], ["dlq", "list", "--json"]):
+        foreign = run(*command)
+        assert foreign.exit_code == 0
+        assert "holds nothing of this service" in foreign.stderr
+        assert "holds nothing" not in foreign.stdout  # --json stays JSON
+    tasks.enqueue(Notification(recipient="a@example.com", subject="s"))
+    ours = run("dlq", "list")
+    assert ours.stdout.strip() == "no dead letters"
+    assert ours.stderr == ""

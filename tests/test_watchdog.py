@@ -17,10 +17,17 @@ from prometheus_client.parser import text_string_to_metric_families
 import tasks
 from api.metrics import exposition
 from sandbox import SandboxServer
-from tests.conftest import SandboxClient, reconfigure, wait_for
+from tests.conftest import (
+    SandboxClient,
+    closed_port_url,
+    in_thread_worker,
+    reconfigure,
+    wait_for,
+)
 from tests.processes import WorkerProcess
 from tests.processes import beat as beat_process
 from worker.engine.runtime import engine
+from worker.engine.watchdog import send_canary
 from worker.providers.base import Notification
 
 WORKER = ("-P", "threads", "-c", "4")
@@ -156,3 +163,24 @@ def test_a_canary_delivered_late_calls_the_fail_url_with_how_late(
     assert ping["kind"] == "fail"
     assert ping["body"].startswith("this canary took 6")
     assert ping["body"].endswith(" s to come through (pages wait as long)")
+
+
+def test_a_monitor_that_cannot_be_reached_is_not_a_canary_that_did_not_arrive(
+    service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The canary came through but WATCHDOG_URL could not be called: that is an `error`
+    ping (GdsNotifyWatchdogUnreachable, a ticket), not a stale canary, which paged "notifications
+    may not be getting through" while every page went out."""
+    monkeypatch.setenv("WATCHDOG_URL", closed_port_url())
+    reconfigure()
+    with in_thread_worker():
+        job = send_canary(engine())
+        assert job is not None
+        wait_for(lambda: (engine().jobs.get(job) or {}).get("status") == "dead-lettered")
+    scraped = {
+        (s.name, tuple(s.labels.values())): s.value
+        for family in text_string_to_metric_families(exposition().decode())
+        for s in family.samples
+    }
+    assert scraped[("gds_notify_watchdog_pings_total", ("error",))] == 1
+    assert scraped[("gds_notify_watchdog_age_seconds", ())] < 60

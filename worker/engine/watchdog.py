@@ -87,6 +87,9 @@ def arrived(engine: Engine, sent_at: float | None = None) -> tuple[str, str | No
     (``ok`` or ``fail``) and the reason for a fail. Raises the pinger's error when the
     watchdog cannot be reached (counted as ``error``)."""
     settings = engine.settings
+    # It came through: what gds_notify_watchdog_age_seconds measures, whether or not the
+    # monitor can be told (a call that fails counts as an `error` ping).
+    stats.stamp(engine.redis, keys.WATCHDOG_LAST)
     reason = verdict(engine, sent_at)
     if reason is not None and settings.watchdog_fail_url is None:
         logger.warning("watchdog: %s (no WATCHDOG_FAIL_URL to say so)", reason)
@@ -101,5 +104,4 @@ def arrived(engine: Engine, sent_at: float | None = None) -> tuple[str, str | No
         raise
     result = "fail" if failing else "ok"
     stats.add(engine.redis, [stats.count("watchdog_pings", result)])
-    stats.stamp(engine.redis, keys.WATCHDOG_LAST)
     return result, reason

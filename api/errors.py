@@ -7,6 +7,7 @@ no token, or one nobody configured           401     ``WWW-Authenticate: Bearer`
 a token without the scope                    403
 unknown job, dead letter, route              404
 a body that arrives too slowly               408
+a dead letter another replay holds now       409     ``Retry-After`` (seconds)
 a body over ``API_MAX_BODY_BYTES``           413
 a field that can never be delivered          422     ``errors``: each field and what is wrong
 a token over ``API_RATE_LIMIT``              429     ``Retry-After`` (seconds)
@@ -64,6 +65,10 @@ def forbidden(message: str) -> ApiError:
 
 def not_found(message: str) -> ApiError:
     return ApiError(404, message)
+
+
+def conflict(message: str, retry_after: int) -> ApiError:
+    return ApiError(409, message, {"Retry-After": str(retry_after)})
 
 
 def too_many(wait: float) -> ApiError:

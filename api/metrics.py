@@ -30,7 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from api.redis_deadline import BUDGET_SECONDS, SingleFlight
-from api.response_counts import NAME
+from api.response_counts import NAME, route_templates
 from worker.channels import Channel
 from worker.engine import stats
 from worker.engine.heartbeats.store import REFUSED
@@ -107,7 +107,13 @@ def _read(eng: Engine) -> tuple[stats.Snapshot, dict[str, float], str | None]:
         heartbeats=eng.settings.heartbeat_services_file is not None,
     )
     late = oldest_undelivered(eng.quick_redis, snap.now)
-    return snap, late, stats.refuses_writes(eng.quick_redis, eng.settings.redis_min_replicas)
+    return (
+        snap,
+        late,
+        stats.refuses_writes(
+            eng.quick_redis, eng.settings.redis_min_replicas, eng.settings.redis_wait_timeout
+        ),
+    )
 
 
 class PoolCollector(Collector):
@@ -209,6 +215,8 @@ class PoolCollector(Collector):
             "each API process writes its counts once a second.",
             ["route", "code"],
             snap,
+            # At 0 from the start, so that GdsNotifyApiErrors' increase() sees a first 500.
+            [(route, "500") for route in route_templates()],
         )
         yield _counter(
             "dead_lettered",

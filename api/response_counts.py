@@ -8,7 +8,8 @@ writes what is left. Answers not written while Redis is down are kept for the ne
 
 The route is the path's template (``/ping/{key}/{slug}``), never the path: a key or a slug
 in a label would put a secret into the metrics and grow the label set without bound. A path
-that matches no route is ``other``.
+that matches no route is ``other``; Medic's calls under ``/medic/{key}`` count under the
+same templates as with a bearer token (``/heartbeat``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,22 @@ def route_of(scope: Scope) -> str:
     return _CONVERTOR.sub(r"{\1}", path) if isinstance(path, str) and path else "other"
 
 
+def route_templates() -> list[str]:
+    """Every route's template, as :func:`route_of` names it, and ``other``."""
+    from api.routes import PING_ROUTES, ROUTERS  # at the scrape: the routes import this
+
+    paths = {"other"}
+    routes = [*PING_ROUTES, *(route for router in ROUTERS for route in router.routes)]
+    while routes:
+        route = routes.pop()
+        # A router included in another (Medic's, under /medic/{key} too) answers with its
+        # own routes, whose templates leave the prefix out.
+        routes += getattr(getattr(route, "original_router", None), "routes", [])
+        if path := getattr(route, "path", ""):
+            paths.add(_CONVERTOR.sub(r"{\1}", path))
+    return sorted(paths)
+
+
 class ResponseCounts:
     """This process's answers not yet written to Redis, and the thread that writes them."""
 
@@ -67,7 +84,9 @@ class ResponseCounts:
             return
         increments = [stats.count(NAME, route, code, by=n) for (route, code), n in taken.items()]
         try:
-            stats.add(engine().redis, increments)
+            # The quick client: at shutdown, with Redis gone, this must not wait out a
+            # failover's retries.
+            stats.add(engine().quick_redis, increments)
         except redis.RedisError as exc:
             logger.debug("answers not counted yet (%s): kept for the next write", exc)
             with self._lock:

@@ -79,7 +79,15 @@ def _check_text(arguments: dict[str, object]) -> None:
     """Refuse an argument that is not UTF-8 text: Python hands the bytes of one (a Latin-1
     terminal, a binary file name) over as lone surrogates, which fail deep inside, at the
     first encode, with a traceback."""
+    context = click.get_current_context(silent=True)
+    paths = {
+        p.name
+        for p in (context.command.params if context else [])
+        if isinstance(p.type, click.Path | click.File)
+    }
     for name, value in arguments.items():
+        if name in paths:  # a file's name is the file system's bytes, whatever they are
+            continue
         for text in value if isinstance(value, tuple | list) else (value,):
             if isinstance(text, str):
                 try:

@@ -9,6 +9,8 @@ import click
 import tasks
 from cli.common import BadInput, Failed, echo_json, one_line_errors, say_if_foreign, when
 from worker.engine.keys import DEAD_LETTER_CHANNELS
+from worker.engine.replay import ReplayInProgressError
+from worker.engine.replay import remove as remove_letter
 from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError
 
@@ -86,10 +88,11 @@ def replay(entry_ids: tuple[str, ...], replay_all: bool) -> None:
     missing = [name for name in dict.fromkeys(entry_ids) if not _add(letters, name)]
     # One name gone (replayed by a run before this one) stops none of the others.
     problems = [f"{name}: not replayed: {_missing(name)}" for name in missing]
-    # The order they died in: a resolve dead-lettered after its trigger must not be queued
-    # before it (PagerDuty would drop it, and the trigger would open an incident nobody
-    # resolves), and `dlq list` prints the newest first.
-    letters.sort(key=lambda entry: entry.get("dead_at") or 0)
+    # The order their jobs were accepted in (else the order they died in): a resolve must not
+    # be queued before its trigger (PagerDuty would drop it, and the trigger would open an
+    # incident nobody resolves), even one retried for an hour before it died; and
+    # `dlq list` prints the newest first.
+    letters.sort(key=lambda entry: entry.get("first_seen") or entry.get("dead_at") or 0)
     wanted = list(dict.fromkeys(entry["id"] for entry in letters))
     for entry_id in wanted:
         try:
@@ -122,19 +125,22 @@ def _text(exc: Exception) -> str:
 def remove(entry_ids: tuple[str, ...]) -> None:
     """Delete the dead letters named, and only those (an entry's id or a job's, as for
     `show`): for one that is not to be sent, once read. Exit code 1 if a name was not
-    found (the others are removed all the same)."""
-    missing = []
+    found, or a replay holds the letter now (the others are removed all the same)."""
+    problems = []
     for name in dict.fromkeys(entry_ids):
         found = engine().dead_letters.find(name)
         if not found:
-            missing.append(name)
+            problems.append(f"{name}: {_missing(name)}")
         for entry in found:
-            if engine().dead_letters.remove(entry["id"]):
-                click.echo(f"removed {entry['id']}")
-    for name in missing:
-        click.echo(f"{name}: {_missing(name)}", err=True)
-    if missing:
-        raise Failed(f"{len(missing)} of {len(set(entry_ids))} not found")
+            try:
+                if remove_letter(engine(), entry["id"]):
+                    click.echo(f"removed {entry['id']}")
+            except ReplayInProgressError as exc:
+                problems.append(f"{entry['id']}: not removed: {exc}")
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        raise Failed(f"{len(problems)} of {len(set(entry_ids))} not removed")
 
 
 @dlq.command()

@@ -623,6 +623,11 @@ def test_dead_letters_listed_shown_and_replayed_by_an_admin(
         no_such = ops.get("/v1/dead-letters", params={"channel": "sms"})
         entry_id = listed["dead_letters"][0]["id"]
         shown = ops.get(f"/v1/dead-letters/{entry_id}").json()
+        # A replay under way elsewhere (`gds-notify dlq replay`) holds the letter.
+        hold = engine().locks.acquire(keys.dead_letter_replay(entry_id), 30)
+        assert hold is not None
+        held = ops.post(f"/v1/dead-letters/{entry_id}/replay")
+        hold.release()
         replayed = ops.post(f"/v1/dead-letters/{entry_id}/replay")
         gone = ops.get(f"/v1/dead-letters/{entry_id}")
         unknown = ops.post("/v1/dead-letters/nope/replay")
@@ -633,6 +638,9 @@ def test_dead_letters_listed_shown_and_replayed_by_an_admin(
     assert no_such.json()["errors"][0]["field"] == "channel"
     assert shown["job_id"] == job_id
     assert shown["reason"].startswith("permanent error")
+    assert held.status_code == 409
+    assert held.headers["Retry-After"] == "5"
+    assert "being replayed elsewhere now" in held.json()["error"]
     assert replayed.status_code == 202
     delivered(replayed.json()["job_id"])
     assert gone.status_code == 404
@@ -706,8 +714,10 @@ def test_readiness_names_each_queue_no_worker_consumes(
     try:
         email_pool.start()
         with httpx.Client(base_url=api_server.url) as anonymous:
+            # A worker process takes seconds to start and report: more on a loaded machine.
             emails_only = wait_for(
-                lambda: (r := anonymous.get("/readyz")).json()["checks"]["workers"] and r
+                lambda: (r := anonymous.get("/readyz")).json()["checks"].get("workers") and r,
+                timeout=60,
             )
             page_pool.start()
             email_pool.stop()
@@ -716,7 +726,8 @@ def test_readiness_names_each_queue_no_worker_consumes(
                     (r := anonymous.get("/readyz")).status_code == 200
                     and not r.json()["checks"]["queues"]["email"]
                     and r
-                )
+                ),
+                timeout=60,
             )
     finally:
         email_pool.stop()

@@ -164,3 +164,27 @@ def test_an_argument_that_is_not_utf8_is_one_line_naming_it(command: list[str]) 
     assert line.endswith(
         "b'caf\\xe9' is not UTF-8 text (convert it first, e.g. with iconv -f latin1 -t utf-8)"
     )
+
+
+def test_a_file_name_that_is_not_utf8_is_still_a_file_name(tmp_path: Path) -> None:
+    """A path is the file system's bytes: `api --ssl-keyfile` took one before the check of
+    text arguments, and still does; the same bytes as text are refused."""
+    import click
+
+    from cli.common import one_line_errors
+
+    @click.command()
+    @click.argument("name")
+    @click.option("--key-file", type=click.Path(exists=True))
+    @one_line_errors
+    def command(name: str, key_file: str | None) -> None:
+        click.echo(f"{name} {key_file is not None}")
+
+    odd = os.fsdecode(bytes(tmp_path) + b"/caf\xe9.key")
+    Path(odd).write_text("k")
+    taken = CliRunner().invoke(command, ["fine", "--key-file", odd])
+    assert (taken.exit_code, taken.stdout) == (0, "fine True\n")
+    refused = CliRunner().invoke(command, [odd])
+    assert refused.exit_code == 2
+    assert "NAME: " in refused.stderr
+    assert "is not UTF-8 text" in refused.stderr

@@ -15,6 +15,7 @@ from cli.main import main
 from sandbox import SandboxServer
 from tests.conftest import ROUTING_KEY, SandboxClient, wait_for
 from worker.celery_app import app
+from worker.engine import keys
 from worker.engine.runtime import engine
 from worker.providers.base import Notification
 
@@ -204,9 +205,19 @@ def test_dlq_remove_deletes_only_the_letters_named(service_env: SandboxServer) -
     assert removed.exit_code == 1
     assert removed.stdout.splitlines() == ["removed poison-1", "removed j2-email"]
     assert "nope: no dead letter 'nope'" in removed.stderr
-    assert "1 of 3 not found" in removed.stderr
+    assert "1 of 3 not removed" in removed.stderr
     assert [letter["id"] for letter in letters.list()] == ["keep-me"]
     assert run("dlq", "remove").exit_code == 2
+    # A replay holding it now would send its job all the same: not removed.
+    hold = engine().locks.acquire(keys.dead_letter_replay("keep-me"), 30)
+    assert hold is not None
+    held = run("dlq", "remove", "keep-me")
+    assert held.exit_code == 1
+    assert "keep-me: not removed: dead letter 'keep-me' is being replayed elsewhere now" in (
+        held.stderr
+    )
+    assert letters.count() == 1
+    assert hold.release()
 
 
 def test_an_empty_listing_of_a_redis_the_service_never_used_says_so(

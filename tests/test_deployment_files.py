@@ -305,7 +305,9 @@ def _docker_pattern(pattern: str) -> re.Pattern[str]:
     text = pattern.strip().lstrip("/").removeprefix("./")
     out, i = "", 0
     while i < len(text):
-        if text.startswith("**", i):
+        if text.startswith("**/", i):
+            out, i = out + "(.*/)?", i + 3  # any folders, none included
+        elif text.startswith("**", i):
             out, i = out + ".*", i + 2
         elif text[i] == "*":
             out, i = out + "[^/]*", i + 1
@@ -356,6 +358,10 @@ def test_the_build_context_leaves_out_secrets_and_local_state(tmp_path: Path) ->
         ".gds-dev/stack.json",
         "worker/__pycache__/app.cpython-311.pyc",
         "worker/engine/__pycache__/jobs.cpython-311.pyc",
+        "__pycache__/conftest.cpython-311.pyc",
+        "server.pem",
+        "tls/server.key",
+        ".import_linter_cache/x",
         "worker/engine/jobs_claim.lua",
         "worker/celery_app.py",
         "gds_notification.egg-info/PKG-INFO",

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
 from api.auth import require
-from api.errors import not_found
+from api.errors import conflict, not_found
 from api.routes.answers import ERRORS, Problem, Queued
 from worker.engine.keys import DeadLetterChannel
-from worker.engine.replay import replay
+from worker.engine.replay import ReplayInProgressError, replay
 from worker.engine.runtime import engine
 
 router = APIRouter(tags=["dead letters"], dependencies=[Depends(require("admin"))])
@@ -56,12 +56,20 @@ def show_dead_letter(entry_id: str) -> JSONResponse:
     "/v1/dead-letters/{entry_id}/replay",
     status_code=202,
     response_model=Queued,
-    responses={**ERRORS, **NOT_FOUND, 422: {"model": Problem, "description": "Still invalid."}},
+    responses={
+        **ERRORS,
+        **NOT_FOUND,
+        409: {"model": Problem, "description": "Another replay of it is under way."},
+        422: {"model": Problem, "description": "Still invalid."},
+    },
 )
 def replay_dead_letter(entry_id: str) -> Queued:
     """Send the job through intake again, as a new job; the dead letter goes once it is
-    queued. A job that is still invalid answers 422 and stays."""
+    queued. A job that is still invalid answers 422 and stays; one another replay holds
+    at this moment, 409 (ask again: it is gone once that replay is done)."""
     try:
         return Queued(job_id=replay(engine(), entry_id))
+    except ReplayInProgressError as exc:
+        raise conflict(str(exc), retry_after=5) from None
     except KeyError:
         raise not_found(f"no dead letter {entry_id!r}") from None

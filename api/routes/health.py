@@ -74,7 +74,9 @@ def _readiness(eng: Engine) -> tuple[dict[str, Any], list[str]]:
     checks: dict[str, Any] = {}
     failing: list[str] = []
     client.ping()
-    refused = stats.refuses_writes(client, eng.settings.redis_min_replicas)
+    refused = stats.refuses_writes(
+        client, eng.settings.redis_min_replicas, eng.settings.redis_wait_timeout
+    )
     if refused:
         return {"redis": f"not writable: {refused}"}, ["redis"]
     checks["redis"] = "ok"

@@ -269,26 +269,29 @@ def stamp(client: redis.Redis, key: str) -> None:
     client.set(key, repr(float(seconds) + micros / 1_000_000))
 
 
-#: The longest a probe waits for replicas: a tiny write reaches a live replica in
-#: milliseconds, and the probe must stay inside the quick client's timeout.
-PROBE_WAIT_SECONDS = 1.0
+#: The longest a probe waits for replicas: inside the quick client's timeout (3 s).
+PROBE_WAIT_CAP_SECONDS = 2.5
 
 
-def refuses_writes(client: redis.Redis, replicas: int = 0) -> str | None:
+def refuses_writes(client: redis.Redis, replicas: int = 0, wait: float = 2.0) -> str | None:
     """Why Redis answers but will not take a write (out of memory, a read-only replica
     taken for the master, a failed snapshot stopping writes; or, with ``replicas``
-    (``REDIS_MIN_REPLICAS``), fewer replicas than that confirming it), or None when it
-    takes one. Every job is a write: such a Redis accepts nothing and delivers nothing
+    (``REDIS_MIN_REPLICAS``), fewer replicas than that confirming it within ``wait``
+    seconds, as an accept waits: ``REDIS_WAIT_TIMEOUT``, at most 2.5 s here), or None when
+    it takes one. Every job is a write: such a Redis accepts nothing and delivers nothing
     while it still answers reads and pings. A connection error is raised."""
+    seconds = min(wait, PROBE_WAIT_CAP_SECONDS)
+    pipe = client.pipeline(transaction=False)  # one connection: WAIT counts this write
+    pipe.set(keys.WRITE_PROBE, "1", ex=60)
+    if replicas:
+        pipe.wait(replicas, int(seconds * 1000))
     try:
-        client.set(keys.WRITE_PROBE, "1", ex=60)
+        answers = pipe.execute()
     except redis.ResponseError as exc:
         return f"{type(exc).__name__}: {str(exc)[:200]}"
-    if replicas:
-        confirmed = int(client.wait(replicas, int(PROBE_WAIT_SECONDS * 1000)))
-        if confirmed < replicas:
-            return (
-                f"too few replicas: {confirmed} of the {replicas} REDIS_MIN_REPLICAS asks "
-                f"for confirmed a write within {PROBE_WAIT_SECONDS:g} s, so no job is accepted"
-            )
+    if replicas and int(answers[1]) < replicas:
+        return (
+            f"too few replicas: {answers[1]} of the {replicas} REDIS_MIN_REPLICAS asks for "
+            f"confirmed a write within {seconds:g} s, so no job is accepted"
+        )
     return None

@@ -14,6 +14,7 @@ same templates as with a bearer token (``/heartbeat``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -42,20 +43,26 @@ def route_of(scope: Scope) -> str:
     return _CONVERTOR.sub(r"{\1}", path) if isinstance(path, str) and path else "other"
 
 
-def route_templates() -> list[str]:
-    """Every route's template, as :func:`route_of` names it, and ``other``."""
-    from api.routes import PING_ROUTES, ROUTERS  # at the scrape: the routes import this
+@functools.cache
+def route_templates() -> tuple[str, ...]:
+    """Every route's template, as :func:`route_of` names it, and ``other`` (the API's
+    routers', read once; ``other`` alone if they cannot be read)."""
+    try:
+        from api.routes import PING_ROUTES, ROUTERS  # at the scrape: the routes import this
 
-    paths = {"other"}
-    routes = [*PING_ROUTES, *(route for router in ROUTERS for route in router.routes)]
-    while routes:
-        route = routes.pop()
-        # A router included in another (Medic's, under /medic/{key} too) answers with its
-        # own routes, whose templates leave the prefix out.
-        routes += getattr(getattr(route, "original_router", None), "routes", [])
-        if path := getattr(route, "path", ""):
-            paths.add(_CONVERTOR.sub(r"{\1}", path))
-    return sorted(paths)
+        paths = {"other"}
+        routes = [*PING_ROUTES, *(route for router in ROUTERS for route in router.routes)]
+        while routes:
+            route = routes.pop()
+            # A router included in another (Medic's, under /medic/{key} too) answers with
+            # its own routes, whose templates leave the prefix out.
+            routes += getattr(getattr(route, "original_router", None), "routes", [])
+            if path := getattr(route, "path", ""):
+                paths.add(_CONVERTOR.sub(r"{\1}", path))
+        return tuple(sorted(paths))
+    except Exception:  # a scrape must not fail for want of zeros
+        logger.exception("the API's routes could not be listed: their 500s start unexported")
+        return ("other",)
 
 
 class ResponseCounts:

@@ -126,21 +126,23 @@ def remove(entry_ids: tuple[str, ...]) -> None:
     """Delete the dead letters named, and only those (an entry's id or a job's, as for
     `show`): for one that is not to be sent, once read. Exit code 1 if a name was not
     found, or a replay holds the letter now (the others are removed all the same)."""
-    problems = []
+    problems, failed = [], set()
     for name in dict.fromkeys(entry_ids):
         found = engine().dead_letters.find(name)
         if not found:
             problems.append(f"{name}: {_missing(name)}")
+            failed.add(name)
         for entry in found:
             try:
                 if remove_letter(engine(), entry["id"]):
                     click.echo(f"removed {entry['id']}")
             except ReplayInProgressError as exc:
                 problems.append(f"{entry['id']}: not removed: {exc}")
+                failed.add(name)
     for problem in problems:
         click.echo(problem, err=True)
-    if problems:
-        raise Failed(f"{len(problems)} of {len(set(entry_ids))} not removed")
+    if failed:
+        raise Failed(f"{len(failed)} of {len(set(entry_ids))} not removed")
 
 
 @dlq.command()

@@ -163,7 +163,11 @@ class Settings(BaseSettings):
         "acknowledged (WAIT); 0 trusts the master alone.",
     )
     redis_wait_timeout: float = Field(
-        default=2.0, gt=0, le=60, description="Seconds to wait for those replicas."
+        # At least 10 ms: WAIT's timeout is in milliseconds, and 0 would wait for ever.
+        default=2.0,
+        ge=0.01,
+        le=60,
+        description="Seconds to wait for those replicas.",
     )
     redis_retry_seconds: float | None = Field(
         default=None,

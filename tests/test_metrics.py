@@ -383,6 +383,7 @@ def test_a_redis_that_answers_but_refuses_writes_is_named_as_such(
     assert ready.json()["failing"] == ["redis"]
     said = {"out of memory": "OutOfMemoryError: ", "read-only replica": "ReadOnlyError: "}
     assert ready.json()["checks"]["redis"].startswith(f"not writable: {said[refusal]}")
+    assert "of pipeline" not in ready.json()["checks"]["redis"]  # Redis' words, whole
 
 
 def test_too_few_replicas_for_redis_min_replicas_is_a_redis_refusing_writes(

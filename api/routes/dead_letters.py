@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -10,6 +11,7 @@ from fastapi.responses import JSONResponse
 from api.auth import require
 from api.errors import conflict, not_found
 from api.routes.answers import ERRORS, Problem, Queued
+from worker.engine import keys
 from worker.engine.keys import DeadLetterChannel
 from worker.engine.replay import ReplayInProgressError, replay
 from worker.engine.runtime import engine
@@ -70,6 +72,8 @@ def replay_dead_letter(entry_id: str) -> Queued:
     try:
         return Queued(job_id=replay(engine(), entry_id))
     except ReplayInProgressError as exc:
-        raise conflict(str(exc), retry_after=5) from None
+        # Until that replay is done: at most the hold's time, should its replayer have died.
+        held = engine().redis.pttl(keys.dead_letter_replay(entry_id))
+        raise conflict(str(exc), retry_after=max(1, min(5, math.ceil(held / 1000)))) from None
     except KeyError:
         raise not_found(f"no dead letter {entry_id!r}") from None

@@ -48,6 +48,11 @@ class SingleFlight(Generic[T]):
         self._running: Future[T] | None = None
         self._began = 0.0
 
+    def idle(self) -> bool:
+        """Whether no read is running (one that ran past its budget may still be)."""
+        with self._lock:
+            return self._running is None or self._running.done()
+
     def run(self, read: Callable[[], T], seconds: float = BUDGET_SECONDS) -> T:
         """``read()``'s result, or :class:`TooSlow` once ``seconds`` have passed since the
         read began. A read already running for this purpose is waited for (what is left of

@@ -28,6 +28,7 @@ import tasks
 from api import metrics as metrics_module
 from api.redis_deadline import SingleFlight, TooSlow
 from api.response_counts import COUNTS
+from api.routes import health
 from cli.main import main
 from config.settings import Settings
 from sandbox.redis_server import LocalRedis
@@ -491,6 +492,7 @@ def test_a_hung_redis_is_a_scrape_saying_so_within_the_scrape_timeout(
                 ready = http.get("/readyz")
         finally:
             os.kill(hung.pid, signal.SIGCONT)
+            wait_for(lambda: metrics_module.READS.idle() and health.READS.idle())
     samples = {
         (f.name, tuple(sorted(x.labels.items()))): x.value
         for f in text_string_to_metric_families(metrics.text)
@@ -567,6 +569,9 @@ def test_a_slow_redis_is_a_scrape_saying_so_within_the_scrape_timeout(
                 again = http.get("/metrics")  # while the first scrape's reads still run
         finally:
             proxy.close()
+            # The reads still running fail now; a scrape in the next test must not wait on
+            # them (one read per purpose, per process).
+            wait_for(lambda: metrics_module.READS.idle() and health.READS.idle())
     for answer in (metrics, again):
         samples = {
             (f.name, tuple(sorted(x.labels.items()))): x.value

@@ -2,17 +2,59 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 import tasks
 from cli.common import BadInput, Failed, echo_json, one_line_errors, say_if_foreign, when
+from config.catalogue import parse_duration
 from worker.engine.keys import DEAD_LETTER_CHANNELS
 from worker.engine.replay import ReplayInProgressError
 from worker.engine.replay import remove as remove_letter
 from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError
+
+
+def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--since``: a duration (``90s``, ``30m``, ``2h``, ``1d``) or an ISO 8601 time (UTC
+    when it names no zone), as the epoch seconds it begins at."""
+    if value is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return time.time() - parse_duration(value)
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: a duration ('30m', '2h', '1d') or an ISO 8601 time"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+CHANNEL = click.option(
+    "--channel",
+    type=click.Choice(DEAD_LETTER_CHANNELS),
+    help="Only this channel's: pages, emails, payloads refused at intake, broker messages.",
+)
+SINCE = click.option(
+    "--since", callback=_since, metavar="2h|TIME", help="Only those dead since: '2h', or a time."
+)
+REASON = click.option("--reason", help="Only those whose reason holds this text (any case).")
+
+
+def _matching(
+    letters: list[dict[str, Any]], since: float | None, reason: str | None
+) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in letters
+        if (since is None or (e.get("dead_at") or 0) >= since)
+        and (reason is None or reason.casefold() in str(e.get("reason") or "").casefold())
+    ]
 
 
 @click.group()
@@ -22,18 +64,22 @@ def dlq() -> None:
 
 @dlq.command("list")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--channel",
-    type=click.Choice(DEAD_LETTER_CHANNELS),
-    help="Only this channel's: pages, emails, payloads refused at intake, broker messages.",
-)
+@CHANNEL
+@SINCE
+@REASON
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 @one_line_errors
-def list_(limit: int, channel: str | None, as_json: bool) -> None:
+def list_(
+    limit: int, channel: str | None, since: float | None, reason: str | None, as_json: bool
+) -> None:
     """The newest dead letters first."""
 
     letters = engine().dead_letters
-    entries = letters.list(limit, channel)
+    if since is None and reason is None:
+        entries, total = letters.list(limit, channel), letters.count(channel)
+    else:
+        found = _matching(letters.list(1_000_000, channel), since, reason)
+        entries, total = found[:limit], len(found)
     if not entries:
         say_if_foreign(engine().redis)
     if as_json:
@@ -44,7 +90,7 @@ def list_(limit: int, channel: str | None, as_json: bool) -> None:
         return
     for e in entries:
         click.echo(f"{e['id']}  {when(e['dead_at'])}  {e['channel']:<9}  {e['reason'][:120]}")
-    click.echo(f"{len(entries)} of {letters.count(channel)} shown")
+    click.echo(f"{len(entries)} of {total} shown")
 
 
 def _missing(name: str) -> str:
@@ -71,12 +117,27 @@ def show(entry_id: str) -> None:
 
 @dlq.command()
 @click.argument("entry_ids", nargs=-1)
-@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+@click.option(
+    "--all", "replay_all", is_flag=True, help="Replay every dead letter (or those chosen)."
+)
+@CHANNEL
+@SINCE
+@REASON
+@click.option("--dry-run", is_flag=True, help="Print what would be replayed; replay nothing.")
 @one_line_errors
-def replay(entry_ids: tuple[str, ...], replay_all: bool) -> None:
+def replay(
+    entry_ids: tuple[str, ...],
+    replay_all: bool,
+    channel: str | None,
+    since: float | None,
+    reason: str | None,
+    dry_run: bool,
+) -> None:
     """Send dead-lettered jobs through intake again (as new jobs), oldest first whatever
     the order named. Prints the new job ids. Each ENTRY_ID is an entry's id or a job's
-    (every dead channel of it); --all instead of ids replays every one.
+    (every dead channel of it); --all instead of ids replays every one, or those that
+    --channel, --since and --reason choose (after an outage: `--all --channel pagerduty
+    --since 2h --dry-run`, then without --dry-run).
 
     Exit code 1 if any could not be replayed (they stay dead-lettered).
     """
@@ -84,7 +145,12 @@ def replay(entry_ids: tuple[str, ...], replay_all: bool) -> None:
         raise BadInput("name the dead letters to replay, or use --all: not both")
     if not (replay_all or entry_ids):
         raise BadInput("name the dead letters to replay, or use --all")
-    letters = engine().dead_letters.list(limit=1_000_000) if replay_all else []
+    if entry_ids and (channel or since is not None or reason is not None):
+        raise BadInput("--channel, --since and --reason choose among --all, not among ids")
+    if replay_all:
+        letters = _matching(engine().dead_letters.list(1_000_000, channel), since, reason)
+    else:
+        letters = []
     missing = [name for name in dict.fromkeys(entry_ids) if not _add(letters, name)]
     # One name gone (replayed by a run before this one) stops none of the others.
     problems = [f"{name}: not replayed: {_missing(name)}" for name in missing]
@@ -94,6 +160,15 @@ def replay(entry_ids: tuple[str, ...], replay_all: bool) -> None:
     # `dlq list` prints the newest first.
     letters.sort(key=lambda entry: entry.get("first_seen") or entry.get("dead_at") or 0)
     wanted = list(dict.fromkeys(entry["id"] for entry in letters))
+    if dry_run:
+        for entry in {e["id"]: e for e in letters}.values():
+            click.echo(f"would replay {entry['id']}  {entry['channel']:<9}  {entry['reason'][:80]}")
+        click.echo(f"{len(wanted)} dead letter{'' if len(wanted) == 1 else 's'} would be replayed")
+        if problems:
+            for problem in problems:
+                click.echo(problem, err=True)
+            raise Failed(f"{len(problems)} not found")
+        return
     for entry_id in wanted:
         try:
             click.echo(f"{entry_id} -> job {tasks.replay(entry_id)}")

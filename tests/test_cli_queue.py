@@ -234,3 +234,53 @@ def test_an_empty_listing_of_a_redis_the_service_never_used_says_so(
     ours = run("dlq", "list")
     assert ours.stdout.strip() == "no dead letters"
     assert ours.stderr == ""
+
+
+def test_after_an_outage_exactly_its_dead_pages_are_chosen_shown_and_replayed(
+    service_env: SandboxServer,
+) -> None:
+    """PagerDuty was down for an hour: replay exactly the pages it killed, having looked
+    first, and nothing older, nor the email refused for good meanwhile."""
+    letters = engine().dead_letters
+    notification = {"recipient": "db", "subject": "Disk full", "priority": "critical"}
+    page = {"action": "trigger", "notification": notification}
+    for name, channel, reason in (
+        ("old-pagerduty", "pagerduty", "PagerDuty answered HTTP 503 (retries exhausted)"),
+        ("a-pagerduty", "pagerduty", "PagerDuty answered HTTP 503 (retries exhausted)"),
+        ("b-pagerduty", "pagerduty", "PagerDuty answered HTTP 503 (retries exhausted)"),
+        ("c-email", "email", "permanent error: 550 no such mailbox"),
+    ):
+        job_id = name.rsplit("-", 1)[0]
+        letters.add(entry_id=name, job_id=job_id, channel=channel, reason=reason, payload=page)
+    # The old one died three hours ago.
+    old = json.loads(engine().redis.hget(keys.DEAD_LETTERS, "old-pagerduty"))  # type: ignore[arg-type]
+    old["dead_at"] -= 3 * 3600
+    engine().redis.hset(keys.DEAD_LETTERS, "old-pagerduty", json.dumps(old))
+    for index in (keys.DEAD_LETTER_INDEX, keys.dead_letter_channel("pagerduty")):
+        engine().redis.zadd(index, {"old-pagerduty": old["dead_at"]})
+
+    recent = run("dlq", "list", "--channel", "pagerduty", "--since", "2h")
+    assert "2 of 2 shown" in recent.stdout
+    assert "old-pagerduty" not in recent.stdout
+    by_reason = json.loads(run("dlq", "list", "--reason", "http 503", "--json").stdout)
+    assert sorted(e["id"] for e in by_reason) == ["a-pagerduty", "b-pagerduty", "old-pagerduty"]
+    assert run("dlq", "list", "--since", "yesterday-ish").exit_code == 2
+
+    chosen = ["replay", "--all", "--channel", "pagerduty", "--since", "2h"]
+    looked = run("dlq", *chosen, "--dry-run")
+    assert looked.exit_code == 0, looked.output
+    assert [line.split()[2] for line in looked.stdout.splitlines()[:-1]] == [
+        "a-pagerduty",
+        "b-pagerduty",
+    ]
+    assert looked.stdout.splitlines()[-1] == "2 dead letters would be replayed"
+    assert letters.count() == 4  # a dry run replays nothing
+    assert run("dlq", "replay", "a-pagerduty", "--since", "2h").exit_code == 2
+
+    replayed = run("dlq", *chosen)
+    assert replayed.exit_code == 0, replayed.output
+    assert [line.split()[0] for line in replayed.stdout.splitlines()] == [
+        "a-pagerduty",
+        "b-pagerduty",
+    ]
+    assert sorted(e["id"] for e in letters.list()) == ["c-email", "old-pagerduty"]

@@ -13,6 +13,7 @@ import tasks
 from cli.common import BadInput, Failed, echo_json, one_line_errors, say_if_foreign, when
 from config.catalogue import parse_duration
 from worker.engine.keys import DEAD_LETTER_CHANNELS
+from worker.engine.quarantine import BROKER_CHANNEL
 from worker.engine.replay import ReplayInProgressError
 from worker.engine.replay import remove as remove_letter
 from worker.engine.runtime import engine
@@ -161,9 +162,13 @@ def replay(
     letters.sort(key=lambda entry: entry.get("first_seen") or entry.get("dead_at") or 0)
     wanted = list(dict.fromkeys(entry["id"] for entry in letters))
     if dry_run:
-        for entry in {e["id"]: e for e in letters}.values():
-            click.echo(f"would replay {entry['id']}  {entry['channel']:<9}  {entry['reason'][:80]}")
-        click.echo(f"{len(wanted)} dead letter{'' if len(wanted) == 1 else 's'} would be replayed")
+        chosen = list({e["id"]: e for e in letters}.values())
+        for entry in chosen:
+            # A broker letter is a message no task could read, not a job: replay refuses it.
+            verb = "cannot replay" if entry["channel"] == BROKER_CHANNEL else "would replay"
+            click.echo(f"{verb} {entry['id']}  {entry['channel']:<9}  {entry['reason'][:80]}")
+        count = sum(1 for e in chosen if e["channel"] != BROKER_CHANNEL)
+        click.echo(f"{count} dead letter{'' if count == 1 else 's'} would be replayed")
         if problems:
             for problem in problems:
                 click.echo(problem, err=True)

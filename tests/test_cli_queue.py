@@ -249,6 +249,7 @@ def test_after_an_outage_exactly_its_dead_pages_are_chosen_shown_and_replayed(
         ("a-pagerduty", "pagerduty", "PagerDuty answered HTTP 503 (retries exhausted)"),
         ("b-pagerduty", "pagerduty", "PagerDuty answered HTTP 503 (retries exhausted)"),
         ("c-email", "email", "permanent error: 550 no such mailbox"),
+        ("poison-1", "broker", "unreadable broker message: not JSON"),
     ):
         job_id = name.rsplit("-", 1)[0]
         letters.add(entry_id=name, job_id=job_id, channel=channel, reason=reason, payload=page)
@@ -274,7 +275,10 @@ def test_after_an_outage_exactly_its_dead_pages_are_chosen_shown_and_replayed(
         "b-pagerduty",
     ]
     assert looked.stdout.splitlines()[-1] == "2 dead letters would be replayed"
-    assert letters.count() == 4  # a dry run replays nothing
+    assert letters.count() == 5  # a dry run replays nothing
+    everything = run("dlq", "replay", "--all", "--since", "2h", "--dry-run").stdout.splitlines()
+    assert "cannot replay poison-1" in "\n".join(everything)  # a message, not a job
+    assert everything[-1] == "3 dead letters would be replayed"
     assert run("dlq", "replay", "a-pagerduty", "--since", "2h").exit_code == 2
 
     replayed = run("dlq", *chosen)
@@ -283,4 +287,4 @@ def test_after_an_outage_exactly_its_dead_pages_are_chosen_shown_and_replayed(
         "a-pagerduty",
         "b-pagerduty",
     ]
-    assert sorted(e["id"] for e in letters.list()) == ["c-email", "old-pagerduty"]
+    assert sorted(e["id"] for e in letters.list()) == ["c-email", "old-pagerduty", "poison-1"]

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import Counter
 
 import redis
@@ -40,7 +41,11 @@ def route_of(scope: Scope) -> str:
     """The template of the route that answered ``scope`` (a parameter's convertor left
     out: ``{dedup_key}``), else ``other``."""
     path = getattr(scope.get("route"), "path", None)
-    return _CONVERTOR.sub(r"{\1}", path) if isinstance(path, str) and path else "other"
+    return _template(path) if isinstance(path, str) and path else "other"
+
+
+def _template(path: str) -> str:
+    return _CONVERTOR.sub(r"{\1}", path)
 
 
 @functools.cache
@@ -58,7 +63,7 @@ def route_templates() -> tuple[str, ...]:
             # its own routes, whose templates leave the prefix out.
             routes += getattr(getattr(route, "original_router", None), "routes", [])
             if path := getattr(route, "path", ""):
-                paths.add(_CONVERTOR.sub(r"{\1}", path))
+                paths.add(_template(path))
         return tuple(sorted(paths))
     except Exception:  # a scrape must not fail for want of zeros
         logger.exception("the API's routes could not be listed: their 500s start unexported")
@@ -73,7 +78,6 @@ class ResponseCounts:
         self._lock = threading.Lock()
         self._pending: Counter[tuple[str, str]] = Counter()
         self._pid: int | None = None
-        self._stop = threading.Event()
 
     def add(self, route: str, code: int) -> None:
         """Count one answer (the writer starts with this process's first)."""
@@ -100,7 +104,8 @@ class ResponseCounts:
                 self._pending.update(taken)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
+            time.sleep(self.interval)
             self.flush()
 
 

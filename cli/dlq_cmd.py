@@ -47,15 +47,12 @@ SINCE = click.option(
 REASON = click.option("--reason", help="Only those whose reason holds this text (any case).")
 
 
-def _matching(
-    letters: list[dict[str, Any]], since: float | None, reason: str | None
-) -> list[dict[str, Any]]:
-    return [
-        e
-        for e in letters
-        if (since is None or (e.get("dead_at") or 0) >= since)
-        and (reason is None or reason.casefold() in str(e.get("reason") or "").casefold())
-    ]
+def _chosen(channel: str | None, since: float | None, reason: str | None) -> list[dict[str, Any]]:
+    """Every dead letter the options choose, newest first."""
+    letters = engine().dead_letters.list(1_000_000, channel, since)
+    if reason is None:
+        return letters
+    return [e for e in letters if reason.casefold() in str(e.get("reason") or "").casefold()]
 
 
 @click.group()
@@ -76,10 +73,10 @@ def list_(
     """The newest dead letters first."""
 
     letters = engine().dead_letters
-    if since is None and reason is None:
-        entries, total = letters.list(limit, channel), letters.count(channel)
+    if reason is None:
+        entries, total = letters.list(limit, channel, since), letters.count(channel, since)
     else:
-        found = _matching(letters.list(1_000_000, channel), since, reason)
+        found = _chosen(channel, since, reason)
         entries, total = found[:limit], len(found)
     if not entries:
         say_if_foreign(engine().redis)
@@ -148,10 +145,7 @@ def replay(
         raise BadInput("name the dead letters to replay, or use --all")
     if entry_ids and (channel or since is not None or reason is not None):
         raise BadInput("--channel, --since and --reason choose among --all, not among ids")
-    if replay_all:
-        letters = _matching(engine().dead_letters.list(1_000_000, channel), since, reason)
-    else:
-        letters = []
+    letters = _chosen(channel, since, reason) if replay_all else []
     missing = [name for name in dict.fromkeys(entry_ids) if not _add(letters, name)]
     # One name gone (replayed by a run before this one) stops none of the others.
     problems = [f"{name}: not replayed: {_missing(name)}" for name in missing]

@@ -58,11 +58,16 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     answer = httpx.get(url, timeout=10)
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
-    samples = {}
-    for family in text_string_to_metric_families(answer.text):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
+    return samples_of(answer.text)
+
+
+def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape's text, by name and labels."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(samples: dict[Any, float], name: str, **labels: str) -> float:
@@ -493,12 +498,7 @@ def test_a_hung_redis_is_a_scrape_saying_so_within_the_scrape_timeout(
         finally:
             os.kill(hung.pid, signal.SIGCONT)
             wait_for(lambda: metrics_module.READS.idle() and health.READS.idle())
-    samples = {
-        (f.name, tuple(sorted(x.labels.items()))): x.value
-        for f in text_string_to_metric_families(metrics.text)
-        for x in f.samples
-    }
-    assert value(samples, "gds_notify_redis_up") == 0
+    assert value(samples_of(metrics.text), "gds_notify_redis_up") == 0
     assert ready.status_code == 503
     assert ready.json()["failing"] == ["redis"]
 
@@ -573,12 +573,7 @@ def test_a_slow_redis_is_a_scrape_saying_so_within_the_scrape_timeout(
             # them (one read per purpose, per process).
             wait_for(lambda: metrics_module.READS.idle() and health.READS.idle())
     for answer in (metrics, again):
-        samples = {
-            (f.name, tuple(sorted(x.labels.items()))): x.value
-            for f in text_string_to_metric_families(answer.text)
-            for x in f.samples
-        }
-        assert value(samples, "gds_notify_redis_up") == 0
+        assert value(samples_of(answer.text), "gds_notify_redis_up") == 0
     assert ready.status_code == 503
     assert ready.json()["failing"] == ["redis"]
     assert ready.json()["checks"]["redis"] == "unreachable: TooSlow"

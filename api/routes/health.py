@@ -80,7 +80,8 @@ def _readiness(eng: Engine) -> tuple[dict[str, Any], list[str]]:
     if refused:
         return {"redis": f"not writable: {refused}"}, ["redis"]
     checks["redis"] = "ok"
-    workers = Workers(client).seen(WORKER_SEEN_WITHIN)
+    reports = Workers(client)
+    workers = reports.seen(WORKER_SEEN_WITHIN)
     checks["workers"] = [w.hostname for w in workers]
     # By queue: the email pool alive says nothing of the page pool, and pages are the point.
     # Email's own pool is shown, not failed on: it runs at idle CPU priority and may miss
@@ -93,7 +94,7 @@ def _readiness(eng: Engine) -> tuple[dict[str, Any], list[str]]:
     monitoring = eng.settings.heartbeat_services_file is not None
     if monitoring or client.exists(keys.HEARTBEAT_SERVICES):  # or one registered
         checked = last_check(client)
-        age = None if checked is None else Workers(client).now() - checked
+        age = None if checked is None else reports.now() - checked
         checks["heartbeat_check_age_seconds"] = None if age is None else round(age, 1)
         if age is None or age > checker_fresh_within(eng.settings.heartbeat_check_interval):
             failing.append("heartbeat_check")

@@ -142,17 +142,23 @@ class DeadLetters:
             f"{WRITE_ATTEMPTS} attempts (Redis busy, or its connection failing)"
         )
 
-    def list(self, limit: int = 50, channel: str | None = None) -> list[dict[str, Any]]:
-        """Newest first; only ``channel``'s (one of ``keys.DEAD_LETTER_CHANNELS``) if given."""
-        found = self.redis.zrevrange(_index(channel), 0, max(0, limit - 1))
+    def list(
+        self, limit: int = 50, channel: str | None = None, since: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first; only ``channel``'s (one of ``keys.DEAD_LETTER_CHANNELS``) and only
+        those dead at ``since`` (epoch seconds) or later, if given."""
+        lowest = "-inf" if since is None else since
+        found = self.redis.zrevrangebyscore(_index(channel), "+inf", lowest, start=0, num=limit)
         ids = [str(i) for i in found]
         if not ids:
             return []
         raw = self.redis.hmget(keys.DEAD_LETTERS, ids)
         return [json.loads(r) for r in raw if r is not None]
 
-    def count(self, channel: str | None = None) -> int:
-        return int(self.redis.zcard(_index(channel)))
+    def count(self, channel: str | None = None, since: float | None = None) -> int:
+        if since is None:
+            return int(self.redis.zcard(_index(channel)))
+        return int(self.redis.zcount(_index(channel), since, "+inf"))
 
     def get(self, entry_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(keys.DEAD_LETTERS, entry_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -10,7 +12,6 @@ import redis
 from worker.channels import Channel
 from worker.engine import alert_resolution, keys
 from worker.engine.intake import accept, lifecycle, new_job_id, resend
-from worker.engine.lock import Lock
 from worker.engine.quarantine import BROKER_CHANNEL
 from worker.engine.runtime import Engine
 from worker.job_request import InvalidJobError, JobRequest, parse_request
@@ -43,17 +44,12 @@ def replay(engine: Engine, entry_id: str) -> str:
     Two operators replaying the same letters at once send each job once: the letter is held
     from reading it until it is removed.
     """
-    hold = engine.locks.acquire(keys.dead_letter_replay(entry_id), HOLD_SECONDS)
-    if hold is None:
-        raise ReplayInProgressError(f"dead letter {entry_id!r} is being replayed elsewhere now")
-    try:
+    with _holding(engine, entry_id):
         entry = engine.dead_letters.get(entry_id)
         if entry is None:
             raise KeyError(f"no dead letter {entry_id!r} (replayed or purged meanwhile?)")
         job_id = _requeue(engine, entry)
         engine.dead_letters.remove(entry_id)
-    finally:
-        _release(hold)
     if entry.get("job_id") and entry.get("channel") in tuple(Channel):
         try:  # the job is queued: a note that cannot be written must not say otherwise
             engine.jobs.note_replayed(entry["job_id"], entry["channel"], job_id)
@@ -68,21 +64,24 @@ def remove(engine: Engine, entry_id: str) -> bool:
     """Delete one dead letter; False when there is none of that id. Raises
     :class:`ReplayInProgressError` while a replay holds it (removing it then would not stop
     that replay's job)."""
+    with _holding(engine, entry_id):
+        return engine.dead_letters.remove(entry_id)
+
+
+@contextlib.contextmanager
+def _holding(engine: Engine, entry_id: str) -> Iterator[None]:
+    """The letter's replay hold for the block; ReplayInProgressError when another has it."""
     hold = engine.locks.acquire(keys.dead_letter_replay(entry_id), HOLD_SECONDS)
     if hold is None:
         raise ReplayInProgressError(f"dead letter {entry_id!r} is being replayed elsewhere now")
     try:
-        return engine.dead_letters.remove(entry_id)
+        yield
     finally:
-        _release(hold)
-
-
-def _release(hold: Lock) -> None:
-    # It lapses by itself in HOLD_SECONDS: a release Redis did not take changes no outcome.
-    try:
-        hold.release()
-    except redis.RedisError as exc:
-        logger.warning("a dead letter's replay hold not released (it lapses): %s", exc)
+        # It lapses by itself in HOLD_SECONDS: a release Redis did not take changes nothing.
+        try:
+            hold.release()
+        except redis.RedisError as exc:
+            logger.warning("a dead letter's replay hold not released (it lapses): %s", exc)
 
 
 def _requeue(engine: Engine, entry: dict[str, Any]) -> str:

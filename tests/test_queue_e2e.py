@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
@@ -89,6 +91,11 @@ def test_server_errors_twice_then_success_delivers_once(
     job = tasks.enqueue(note(priority="critical", recipient="db-2", idempotency_id="5xx-1"))
     wait_for(lambda: status(job)["status"] == "delivered")
     assert [e["status"] for e in api.events()] == [503, 500, 202]
+    # Each attempt says when the alert was raised, not when that attempt went out.
+    stamps = {e["body"]["payload"]["timestamp"] for e in api.events()}
+    assert len(stamps) == 1
+    accepted = datetime.fromisoformat(stamps.pop()).timestamp()
+    assert abs(accepted - status(job)["created_at"]) < 1.0
     [incident] = api.incidents()
     assert incident["alert_count"] == 1
     record = status(job)
@@ -167,6 +174,7 @@ def test_an_email_replayed_from_its_dead_letter_carries_its_first_jobs_message_i
     [kept] = api.messages()
     api.smtp_faults({"status": 550})
     [letter] = engine().dead_letters.list()
+    time.sleep(1.1)  # the Date header counts whole seconds: the replay's own would differ
     again = tasks.replay(letter["id"])
     wait_for(lambda: status(again)["status"] == "dead-lettered")
     [second_letter] = engine().dead_letters.list()
@@ -177,6 +185,10 @@ def test_an_email_replayed_from_its_dead_letter_carries_its_first_jobs_message_i
     assert {m["message_id"] for m in messages} == {kept["message_id"]}
     assert [dict(m["headers"])["X-GDS-Job-Id"] for m in messages] == [first, first]
     assert status(third)["replay_of"] == again
+    # And dated when it was first accepted, as the copy the receiver may hold is.
+    dates = [dict(m["headers"])["Date"] for m in messages]
+    assert dates[0] == dates[1]
+    assert abs(parsedate_to_datetime(dates[1]).timestamp() - status(first)["created_at"]) < 1.0
 
 
 def test_exhausted_retries_dead_letter(celery_worker: Any, api: SandboxClient) -> None:
@@ -409,7 +421,14 @@ def test_replay_from_dead_letters_delivers(celery_worker: Any, api: SandboxClien
     wait_for(lambda: status(new_job)["status"] == "delivered")
     assert status(new_job)["replay_of"] == job
     assert engine().dead_letters.list() == []
-    assert len(api.incidents()) == 1
+    [incident] = api.incidents()
+    # The responder sees a late page for what it is: raised when first accepted, and a
+    # replay of the job whose history `gds-notify status` shows.
+    event = incident["payload"]["payload"]
+    assert event["custom_details"]["replay_of"] == job
+    first = datetime.fromtimestamp(entry["first_seen"], UTC).isoformat(timespec="milliseconds")
+    assert event["timestamp"] == first
+    assert datetime.fromisoformat(event["timestamp"]).timestamp() < status(new_job)["created_at"]
     # The idempotency id now names the replayed job.
     assert tasks.enqueue(note(priority="critical", recipient="db-2", idempotency_id="rp-1")) == (
         new_job

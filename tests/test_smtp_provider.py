@@ -304,10 +304,12 @@ def test_a_server_without_8bitmime_gets_every_body_in_7bit(
 ) -> None:
     prepared: list[Prepared] = []
 
-    def recorded(notification: Notification, from_addr: str, job_id: str | None) -> Prepared:
+    def recorded(
+        notification: Notification, from_addr: str, at: datetime | None, job_id: str | None
+    ) -> Prepared:
         # Prepared an hour ago: a Date taken afresh for the rebuilt message would differ.
         then = datetime.now(UTC) - timedelta(hours=1)
-        prepared.append(prepare(notification, from_addr, then, job_id))
+        prepared.append(prepare(notification, from_addr, at or then, job_id))
         return prepared[-1]
 
     monkeypatch.setattr(smtp_module, "prepare", recorded)

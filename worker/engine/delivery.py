@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -322,7 +323,7 @@ def _failed(
         payload=job.payload(),
         attempts=attempt,
         last_error=error.to_dict(),
-        first_seen=job.enqueued_at,
+        first_seen=job.accepted_at,
     )
     engine.jobs.record(
         job.job_id,
@@ -390,7 +391,7 @@ def _page(engine: Engine, job: DeliveryJob, clock: ProviderCall) -> Notification
         if job.action == "trigger":
             if job.notification is None:
                 raise _malformed(job, "a trigger needs a notification")
-            return provider.trigger(job.notification)
+            return provider.trigger(job.notification, at=_moment(job), replay_of=job.replay_of)
         if job.action in ("acknowledge", "resolve"):
             if not job.dedup_key:
                 raise _malformed(job, f"{job.action} needs a dedup_key")
@@ -409,7 +410,11 @@ def _email(engine: Engine, job: DeliveryJob) -> NotificationResult:
     notification = job.notification
     if job.email_to:
         notification = notification.model_copy(update={"recipient": job.email_to})
-    return engine.providers.smtp().send(notification, job.message_of or job.job_id)
+    return engine.providers.smtp().send(notification, job.message_of or job.job_id, at=_moment(job))
+
+
+def _moment(job: DeliveryJob) -> datetime:
+    return datetime.fromtimestamp(job.accepted_at, UTC)
 
 
 def _malformed(job: DeliveryJob, problem: str) -> NotificationDeliveryError:

@@ -31,12 +31,27 @@ class DeliveryJob(BaseModel):
     #: first of the chain. Its Message-ID is that job's, so a receiver that had the
     #: message already (the answer to it was lost) drops the copy.
     message_of: str | None = None
+    #: A replay: what it replays (the job, or an intake letter's id, as its record names
+    #: it), and when the first job of the chain was accepted. The page's timestamp and the
+    #: email's Date are that moment, not the replay's (``enqueued_at``, from which its own
+    #: retries are timed).
+    replay_of: str | None = None
+    first_accepted_at: float | None = None
+
+    @property
+    def accepted_at(self) -> float:
+        """When what this job sends was first accepted: a retried or replayed page says
+        when its alert was raised, not when it finally went out."""
+        return self.first_accepted_at or self.enqueued_at
 
     def payload(self) -> dict[str, Any]:
         """The job as its message, its record and its dead letter carry it (``resend`` and
-        ``message_of`` only when set, so that a worker of the release before reads every
-        other)."""
+        the replay's fields only when set, so that a worker of the release before reads
+        every other)."""
         unset = {"resend"} if not self.resend else set()
-        if self.message_of is None:
-            unset.add("message_of")
+        unset.update(
+            name
+            for name in ("message_of", "replay_of", "first_accepted_at")
+            if getattr(self, name) is None
+        )
         return self.model_dump(mode="json", exclude=unset or None)

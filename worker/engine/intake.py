@@ -56,13 +56,16 @@ def accept(
     replay_of: str | None = None,
     check_email: bool = True,
     message_of: str | None = None,
+    first_accepted_at: float | None = None,
 ) -> Accepted:
     """Route the job, then claim its idempotency id, record it and queue one delivery per
     channel in one step. A copy of an idempotency id accepted within the TTL is not queued
     again: the answer names the first job. Raises :class:`InvalidJobError` for a job
     routed to email alone whose recipient or headers could never be sent (unless
     ``check_email`` is False: the email of something that paged, dead-lettered instead).
-    ``message_of``: for a replay, the job whose Message-ID its email carries."""
+    ``message_of``: for a replay, the job whose Message-ID its email carries;
+    ``first_accepted_at``, when its first job was accepted (its page's timestamp, its
+    email's Date)."""
     rule = route(
         engine.settings.routing_rules,
         request.priority,
@@ -122,6 +125,7 @@ def accept(
         replay_of,
         resend=False,
         message_of=message_of,
+        first_accepted_at=first_accepted_at,
     )
 
 
@@ -132,11 +136,22 @@ def resend(
     job_id: str,
     source: str,
     replay_of: str | None = None,
+    first_accepted_at: float | None = None,
 ) -> Accepted:
     """Queue ``request`` as an email to ``to`` alone, past the routing rules (whose
     ``email_to`` would send it to their whole list): the addresses a server refused while
     it took the others (refused_recipients.py), and the replay of their dead letter."""
-    return _queue(engine, request, job_id, source, [Channel.EMAIL], to, replay_of, resend=True)
+    return _queue(
+        engine,
+        request,
+        job_id,
+        source,
+        [Channel.EMAIL],
+        to,
+        replay_of,
+        resend=True,
+        first_accepted_at=first_accepted_at,
+    )
 
 
 def _queue(
@@ -150,6 +165,7 @@ def _queue(
     *,
     resend: bool,
     message_of: str | None = None,
+    first_accepted_at: float | None = None,
 ) -> Accepted:
     notification = request.notification()
     now = time.time()
@@ -164,6 +180,8 @@ def _queue(
             enqueued_at=now,
             resend=resend,
             message_of=message_of if ch is Channel.EMAIL else None,
+            replay_of=replay_of,
+            first_accepted_at=first_accepted_at,
         ).payload()
         for ch in channels
     }

@@ -86,6 +86,8 @@ def _holding(engine: Engine, entry_id: str) -> Iterator[None]:
 
 def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
     payload = entry["payload"]
+    # When it was first accepted (a letter older than the field: when it first died).
+    first_seen = _moment(entry.get("first_seen")) or _moment(entry.get("dead_at"))
     if entry["channel"] == BROKER_CHANNEL:
         raise InvalidJobError(
             [
@@ -104,13 +106,20 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
             )
         request = parse_request(args[0])
         if isinstance(payload.get("group"), dict):
-            return _group_firing(engine, request, payload["group"])
+            return _group_firing(engine, request, payload["group"], first_seen)
         if isinstance(payload.get("resolves"), str):
             # A resolved alert: what its resolving means (a resolve, a [RESOLVED] email),
             # never the trigger its fields would make.
             done = alert_resolution.resolve(engine, request, payload["resolves"], "replay")
             return done[0].job_id
-        return accept(engine, request, new_job_id(), "replay", replay_of=entry["id"]).job_id
+        return accept(
+            engine,
+            request,
+            new_job_id(),
+            "replay",
+            replay_of=entry["id"],
+            first_accepted_at=first_seen,
+        ).job_id
     if not isinstance(payload, dict):
         raise InvalidJobError([{"field": "payload", "message": f"{CANNOT}: not a JSON object"}])
     action = payload.get("action")
@@ -131,7 +140,9 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
         # Recipients a server refused: to them alone, past the routing rules.
         request = parse_request(fields)
         to = payload["email_to"]
-        return resend(engine, request, to, new_job_id(), "replay", entry["job_id"]).job_id
+        return resend(
+            engine, request, to, new_job_id(), "replay", entry["job_id"], first_seen
+        ).job_id
     # An email sent again carries its first job's Message-ID (the answer to it may have been
     # lost after the server took it); intake keeps it for the email alone.
     return accept(
@@ -141,10 +152,13 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
         "replay",
         replay_of=entry["job_id"],
         message_of=payload.get("message_of") or entry["job_id"],
+        first_accepted_at=first_seen,
     ).job_id
 
 
-def _group_firing(engine: Engine, request: JobRequest, group: dict[str, Any]) -> str:
+def _group_firing(
+    engine: Engine, request: JobRequest, group: dict[str, Any], first_seen: float | None
+) -> str:
     """An Alertmanager group's firing, replayed: only while the group still fires with the
     same alerts, as the job its webhooks name (a repeat Alertmanager sent meanwhile and
     this are one), with its incident's team and priority, and noted where it went, so the
@@ -163,6 +177,18 @@ def _group_firing(engine: Engine, request: JobRequest, group: dict[str, Any]) ->
         "team": now.team,
         "priority": now.priority or request.priority,
     }
-    done = accept(engine, request.model_copy(update=update), new_job_id(), "replay")
+    done = accept(
+        engine,
+        request.model_copy(update=update),
+        new_job_id(),
+        "replay",
+        first_accepted_at=first_seen,
+    )
     engine.alert_groups.went(group_id, engine.jobs, done.job_id)
     return done.job_id
+
+
+def _moment(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    return float(value)

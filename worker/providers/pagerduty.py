@@ -153,13 +153,23 @@ class PagerDutyProvider(BaseNotificationProvider):
 
     # -- the verbs ---------------------------------------------------------------------
 
-    def trigger(self, notification: Notification) -> NotificationResult:
-        """Open an incident, or append to the open one with the same dedup_key."""
+    def trigger(
+        self,
+        notification: Notification,
+        *,
+        at: datetime | None = None,
+        replay_of: str | None = None,
+    ) -> NotificationResult:
+        """Open an incident, or append to the open one with the same dedup_key. ``at``: when
+        the alert was raised (the event's timestamp; now when not given); ``replay_of``: what
+        this replays (a dead letter's job), shown in the incident's details."""
         event = build_trigger(
             notification,
             routing_key=self.routing_key,
             source=self.source,
             default_severity=self.default_severity,
+            now=at,
+            replay_of=replay_of,
         )
         return self._result(self._post(self.api_url, event), event, notification.recipient)
 

@@ -122,8 +122,11 @@ def build_trigger(
     source: str,
     default_severity: PagerDutySeverity = PagerDutySeverity.ERROR,
     now: datetime | None = None,
+    replay_of: str | None = None,
 ) -> dict[str, Any]:
-    """The trigger event for ``notification``, within every PagerDuty limit.
+    """The trigger event for ``notification``, within every PagerDuty limit; ``now`` is
+    its timestamp, and ``replay_of`` (what this replays, as its job record names it) is added
+    to its details.
 
     Raises :class:`NotificationDeliveryError` (not retryable) when ``metadata.links`` or
     ``metadata.images`` are malformed: PagerDuty would reject the whole page for them.
@@ -140,6 +143,9 @@ def build_trigger(
             db_instance_id=notification.db_instance_id,
             priority=notification.priority.value,
         )
+    if replay_of:
+        # The responder sees a late page for what it is, and where to read its history.
+        details["replay_of"] = replay_of
     severity = meta.get("severity") or severity_for(notification, default_severity).value
     payload: dict[str, Any] = {
         "summary": truncate(notification.subject, MAX_SUMMARY_CHARS),

@@ -31,6 +31,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -172,10 +173,13 @@ class SMTPProvider(BaseNotificationProvider):
             self._own_loop = asyncio.new_event_loop()
         return self._own_loop.run_until_complete(coro)
 
-    def send(self, notification: Notification, job_id: str | None = None) -> NotificationResult:
+    def send(
+        self, notification: Notification, job_id: str | None = None, at: datetime | None = None
+    ) -> NotificationResult:
         """Send one notification as email (job ``job_id``'s, when it is one: its Message-ID
-        and X-GDS-Job-Id come from it); raises a classified error on failure."""
-        return self._run(self.asend(notification, job_id))
+        and X-GDS-Job-Id come from it; ``at``, when it was accepted, its Date: now when not
+        given); raises a classified error on failure."""
+        return self._run(self.asend(notification, job_id, at))
 
     def send_bulk(self, notifications: list[Notification]) -> list[NotificationResult]:
         """Send many over one session. A failure becomes a FAILED result for that message
@@ -204,7 +208,7 @@ class SMTPProvider(BaseNotificationProvider):
         return attempt_seconds(self.timeout, self.data_timeout)
 
     async def asend(
-        self, notification: Notification, job_id: str | None = None
+        self, notification: Notification, job_id: str | None = None, at: datetime | None = None
     ) -> NotificationResult:
         """Send one notification as email on the running event loop; one at a time per
         provider (the worker keeps one per thread), as a session carries one transaction."""
@@ -212,7 +216,7 @@ class SMTPProvider(BaseNotificationProvider):
         self._cut_during_data = False
         try:
             async with asyncio.timeout(budget):
-                return await self._asend(notification, job_id)
+                return await self._asend(notification, job_id, at)
         except TimeoutError:  # the budget's: a reply's own timeout comes out translated
             unsure = ", during DATA, so it may have taken it" if self._cut_during_data else ""
             raise NotificationTimeoutError(
@@ -222,8 +226,10 @@ class SMTPProvider(BaseNotificationProvider):
                 self.name,
             ) from None
 
-    async def _asend(self, notification: Notification, job_id: str | None) -> NotificationResult:
-        prepared = prepare(notification, self.from_addr, job_id=job_id)
+    async def _asend(
+        self, notification: Notification, job_id: str | None, at: datetime | None
+    ) -> NotificationResult:
+        prepared = prepare(notification, self.from_addr, at, job_id)
         smtp: _Session | None = None
         try:
             smtp = await self._session()

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import time
-from datetime import UTC, datetime
+import sys
 from typing import Any
 
 import click
 
 import tasks
 from cli.common import BadInput, Failed, echo_json, one_line_errors, say_if_foreign, when
-from config.catalogue import parse_duration
+from config.moments import parse_since
 from worker.engine.keys import DEAD_LETTER_CHANNELS
 from worker.engine.quarantine import BROKER_CHANNEL
 from worker.engine.replay import ReplayInProgressError
@@ -25,15 +23,10 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> flo
     when it names no zone), as the epoch seconds it begins at."""
     if value is None:
         return None
-    with contextlib.suppress(ValueError):
-        return time.time() - parse_duration(value)
     try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r}: a duration ('30m', '2h', '1d') or an ISO 8601 time"
-        ) from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+        return parse_since(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 CHANNEL = click.option(
@@ -49,10 +42,10 @@ REASON = click.option("--reason", help="Only those whose reason holds this text 
 
 def _chosen(channel: str | None, since: float | None, reason: str | None) -> list[dict[str, Any]]:
     """Every dead letter the options choose, newest first."""
-    letters = engine().dead_letters.list(1_000_000, channel, since)
+    letters = engine().dead_letters
     if reason is None:
-        return letters
-    return [e for e in letters if reason.casefold() in str(e.get("reason") or "").casefold()]
+        return letters.list(1_000_000, channel, since)
+    return letters.matching(reason, 1_000_000, channel, since)[0]
 
 
 @click.group()
@@ -66,9 +59,15 @@ def dlq() -> None:
 @SINCE
 @REASON
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+@click.option("-q", "--ids", "ids_only", is_flag=True, help="Print their ids alone, one a line.")
 @one_line_errors
 def list_(
-    limit: int, channel: str | None, since: float | None, reason: str | None, as_json: bool
+    limit: int,
+    channel: str | None,
+    since: float | None,
+    reason: str | None,
+    as_json: bool,
+    ids_only: bool,
 ) -> None:
     """The newest dead letters first."""
 
@@ -76,12 +75,15 @@ def list_(
     if reason is None:
         entries, total = letters.list(limit, channel, since), letters.count(channel, since)
     else:
-        found = _chosen(channel, since, reason)
-        entries, total = found[:limit], len(found)
+        entries, total = letters.matching(reason, limit, channel, since)
     if not entries:
         say_if_foreign(engine().redis)
     if as_json:
         echo_json(entries)
+        return
+    if ids_only:
+        for e in entries:
+            click.echo(e["id"])
         return
     if not entries:
         click.echo("no dead letters" + (f" on {channel}" if channel else ""))
@@ -133,7 +135,8 @@ def replay(
 ) -> None:
     """Send dead-lettered jobs through intake again (as new jobs), oldest first whatever
     the order named. Prints the new job ids. Each ENTRY_ID is an entry's id or a job's
-    (every dead channel of it); --all instead of ids replays every one, or those that
+    (every dead channel of it), or `-` for those read from stdin (`dlq list --ids | ...`);
+    --all instead of ids replays every one, or those that
     --channel, --since and --reason choose (after an outage: `--all --channel pagerduty
     --since 2h --dry-run`, then without --dry-run).
 
@@ -143,6 +146,7 @@ def replay(
         raise BadInput("name the dead letters to replay, or use --all: not both")
     if not (replay_all or entry_ids):
         raise BadInput("name the dead letters to replay, or use --all")
+    entry_ids = _names(entry_ids)
     if entry_ids and (channel or since is not None or reason is not None):
         raise BadInput("--channel, --since and --reason choose among --all, not among ids")
     letters = _chosen(channel, since, reason) if replay_all else []
@@ -182,6 +186,20 @@ def replay(
         raise Failed(f"{len(problems)} of {asked} not replayed")
 
 
+def _names(given: tuple[str, ...]) -> tuple[str, ...]:
+    """The names given, ``-`` standing for those read from stdin: whitespace-separated,
+    as ``dlq list --ids`` prints them."""
+    if "-" not in given:
+        return given
+    try:
+        read = tuple(sys.stdin.buffer.read().decode("utf-8").split())
+    except UnicodeDecodeError:
+        raise BadInput("stdin: not UTF-8 text; give the dead letters' ids") from None
+    if not read:
+        click.echo("no dead letters named on stdin", err=True)
+    return tuple(name for part in given for name in (read if part == "-" else (part,)))
+
+
 def _add(letters: list[dict[str, Any]], name: str) -> bool:
     found = engine().dead_letters.find(name)
     letters += found
@@ -198,8 +216,10 @@ def _text(exc: Exception) -> str:
 @one_line_errors
 def remove(entry_ids: tuple[str, ...]) -> None:
     """Delete the dead letters named, and only those (an entry's id or a job's, as for
-    `show`): for one that is not to be sent, once read. Exit code 1 if a name was not
-    found, or a replay holds the letter now (the others are removed all the same)."""
+    `show`; `-` for those read from stdin): for one that is not to be sent, once read.
+    Exit code 1 if a name was not found, or a replay holds the letter now (the others are
+    removed all the same)."""
+    entry_ids = _names(entry_ids)
     problems, failed = [], set()
     for name in dict.fromkeys(entry_ids):
         found = engine().dead_letters.find(name)

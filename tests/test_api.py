@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -604,6 +605,44 @@ def test_recent_jobs_are_listed_newest_first(api_server: ApiServer, celery_worke
     assert listed == json.loads(printed.output)
     assert pending == []
     assert bad.status_code == 422
+
+
+def test_dead_letters_chosen_by_time_and_reason_as_dlq_list_chooses(
+    api_server: ApiServer,
+) -> None:
+    """After an outage, a script picks what it killed as `dlq list --since --reason` does:
+    by the time they died and the words of their reason; a `since` it cannot read is
+    refused, naming it."""
+    letters = engine().dead_letters
+    page = {"action": "trigger", "notification": {"recipient": "db", "subject": "Disk full"}}
+    for name, reason in (
+        ("old-pagerduty", "PagerDuty answered HTTP 503 (retries exhausted)"),
+        ("a-pagerduty", "PagerDuty answered HTTP 503 (retries exhausted)"),
+        ("b-pagerduty", "permanent error: PagerDuty rejected event: Invalid routing key"),
+    ):
+        letters.add(entry_id=name, job_id=name, channel="pagerduty", reason=reason, payload=page)
+    engine().redis.zadd(keys.DEAD_LETTER_INDEX, {"old-pagerduty": time.time() - 3 * 3600})
+    two_hours_ago = datetime.fromtimestamp(time.time() - 7200, UTC).replace(tzinfo=None)
+    with api_server.client(ADMIN_TOKEN) as ops:
+        recent = ops.get("/v1/dead-letters", params={"since": "2h"}).json()
+        since_time = ops.get("/v1/dead-letters", params={"since": two_hours_ago.isoformat()})
+        by_reason = ops.get("/v1/dead-letters", params={"reason": "http 503", "limit": 1}).json()
+        both = ops.get("/v1/dead-letters", params={"reason": "HTTP 503", "since": "2h"}).json()
+        unreadable = ops.get("/v1/dead-letters", params={"since": "yesterday-ish"})
+        blank = ops.get("/v1/dead-letters", params={"reason": ""})
+    assert sorted(e["id"] for e in recent["dead_letters"]) == ["a-pagerduty", "b-pagerduty"]
+    assert recent["total"] == 2
+    assert since_time.json() == recent  # a time without a zone is UTC
+    assert by_reason["total"] == 2  # both 503s counted, one shown
+    assert [e["id"] for e in by_reason["dead_letters"]] == ["a-pagerduty"]  # the newest
+    assert [e["id"] for e in both["dead_letters"]] == ["a-pagerduty"]
+    assert both["total"] == 1
+    assert unreadable.status_code == 422
+    [problem] = unreadable.json()["errors"]
+    assert problem["field"] == "since"
+    assert "a duration ('30m', '2h', '1d') or an ISO 8601 time" in problem["message"]
+    assert blank.status_code == 422
+    assert blank.json()["errors"][0]["field"] == "reason"
 
 
 def test_dead_letters_listed_shown_and_replayed_by_an_admin(

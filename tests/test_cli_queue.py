@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
@@ -288,3 +291,55 @@ def test_after_an_outage_exactly_its_dead_pages_are_chosen_shown_and_replayed(
         "b-pagerduty",
     ]
     assert sorted(e["id"] for e in letters.list()) == ["c-email", "old-pagerduty", "poison-1"]
+
+
+def test_dead_letter_ids_piped_from_dlq_list_are_replayed_and_removed(
+    service_env: SandboxServer,
+) -> None:
+    """`dlq list --ids` prints ids alone, and `dlq replay -` and `dlq remove -` read them,
+    so any filter a shell has fits between the two."""
+    letters = engine().dead_letters
+    page = {"action": "trigger", "notification": {"recipient": "db", "subject": "Disk full"}}
+    for name, reason in (
+        ("a-pagerduty", "PagerDuty answered HTTP 503 (retries exhausted)"),
+        ("b-pagerduty", "PagerDuty answered HTTP 503 (retries exhausted)"),
+        ("c-pagerduty", "permanent error: PagerDuty rejected event: Invalid routing key"),
+        ("d-pagerduty", "permanent error: PagerDuty rejected event: Invalid routing key"),
+    ):
+        letters.add(entry_id=name, job_id=name, channel="pagerduty", reason=reason, payload=page)
+    gds = str(Path(sys.executable).with_name("gds-notify"))
+
+    def shell(command: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-o", "pipefail", "-c", command.replace("gds-notify", gds)],
+            input=stdin.decode("latin-1"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    ids = shell("gds-notify dlq list --ids")
+    assert ids.returncode == 0, ids.stderr
+    assert sorted(ids.stdout.split()) == [
+        "a-pagerduty",
+        "b-pagerduty",
+        "c-pagerduty",
+        "d-pagerduty",
+    ]
+    replayed = shell("gds-notify dlq list --ids --reason 'http 503' | gds-notify dlq replay -")
+    assert replayed.returncode == 0, replayed.stderr
+    assert [line.split()[0] for line in replayed.stdout.splitlines()] == [
+        "a-pagerduty",
+        "b-pagerduty",
+    ]
+    removed = shell("gds-notify dlq list --ids | grep -v d- | gds-notify dlq remove -")
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.splitlines() == ["removed c-pagerduty"]
+    assert [e["id"] for e in letters.list()] == ["d-pagerduty"]
+    nothing = shell("gds-notify dlq replay -")
+    assert nothing.returncode == 0
+    assert "no dead letters named on stdin" in nothing.stderr
+    not_text = subprocess.run([gds, "dlq", "replay", "-"], input=b"d-\xff\n", capture_output=True)
+    assert not_text.returncode == 2
+    assert b"stdin: not UTF-8 text" in not_text.stderr
+    assert [e["id"] for e in letters.list()] == ["d-pagerduty"]

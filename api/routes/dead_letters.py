@@ -7,10 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
+from pydantic import BeforeValidator
 
 from api.auth import require
 from api.errors import conflict, not_found
 from api.routes.answers import ERRORS, Problem, Queued
+from config.moments import parse_since
 from worker.engine import keys
 from worker.engine.keys import DeadLetterChannel
 from worker.engine.replay import ReplayInProgressError, replay
@@ -28,17 +30,36 @@ NOT_FOUND: dict[int | str, dict[str, object]] = {
 # answered as the store wrote them.
 
 
+def _since(value: str | None) -> float | None:
+    return None if value is None else parse_since(value)
+
+
 @router.get("/v1/dead-letters", responses=ERRORS, response_model=dict[str, Any])
 def list_dead_letters(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     channel: DeadLetterChannel | None = None,
+    since: Annotated[
+        float | None,
+        BeforeValidator(_since),
+        Query(
+            description="Only those dead since: a duration ago ('2h') or an ISO 8601 time "
+            "(UTC when it names no zone).",
+            json_schema_extra={"type": "string", "examples": ["2h"]},
+        ),
+    ] = None,
+    reason: Annotated[
+        str | None,
+        Query(min_length=1, description="Only those whose reason holds this text, any case."),
+    ] = None,
 ) -> JSONResponse:
     """The newest dead letters first, each with its reason, attempts and last error;
-    ``channel`` keeps one channel's (``total`` counts that channel's too)."""
+    ``channel``, ``since`` and ``reason`` choose (``total`` counts those chosen)."""
     letters = engine().dead_letters
-    return JSONResponse(
-        {"dead_letters": letters.list(limit, channel), "total": letters.count(channel)}
-    )
+    if reason is None:
+        found, total = letters.list(limit, channel, since), letters.count(channel, since)
+    else:
+        found, total = letters.matching(reason, limit, channel, since)
+    return JSONResponse({"dead_letters": found, "total": total})
 
 
 @router.get(

@@ -21,6 +21,9 @@ def dead_letter_id(job_id: str, channel: str) -> str:
     return f"{job_id}-{channel}"
 
 
+#: Letters read in one round trip when they are filtered by their reason.
+_READ_AT_ONCE = 1000
+
 #: Transactions tried before a letter that could not be kept is an outage of Redis.
 WRITE_ATTEMPTS = 50
 
@@ -154,6 +157,36 @@ class DeadLetters:
             return []
         raw = self.redis.hmget(keys.DEAD_LETTERS, ids)
         return [json.loads(r) for r in raw if r is not None]
+
+    def matching(
+        self,
+        reason: str,
+        limit: int = 50,
+        channel: str | None = None,
+        since: float | None = None,
+    ) -> tuple[builtins.list[dict[str, Any]], int]:
+        """As :meth:`list`, only those whose reason holds ``reason`` (in any case), and how
+        many there are in all. Reasons have no index: every letter in the range is read,
+        a thousand at a time."""
+        wanted = reason.casefold()
+        lowest = "-inf" if since is None else since
+        found: builtins.list[dict[str, Any]] = []
+        total = start = 0
+        while True:
+            ids = self.redis.zrevrangebyscore(
+                _index(channel), "+inf", lowest, start=start, num=_READ_AT_ONCE
+            )
+            if not ids:
+                return found, total
+            start += len(ids)
+            for raw in self.redis.hmget(keys.DEAD_LETTERS, [str(i) for i in ids]):
+                if raw is None:
+                    continue
+                letter = json.loads(raw)
+                if wanted in str(letter.get("reason") or "").casefold():
+                    total += 1
+                    if len(found) < limit:
+                        found.append(letter)
 
     def count(self, channel: str | None = None, since: float | None = None) -> int:
         if since is None:

@@ -257,6 +257,13 @@ class PoolCollector(Collector):
             {k: float(v) for k, v in snap.dead_letters.items()},
             "channel",
         )
+        yield _gauge(
+            "dead_letter_oldest_age_seconds",
+            "Seconds since the oldest kept dead letter of each channel died (0 when none): "
+            "how long it has waited for a replay or a removal.",
+            snap.dead_letter_oldest_age,
+            "channel",
+        )
         yield _single(
             "worker_clock_skew_seconds",
             "The largest difference, either way, between a live worker's clock and Redis's.",

@@ -155,6 +155,16 @@ def test_the_work_of_the_pool_is_counted(
 
     assert value(s, "gds_notify_dead_letters", channel="pagerduty") == 1
     assert value(s, "gds_notify_dead_letters", channel="intake") == 1
+    oldest = "gds_notify_dead_letter_oldest_age_seconds"
+    assert 0 < value(s, oldest, channel="pagerduty") < 120
+    assert value(s, oldest, channel="email") == 0
+    # A letter left two days: its age, for GdsNotifyDeadLettersUnattended.
+    [letter] = engine().dead_letters.list(channel="pagerduty")
+    engine().redis.zadd(
+        keys.dead_letter_channel("pagerduty"), {letter["id"]: time.time() - 2 * 86400}
+    )
+    aged = value(scrape(f"{api_server.url}/metrics"), oldest, channel="pagerduty")
+    assert 2 * 86400 <= aged < 2 * 86400 + 120
     assert value(s, "gds_notify_workers_alive", queue="pagerduty") >= 1
     assert value(s, "gds_notify_redis_up") == 1
     assert value(s, "gds_notify_queue_messages", queue="pagerduty") == 0

@@ -90,6 +90,8 @@ class Snapshot:
     oldest_age: dict[str, float]
     unacked: int
     dead_letters: dict[str, int]
+    #: Seconds since the oldest kept dead letter of each channel died (0 when none).
+    dead_letter_oldest_age: dict[str, float]
     heartbeat_states: dict[str, int] | None
     heartbeat_check_age: float | None
     recovery_age: float | None
@@ -146,6 +148,7 @@ def snapshot(client: redis.Redis, watchdog: bool, heartbeats: bool = False) -> S
     pipe.hlen(UNACKED_HASH)
     for channel in keys.DEAD_LETTER_CHANNELS:
         pipe.zcard(keys.dead_letter_channel(channel))
+        pipe.zrange(keys.dead_letter_channel(channel), 0, 0, withscores=True)
     pipe.get(keys.HEARTBEAT_SUMMARY)
     pipe.exists(keys.HEARTBEAT_SERVICES)
     pipe.get(keys.HEARTBEAT_LAST_CHECK)
@@ -166,7 +169,12 @@ def snapshot(client: redis.Redis, watchdog: bool, heartbeats: bool = False) -> S
             queues[queue] += int(next(answers))
             oldest[name] = next(answers)
     unacked = int(next(answers))
-    dead = {channel: int(next(answers)) for channel in keys.DEAD_LETTER_CHANNELS}
+    dead: dict[str, int] = {}
+    dead_oldest: dict[str, float] = {}
+    for channel in keys.DEAD_LETTER_CHANNELS:
+        dead[channel] = int(next(answers))
+        oldest_letter = cast("list[tuple[str, float]]", next(answers))
+        dead_oldest[channel] = max(0.0, now - oldest_letter[0][1]) if oldest_letter else 0.0
     summary, registered, last_check, recovery, watchdog_last = (next(answers) for _ in range(5))
     seen = cast("list[tuple[str, float]]", next(answers))
     infos = cast(dict[str, str], next(answers))
@@ -182,6 +190,7 @@ def snapshot(client: redis.Redis, watchdog: bool, heartbeats: bool = False) -> S
         oldest_age=ages,
         unacked=unacked,
         dead_letters=dead,
+        dead_letter_oldest_age=dead_oldest,
         heartbeat_states=states,
         heartbeat_check_age=_age(now, last_check) if states is not None else None,
         recovery_age=_age(now, recovery),

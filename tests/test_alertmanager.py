@@ -453,6 +453,9 @@ def test_a_groups_incident_keeps_its_team_and_priority_and_resolves_where_it_wen
     assert [t["action"] for t in incident["timeline"]] == ["trigger", "trigger", "resolve"]
     assert incident["status"] == "resolved"
     assert len([e for e in api.events() if e["body"]["event_action"] == "resolve"]) == 1
+    # Its severity stays the page's when only the warning fires on.
+    triggers = [e["body"] for e in api.events() if e["body"]["event_action"] == "trigger"]
+    assert [t["payload"]["severity"] for t in triggers] == ["critical", "critical"]
     mail = [(m["subject"], m["rcpt_tos"]) for m in api.messages()]
     assert mail == [
         ("[FIRING:1] Disk full on node-2", ["ops@example.com"]),
@@ -511,21 +514,66 @@ def test_a_group_that_returns_to_earlier_alerts_or_hears_a_late_copy_is_told_so(
     assert [i["status"] for i in api.incidents()] == ["resolved"] * 3
 
 
+def test_a_wide_outage_in_one_webhook_is_an_incident_per_alert_none_refused(
+    api_server: ApiServer,
+) -> None:
+    """12,000 alerts in one webhook, an incident each: every one is queued. They were
+    refused with a 422, which Alertmanager does not resend: nobody was paged."""
+    hook = grouped(*(node(i) for i in range(12_000)))
+    with api_server.client() as http:
+        each = http.post("/v1/alertmanager", json=hook, timeout=300)
+        again = http.post("/v1/alertmanager", json=hook, timeout=300)  # its retry
+    assert each.status_code == 202, each.text[:300]
+    outcomes = each.json()["alerts"]
+    assert len(outcomes) == 12_000
+    assert not [o for o in outcomes if o["duplicate"] or o["error"]]
+    assert len({o["job_ids"][0] for o in outcomes}) == 12_000
+    assert all(o["duplicate"] for o in again.json()["alerts"])
+    assert engine().redis.llen("pagerduty") == 12_000
+
+
+def test_a_group_whose_firing_alerts_max_alerts_cut_is_not_resolved(
+    api_server: ApiServer, celery_worker: Any, api: SandboxClient
+) -> None:
+    """A receiver with max_alerts: 2 and three alerts. Alertmanager sorts them by labels,
+    so once the first two resolve the webhook lists only those two, resolved, while the
+    third fires on (status firing, truncatedAlerts 1): the incident was resolved."""
+    three = grouped(node(1), node(2)) | {"truncatedAlerts": 1}
+    cut = grouped(node(1, "resolved"), node(2, "resolved")) | {
+        "status": "firing",
+        "truncatedAlerts": 1,
+    }
+    other = cut | {
+        "groupKey": '{}:{alertname="CpuHigh"}',
+        "commonLabels": {"alertname": "CpuHigh", "severity": "critical"},
+    }
+    with api_server.client() as http:
+        opened = http.post("/v1/alertmanager?incident=group", json=three).json()["group"]
+        job(opened["job_ids"][0])
+        kept = http.post("/v1/alertmanager?incident=group", json=cut).json()["group"]
+        # A group first seen with every firing alert cut still pages, as its common labels.
+        unseen = http.post("/v1/alertmanager?incident=group", json=other).json()["group"]
+    assert (kept["status"], kept["job_ids"], kept["duplicate"]) == ("firing", [], True)
+    page = job(unseen["job_ids"][0])["notification"]
+    assert page["subject"] == "[FIRING] CpuHigh"
+    assert page["priority"] == "critical"
+    assert page["body"] == "- and 1 alerts the receiver's max_alerts left out (firing or resolved)"
+    incidents = api.incidents()
+    assert [i["status"] for i in incidents] == ["triggered", "triggered"]
+    first = incidents[0]["payload"]["payload"]
+    assert first["summary"] == "[FIRING:2] DiskFull"
+    assert first["custom_details"]["truncated_alerts"] == 1
+
+
 def test_a_group_too_large_for_an_incident_each_pages_once_as_a_group(
     api_server: ApiServer, celery_worker: Any, api: SandboxClient
 ) -> None:
-    """12,000 alerts: more than one webhook may make incidents of (and, one per alert,
-    hours of PagerDuty's rate per routing key); as a group, one page listing them."""
+    """12,000 alerts: an incident each would drain for hours through PagerDuty's rate per
+    routing key; as a group, one page listing them."""
     hook = grouped(*(node(i) for i in range(12_000)))
     with api_server.client() as http:
-        each = http.post("/v1/alertmanager", json=hook)
         as_group = http.post("/v1/alertmanager?incident=group", json=hook)
         unknown = http.post("/v1/alertmanager?incident=both", json=hook)
-    assert each.status_code == 422
-    [error] = each.json()["errors"]
-    assert error["field"] == "alerts"
-    assert "12000 alerts, more than 10000" in error["message"]
-    assert "?incident=group" in error["message"]
     assert unknown.status_code == 422
     assert unknown.json()["errors"][0]["field"] == "incident"
     assert as_group.status_code == 202, as_group.text[:300]

@@ -131,12 +131,6 @@ class Received(BaseModel):
     )
 
 
-#: More than this in one webhook is refused when each alert is its own incident: each is
-#: its own notification, and Alertmanager waits for the answer. A group's incident takes
-#: any number.
-MAX_ALERTS_EACH = 10_000
-
-
 #: A fingerprint longer than this (Alertmanager's are 16 hex digits), or not one line as
 #: intake reads one, is used by its hash: it names dead letters and the incident. (One
 #: this long or shorter is used as it is, as before there was a bound: an incident opened
@@ -330,6 +324,9 @@ def group_fields(hook: Webhook, firing: list[Alert]) -> dict[str, Any]:
     }
     if len(firing) > LISTED_IN_PAGE:
         details["firing_not_listed"] = len(firing) - LISTED_IN_PAGE
+    if hook.truncated_alerts > 0:
+        # Firing or resolved, Alertmanager does not say: they were never sent.
+        details["truncated_alerts"] = hook.truncated_alerts
     metadata: dict[str, Any] = {
         "dedup_key": key,
         "client": "Alertmanager",
@@ -359,6 +356,11 @@ def group_fields(hook: Webhook, firing: list[Alert]) -> dict[str, Any]:
         lines.append(line)
     if len(firing) > len(lines):
         lines.append(f"- and {len(firing) - len(lines)} more")
+    if hook.truncated_alerts > 0:
+        lines.append(
+            f"- and {hook.truncated_alerts} alerts the receiver's max_alerts left out "
+            "(firing or resolved)"
+        )
     title = group_title(hook, firing)
     fields: dict[str, Any] = {
         "recipient": _line(
@@ -404,6 +406,10 @@ def _group(hook: Webhook) -> GroupOutcome:
     key = group_dedup_key(hook)
     group_id = key.removeprefix("alertmanager-group-")
     firing = [a for a in hook.alerts if a.status == "firing"]
+    if not firing and hook.status == "firing" and hook.truncated_alerts > 0:
+        # Every alert listed resolved, yet the group fires: max_alerts cut the firing ones
+        # (Alertmanager sorts by labels, not status). It must not resolve.
+        return _unlisted_firing(hook, key, group_id)
     outcome = GroupOutcome(
         dedup_key=key, status="firing" if firing else "resolved", firing=len(firing)
     )
@@ -436,6 +442,33 @@ def _group(hook: Webhook) -> GroupOutcome:
     return outcome
 
 
+def _unlisted_firing(hook: Webhook, key: str, group_id: str) -> GroupOutcome:
+    """A firing group whose firing alerts max_alerts left out: its open incident stays as
+    it is; a group not firing here yet pages as its common labels and annotations."""
+    outcome = GroupOutcome(dedup_key=key, status="firing")
+    held = engine().alert_groups.current(group_id)
+    if held is not None and held.state.startswith("firing:"):
+        outcome.duplicate = True
+        return outcome
+    common = Alert(status="firing", labels=hook.common_labels, annotations=hook.common_annotations)
+    moment = _digest([f"unlisted:{hook.group_key}"])
+    fields = group_fields(hook, [common])
+    details = fields["metadata"]["custom_details"]
+    details["firing"], details["num_firing"] = [], None  # none listed: how many, unknown
+    fields |= {
+        "subject": f"[FIRING] {group_title(hook, [common])}",
+        "body": "\n".join(fields["body"].splitlines()[1:]),  # the common alert is no alert
+        "idempotency_id": f"{key}@{moment}",
+    }
+    try:
+        _fire(group_id, key, moment, fields, outcome, None)
+    except InvalidJobError as exc:
+        group = {"id": group_id, "state": f"firing:{moment}"}
+        outcome.dead_letter = _keep(fields, exc, "group-", f"firing@{moment}", None, None, group)
+        outcome.error = str(exc)
+    return outcome
+
+
 def _fire(
     group_id: str,
     key: str,
@@ -449,13 +482,16 @@ def _fire(
     eng = engine()
     asked = parse_request(fields)
     state = eng.alert_groups.fired(group_id, moment, key, asked.team, asked.priority, since)
-    request = asked.model_copy(
-        update={
-            "idempotency_id": state.idempotency_id,
-            "team": state.team,
-            "priority": state.priority or asked.priority,
-        }
-    )
+    update: dict[str, Any] = {
+        "idempotency_id": state.idempotency_id,
+        "team": state.team,
+        "priority": state.priority or asked.priority,
+    }
+    if update["priority"] != asked.priority:
+        # The incident keeps a higher priority than its worst alert now asks: its PagerDuty
+        # severity is that priority's, not the alert's lower label.
+        update["metadata"] = {k: v for k, v in asked.metadata.items() if k != "severity"}
+    request = asked.model_copy(update=update)
     answer = accept(request, "alertmanager")
     outcome.job_ids, outcome.duplicate = [answer.job_id], answer.duplicate
     eng.alert_groups.went(group_id, eng.jobs, answer.job_id)
@@ -571,15 +607,6 @@ def receive(
         )
     if incident == "group":
         return Received(group=_group(hook))
-    if len(hook.alerts) > MAX_ALERTS_EACH:
-        raise InvalidJobError(
-            [
-                {
-                    "field": "alerts",
-                    "message": f"{len(hook.alerts)} alerts, more than {MAX_ALERTS_EACH} "
-                    "incidents in one webhook: send this receiver's groups as one incident "
-                    "each (?incident=group)",
-                }
-            ]
-        )
+    # However many: Alertmanager does not resend a refusal, and each alert is a page. (A
+    # wide outage is better one incident per group; the README says so.)
     return Received(alerts=[_one(alert, hook, i) for i, alert in enumerate(hook.alerts)])

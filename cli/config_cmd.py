@@ -17,6 +17,7 @@ from cli.common import EXIT_FAILED, one_line_errors
 from config.settings import Settings, get_settings
 from worker.engine.redis_client import connect, sentinel_for
 from worker.engine.runtime import engine
+from worker.exceptions import NotificationConfigError
 from worker.providers.pagerduty import PagerDutyProvider
 from worker.providers.smtp import SMTPProvider
 from worker.redact import mask, url_shown
@@ -72,6 +73,8 @@ def check(offline: bool) -> None:
         )
         click.echo(f"{label:<{width + 2}} {_shown(name, getattr(settings, name))}")
     catalogue = engine().file_catalogue()
+    if refused := engine().catalogue_refused():
+        raise NotificationConfigError(refused)
     if catalogue is not None:
         click.echo(f"heartbeat catalogue: {len(catalogue.services)} services, valid")
     if settings.pagerduty_routing_key is None:

@@ -118,6 +118,8 @@ def heartbeats(as_json: bool, log_of: str | None) -> None:
         click.echo(
             "refused heartbeats: " + ", ".join(f"{k} {v}" for k, v in sorted(refused.items()))
         )
+    if problem := engine().catalogue_refused():
+        click.echo(f"warning: {problem}; the services above are those in force", err=True)
 
 
 def _check_note(checked: float | None, now: float) -> str:

@@ -327,17 +327,54 @@ def load_catalogue(path: Path | str) -> Catalogue:
     return parse_catalogue(text, origin)
 
 
+def salvage_catalogue(path: Path | str) -> Catalogue | None:
+    """The services of the file that validate on their own, each as the whole file would
+    have it; None when the file cannot be read or is not TOML (nothing to salvage)."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    entries = data.get("services")
+    if not isinstance(entries, dict):
+        return None
+    kept: dict[str, ServiceSpec] = {}
+    for slug, entry in entries.items():
+        try:
+            one = _CatalogueFile.model_validate({"services": {slug: entry}})
+        except ValidationError:
+            continue
+        kept.update(one.services)
+    return Catalogue(services=kept)
+
+
 class CatalogueFile:
     """The catalogue at a path, re-read when the file changes. A change that does not
-    validate is refused (the last good catalogue stays in force) and the error kept."""
+    validate is refused (the last good catalogue stays in force) and the error kept.
 
-    def __init__(self, path: Path | str) -> None:
+    A file bad from the start raises, unless ``salvage``: then its services that validate
+    are in force and the error is kept (a door that records heartbeats must not refuse
+    every service for one bad entry; a worker or beat still stops on it at start)."""
+
+    def __init__(self, path: Path | str, salvage: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
-        self._catalogue = load_catalogue(self.path)
-        self._stamp = self._stat()
         self.last_error: str | None = None
+        try:
+            self._catalogue = load_catalogue(self.path)
+        except NotificationConfigError as exc:
+            salvaged = salvage_catalogue(self.path) if salvage else None
+            if salvaged is None:
+                raise
+            self._catalogue = salvaged
+            self.last_error = str(exc)
+            logger.error(
+                "heartbeat catalogue refused; its %d services that validate are in force "
+                "(a worker or beat started now would stop): %s",
+                len(salvaged.services),
+                exc,
+            )
+        self._stamp = self._stat()
 
     def _stat(self) -> tuple[int, int] | None:
         try:
@@ -386,4 +423,5 @@ __all__ = [
     "load_catalogue",
     "parse_catalogue",
     "parse_duration",
+    "salvage_catalogue",
 ]

@@ -71,6 +71,8 @@ def _validate_catalogue_at_start(**kwargs: Any) -> None:
     # Celery logs and swallows exceptions from signal handlers, so exit explicitly.
     try:
         engine().catalogue()
+        if refused := engine().catalogue_refused():
+            raise NotificationConfigError(refused)
     except NotificationConfigError as exc:
         logger.critical("cannot start: %s", exc)
         sys.stderr.write(f"gds-notification cannot start: {exc}\n")

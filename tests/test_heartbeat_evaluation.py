@@ -336,6 +336,22 @@ def test_deactivating_a_service_resolves_its_incident_and_watches_it_no_more() -
     assert run.sent == ["trigger", "resolve"]
 
 
+def test_a_failure_reported_before_deactivation_does_not_page_when_active_again() -> None:
+    """Medic's DOWN, then {"active": 0} (resolved), then {"active": 1}: the old DOWN paged
+    again at the next check, with no window to report first."""
+    run = up(spec())
+    failed = Observation(count=0, last_at=run.now, last_status="fail", maintenance_until=None)
+    assert run.check(failed) == "down"
+    run.spec = spec(active=False)
+    assert run.checks(failed, 3) == ["inactive"] * 3
+    run.spec = spec(active=True)
+    assert run.checks(failed, 3) == ["new"] * 3
+    assert run.sent == ["trigger", "resolve"]
+    again = Observation(count=0, last_at=run.now + 0.5, last_status="fail", maintenance_until=None)
+    assert run.check(again) == "down"  # a failure reported since is news at once
+    assert run.sent == ["trigger", "resolve", "trigger"]
+
+
 def test_an_incident_resolves_on_the_routing_key_it_was_opened_on() -> None:
     """The service's team changes while its incident is open (the file is edited, or
     Medic's POST /service/{name} names another team): the resolve still goes to the key

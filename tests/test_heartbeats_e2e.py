@@ -337,6 +337,8 @@ def test_a_checker_slow_for_good_still_pages_a_silent_service(
 def test_a_removed_service_is_resolved_and_forgotten_and_starts_new_when_added_again(
     catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
 ) -> None:
+    import tasks
+
     both = service("gone", window=0.5) + service("stays", window=0.5)
     catalogue(both)
     check()
@@ -348,6 +350,7 @@ def test_a_removed_service_is_resolved_and_forgotten_and_starts_new_when_added_a
     catalogue(both)  # the file whole again
     check()
     assert state("gone").missing_since is None
+    tasks.heartbeat("gone", "fail")  # its last word before it is removed
     catalogue(service("stays", window=0.5))
     removed_at = time.monotonic()
     check_until(lambda: pages.incidents(dedup_key="medic-heartbeat-gone", status="resolved"))
@@ -357,10 +360,11 @@ def test_a_removed_service_is_resolved_and_forgotten_and_starts_new_when_added_a
     assert pages.incidents(dedup_key="medic-heartbeat-stays", status="triggered")
 
     # Kept, the old incident made this outage look paged already: now it is a new service,
-    # with its first window to report, and paged again.
+    # with its first window to report (its old /fail forgotten too), and paged again.
     catalogue(both)
     check()
     assert state("gone").status == "new"
+    assert state("gone").incident is None
     check_until(lambda: pages.incidents(dedup_key="medic-heartbeat-gone", status="triggered"))
 
 

@@ -9,6 +9,7 @@ import json
 import shlex
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,6 +189,8 @@ def test_medic_refusals_in_medics_shape(hb_api: ApiServer) -> None:
             content=b'{"heartbeat_name": "etl", "status": "DOWN"}',
             headers={"content-type": "application/x-www-form-urlencoded"},
         )
+        deep = http.post("/heartbeat", content=b"[" * 100_000 + b"]" * 100_000)
+        huge = http.post("/heartbeat", content=b'{"n": ' + b"9" * 5000 + b"}", headers=JSON)
         many = http.get("/heartbeat", params={"maxCount": 500})
         wrong_count = http.get("/heartbeat", params={"maxCount": "lots"})
     assert httpx.get(ping_url(hb_api, "etl", "fail")).text == "OK"
@@ -229,8 +232,13 @@ def test_medic_refusals_in_medics_shape(hb_api: ApiServer) -> None:
         assert refusal.json()["success"] is False
     assert not_json.json()["message"].startswith("body: not valid JSON (Expecting property")
     assert text.json()["message"] == (
-        "body: must be a JSON object (sent with Content-Type: application/json)"
+        "body: not valid JSON (Expecting value: line 1 column 1 (char 0)): send a JSON "
+        "object, with Content-Type: application/json"
     )
+    # Nested past what the parser builds, or a number of thousands of digits: a 500 before.
+    for unparsable, why in ((deep, "nested too deeply"), (huge, "integer string conversion")):
+        assert unparsable.status_code == 400, unparsable.text
+        assert why in unparsable.json()["message"]
     assert wrong_count.json()["message"].startswith("maxCount: Input should be a valid integer")
     assert (curl_d.status_code, many.status_code) == (201, 200)
     assert [b["status"] for b in statuses] == ["DOWN", "DOWN", "DOWN"]  # exit 3, /fail, DOWN
@@ -515,6 +523,9 @@ def test_create_on_a_ping_url_registers_the_check_as_healthchecks_does(
         bad = http.get(ping_url(hb_api, "-dash", key=TEAM_PING_KEY) + "?create=1")
         shown = http.get(f"{hb_api.url}/medic/{HEARTBEAT_TOKEN}/service/nightly-backup").json()
         without = http.get(ping_url(hb_api, "weekly-report"))
+        typo = http.get(ping_url(hb_api, "typo-job", "fial", key=TEAM_PING_KEY) + "?create=1")
+    assert (typo.status_code, typo.text) == (400, "invalid url format")
+    assert engine().service("typo-job") is None  # refused: nothing created to page in a day
     assert (first.status_code, first.text) == (201, "created")
     assert (again.status_code, again.text) == (200, "OK")
     assert (bad.status_code, bad.text) == (400, "invalid slug")
@@ -531,6 +542,39 @@ def test_create_on_a_ping_url_registers_the_check_as_healthchecks_does(
     assert created["team"] == "payments"
     assert created["defined_in"] == "api"
     assert len(engine().heartbeats.log("nightly-backup")) == 2
+
+
+def test_an_api_started_on_a_file_with_one_bad_entry_takes_every_other_services_heartbeats(
+    catalogue: WriteCatalogue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A services file edited badly, then the API (re)started: every heartbeat answered
+    500 while the checker, on the last good file, paged each service as silent. The
+    services that validate are in force; the refusal is a metric and an alert."""
+    catalogue(service("billing-api", window=60) + service("etl", window=60, priority="P9"))
+    gds = str(Path(sys.executable).with_name("gds-notify"))
+    for api in serve(monkeypatch):
+        with httpx.Client() as http:
+            good = http.get(ping_url(api, "billing-api", "fail"))
+            broken = http.get(ping_url(api, "etl"))
+            medic = http.post(
+                f"{api.url}/medic/{HEARTBEAT_TOKEN}/heartbeat",
+                json={"heartbeat_name": "billing-api", "status": "UP"},
+            )
+            metrics = http.get(f"{api.url}/metrics").text
+    assert (good.status_code, good.text) == (200, "OK")
+    assert (broken.status_code, broken.text) == (404, "not found")
+    assert medic.status_code == 201, medic.text
+    assert "gds_notify_heartbeat_catalogue_refused 1.0" in metrics
+    assert engine().heartbeats.last()["billing-api"].status == "up"
+    shell = subprocess.run([gds, "heartbeat", "billing-api"], capture_output=True, text=True)
+    assert shell.returncode == 0, shell.stderr
+    listed = subprocess.run([gds, "heartbeats"], capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    assert "billing-api" in listed.stdout
+    assert "services.etl.priority" in listed.stderr
+    checked = subprocess.run([gds, "config", "check", "--offline"], capture_output=True, text=True)
+    assert checked.returncode == 2
+    assert "services.etl.priority" in checked.stderr
 
 
 def test_a_team_token_registers_a_service_for_its_own_team_when_it_names_none(

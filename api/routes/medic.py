@@ -72,7 +72,8 @@ def _problems(exc: ValidationError) -> str:
 
 
 #: What a body that is not a JSON object gets: Medic's documented calls send JSON.
-NOT_AN_OBJECT = "body: must be a JSON object (sent with Content-Type: application/json)"
+JSON_TYPE = "Content-Type: application/json"
+NOT_AN_OBJECT = f"body: must be a JSON object (sent with {JSON_TYPE})"
 
 
 def _validated(model: type[Model], body: Any) -> Model | JSONResponse:
@@ -81,8 +82,12 @@ def _validated(model: type[Model], body: Any) -> Model | JSONResponse:
     if isinstance(body, bytes | str):
         try:
             body = json.loads(body)
-        except ValueError:
-            return refused(400, NOT_AN_OBJECT)
+        except (ValueError, RecursionError) as exc:
+            # Not JSON (or nested past what the parser builds): say so, not "not an object".
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+            return refused(
+                400, f"body: not valid JSON ({why}): send a JSON object, with {JSON_TYPE}"
+            )
     if not isinstance(body, dict):
         return refused(400, NOT_AN_OBJECT)
     try:
@@ -127,9 +132,16 @@ class MedicRoute(APIRoute):
                 await run_in_threadpool(_caller_check, request)
                 return refused(400, _unreadable(exc))
             except HTTPException as exc:
-                if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+                cause = exc.__cause__
+                if exc.status_code == 400 and isinstance(cause, UnicodeDecodeError):
                     await run_in_threadpool(_caller_check, request)
                     return refused(400, "body: not valid JSON (not UTF-8)")
+                if exc.status_code == 400 and isinstance(cause, ValueError | RecursionError):
+                    # A number of thousands of digits, or nesting past the recursion limit.
+                    await run_in_threadpool(_caller_check, request)
+                    deep = isinstance(cause, RecursionError)
+                    why = "nested too deeply" if deep else str(cause)[:200]
+                    return refused(400, f"body: not valid JSON ({why})")
                 raise
 
         return medic_handler

@@ -38,6 +38,7 @@ from worker.engine.heartbeats import reports
 from worker.engine.heartbeats.registry import DEFAULT_TEAM, Registration, RegistryFullError
 from worker.engine.heartbeats.store import HeartbeatInFutureError, Ping, TooManyPings
 from worker.engine.runtime import engine
+from worker.exceptions import NotificationConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,10 @@ def ping(request: Request) -> Response:
         token: ApiToken = authorize(key, "ping", rate=None)  # counted with the ping
     except ApiError:
         return _text(404, "not found")
+    body = request.state.body if request.method == "POST" else None
+    what = _ping_for(suffix, rid, body or None)
+    if what is None:  # before ?create=1: a refused call creates nothing
+        return _text(400, "invalid url format")
     eng = engine()
     spec = eng.service(slug)
     created = False
@@ -94,10 +99,6 @@ def ping(request: Request) -> Response:
     if spec is None or not token.covers(spec.team):
         eng.heartbeats.refuse("unknown_slug")
         return _text(404, "not found")
-    body = request.state.body if request.method == "POST" else None
-    what = _ping_for(suffix, rid, body or None)
-    if what is None:
-        return _text(400, "invalid url format")
     try:
         reports.ping(eng, spec, what, key=token.name)
     except TooManyPings as exc:
@@ -135,6 +136,11 @@ async def endpoint(request: Request) -> Response:
     except redis.RedisError as exc:  # NotReplicatedError too: the ping may not be kept
         logger.warning("%s %s: %s", request.method, paths.masked(request.url.path), exc)
         return _text(503, "redis unavailable", {"Retry-After": str(OUTAGE_RETRY_AFTER)})
+    except NotificationConfigError as exc:
+        # The services file cannot be read at all (not TOML, gone before this process
+        # first read it): no service is known, but the ping is worth sending again.
+        logger.error("%s: %s", paths.masked(request.url.path), exc)
+        return _text(503, "heartbeat catalogue unavailable", {"Retry-After": "60"})
     return answer
 
 

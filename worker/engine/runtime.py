@@ -66,13 +66,15 @@ class Engine:
 
     def file_catalogue(self) -> Catalogue | None:
         """The catalogue in ``HEARTBEAT_SERVICES_FILE`` (re-read when the file changes), or
-        None when it is not set. The first load raises on a bad file."""
+        None when it is not set. A file bad from the start keeps its services that validate
+        (:meth:`catalogue_refused` says why the rest are not); the first load raises only
+        on a file that cannot be read or is not TOML."""
         path = self.settings.heartbeat_services_file
         if path is None:
             return None
         with self._catalogue_lock:
             if self._catalogue_file is None:
-                self._catalogue_file = CatalogueFile(path)
+                self._catalogue_file = CatalogueFile(path, salvage=True)
             catalogue_file = self._catalogue_file
         return catalogue_file.current()
 

@@ -172,6 +172,12 @@ class HeartbeatChecker:
                 continue
             report.changed += 1
             if slug not in plan.write:
+                # Its last report and unfinished runs go with it: added back, it starts
+                # new, not down for a /fail or a /start from before it was removed.
+                forgotten = self.redis.pipeline(transaction=False)
+                forgotten.hdel(keys.HEARTBEAT_LAST, slug)
+                forgotten.delete(keys.heartbeat_runs(slug))
+                forgotten.execute()
                 logger.info("heartbeat %s: removed from the catalogue; state forgotten", slug)
                 continue
             state = plan.write[slug]

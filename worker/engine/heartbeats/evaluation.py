@@ -101,6 +101,10 @@ class ServiceState(BaseModel):
     outbox: list[Action] = Field(default_factory=list)
     #: When a check first found the service missing from its catalogue (None: listed).
     missing_since: float | None = None
+    #: When the service was last made active again: a failure it reported before then is
+    #: not its state now. (A service forgotten and added back has its last report cleared
+    #: with its state: checker.py.)
+    fresh_since: float | None = None
 
     def dump(self) -> str:
         return self.model_dump_json()
@@ -130,10 +134,14 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-def is_bad(spec: ServiceSpec, obs: Observation, now: float) -> tuple[str | None, bool]:
+def is_bad(
+    spec: ServiceSpec, obs: Observation, now: float, fresh_since: float | None = None
+) -> tuple[str | None, bool]:
     """Why this check fails (None when the service is healthy), and whether the service
-    said so itself (a reported failure, not a silence)."""
-    if obs.last_status == "fail":
+    said so itself (a reported failure, not a silence). A failure reported before
+    ``fresh_since`` (when the service was made active again) no longer counts."""
+    stale = fresh_since is not None and obs.last_at is not None and obs.last_at < fresh_since
+    if obs.last_status == "fail" and not stale:
         return "the service reported status fail", True
     if (
         spec.max_duration is not None
@@ -209,9 +217,10 @@ def step(
         return s
     if s.status == "inactive":  # active again: a fresh start, with a full window to report
         s.hold_until = max(s.hold_until, now + spec.span)
+        s.fresh_since = now
         _move(s, "new", now)
 
-    reason, reported = is_bad(spec, obs, now)
+    reason, reported = is_bad(spec, obs, now, s.fresh_since)
     if reason is None:
         s.fail_streak = 0
         s.ok_streak = min(s.ok_streak + 1, spec.flap.successes_before_resolve)

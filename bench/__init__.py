@@ -3,7 +3,7 @@
 Every figure is measured on real processes started here (Redis, the sandbox, ``celery -A
 worker worker`` pools as the Procfile runs them) and, where it makes sense, reported as a
 ratio to a baseline taken in the same run, because the machines it runs on are shared
-and noisy. See README, "Benchmarks".
+and noisy. See bench/README.md (method, results, limits) and the README's "Benchmarks".
 
 Modules: ``stack`` (processes on free ports), ``procfile`` (the pools' command lines),
 ``pool_control`` (a pool told to stop or start consuming), ``baseline_app`` (the Celery

@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--redis-url",
         help="use this Redis database (it is emptied before and after) instead of starting one",
     )
-    parser.add_argument("--markdown", action="store_true", help="also print the README table")
+    parser.add_argument("--markdown", action="store_true", help="also print the Markdown table")
     args = parser.parse_args(argv)
     if args.only:
         unknown = set(args.only.split(",")) - set(SCENARIOS)

@@ -1,4 +1,4 @@
-"""Targets, the printed table, the README table, machine information and the JSON file.
+"""Targets, the printed table, bench/README.md's table, machine information and the JSON file.
 
 No target is a test assertion: each figure is printed beside its target and the JSON
 records whether it was met, so a regression shows without failing a noisy machine's build.
@@ -176,7 +176,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The figures as the Markdown table the README shows."""
+    """The figures as the Markdown table bench/README.md shows (Last results)."""
     lines = ["| figure | value | target | |", "|---|---|---|---|"]
     lines += [f"| `{n}` | {v} | {t} | {m} |" for n, v, t, m in _rows(results)]
     return "\n".join(lines)

@@ -2,8 +2,8 @@
 priority.
 
 On a host shared by the page and email pools, an email backlog can keep the CPU busy
-while a page waits to be scheduled (see README, Benchmarks). ``--nice`` lowers the
-weight the scheduler gives the worker, but a page's process that wakes still waits for
+while a page waits to be scheduled (see bench/README.md, page_backlog_ratio). ``--nice`` lowers
+the weight the scheduler gives the worker, but a page's process that wakes still waits for
 the email worker's time slice to end, at every hop of its path (the broker read, the
 claim, the POST, the record): about a third of a page's latency under an email backlog.
 ``--idle-priority`` runs the worker under Linux's ``SCHED_IDLE`` policy instead: it gets

@@ -263,6 +263,14 @@ def test_bad_fields_are_422_each_named_and_nothing_is_queued(api_server: ApiServ
             "/v1/notifications", json={"recipient": "a@example.com", "subject": "=?utf-8?q?x?="}
         )
         bad_domain = http.post("/v1/notifications", json={"recipient": "a@-x-.com", "subject": "s"})
+        # A subject of a megabyte cost 16 s of a worker's CPU to fold, at every attempt.
+        wordy = http.post(
+            "/v1/notifications", json={"recipient": "a@example.com", "subject": "word " * 1_000}
+        )
+    assert wordy.status_code == 422
+    assert wordy.json()["errors"] == [
+        {"field": "subject", "message": "String should have at most 4096 characters"}
+    ]
     assert answer.status_code == 422
     fields = {e["field"]: e["message"] for e in answer.json()["errors"]}
     assert fields["recipient"] == "must not be blank"

@@ -9,6 +9,7 @@ import email
 import email.policy
 import logging
 import re
+import ssl
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ import aiosmtplib
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 from pydantic import ValidationError
 
 import worker.providers.smtp as smtp_module
@@ -226,6 +228,32 @@ class OldServer(Recorder):
             return ["502 5.5.1 EHLO not implemented"]
         session.host_name = hostname
         return [r for r in responses if "8BITMIME" not in r]
+
+
+class RefusesReset(Recorder):
+    """A server that refuses the first message (554) and then the RSET after it (451), as
+    a relay whose transaction state is out of order does; it counts its sessions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sessions = 0
+        self.refused = False
+
+    async def handle_EHLO(
+        self, server: object, session: Any, envelope: object, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        if not self.refused:
+            self.refused = True
+            return "554 5.7.1 refused"
+        return await super().handle_DATA(server, session, envelope)
+
+    async def handle_RSET(self, server: object, session: object, envelope: object) -> str:
+        return "451 4.3.0 cannot reset now"
 
 
 class Tarpit(Recorder):
@@ -734,6 +762,39 @@ def test_transiently_refused_recipient_makes_the_result_retriable(
     assert result.retryable
 
 
+def test_an_internationalised_domain_goes_out_in_ascii_to_a_relay_without_smtputf8(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    """Accepted at the door, then refused for every recipient of the message by a relay
+    that does not offer SMTPUTF8 (most do not): the domain is sent as DNS knows it."""
+    result = provider.send(mail(recipient="ops@bücher.example, Jürgen <j@müller.example>"))
+    assert result.is_success()
+    [message] = mail_api.messages()
+    assert message["rcpt_tos"] == ["ops@xn--bcher-kva.example", "j@xn--mller-kva.example"]
+    to = dict(message["headers"])["To"]
+    assert "ops@xn--bcher-kva.example" in to
+    assert "j@xn--mller-kva.example" in to
+
+
+def test_a_refused_reset_ends_the_session_and_the_next_message_takes_a_new_one() -> None:
+    """The RSET after a refusal answered 451: the server's transaction was still open, and
+    the next, unrelated message was dead-lettered for "503 nested MAIL command"."""
+    handler = RefusesReset()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    smtp = SMTPProvider("127.0.0.1", controller.port, starttls=False, timeout=5)
+    try:
+        with pytest.raises(NotificationDeliveryError, match=r"554 5\.7\.1 refused") as caught:
+            smtp.send(mail(idempotency_id="first"))
+        assert not caught.value.retryable  # the message's refusal, not the RSET's
+        assert smtp.send(mail(idempotency_id="second")).is_success()
+    finally:
+        smtp.close()
+        controller.stop()
+    assert handler.sessions == 2
+    assert len(handler.received) == 1
+
+
 def test_every_recipient_refused_is_an_error(
     provider: SMTPProvider, mail_api: SandboxClient
 ) -> None:
@@ -788,6 +849,67 @@ def test_authentication_failure_is_a_config_error_without_the_password(
     for text in (str(caught.value), repr(caught.value), repr(smtp), caplog.text):
         assert wrong not in text
         assert encoded not in text
+
+
+@pytest.mark.parametrize(
+    ("answer", "retried"),
+    [
+        # The relay's directory is down: try again, as for any 4xx (it was dead-lettered
+        # at once as a configuration error).
+        ("454 4.7.0 Temporary authentication failure", True),
+        # A relay that quotes what it was sent: AUTH PLAIN's base64 blob, the password in it.
+        ("535 5.7.8 credentials {blob} rejected", False),
+    ],
+    ids=["454 temporary", "535 echoing the blob"],
+)
+def test_an_auth_refusal_is_retried_when_temporary_and_never_shows_the_password(
+    answer: str, retried: bool, ca: trustme.CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    blob = base64.b64encode(f"\0{SMTP_USER}\0{SMTP_PASSWORD}".encode()).decode()
+
+    def refuse(*_: Any) -> AuthResult:
+        return AuthResult(success=False, handled=False, message=answer.format(blob=blob))
+
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    controller = Controller(
+        Sink(),
+        hostname="127.0.0.1",
+        port=free_port(),
+        tls_context=server_tls,
+        require_starttls=True,
+        authenticator=refuse,
+    )
+    controller.start()
+    smtp = SMTPProvider(
+        "127.0.0.1",
+        controller.port,
+        username=SMTP_USER,
+        password=SMTP_PASSWORD,
+        from_addr="alerts@example.com",
+        tls_context=client_tls(ca),
+        timeout=5,
+    )
+    try:
+        with pytest.raises(NotificationError) as caught:
+            smtp.send(mail())
+    finally:
+        smtp.close()
+        controller.stop()
+    assert caught.value.retryable is retried
+    assert isinstance(
+        caught.value, NotificationDeliveryError if retried else NotificationConfigError
+    )
+    assert answer.split()[0] in str(caught.value)
+    for text in (str(caught.value), repr(caught.value), caplog.text):
+        assert SMTP_PASSWORD not in text
+        assert blob not in text
+
+
+class Sink:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return "250 OK"
 
 
 def test_password_is_never_logged_on_success(

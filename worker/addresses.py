@@ -80,12 +80,20 @@ def _valid_domain(domain: str) -> bool:
     return all(_LABEL.match(label) for label in ascii_domain.split("."))
 
 
+def _ascii_domain(domain: str) -> str:
+    """An internationalised domain as DNS and every relay know it (``xn--`` labels): a relay
+    without SMTPUTF8 refuses the message for a Unicode domain, and for every recipient of
+    it; the ASCII form needs nothing of it."""
+    return domain if domain.isascii() else domain.encode("idna").decode("ascii")
+
+
 def parse_address(field: str, text: str) -> Address:
-    """One ``user@domain`` or ``Name <user@domain>``, validated, as an ``Address``."""
+    """One ``user@domain`` or ``Name <user@domain>``, validated, as an ``Address`` (its
+    domain in ASCII)."""
     check_header_value(field, text)
     bare = _BARE_ADDRESS.match(text)
     if bare is not None and _valid_domain(bare[2]):
-        return Address(username=bare[1], domain=bare[2])
+        return Address(username=bare[1], domain=_ascii_domain(bare[2]))
     return _parsed(field, text)
 
 
@@ -106,6 +114,8 @@ def _parsed(field: str, text: str) -> Address:
             field,
             f"{spec!r} has a quoted local part that cannot be written back as an address",
         )
+    if not address.domain.isascii():
+        address = Address(name, address.username, _ascii_domain(address.domain))
     return address
 
 

@@ -39,6 +39,7 @@ from worker.job_request import BODY_MAX_CHARS, InvalidJobError, parse_request
 from worker.notification import (
     NAME_MAX_CHARS,
     RECIPIENT_MAX_CHARS,
+    SUBJECT_MAX_CHARS,
     NotificationPriority,
     PagerDutySeverity,
     check_unicode,
@@ -131,6 +132,11 @@ class Received(BaseModel):
     )
 
 
+#: A summary becomes a subject, with room for what is put before it ("[FIRING:12000] ",
+#: "[RESOLVED] "): a subject intake refuses would be a page never sent.
+SUMMARY_MAX_CHARS = SUBJECT_MAX_CHARS - 64
+
+
 #: A fingerprint longer than this (Alertmanager's are 16 hex digits), or not one line as
 #: intake reads one, is used by its hash: it names dead letters and the incident. (One
 #: this long or shorter is used as it is, as before there was a bound: an incident opened
@@ -164,10 +170,10 @@ def summary(alert: Alert) -> str:
     Alertmanager does not read the answer and the page would never go out."""
     written = one_line(alert.annotations.get("summary", ""))
     if written:
-        return written
+        return truncate(written, SUMMARY_MAX_CHARS)
     name = alert.labels.get("alertname", "alert from Alertmanager")
     instance = alert.labels.get("instance")
-    return one_line(f"{name} on {instance}" if instance else name)
+    return truncate(one_line(f"{name} on {instance}" if instance else name), SUMMARY_MAX_CHARS)
 
 
 def request_fields(alert: Alert, hook: Webhook) -> dict[str, Any]:
@@ -290,11 +296,12 @@ def group_title(hook: Webhook, alerts: list[Alert]) -> str:
     grouping labels' values."""
     common = one_line(hook.common_annotations.get("summary", ""))
     if common:
-        return common
+        return truncate(common, SUMMARY_MAX_CHARS)
     if len(alerts) == 1:
         return summary(alerts[0])
     named = one_line(" ".join(v for _, v in sorted(hook.group_labels.items())))
-    return named or one_line(hook.common_labels.get("alertname", "")) or "Alertmanager group"
+    title = named or one_line(hook.common_labels.get("alertname", "")) or "Alertmanager group"
+    return truncate(title, SUMMARY_MAX_CHARS)
 
 
 def worst(alerts: list[Alert]) -> Alert:

@@ -26,6 +26,7 @@ tied to the loop it was opened on; using the provider from another loop re-opens
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import ssl
@@ -459,8 +460,17 @@ class SMTPProvider(BaseNotificationProvider):
         )
 
     def _scrub(self, text: str) -> str:
-        if self._password is not None:
-            text = text.replace(self._password.get_secret_value(), "***")
+        """``text`` without the password, as sent or as AUTH encodes it: a server's error
+        may echo what it was given (LOGIN's base64 password, PLAIN's whole blob)."""
+        if self._password is None:
+            return text
+        secret = self._password.get_secret_value()
+        forms = [secret, _b64(secret)]
+        if self.username is not None:
+            forms.append(_b64(f"\0{self.username}\0{secret}"))
+            forms.append(_b64(f"{self.username}\0{self.username}\0{secret}"))
+        for form in forms:
+            text = text.replace(form, "***")
         return text
 
     def _translate(self, exc: BaseException, after_data: bool = False) -> NotificationError:
@@ -472,6 +482,17 @@ class SMTPProvider(BaseNotificationProvider):
         where = f"{self.host}:{self.port}"
         # Only a lost connection or answer leaves it open whether the message was taken.
         unsure = " during DATA, so it may have taken the message" if after_data else ""
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError) and 400 <= exc.code < 500:
+            # 454: the server cannot check credentials now (its directory is down), not
+            # that they are wrong: try again later, as for any 4xx.
+            text = self._scrub(f"{exc.code} {exc.message}")
+            return NotificationDeliveryError(
+                f"SMTP server {where} could not check the credentials now: {text}",
+                exc.code,
+                [text],
+                retryable=True,
+                provider=self.name,
+            )
         if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
             return NotificationConfigError(
                 self._scrub(
@@ -552,6 +573,10 @@ class SMTPProvider(BaseNotificationProvider):
         )
 
 
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
 class _Session(aiosmtplib.SMTP):
     """aiosmtplib's client, noting whether the transaction under way has reached DATA:
     up to then a lost connection cost nothing, after it the server may have taken the
@@ -583,10 +608,16 @@ class _Session(aiosmtplib.SMTP):
         # RSET itself times out. A server that answered (a 554, say) and then went silent
         # must not have its refusal reported as a timeout that "may have taken" the
         # message. The timeout has already closed the session.
+        # A RSET refused leaves the transaction open on the server (the next MAIL gets
+        # "503 nested MAIL command"): the session is ended, and the next message takes a
+        # new one. aiosmtplib swallows the refusal, so it is seen here or not at all.
         try:
             return await super().rset(*args, **kwargs)
         except aiosmtplib.SMTPTimeoutError as exc:
             raise aiosmtplib.SMTPServerDisconnected(f"no answer to RSET: {exc}") from exc
+        except aiosmtplib.SMTPResponseException:
+            self.close()
+            raise
 
 
 def _hung_up(exc: BaseException) -> bool:

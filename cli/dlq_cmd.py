@@ -8,7 +8,15 @@ from typing import Any
 import click
 
 import tasks
-from cli.common import BadInput, Failed, echo_json, one_line_errors, say_if_foreign, when
+from cli.common import (
+    BadInput,
+    Failed,
+    echo_json,
+    inert,
+    one_line_errors,
+    say_if_foreign,
+    when,
+)
 from config.moments import parse_since
 from worker.engine.keys import DEAD_LETTER_CHANNELS
 from worker.engine.quarantine import BROKER_CHANNEL
@@ -89,7 +97,8 @@ def list_(
         click.echo("no dead letters" + (f" on {channel}" if channel else ""))
         return
     for e in entries:
-        click.echo(f"{e['id']}  {when(e['dead_at'])}  {e['channel']:<9}  {e['reason'][:120]}")
+        reason = inert(e["reason"][:120])
+        click.echo(f"{inert(e['id'])}  {when(e['dead_at'])}  {e['channel']:<9}  {reason}")
     click.echo(f"{len(entries)} of {total} shown")
 
 
@@ -164,7 +173,8 @@ def replay(
         for entry in chosen:
             # A broker letter is a message no task could read, not a job: replay refuses it.
             verb = "cannot replay" if entry["channel"] == BROKER_CHANNEL else "would replay"
-            click.echo(f"{verb} {entry['id']}  {entry['channel']:<9}  {entry['reason'][:80]}")
+            reason = inert(entry["reason"][:80])
+            click.echo(f"{verb} {inert(entry['id'])}  {entry['channel']:<9}  {reason}")
         count = sum(1 for e in chosen if e["channel"] != BROKER_CHANNEL)
         click.echo(f"{count} dead letter{'' if count == 1 else 's'} would be replayed")
         if problems:

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from cli.common import BadInput, echo_json, one_line_errors, when
+from cli.common import BadInput, echo_json, inert, one_line_errors, when
 from config.catalogue import ServiceSpec
 from worker.engine.heartbeats.checker import last_check, last_idle_check, read_states
 from worker.engine.heartbeats.reports import configured_catalogue, record
@@ -147,10 +147,10 @@ def _show_log(spec: ServiceSpec | None, slug: str, as_json: bool) -> None:
         click.echo(f"{slug}: no pings kept")
         return
     for entry in entries:
-        head = f"{when(entry['at'])}  {entry['kind']:<5}  {entry.get('via') or '-'}"
+        head = f"{when(entry['at'])}  {entry['kind']:<5}  {inert(entry.get('via') or '-')}"
         if entry.get("rid"):
             head += f"  rid {entry['rid']}"
         click.echo(head)
         if entry.get("body"):
             for line in str(entry["body"]).splitlines()[:20]:
-                click.echo(f"    {line}")
+                click.echo(f"    {inert(line)}")

@@ -328,13 +328,26 @@ def test_a_crontab_ping_keeps_a_service_up_and_fail_pages_at_once(
         assert read_states(engine().redis)["backup"].status == "up"
         assert pages.incidents() == []
         checked = last_check(engine().redis)
-        failed = crontab_ping(ping_url(api, "backup", "fail"))
-        assert failed.returncode == 0
+        # The job's exit status and output, as Healthchecks' crontab example sends them:
+        # `m=$(backup 2>&1); curl ... --data-raw "$m" URL/$?`.
+        output = tmp_path / "output"
+        lines = ["\x1b]0;pwned\x07disk full", *(f"copied {i} of 40 tables" for i in range(30))]
+        output.write_text("\n".join(lines))
+        failed = crontab_ping(f"--data-binary @{output} {ping_url(api, 'backup', '3')}")
+        assert failed.returncode == 0, failed.stderr
         # A failure asks for a check at once: beat is not running, the worker runs it.
         [incident] = wait_for(lambda: pages.incidents(), timeout=10)
         assert incident["dedup_key"] == "medic-heartbeat-backup"
         assert last_check(engine().redis) != checked
-        assert "the service reported status fail" in str(incident["payload"])
+        details = incident["payload"]["payload"]["custom_details"]
+        assert details["reason"] == "the service reported status fail"
+        # What the job said, so the responder need not look it up first: its first lines.
+        assert details["reported_via"] == "exit 3"
+        assert details["reported_output"].splitlines() == lines[:20]
+    # Shown to an operator's terminal, what the job wrote cannot drive it.
+    log = CliRunner().invoke(main, ["heartbeats", "--log", "backup"]).output
+    assert "\\x1b]0;pwned\\x07disk full" in log
+    assert "\x1b" not in log
 
 
 def test_a_run_that_started_and_did_not_finish_in_time_pages_and_its_finish_resolves(

@@ -134,6 +134,10 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
+#: The reason a service that said it failed is down.
+REPORTED_FAIL = "the service reported status fail"
+
+
 def is_bad(
     spec: ServiceSpec, obs: Observation, now: float, fresh_since: float | None = None
 ) -> tuple[str | None, bool]:
@@ -142,7 +146,7 @@ def is_bad(
     ``fresh_since`` (when the service was made active again) no longer counts."""
     stale = fresh_since is not None and obs.last_at is not None and obs.last_at < fresh_since
     if obs.last_status == "fail" and not stale:
-        return "the service reported status fail", True
+        return REPORTED_FAIL, True
     if (
         spec.max_duration is not None
         and obs.running_since is not None

@@ -9,7 +9,7 @@ from typing import Any
 
 from worker.engine import keys
 from worker.engine.heartbeats.checker import CheckReport, Sender
-from worker.engine.heartbeats.evaluation import Action
+from worker.engine.heartbeats.evaluation import REPORTED_FAIL, Action
 from worker.engine.intake import accept, lifecycle, new_job_id, refused
 from worker.engine.messages import check_message
 from worker.engine.runtime import Engine
@@ -30,13 +30,46 @@ def sender(engine: Engine) -> Sender:
     def send(action: Action) -> str:
         try:
             if action.kind == "trigger":
-                request = parse_request(action.request)
+                request = parse_request(_with_report(engine, action.request))
                 return accept(engine, request, new_job_id(), "heartbeat").job_id
             return lifecycle(engine, "resolve", action.dedup_key, action.team, "heartbeat")
         except InvalidJobError as exc:
             return _refused(engine, action, exc)
 
     return send
+
+
+#: How much of the failing run's output a page carries: enough to act on, the rest in
+#: `gds-notify heartbeats --log`.
+REPORT_LINES = 20
+REPORT_CHARS = 2_000
+
+
+def _with_report(engine: Engine, request: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A reported failure's page with what the service said: how (``/fail``, an exit
+    status, Medic's DOWN) and the start of the output its job posted, so the responder
+    need not look it up first. The request as it is when there is no such report."""
+    if request is None:
+        return None
+    details = request.get("metadata", {}).get("custom_details", {})
+    if details.get("reason") != REPORTED_FAIL or not isinstance(details.get("slug"), str):
+        return request
+    try:
+        latest = engine.heartbeats.log(details["slug"], 1)
+    except Exception:  # the page goes out all the same, without the report
+        logger.warning("heartbeat %s: its last report could not be read", details["slug"])
+        return request
+    if not latest or latest[0].get("kind") != "fail":
+        return request
+    report = latest[0]
+    added: dict[str, Any] = {"reported_via": report.get("via") or "fail"}
+    output = str(report.get("body") or "")
+    if output:
+        lines = output.splitlines()[:REPORT_LINES]
+        added["reported_output"] = "\n".join(lines)[:REPORT_CHARS]
+    metadata = dict(request["metadata"])
+    metadata["custom_details"] = {**details, **added}
+    return {**request, "metadata": metadata}
 
 
 def _refused(engine: Engine, action: Action, exc: InvalidJobError) -> str:

@@ -37,7 +37,7 @@ from worker.engine import intake
 from worker.engine.redis_client import NotReplicatedError
 from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError
-from worker.validation import path, problem
+from worker.validation import path, printable, problem
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +80,20 @@ def too_many(wait: float) -> ApiError:
     )
 
 
+#: The problems a 422 lists: a body of 50,000 bad alerts made an answer of megabytes,
+#: each problem told twice.
+ERRORS_LISTED = 20
+
+
 def invalid(errors: Sequence[dict[str, str]]) -> JSONResponse:
-    shown = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return JSONResponse({"error": f"invalid request: {shown}", "errors": list(errors)}, 422)
+    listed = [
+        {"field": printable(e["field"]), "message": printable(e["message"], 1000)}
+        for e in errors[:ERRORS_LISTED]
+    ]
+    shown = "; ".join(f"{e['field']}: {e['message']}" for e in listed)
+    if len(errors) > ERRORS_LISTED:
+        shown += f"; and {len(errors) - ERRORS_LISTED} more problems"
+    return JSONResponse({"error": f"invalid request: {shown}", "errors": listed}, 422)
 
 
 #: pydantic's words for a whole body that is not an object (FastAPI read it as bytes when

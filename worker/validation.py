@@ -35,12 +35,12 @@ def described(field: str, exc: ValidationError) -> str:
 def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
     """pydantic's errors as ``[{"field": "recipient", "message": "..."}]``."""
     return [
-        {"field": _printable(path(e["loc"]) or "payload"), "message": problem(e)}
+        {"field": printable(path(e["loc"]) or "payload"), "message": problem(e)}
         for e in exc.errors(include_url=False)
     ]
 
 
-def _printable(field: str, limit: int = 200) -> str:
+def printable(field: str, limit: int = 200) -> str:
     """A field name safe to log and print: an unknown key sent by a hostile producer may
     hold line breaks (log injection) or be huge. (``isprintable`` is False for every line
     break and control character.)"""

@@ -39,7 +39,6 @@ from worker.job_request import BODY_MAX_CHARS, InvalidJobError, parse_request
 from worker.notification import (
     NAME_MAX_CHARS,
     RECIPIENT_MAX_CHARS,
-    SUBJECT_MAX_CHARS,
     NotificationPriority,
     PagerDutySeverity,
     check_unicode,
@@ -132,11 +131,6 @@ class Received(BaseModel):
     )
 
 
-#: A summary becomes a subject, with room for what is put before it ("[FIRING:12000] ",
-#: "[RESOLVED] "): a subject intake refuses would be a page never sent.
-SUMMARY_MAX_CHARS = SUBJECT_MAX_CHARS - 64
-
-
 #: A fingerprint longer than this (Alertmanager's are 16 hex digits), or not one line as
 #: intake reads one, is used by its hash: it names dead letters and the incident. (One
 #: this long or shorter is used as it is, as before there was a bound: an incident opened
@@ -170,10 +164,10 @@ def summary(alert: Alert) -> str:
     Alertmanager does not read the answer and the page would never go out."""
     written = one_line(alert.annotations.get("summary", ""))
     if written:
-        return truncate(written, SUMMARY_MAX_CHARS)
+        return written
     name = alert.labels.get("alertname", "alert from Alertmanager")
     instance = alert.labels.get("instance")
-    return truncate(one_line(f"{name} on {instance}" if instance else name), SUMMARY_MAX_CHARS)
+    return one_line(f"{name} on {instance}" if instance else name)
 
 
 def request_fields(alert: Alert, hook: Webhook) -> dict[str, Any]:
@@ -296,12 +290,11 @@ def group_title(hook: Webhook, alerts: list[Alert]) -> str:
     grouping labels' values."""
     common = one_line(hook.common_annotations.get("summary", ""))
     if common:
-        return truncate(common, SUMMARY_MAX_CHARS)
+        return common
     if len(alerts) == 1:
         return summary(alerts[0])
     named = one_line(" ".join(v for _, v in sorted(hook.group_labels.items())))
-    title = named or one_line(hook.common_labels.get("alertname", "")) or "Alertmanager group"
-    return truncate(title, SUMMARY_MAX_CHARS)
+    return named or one_line(hook.common_labels.get("alertname", "")) or "Alertmanager group"
 
 
 def worst(alerts: list[Alert]) -> Alert:

@@ -36,7 +36,7 @@ from worker.addresses import (
     parse_address,
     parse_recipients,
 )
-from worker.notification import Notification, NotificationPriority, content_key
+from worker.notification import Notification, NotificationPriority, content_key, truncate
 
 #: Headers a mail client shows as "important", by priority (HIGH and above only).
 IMPORTANCE_HEADERS: dict[NotificationPriority, dict[str, str]] = {
@@ -160,12 +160,18 @@ def _checked(notification: Notification, from_addr: str) -> tuple[Address, list[
     return sender, recipients
 
 
+#: The longest Subject sent, cut as PagerDuty cuts a summary: a longer one is no summary,
+#: and the standard library folds a header in time that grows with its square (a subject
+#: of a megabyte took 16 s of a worker's CPU at every attempt).
+SUBJECT_MAX_CHARS = 1024
+
+
 def _headers(
     notification: Notification, sender: Address, now: datetime | None, job_id: str | None
 ) -> list[tuple[str, str]]:
     """Every header after From and To, in the order written."""
     headers = [
-        ("Subject", notification.subject),
+        ("Subject", truncate(notification.subject, SUBJECT_MAX_CHARS)),
         ("Date", format_datetime((now or datetime.now(UTC)).astimezone(UTC))),
         ("Message-ID", message_id_for(notification, sender.domain, job_id)),
         ("X-GDS-Priority", notification.priority.value),

@@ -16,7 +16,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 .PHONY: help install tools bench-tools run dev sandbox test lint format typecheck pytest bench clean
 
 help:
-	@echo "make run      start the whole stack: Redis, worker, beat, Flower :5555, sandbox :8025, SMTP sink :1025"
+	@echo "make run      start the whole stack: Redis, worker, beat, the API :8000, Flower :5555, sandbox :8025, SMTP sink :1025"
 	@echo "make test     install everything, then ruff, the layer contracts, mypy and pytest"
 	@echo "make bench    benchmark on this machine (about 5 minutes); writes bench/results/latest.json"
 	@echo "make format   rewrite the code in the project's format"

@@ -131,6 +131,10 @@ def test_a_duplicate_answers_with_the_first_job_and_the_header_is_an_idempotency
         two_lines = http.post(
             "/v1/notifications", json=note, headers={b"Idempotency-Key": "a\x85b".encode("latin-1")}
         )
+        # A key in UTF-8 (curl -H 'Idempotency-Key: café-1') is the same id in the body.
+        utf8 = {b"Idempotency-Key": "café-1".encode()}
+        header_utf8 = http.post("/v1/notifications", json=note, headers=utf8)
+        body_utf8 = http.post("/v1/notifications", json=note | {"idempotency_id": "café-1"})
     assert first.status_code == again.status_code == in_body.status_code == 202
     assert first.json()["duplicate"] is False
     assert again.json() == {
@@ -150,10 +154,16 @@ def test_a_duplicate_answers_with_the_first_job_and_the_header_is_an_idempotency
     ], blank.json()
     assert two_lines.json()["errors"][0]["field"] == "Idempotency-Key"
     assert "line" in two_lines.json()["errors"][0]["message"], two_lines.json()
+    assert header_utf8.status_code == 202, header_utf8.text
+    assert body_utf8.json() == header_utf8.json() | {"duplicate": True}
+    record = engine().jobs.get(header_utf8.json()["job_id"])
+    assert record is not None
+    assert record["notification"]["idempotency_id"] == "café-1"
     delivered(first.json()["job_id"])
+    delivered(header_utf8.json()["job_id"])
     time.sleep(0.3)
-    assert [i["dedup_key"] for i in api.incidents()] == ["k-1"]
-    assert len(api.events()) == 1
+    assert [i["dedup_key"] for i in api.incidents()] == ["k-1", "café-1"]
+    assert len(api.events()) == 2
 
 
 def test_links_and_images_pagerduty_would_refuse_are_422_at_the_door(

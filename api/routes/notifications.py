@@ -39,6 +39,7 @@ def post_notification(
     an idempotency id accepted within ``IDEMPOTENCY_TTL_SECONDS`` answers with the first
     job's id and ``duplicate: true``, and queues nothing."""
     if idempotency_key is not None:
+        idempotency_key = _utf8(idempotency_key)
         if notification.idempotency_id not in (None, idempotency_key):
             raise InvalidJobError(
                 [
@@ -59,3 +60,14 @@ def post_notification(
                 [{"field": "Idempotency-Key", "message": "; ".join(problems)}]
             ) from None
     return accept(notification, "api")
+
+
+def _utf8(value: str) -> str:
+    """A header as the client wrote it. HTTP hands header bytes over as Latin-1, so a UTF-8
+    ``café`` arrived as ``cafÃ©``, and never matched the same id sent in a body."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:  # Latin-1 after all (or a line break): read, and checked, as such
+        return value

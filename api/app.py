@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import errors
-from api.auth import MaskKeysInPaths, bearer_token, unknown_bearer
+from api.auth import MaskKeysInPaths, bearer_token, refused_notifier
 from api.body_limits import BodyLimits
 from api.response_counts import COUNTS, counted
 from api.routes import PING_ROUTES, ROUTERS
@@ -92,7 +92,7 @@ def create_app() -> PingsFirst:
         )
     }
     app.add_middleware(BodyLimits, **limits, by_path=wider, admits=_notify_bearer)
-    errors.install(app, unknown_bearer)
+    errors.install(app, refused_notifier)
     for router in ROUTERS:
         app.include_router(router)
     access = logging.getLogger("uvicorn.access")

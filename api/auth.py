@@ -69,13 +69,16 @@ def bearer_token(request: Request) -> ApiToken | None:
     return find_token(engine().settings.tokens, secret) if secret else None
 
 
-def unknown_bearer(request: Request) -> ApiError | None:
-    """Why the request's bearer token would be refused (401), or None when it names a
-    configured token: for a request refused before its route's own check could run."""
+def refused_notifier(request: Request) -> ApiError | None:
+    """Why the request's bearer token would be refused at a door that takes notifications
+    (401 unknown, 403 without the ``notify`` scope), or None: for a request refused before
+    its route's own check could run. Nothing is counted against its rate."""
     try:
-        _configured(bearer_secret(request))
+        token = _configured(bearer_secret(request))
     except ApiError as refused:
         return refused
+    if not token.allows("notify"):
+        return forbidden(f"token {token.name!r} does not have the 'notify' scope")
     return None
 
 

@@ -169,9 +169,9 @@ async def _count_refusal(request: Request) -> None:
         await run_in_threadpool(intake.refused, engine(), source)
 
 
-def install(app: FastAPI, unknown_bearer: Callable[[Request], ApiError | None]) -> None:
+def install(app: FastAPI, refused_notifier: Callable[[Request], ApiError | None]) -> None:
     """Register the handlers that give every failure its status code and shape.
-    ``unknown_bearer`` says why a request's token would be refused (api/auth.py)."""
+    ``refused_notifier`` says why a request's token would be refused (api/auth.py)."""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -194,9 +194,10 @@ def install(app: FastAPI, unknown_bearer: Callable[[Request], ApiError | None]) 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # A body that is not JSON fails before the route's token check: at the doors that
-        # count refusals, a caller without a token gets its 401, and counts for nothing.
+        # count refusals, a caller without a token (or without the scope) gets its 401 (or
+        # 403), and counts for nothing.
         if request.url.path in INTAKE_SOURCES:
-            refused = await run_in_threadpool(unknown_bearer, request)
+            refused = await run_in_threadpool(refused_notifier, request)
             if refused is not None:
                 return await api_error(request, refused)
         await _count_refusal(request)

@@ -367,6 +367,8 @@ def test_tokens_401_without_or_with_an_unknown_one_and_403_without_the_scope(
     assert missing.status_code == unknown.status_code == 401
     assert missing.headers["WWW-Authenticate"] == "Bearer"
     assert "not configured" in unknown.json()["error"]
+    assert no_scope.status_code == 403  # as for a body it could read
+    assert "does not have the 'notify' scope" in no_scope.json()["error"]
     assert wrong_scope.status_code == 403
     assert wrong_scope.json()["error"] == "token 'cron' does not have the 'notify' scope"
     assert not_admin.status_code == 403
@@ -392,11 +394,15 @@ def test_a_body_that_is_not_json_from_a_caller_without_a_token_is_401_and_not_co
         ]
     with api_server.client("gdsn_not-a-configured-token") as stranger:
         unknown = stranger.post("/v1/alertmanager", content=garbage, headers=as_json)
+    with api_server.client(HEARTBEAT_TOKEN) as pinger:  # a real token, not one to notify
+        no_scope = pinger.post("/v1/notifications", content=garbage, headers=as_json)
     with api_server.client() as producer:
         producer_garbage = producer.post("/v1/notifications", content=garbage, headers=as_json)
     assert [a.status_code for a in (*missing, unknown)] == [401, 401, 401]
     assert all(a.headers["WWW-Authenticate"] == "Bearer" for a in (*missing, unknown))
     assert "not configured" in unknown.json()["error"]
+    assert no_scope.status_code == 403  # as for a body it could read
+    assert "does not have the 'notify' scope" in no_scope.json()["error"]
     assert producer_garbage.status_code == 422  # a caller with a token learns what is wrong
     counted: dict[str, str] = engine().redis.hgetall(keys.STATS)  # type: ignore[assignment]
     assert {k: v for k, v in counted.items() if k.endswith(":invalid")} == {

@@ -4,6 +4,7 @@ and any API token kept to its last four characters, however the path is spelled.
 from __future__ import annotations
 
 import re
+from urllib.parse import quote, unquote
 
 from config.api_tokens import TOKEN_PREFIX
 
@@ -16,6 +17,13 @@ TOKEN = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{4,}")
 
 
 def masked(path: str) -> str:
-    """``path`` with each key in it cut to its last four characters (``…abcd``)."""
+    """``path`` with each key in it cut to its last four characters (``…abcd``), however
+    it was percent-encoded (``gdsn%5F…`` is a token too); what was encoded and cannot be
+    logged as it is (a line break, a space, ``%``) stays encoded."""
+    if "%" in path:
+        path = "".join(
+            ch if ch.isprintable() and not ch.isspace() and ch != "%" else quote(ch)
+            for ch in unquote(path)
+        )
     path = KEY_IN_PATH.sub(lambda m: m.group(1) + "…" + m.group(2)[-4:], path)
     return TOKEN.sub(lambda m: "…" + m.group(0)[-4:], path)

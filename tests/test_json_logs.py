@@ -170,7 +170,11 @@ def test_the_api_logs_every_line_as_json_with_keys_in_paths_masked(
         wait_for(lambda: _answers(f"{base}/healthz"), timeout=30)
         httpx.post(f"{base}/ping/{key}/nightly-backup", timeout=10)
         httpx.post(f"{base}/v1/notifications", json={}, timeout=10)  # no token: 401
+        # The token percent-encoded in a path no route takes (a mistyped base URL).
+        encoded = key.replace("_", "%5F", 1)
+        httpx.get(f"{base}/x/{encoded}/y%0Az", timeout=10)
         wait_for(lambda: b"/v1/notifications" in log.read_bytes())
+        wait_for(lambda: b"/x/" in log.read_bytes())
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(15)
@@ -178,12 +182,15 @@ def test_the_api_logs_every_line_as_json_with_keys_in_paths_masked(
     for entry in found:
         assert_base_fields(entry)
     assert key not in log.read_text()
+    assert key[5:] not in log.read_text()  # nor its secret part, however spelled
     assert any(e["logger"] == "uvicorn.error" for e in found)  # uvicorn's own log too
     access = [e for e in found if e["logger"] == "uvicorn.access"]
     [ping] = [e for e in access if e["path"].startswith("/ping/")]
     assert ping["path"] == "/ping/…KEY9/nightly-backup"
     assert '"POST /ping/…KEY9/nightly-backup HTTP/1.1"' in ping["message"]
     assert ping["method"] == "POST"
+    [mistyped] = [e for e in access if e["path"].startswith("/x/")]
+    assert mistyped["path"] == "/x/…KEY9/y%0Az"  # what cannot be logged stays encoded
     [refused] = [e for e in access if e["path"] == "/v1/notifications"]
     assert refused["status_code"] == 401
     assert refused["client_addr"].startswith("127.0.0.1:")

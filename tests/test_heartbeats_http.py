@@ -381,6 +381,11 @@ def test_ping_urls_answer_as_healthchecks_does(hb_api: ApiServer, pages: Sandbox
         exit_0 = http.get(ping_url(hb_api, "billing-api", "0"))
         exit_3 = http.get(ping_url(hb_api, "etl", "3"))
         bad_exit = http.get(ping_url(hb_api, "billing-api", "256"))
+        leading_zero = http.get(ping_url(hb_api, "etl", "0255"))  # Healthchecks reads 255
+        many_digits = http.get(ping_url(hb_api, "etl", "9" * 500))
+        # Control characters are kept JSON-escaped, six bytes each: the log is bounded in
+        # bytes too (50 such pings made 3 MB for one service).
+        controls = http.post(ping_url(hb_api, "etl", "log"), content="\x01" * 20_000)
         # Digits to str.isdigit, not to Healthchecks: superscript two, Arabic-Indic three.
         odd_digits = [http.get(ping_url(hb_api, "billing-api", d)) for d in ("\u00b2", "\u0663")]
         unknown = http.get(ping_url(hb_api, "ghost"))
@@ -396,7 +401,14 @@ def test_ping_urls_answer_as_healthchecks_does(hb_api: ApiServer, pages: Sandbox
     assert ok.headers["Access-Control-Allow-Origin"] == "*"
     assert (head.status_code, head.text) == (200, "")
     assert post.text == exit_0.text == exit_3.text == own_team.text == "OK"
-    assert bad_exit.status_code == 400
+    assert bad_exit.status_code == many_digits.status_code == 400
+    assert leading_zero.text == "OK"
+    assert controls.text == "OK"
+    kept = engine().redis.lindex(keys.heartbeat_log("etl"), 0)
+    assert kept is not None
+    assert len(kept) < 20_500
+    assert engine().heartbeats.log("etl")[0]["body"].endswith(" more]")
+    assert engine().heartbeats.log("etl")[1]["via"] == "exit 255"
     assert [(a.status_code, a.text) for a in odd_digits] == [(400, "invalid url format")] * 2
     assert [(a.status_code, a.text) for a in (unknown, wrong_key, other_team)] == [
         (404, "not found")

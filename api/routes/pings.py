@@ -48,8 +48,9 @@ CORS = {"Access-Control-Allow-Origin": "*"}
 CREATED_PERIOD = 86_400.0
 CREATED_GRACE = 3_600.0
 _RID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-#: An exit status as Healthchecks reads one: ASCII digits (``str.isdigit`` takes ``²``).
-_EXIT_STATUS = re.compile(r"[0-9]{1,3}")
+#: An exit status as Healthchecks reads one: ASCII digits (``str.isdigit`` takes ``²``),
+#: leading zeros and all (``0255`` is 255), at most 255.
+_EXIT_STATUS = re.compile(r"[0-9]{1,100}")
 
 
 def _text(status: int, text: str, headers: dict[str, str] | None = None) -> Response:

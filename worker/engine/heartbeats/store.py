@@ -38,12 +38,33 @@ LOG_KEPT = 50
 #: The counter of refused heartbeats, by reason.
 REFUSED = "heartbeats_refused"
 BODY_LIMIT = 10_000
+#: And to this many bytes as the log keeps it, JSON-escaped: a control character is six
+#: (``\u0001``), so 10,000 of them made 60 kB an entry, 3 MB a service.
+BODY_BYTES = 20_000
 LOG_TTL_SECONDS = 7 * 86_400
 #: Heartbeats are kept at least this long after the last, however short the window: a
 #: job moved from every 5 minutes to daily, its window edited to match, still has its last
 #: heartbeat when the new window is read (kept for the old window alone, it expired within
 #: minutes and the service paged). The count kept per service bounds what this costs.
 HEARTBEATS_KEPT_SECONDS = 8 * 86_400
+
+
+def _cut(body: str) -> str:
+    """``body`` within ``BODY_LIMIT`` characters and ``BODY_BYTES`` bytes as kept, saying
+    how much was cut."""
+    keep = min(len(body), BODY_LIMIT)
+    if len(json.dumps(body[:keep])) > BODY_BYTES:
+        low, high = 0, keep  # the longest start that fits: each character costs 1 to 12
+        while low < high:
+            middle = (low + high + 1) // 2
+            if len(json.dumps(body[:middle])) <= BODY_BYTES:
+                low = middle
+            else:
+                high = middle - 1
+        keep = low
+    if keep == len(body):
+        return body
+    return body[:keep] + f" … [cut: {len(body) - keep} more]"
 
 
 class HeartbeatInFutureError(ValueError):
@@ -100,8 +121,7 @@ class HeartbeatStore:
         trip: over the rate, :class:`TooManyPings` and nothing stored."""
         ttl = max(math.ceil(2 * spec.span) + 60, HEARTBEATS_KEPT_SECONDS)
         body = ping.body or ""
-        if len(body) > BODY_LIMIT:
-            body = body[:BODY_LIMIT] + f" … [cut: {len(ping.body or '') - BODY_LIMIT} more]"
+        body = _cut(body)
         pipe = self.redis.pipeline(transaction=False)
         request = rate[0].ask(rate[1], pipe) if rate else None
         self._record(

@@ -610,11 +610,18 @@ def test_a_team_token_registers_a_service_for_its_own_team_when_it_names_none(
     with httpx.Client() as http:
         registered = http.post(base, json=service)
         elsewhere = http.post(base, json=service | {"heartbeat_name": "x", "team": "dba"})
+        # The data team's: "already registered" told it to send heartbeats it then got
+        # 404 for.
+        theirs = http.post(base, json=service | {"heartbeat_name": "etl"})
         shown = http.get(f"{base}/ledger-sync").json()
     assert registered.status_code == 201, registered.text
     assert [r["team"] for r in shown["results"]] == ["payments"]
     assert elsewhere.status_code == 400
     assert elsewhere.json()["message"] == "team: this token may register only team 'payments'"
+    assert (theirs.status_code, theirs.json()["message"]) == (
+        409,
+        "heartbeat_name: registered by another team; choose another",
+    )
 
 
 def test_registration_stops_at_the_registry_limit(

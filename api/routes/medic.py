@@ -357,7 +357,8 @@ def build_router() -> APIRouter:
     def register(request: Request, body: Annotated[Any, Body()] = None) -> JSONResponse:
         """Register a service (Medic's fields and defaults; ``alert_interval`` in minutes
         is the window; ``environment`` prefixes the name). 201 registered; 200 when a
-        service of that name exists (in the file or registered)."""
+        service of that name exists (in the file or registered); 409 when it is another
+        team's (a team token's)."""
         token = calling_token(request)
         wanted = _validated(ServiceBody, body)
         if isinstance(wanted, JSONResponse):
@@ -377,7 +378,12 @@ def build_router() -> APIRouter:
         if not token.covers(team):
             return refused(400, f"team: this token may register only team {token.team!r}")
         eng = engine()
-        if eng.service(slug) is not None:
+        existing = eng.service(slug)
+        if existing is not None and not token.covers(existing.team):
+            # "Already registered" would tell it to start sending heartbeats that it would
+            # then be refused (404) for: the name is another team's.
+            return refused(409, "heartbeat_name: registered by another team; choose another")
+        if existing is not None:
             return medic(200, True, "Heartbeat is already registered.")
         try:
             spec = ServiceSpec(

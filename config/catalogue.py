@@ -13,6 +13,7 @@ One table per service::
     routing_key_team = "dba"          # optional: page with PAGERDUTY_ROUTING_KEY_DBA instead
     max_duration = "2h"               # optional: a run started (/start) and not finished
                                       # within this pages ("ran too long")
+    ping_uuid = "5cca24d4-..."        # optional: Healthchecks' /ping/{uuid} URLs ping it
 
     [[services.billing-api.maintenance]]          # one-off
     start = 2026-12-01T22:00:00Z
@@ -69,6 +70,10 @@ logger = logging.getLogger(__name__)
 
 SLUG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 RUNBOOK_PATTERN = r"^https?://\S+$"
+#: A Healthchecks check's UUID, as its ping URLs carry it.
+PING_UUID_PATTERN = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE
+)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, None: 1.0}
 
@@ -247,6 +252,17 @@ class CatalogueEntry(ServiceSpec):
     """A service in the file: the on-call's runbook is required there."""
 
     runbook_url: str = Field(pattern=RUNBOOK_PATTERN, max_length=2048)
+    #: The UUID of the Healthchecks check this service replaces: its crontab lines ping
+    #: ``/ping/{uuid}`` unchanged but for the host (the UUID is their credential, as it is
+    #: to Healthchecks). Only in the file: a registered service has no UUID.
+    ping_uuid: str | None = None
+
+    @field_validator("ping_uuid")
+    @classmethod
+    def _a_uuid(cls, value: str | None) -> str | None:
+        if value is not None and not PING_UUID_PATTERN.match(value):
+            raise ValueError("must be a UUID, as in a Healthchecks ping URL")
+        return value.lower() if value is not None else None
 
 
 class Catalogue(_Strict):
@@ -255,6 +271,31 @@ class Catalogue(_Strict):
 
     services: dict[str, ServiceSpec] = Field(default_factory=dict)
     _registered: frozenset[str] = PrivateAttr(default=frozenset())
+    _by_uuid: dict[str, ServiceSpec] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _uuids_unique(self) -> Catalogue:
+        seen: dict[str, str] = {}
+        for slug, spec in self.services.items():
+            uuid = getattr(spec, "ping_uuid", None)
+            if uuid is None:
+                continue
+            if uuid in seen:
+                raise ValueError(
+                    f"services.{slug}.ping_uuid: {uuid} is services.{seen[uuid]}'s too"
+                )
+            seen[uuid] = slug
+        return self
+
+    def by_ping_uuid(self, uuid: str) -> ServiceSpec | None:
+        """The service whose ``ping_uuid`` is ``uuid`` (any case), or None."""
+        if self._by_uuid is None:
+            self._by_uuid = {
+                spec.ping_uuid: spec
+                for spec in self.services.values()
+                if isinstance(spec, CatalogueEntry) and spec.ping_uuid is not None
+            }
+        return self._by_uuid.get(uuid.lower())
 
     @model_validator(mode="before")
     @classmethod

@@ -6,6 +6,7 @@ long, and the limits that keep a flood of pings harmless."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import socket
 import subprocess
@@ -36,6 +37,7 @@ from worker.engine import keys
 from worker.engine.heartbeats.checker import last_check, read_states
 from worker.engine.heartbeats.evaluation import Observation, is_bad
 from worker.engine.runtime import engine
+from worker.exceptions import NotificationConfigError
 
 #: Medic's own documented example ("Register and Monitor a Service"), as written.
 MEDIC_EXAMPLE = """
@@ -428,6 +430,53 @@ def test_ping_urls_answer_as_healthchecks_does(hb_api: ApiServer, pages: Sandbox
     assert log[3]["body"] == "disk at 81%"
     assert engine().heartbeats.last()["etl"].status == "fail"
     assert not engine().redis.exists("gds:hb:log:ghost")
+
+
+UUID = "5cca24d4-9979-4a51-a68f-e6493e6e10bf"
+
+
+def test_healthchecks_uuid_urls_ping_the_service_the_file_gives_that_uuid(
+    catalogue: WriteCatalogue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crontab line switched from Healthchecks by its host alone: `hc-ping.com/<uuid>`
+    became `HOST/ping/<uuid>`, the UUID its credential as it was."""
+    catalogue(
+        service("backup", window=60, extra=f'ping_uuid = "{UUID.upper()}"')
+        + service("etl", window=60)
+    )
+    for api in serve(monkeypatch):
+        done = crontab_ping(f"{api.url}/ping/{UUID}")
+        with httpx.Client() as http:
+            started = http.get(f"{api.url}/ping/{UUID}/start", params={"rid": "r1"})
+            failed = http.post(f"{api.url}/ping/{UUID}/1", content="tar: disk full")
+            unknown = http.get(f"{api.url}/ping/{UUID[:-1]}0")
+            too_deep = http.get(f"{api.url}/ping/{UUID}/fail/now")
+            bad_suffix = http.get(f"{api.url}/ping/{UUID}/fial")
+            no_slug = http.get(f"{api.url}/ping/{HEARTBEAT_TOKEN}")
+    assert done.returncode == 0, done.stderr
+    assert (started.status_code, started.text) == (200, "OK")
+    assert (failed.status_code, failed.text) == (200, "OK")
+    for answer in (unknown, too_deep, no_slug):
+        assert (answer.status_code, answer.text) == (404, "not found")
+        assert answer.headers["Access-Control-Allow-Origin"] == "*"
+    assert (bad_suffix.status_code, bad_suffix.text) == (400, "invalid url format")
+    log = engine().heartbeats.log("backup")
+    assert [(e["kind"], e.get("via")) for e in log] == [
+        ("fail", "exit 1"),
+        ("start", "/start"),
+        ("up", None),
+    ]
+    assert log[0]["body"] == "tar: disk full"
+    assert engine().heartbeats.log("etl") == []
+    # One UUID names one service.
+    catalogue(
+        service("backup", window=60, extra=f'ping_uuid = "{UUID}"')
+        + service("etl", window=60, extra=f'ping_uuid = "{UUID}"')
+    )
+    from config.catalogue import load_catalogue
+
+    with pytest.raises(NotificationConfigError, match=f"services.etl.ping_uuid: {UUID} is"):
+        load_catalogue(os.environ["HEARTBEAT_SERVICES_FILE"])
 
 
 def test_a_ping_key_reports_heartbeats_and_cannot_silence_the_monitoring(

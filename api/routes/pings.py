@@ -1,5 +1,6 @@
 """Healthchecks-style ping URLs, so a crontab line switches by changing its URL:
-``/ping/{key}/{slug}`` and its suffixes ``/start``, ``/fail``, ``/log`` and
+``/ping/{key}/{slug}``, or ``/ping/{uuid}`` for a service the file gives Healthchecks'
+UUID (``ping_uuid``), and their suffixes ``/start``, ``/fail``, ``/log`` and
 ``/{exit_status}`` (0 is success, 1-255 failure), by HEAD, GET or POST, with an optional
 ``?rid=`` tying a start to its finish. The key in the path (a token with the ``ping``
 scope, or ``heartbeat``, for the deployment or one team) authorises the ping; a POST body
@@ -33,7 +34,7 @@ from api import paths
 from api.auth import authorize
 from api.errors import OUTAGE_RETRY_AFTER, ApiError
 from config.api_tokens import ApiToken
-from config.catalogue import SLUG_PATTERN, ServiceSpec
+from config.catalogue import PING_UUID_PATTERN, SLUG_PATTERN, ServiceSpec
 from worker.engine.heartbeats import reports
 from worker.engine.heartbeats.registry import DEFAULT_TEAM, Registration, RegistryFullError
 from worker.engine.heartbeats.store import HeartbeatInFutureError, Ping, TooManyPings
@@ -72,11 +73,16 @@ def _ping_for(suffix: str | None, rid: str | None, body: str | None) -> Ping | N
 
 def ping(request: Request) -> Response:
     key = request.path_params["key"]
-    slug = request.path_params["slug"]
+    slug = request.path_params.get("slug")
     suffix = request.path_params.get("suffix")
     rid = request.query_params.get("rid")
     if rid is not None and not _RID.match(rid):
         return _text(400, "invalid rid")
+    if PING_UUID_PATTERN.match(key):
+        # Healthchecks' own URL: /ping/{uuid}[/{suffix}], the UUID its credential.
+        return _text(404, "not found") if suffix is not None else _by_uuid(request, key, slug)
+    if slug is None:
+        return _text(404, "not found")
     try:
         token: ApiToken = authorize(key, "ping", rate=None)  # counted with the ping
     except ApiError:
@@ -107,6 +113,27 @@ def ping(request: Request) -> Response:
     except HeartbeatInFutureError:
         return _text(400, "invalid time")
     return _text(201, "created") if created else _text(200, "OK")
+
+
+def _by_uuid(request: Request, uuid: str, suffix: str | None) -> Response:
+    """A ping to the service whose ``ping_uuid`` the file gives: no key, as in
+    Healthchecks, and a rate window of its own."""
+    body = request.state.body if request.method == "POST" else None
+    what = _ping_for(suffix, request.query_params.get("rid"), body or None)
+    if what is None:
+        return _text(400, "invalid url format")
+    eng = engine()
+    spec = eng.service_by_ping_uuid(uuid)
+    if spec is None:
+        eng.heartbeats.refuse("unknown_slug")
+        return _text(404, "not found")
+    try:
+        reports.ping(eng, spec, what, key=f"uuid:{spec.slug}")
+    except TooManyPings as exc:
+        return _text(429, "rate limited", {"Retry-After": str(max(1, math.ceil(exc.wait)))})
+    except HeartbeatInFutureError:
+        return _text(400, "invalid time")
+    return _text(200, "OK")
 
 
 def _create(slug: str, token: ApiToken) -> tuple[ServiceSpec | None, bool]:
@@ -147,6 +174,7 @@ async def endpoint(request: Request) -> Response:
 
 METHODS = ["GET", "HEAD", "POST"]
 ROUTES = [
+    Route("/ping/{key}", endpoint, methods=METHODS),
     Route("/ping/{key}/{slug}", endpoint, methods=METHODS),
     Route("/ping/{key}/{slug}/{suffix}", endpoint, methods=METHODS),
 ]

@@ -101,6 +101,11 @@ class Engine:
         spec = found.get(slug) if found is not None else None
         return spec if spec is not None else self.registry.lookup(slug)
 
+    def service_by_ping_uuid(self, uuid: str) -> ServiceSpec | None:
+        """The file's service that Healthchecks' ``/ping/{uuid}`` URLs name, or None."""
+        found = self.file_catalogue()
+        return found.by_ping_uuid(uuid) if found is not None else None
+
     def close(self) -> None:
         """Close the providers' connections and the Redis client."""
         self.providers.close()

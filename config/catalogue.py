@@ -42,6 +42,7 @@ import logging
 import re
 import threading
 import tomllib
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -72,7 +73,7 @@ SLUG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 RUNBOOK_PATTERN = r"^https?://\S+$"
 #: A Healthchecks check's UUID, as its ping URLs carry it.
 PING_UUID_PATTERN = re.compile(
-    r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE
 )
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, None: 1.0}
@@ -260,7 +261,7 @@ class CatalogueEntry(ServiceSpec):
     @field_validator("ping_uuid")
     @classmethod
     def _a_uuid(cls, value: str | None) -> str | None:
-        if value is not None and not PING_UUID_PATTERN.match(value):
+        if value is not None and not PING_UUID_PATTERN.fullmatch(value):
             raise ValueError("must be a UUID, as in a Healthchecks ping URL")
         return value.lower() if value is not None else None
 
@@ -385,6 +386,13 @@ def salvage_catalogue(path: Path | str) -> Catalogue | None:
         except ValidationError:
             continue
         kept.update(one.services)
+    # A UUID two entries give names neither (a ping to it cannot say which it is for);
+    # both services are still watched, and their slug URLs still work.
+    uuids = Counter(getattr(spec, "ping_uuid", None) for spec in kept.values())
+    shared = {uuid for uuid, n in uuids.items() if uuid is not None and n > 1}
+    for slug, spec in kept.items():
+        if getattr(spec, "ping_uuid", None) in shared:
+            kept[slug] = spec.model_copy(update={"ping_uuid": None})
     return Catalogue(services=kept)
 
 

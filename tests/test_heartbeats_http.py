@@ -21,12 +21,14 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
+from config.api_tokens import token_hash
 from sandbox import SandboxServer
 from tests.api_server import (
     HEARTBEAT_TOKEN,
     NOTIFY_TOKEN,
     PING_ONLY_KEY,
     TEAM_PING_KEY,
+    TOKENS,
     ApiServer,
     serve,
 )
@@ -444,7 +446,11 @@ def test_healthchecks_uuid_urls_ping_the_service_the_file_gives_that_uuid(
         service("backup", window=60, extra=f'ping_uuid = "{UUID.upper()}"')
         + service("etl", window=60)
     )
-    for api in serve(monkeypatch):
+    # A deployment whose ping key happens to be a UUID (made with uuidgen) keeps its URLs.
+    uuid_key = "0b7e9a52-1c3f-4d2e-9a8b-7c6d5e4f3a2b"
+    uuidgen = {"name": "uuidgen", "sha256": token_hash(uuid_key), "scopes": ["ping"]}
+    keys_with_a_uuid = [*TOKENS, uuidgen]
+    for api in serve(monkeypatch, API_TOKENS=json.dumps(keys_with_a_uuid)):
         done = crontab_ping(f"{api.url}/ping/{UUID}")
         with httpx.Client() as http:
             started = http.get(f"{api.url}/ping/{UUID}/start", params={"rid": "r1"})
@@ -453,6 +459,7 @@ def test_healthchecks_uuid_urls_ping_the_service_the_file_gives_that_uuid(
             too_deep = http.get(f"{api.url}/ping/{UUID}/fail/now")
             bad_suffix = http.get(f"{api.url}/ping/{UUID}/fial")
             no_slug = http.get(f"{api.url}/ping/{HEARTBEAT_TOKEN}")
+            as_key = http.get(f"{api.url}/ping/{uuid_key}/etl")
     assert done.returncode == 0, done.stderr
     assert (started.status_code, started.text) == (200, "OK")
     assert (failed.status_code, failed.text) == (200, "OK")
@@ -460,6 +467,7 @@ def test_healthchecks_uuid_urls_ping_the_service_the_file_gives_that_uuid(
         assert (answer.status_code, answer.text) == (404, "not found")
         assert answer.headers["Access-Control-Allow-Origin"] == "*"
     assert (bad_suffix.status_code, bad_suffix.text) == (400, "invalid url format")
+    assert (as_key.status_code, as_key.text) == (200, "OK")
     log = engine().heartbeats.log("backup")
     assert [(e["kind"], e.get("via")) for e in log] == [
         ("fail", "exit 1"),
@@ -467,16 +475,21 @@ def test_healthchecks_uuid_urls_ping_the_service_the_file_gives_that_uuid(
         ("up", None),
     ]
     assert log[0]["body"] == "tar: disk full"
-    assert engine().heartbeats.log("etl") == []
+    assert [e["kind"] for e in engine().heartbeats.log("etl")] == ["up"]  # by the key
     # One UUID names one service.
     catalogue(
         service("backup", window=60, extra=f'ping_uuid = "{UUID}"')
         + service("etl", window=60, extra=f'ping_uuid = "{UUID}"')
     )
-    from config.catalogue import load_catalogue
+    from config.catalogue import CatalogueFile, load_catalogue
 
     with pytest.raises(NotificationConfigError, match=f"services.etl.ping_uuid: {UUID} is"):
         load_catalogue(os.environ["HEARTBEAT_SERVICES_FILE"])
+    # Started on such a file, an API watches both by their slugs, neither by the UUID.
+    salvaged = CatalogueFile(os.environ["HEARTBEAT_SERVICES_FILE"], salvage=True)
+    assert salvaged.last_error is not None
+    assert sorted(salvaged.current().services) == ["backup", "etl"]
+    assert salvaged.current().by_ping_uuid(UUID) is None
 
 
 def test_a_ping_key_reports_heartbeats_and_cannot_silence_the_monitoring(

@@ -12,6 +12,8 @@ from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.utils import getaddresses
 
+import idna
+
 from worker.exceptions import InvalidFieldError
 from worker.notification import is_one_line
 
@@ -74,17 +76,20 @@ def check_email_headers(notification: object) -> None:
 
 def _valid_domain(domain: str) -> bool:
     try:
-        ascii_domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
+        ascii_domain = _ascii_domain(domain)
+    except (UnicodeError, idna.IDNAError):
         return False
     return all(_LABEL.match(label) for label in ascii_domain.split("."))
 
 
 def _ascii_domain(domain: str) -> str:
-    """An internationalised domain as DNS and every relay know it (``xn--`` labels): a relay
-    without SMTPUTF8 refuses the message for a Unicode domain, and for every recipient of
-    it; the ASCII form needs nothing of it."""
-    return domain if domain.isascii() else domain.encode("idna").decode("ascii")
+    """An internationalised domain as DNS and every relay know it (``xn--`` labels, IDNA
+    2008): a relay without SMTPUTF8 refuses the message for a Unicode domain, and for every
+    recipient of it; the ASCII form needs nothing of it. (The standard library's IDNA 2003
+    codec maps ``ß`` to ``ss``: ``straße.de`` would be ``strasse.de``, someone else's.)"""
+    if domain.isascii():
+        return domain
+    return idna.encode(domain, uts46=True, transitional=False).decode("ascii")
 
 
 def parse_address(field: str, text: str) -> Address:

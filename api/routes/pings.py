@@ -78,9 +78,15 @@ def ping(request: Request) -> Response:
     rid = request.query_params.get("rid")
     if rid is not None and not _RID.match(rid):
         return _text(400, "invalid rid")
-    if PING_UUID_PATTERN.match(key):
-        # Healthchecks' own URL: /ping/{uuid}[/{suffix}], the UUID its credential.
-        return _text(404, "not found") if suffix is not None else _by_uuid(request, key, slug)
+    if PING_UUID_PATTERN.fullmatch(key):
+        # Healthchecks' own URL: /ping/{uuid}[/{suffix}], the UUID its credential. (A key
+        # that only looks like a UUID, with a slug after it, is a key.)
+        owner = engine().service_by_ping_uuid(key)
+        if owner is not None or slug is None:
+            if owner is None or suffix is not None:
+                engine().heartbeats.refuse("unknown_slug")
+                return _text(404, "not found")
+            return _by_uuid(request, owner, slug)
     if slug is None:
         return _text(404, "not found")
     try:
@@ -115,7 +121,7 @@ def ping(request: Request) -> Response:
     return _text(201, "created") if created else _text(200, "OK")
 
 
-def _by_uuid(request: Request, uuid: str, suffix: str | None) -> Response:
+def _by_uuid(request: Request, spec: ServiceSpec, suffix: str | None) -> Response:
     """A ping to the service whose ``ping_uuid`` the file gives: no key, as in
     Healthchecks, and a rate window of its own."""
     body = request.state.body if request.method == "POST" else None
@@ -123,10 +129,6 @@ def _by_uuid(request: Request, uuid: str, suffix: str | None) -> Response:
     if what is None:
         return _text(400, "invalid url format")
     eng = engine()
-    spec = eng.service_by_ping_uuid(uuid)
-    if spec is None:
-        eng.heartbeats.refuse("unknown_slug")
-        return _text(404, "not found")
     try:
         reports.ping(eng, spec, what, key=f"uuid:{spec.slug}")
     except TooManyPings as exc:

@@ -257,6 +257,10 @@ class CatalogueEntry(ServiceSpec):
     #: ``/ping/{uuid}`` unchanged but for the host (the UUID is their credential, as it is
     #: to Healthchecks). Only in the file: a registered service has no UUID.
     ping_uuid: str | None = None
+    #: Whether a page for a failure the service reported carries the start of its job's
+    #: output (``reported_output``). Off: output may hold what PagerDuty, a third party
+    #: every responder reads, should not (connection strings, hostnames, tokens).
+    page_output: bool = False
 
     @field_validator("ping_uuid")
     @classmethod

@@ -41,11 +41,13 @@ class Run:
         self.now = start
         self.state: ServiceState | None = None
         self.sent: list[str] = []
+        self.requests: list[dict[str, Any]] = []  # each trigger's notification
 
     def check(self, obs: Observation, gap: float | None = INTERVAL, advance: float = 1.0) -> str:
         self.now += advance
         self.state = step(self.spec, self.state, obs, self.now, gap, INTERVAL)
         self.sent += [a.kind for a in self.state.outbox]
+        self.requests += [a.request for a in self.state.outbox if a.request is not None]
         self.state.outbox = []  # the checker sends and clears them
         return self.state.status
 
@@ -347,9 +349,31 @@ def test_a_failure_reported_before_deactivation_does_not_page_when_active_again(
     run.spec = spec(active=True)
     assert run.checks(failed, 3) == ["new"] * 3
     assert run.sent == ["trigger", "resolve"]
+    # Silent since, past its window: paged for the silence, counting what it missed.
+    assert "down" in run.checks(failed, 20)
+    assert run.sent == ["trigger", "resolve", "trigger"]
+    details = run.requests[-1]["metadata"]["custom_details"]
+    assert details["reason"].startswith("0 of 1 heartbeats within")
+    assert details["missed_heartbeats"] == 1
+    run.spec = spec(active=False)
+    run.check(failed)
+    run.spec = spec(active=True)
+    assert run.check(failed) == "new"
     again = Observation(count=0, last_at=run.now + 0.5, last_status="fail", maintenance_until=None)
     assert run.check(again) == "down"  # a failure reported since is news at once
-    assert run.sent == ["trigger", "resolve", "trigger"]
+    assert run.sent == ["trigger", "resolve", "trigger", "resolve", "trigger"]
+
+
+def test_a_run_started_before_deactivation_does_not_page_when_active_again() -> None:
+    run = up(spec(max_duration=60))
+    hung = Observation(
+        count=1, last_at=run.now, last_status="up", maintenance_until=None, running_since=run.now
+    )
+    run.spec = spec(max_duration=60, active=False)
+    assert run.checks(hung, 100) == ["inactive"] * 100
+    run.spec = spec(max_duration=60, active=True)
+    assert run.checks(hung, 3) == ["up"] * 3  # its old /start is no run of this life
+    assert run.sent == []
 
 
 def test_an_incident_resolves_on_the_routing_key_it_was_opened_on() -> None:

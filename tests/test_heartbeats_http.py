@@ -320,7 +320,9 @@ def test_a_crontab_ping_keeps_a_service_up_and_fail_pages_at_once(
     pages: SandboxClient,
     tmp_path: Path,
 ) -> None:
-    catalogue(service("backup", window=1.5))
+    catalogue(
+        service("backup", window=1.5, extra="page_output = true") + service("archive", window=60)
+    )
     for api in serve(monkeypatch, HEARTBEAT_CHECK_INTERVAL="30"):  # no checks but early ones
         from worker.engine.heartbeats.paging import run_check
 
@@ -342,6 +344,13 @@ def test_a_crontab_ping_keeps_a_service_up_and_fail_pages_at_once(
         # A failure asks for a check at once: beat is not running, the worker runs it.
         [incident] = wait_for(lambda: pages.incidents(), timeout=10)
         assert incident["dedup_key"] == "medic-heartbeat-backup"
+        # Without page_output, what the job wrote stays here: it may hold secrets.
+        archive = crontab_ping(f"--data-binary @{output} {ping_url(api, 'archive', '3')}")
+        assert archive.returncode == 0, archive.stderr
+        archived = wait_for(lambda: pages.incidents(dedup_key="medic-heartbeat-archive"))
+        kept_here = archived[0]["payload"]["payload"]["custom_details"]
+        assert kept_here["reported_via"] == "exit 3"
+        assert "reported_output" not in kept_here
         assert last_check(engine().redis) != checked
         details = incident["payload"]["payload"]["custom_details"]
         assert details["reason"] == "the service reported status fail"

@@ -143,13 +143,15 @@ def is_bad(
 ) -> tuple[str | None, bool]:
     """Why this check fails (None when the service is healthy), and whether the service
     said so itself (a reported failure, not a silence). A failure reported before
-    ``fresh_since`` (when the service was made active again) no longer counts."""
+    ``fresh_since`` (when the service was made active again) no longer counts, nor does a
+    run started before then."""
     stale = fresh_since is not None and obs.last_at is not None and obs.last_at < fresh_since
     if obs.last_status == "fail" and not stale:
         return REPORTED_FAIL, True
     if (
         spec.max_duration is not None
         and obs.running_since is not None
+        and (fresh_since is None or obs.running_since >= fresh_since)
         and now - obs.running_since > spec.max_duration
     ):
         return (
@@ -328,7 +330,7 @@ def trigger_request(
     on (summary, severity, source ``medic``, component, group, class, dedup_key, details,
     runbook link). Forced onto the PagerDuty channel whatever the priority."""
     last_seen = iso(obs.last_at)
-    missed = 0 if obs.last_status == "fail" else max(spec.threshold - obs.count, 1)
+    missed = 0 if reason == REPORTED_FAIL else max(spec.threshold - obs.count, 1)
     details: dict[str, Any] = {
         "slug": spec.slug,
         "team": spec.team,

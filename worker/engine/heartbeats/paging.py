@@ -7,6 +7,8 @@ import logging
 import time
 from typing import Any
 
+import redis
+
 from worker.engine import keys
 from worker.engine.heartbeats.checker import CheckReport, Sender
 from worker.engine.heartbeats.evaluation import REPORTED_FAIL, Action
@@ -47,26 +49,27 @@ REPORT_CHARS = 2_000
 
 def _with_report(engine: Engine, request: dict[str, Any] | None) -> dict[str, Any] | None:
     """A reported failure's page with what the service said: how (``/fail``, an exit
-    status, Medic's DOWN) and the start of the output its job posted, so the responder
-    need not look it up first. The request as it is when there is no such report."""
+    status, Medic's DOWN) and, for a file entry with ``page_output``, the start of the
+    output its job posted, so the responder need not look it up first. The request as it
+    is when there is no such report."""
     if request is None:
         return None
     details = request.get("metadata", {}).get("custom_details", {})
-    if details.get("reason") != REPORTED_FAIL or not isinstance(details.get("slug"), str):
+    slug = details.get("slug")
+    if details.get("reason") != REPORTED_FAIL or not isinstance(slug, str):
         return request
     try:
-        latest = engine.heartbeats.log(details["slug"], 1)
-    except Exception:  # the page goes out all the same, without the report
-        logger.warning("heartbeat %s: its last report could not be read", details["slug"])
+        # The newest failure among the last pings: a /log or /start may have followed it.
+        report = next((p for p in engine.heartbeats.log(slug, 5) if p.get("kind") == "fail"), None)
+    except redis.RedisError:  # the page goes out all the same, without the report
+        logger.warning("heartbeat %s: its last report could not be read", slug)
         return request
-    if not latest or latest[0].get("kind") != "fail":
+    if report is None:
         return request
-    report = latest[0]
     added: dict[str, Any] = {"reported_via": report.get("via") or "fail"}
     output = str(report.get("body") or "")
-    if output:
-        lines = output.splitlines()[:REPORT_LINES]
-        added["reported_output"] = "\n".join(lines)[:REPORT_CHARS]
+    if output and getattr(engine.service(slug), "page_output", False):
+        added["reported_output"] = "\n".join(output.splitlines()[:REPORT_LINES])[:REPORT_CHARS]
     metadata = dict(request["metadata"])
     metadata["custom_details"] = {**details, **added}
     return {**request, "metadata": metadata}
@@ -97,6 +100,10 @@ def _refused(engine: Engine, action: Action, exc: InvalidJobError) -> str:
 
 def run_check(engine: Engine) -> CheckReport | None:
     """One heartbeat evaluation over the whole catalogue (None when none is configured)."""
+    # A failure reported from now on is one this check may not see: it asks for the next.
+    # (Held until its check ran, a second failure within the second after the first one's
+    # check waited for the next tick, a minute by default.)
+    engine.redis.delete(keys.HEARTBEAT_CHECK_SOON)
     catalogue = engine.catalogue()
     if catalogue is None:
         # Said where `gds-notify heartbeats` looks, so a catalogue given to the shell but
@@ -120,8 +127,9 @@ def run_check(engine: Engine) -> CheckReport | None:
     return report
 
 
-#: At most one early check is queued per this many milliseconds, however many failures
-#: arrive: a flood of failures costs one check, not one each.
+#: At most one early check waits at a time, however many failures arrive (a flood costs
+#: one check, not one each); it is forgotten when it starts, or after this long if its
+#: message was lost.
 EARLY_CHECK_MS = 1000
 
 

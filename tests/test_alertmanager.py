@@ -690,7 +690,8 @@ def test_a_group_that_cannot_be_a_notification_is_kept_and_replays_while_it_fire
     with api_server.client(ADMIN_TOKEN) as admin:
         replayed = admin.post(f"/v1/dead-letters/{kept[0]['dead_letter']}/replay")
     assert replayed.status_code == 202, replayed.text
-    job(replayed.json()["job_id"])
+    record = job(replayed.json()["job_id"])
+    assert record["replay_of"] == kept[0]["dead_letter"]  # the page names what it replays
     assert post(grouped(node(1)))["duplicate"] is True  # the repeat after it: one job
     resolved = post(grouped(node(1, "resolved")))
     job(resolved["job_ids"][0])

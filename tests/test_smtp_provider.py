@@ -762,6 +762,20 @@ def test_transiently_refused_recipient_makes_the_result_retriable(
     assert result.retryable
 
 
+def test_a_message_is_dated_when_its_job_was_accepted_whatever_the_attempt(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    """A retry an hour into an outage is the same message as the first attempt: same
+    Message-ID, same Date (the delivery step passes its job's acceptance time)."""
+    accepted = datetime(2026, 12, 7, 9, 30, 5, tzinfo=UTC)
+    provider.send(mail(idempotency_id="dated"), "job-7", at=accepted)
+    provider.send(mail(idempotency_id="dated"), "job-7", at=accepted)  # the retry
+    first, retry = mail_api.messages()
+    assert dict(first["headers"])["Date"] == dict(retry["headers"])["Date"]
+    assert dict(first["headers"])["Date"] == "Mon, 07 Dec 2026 09:30:05 +0000"
+    assert first["message_id"] == retry["message_id"]
+
+
 def test_an_internationalised_domain_goes_out_in_ascii_to_a_relay_without_smtputf8(
     provider: SMTPProvider, mail_api: SandboxClient
 ) -> None:

@@ -34,6 +34,7 @@ from pydantic.alias_generators import to_camel
 from api.auth import require
 from api.routes.answers import BODY_ERRORS, accept
 from worker.engine import alert_resolution, intake, keys
+from worker.engine.alert_groups import as_incident
 from worker.engine.runtime import engine
 from worker.job_request import BODY_MAX_CHARS, InvalidJobError, parse_request
 from worker.notification import (
@@ -482,17 +483,7 @@ def _fire(
     eng = engine()
     asked = parse_request(fields)
     state = eng.alert_groups.fired(group_id, moment, key, asked.team, asked.priority, since)
-    update: dict[str, Any] = {
-        "idempotency_id": state.idempotency_id,
-        "team": state.team,
-        "priority": state.priority or asked.priority,
-    }
-    if update["priority"] != asked.priority:
-        # The incident keeps a higher priority than its worst alert now asks: its PagerDuty
-        # severity is that priority's, not the alert's lower label.
-        update["metadata"] = {k: v for k, v in asked.metadata.items() if k != "severity"}
-    request = asked.model_copy(update=update)
-    answer = accept(request, "alertmanager")
+    answer = accept(as_incident(asked, state), "alertmanager")
     outcome.job_ids, outcome.duplicate = [answer.job_id], answer.duplicate
     eng.alert_groups.went(group_id, eng.jobs, answer.job_id)
 

@@ -16,7 +16,7 @@ script, so two webhooks at once agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
 from redis.typing import EncodableT, FieldT
@@ -26,6 +26,7 @@ from worker.channels import Channel
 from worker.engine import keys, scripts
 from worker.engine.jobs import JobStore
 from worker.exceptions import InvalidFieldError
+from worker.job_request import JobRequest
 from worker.notification import NotificationPriority
 
 #: Refreshed by every webhook of the group.
@@ -51,6 +52,20 @@ class GroupState:
     @property
     def went_somewhere(self) -> bool:
         return self.paged or bool(self.mailed)
+
+
+def as_incident(request: JobRequest, state: GroupState) -> JobRequest:
+    """A group's firing as its incident has it: under the state's idempotency id, with the
+    team the incident opened with and the highest priority it fired at. Its PagerDuty
+    severity then follows that priority, not the lower severity its alerts now carry."""
+    update: dict[str, Any] = {
+        "idempotency_id": state.idempotency_id,
+        "team": state.team,
+        "priority": state.priority or request.priority,
+    }
+    if update["priority"] != request.priority:
+        update["metadata"] = {k: v for k, v in request.metadata.items() if k != "severity"}
+    return request.model_copy(update=update)
 
 
 class AlertGroups:

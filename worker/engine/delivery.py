@@ -391,7 +391,7 @@ def _page(engine: Engine, job: DeliveryJob, clock: ProviderCall) -> Notification
         if job.action == "trigger":
             if job.notification is None:
                 raise _malformed(job, "a trigger needs a notification")
-            return provider.trigger(job.notification, at=_moment(job), replay_of=job.replay_of)
+            return provider.trigger(job.notification, at=_raised_at(job), replay_of=job.replay_of)
         if job.action in ("acknowledge", "resolve"):
             if not job.dedup_key:
                 raise _malformed(job, f"{job.action} needs a dedup_key")
@@ -410,10 +410,13 @@ def _email(engine: Engine, job: DeliveryJob) -> NotificationResult:
     notification = job.notification
     if job.email_to:
         notification = notification.model_copy(update={"recipient": job.email_to})
-    return engine.providers.smtp().send(notification, job.message_of or job.job_id, at=_moment(job))
+    # Dated when this job was accepted, so every retry of it is the same message; a replay
+    # is dated now (a Date days old would sort it out of sight, and look like spam).
+    sent_at = datetime.fromtimestamp(job.enqueued_at, UTC)
+    return engine.providers.smtp().send(notification, job.message_of or job.job_id, at=sent_at)
 
 
-def _moment(job: DeliveryJob) -> datetime:
+def _raised_at(job: DeliveryJob) -> datetime:
     return datetime.fromtimestamp(job.accepted_at, UTC)
 
 

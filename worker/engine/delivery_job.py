@@ -32,9 +32,9 @@ class DeliveryJob(BaseModel):
     #: message already (the answer to it was lost) drops the copy.
     message_of: str | None = None
     #: A replay: what it replays (the job, or an intake letter's id, as its record names
-    #: it), and when the first job of the chain was accepted. The page's timestamp and the
-    #: email's Date are that moment, not the replay's (``enqueued_at``, from which its own
-    #: retries are timed).
+    #: it), and when the first job of the chain was accepted: the page's timestamp, not the
+    #: replay's time (``enqueued_at``, from which its own retries are timed, and its
+    #: email's Date).
     replay_of: str | None = None
     first_accepted_at: float | None = None
 

@@ -11,6 +11,7 @@ import redis
 
 from worker.channels import Channel
 from worker.engine import alert_resolution, keys
+from worker.engine.alert_groups import as_incident
 from worker.engine.intake import accept, lifecycle, new_job_id, resend
 from worker.engine.quarantine import BROKER_CHANNEL
 from worker.engine.runtime import Engine
@@ -106,7 +107,7 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
             )
         request = parse_request(args[0])
         if isinstance(payload.get("group"), dict):
-            return _group_firing(engine, request, payload["group"], first_seen)
+            return _group_firing(engine, request, payload["group"], entry["id"], first_seen)
         if isinstance(payload.get("resolves"), str):
             # A resolved alert: what its resolving means (a resolve, a [RESOLVED] email),
             # never the trigger its fields would make.
@@ -157,7 +158,11 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
 
 
 def _group_firing(
-    engine: Engine, request: JobRequest, group: dict[str, Any], first_seen: float | None
+    engine: Engine,
+    request: JobRequest,
+    group: dict[str, Any],
+    entry_id: str,
+    first_seen: float | None,
 ) -> str:
     """An Alertmanager group's firing, replayed: only while the group still fires with the
     same alerts, as the job its webhooks name (a repeat Alertmanager sent meanwhile and
@@ -172,16 +177,12 @@ def _group_firing(
             "Alertmanager's next notification carries what is current; `dlq remove` this letter"
         )
         raise InvalidJobError([{"field": "payload.group", "message": problem}])
-    update = {
-        "idempotency_id": now.idempotency_id,
-        "team": now.team,
-        "priority": now.priority or request.priority,
-    }
     done = accept(
         engine,
-        request.model_copy(update=update),
+        as_incident(request, now),
         new_job_id(),
         "replay",
+        replay_of=entry_id,
         first_accepted_at=first_seen,
     )
     engine.alert_groups.went(group_id, engine.jobs, done.job_id)

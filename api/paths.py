@@ -4,7 +4,7 @@ and any API token kept to its last four characters, however the path is spelled.
 from __future__ import annotations
 
 import re
-from urllib.parse import quote, unquote
+import string
 
 from config.api_tokens import TOKEN_PREFIX
 
@@ -16,14 +16,23 @@ KEY_IN_PATH = re.compile(r"(/+(?:ping|medic)/+)([^/?#]+)", re.IGNORECASE)
 TOKEN = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{4,}")
 
 
+#: What a key or token may be written with (RFC 3986's unreserved characters).
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def _unreserved(match: re.Match[str]) -> str:
+    ch = chr(int(match.group(1), 16))
+    return ch if ch in _UNRESERVED else match.group(0)
+
+
 def masked(path: str) -> str:
     """``path`` with each key in it cut to its last four characters (``…abcd``), however
-    it was percent-encoded (``gdsn%5F…`` is a token too); what was encoded and cannot be
-    logged as it is (a line break, a space, ``%``) stays encoded."""
+    it was percent-encoded (``gdsn%5F…`` is a token too); any other escape stays as it was
+    sent."""
     if "%" in path:
-        path = "".join(
-            ch if ch.isprintable() and not ch.isspace() and ch != "%" else quote(ch)
-            for ch in unquote(path)
-        )
+        # Only what a key may be written with is decoded: %2F stays a character of the
+        # segment it is in (decoded, it would end the segment, and the mask with it).
+        path = _ESCAPE.sub(_unreserved, path)
     path = KEY_IN_PATH.sub(lambda m: m.group(1) + "…" + m.group(2)[-4:], path)
     return TOKEN.sub(lambda m: "…" + m.group(0)[-4:], path)

@@ -92,6 +92,8 @@ def list_(
     if ids_only:
         for e in entries:
             click.echo(e["id"])
+        if total > len(entries):  # said where a pipe does not take it for an id
+            click.echo(f"{len(entries)} of {total} shown: --limit {total} for all", err=True)
         return
     if not entries:
         click.echo("no dead letters" + (f" on {channel}" if channel else ""))

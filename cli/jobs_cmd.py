@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from cli.common import BadInput, Failed, echo_json, one_line_errors, say_if_foreign, when
+from cli.common import BadInput, Failed, echo_json, inert, one_line_errors, say_if_foreign, when
 from worker.channels import Channel
 from worker.engine.dead_letters import dead_letter_id, no_job
 from worker.engine.jobs import DEAD
@@ -92,10 +92,11 @@ def _print_record(record: dict[str, Any]) -> None:
     for channel, info in record["channels"].items():
         click.echo(f"{channel:<10} {info['state']} after {info['attempts']} attempt(s)")
         if info.get("error"):
-            click.echo(f"{'':<10} last error: {info['error'].get('message')}")
+            # The server's words, from a peer anyone may run: shown inert.
+            click.echo(f"{'':<10} last error: {inert(str(info['error'].get('message')))}")
         for address, where in (info.get("recipients") or {}).items():
             if where != info["state"]:  # refused while the server took the others
-                click.echo(f"{'':<10} {address}: {where}")
+                click.echo(f"{'':<10} {address}: {inert(str(where))}")
         if info["state"] == DEAD:
             entry = dead_letter_id(record["id"], channel)
             if info.get("replayed_as"):
@@ -116,7 +117,7 @@ def _print_record(record: dict[str, Any]) -> None:
         if a.get("latency_ms") is not None:
             parts.append(f"{a['latency_ms']:.0f} ms")
         if a.get("error_class"):
-            parts.append(f"{a['error_class']}: {a.get('error')}")
+            parts.append(f"{a['error_class']}: {inert(str(a.get('error')))}")
         if a.get("retry_in") is not None:
             parts.append(f"next try in {a['retry_in']:.2f}s")
         click.echo("  " + "  ".join(str(p) for p in parts))

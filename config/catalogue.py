@@ -63,6 +63,7 @@ from pydantic import (
     model_validator,
 )
 
+from config.moments import parse_duration
 from worker.exceptions import NotificationConfigError
 from worker.notification import check_unicode, is_one_line
 from worker.validation import path, problem
@@ -75,23 +76,6 @@ RUNBOOK_PATTERN = r"^https?://\S+$"
 PING_UUID_PATTERN = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE
 )
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from ``90``, ``1.5``, ``"90s"``, ``"5m"``, ``"1h"``, ``"1d"`` or ``"250ms"``."""
-    if isinstance(value, bool):
-        raise ValueError("must be a duration: seconds, or a string like '90s', '5m', '1h'")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and (match := _DURATION.match(value)):
-        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise ValueError(
-        f"must be a duration: seconds, or a string like '90s', '5m', '1h' (got {value!r})"
-    )
-
-
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Priority = Literal["P1", "P2", "P3", "P4", "P5"]
 

@@ -1,12 +1,29 @@
-"""A moment a person names: a duration ago (``2h``) or an ISO 8601 time."""
+"""Durations and moments as a person writes them: ``90s``, ``2h``; a duration ago, or an
+ISO 8601 time."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from datetime import UTC, datetime
+from typing import Any
 
-from config.catalogue import parse_duration
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90``, ``1.5``, ``"90s"``, ``"5m"``, ``"1h"``, ``"1d"`` or ``"250ms"``."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration: seconds, or a string like '90s', '5m', '1h'")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise ValueError(
+        f"must be a duration: seconds, or a string like '90s', '5m', '1h' (got {value!r})"
+    )
 
 
 def parse_since(value: str, now: float | None = None) -> float:

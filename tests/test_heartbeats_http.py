@@ -399,6 +399,7 @@ def test_ping_urls_answer_as_healthchecks_does(hb_api: ApiServer, pages: Sandbox
         # Control characters are kept JSON-escaped, six bytes each: the log is bounded in
         # bytes too (50 such pings made 3 MB for one service).
         controls = http.post(ping_url(hb_api, "etl", "log"), content="\x01" * 20_000)
+        accents = http.post(ping_url(hb_api, "etl", "log"), content="é" * 9_000)  # 18 kB
         # Digits to str.isdigit, not to Healthchecks: superscript two, Arabic-Indic three.
         odd_digits = [http.get(ping_url(hb_api, "billing-api", d)) for d in ("\u00b2", "\u0663")]
         unknown = http.get(ping_url(hb_api, "ghost"))
@@ -420,8 +421,10 @@ def test_ping_urls_answer_as_healthchecks_does(hb_api: ApiServer, pages: Sandbox
     kept = engine().redis.lindex(keys.heartbeat_log("etl"), 0)
     assert kept is not None
     assert len(kept) < 20_500
-    assert engine().heartbeats.log("etl")[0]["body"].endswith(" more]")
-    assert engine().heartbeats.log("etl")[1]["via"] == "exit 255"
+    assert accents.text == "OK"
+    assert engine().heartbeats.log("etl")[0]["body"] == "é" * 9_000  # UTF-8 as kept: whole
+    assert engine().heartbeats.log("etl")[1]["body"].endswith(" more]")
+    assert engine().heartbeats.log("etl")[2]["via"] == "exit 255"
     assert [(a.status_code, a.text) for a in odd_digits] == [(400, "invalid url format")] * 2
     assert [(a.status_code, a.text) for a in (unknown, wrong_key, other_team)] == [
         (404, "not found")

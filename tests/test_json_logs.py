@@ -173,6 +173,8 @@ def test_the_api_logs_every_line_as_json_with_keys_in_paths_masked(
         # The token percent-encoded in a path no route takes (a mistyped base URL).
         encoded = key.replace("_", "%5F", 1)
         httpx.get(f"{base}/x/{encoded}/y%0Az", timeout=10)
+        # A slash escaped inside a key: decoded, it would end the masked segment early.
+        httpx.get(f"{base}/ping/{key[:12]}%2F{key[12:]}/z", timeout=10)
         wait_for(lambda: b"/v1/notifications" in log.read_bytes())
         wait_for(lambda: b"/x/" in log.read_bytes())
     finally:
@@ -185,7 +187,9 @@ def test_the_api_logs_every_line_as_json_with_keys_in_paths_masked(
     assert key[5:] not in log.read_text()  # nor its secret part, however spelled
     assert any(e["logger"] == "uvicorn.error" for e in found)  # uvicorn's own log too
     access = [e for e in found if e["logger"] == "uvicorn.access"]
-    [ping] = [e for e in access if e["path"].startswith("/ping/")]
+    [ping] = [e for e in access if e["path"].endswith("/nightly-backup")]
+    [escaped] = [e for e in access if e["path"].endswith("/z")]
+    assert escaped["path"] == "/ping/…KEY9/z"
     assert ping["path"] == "/ping/…KEY9/nightly-backup"
     assert '"POST /ping/…KEY9/nightly-backup HTTP/1.1"' in ping["message"]
     assert ping["method"] == "POST"

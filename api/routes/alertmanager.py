@@ -451,11 +451,17 @@ def _unlisted_firing(hook: Webhook, key: str, group_id: str) -> GroupOutcome:
     if held is not None and held.state.startswith("firing:"):
         outcome.duplicate = True
         return outcome
-    common = Alert(status="firing", labels=hook.common_labels, annotations=hook.common_annotations)
+    labels = dict(hook.common_labels)
+    if "severity" not in labels and hook.alerts:
+        # The cut alerts' severity is unknown; their resolved peers' stands in for it,
+        # rather than the default's, which may mail what should page.
+        labels["severity"] = worst(hook.alerts).labels.get("severity", "")
+    common = Alert(status="firing", labels=labels, annotations=hook.common_annotations)
     moment = _digest([f"unlisted:{hook.group_key}"])
     fields = group_fields(hook, [common])
     details = fields["metadata"]["custom_details"]
     details["firing"], details["num_firing"] = [], None  # none listed: how many, unknown
+    details["num_resolved"] = len(hook.alerts)
     fields |= {
         "subject": f"[FIRING] {group_title(hook, [common])}",
         "body": "\n".join(fields["body"].splitlines()[1:]),  # the common alert is no alert

@@ -170,23 +170,22 @@ class DeadLetters:
         a thousand at a time."""
         wanted = reason.casefold()
         lowest = "-inf" if since is None else since
+        # The ids at one moment (small), then their letters in chunks: paging the index by
+        # offset would read a letter twice, or skip one, as letters come and go meanwhile.
+        ids = [str(i) for i in self.redis.zrevrangebyscore(_index(channel), "+inf", lowest)]
         found: builtins.list[dict[str, Any]] = []
-        total = start = 0
-        while True:
-            ids = self.redis.zrevrangebyscore(
-                _index(channel), "+inf", lowest, start=start, num=_READ_AT_ONCE
-            )
-            if not ids:
-                return found, total
-            start += len(ids)
-            for raw in self.redis.hmget(keys.DEAD_LETTERS, [str(i) for i in ids]):
-                if raw is None:
+        total = 0
+        for start in range(0, len(ids), _READ_AT_ONCE):
+            chunk = ids[start : start + _READ_AT_ONCE]
+            for raw in self.redis.hmget(keys.DEAD_LETTERS, chunk):
+                if raw is None:  # replayed or removed meanwhile
                     continue
                 letter = json.loads(raw)
                 if wanted in str(letter.get("reason") or "").casefold():
                     total += 1
                     if len(found) < limit:
                         found.append(letter)
+        return found, total
 
     def count(self, channel: str | None = None, since: float | None = None) -> int:
         if since is None:

@@ -88,7 +88,7 @@ def _holding(engine: Engine, entry_id: str) -> Iterator[None]:
 def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
     payload = entry["payload"]
     # When it was first accepted (a letter older than the field: when it first died).
-    first_seen = _moment(entry.get("first_seen")) or _moment(entry.get("dead_at"))
+    first_seen = _epoch(entry.get("first_seen")) or _epoch(entry.get("dead_at"))
     if entry["channel"] == BROKER_CHANNEL:
         raise InvalidJobError(
             [
@@ -189,7 +189,7 @@ def _group_firing(
     return done.job_id
 
 
-def _moment(value: Any) -> float | None:
+def _epoch(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         return None
     return float(value)

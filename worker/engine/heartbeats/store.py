@@ -53,11 +53,11 @@ def _cut(body: str) -> str:
     """``body`` within ``BODY_LIMIT`` characters and ``BODY_BYTES`` bytes as kept, saying
     how much was cut."""
     keep = min(len(body), BODY_LIMIT)
-    if len(json.dumps(body[:keep])) > BODY_BYTES:
-        low, high = 0, keep  # the longest start that fits: each character costs 1 to 12
+    if _kept_bytes(body[:keep]) > BODY_BYTES:
+        low, high = 0, keep  # the longest start that fits: each character costs 1 to 6
         while low < high:
             middle = (low + high + 1) // 2
-            if len(json.dumps(body[:middle])) <= BODY_BYTES:
+            if _kept_bytes(body[:middle]) <= BODY_BYTES:
                 low = middle
             else:
                 high = middle - 1
@@ -65,6 +65,11 @@ def _cut(body: str) -> str:
     if keep == len(body):
         return body
     return body[:keep] + f" … [cut: {len(body) - keep} more]"
+
+
+def _kept_bytes(text: str) -> int:
+    # As the log's JSON holds it: UTF-8, control characters escaped.
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
 class HeartbeatInFutureError(ValueError):

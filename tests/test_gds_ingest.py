@@ -4,6 +4,7 @@ rules by alert and database instance, the design's idempotency id, each recipien
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -131,3 +132,19 @@ def test_an_alert_no_rule_names_recipients_for_is_refused_naming_it(
     assert too_big["field"] == "db_instance_id"
     assert "string" not in too_big["message"]  # ingest takes no string id
     assert list(engine().redis.scan_iter("gds:job:*")) == []
+
+
+def test_an_alert_name_that_is_also_the_subject_is_refused_once_naming_it(
+    service_env: SandboxServer, api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a subject the alert's name is the email's subject: a line break in it was
+    reported on `subject` too, a field the caller never sent."""
+    from config.settings import get_settings
+
+    rule = {"priority": ["normal"], "channels": ["email"], "email_to": ["ops@example.com"]}
+    monkeypatch.setenv("ROUTING_RULES", json.dumps([rule]))
+    get_settings.cache_clear()
+    with api_server.client() as http:
+        answer = http.post("/ingest", json={"alert_name": "Disk\nFull", "body_text": "x"})
+    assert answer.status_code == 422
+    assert [e["field"] for e in answer.json()["errors"]] == ["alert_name"]

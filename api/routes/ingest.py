@@ -80,11 +80,12 @@ def ingest(body: IngestBody) -> IngestAccepted:
             ]
         )
     idempotency_id = body.idempotency_id()
+    subject_given = bool(body.subject.strip())
     try:
         request = parse_request(
             {
                 "recipient": rule.email_to or body.alert_name,
-                "subject": body.subject if body.subject.strip() else body.alert_name,
+                "subject": body.subject if subject_given else body.alert_name,
                 "body": body.body_text,
                 "body_html": body.body_html,
                 "priority": priority,
@@ -94,10 +95,12 @@ def ingest(body: IngestBody) -> IngestAccepted:
             }
         )
     except InvalidJobError as exc:
-        # Named as this body names them, not as the notification they became.
-        raise InvalidJobError(
-            [{**e, "field": AS_SENT.get(e["field"], e["field"])} for e in exc.errors]
-        ) from None
+        # Named as this body names them, not as the notification they became; a subject
+        # taken from alert_name is that field's problem, told once.
+        named = [{**e, "field": AS_SENT.get(e["field"], e["field"])} for e in exc.errors]
+        if not subject_given:
+            named = [e for e in named if e["field"] != "subject"] or named
+        raise InvalidJobError(named) from None
     answer = accept(request, "ingest")
     return IngestAccepted(
         job_id=answer.job_id, idempotency_id=idempotency_id, duplicate=answer.duplicate

@@ -776,6 +776,20 @@ def test_a_message_is_dated_when_its_job_was_accepted_whatever_the_attempt(
     assert first["message_id"] == retry["message_id"]
 
 
+def test_an_address_named_twice_gets_the_message_once(
+    provider: SMTPProvider, mail_api: SandboxClient
+) -> None:
+    """A routing rule's list and the producer's recipient overlapping, or one address
+    typed twice: two RCPTs delivered it twice, under a To that named it twice."""
+    result = provider.send(
+        mail(recipient="a@example.com, A Person <a@EXAMPLE.com>, b@example.com, a@example.com")
+    )
+    assert result.is_success()
+    [message] = mail_api.messages()
+    assert message["rcpt_tos"] == ["a@example.com", "b@example.com"]
+    assert dict(message["headers"])["To"] == "a@example.com, b@example.com"
+
+
 def test_an_internationalised_domain_goes_out_in_ascii_to_a_relay_without_smtputf8(
     provider: SMTPProvider, mail_api: SandboxClient
 ) -> None:

@@ -140,12 +140,19 @@ def is_dot_atom(username: str) -> bool:
 
 
 def parse_recipients(field: str, text: str) -> list[Address]:
-    """Comma-separated addresses (names may be quoted, commas and all); at least one."""
+    """Comma-separated addresses (names may be quoted, commas and all), each once; at
+    least one."""
     check_header_value(field, text)
     parts = [spec for spec in _split_addresses(text) if spec.strip()]
     if not parts:
         raise invalid(field, "no email address given")
-    return [parse_address(field, part) for part in parts]
+    # An address named twice gets the message once (two RCPTs delivered it twice, under a
+    # To that named it twice); a domain's case is no difference, a local part's may be.
+    unique: dict[tuple[str, str], Address] = {}
+    for part in parts:
+        address = parse_address(field, part)
+        unique.setdefault((address.username, address.domain.lower()), address)
+    return list(unique.values())
 
 
 def _split_addresses(text: str) -> list[str]:

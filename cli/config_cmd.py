@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 import click
 import redis
+from dotenv import dotenv_values
 from pydantic import SecretStr
 
 from cli.common import EXIT_FAILED, one_line_errors
@@ -125,8 +126,10 @@ def _placeholders(settings: Settings) -> list[str]:
     sentinel = settings.redis_sentinel_password
     if sentinel is not None and sentinel.get_secret_value() in PLACEHOLDERS:
         found.append("REDIS_SENTINEL_PASSWORD")
-    flower = os.environ.get("FLOWER_BASIC_AUTH", "")
-    if flower.rpartition(":")[2] in PLACEHOLDERS:
+    # Flower reads it from the environment honcho or compose give it out of .env, which
+    # this process's environment may not hold.
+    flower = os.environ.get("FLOWER_BASIC_AUTH") or dotenv_values(".env").get("FLOWER_BASIC_AUTH")
+    if (flower or "").rpartition(":")[2] in PLACEHOLDERS:
         found.append("FLOWER_BASIC_AUTH")
     return found
 

@@ -473,7 +473,12 @@ def describe_validation_error(error: ValidationError) -> str:
             lines.append(message)
             continue
         if loc[0] not in _SECRET_FIELDS and "input" in item:
-            message += f" (got {item['input']!r})"
+            given = item["input"]
+            if isinstance(given, str) and "@" in given:
+                # A URL may carry a proxy's user and password: shown without them, however
+                # malformed the URL is.
+                given = "…@" + given.rsplit("@", 1)[1]
+            message += f" (got {given!r})"
         lines.append(f"{_variable_name(loc)}: {message}")
     return "invalid configuration: " + "; ".join(lines)
 

@@ -321,6 +321,13 @@ def test_config_check_warns_of_the_env_templates_placeholder_passwords(
     names = [line.split()[1] for line in warned]
     assert names == ["REDIS_URL", "REDIS_SENTINEL_PASSWORD", "FLOWER_BASIC_AUTH"]
     assert "placeholder" not in own.output
+    # Flower's login in .env alone (honcho and compose hand it to Flower, not to us).
+    monkeypatch.delenv("FLOWER_BASIC_AUTH")
+    (tmp_path / ".env").write_text("FLOWER_BASIC_AUTH=ops:change-me\n")
+    get_settings.cache_clear()
+    in_file = run("config", "check", "--offline")
+    get_settings.cache_clear()
+    assert "FLOWER_BASIC_AUTH holds the placeholder" in in_file.output, in_file.output
 
 
 def test_pagerduty_test_triggers_and_resolves_with_the_configured_key(

@@ -3,6 +3,7 @@ Procfile's worker pools really keep pages away from the email backlog."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shlex
@@ -185,6 +186,11 @@ def test_compose_stops_gracefully_bounds_redis_and_rotates_logs() -> None:
     assert services["redis"]["logging"]["options"]["max-file"]
     # The API's own liveness: /readyz describes the whole service.
     assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
+    # The Sentinel overlay's own servers and Sentinels too (the base file's anchor does
+    # not reach them).
+    overlay = yaml.safe_load((ROOT / "docker-compose.sentinel.yml").read_text())["services"]
+    for name in ("redis-replica-1", "redis-replica-2", "sentinel-1", "sentinel-2", "sentinel-3"):
+        assert overlay[name]["logging"]["options"]["max-size"], name
 
 
 def test_env_example_names_every_setting() -> None:
@@ -381,3 +387,23 @@ def test_the_build_context_leaves_out_secrets_and_local_state(tmp_path: Path) ->
     for source in dockerfile_copies():
         assert any(p == source or p.startswith(source + "/") for p in context), source
     assert "worker/engine/jobs_claim.lua" in context  # the scripts travel with the code
+
+
+def test_env_example_reads_the_same_to_honcho_as_to_compose_and_the_service() -> None:
+    """honcho joins the words of an unquoted value with nothing between them: SMTP_FROM
+    reached the worker as 'GDSAlerts<alerts@example.com>', and the ROUTING_RULES example,
+    uncommented, as JSON without its quotes."""
+    from dotenv import dotenv_values
+    from honcho.environ import parse
+
+    text = (ROOT / ".env.example").read_text()
+    uncommented = re.sub(r"(?m)^# ?([A-Z][A-Z0-9_]*=)", r"\1", text)  # every example on
+    as_honcho = parse(uncommented)
+    as_dotenv = dotenv_values(stream=io.StringIO(uncommented))
+    assert set(as_dotenv) >= {"SMTP_FROM", "ROUTING_RULES", "API_TOKENS"}
+    differ = {
+        name: (as_honcho.get(name), value)
+        for name, value in as_dotenv.items()
+        if (as_honcho.get(name) or "") != (value or "")
+    }
+    assert differ == {}

@@ -379,6 +379,12 @@ def _exercise(
     dead.append(f"{bad}-pagerduty")
     api.faults({"status": 500}, {"status": 429})
     page("delivered", idempotency_id="leak-page-4")
+    # A server (or a proxy before it) that quotes the key it refused, as text and as JSON.
+    quoted = {"message": f"key {DEFAULT_KEY} refused", "errors": [f"bad key {DEFAULT_KEY}"]}
+    api.faults({"status": 400, "body": json.dumps(quoted)})
+    dead.append(f"{page('dead-lettered', idempotency_id='leak-page-5')}-pagerduty")
+    api.faults({"status": 503, "body": f"upstream refused {DEFAULT_KEY}"}, {"status": 400})
+    dead.append(f"{page('dead-lettered', idempotency_id='leak-page-6')}-pagerduty")
     for action in (tasks.acknowledge, tasks.resolve):
         job = action("leak-page-1")
         assert final(job) == "delivered"

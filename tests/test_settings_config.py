@@ -61,6 +61,18 @@ def test_bad_routing_key_is_named_and_not_echoed(monkeypatch: pytest.MonkeyPatch
     assert "my-secret-but-malformed-key" not in message
 
 
+def test_a_bad_url_is_shown_without_the_password_it_carries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A proxy's user and password in PAGERDUTY_API_URL, the scheme mistyped: the error
+    showed the whole value."""
+    url = "htps://prox:ProxySECRETpw@proxy.corp:3128/v2/enqueue"
+    message = fails(monkeypatch, PAGERDUTY_API_URL=url)
+    assert "PAGERDUTY_API_URL:" in message
+    assert "ProxySECRETpw" not in message
+    assert "…@proxy.corp:3128/v2/enqueue" in message
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [

@@ -143,6 +143,10 @@ class PagerDutyProvider(BaseNotificationProvider):
     def routing_key(self) -> str:
         return self._routing_key.get_secret_value()
 
+    def _scrub(self, text: str) -> str:
+        """``text`` with the routing key in it cut to its last four characters."""
+        return text.replace(self.routing_key, mask(self._routing_key))
+
     def __repr__(self) -> str:
         return (
             f"PagerDutyProvider(routing_key={mask(self._routing_key)!r}, "
@@ -315,10 +319,11 @@ class PagerDutyProvider(BaseNotificationProvider):
             raise NotificationRateLimitError(
                 f"PagerDuty rate limit exceeded ({hint})", wait, self.name
             )
-        errors = _error_texts(body, response.text)
+        # A server (or a proxy) may quote the routing key it refused: never past here.
+        errors = [self._scrub(e) for e in _error_texts(body, response.text)]
         detail = "; ".join(errors) if errors else f"HTTP {status}"
         if status == 400:
-            message = body.get("message") if body else None
+            message = self._scrub(str(body["message"])) if body and body.get("message") else None
             raise NotificationDeliveryError(
                 f"PagerDuty rejected event: {message + ': ' if message else ''}{detail}",
                 status,

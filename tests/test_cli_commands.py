@@ -283,6 +283,15 @@ def test_config_check_reports_unreachable_peers_and_bad_settings(
     assert "smtp       FAILED  NotificationConnectionError" in result.output
     assert "redis      ok" in result.output
 
+    # A server that answers, but not as the Events API: a path mistyped (it passed, as any
+    # answer below 500 did).
+    monkeypatch.setenv("PAGERDUTY_API_URL", service_env.api_url.replace("/v2/enqueue", "/v2/nope"))
+    get_settings.cache_clear()
+    wrong_path = run("config", "check")
+    assert wrong_path.exit_code == 1
+    assert "pagerduty  FAILED" in wrong_path.output
+    assert "to an empty event, where the Events API v2 answers 400" in wrong_path.output
+
     monkeypatch.setenv("PAGERDUTY_API_URL", closed_port_url().replace("//", "//u:hunter2pass@"))
     get_settings.cache_clear()
     with_credentials = run("config", "check")

@@ -416,12 +416,18 @@ def test_errors_raised_by_the_provider_survive_pickle(
 # -- health and resources -----------------------------------------------------------------
 
 
-def test_health_check_sends_no_event(
+def test_health_check_sends_no_event_anyone_sees(
     provider: PagerDutyProvider, sandbox_api: SandboxClient, routing_key: str
 ) -> None:
+    """It sends an empty event, which the Events API refuses naming what is missing: no
+    routing key goes with it and no incident opens; a URL that answers otherwise fails."""
     assert provider.health_check() is True
-    assert sandbox_api.events() == []
+    [probe] = sandbox_api.events()
+    assert (probe["body"], probe["status"]) == ({}, 400)
+    assert sandbox_api.incidents() == []
     assert PagerDutyProvider(routing_key, api_url=closed_port_url()).health_check() is False
+    elsewhere = provider.api_url.replace("/v2/enqueue", "/v2/elsewhere")
+    assert PagerDutyProvider(routing_key, api_url=elsewhere).health_check() is False
 
 
 def test_context_manager_reuses_one_client_and_closes_it(

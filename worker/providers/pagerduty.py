@@ -220,20 +220,34 @@ class PagerDutyProvider(BaseNotificationProvider):
         )
 
     def health_check(self) -> bool:
-        """True when the Events API host answers HTTP. Sends no event: PagerDuty has no way
-        to check a routing key without creating one."""
+        """True when the URL answers as PagerDuty's Events API does. Opens no incident:
+        PagerDuty has no way to check a routing key without creating one."""
         return self.diagnose() is None
 
     def diagnose(self) -> str | None:
-        """None when the Events API host answers HTTP below 500; else what went wrong."""
+        """None when the URL answers as the Events API v2 does; else what went wrong. It is
+        sent an empty event, which the Events API refuses (400, its JSON naming what is
+        missing) and nothing else answers so: a URL with a wrong path, or another server,
+        answered 404 or 200 to the GET this sent before, and passed."""
+        shown = url_shown(self.api_url)
         try:
-            response = self._http().get(self.api_url)
+            response = self._http().post(self.api_url, content=b"{}")
         except httpx.HTTPError as exc:
             logger.warning("pagerduty health check failed: %s", type(exc).__name__)
             return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if response.status_code >= 500:
-            return f"{url_shown(self.api_url)} answered HTTP {response.status_code}"
-        return None
+        status = response.status_code
+        if status == 429:  # the Events API, busy: it is there
+            return None
+        if status >= 500:
+            return f"{shown} answered HTTP {status}"
+        body = _json_object(response)
+        if status == 400 and body is not None and isinstance(body.get("errors"), list):
+            return None
+        return (
+            f"{shown} answered HTTP {status} to an empty event, where the Events API v2 "
+            "answers 400 naming what is missing: is it the enqueue URL "
+            "(https://events.pagerduty.com/v2/enqueue)?"
+        )
 
     def close(self) -> None:
         if self._client is not None:

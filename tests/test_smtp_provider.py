@@ -948,6 +948,30 @@ class Sink:
         return "250 OK"
 
 
+def test_auth_offered_only_after_starttls_is_named_when_starttls_is_off(
+    mail_sandbox: SandboxServer,
+) -> None:
+    """SMTP_STARTTLS=false against a relay that offers AUTH only once encrypted: the error
+    said "does not offer AUTH" and nothing of why."""
+    assert mail_sandbox.smtp_port is not None
+    smtp = SMTPProvider(
+        "127.0.0.1",
+        mail_sandbox.smtp_port,
+        username=SMTP_USER,
+        password=SMTP_PASSWORD,
+        from_addr="alerts@example.com",
+        starttls=False,
+        timeout=2,
+    )
+    try:
+        with pytest.raises(NotificationConfigError) as caught:
+            smtp.send(mail())
+    finally:
+        smtp.close()
+    assert "does not offer AUTH" in str(caught.value)
+    assert "SMTP_STARTTLS=false turned it off" in str(caught.value)
+
+
 def test_password_is_never_logged_on_success(
     provider: SMTPProvider, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -413,8 +413,16 @@ class SMTPProvider(BaseNotificationProvider):
         if smtp.is_ehlo_or_helo_needed:  # the server's list again, after STARTTLS
             await smtp.ehlo()
         if not smtp.supports_extension("auth"):
+            # Most servers offer AUTH only once the session is encrypted: say so, when it
+            # is not for want of SMTP_STARTTLS.
+            hint = (
+                " (it offers STARTTLS, and many servers offer AUTH only after it: "
+                "SMTP_STARTTLS=false turned it off)"
+                if not encrypted and smtp.supports_extension("starttls")
+                else ""
+            )
             raise NotificationConfigError(
-                f"SMTP server {where} does not offer AUTH, and SMTP_USERNAME is set",
+                f"SMTP server {where} does not offer AUTH, and SMTP_USERNAME is set{hint}",
                 self.name,
             )
         await smtp.login(self.username, self._password.get_secret_value())

@@ -162,7 +162,7 @@ def test_a_duplicate_answers_with_the_first_job_and_the_header_is_an_idempotency
     delivered(first.json()["job_id"])
     delivered(header_utf8.json()["job_id"])
     time.sleep(0.3)
-    assert [i["dedup_key"] for i in api.incidents()] == ["k-1", "café-1"]
+    assert sorted(i["dedup_key"] for i in api.incidents()) == ["café-1", "k-1"]
     assert len(api.events()) == 2
 
 

@@ -148,20 +148,6 @@ def when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
-def inert(text: str) -> str:
-    """``text`` as it can be printed to a terminal: each control character (ESC starts
-    sequences that retitle a window, move the cursor or rewrite what is shown) written as
-    its escape, ``\x1b``. What a producer or a pinging job sent is shown with this."""
-    return "".join(
-        ch
-        if ch.isprintable() or ch == "\t"
-        else f"\\x{ord(ch):02x}"
-        if ord(ch) < 256
-        else f"\\u{ord(ch):04x}"
-        for ch in text
-    )
-
-
 def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 

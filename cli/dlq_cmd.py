@@ -12,7 +12,6 @@ from cli.common import (
     BadInput,
     Failed,
     echo_json,
-    inert,
     one_line_errors,
     say_if_foreign,
     when,
@@ -24,6 +23,7 @@ from worker.engine.replay import ReplayInProgressError
 from worker.engine.replay import remove as remove_letter
 from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError
+from worker.validation import inert
 
 
 def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:

@@ -6,12 +6,13 @@ from typing import Any
 
 import click
 
-from cli.common import BadInput, echo_json, inert, one_line_errors, when
+from cli.common import BadInput, echo_json, one_line_errors, when
 from config.catalogue import ServiceSpec
 from worker.engine.heartbeats.checker import last_check, last_idle_check, read_states
 from worker.engine.heartbeats.reports import configured_catalogue, record
 from worker.engine.heartbeats.store import kept_per_service
 from worker.engine.runtime import engine
+from worker.validation import inert
 
 
 @click.command()

@@ -6,12 +6,13 @@ from typing import Any
 
 import click
 
-from cli.common import BadInput, Failed, echo_json, inert, one_line_errors, say_if_foreign, when
+from cli.common import BadInput, Failed, echo_json, one_line_errors, say_if_foreign, when
 from worker.channels import Channel
 from worker.engine.dead_letters import dead_letter_id, no_job
 from worker.engine.jobs import DEAD
 from worker.engine.runtime import engine
 from worker.job_request import json_schema_text
+from worker.validation import inert
 
 
 @click.command()

@@ -42,7 +42,6 @@ import logging
 import re
 import threading
 import tomllib
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -254,6 +253,15 @@ class CatalogueEntry(ServiceSpec):
         return value.lower() if value is not None else None
 
 
+def _shared_ping_uuids(services: dict[str, ServiceSpec]) -> dict[str, list[str]]:
+    """Each ``ping_uuid`` more than one service gives, and those services' slugs."""
+    owners: dict[str, list[str]] = {}
+    for slug, spec in services.items():
+        if isinstance(spec, CatalogueEntry) and spec.ping_uuid is not None:
+            owners.setdefault(spec.ping_uuid, []).append(slug)
+    return {uuid: slugs for uuid, slugs in owners.items() if len(slugs) > 1}
+
+
 class Catalogue(_Strict):
     """Every monitored service, by slug: the file's, and (:meth:`merged`) those registered
     at run time."""
@@ -264,16 +272,9 @@ class Catalogue(_Strict):
 
     @model_validator(mode="after")
     def _uuids_unique(self) -> Catalogue:
-        seen: dict[str, str] = {}
-        for slug, spec in self.services.items():
-            uuid = getattr(spec, "ping_uuid", None)
-            if uuid is None:
-                continue
-            if uuid in seen:
-                raise ValueError(
-                    f"services.{slug}.ping_uuid: {uuid} is services.{seen[uuid]}'s too"
-                )
-            seen[uuid] = slug
+        if shared := _shared_ping_uuids(self.services):
+            uuid, (first, second, *_) = next(iter(shared.items()))
+            raise ValueError(f"services.{second}.ping_uuid: {uuid} is services.{first}'s too")
         return self
 
     def by_ping_uuid(self, uuid: str) -> ServiceSpec | None:
@@ -376,11 +377,9 @@ def salvage_catalogue(path: Path | str) -> Catalogue | None:
         kept.update(one.services)
     # A UUID two entries give names neither (a ping to it cannot say which it is for);
     # both services are still watched, and their slug URLs still work.
-    uuids = Counter(getattr(spec, "ping_uuid", None) for spec in kept.values())
-    shared = {uuid for uuid, n in uuids.items() if uuid is not None and n > 1}
-    for slug, spec in kept.items():
-        if getattr(spec, "ping_uuid", None) in shared:
-            kept[slug] = spec.model_copy(update={"ping_uuid": None})
+    for slugs in _shared_ping_uuids(kept).values():
+        for slug in slugs:
+            kept[slug] = kept[slug].model_copy(update={"ping_uuid": None})
     return Catalogue(services=kept)
 
 

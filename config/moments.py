@@ -33,9 +33,15 @@ def parse_since(value: str, now: float | None = None) -> float:
     with contextlib.suppress(ValueError):
         return (time.time() if now is None else now) - parse_duration(value)
     try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        return parse_time(value)
     except ValueError:
         raise ValueError(
             f"{value[:64]!r}: a duration ('30m', '2h', '1d') or an ISO 8601 time"
         ) from None
+
+
+def parse_time(value: str) -> float:
+    """The epoch seconds of an ISO 8601 time (``Z`` for UTC; UTC when it names no zone);
+    ValueError when it is none."""
+    moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()

@@ -292,6 +292,22 @@ def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> A
         time.sleep(interval)
 
 
+#: Why a page died, in the words the worker writes: for tests that choose letters by reason.
+OUTAGE = "PagerDuty answered HTTP 503 (retries exhausted)"
+BAD_KEY = "permanent error: PagerDuty rejected event: Invalid routing key"
+
+
+def dead_pages(*letters: tuple[str, str]) -> None:
+    """Keep a dead page letter for each (id, reason), its job named as the letter."""
+    from worker.engine.runtime import engine
+
+    page = {"action": "trigger", "notification": {"recipient": "db", "subject": "Disk full"}}
+    for name, reason in letters:
+        engine().dead_letters.add(
+            entry_id=name, job_id=name, channel="pagerduty", reason=reason, payload=page
+        )
+
+
 @pytest.fixture
 def catalogue(
     service_env: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -23,7 +23,7 @@ from cli.main import main
 from sandbox import SandboxServer
 from tests.api_server import ADMIN_TOKEN, HEARTBEAT_TOKEN, NOTIFY_TOKEN, ApiServer, serve
 from tests.browser import CHROMIUM, headless
-from tests.conftest import TEAM_KEY, SandboxClient, wait_for
+from tests.conftest import BAD_KEY, OUTAGE, TEAM_KEY, SandboxClient, dead_pages, wait_for
 from tests.processes import WorkerProcess
 from worker.engine import keys
 from worker.engine.runtime import engine
@@ -650,14 +650,7 @@ def test_dead_letters_chosen_by_time_and_reason_as_dlq_list_chooses(
     """After an outage, a script picks what it killed as `dlq list --since --reason` does:
     by the time they died and the words of their reason; a `since` it cannot read is
     refused, naming it."""
-    letters = engine().dead_letters
-    page = {"action": "trigger", "notification": {"recipient": "db", "subject": "Disk full"}}
-    for name, reason in (
-        ("old-pagerduty", "PagerDuty answered HTTP 503 (retries exhausted)"),
-        ("a-pagerduty", "PagerDuty answered HTTP 503 (retries exhausted)"),
-        ("b-pagerduty", "permanent error: PagerDuty rejected event: Invalid routing key"),
-    ):
-        letters.add(entry_id=name, job_id=name, channel="pagerduty", reason=reason, payload=page)
+    dead_pages(("old-pagerduty", OUTAGE), ("a-pagerduty", OUTAGE), ("b-pagerduty", BAD_KEY))
     engine().redis.zadd(keys.DEAD_LETTER_INDEX, {"old-pagerduty": time.time() - 3 * 3600})
     two_hours_ago = datetime.fromtimestamp(time.time() - 7200, UTC).replace(tzinfo=None)
     with api_server.client(ADMIN_TOKEN) as ops:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 import tasks
 from cli.main import main
 from sandbox import SandboxServer
-from tests.conftest import ROUTING_KEY, SandboxClient, wait_for
+from tests.conftest import BAD_KEY, OUTAGE, ROUTING_KEY, SandboxClient, dead_pages, wait_for
 from worker.celery_app import app
 from worker.engine import keys
 from worker.engine.runtime import engine
@@ -299,14 +299,12 @@ def test_dead_letter_ids_piped_from_dlq_list_are_replayed_and_removed(
     """`dlq list --ids` prints ids alone, and `dlq replay -` and `dlq remove -` read them,
     so any filter a shell has fits between the two."""
     letters = engine().dead_letters
-    page = {"action": "trigger", "notification": {"recipient": "db", "subject": "Disk full"}}
-    for name, reason in (
-        ("a-pagerduty", "PagerDuty answered HTTP 503 (retries exhausted)"),
-        ("b-pagerduty", "PagerDuty answered HTTP 503 (retries exhausted)"),
-        ("c-pagerduty", "permanent error: PagerDuty rejected event: Invalid routing key"),
-        ("d-pagerduty", "permanent error: PagerDuty rejected event: Invalid routing key"),
-    ):
-        letters.add(entry_id=name, job_id=name, channel="pagerduty", reason=reason, payload=page)
+    dead_pages(
+        ("a-pagerduty", OUTAGE),
+        ("b-pagerduty", OUTAGE),
+        ("c-pagerduty", BAD_KEY),
+        ("d-pagerduty", BAD_KEY),
+    )
     gds = str(Path(sys.executable).with_name("gds-notify"))
 
     def shell(command: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:

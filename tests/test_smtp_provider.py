@@ -49,6 +49,11 @@ from worker.providers.smtp_message import Prepared, prepare
 def sandbox_provider(mail_sandbox: SandboxServer, ca: trustme.CA, **options: Any) -> SMTPProvider:
     """A provider for the sandbox's sink (STARTTLS and AUTH), ``options`` on top."""
     assert mail_sandbox.smtp_port is not None
+    return logged_in(mail_sandbox.smtp_port, ca, **options)
+
+
+def logged_in(port: int, ca: trustme.CA, **options: Any) -> SMTPProvider:
+    """A provider that logs in over STARTTLS to the server on ``port``, ``options`` on top."""
     settings: dict[str, Any] = {
         "username": SMTP_USER,
         "password": SMTP_PASSWORD,
@@ -57,7 +62,7 @@ def sandbox_provider(mail_sandbox: SandboxServer, ca: trustme.CA, **options: Any
         "timeout": 2,
         "tls_context": client_tls(ca),
     }
-    return SMTPProvider("127.0.0.1", mail_sandbox.smtp_port, **(settings | options))
+    return SMTPProvider("127.0.0.1", port, **(settings | options))
 
 
 @pytest.fixture
@@ -910,7 +915,7 @@ def test_an_auth_refusal_is_retried_when_temporary_and_never_shows_the_password(
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_tls)
     controller = Controller(
-        Sink(),
+        Recorder(),
         hostname="127.0.0.1",
         port=free_port(),
         tls_context=server_tls,
@@ -918,15 +923,7 @@ def test_an_auth_refusal_is_retried_when_temporary_and_never_shows_the_password(
         authenticator=refuse,
     )
     controller.start()
-    smtp = SMTPProvider(
-        "127.0.0.1",
-        controller.port,
-        username=SMTP_USER,
-        password=SMTP_PASSWORD,
-        from_addr="alerts@example.com",
-        tls_context=client_tls(ca),
-        timeout=5,
-    )
+    smtp = logged_in(controller.port, ca, timeout=5)
     try:
         with pytest.raises(NotificationError) as caught:
             smtp.send(mail())
@@ -943,26 +940,12 @@ def test_an_auth_refusal_is_retried_when_temporary_and_never_shows_the_password(
         assert blob not in text
 
 
-class Sink:
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        return "250 OK"
-
-
 def test_auth_offered_only_after_starttls_is_named_when_starttls_is_off(
-    mail_sandbox: SandboxServer,
+    mail_sandbox: SandboxServer, ca: trustme.CA
 ) -> None:
     """SMTP_STARTTLS=false against a relay that offers AUTH only once encrypted: the error
     said "does not offer AUTH" and nothing of why."""
-    assert mail_sandbox.smtp_port is not None
-    smtp = SMTPProvider(
-        "127.0.0.1",
-        mail_sandbox.smtp_port,
-        username=SMTP_USER,
-        password=SMTP_PASSWORD,
-        from_addr="alerts@example.com",
-        starttls=False,
-        timeout=2,
-    )
+    smtp = sandbox_provider(mail_sandbox, ca, starttls=False)
     try:
         with pytest.raises(NotificationConfigError) as caught:
             smtp.send(mail())

@@ -40,10 +40,19 @@ def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
     ]
 
 
+def inert(text: str) -> str:
+    """``text`` safe to log and to print to a terminal: each line break and control
+    character (ESC starts sequences that retitle a window or rewrite what is shown; U+202E
+    reverses it) written as its escape (``\\n``, ``\\x1b``); tabs and every printable
+    character as they are."""
+    return "".join(
+        ch if ch.isprintable() or ch == "\t" else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
 def printable(field: str, limit: int = 200) -> str:
     """A field name safe to log and print: an unknown key sent by a hostile producer may
-    hold line breaks (log injection) or be huge. (``isprintable`` is False for every line
-    break and control character.)"""
-    if not field.isprintable():
-        field = field.encode("unicode_escape").decode("ascii")
+    hold line breaks (log injection) or be huge."""
+    field = inert(field)
     return field if len(field) <= limit else field[: limit - 1] + "…"

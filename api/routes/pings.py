@@ -86,15 +86,16 @@ def ping(request: Request) -> Response:
             if owner is None or suffix is not None:
                 engine().heartbeats.refuse("unknown_slug")
                 return _text(404, "not found")
-            return _by_uuid(request, owner, slug)
+            # No key: the UUID is the credential, and the service's own rate window.
+            what = _ping_for(slug, rid, _body(request))
+            return _kept(owner, what, f"uuid:{owner.slug}", _text(200, "OK"))
     if slug is None:
         return _text(404, "not found")
     try:
         token: ApiToken = authorize(key, "ping", rate=None)  # counted with the ping
     except ApiError:
         return _text(404, "not found")
-    body = request.state.body if request.method == "POST" else None
-    what = _ping_for(suffix, rid, body or None)
+    what = _ping_for(suffix, rid, _body(request))
     if what is None:  # before ?create=1: a refused call creates nothing
         return _text(400, "invalid url format")
     eng = engine()
@@ -112,30 +113,25 @@ def ping(request: Request) -> Response:
     if spec is None or not token.covers(spec.team):
         eng.heartbeats.refuse("unknown_slug")
         return _text(404, "not found")
-    try:
-        reports.ping(eng, spec, what, key=token.name)
-    except TooManyPings as exc:
-        return _text(429, "rate limited", {"Retry-After": str(max(1, math.ceil(exc.wait)))})
-    except HeartbeatInFutureError:
-        return _text(400, "invalid time")
-    return _text(201, "created") if created else _text(200, "OK")
+    return _kept(spec, what, token.name, _text(201, "created") if created else _text(200, "OK"))
 
 
-def _by_uuid(request: Request, spec: ServiceSpec, suffix: str | None) -> Response:
-    """A ping to the service whose ``ping_uuid`` the file gives: no key, as in
-    Healthchecks, and a rate window of its own."""
-    body = request.state.body if request.method == "POST" else None
-    what = _ping_for(suffix, request.query_params.get("rid"), body or None)
+def _body(request: Request) -> str | None:
+    return (request.state.body or None) if request.method == "POST" else None
+
+
+def _kept(spec: ServiceSpec, what: Ping | None, rate_key: str, answer: Response) -> Response:
+    """``answer`` once ``what`` is kept for ``spec``, counted against ``rate_key``'s window;
+    else why not."""
     if what is None:
         return _text(400, "invalid url format")
-    eng = engine()
     try:
-        reports.ping(eng, spec, what, key=f"uuid:{spec.slug}")
+        reports.ping(engine(), spec, what, key=rate_key)
     except TooManyPings as exc:
         return _text(429, "rate limited", {"Retry-After": str(max(1, math.ceil(exc.wait)))})
     except HeartbeatInFutureError:
         return _text(400, "invalid time")
-    return _text(200, "OK")
+    return answer
 
 
 def _create(slug: str, token: ApiToken) -> tuple[ServiceSpec | None, bool]:

@@ -107,7 +107,7 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
             )
         request = parse_request(args[0])
         if isinstance(payload.get("group"), dict):
-            return _group_firing(engine, request, payload["group"], entry["id"], first_seen)
+            return _group_firing(engine, request, payload["group"], first_seen)
         if isinstance(payload.get("resolves"), str):
             # A resolved alert: what its resolving means (a resolve, a [RESOLVED] email),
             # never the trigger its fields would make.
@@ -158,11 +158,7 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
 
 
 def _group_firing(
-    engine: Engine,
-    request: JobRequest,
-    group: dict[str, Any],
-    entry_id: str,
-    first_seen: float | None,
+    engine: Engine, request: JobRequest, group: dict[str, Any], first_seen: float | None
 ) -> str:
     """An Alertmanager group's firing, replayed: only while the group still fires with the
     same alerts, as the job its webhooks name (a repeat Alertmanager sent meanwhile and
@@ -177,13 +173,10 @@ def _group_firing(
             "Alertmanager's next notification carries what is current; `dlq remove` this letter"
         )
         raise InvalidJobError([{"field": "payload.group", "message": problem}])
+    # No replay_of: that would take the firing's id over from a repeat Alertmanager sent
+    # meanwhile (as a job's replay takes over the dead job's), and page twice.
     done = accept(
-        engine,
-        as_incident(request, now),
-        new_job_id(),
-        "replay",
-        replay_of=entry_id,
-        first_accepted_at=first_seen,
+        engine, as_incident(request, now), new_job_id(), "replay", first_accepted_at=first_seen
     )
     engine.alert_groups.went(group_id, engine.jobs, done.job_id)
     return done.job_id

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from config.catalogue import Catalogue, ServiceSpec, UnknownServiceError
+from config.moments import parse_time
 from worker.engine.heartbeats.paging import check_soon
 from worker.engine.heartbeats.store import HeartbeatInFutureError, HeartbeatStatus, Ping
 from worker.engine.runtime import Engine
@@ -53,7 +54,7 @@ def parse_at(at: Any) -> float | None:
         return seconds
     if isinstance(at, str):
         try:
-            at = datetime.fromisoformat(at.strip().replace("Z", "+00:00"))
+            return parse_time(at)
         except ValueError:
             raise InvalidHeartbeatError(
                 f"at: must be an ISO 8601 time or epoch seconds (got {at[:64]!r})"

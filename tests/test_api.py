@@ -325,6 +325,24 @@ def test_bad_fields_are_422_each_named_and_nothing_is_queued(api_server: ApiServ
     assert list(engine().redis.scan_iter("gds:job:*")) == []
 
 
+def test_a_wrong_type_is_one_problem_named_by_its_field(api_server: ApiServer) -> None:
+    # pydantic reports each member of a union, and the tags of a JSON value, as if they
+    # were fields: `db_instance_id.int`, `metadata.n.list.0`. A producer is told the field.
+    base = {"recipient": "a@example.com", "subject": "s"}
+    with api_server.client() as http:
+        listed = http.post("/v1/notifications", json={**base, "db_instance_id": [7]})
+        fraction = http.post("/v1/notifications", json={**base, "db_instance_id": 7.5})
+        whole = http.post("/v1/notifications", json={**base, "db_instance_id": 7.0})
+    assert listed.status_code == fraction.status_code == 422
+    assert listed.json()["errors"] == [
+        {"field": "db_instance_id", "message": "must be an integer or a string, not a list"}
+    ]
+    assert fraction.json()["errors"] == [
+        {"field": "db_instance_id", "message": "must be an integer or a string, not the number 7.5"}
+    ]
+    assert whole.status_code == 202, whole.text
+
+
 def test_a_422_stays_small_and_printable_whatever_the_body_held(api_server: ApiServer) -> None:
     """50,000 bad alerts answered megabytes, each problem twice; an unknown key of 300,000
     characters with line breaks came back whole, breaks and all."""

@@ -170,6 +170,17 @@ def test_metadata_must_be_json() -> None:
     assert caught.value.errors()[0]["loc"][0] == "metadata"
 
 
+def test_a_bad_value_deep_in_metadata_is_named_by_its_keys_and_indexes() -> None:
+    from worker.validation import validation_errors
+
+    deep = {"n": [1, {"a": {1, 2}}], "dict": {"list": [object()]}}
+    with pytest.raises(ValidationError) as caught:
+        Notification.model_validate({"recipient": "r", "subject": "s", "metadata": deep})
+    fields = sorted(e["field"] for e in validation_errors(caught.value))
+    # Keys named like pydantic's tags ("dict", "list") are kept: they are the producer's.
+    assert fields == ["metadata.dict.list.0", "metadata.n.1.a"]
+
+
 def test_building_a_notification_badly_raises_the_one_line_error_enqueue_raises() -> None:
     import tasks
 

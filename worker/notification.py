@@ -125,6 +125,15 @@ def check_unicode(value: str) -> str:
     return value
 
 
+def _json_kind(value: Any) -> str:
+    """What a value is, in JSON's words where it has them."""
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
 def _json_problem(value: Any, path: str) -> str | None:
     """Why a metadata value could not travel as standard JSON in UTF-8, or None."""
     if isinstance(value, str):
@@ -259,10 +268,16 @@ class Notification(BaseModel, metaclass=_OneLineErrors):
 
     @field_validator("db_instance_id", mode="before")
     @classmethod
-    def _not_a_flag(cls, value: Any) -> Any:
-        # JSON's true is no instance id; pydantic would read it as the number 1.
+    def _integer_or_string(cls, value: Any) -> Any:
+        # One error naming the field: pydantic would report each member of the union on
+        # its own, as fields that do not exist (``db_instance_id.int``, ``.str``).
         if isinstance(value, bool):
+            # JSON's true is no instance id; pydantic would read it as the number 1.
             raise ValueError("must be an integer or a string, not true or false")
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"must be an integer or a string, not the number {value!r}")
+        if value is not None and not isinstance(value, int | float | str):
+            raise ValueError(f"must be an integer or a string, not {_json_kind(value)}")
         return value
 
     @field_validator("db_instance_id")

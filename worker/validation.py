@@ -18,10 +18,29 @@ def problem(error: ErrorDetails) -> str:
     return error["msg"]
 
 
+#: The tags pydantic's ``JsonValue`` puts in a location, one per list or object it enters.
+_JSON_TAGS = frozenset({"list", "dict", "str", "int", "float", "bool", "none"})
+#: The free-form JSON field of a notification, whose locations hold those tags.
+_JSON_FIELD = "metadata"
+
+
 def path(loc: Sequence[int | str], skip: Sequence[str] = ()) -> str:
     """``metadata.links.0``: the location as one dotted path, without ``skip`` (the tags of
-    a discriminated union, which are not fields)."""
-    return ".".join(str(part) for part in loc if part not in skip)
+    a discriminated union, which are not fields) and without the tags ``JsonValue`` puts
+    between the keys of ``metadata`` (``metadata.n.list.1`` is ``metadata.n.1``)."""
+    parts = [part for part in loc if part not in skip]
+    if _JSON_FIELD in parts:
+        # After the field and its key, a tag comes before each further key or index.
+        start = parts.index(_JSON_FIELD) + 2
+        kept = parts[:start]
+        for offset, part in enumerate(parts[start:]):
+            if offset % 2 == 0 and part not in _JSON_TAGS:
+                kept.extend(parts[start + offset :])  # not a JsonValue's location after all
+                break
+            if offset % 2 == 1:
+                kept.append(part)
+        parts = kept
+    return ".".join(str(part) for part in parts)
 
 
 def described(field: str, exc: ValidationError) -> str:

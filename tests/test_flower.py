@@ -113,6 +113,22 @@ def test_flower_requires_credentials_and_shows_tasks_without_secrets(
     assert any(p.name.startswith("flower.db") for p in tmp_path.iterdir())  # persistent state
 
 
+def test_flower_logs_one_json_object_a_line_under_log_format_json(
+    service_env: SandboxServer, tmp_path: Path
+) -> None:
+    # Flower logs through Tornado, whose own text handler none of Celery's logging
+    # signals reach: a log pipeline reading JSON lines met its banner as plain text.
+    with flower(tmp_path, LOG_FORMAT="json") as base:
+        assert httpx.get(f"{base}/", auth=AUTH).status_code == 200
+    lines = (tmp_path / "flower.log").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    assert any(
+        r["logger"] == "flower.command" and r["message"].startswith("Visit me") for r in records
+    )
+    registered = next(r for r in records if r["message"].startswith("Registered tasks"))
+    assert "deliver.pagerduty" in registered["message"]  # a multi-line message, one record
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")
 def test_a_dead_letter_is_a_failure_with_its_reason_in_flower_and_its_message_is_acked(
     service_env: SandboxServer, celery_worker: Any, tmp_path: Path

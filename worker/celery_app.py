@@ -157,6 +157,26 @@ def _json_banner(instance: Any, **kwargs: Any) -> None:
         logger.info("%s starting\n%s", instance.hostname, info.strip())
 
 
+def _json_root_handlers() -> None:
+    if _json_logs():
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
+
+
+def _json_flower() -> None:
+    # ``celery -A worker flower``: Flower logs through Tornado, whose option parsing gives
+    # the root logger a text handler of its own; none of Celery's logging signals fire.
+    # Celery's command line imports Flower's command, and with it tornado.options, before
+    # it loads this app: a callback added now runs after Tornado's, once Flower has parsed
+    # its options. In a worker or beat no option parsing happens, and this does nothing.
+    options = sys.modules.get("tornado.options")
+    if options is not None:
+        options.add_parse_callback(_json_root_handlers)
+
+
+_json_flower()
+
+
 class _Beat(app.Beat):  # type: ignore[misc,name-defined]
     """``celery -A worker beat``, without its banner when LOG_FORMAT=json (Celery prints
     it before any signal a handler could answer)."""

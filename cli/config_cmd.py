@@ -72,7 +72,10 @@ def check(offline: bool) -> None:
             if name == "pagerduty_team_routing_keys"
             else name.upper()
         )
-        click.echo(f"{label:<{width + 2}} {_shown(name, getattr(settings, name))}")
+        shown = _shown(name, getattr(settings, name))
+        if name == "smtp_data_timeout" and settings.smtp_data_wait != settings.smtp_data_timeout:
+            shown += f" (in effect {settings.smtp_data_wait:g}: never less than SMTP_TIMEOUT)"
+        click.echo(f"{label:<{width + 2}} {shown}")
     catalogue = engine().file_catalogue()
     if refused := engine().catalogue_refused():
         raise NotificationConfigError(refused)

@@ -305,6 +305,28 @@ def test_config_check_reports_unreachable_peers_and_bad_settings(
     assert bad.output.startswith("Error: invalid configuration: PAGERDUTY_TIMEOUT: ")
 
 
+def test_config_check_shows_the_data_timeout_in_effect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SMTP_DATA_TIMEOUT below SMTP_TIMEOUT is raised to it: the check says so rather than
+    show a value no worker uses."""
+    from config.settings import get_settings
+
+    monkeypatch.setenv("SMTP_TIMEOUT", "60")
+    monkeypatch.setenv("SMTP_DATA_TIMEOUT", "10")
+    get_settings.cache_clear()
+    raised = run("config", "check", "--offline")
+    monkeypatch.setenv("SMTP_DATA_TIMEOUT", "120")
+    get_settings.cache_clear()
+    kept = run("config", "check", "--offline")
+    get_settings.cache_clear()
+    assert raised.exit_code == kept.exit_code == 0
+    [line] = [line for line in raised.output.splitlines() if line.startswith("SMTP_DATA_TIMEOUT")]
+    assert line.split(None, 1)[1] == "10.0 (in effect 60: never less than SMTP_TIMEOUT)"
+    [line] = [line for line in kept.output.splitlines() if line.startswith("SMTP_DATA_TIMEOUT")]
+    assert line.split(None, 1)[1] == "120.0"
+
+
 def test_config_check_warns_of_the_env_templates_placeholder_passwords(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:

@@ -10,6 +10,7 @@ import email.policy
 import logging
 import re
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -281,22 +282,143 @@ class OddSuccess(Recorder):
         return "252 2.0.0 taken, oddly"
 
 
-def test_a_success_code_out_of_place_after_the_message_is_not_sent_again() -> None:
-    """A 2xx where aiosmtplib wanted 250, after the message went: the server may well have
-    taken it, so it is not retried (a second copy); out of step, the session is dropped."""
+def test_a_success_code_other_than_250_to_the_message_is_delivered_once() -> None:
+    """A 2xx where aiosmtplib wanted 250, after the message went: the server took it (RFC
+    5321 4.2.5), and reporting a failure had it dead-lettered, then replayed as a second
+    copy. The session stays in step and is kept."""
     handler = OddSuccess()
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     provider = SMTPProvider("127.0.0.1", controller.port, starttls=False, timeout=5)
     try:
-        with pytest.raises(NotificationDeliveryError, match="answered 252") as caught:
-            provider.send(mail())
-        assert not caught.value.retryable
-        assert provider._smtp is None  # not used again
+        result = provider.send(mail())
+        assert result.status is NotificationStatus.SENT
+        assert result.metadata["server_reply"] == "2.0.0 taken, oddly"
+        assert provider.send(mail(idempotency_id="next")).is_success()
     finally:
         provider.close()
         controller.stop()
-    assert len(handler.received) == 1
+    assert len(handler.received) == 2
+    assert provider.sessions_opened == 1
+
+
+#: What a scripted server answers unless told otherwise ("250 OK" to the rest).
+SCRIPTED_DEFAULTS = {
+    "EHLO": "250-scripted\r\n250 8BITMIME",
+    "DATA": "354 go ahead",
+    "QUIT": "221 bye",
+}
+
+
+class Scripted:
+    """A scripted SMTP server on its own thread, for replies aiosmtpd will not give (a
+    greeting other than 220, an answer to DATA other than 354): ``greeting`` opens each
+    session, ``replies`` answers a command by its verb ("." is the message's end; a list
+    is used up one per command, its last kept; ``DROP`` hangs up). ``log`` keeps every
+    command, and ``<message>`` where a message arrived."""
+
+    def __init__(self, greeting: str = "220 scripted ESMTP", **replies: str | list[str]) -> None:
+        self.greeting = greeting
+        self.replies = {verb.replace("_", "."): r for verb, r in replies.items()}
+        self.log: list[str] = []
+        self.sessions = 0
+        self.loop = asyncio.new_event_loop()
+        self.port = free_port()
+        self.started = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def reply(self, verb: str) -> str:
+        given = self.replies.get(verb)
+        if isinstance(given, list):
+            return given.pop(0) if len(given) > 1 else given[0]
+        return given or SCRIPTED_DEFAULTS.get(verb, "250 OK")
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.sessions += 1
+        writer.write(self.greeting.encode() + b"\r\n")
+        in_message = False
+        while line := await reader.readline():
+            if in_message:
+                if line != b".\r\n":
+                    continue
+                in_message, verb = False, "."
+                self.log.append("<message>")
+            else:
+                self.log.append(line.decode().strip())
+                verb = self.log[-1].split(" ")[0].upper()
+            answer = self.reply(verb)
+            if answer == "DROP":
+                break
+            writer.write(answer.encode() + b"\r\n")
+            await writer.drain()
+            in_message = verb == "DATA" and answer.startswith("354")
+            if verb == "QUIT" or answer.startswith("421"):
+                break
+        writer.close()
+
+    def _run(self) -> None:
+        server = self.loop.run_until_complete(
+            asyncio.start_server(self._session, "127.0.0.1", self.port)
+        )
+        self.started.set()
+        self.loop.run_forever()
+        server.close()
+        self.loop.run_until_complete(server.wait_closed())
+        self.loop.close()
+
+    def __enter__(self) -> Scripted:
+        self.thread.start()
+        self.started.wait(5)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def scripted_send(server: Scripted, *notes: Notification, **options: Any) -> NotificationError:
+    """Send ``notes`` in turn on one provider to ``server``; the error the last raised."""
+    provider = SMTPProvider(
+        "127.0.0.1", server.port, **({"starttls": False, "timeout": 2} | options)
+    )
+    try:
+        for note in notes[:-1]:
+            assert provider.send(note).is_success()
+        with pytest.raises(NotificationError) as caught:
+            provider.send(notes[-1])
+    finally:
+        provider.close()
+    return caught.value
+
+
+@pytest.mark.parametrize("reply", ["250 2.0.0 OK", "251 2.1.5 will forward", "334 VXNlcm5hbWU6"])
+def test_a_success_reply_to_data_in_place_of_354_is_retried_as_nothing_was_sent(
+    reply: str,
+) -> None:
+    """DATA answered 2xx or 3xx other than 354 (a server a reply behind, say): the message
+    never went, yet it was dead-lettered as one the server "may have taken"."""
+    with Scripted(DATA=reply) as server:
+        error = scripted_send(server, mail())
+    assert "<message>" not in server.log
+    assert server.log[-1] == "RSET"  # aiosmtplib's; no QUIT: out of step, the session is dropped
+    assert isinstance(error, NotificationDeliveryError)
+    assert error.retryable
+    assert error.status_code == int(reply[:3])
+    assert f"answered {reply}, out of step" in str(error)
+
+
+def test_a_reused_session_lost_before_the_server_answered_data_is_replaced_once() -> None:
+    """Dropped after DATA but before its 354: the message never went, so it goes once more
+    on a fresh session, as for a session lost before DATA."""
+    with Scripted(DATA=["354 go ahead", "DROP", "354 go ahead"]) as server:
+        provider = SMTPProvider("127.0.0.1", server.port, starttls=False, timeout=2)
+        try:
+            assert provider.send(mail(idempotency_id="first")).is_success()
+            assert provider.send(mail(idempotency_id="second")).is_success()
+        finally:
+            provider.close()
+    assert server.log.count("<message>") == 2
+    assert server.sessions == 2
 
 
 def test_one_attempt_is_bounded_in_all_within_the_deliverys_claim() -> None:

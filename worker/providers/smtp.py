@@ -3,14 +3,16 @@
 One session per provider, opened on first use (TCP, TLS or STARTTLS, AUTH) and reused for
 every message after it; a session that has sat idle is checked with NOOP, and one the
 server has dropped, or answered 421 on, is re-opened. A message whose reused session was
-lost before DATA goes once more on a fresh one; after DATA it does not, as the server may
-have taken it. Every failure is classified here, once:
+lost before the message went (DATA answered 354) goes once more on a fresh one; after, it
+does not, as the server may have taken it. Every failure is classified here, once:
 
 =======================================  ===========================================
 what happened                            what the caller gets
 =======================================  ===========================================
 4xx reply (421, 450, 451, 452)           ``NotificationDeliveryError``, retryable
 5xx reply (550, 553, 554)                ``NotificationDeliveryError``, final
+2xx/3xx to DATA other than 354           ``NotificationDeliveryError``, retryable
+any 2xx to the message                   SENT (RFC 5321 4.2.5: the server took it)
 authentication refused (535)             ``NotificationConfigError`` (no password in it)
 no answer in time                        ``NotificationTimeoutError(timeout_seconds)``
 connection refused / dropped             ``NotificationConnectionError``
@@ -550,13 +552,15 @@ class SMTPProvider(BaseNotificationProvider):
             text = self._scrub(f"{exc.code} {exc.message}")
             if exc.code == 535 or exc.code == 530:
                 return NotificationConfigError(f"SMTP server {where}: {text}", self.name)
+            step = ", out of step with the commands sent" if exc.code < 400 else ""
             return NotificationDeliveryError(
-                f"SMTP server {where} answered {text}",
+                f"SMTP server {where} answered {text}{step}",
                 exc.code,
                 [text],
                 # A 2xx or 3xx where an error was taken: the exchange is out of step (the
-                # session is dropped). Before DATA nothing was taken: try again. After it,
-                # the server may have taken the message: not again (no second copy).
+                # session is dropped). Before the message went (DATA answered other than
+                # 354 included), nothing was taken: try again. After it, the server may
+                # have taken the message: not again (no second copy).
                 retryable=400 <= exc.code < 500 or (exc.code < 400 and not after_data),
                 provider=self.name,
             )
@@ -586,30 +590,53 @@ def _b64(text: str) -> str:
 
 
 class _Session(aiosmtplib.SMTP):
-    """aiosmtplib's client, noting whether the transaction under way has reached DATA:
-    up to then a lost connection cost nothing, after it the server may have taken the
-    message and lost only its answer. A 421 to DATA ends the session, as aiosmtplib ends
-    it on a 421 to any other command, and the server's refusal is what is reported, not
-    the RSET that aiosmtplib sends after it."""
+    """aiosmtplib's client, noting whether the transaction under way has sent the message
+    (DATA answered 354): up to then a lost connection or a refusal cost nothing, after
+    it the server may have taken the message and lost only its answer. A 421 to DATA
+    ends the session, as aiosmtplib ends it on a 421 to any other command, and the
+    server's refusal is what is reported, not the RSET that aiosmtplib sends after it."""
 
     reached_data = False
     #: How long the replies to DATA and to the message may take (``SMTP_DATA_TIMEOUT``).
     data_timeout: float | None = None
 
     async def data(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        protocol = self.protocol
         # With the connection already gone (a 421 at a later RCPT closes it), nothing goes.
-        self.reached_data = self.protocol is not None
+        self.reached_data = protocol is not None
         if kwargs.get("timeout", Default.token) is Default.token and self.data_timeout:
             kwargs["timeout"] = self.data_timeout
+        # Which reply went wrong decides what the server may hold: the first is DATA's
+        # own, and until it is 354 the message has not been sent; the second is the
+        # message's. aiosmtplib raises the same error for both, so the replies are counted.
+        replies = 0
+        if protocol is not None:
+            read = protocol.read_response
+
+            async def counted(*args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+                nonlocal replies
+                replies += 1
+                return await read(*args, **kwargs)
+
+            protocol.read_response = counted  # type: ignore[method-assign]
         try:
             return await super().data(*args, **kwargs)
         except aiosmtplib.SMTPResponseException as exc:
+            if replies > 1 and 200 <= exc.code < 300:
+                # Any 2yz to the message is the server taking it (RFC 5321 4.2.5), however
+                # odd the code: reporting it failed would have it replayed, a second copy.
+                return aiosmtplib.SMTPResponse(exc.code, exc.message)
             if exc.code == 421:
                 # The server is closing the channel (RFC 5321 4.2.2). aiosmtplib would send
                 # RSET on it next; a server that neither answers nor hangs up would hold
                 # the attempt for the timeout and have the 421 reported as a timeout.
                 self.close()
             raise
+        finally:
+            if protocol is not None:
+                del protocol.read_response
+            if replies < 2:
+                self.reached_data = False  # the message itself never went
 
     async def rset(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
         # aiosmtplib sends RSET only after an error reply, and keeps that reply unless the

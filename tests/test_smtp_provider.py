@@ -421,6 +421,31 @@ def test_a_reused_session_lost_before_the_server_answered_data_is_replaced_once(
     assert server.sessions == 2
 
 
+@pytest.mark.parametrize(
+    ("greeting", "retryable"),
+    [
+        # RFC 5321 3.1: the server refuses the whole session, for good. A relay refusing
+        # only for a while says 421 (3.8), retried below; this one is dead-lettered.
+        ("554 5.7.1 no SMTP service here for 192.0.2.7", False),
+        ("421 4.3.2 too busy, come back later", True),
+    ],
+    ids=["554", "421"],
+)
+def test_a_greeting_refusal_is_reported_in_the_servers_words(
+    greeting: str, retryable: bool
+) -> None:
+    """A 554 greeting was a connection error, retried for an hour, its text shown as a
+    Python tuple."""
+    with Scripted(greeting) as server:
+        error = scripted_send(server, mail())
+    assert server.log == []
+    assert type(error) is NotificationDeliveryError
+    assert error.retryable is retryable
+    assert error.status_code == int(greeting[:3])
+    assert error.errors == [greeting]
+    assert str(error).endswith(f"refused the session in its greeting: {greeting}")
+
+
 def test_one_attempt_is_bounded_in_all_within_the_deliverys_claim() -> None:
     """Twelve recipients at 0.3 s each, every reply well within a 0.5 s timeout: the attempt
     ends at 4 × 0.5 + 0.5 s, inside the claim a delivery holds (that plus 5 s), so no other

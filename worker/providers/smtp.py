@@ -10,7 +10,7 @@ does not, as the server may have taken it. Every failure is classified here, onc
 what happened                            what the caller gets
 =======================================  ===========================================
 4xx reply (421, 450, 451, 452)           ``NotificationDeliveryError``, retryable
-5xx reply (550, 553, 554)                ``NotificationDeliveryError``, final
+5xx reply (550, 553, 554), 554 greeting  ``NotificationDeliveryError``, final
 2xx/3xx to DATA other than 354           ``NotificationDeliveryError``, retryable
 any 2xx to the message                   SENT (RFC 5321 4.2.5: the server took it)
 authentication refused (535)             ``NotificationConfigError`` (no password in it)
@@ -532,6 +532,19 @@ class SMTPProvider(BaseNotificationProvider):
         if isinstance(exc, aiosmtplib.SMTPNotSupported):
             return NotificationConfigError(
                 self._scrub(f"SMTP server {where}: {exc.message}"), self.name
+            )
+        if isinstance(exc, aiosmtplib.SMTPConnectResponseError):
+            # A greeting other than 220. 421 is "busy now" (RFC 5321 3.8): retried. 554 is
+            # RFC 5321 3.1's refusal of the whole session ("no SMTP service here"): for
+            # good, as any 5xx; a relay refusing for a while says 421. Dead-lettered with
+            # the server's words, and replayable once the relay takes us again.
+            text = self._scrub(f"{exc.code} {exc.message}")
+            return NotificationDeliveryError(
+                f"SMTP server {where} refused the session in its greeting: {text}",
+                exc.code,
+                [text],
+                retryable=not 500 <= exc.code < 600,
+                provider=self.name,
             )
         if isinstance(exc, aiosmtplib.SMTPConnectError):
             cause = exc.__cause__ or exc.__context__

@@ -446,6 +446,42 @@ def test_a_greeting_refusal_is_reported_in_the_servers_words(
     assert str(error).endswith(f"refused the session in its greeting: {greeting}")
 
 
+@pytest.mark.parametrize(
+    ("replies", "retryable", "says"),
+    [
+        (
+            {"EHLO": "550 5.7.1 EHLO from you refused", "HELO": "550 5.7.1 HELO refused too"},
+            False,
+            "refused EHLO (550 5.7.1 EHLO from you refused) and then HELO: "
+            "550 5.7.1 HELO refused too",
+        ),
+        ({"EHLO": "421 4.3.2 shutting down"}, True, "refused EHLO: 421 4.3.2 shutting down"),
+    ],
+    ids=["EHLO and HELO 550", "EHLO 421"],
+)
+def test_a_refused_ehlo_is_named_with_the_servers_words(
+    replies: dict[str, str], retryable: bool, says: str
+) -> None:
+    """The operator read "answered 550 5.7.1 HELO refused too": neither EHLO named nor
+    what the server said to it."""
+    with Scripted(**replies) as server:
+        error = scripted_send(server, mail())
+    assert isinstance(error, NotificationDeliveryError)
+    assert error.retryable is retryable
+    assert str(error).endswith(says)
+    assert error.errors[-1] == replies.get("HELO", replies["EHLO"])
+
+
+def test_a_server_that_refused_ehlo_is_named_when_starttls_is_then_missing() -> None:
+    """EHLO refused, HELO taken: a server greeted with HELO offers nothing, STARTTLS
+    included, and "does not offer STARTTLS" alone hid why."""
+    with Scripted(EHLO="550 5.7.1 EHLO from you refused") as server:
+        error = scripted_send(server, mail(), starttls=True)
+    assert "does not offer STARTTLS (it refused EHLO: 550 5.7.1 EHLO from you refused)" in str(
+        error
+    )
+
+
 def test_one_attempt_is_bounded_in_all_within_the_deliverys_claim() -> None:
     """Twelve recipients at 0.3 s each, every reply well within a 0.5 s timeout: the attempt
     ends at 4 × 0.5 + 0.5 s, inside the claim a delivery holds (that plus 5 s), so no other

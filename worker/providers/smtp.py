@@ -393,11 +393,14 @@ class SMTPProvider(BaseNotificationProvider):
         would otherwise be handed it in clear."""
         where = f"{self.host}:{self.port}"
         encrypted = smtp.get_transport_info("sslcontext") is not None
+        # A server that refused EHLO and took HELO offers no extension at all: say why.
+        ehlo = f" (it refused EHLO: {smtp.ehlo_refused})" if smtp.ehlo_refused else ""
         # Refused for now, not for good: one node of a relay behind a balancer, or a path
         # that strips STARTTLS, may offer it again at the job's next attempt.
         if self.starttls is True and not encrypted:
             raise NotificationDeliveryError(
-                f"SMTP server {where} does not offer STARTTLS, which SMTP_STARTTLS=true requires",
+                f"SMTP server {where} does not offer STARTTLS{ehlo}, which SMTP_STARTTLS=true "
+                "requires",
                 retryable=True,
                 provider=self.name,
             )
@@ -405,7 +408,7 @@ class SMTPProvider(BaseNotificationProvider):
             return
         if not encrypted and self.starttls is None:
             raise NotificationDeliveryError(
-                f"SMTP server {where} does not offer STARTTLS: the password for "
+                f"SMTP server {where} does not offer STARTTLS{ehlo}: the password for "
                 f"{self.username!r} is not sent in clear (SMTP_USE_TLS=true for a server on "
                 "implicit TLS, or SMTP_STARTTLS=false to send it in clear on a network you "
                 "trust)",
@@ -424,7 +427,7 @@ class SMTPProvider(BaseNotificationProvider):
                 else ""
             )
             raise NotificationConfigError(
-                f"SMTP server {where} does not offer AUTH, and SMTP_USERNAME is set{hint}",
+                f"SMTP server {where} does not offer AUTH{ehlo}, and SMTP_USERNAME is set{hint}",
                 self.name,
             )
         await smtp.login(self.username, self._password.get_secret_value())
@@ -546,6 +549,19 @@ class SMTPProvider(BaseNotificationProvider):
                 retryable=not 500 <= exc.code < 600,
                 provider=self.name,
             )
+        if isinstance(exc, _GreetingRefused):
+            texts = [self._scrub(f"{exc.code} {exc.message}")]
+            refused = exc.command
+            if exc.ehlo is not None:
+                texts.insert(0, self._scrub(exc.ehlo))
+                refused = f"EHLO ({texts[0]}) and then HELO"
+            return NotificationDeliveryError(
+                f"SMTP server {where} refused {refused}: {texts[-1]}",
+                exc.code,
+                texts,
+                retryable=not 500 <= exc.code < 600,
+                provider=self.name,
+            )
         if isinstance(exc, aiosmtplib.SMTPConnectError):
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, ssl.SSLCertVerificationError):
@@ -602,6 +618,17 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
+class _GreetingRefused(aiosmtplib.SMTPHeloError):
+    """EHLO or HELO refused: ``command`` names which, ``code`` and ``message`` are its
+    reply, ``ehlo`` the EHLO refusal a refused HELO followed. An ``SMTPHeloError``, so
+    aiosmtplib still falls back to HELO on a refused EHLO."""
+
+    def __init__(self, command: str, code: int, message: str, ehlo: str | None = None) -> None:
+        super().__init__(code, message)
+        self.command = command
+        self.ehlo = ehlo
+
+
 class _Session(aiosmtplib.SMTP):
     """aiosmtplib's client, noting whether the transaction under way has sent the message
     (DATA answered 354): up to then a lost connection or a refusal cost nothing, after
@@ -612,6 +639,25 @@ class _Session(aiosmtplib.SMTP):
     reached_data = False
     #: How long the replies to DATA and to the message may take (``SMTP_DATA_TIMEOUT``).
     data_timeout: float | None = None
+    #: The server's refusal of EHLO in this session (``"550 ..."``), if it refused it.
+    ehlo_refused: str | None = None
+
+    async def ehlo(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        # aiosmtplib's refusal names neither the command nor, once HELO is refused after
+        # it, what the server said to EHLO: the operator read only "answered 550 ...".
+        try:
+            response = await super().ehlo(*args, **kwargs)
+        except aiosmtplib.SMTPHeloError as exc:
+            self.ehlo_refused = f"{exc.code} {exc.message}"
+            raise _GreetingRefused("EHLO", exc.code, exc.message) from None
+        self.ehlo_refused = None
+        return response
+
+    async def helo(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        try:
+            return await super().helo(*args, **kwargs)
+        except aiosmtplib.SMTPHeloError as exc:
+            raise _GreetingRefused("HELO", exc.code, exc.message, self.ehlo_refused) from None
 
     async def data(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
         protocol = self.protocol

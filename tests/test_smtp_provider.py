@@ -1123,6 +1123,42 @@ def test_an_auth_refusal_is_retried_when_temporary_and_never_shows_the_password(
         assert blob not in text
 
 
+def test_a_421_to_auth_is_retried_in_the_servers_words(ca: trustme.CA) -> None:
+    """aiosmtplib hangs up on a 421 and then tried the server's next AUTH method on the
+    closed connection: the operator read "Server not connected", not the server's reason."""
+    tried: list[str] = []
+
+    def closing(
+        _server: object, _session: object, _envelope: object, mechanism: str, *_: Any
+    ) -> AuthResult:
+        tried.append(mechanism)
+        return AuthResult(success=False, handled=False, message="421 4.3.2 Directory restarting")
+
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    controller = Controller(
+        Recorder(),
+        hostname="127.0.0.1",
+        port=free_port(),
+        tls_context=server_tls,
+        require_starttls=True,
+        authenticator=closing,
+    )
+    controller.start()
+    smtp = logged_in(controller.port, ca, timeout=5)
+    try:
+        with pytest.raises(NotificationError) as caught:
+            smtp.send(mail())
+    finally:
+        smtp.close()
+        controller.stop()
+    assert type(caught.value) is NotificationDeliveryError
+    assert caught.value.retryable
+    assert caught.value.status_code == 421
+    assert str(caught.value).endswith("closed the session at AUTH: 421 4.3.2 Directory restarting")
+    assert len(tried) == 1  # no second method on a session the server closed
+
+
 def test_auth_offered_only_after_starttls_is_named_when_starttls_is_off(
     mail_sandbox: SandboxServer, ca: trustme.CA
 ) -> None:

@@ -36,7 +36,7 @@ import time
 from collections.abc import Awaitable
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import aiosmtplib
 from aiosmtplib.typing import Default
@@ -499,8 +499,14 @@ class SMTPProvider(BaseNotificationProvider):
             # 454: the server cannot check credentials now (its directory is down), not
             # that they are wrong: try again later, as for any 4xx.
             text = self._scrub(f"{exc.code} {exc.message}")
+            # 421: the server is closing the session, credentials unread.
+            why = (
+                "closed the session at AUTH"
+                if exc.code == 421
+                else "could not check the credentials now"
+            )
             return NotificationDeliveryError(
-                f"SMTP server {where} could not check the credentials now: {text}",
+                f"SMTP server {where} {why}: {text}",
                 exc.code,
                 [text],
                 retryable=True,
@@ -658,6 +664,32 @@ class _Session(aiosmtplib.SMTP):
             return await super().helo(*args, **kwargs)
         except aiosmtplib.SMTPHeloError as exc:
             raise _GreetingRefused("HELO", exc.code, exc.message, self.ehlo_refused) from None
+
+    async def login(
+        self,
+        username: str | bytes,
+        password: str | bytes,
+        /,
+        timeout: float | Literal[Default.token] | None = Default.token,
+    ) -> aiosmtplib.SMTPResponse:
+        """aiosmtplib's login (each AUTH method the server offers, in its order), ending at
+        a refusal that closed the session: after a 421, which aiosmtplib hangs up on,
+        it tried the next method on the closed connection, and "Server not connected"
+        replaced the server's own words. Called once the server's list is known."""
+        refusal: aiosmtplib.SMTPException = aiosmtplib.SMTPException(
+            "No suitable authentication method found."
+        )
+        for method in self.supported_auth_methods:
+            auth = getattr(self, f"auth_{method.replace('-', '')}")
+            try:
+                response: aiosmtplib.SMTPResponse = await auth(username, password, timeout=timeout)
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                refusal = exc
+                if not self.is_connected:
+                    break
+            else:
+                return response
+        raise refusal
 
     async def data(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
         protocol = self.protocol

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import email
 import email.policy
+import hashlib
 import logging
 import re
 import ssl
@@ -962,6 +963,61 @@ def test_a_message_is_dated_when_its_job_was_accepted_whatever_the_attempt(
     assert dict(first["headers"])["Date"] == dict(retry["headers"])["Date"]
     assert dict(first["headers"])["Date"] == "Mon, 07 Dec 2026 09:30:05 +0000"
     assert first["message_id"] == retry["message_id"]
+
+
+class Greylisting(Recorder):
+    """A server that greylists the first attempt, with a 451 to RCPT or to the message,
+    and takes the next; it keeps the Message-ID of every message it was sent."""
+
+    def __init__(self, at: str) -> None:
+        super().__init__()
+        self.at = at
+        self.attempts = 0
+        self.message_ids: list[str] = []
+
+    async def handle_RCPT(
+        self, server: object, session: object, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        self.attempts += 1
+        if self.at == "RCPT" and self.attempts == 1:
+            return "451 4.7.1 Greylisted, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        parsed = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+        self.message_ids.append(str(parsed["Message-ID"]))
+        if self.at == "DATA" and len(self.message_ids) == 1:
+            return "451 4.7.1 Greylisted, try again later"
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.parametrize("at", ["RCPT", "DATA"])
+def test_a_greylisted_message_keeps_its_jobs_message_id_when_sent_again(at: str) -> None:
+    """Each attempt builds the message anew; its Message-ID comes from the job's id and the
+    sender's domain, so the retry after a greylisting 451 is the same message to the
+    receiver, and another job's is not."""
+    handler = Greylisting(at)
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    provider = SMTPProvider(
+        "127.0.0.1", controller.port, from_addr="alerts@example.com", starttls=False, timeout=5
+    )
+    unkeyed = mail(idempotency_id=None)
+    try:
+        with pytest.raises(NotificationDeliveryError, match=r"451 4\.7\.1 Greylisted") as caught:
+            provider.send(unkeyed, "job-9")
+        assert caught.value.retryable
+        retry = provider.send(unkeyed, "job-9")
+        other = provider.send(unkeyed, "job-10")
+    finally:
+        provider.close()
+        controller.stop()
+    digest = hashlib.sha256(b"job:job-9").hexdigest()[:32]
+    assert retry.message_id == f"<gds.{digest}@example.com>"
+    job_9 = 2 if at == "DATA" else 1  # a 451 to RCPT comes before the message is sent
+    assert handler.message_ids == [retry.message_id] * job_9 + [other.message_id]
+    assert other.message_id != retry.message_id
 
 
 def test_an_address_named_twice_gets_the_message_once(

@@ -7,9 +7,11 @@ import asyncio
 import base64
 import email
 import email.policy
+import hashlib
 import logging
 import re
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -281,22 +283,204 @@ class OddSuccess(Recorder):
         return "252 2.0.0 taken, oddly"
 
 
-def test_a_success_code_out_of_place_after_the_message_is_not_sent_again() -> None:
-    """A 2xx where aiosmtplib wanted 250, after the message went: the server may well have
-    taken it, so it is not retried (a second copy); out of step, the session is dropped."""
+def test_a_success_code_other_than_250_to_the_message_is_delivered_once() -> None:
+    """A 2xx where aiosmtplib wanted 250, after the message went: the server took it (RFC
+    5321 4.2.5), and reporting a failure had it dead-lettered, then replayed as a second
+    copy. The session stays in step and is kept."""
     handler = OddSuccess()
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     provider = SMTPProvider("127.0.0.1", controller.port, starttls=False, timeout=5)
     try:
-        with pytest.raises(NotificationDeliveryError, match="answered 252") as caught:
-            provider.send(mail())
-        assert not caught.value.retryable
-        assert provider._smtp is None  # not used again
+        result = provider.send(mail())
+        assert result.status is NotificationStatus.SENT
+        assert result.metadata["server_reply"] == "2.0.0 taken, oddly"
+        assert provider.send(mail(idempotency_id="next")).is_success()
     finally:
         provider.close()
         controller.stop()
-    assert len(handler.received) == 1
+    assert len(handler.received) == 2
+    assert provider.sessions_opened == 1
+
+
+#: What a scripted server answers unless told otherwise ("250 OK" to the rest).
+SCRIPTED_DEFAULTS = {
+    "EHLO": "250-scripted\r\n250 8BITMIME",
+    "DATA": "354 go ahead",
+    "QUIT": "221 bye",
+}
+
+
+class Scripted:
+    """A scripted SMTP server on its own thread, for replies aiosmtpd will not give (a
+    greeting other than 220, an answer to DATA other than 354): ``greeting`` opens each
+    session, ``replies`` answers a command by its verb ("." is the message's end; a list
+    is used up one per command, its last kept; ``DROP`` hangs up). ``log`` keeps every
+    command, and ``<message>`` where a message arrived."""
+
+    def __init__(self, greeting: str = "220 scripted ESMTP", **replies: str | list[str]) -> None:
+        self.greeting = greeting
+        self.replies = {verb.replace("_", "."): r for verb, r in replies.items()}
+        self.log: list[str] = []
+        self.sessions = 0
+        self.loop = asyncio.new_event_loop()
+        self.port = free_port()
+        self.started = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def reply(self, verb: str) -> str:
+        given = self.replies.get(verb)
+        if isinstance(given, list):
+            return given.pop(0) if len(given) > 1 else given[0]
+        return given or SCRIPTED_DEFAULTS.get(verb, "250 OK")
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.sessions += 1
+        writer.write(self.greeting.encode() + b"\r\n")
+        in_message = False
+        while line := await reader.readline():
+            if in_message:
+                if line != b".\r\n":
+                    continue
+                in_message, verb = False, "."
+                self.log.append("<message>")
+            else:
+                self.log.append(line.decode().strip())
+                verb = self.log[-1].split(" ")[0].upper()
+            answer = self.reply(verb)
+            if answer == "DROP":
+                break
+            writer.write(answer.encode() + b"\r\n")
+            await writer.drain()
+            in_message = verb == "DATA" and answer.startswith("354")
+            if verb == "QUIT" or answer.startswith("421"):
+                break
+        writer.close()
+
+    def _run(self) -> None:
+        server = self.loop.run_until_complete(
+            asyncio.start_server(self._session, "127.0.0.1", self.port)
+        )
+        self.started.set()
+        self.loop.run_forever()
+        server.close()
+        self.loop.run_until_complete(server.wait_closed())
+        self.loop.close()
+
+    def __enter__(self) -> Scripted:
+        self.thread.start()
+        self.started.wait(5)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def scripted_send(server: Scripted, *notes: Notification, **options: Any) -> NotificationError:
+    """Send ``notes`` in turn on one provider to ``server``; the error the last raised."""
+    provider = SMTPProvider(
+        "127.0.0.1", server.port, **({"starttls": False, "timeout": 2} | options)
+    )
+    try:
+        for note in notes[:-1]:
+            assert provider.send(note).is_success()
+        with pytest.raises(NotificationError) as caught:
+            provider.send(notes[-1])
+    finally:
+        provider.close()
+    return caught.value
+
+
+@pytest.mark.parametrize("reply", ["250 2.0.0 OK", "251 2.1.5 will forward", "334 VXNlcm5hbWU6"])
+def test_a_success_reply_to_data_in_place_of_354_is_retried_as_nothing_was_sent(
+    reply: str,
+) -> None:
+    """DATA answered 2xx or 3xx other than 354 (a server a reply behind, say): the message
+    never went, yet it was dead-lettered as one the server "may have taken"."""
+    with Scripted(DATA=reply) as server:
+        error = scripted_send(server, mail())
+    assert "<message>" not in server.log
+    assert server.log[-1] == "RSET"  # aiosmtplib's; no QUIT: out of step, the session is dropped
+    assert isinstance(error, NotificationDeliveryError)
+    assert error.retryable
+    assert error.status_code == int(reply[:3])
+    assert f"answered {reply}, out of step" in str(error)
+
+
+def test_a_reused_session_lost_before_the_server_answered_data_is_replaced_once() -> None:
+    """Dropped after DATA but before its 354: the message never went, so it goes once more
+    on a fresh session, as for a session lost before DATA."""
+    with Scripted(DATA=["354 go ahead", "DROP", "354 go ahead"]) as server:
+        provider = SMTPProvider("127.0.0.1", server.port, starttls=False, timeout=2)
+        try:
+            assert provider.send(mail(idempotency_id="first")).is_success()
+            assert provider.send(mail(idempotency_id="second")).is_success()
+        finally:
+            provider.close()
+    assert server.log.count("<message>") == 2
+    assert server.sessions == 2
+
+
+@pytest.mark.parametrize(
+    ("greeting", "retryable"),
+    [
+        # RFC 5321 3.1: the server refuses the whole session, for good. A relay refusing
+        # only for a while says 421 (3.8), retried below; this one is dead-lettered.
+        ("554 5.7.1 no SMTP service here for 192.0.2.7", False),
+        ("421 4.3.2 too busy, come back later", True),
+    ],
+    ids=["554", "421"],
+)
+def test_a_greeting_refusal_is_reported_in_the_servers_words(
+    greeting: str, retryable: bool
+) -> None:
+    """A 554 greeting was a connection error, retried for an hour, its text shown as a
+    Python tuple."""
+    with Scripted(greeting) as server:
+        error = scripted_send(server, mail())
+    assert server.log == []
+    assert type(error) is NotificationDeliveryError
+    assert error.retryable is retryable
+    assert error.status_code == int(greeting[:3])
+    assert error.errors == [greeting]
+    assert str(error).endswith(f"refused the session in its greeting: {greeting}")
+
+
+@pytest.mark.parametrize(
+    ("replies", "retryable", "says"),
+    [
+        (
+            {"EHLO": "550 5.7.1 EHLO from you refused", "HELO": "550 5.7.1 HELO refused too"},
+            False,
+            "refused EHLO (550 5.7.1 EHLO from you refused) and then HELO: "
+            "550 5.7.1 HELO refused too",
+        ),
+        ({"EHLO": "421 4.3.2 shutting down"}, True, "refused EHLO: 421 4.3.2 shutting down"),
+    ],
+    ids=["EHLO and HELO 550", "EHLO 421"],
+)
+def test_a_refused_ehlo_is_named_with_the_servers_words(
+    replies: dict[str, str], retryable: bool, says: str
+) -> None:
+    """The operator read "answered 550 5.7.1 HELO refused too": neither EHLO named nor
+    what the server said to it."""
+    with Scripted(**replies) as server:
+        error = scripted_send(server, mail())
+    assert isinstance(error, NotificationDeliveryError)
+    assert error.retryable is retryable
+    assert str(error).endswith(says)
+    assert error.errors[-1] == replies.get("HELO", replies["EHLO"])
+
+
+def test_a_server_that_refused_ehlo_is_named_when_starttls_is_then_missing() -> None:
+    """EHLO refused, HELO taken: a server greeted with HELO offers nothing, STARTTLS
+    included, and "does not offer STARTTLS" alone hid why."""
+    with Scripted(EHLO="550 5.7.1 EHLO from you refused") as server:
+        error = scripted_send(server, mail(), starttls=True)
+    assert "does not offer STARTTLS (it refused EHLO: 550 5.7.1 EHLO from you refused)" in str(
+        error
+    )
 
 
 def test_one_attempt_is_bounded_in_all_within_the_deliverys_claim() -> None:
@@ -781,6 +965,61 @@ def test_a_message_is_dated_when_its_job_was_accepted_whatever_the_attempt(
     assert first["message_id"] == retry["message_id"]
 
 
+class Greylisting(Recorder):
+    """A server that greylists the first attempt, with a 451 to RCPT or to the message,
+    and takes the next; it keeps the Message-ID of every message it was sent."""
+
+    def __init__(self, at: str) -> None:
+        super().__init__()
+        self.at = at
+        self.attempts = 0
+        self.message_ids: list[str] = []
+
+    async def handle_RCPT(
+        self, server: object, session: object, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        self.attempts += 1
+        if self.at == "RCPT" and self.attempts == 1:
+            return "451 4.7.1 Greylisted, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        parsed = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+        self.message_ids.append(str(parsed["Message-ID"]))
+        if self.at == "DATA" and len(self.message_ids) == 1:
+            return "451 4.7.1 Greylisted, try again later"
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.parametrize("at", ["RCPT", "DATA"])
+def test_a_greylisted_message_keeps_its_jobs_message_id_when_sent_again(at: str) -> None:
+    """Each attempt builds the message anew; its Message-ID comes from the job's id and the
+    sender's domain, so the retry after a greylisting 451 is the same message to the
+    receiver, and another job's is not."""
+    handler = Greylisting(at)
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    provider = SMTPProvider(
+        "127.0.0.1", controller.port, from_addr="alerts@example.com", starttls=False, timeout=5
+    )
+    unkeyed = mail(idempotency_id=None)
+    try:
+        with pytest.raises(NotificationDeliveryError, match=r"451 4\.7\.1 Greylisted") as caught:
+            provider.send(unkeyed, "job-9")
+        assert caught.value.retryable
+        retry = provider.send(unkeyed, "job-9")
+        other = provider.send(unkeyed, "job-10")
+    finally:
+        provider.close()
+        controller.stop()
+    digest = hashlib.sha256(b"job:job-9").hexdigest()[:32]
+    assert retry.message_id == f"<gds.{digest}@example.com>"
+    job_9 = 2 if at == "DATA" else 1  # a 451 to RCPT comes before the message is sent
+    assert handler.message_ids == [retry.message_id] * job_9 + [other.message_id]
+    assert other.message_id != retry.message_id
+
+
 def test_an_address_named_twice_gets_the_message_once(
     provider: SMTPProvider, mail_api: SandboxClient
 ) -> None:
@@ -938,6 +1177,42 @@ def test_an_auth_refusal_is_retried_when_temporary_and_never_shows_the_password(
     for text in (str(caught.value), repr(caught.value), caplog.text):
         assert SMTP_PASSWORD not in text
         assert blob not in text
+
+
+def test_a_421_to_auth_is_retried_in_the_servers_words(ca: trustme.CA) -> None:
+    """aiosmtplib hangs up on a 421 and then tried the server's next AUTH method on the
+    closed connection: the operator read "Server not connected", not the server's reason."""
+    tried: list[str] = []
+
+    def closing(
+        _server: object, _session: object, _envelope: object, mechanism: str, *_: Any
+    ) -> AuthResult:
+        tried.append(mechanism)
+        return AuthResult(success=False, handled=False, message="421 4.3.2 Directory restarting")
+
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    controller = Controller(
+        Recorder(),
+        hostname="127.0.0.1",
+        port=free_port(),
+        tls_context=server_tls,
+        require_starttls=True,
+        authenticator=closing,
+    )
+    controller.start()
+    smtp = logged_in(controller.port, ca, timeout=5)
+    try:
+        with pytest.raises(NotificationError) as caught:
+            smtp.send(mail())
+    finally:
+        smtp.close()
+        controller.stop()
+    assert type(caught.value) is NotificationDeliveryError
+    assert caught.value.retryable
+    assert caught.value.status_code == 421
+    assert str(caught.value).endswith("closed the session at AUTH: 421 4.3.2 Directory restarting")
+    assert len(tried) == 1  # no second method on a session the server closed
 
 
 def test_auth_offered_only_after_starttls_is_named_when_starttls_is_off(

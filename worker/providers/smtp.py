@@ -3,14 +3,16 @@
 One session per provider, opened on first use (TCP, TLS or STARTTLS, AUTH) and reused for
 every message after it; a session that has sat idle is checked with NOOP, and one the
 server has dropped, or answered 421 on, is re-opened. A message whose reused session was
-lost before DATA goes once more on a fresh one; after DATA it does not, as the server may
-have taken it. Every failure is classified here, once:
+lost before the message went (DATA answered 354) goes once more on a fresh one; after, it
+does not, as the server may have taken it. Every failure is classified here, once:
 
 =======================================  ===========================================
 what happened                            what the caller gets
 =======================================  ===========================================
 4xx reply (421, 450, 451, 452)           ``NotificationDeliveryError``, retryable
-5xx reply (550, 553, 554)                ``NotificationDeliveryError``, final
+5xx reply (550, 553, 554), 554 greeting  ``NotificationDeliveryError``, final
+2xx/3xx to DATA other than 354           ``NotificationDeliveryError``, retryable
+any 2xx to the message                   SENT (RFC 5321 4.2.5: the server took it)
 authentication refused (535)             ``NotificationConfigError`` (no password in it)
 no answer in time                        ``NotificationTimeoutError(timeout_seconds)``
 connection refused / dropped             ``NotificationConnectionError``
@@ -34,7 +36,7 @@ import time
 from collections.abc import Awaitable
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import aiosmtplib
 from aiosmtplib.typing import Default
@@ -391,11 +393,14 @@ class SMTPProvider(BaseNotificationProvider):
         would otherwise be handed it in clear."""
         where = f"{self.host}:{self.port}"
         encrypted = smtp.get_transport_info("sslcontext") is not None
+        # A server that refused EHLO and took HELO offers no extension at all: say why.
+        ehlo = f" (it refused EHLO: {smtp.ehlo_refused})" if smtp.ehlo_refused else ""
         # Refused for now, not for good: one node of a relay behind a balancer, or a path
         # that strips STARTTLS, may offer it again at the job's next attempt.
         if self.starttls is True and not encrypted:
             raise NotificationDeliveryError(
-                f"SMTP server {where} does not offer STARTTLS, which SMTP_STARTTLS=true requires",
+                f"SMTP server {where} does not offer STARTTLS{ehlo}, which SMTP_STARTTLS=true "
+                "requires",
                 retryable=True,
                 provider=self.name,
             )
@@ -403,7 +408,7 @@ class SMTPProvider(BaseNotificationProvider):
             return
         if not encrypted and self.starttls is None:
             raise NotificationDeliveryError(
-                f"SMTP server {where} does not offer STARTTLS: the password for "
+                f"SMTP server {where} does not offer STARTTLS{ehlo}: the password for "
                 f"{self.username!r} is not sent in clear (SMTP_USE_TLS=true for a server on "
                 "implicit TLS, or SMTP_STARTTLS=false to send it in clear on a network you "
                 "trust)",
@@ -422,7 +427,7 @@ class SMTPProvider(BaseNotificationProvider):
                 else ""
             )
             raise NotificationConfigError(
-                f"SMTP server {where} does not offer AUTH, and SMTP_USERNAME is set{hint}",
+                f"SMTP server {where} does not offer AUTH{ehlo}, and SMTP_USERNAME is set{hint}",
                 self.name,
             )
         await smtp.login(self.username, self._password.get_secret_value())
@@ -494,8 +499,14 @@ class SMTPProvider(BaseNotificationProvider):
             # 454: the server cannot check credentials now (its directory is down), not
             # that they are wrong: try again later, as for any 4xx.
             text = self._scrub(f"{exc.code} {exc.message}")
+            # 421: the server is closing the session, credentials unread.
+            why = (
+                "closed the session at AUTH"
+                if exc.code == 421
+                else "could not check the credentials now"
+            )
             return NotificationDeliveryError(
-                f"SMTP server {where} could not check the credentials now: {text}",
+                f"SMTP server {where} {why}: {text}",
                 exc.code,
                 [text],
                 retryable=True,
@@ -531,6 +542,32 @@ class SMTPProvider(BaseNotificationProvider):
             return NotificationConfigError(
                 self._scrub(f"SMTP server {where}: {exc.message}"), self.name
             )
+        if isinstance(exc, aiosmtplib.SMTPConnectResponseError):
+            # A greeting other than 220. 421 is "busy now" (RFC 5321 3.8): retried. 554 is
+            # RFC 5321 3.1's refusal of the whole session ("no SMTP service here"): for
+            # good, as any 5xx; a relay refusing for a while says 421. Dead-lettered with
+            # the server's words, and replayable once the relay takes us again.
+            text = self._scrub(f"{exc.code} {exc.message}")
+            return NotificationDeliveryError(
+                f"SMTP server {where} refused the session in its greeting: {text}",
+                exc.code,
+                [text],
+                retryable=not 500 <= exc.code < 600,
+                provider=self.name,
+            )
+        if isinstance(exc, _GreetingRefused):
+            texts = [self._scrub(f"{exc.code} {exc.message}")]
+            refused = exc.command
+            if exc.ehlo is not None:
+                texts.insert(0, self._scrub(exc.ehlo))
+                refused = f"EHLO ({texts[0]}) and then HELO"
+            return NotificationDeliveryError(
+                f"SMTP server {where} refused {refused}: {texts[-1]}",
+                exc.code,
+                texts,
+                retryable=not 500 <= exc.code < 600,
+                provider=self.name,
+            )
         if isinstance(exc, aiosmtplib.SMTPConnectError):
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, ssl.SSLCertVerificationError):
@@ -550,13 +587,15 @@ class SMTPProvider(BaseNotificationProvider):
             text = self._scrub(f"{exc.code} {exc.message}")
             if exc.code == 535 or exc.code == 530:
                 return NotificationConfigError(f"SMTP server {where}: {text}", self.name)
+            step = ", out of step with the commands sent" if exc.code < 400 else ""
             return NotificationDeliveryError(
-                f"SMTP server {where} answered {text}",
+                f"SMTP server {where} answered {text}{step}",
                 exc.code,
                 [text],
                 # A 2xx or 3xx where an error was taken: the exchange is out of step (the
-                # session is dropped). Before DATA nothing was taken: try again. After it,
-                # the server may have taken the message: not again (no second copy).
+                # session is dropped). Before the message went (DATA answered other than
+                # 354 included), nothing was taken: try again. After it, the server may
+                # have taken the message: not again (no second copy).
                 retryable=400 <= exc.code < 500 or (exc.code < 400 and not after_data),
                 provider=self.name,
             )
@@ -585,31 +624,110 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
+class _GreetingRefused(aiosmtplib.SMTPHeloError):
+    """EHLO or HELO refused: ``command`` names which, ``code`` and ``message`` are its
+    reply, ``ehlo`` the EHLO refusal a refused HELO followed. An ``SMTPHeloError``, so
+    aiosmtplib still falls back to HELO on a refused EHLO."""
+
+    def __init__(self, command: str, code: int, message: str, ehlo: str | None = None) -> None:
+        super().__init__(code, message)
+        self.command = command
+        self.ehlo = ehlo
+
+
 class _Session(aiosmtplib.SMTP):
-    """aiosmtplib's client, noting whether the transaction under way has reached DATA:
-    up to then a lost connection cost nothing, after it the server may have taken the
-    message and lost only its answer. A 421 to DATA ends the session, as aiosmtplib ends
-    it on a 421 to any other command, and the server's refusal is what is reported, not
-    the RSET that aiosmtplib sends after it."""
+    """aiosmtplib's client, noting whether the transaction under way has sent the message
+    (DATA answered 354): up to then a lost connection or a refusal cost nothing, after
+    it the server may have taken the message and lost only its answer. A 421 to DATA
+    ends the session, as aiosmtplib ends it on a 421 to any other command, and the
+    server's refusal is what is reported, not the RSET that aiosmtplib sends after it."""
 
     reached_data = False
     #: How long the replies to DATA and to the message may take (``SMTP_DATA_TIMEOUT``).
     data_timeout: float | None = None
+    #: The server's refusal of EHLO in this session (``"550 ..."``), if it refused it.
+    ehlo_refused: str | None = None
+
+    async def ehlo(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        # aiosmtplib's refusal names neither the command nor, once HELO is refused after
+        # it, what the server said to EHLO: the operator read only "answered 550 ...".
+        try:
+            response = await super().ehlo(*args, **kwargs)
+        except aiosmtplib.SMTPHeloError as exc:
+            self.ehlo_refused = f"{exc.code} {exc.message}"
+            raise _GreetingRefused("EHLO", exc.code, exc.message) from None
+        self.ehlo_refused = None
+        return response
+
+    async def helo(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        try:
+            return await super().helo(*args, **kwargs)
+        except aiosmtplib.SMTPHeloError as exc:
+            raise _GreetingRefused("HELO", exc.code, exc.message, self.ehlo_refused) from None
+
+    async def login(
+        self,
+        username: str | bytes,
+        password: str | bytes,
+        /,
+        timeout: float | Literal[Default.token] | None = Default.token,
+    ) -> aiosmtplib.SMTPResponse:
+        """aiosmtplib's login (each AUTH method the server offers, in its order), ending at
+        a refusal that closed the session: after a 421, which aiosmtplib hangs up on,
+        it tried the next method on the closed connection, and "Server not connected"
+        replaced the server's own words. Called once the server's list is known."""
+        refusal: aiosmtplib.SMTPException = aiosmtplib.SMTPException(
+            "No suitable authentication method found."
+        )
+        for method in self.supported_auth_methods:
+            auth = getattr(self, f"auth_{method.replace('-', '')}")
+            try:
+                response: aiosmtplib.SMTPResponse = await auth(username, password, timeout=timeout)
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                refusal = exc
+                if not self.is_connected:
+                    break
+            else:
+                return response
+        raise refusal
 
     async def data(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        protocol = self.protocol
         # With the connection already gone (a 421 at a later RCPT closes it), nothing goes.
-        self.reached_data = self.protocol is not None
+        self.reached_data = protocol is not None
         if kwargs.get("timeout", Default.token) is Default.token and self.data_timeout:
             kwargs["timeout"] = self.data_timeout
+        # Which reply went wrong decides what the server may hold: the first is DATA's
+        # own, and until it is 354 the message has not been sent; the second is the
+        # message's. aiosmtplib raises the same error for both, so the replies are counted.
+        replies = 0
+        if protocol is not None:
+            read = protocol.read_response
+
+            async def counted(*args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+                nonlocal replies
+                replies += 1
+                return await read(*args, **kwargs)
+
+            protocol.read_response = counted  # type: ignore[method-assign]
         try:
             return await super().data(*args, **kwargs)
         except aiosmtplib.SMTPResponseException as exc:
+            if replies > 1 and 200 <= exc.code < 300:
+                # Any 2yz to the message is the server taking it (RFC 5321 4.2.5), however
+                # odd the code: reporting it failed would have it replayed, a second copy.
+                return aiosmtplib.SMTPResponse(exc.code, exc.message)
             if exc.code == 421:
                 # The server is closing the channel (RFC 5321 4.2.2). aiosmtplib would send
                 # RSET on it next; a server that neither answers nor hangs up would hold
                 # the attempt for the timeout and have the 421 reported as a timeout.
                 self.close()
             raise
+        finally:
+            if protocol is not None:
+                del protocol.read_response
+            if replies < 2:
+                self.reached_data = False  # the message itself never went
 
     async def rset(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
         # aiosmtplib sends RSET only after an error reply, and keeps that reply unless the

@@ -8,7 +8,9 @@ from config.catalogue import ServiceSpec
 from worker.engine.heartbeats.evaluation import (
     REMOVED,
     Observation,
+    ReportedFailure,
     ServiceState,
+    iso,
     removed,
     starts_hold,
     step,
@@ -410,6 +412,68 @@ def test_a_reported_failure_pages_at_the_first_failing_check() -> None:
     run = up(spec(flap={"failures_before_page": 3}))
     assert run.check(FAILED) == "down"
     assert run.sent == ["trigger"]
+
+
+def recovered(run: Run, via: str = "/fail", body: str | None = None) -> Observation:
+    """What a check sees after the service reported a failure, then a success, since the
+    last check: the newest heartbeat is the success; the failure is kept until taken in."""
+    failure = ReportedFailure(id="f1", at=run.now - 4.0, via=via, body=body)
+    return Observation(
+        count=1,
+        last_at=run.now - 2.0,
+        last_status="up",
+        maintenance_until=None,
+        reported=failure,
+    )
+
+
+def test_a_failure_followed_by_a_success_before_the_check_still_pages_once() -> None:
+    """The check that took the failure in opens the incident, saying the service has
+    reported success since (and when); the next good check resolves it."""
+    run = up(spec(flap={"failures_before_page": 3}))
+    seen = recovered(run, via="exit 3", body="disk full\nrolled back")
+    failed_at, back_at = iso(seen.reported.at), iso(seen.last_at)  # type: ignore[union-attr]
+    assert failed_at != back_at
+    assert run.check(seen) == "down"
+    assert run.sent == ["trigger"]
+    assert run.state is not None
+    assert run.state.reason == (
+        f"the service reported status fail at {failed_at}; success reported since, at {back_at}"
+    )
+    request = run.requests[0]
+    details = request["metadata"]["custom_details"]
+    assert details["reason"] == "the service reported status fail"
+    assert details["reported_via"] == "exit 3"
+    assert (details["reported_at"], details["recovered_at"]) == (failed_at, back_at)
+    assert details["missed_heartbeats"] == 0
+    assert "reported_output" not in details  # only a file entry with page_output quotes it
+    assert "has reported success since" in request["body"]
+    assert run.check(GOOD) == "up"
+    assert run.sent == ["trigger", "resolve"]
+    assert run.checks(GOOD, 3) == ["up"] * 3
+    assert run.sent == ["trigger", "resolve"]
+
+
+def test_a_reported_failure_taken_in_while_paged_muted_or_inactive_pages_nothing_more() -> None:
+    run = up(spec())
+    run.check(SILENT)
+    assert run.sent == ["trigger"]
+    assert run.check(recovered(run)) == "down"  # already paged: the same incident
+    assert run.check(GOOD) == "up"
+    assert run.sent == ["trigger", "resolve"]
+    muted = up(spec(muted=True))
+    assert muted.check(recovered(muted)) == "down"
+    assert muted.state is not None
+    assert muted.state.suppressed
+    muted.spec = spec(muted=False)
+    assert muted.check(GOOD) == "up"  # it failed and recovered while muted: no page
+    assert muted.sent == []
+    inactive = up(spec(active=False))
+    assert inactive.check(recovered(inactive)) == "inactive"
+    inactive.spec = spec(active=True)
+    before = recovered(inactive)  # reported before it was made active again
+    assert inactive.check(before) == "up"  # active again, and it reports
+    assert inactive.sent == []
 
 
 def test_a_removed_service_resolves_drops_its_unsent_trigger_then_is_forgotten() -> None:

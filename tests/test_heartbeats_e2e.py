@@ -150,6 +150,105 @@ def test_a_reported_failure_pages_and_an_up_resolves(
     assert incident["dedup_key"] == "medic-heartbeat-etl"
 
 
+def quiet_early_checks() -> None:
+    """As if the check a failure asks for were still queued (behind a busy ``pagerduty``
+    queue): no early check is asked for until the next check starts."""
+    from worker.engine import keys
+    from worker.engine.runtime import engine
+
+    engine().redis.set(keys.HEARTBEAT_CHECK_SOON, "1", px=60_000)
+
+
+def unseen_failures() -> dict[str, Any]:
+    from worker.engine.runtime import engine
+
+    return engine().heartbeats.unseen_failures()
+
+
+def test_a_failure_then_a_success_before_the_check_pages_once_and_resolves(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    """The check read only the newest heartbeat: a failure followed by a success before
+    the check the failure asked for ran was never paged. It is kept until a check takes it
+    in: that check opens the incident, saying when the service reported success since, and
+    the next one resolves it. A failure with no success after it pages as before, once."""
+    import tasks
+
+    catalogue(service("etl", window=2) + service("still-failing", window=2))
+    tasks.heartbeat("etl")
+    tasks.heartbeat("still-failing")
+    check()
+    quiet_early_checks()
+    failed = tasks.heartbeat("etl", status="fail")
+    back = tasks.heartbeat("etl")
+    tasks.heartbeat("still-failing", status="fail")
+    assert set(unseen_failures()) == {"etl", "still-failing"}
+    check()
+    assert unseen_failures() == {}  # taken in by the check that paged them
+    assert state("etl").status == state("still-failing").status == "down"
+    wait_for(lambda: len(pages.incidents(status="triggered")) == 2)
+    [etl] = pages.incidents(dedup_key="medic-heartbeat-etl")
+    details = etl["payload"]["payload"]["custom_details"]
+    assert details["reason"] == "the service reported status fail"
+    assert details["reported_via"] == "fail"
+    assert details["reported_at"] == datetime.fromtimestamp(failed, UTC).isoformat("T", "seconds")
+    assert details["recovered_at"] == datetime.fromtimestamp(back, UTC).isoformat("T", "seconds")
+    [other] = pages.incidents(dedup_key="medic-heartbeat-still-failing")
+    assert "recovered_at" not in other["payload"]["payload"]["custom_details"]
+    check_until(lambda: pages.incidents(dedup_key="medic-heartbeat-etl", status="resolved"))
+    assert state("etl").status == "up"
+    keep_checking(0.5, beating=("etl",))  # the check runs again and again: nothing more
+    actions = [(e["body"]["dedup_key"], e["body"]["event_action"]) for e in pages.events()]
+    assert sorted(actions) == [
+        ("medic-heartbeat-etl", "resolve"),
+        ("medic-heartbeat-etl", "trigger"),
+        ("medic-heartbeat-still-failing", "trigger"),
+    ]
+    assert state("still-failing").status == "down"
+
+
+def test_a_failure_seen_by_two_overlapping_checks_pages_once_and_one_reported_meanwhile_waits(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    """Two evaluations that overlap (a lock that expired under a stalled checker) both see
+    the failure: the compare-and-set lets one page it and take it in. A failure reported
+    while a check runs is not the one it read: it is left for the next check (which finds
+    the incident open already: one page)."""
+    import tasks
+    from worker.engine.heartbeats.checker import HeartbeatChecker
+    from worker.engine.heartbeats.paging import sender
+    from worker.engine.runtime import engine
+
+    catalogue(service("etl", window=60))
+    tasks.heartbeat("etl")
+    check()
+    quiet_early_checks()
+    tasks.heartbeat("etl", status="fail")
+    tasks.heartbeat("etl")
+    e = engine()
+    services = e.catalogue()
+    assert services is not None
+    first = HeartbeatChecker(e.redis, e.heartbeats, e.locks, 0.2)
+    second = HeartbeatChecker(e.redis, e.heartbeats, e.locks, 0.2)
+    plan_a = first.plan(services)
+    plan_b = second.plan(services)
+    assert plan_a.write["etl"].outbox
+    assert plan_b.write["etl"].outbox
+    tasks.heartbeat("etl", status="fail")  # while the checks run
+    tasks.heartbeat("etl")
+    report_a = first.commit(plan_a, sender(e))
+    report_b = second.commit(plan_b, sender(e))
+    assert (len(report_a.sent), len(report_b.sent), report_b.conflicts) == (1, 0, 1)
+    assert set(unseen_failures()) == {"etl"}  # the one reported meanwhile
+    check()
+    assert unseen_failures() == {}
+    assert state("etl").status == "down"  # its incident still open: nothing new to page
+    wait_for(lambda: pages.incidents(status="triggered"))
+    check_until(lambda: pages.incidents(status="resolved"))
+    keep_checking(0.5, beating=("etl",))
+    assert [e["body"]["event_action"] for e in pages.events()] == ["trigger", "resolve"]
+
+
 def test_a_page_intake_refuses_is_dead_lettered_and_holds_back_no_later_page(
     catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
 ) -> None:
@@ -338,6 +437,9 @@ def test_a_removed_service_is_resolved_and_forgotten_and_starts_new_when_added_a
     catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
 ) -> None:
     import tasks
+    from worker.engine import keys
+    from worker.engine.heartbeats.store import Ping
+    from worker.engine.runtime import engine
 
     both = service("gone", window=0.5) + service("stays", window=0.5)
     catalogue(both)
@@ -351,11 +453,21 @@ def test_a_removed_service_is_resolved_and_forgotten_and_starts_new_when_added_a
     check()
     assert state("gone").missing_since is None
     tasks.heartbeat("gone", "fail")  # its last word before it is removed
+    gone = engine().service("gone")
+    assert gone is not None
     catalogue(service("stays", window=0.5))
     removed_at = time.monotonic()
+    # An API host whose file still lists it takes a run's start and a failure no check of
+    # this catalogue takes in.
+    engine().heartbeats.record(gone, Ping(kind="start", rid="r1"))
+    engine().heartbeats.record(gone, Ping(kind="fail", via="/fail"))
     check_until(lambda: pages.incidents(dedup_key="medic-heartbeat-gone", status="resolved"))
     assert time.monotonic() - removed_at >= 20 * 0.2  # missing at every check for 20
     check_until(lambda: state("gone") is None)
+    # Forgotten in the step that deleted its state: its last report, runs and failure.
+    assert "gone" not in engine().heartbeats.last()
+    assert "gone" not in unseen_failures()
+    assert not engine().redis.exists(keys.heartbeat_runs("gone"))
     assert state("stays").incident is not None
     assert pages.incidents(dedup_key="medic-heartbeat-stays", status="triggered")
 
@@ -366,6 +478,8 @@ def test_a_removed_service_is_resolved_and_forgotten_and_starts_new_when_added_a
     assert state("gone").status == "new"
     assert state("gone").incident is None
     check_until(lambda: pages.incidents(dedup_key="medic-heartbeat-gone", status="triggered"))
+    last_page = pages.events()[-1]["body"]["payload"]["custom_details"]
+    assert last_page["reason"].startswith("0 of 1 heartbeats")  # silence, not the old /fail
 
 
 def test_a_worker_without_the_services_file_forgets_no_state(

@@ -363,6 +363,66 @@ def test_a_crontab_ping_keeps_a_service_up_and_fail_pages_at_once(
     assert "\x1b" not in log
 
 
+def test_a_failure_then_a_success_before_the_check_pages_once_whichever_way_it_came(
+    catalogue: WriteCatalogue,
+    monkeypatch: pytest.MonkeyPatch,
+    celery_worker: Any,
+    pages: SandboxClient,
+) -> None:
+    """``/fail``, an exit status or Medic's ``DOWN``, then a success before the check the
+    failure asked for has run (still queued): paged all the same, once, saying when the
+    service reported success since; the next check resolves it. (The check read only the
+    newest heartbeat: these were never paged.)"""
+    from worker.engine.heartbeats.paging import run_check
+
+    catalogue(
+        service("backup", window=60, extra="page_output = true")
+        + service("etl", window=60)
+        + service("medic-app", window=60)
+    )
+    for api in serve(monkeypatch, HEARTBEAT_CHECK_INTERVAL="30"):  # no checks but ours
+        run_check(engine())
+        # The early check a failure asks for is still queued: none is asked for now.
+        engine().redis.set(keys.HEARTBEAT_CHECK_SOON, "1", px=60_000)
+        with httpx.Client() as http:
+            failed = http.post(ping_url(api, "backup", "fail"), content="disk full\nrolled back")
+            assert failed.text == "OK"
+            assert http.get(ping_url(api, "backup")).text == "OK"
+            assert http.get(ping_url(api, "etl", "3")).text == "OK"
+            assert http.get(ping_url(api, "etl", "0")).text == "OK"
+        with api.client(HEARTBEAT_TOKEN) as http:
+            for status in ("DOWN", "UP"):
+                beat = {"heartbeat_name": "medic-app", "status": status}
+                assert http.post("/heartbeat", json=beat).status_code == 201
+        assert {s.status for s in read_states(engine().redis).values()} == {"new"}
+        run_check(engine())
+        incidents = wait_for(lambda: pages.incidents(status="triggered")[2:] and pages.incidents())
+        details = {
+            i["dedup_key"].removeprefix("medic-heartbeat-"): i["payload"]["payload"][
+                "custom_details"
+            ]
+            for i in incidents
+        }
+        assert {slug: d["reported_via"] for slug, d in details.items()} == {
+            "backup": "/fail",
+            "etl": "exit 3",
+            "medic-app": "DOWN",
+        }
+        assert all(d["recovered_at"] >= d["reported_at"] for d in details.values())
+        assert details["backup"]["reported_output"] == "disk full\nrolled back"
+        assert "reported_output" not in details["etl"]
+        for _ in range(3):  # the next check resolves them; the ones after it add nothing
+            run_check(engine())
+        wait_for(lambda: len(pages.incidents(status="resolved")) == 3)
+        time.sleep(0.3)
+    sent = sorted((e["body"]["dedup_key"], e["body"]["event_action"]) for e in pages.events())
+    assert sent == sorted(
+        (f"medic-heartbeat-{slug}", action)
+        for slug in ("backup", "etl", "medic-app")
+        for action in ("trigger", "resolve")
+    )
+
+
 def test_a_run_that_started_and_did_not_finish_in_time_pages_and_its_finish_resolves(
     catalogue: WriteCatalogue,
     monkeypatch: pytest.MonkeyPatch,

@@ -101,6 +101,9 @@ def rate_pause(namespace: str, key_id: str) -> str:
 # Heartbeats (worker/engine/heartbeats/). Slugs are validated by the catalogue before use.
 HEARTBEAT_LAST = f"{PREFIX}hb:last"  # hash: slug -> {"at", "status"} of the newest heartbeat
 HEARTBEAT_STATE = f"{PREFIX}hb:state"  # hash: slug -> ServiceState JSON
+#: hash: slug -> the newest failure the service reported that no check has taken in yet
+#: ({"id", "at", "via", "body"}); the check that takes it in deletes it with its state change.
+HEARTBEAT_FAILED = f"{PREFIX}hb:failed"
 HEARTBEAT_CHECK_LOCK = f"{PREFIX}hb:check:lock"  # one evaluation at a time
 HEARTBEAT_LAST_CHECK = f"{PREFIX}hb:check:last"  # Redis time of the last finished check
 HEARTBEAT_HELD_AT = f"{PREFIX}hb:check:held"  # Redis time a check last held silence

@@ -33,7 +33,7 @@ from worker.engine.heartbeats.evaluation import (
     starts_hold,
     step,
 )
-from worker.engine.heartbeats.store import HeartbeatStore
+from worker.engine.heartbeats.store import HeartbeatStore, read_failures, read_last
 from worker.engine.lock import Locks
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ class Plan:
     write: dict[str, ServiceState]
     #: Services no longer listed with nothing left to send: their states are deleted.
     forget: list[str] = field(default_factory=list)
+    #: The reported failure each written state took in (its id): deleted with the write.
+    taken: dict[str, str] = field(default_factory=dict)
     #: Whether it held silence for an outage of the checker.
     held: bool = False
     #: How many services are in each state after it (for /metrics).
@@ -113,11 +115,22 @@ class HeartbeatChecker:
         specs = list(catalogue.services.values())
         counts = self.store.counts(specs, now)
         running = self.store.running_since(specs)
-        lasts = self.store.last()
-        states = cast(dict[str, str], self.redis.hgetall(keys.HEARTBEAT_STATE))
+        # One snapshot (MULTI) of the newest reports, the failures not yet taken in and the
+        # states: a check that took a failure in deleted it in the same step as it wrote
+        # the state, so no check sees the failure beside a state that has dealt with it
+        # (read apart, a check could page again a failure already paged and resolved).
+        snapshot = self.redis.pipeline(transaction=True)
+        snapshot.hgetall(keys.HEARTBEAT_LAST)
+        snapshot.hgetall(keys.HEARTBEAT_FAILED)
+        snapshot.hgetall(keys.HEARTBEAT_STATE)
+        raw_lasts, raw_failures, raw_states = snapshot.execute()
+        lasts = read_last(raw_lasts)
+        failures = read_failures(raw_failures)
+        states = cast(dict[str, str], raw_states)
         at = datetime.fromtimestamp(now, UTC)
         read: dict[str, str | None] = {}
         write: dict[str, ServiceState] = {}
+        taken: dict[str, str] = {}
         tally: Counter[str] = Counter()
         for spec in specs:
             raw = states.get(spec.slug)
@@ -130,12 +143,17 @@ class HeartbeatChecker:
                 last_status=last.status if last else None,
                 maintenance_until=window_end.timestamp() if window_end else None,
                 running_since=running.get(spec.slug),
+                reported=failures.get(spec.slug),
             )
             new = step(spec, old, obs, now, gap, self.check_interval, since_held)
             tally[new.status] += 1
-            if old is None or new != old or new.outbox:
+            # A failure seen is taken in by this write, even one that changed nothing (the
+            # service already down, or inactive): left, the next check would see it again.
+            if old is None or new != old or new.outbox or obs.reported is not None:
                 read[spec.slug] = raw
                 write[spec.slug] = new
+                if obs.reported is not None:
+                    taken[spec.slug] = obs.reported.id
         forget: list[str] = []
         for slug in sorted(states.keys() - catalogue.services.keys() if complete else ()):
             old = ServiceState.model_validate_json(states[slug])
@@ -151,19 +169,26 @@ class HeartbeatChecker:
         held = gap is not None and any(
             starts_hold(s, gap, since_held, self.check_interval) for s in specs
         )
-        return Plan(now=now, read=read, write=write, forget=forget, held=held, states=dict(tally))
+        return Plan(
+            now=now,
+            read=read,
+            write=write,
+            forget=forget,
+            taken=taken,
+            held=held,
+            states=dict(tally),
+        )
 
     def commit(self, plan: Plan, send: Sender) -> CheckReport:
-        """Write each changed state if nobody changed it since it was read, then send the
-        outbox of each state this checker wrote and clear what was sent."""
+        """Write each changed state if nobody changed it since it was read (and delete the
+        reported failure it took in, in the same step), then send the outbox of each state
+        this checker wrote and clear what was sent."""
         report = CheckReport()
         slugs = [*plan.write, *plan.forget]
         pipe = self.redis.pipeline(transaction=False)
         for slug in slugs:
             new = plan.write[slug].dump() if slug in plan.write else ""  # "": delete it
-            self._cas(
-                keys=[keys.HEARTBEAT_STATE], args=[slug, plan.read[slug] or "", new], client=pipe
-            )
+            self._compare_and_set(slug, plan.read[slug] or "", new, plan.taken.get(slug), pipe)
         won = pipe.execute() if slugs else []
         for slug, ok in zip(slugs, won, strict=True):
             if not int(ok):
@@ -172,10 +197,12 @@ class HeartbeatChecker:
                 continue
             report.changed += 1
             if slug not in plan.write:
-                # Its last report and unfinished runs go with it: added back, it starts
-                # new, not down for a /fail or a /start from before it was removed.
+                # Its last report, unfinished runs and any failure not taken in go with it:
+                # added back, it starts new, not down for a /fail or a /start from before
+                # it was removed.
                 forgotten = self.redis.pipeline(transaction=False)
                 forgotten.hdel(keys.HEARTBEAT_LAST, slug)
+                forgotten.hdel(keys.HEARTBEAT_FAILED, slug)
                 forgotten.delete(keys.heartbeat_runs(slug))
                 forgotten.execute()
                 logger.info("heartbeat %s: removed from the catalogue; state forgotten", slug)
@@ -211,7 +238,24 @@ class HeartbeatChecker:
                 state.incident.job_id = job_id
             logger.info("heartbeat %s: %s queued as job %s", slug, action.kind, job_id)
         state.outbox = remaining
-        self._cas(keys=[keys.HEARTBEAT_STATE], args=[slug, written, state.dump()])
+        self._compare_and_set(slug, written, state.dump())
+
+    def _compare_and_set(
+        self,
+        slug: str,
+        read: str,
+        new: str,
+        taken: str | None = None,
+        client: redis.Redis | redis.client.Pipeline | None = None,
+    ) -> None:
+        """Queue (on a pipeline ``client``) or run checker_compare_and_set.lua: ``new``
+        ("" deletes the state) if the state is still ``read``; ``taken``, the id of the
+        reported failure the new state took in, deleted with it."""
+        self._cas(
+            keys=[keys.HEARTBEAT_STATE, keys.HEARTBEAT_FAILED],
+            args=[slug, read, new, taken or ""],
+            client=client,
+        )
 
 
 def read_states(client: redis.Redis) -> dict[str, ServiceState]:

@@ -5,8 +5,10 @@
     down ──(successes_before_resolve good checks)──> up: resolve
 
 A check is *bad* when fewer than ``threshold`` heartbeats arrived within ``window +
-grace``, when the newest heartbeat says ``fail``, or when a run that started has not
-finished within ``max_duration``. Rules that shape the pages:
+grace``, when the newest heartbeat says ``fail``, when the service reported a failure no
+check has taken in yet (even if it reported success since: that failure still pages, once,
+and the next good check resolves it), or when a run that started has not finished within
+``max_duration``. Rules that shape the pages:
 
 - **Hold.** No trigger for silence before ``hold_until``: a service first seen, or every
   service after the checker itself stopped for longer than a window (start-up, a monitor
@@ -43,7 +45,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from config.catalogue import ServiceSpec
+from config.catalogue import CatalogueEntry, ServiceSpec
 
 Status = Literal["new", "up", "failing", "down", "inactive"]
 
@@ -120,6 +122,18 @@ class ServiceState(BaseModel):
 
 
 @dataclass(frozen=True)
+class ReportedFailure:
+    """The newest failure a service reported that no check has taken in yet: when, how it
+    came (``/fail``, ``exit 3``, Medic's ``DOWN``; None when the sender did not say) and the
+    start of what it said (what a page may quote). ``id`` tells it from a later one."""
+
+    id: str
+    at: float
+    via: str | None = None
+    body: str | None = None
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the check saw for one service."""
 
@@ -128,6 +142,16 @@ class Observation:
     last_status: str | None
     maintenance_until: float | None
     running_since: float | None = None  # the oldest run started and not finished
+    #: A failure reported since the last check took one in: it pages even when a success
+    #: followed it (then ``last_status`` is "up").
+    reported: ReportedFailure | None = None
+
+    def recovered_at(self) -> float | None:
+        """When the service reported success after the failure in ``reported`` (None: it
+        has not, or there is no such failure)."""
+        if self.reported is None or self.last_status != "up" or self.last_at is None:
+            return None
+        return self.last_at if self.last_at >= self.reported.at else None
 
 
 def iso(ts: float | None) -> str | None:
@@ -136,6 +160,24 @@ def iso(ts: float | None) -> str | None:
 
 #: The reason a service that said it failed is down.
 REPORTED_FAIL = "the service reported status fail"
+#: How much of a failing job's output a page quotes: enough to act on, the rest in
+#: `gds-notify heartbeats --log`.
+REPORT_LINES = 20
+REPORT_CHARS = 2_000
+
+
+def quoted(output: str) -> str:
+    """The start of a failing job's output, as a page quotes it."""
+    return "\n".join(output.splitlines()[:REPORT_LINES])[:REPORT_CHARS]
+
+
+def unseen_failure(obs: Observation, fresh_since: float | None) -> ReportedFailure | None:
+    """The failure the service reported that no check has taken in yet, unless it came
+    before ``fresh_since`` (the service made active again since)."""
+    report = obs.reported
+    if report is None or (fresh_since is not None and report.at < fresh_since):
+        return None
+    return report
 
 
 def is_bad(
@@ -146,7 +188,7 @@ def is_bad(
     ``fresh_since`` (when the service was made active again) no longer counts, nor does a
     run started before then."""
     stale = fresh_since is not None and obs.last_at is not None and obs.last_at < fresh_since
-    if obs.last_status == "fail" and not stale:
+    if (obs.last_status == "fail" and not stale) or unseen_failure(obs, fresh_since):
         return REPORTED_FAIL, True
     if (
         spec.max_duration is not None
@@ -275,12 +317,18 @@ def step(
     )
     s.incident_team = spec.paging_team
     s.opened.append(now)
+    report = unseen_failure(obs, s.fresh_since) if reason == REPORTED_FAIL else None
+    recovered = obs.recovered_at() if report is not None else None
+    if report is not None and recovered is not None:
+        # Paged all the same (the promise is a page for every reported failure); the
+        # incident stays open until a good check resolves it, the next one in general.
+        s.reason = f"{reason} at {iso(report.at)}; success reported since, at {iso(recovered)}"
     s.outbox.append(
         Action(
             kind="trigger",
             dedup_key=spec.dedup_key,
             team=spec.paging_team,
-            request=trigger_request(spec, obs, reason, s.incident.idempotency_id),
+            request=trigger_request(spec, obs, reason, s.incident.idempotency_id, report),
         )
     )
     return s
@@ -324,11 +372,17 @@ def _move(s: ServiceState, status: Status, now: float) -> None:
 
 
 def trigger_request(
-    spec: ServiceSpec, obs: Observation, reason: str, idempotency_id: str
+    spec: ServiceSpec,
+    obs: Observation,
+    reason: str,
+    idempotency_id: str,
+    report: ReportedFailure | None = None,
 ) -> dict[str, Any]:
     """The intake job for a heartbeat failure, in the exact PagerDuty format operators rely
     on (summary, severity, source ``medic``, component, group, class, dedup_key, details,
-    runbook link). Forced onto the PagerDuty channel whatever the priority."""
+    runbook link). Forced onto the PagerDuty channel whatever the priority. With the
+    failure the service ``report``-ed: when, how and (``page_output``) what it said, and
+    when it reported success since, if it did."""
     last_seen = iso(obs.last_at)
     missed = 0 if reason == REPORTED_FAIL else max(spec.threshold - obs.count, 1)
     details: dict[str, Any] = {
@@ -348,6 +402,19 @@ def trigger_request(
         f"{spec.name} ({spec.slug}) has missed its heartbeat: {reason}. "
         f"Last seen: {last_seen or 'never'}. Runbook: {spec.runbook_url or 'none given'}"
     )
+    if report is not None:
+        details["reported_at"] = iso(report.at)
+        details["reported_via"] = report.via or "fail"
+        if isinstance(spec, CatalogueEntry) and spec.page_output and report.body:
+            details["reported_output"] = quoted(report.body)
+        recovered = obs.recovered_at()
+        if recovered is not None:
+            details["recovered_at"] = iso(recovered)
+            body = (
+                f"{spec.name} ({spec.slug}) reported a failure at {iso(report.at)} and has "
+                f"reported success since, at {iso(recovered)}: the incident resolves when "
+                f"a check finds it healthy. Runbook: {spec.runbook_url or 'none given'}"
+            )
     metadata: dict[str, Any] = {
         "source": "medic",
         "component": spec.name,

@@ -11,7 +11,7 @@ import redis
 
 from worker.engine import keys
 from worker.engine.heartbeats.checker import CheckReport, Sender
-from worker.engine.heartbeats.evaluation import REPORTED_FAIL, Action
+from worker.engine.heartbeats.evaluation import REPORTED_FAIL, Action, quoted
 from worker.engine.intake import accept, lifecycle, new_job_id, refused
 from worker.engine.messages import check_message
 from worker.engine.runtime import Engine
@@ -41,22 +41,22 @@ def sender(engine: Engine) -> Sender:
     return send
 
 
-#: How much of the failing run's output a page carries: enough to act on, the rest in
-#: `gds-notify heartbeats --log`.
-REPORT_LINES = 20
-REPORT_CHARS = 2_000
-
-
 def _with_report(engine: Engine, request: dict[str, Any] | None) -> dict[str, Any] | None:
     """A reported failure's page with what the service said: how (``/fail``, an exit
     status, Medic's DOWN) and, for a file entry with ``page_output``, the start of the
     output its job posted, so the responder need not look it up first. The request as it
-    is when there is no such report."""
+    is when there is no such report, or when the check that opened it had the failure in
+    hand already (it says so itself: a page for a failure the service has recovered from
+    since would find the success here, not the failure)."""
     if request is None:
         return None
     details = request.get("metadata", {}).get("custom_details", {})
     slug = details.get("slug")
-    if details.get("reason") != REPORTED_FAIL or not isinstance(slug, str):
+    if (
+        details.get("reason") != REPORTED_FAIL
+        or "reported_via" in details
+        or not isinstance(slug, str)
+    ):
         return request
     try:
         # The newest failure among the last pings: a /log or /start may have followed it.
@@ -69,7 +69,7 @@ def _with_report(engine: Engine, request: dict[str, Any] | None) -> dict[str, An
     added: dict[str, Any] = {"reported_via": report.get("via") or "fail"}
     output = str(report.get("body") or "")
     if output and getattr(engine.service(slug), "page_output", False):
-        added["reported_output"] = "\n".join(output.splitlines()[:REPORT_LINES])[:REPORT_CHARS]
+        added["reported_output"] = quoted(output)
     metadata = dict(request["metadata"])
     metadata["custom_details"] = {**details, **added}
     return {**request, "metadata": metadata}

@@ -24,6 +24,7 @@ import redis
 
 from config.catalogue import ServiceSpec
 from worker.engine import keys, scripts, stats
+from worker.engine.heartbeats.evaluation import ReportedFailure, quoted
 from worker.engine.rate_limit import SharedRateLimiter, Slot
 
 HeartbeatStatus = Literal["up", "fail"]
@@ -137,6 +138,7 @@ class HeartbeatStore:
                 keys.heartbeat_runs(spec.slug),
                 request.window_key if request else keys.heartbeats(spec.slug),
                 keys.STATS,
+                keys.HEARTBEAT_FAILED,
             ],
             client=pipe,
             args=[
@@ -154,6 +156,7 @@ class HeartbeatStore:
                 max(LOG_TTL_SECONDS, ttl, math.ceil(2 * (spec.max_duration or 0))),
                 request.member if request else "",
                 stats.count("heartbeats", ping.kind)[0],
+                quoted(body) if ping.kind == "fail" else "",
             ],
         )
         results = pipe.execute()
@@ -200,11 +203,11 @@ class HeartbeatStore:
 
     def last(self) -> dict[str, LastHeartbeat]:
         """The newest heartbeat of every service that ever sent one."""
-        out = {}
-        for slug, raw in cast(dict[str, str], self.redis.hgetall(keys.HEARTBEAT_LAST)).items():
-            item = json.loads(raw)
-            out[slug] = LastHeartbeat(at=float(item["at"]), status=item["status"])
-        return out
+        return read_last(cast(dict[str, str], self.redis.hgetall(keys.HEARTBEAT_LAST)))
+
+    def unseen_failures(self) -> dict[str, ReportedFailure]:
+        """The newest failure of each service that reported one no check has taken in."""
+        return read_failures(cast(dict[str, str], self.redis.hgetall(keys.HEARTBEAT_FAILED)))
 
     def counts(self, specs: Iterable[ServiceSpec], now: float) -> dict[str, int]:
         """ "Up" heartbeats of each service within its window plus grace, ending ``now``."""
@@ -213,3 +216,23 @@ class HeartbeatStore:
         for spec in specs:
             pipe.zcount(keys.heartbeats(spec.slug), now - spec.span, "+inf")
         return {spec.slug: int(n) for spec, n in zip(specs, pipe.execute(), strict=True)}
+
+
+def read_last(raw: dict[str, str]) -> dict[str, LastHeartbeat]:
+    """``HEARTBEAT_LAST`` as read (``HGETALL``): the newest heartbeat of each service."""
+    out = {}
+    for slug, value in raw.items():
+        item = json.loads(value)
+        out[slug] = LastHeartbeat(at=float(item["at"]), status=item["status"])
+    return out
+
+
+def read_failures(raw: dict[str, str]) -> dict[str, ReportedFailure]:
+    """``HEARTBEAT_FAILED`` as read (``HGETALL``): each service's failure not yet taken in."""
+    out = {}
+    for slug, value in raw.items():
+        item = json.loads(value)
+        out[slug] = ReportedFailure(
+            id=str(item["id"]), at=float(item["at"]), via=item.get("via"), body=item.get("body")
+        )
+    return out

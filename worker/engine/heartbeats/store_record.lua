@@ -3,7 +3,8 @@
 -- KEYS[1] the service's up heartbeats (sorted set), KEYS[2] newest heartbeat of each
 -- service, KEYS[3] the service's log (list, newest first), KEYS[4] its runs in progress
 -- (hash: run id -> start), KEYS[5] the rate window the ping was admitted through, KEYS[6]
--- the counters (worker/engine/stats.py).
+-- the counters (worker/engine/stats.py), KEYS[7] the failures reported and not yet taken
+-- in by a check (hash: slug -> {id, at, via, body}).
 -- ARGV[1] slug, ARGV[2] time ('' = now, Redis clock), ARGV[3] kind, ARGV[4] how many
 -- heartbeats to keep, ARGV[5] the furthest ahead of now a time may be, ARGV[6] a random
 -- suffix (two heartbeats in the same microsecond both count), ARGV[7] the heartbeats'
@@ -11,7 +12,7 @@
 -- the run id ('' for runs without one), ARGV[11] log entries kept, ARGV[12] the log's
 -- and the runs' ttl (s), ARGV[13] the rate window's member for this ping ('' when no rate
 -- applies): it runs right after the window's acquire, in the same pipeline; ARGV[14] the
--- counter of pings of this kind.
+-- counter of pings of this kind, ARGV[15] what a failure's page may quote of its body ('' none).
 -- Returns {1, time} when stored, {0, now} for a time too far in the future, {2} when the
 -- rate window refused the ping (nothing stored).
 if ARGV[13] ~= '' and not redis.call('ZSCORE', KEYS[5], ARGV[13]) then return {2} end
@@ -36,6 +37,16 @@ if kind == 'up' or kind == 'fail' then
   local prev = redis.call('HGET', KEYS[2], ARGV[1])
   if (not prev) or cjson.decode(prev)['at'] <= at then
     redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({at = at, status = kind}))
+  end
+  if kind == 'fail' then
+    -- Kept until a check takes it in (checker_compare_and_set.lua deletes it then, if it is
+    -- still this one): the newest heartbeat alone lost a failure followed by a success
+    -- before the check, and nobody was paged. Each failure replaces the last (a new id), so
+    -- one that arrives while a check is running is left for the next.
+    local failure = {id = string.format('%.6f', at) .. ':' .. ARGV[6], at = at}
+    if ARGV[8] ~= '' then failure['via'] = ARGV[8] end
+    if ARGV[15] ~= '' then failure['body'] = ARGV[15] end
+    redis.call('HSET', KEYS[7], ARGV[1], cjson.encode(failure))
   end
   -- The run it finishes, if one was started; and any run started before that one, which
   -- crashed without a word (as Healthchecks, where a new start replaces the last): left,

@@ -181,8 +181,9 @@ class HeartbeatChecker:
 
     def commit(self, plan: Plan, send: Sender) -> CheckReport:
         """Write each changed state if nobody changed it since it was read (and delete the
-        reported failure it took in, in the same step), then send the outbox of each state
-        this checker wrote and clear what was sent."""
+        reported failure it took in, or everything kept of a service it forgets, in the
+        same step), then send the outbox of each state this checker wrote and clear what
+        was sent."""
         report = CheckReport()
         slugs = [*plan.write, *plan.forget]
         pipe = self.redis.pipeline(transaction=False)
@@ -197,14 +198,9 @@ class HeartbeatChecker:
                 continue
             report.changed += 1
             if slug not in plan.write:
-                # Its last report, unfinished runs and any failure not taken in go with it:
+                # Its last report and unfinished runs went with it (the same script):
                 # added back, it starts new, not down for a /fail or a /start from before
                 # it was removed.
-                forgotten = self.redis.pipeline(transaction=False)
-                forgotten.hdel(keys.HEARTBEAT_LAST, slug)
-                forgotten.hdel(keys.HEARTBEAT_FAILED, slug)
-                forgotten.delete(keys.heartbeat_runs(slug))
-                forgotten.execute()
                 logger.info("heartbeat %s: removed from the catalogue; state forgotten", slug)
                 continue
             state = plan.write[slug]
@@ -249,10 +245,15 @@ class HeartbeatChecker:
         client: redis.Redis | redis.client.Pipeline | None = None,
     ) -> None:
         """Queue (on a pipeline ``client``) or run checker_compare_and_set.lua: ``new``
-        ("" deletes the state) if the state is still ``read``; ``taken``, the id of the
+        ("" forgets the service) if the state is still ``read``; ``taken``, the id of the
         reported failure the new state took in, deleted with it."""
         self._cas(
-            keys=[keys.HEARTBEAT_STATE, keys.HEARTBEAT_FAILED],
+            keys=[
+                keys.HEARTBEAT_STATE,
+                keys.HEARTBEAT_FAILED,
+                keys.HEARTBEAT_LAST,
+                keys.heartbeat_runs(slug),
+            ],
             args=[slug, read, new, taken or ""],
             client=client,
         )

@@ -651,6 +651,28 @@ def test_a_long_log_on_a_slow_link_is_cut_without_waiting_for_the_rest(
         assert failed["body"] == "x" * 2048
 
 
+def test_a_log_still_trickling_in_at_the_read_timeout_is_cut_there_and_recorded(
+    catalogue: WriteCatalogue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ping is its URL: a /fail whose body had not all come by API_READ_TIMEOUT was a
+    408, and the failure was never recorded. It is recorded with what came."""
+    catalogue(service("backup", window=60))
+    for api in serve(monkeypatch, API_READ_TIMEOUT="1"):
+        with socket.create_connection(("127.0.0.1", api.port), timeout=20) as sock:
+            sock.sendall(
+                (
+                    f"POST /ping/{HEARTBEAT_TOKEN}/backup/fail HTTP/1.1\r\nHost: x\r\n"
+                    "Content-Type: text/plain\r\nContent-Length: 5000\r\n\r\n"
+                ).encode()
+                + b"disk full\n"  # the other 4,990 bytes never come
+            )
+            answer = sock.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 200"), answer
+        assert answer.endswith("OK")
+        [failed] = engine().heartbeats.log("backup")[:1]
+        assert (failed["kind"], failed["body"]) == ("fail", "disk full\n")
+
+
 def test_a_flood_of_pings_is_limited_per_key_and_starves_nobody(
     catalogue: WriteCatalogue,
     monkeypatch: pytest.MonkeyPatch,

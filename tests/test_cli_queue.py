@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -11,12 +12,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 import tasks
 from cli.main import main
 from sandbox import SandboxServer
-from tests.conftest import BAD_KEY, OUTAGE, ROUTING_KEY, SandboxClient, dead_pages, wait_for
+from tests.conftest import (
+    BAD_KEY,
+    OUTAGE,
+    ROUTING_KEY,
+    SandboxClient,
+    dead_pages,
+    in_thread_worker,
+    wait_for,
+)
+from tests.processes import ROOT
 from worker.celery_app import app
 from worker.engine import keys
 from worker.engine.runtime import engine
@@ -197,6 +208,78 @@ def test_two_replays_at_once_send_each_dead_letter_once(service_env: SandboxServ
     assert sorted(str(r.get("replay_of")) for r in records) == sorted(
         f"twice-{i}" for i in range(20)
     )
+
+
+#: A replay whose process is killed once it has queued the letter's job, before the letter
+#: is removed (SIGKILL: no ``finally`` runs, its hold is left to lapse).
+KILLED_AFTER_QUEUEING = """
+import os, signal, sys
+import tasks
+from worker.engine.dead_letters import DeadLetters
+
+def killed(self, entry_id):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+DeadLetters.remove = killed
+tasks.replay(sys.argv[1])
+"""
+
+#: One letter of each kind a replay queues differently.
+CRASHED_LETTERS: dict[str, dict[str, Any]] = {
+    "email": {
+        "channel": "email",
+        "job_id": "crashed",
+        "payload": {"notification": {"recipient": "a@example.com", "subject": "Disk full"}},
+    },
+    "page": {
+        "channel": "pagerduty",
+        "job_id": "crashed",
+        "payload": {
+            "action": "trigger",
+            "notification": {"recipient": "db", "subject": "Disk full"},
+        },
+    },
+    "acknowledge": {
+        "channel": "pagerduty",
+        "job_id": "crashed",
+        "payload": {"action": "acknowledge", "dedup_key": "crashed-incident"},
+    },
+    "intake": {
+        "channel": "intake",
+        "job_id": None,
+        "payload": {"args": [{"recipient": "a@example.com", "subject": "Disk full"}]},
+    },
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CRASHED_LETTERS))
+def test_a_replay_killed_before_removing_its_letter_sends_once_when_replayed_again(
+    kind: str, service_env: SandboxServer
+) -> None:
+    """The replay queued the job and was killed before it removed the letter; the operator,
+    seeing the letter still there, replays it again: the job must go out once."""
+    api = SandboxClient(service_env)
+    letters = engine().dead_letters
+    name = f"crashed-{kind}"
+    letters.add(entry_id=name, reason="r", **CRASHED_LETTERS[kind])
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_QUEUEING, name],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert letters.get(name) is not None  # its job queued, the letter still there
+    engine().redis.delete(keys.dead_letter_replay(name))  # its hold lapsed meanwhile
+    again = tasks.replay(name)
+    assert letters.get(name) is None
+    with in_thread_worker():
+        wait_for(lambda: (engine().jobs.get(again) or {}).get("status") == "delivered")
+        wait_for(lambda: engine().redis.zcard(keys.OPEN_DELIVERIES) == 0)
+    sent = api.messages() if kind in ("email", "intake") else api.events()
+    assert len(sent) == 1, sent
+    api.close()
 
 
 def test_dlq_remove_deletes_only_the_letters_named(service_env: SandboxServer) -> None:

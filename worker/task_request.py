@@ -38,22 +38,27 @@ class TaskRequest(Request):  # type: ignore[misc]
     def _announce_revoked(self, reason: str, terminated: bool, signum: Any, expired: bool) -> None:
         if expired and self.task.name == NOTIFY_TASK:
             try:
-                self._keep_expired()
+                kept = self._keep_expired()
             except Exception:
-                logger.exception("notify %s expired and could not be kept: put back", self.id)
+                logger.exception("notify %s expired and could not be kept", self.id)
+                kept = False
+            if not kept:
+                logger.warning("notify %s expired and was not kept: put back", self.id)
                 self._put_back()
                 return
         super()._announce_revoked(reason, terminated, signum, expired)
 
-    def _keep_expired(self) -> None:
+    def _keep_expired(self) -> bool:
+        """Keep the expired notify; False when its letter could not be written."""
         why = (
             f"expired ('headers.expires' {self._message.headers.get('expires')}) before a "
             "worker ran it (it waited for its ETA or its task's rate limit)"
         )
-        if not keep_expired(self.id, self.args, self.kwargs, why):
-            # Not one notification of a size to keep whole: kept as the message it was.
-            reason = f"unrunnable task message: {why}"
-            quarantine(engine().dead_letters, reason, message_copy(self._message), self.id)
+        if keep_expired(self.id, self.args, self.kwargs, why):
+            return True
+        # Not one notification of a size to keep whole: kept as the message it was.
+        reason = f"unrunnable task message: {why}"
+        return quarantine(engine().dead_letters, reason, message_copy(self._message), self.id)
 
     def _put_back(self) -> None:
         state.task_ready(self)

@@ -424,3 +424,75 @@ def test_dead_letter_ids_piped_from_dlq_list_are_replayed_and_removed(
     assert not_text.returncode == 2
     assert b"stdin: not UTF-8 text" in not_text.stderr
     assert [e["id"] for e in letters.list()] == ["d-pagerduty"]
+
+
+def test_a_dead_letter_over_a_mebibyte_replays_and_is_delivered(
+    service_env: SandboxServer,
+) -> None:
+    """A job's letter holds its whole delivery payload, larger than 1 MiB when its body is
+    at the limit: it replays like any other."""
+    api = SandboxClient(service_env)
+    body = "x" * 1_048_576  # the most a body may hold
+    engine().dead_letters.add(
+        entry_id="big-email",
+        job_id="big",
+        channel="email",
+        reason="550",
+        payload={"notification": {"recipient": "a@example.com", "subject": "big", "body": body}},
+    )
+    assert len(engine().redis.hget(keys.DEAD_LETTERS, "big-email") or b"") > 1_048_576
+    replayed = run("dlq", "replay", "big-email")
+    assert replayed.exit_code == 0, replayed.output
+    with in_thread_worker():
+        [message] = wait_for(api.messages, timeout=30)
+    assert message["subject"] == "big"
+    assert engine().dead_letters.count() == 0
+    api.close()
+
+
+def test_a_refused_notify_of_a_large_body_is_kept_whole_and_replays_once_its_route_is_mended(
+    service_env: SandboxServer, monkeypatch: Any
+) -> None:
+    """A notification refused for its route (a component's name as an email recipient),
+    its body 200,000 characters (well within the 1 MiB a body may hold): once a rule
+    gives it recipients, its replay sends it whole."""
+    from config.settings import get_settings
+
+    api = SandboxClient(service_env)
+    body = "y" * 200_000
+    with in_thread_worker():
+        sent = app.send_task("notify", args=[{"recipient": "db-1", "subject": "big", "body": body}])
+        [letter] = wait_for(engine().dead_letters.list)
+        assert letter["id"] == sent.id
+        monkeypatch.setenv(
+            "ROUTING_RULES",
+            '[{"priority": "normal", "channels": ["email"], "email_to": "ops@example.com"}]',
+        )
+        get_settings.cache_clear()
+        replayed = run("dlq", "replay", sent.id)
+        assert replayed.exit_code == 0, replayed.output
+        [message] = wait_for(api.messages, timeout=30)
+    assert message["subject"] == "big"
+    assert engine().dead_letters.count() == 0
+    api.close()
+
+
+def test_a_refused_notify_too_large_to_keep_whole_says_so_when_replayed(
+    service_env: SandboxServer,
+) -> None:
+    """Past the most a job may hold, only the start of a refused payload is kept (it may be
+    hostile): `dlq show` has it, and its replay says why it cannot send it."""
+    with in_thread_worker():
+        sent = app.send_task(
+            "notify", args=[{"recipient": "a@example.com", "subject": "s", "body": "z" * 3_000_000}]
+        )
+        [letter] = wait_for(engine().dead_letters.list)
+    assert "body: must be at most 1048576 characters" in letter["reason"]
+    shown = run("dlq", "show", sent.id)
+    assert shown.exit_code == 0
+    assert '"truncated"' in shown.output
+    replayed = run("dlq", "replay", sent.id)
+    assert replayed.exit_code == 1
+    assert "only the first" in replayed.output, replayed.output
+    assert "cannot be replayed" in replayed.output
+    assert engine().dead_letters.count() == 1

@@ -12,6 +12,7 @@ import redis
 from worker.channels import Channel
 from worker.engine import alert_resolution, keys
 from worker.engine.alert_groups import as_incident
+from worker.engine.dead_letters import KEEP_START_CHARS, KEEP_WHOLE_CHARS, cut_short
 from worker.engine.intake import accept, derived_job_id, lifecycle, resend
 from worker.engine.quarantine import BROKER_CHANNEL
 from worker.engine.runtime import Engine
@@ -107,6 +108,15 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
                 }
             ]
         )
+    size = cut_short(payload)
+    if size is not None:
+        kept = (
+            f"only the first {KEEP_START_CHARS:,} of its {size:,} characters were kept (a "
+            f"refused payload is kept whole up to {KEEP_WHOLE_CHARS:,}): it cannot be "
+            "replayed; `dlq show` has what was kept: send it again from its producer, then "
+            "`dlq remove` it"
+        )
+        raise InvalidJobError([{"field": "payload", "message": kept}])
     if entry["channel"] == "intake":
         args = payload.get("args") if isinstance(payload, dict) else None
         if not isinstance(args, list) or len(args) != 1:

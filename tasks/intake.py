@@ -12,18 +12,13 @@ from typing import Any
 from config.queues import NOTIFY_TASK
 from worker.celery_app import app
 from worker.engine import intake
+from worker.engine.dead_letters import bounded
 from worker.engine.delivery import Outcome, OutcomeKind
 from worker.engine.runtime import engine
 from worker.job_request import InvalidJobError, parse_request
 from worker.task_base import NotifierTask
 
 logger = logging.getLogger(__name__)
-
-
-def _truncate(value: Any, limit: int = 65_536) -> Any:
-    """Keep a dead letter's copy of a hostile payload bounded."""
-    text = repr(value)
-    return value if len(text) <= limit else {"truncated": text[:limit], "size": len(text)}
 
 
 @app.task(bind=True, name=NOTIFY_TASK, max_retries=None, acks_late=True)  # type: ignore[untyped-decorator,unused-ignore]
@@ -41,7 +36,7 @@ def notify(self: NotifierTask, *args: Any, **kwargs: Any) -> str:
             job_id=None,
             channel="intake",
             reason=reason,
-            payload=_truncate({"args": list(args), "kwargs": kwargs}),
+            payload=bounded({"args": list(args), "kwargs": kwargs}),
         )
     else:
         try:
@@ -54,7 +49,7 @@ def notify(self: NotifierTask, *args: Any, **kwargs: Any) -> str:
                 job_id=None,
                 channel="intake",
                 reason=reason,
-                payload=_truncate({"args": list(args)}),
+                payload=bounded({"args": list(args)}),
                 last_error={"type": "InvalidJobError", "message": reason, "errors": exc.errors},
             )
     intake.refused(engine(), "notify")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -11,12 +12,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 import tasks
 from cli.main import main
 from sandbox import SandboxServer
-from tests.conftest import BAD_KEY, OUTAGE, ROUTING_KEY, SandboxClient, dead_pages, wait_for
+from tests.conftest import (
+    BAD_KEY,
+    OUTAGE,
+    ROUTING_KEY,
+    SandboxClient,
+    dead_pages,
+    in_thread_worker,
+    wait_for,
+)
+from tests.processes import ROOT
 from worker.celery_app import app
 from worker.engine import keys
 from worker.engine.runtime import engine
@@ -199,6 +210,78 @@ def test_two_replays_at_once_send_each_dead_letter_once(service_env: SandboxServ
     )
 
 
+#: A replay whose process is killed once it has queued the letter's job, before the letter
+#: is removed (SIGKILL: no ``finally`` runs, its hold is left to lapse).
+KILLED_AFTER_QUEUEING = """
+import os, signal, sys
+import tasks
+from worker.engine.dead_letters import DeadLetters
+
+def killed(self, entry_id):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+DeadLetters.remove = killed
+tasks.replay(sys.argv[1])
+"""
+
+#: One letter of each kind a replay queues differently.
+CRASHED_LETTERS: dict[str, dict[str, Any]] = {
+    "email": {
+        "channel": "email",
+        "job_id": "crashed",
+        "payload": {"notification": {"recipient": "a@example.com", "subject": "Disk full"}},
+    },
+    "page": {
+        "channel": "pagerduty",
+        "job_id": "crashed",
+        "payload": {
+            "action": "trigger",
+            "notification": {"recipient": "db", "subject": "Disk full"},
+        },
+    },
+    "acknowledge": {
+        "channel": "pagerduty",
+        "job_id": "crashed",
+        "payload": {"action": "acknowledge", "dedup_key": "crashed-incident"},
+    },
+    "intake": {
+        "channel": "intake",
+        "job_id": None,
+        "payload": {"args": [{"recipient": "a@example.com", "subject": "Disk full"}]},
+    },
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CRASHED_LETTERS))
+def test_a_replay_killed_before_removing_its_letter_sends_once_when_replayed_again(
+    kind: str, service_env: SandboxServer
+) -> None:
+    """The replay queued the job and was killed before it removed the letter; the operator,
+    seeing the letter still there, replays it again: the job must go out once."""
+    api = SandboxClient(service_env)
+    letters = engine().dead_letters
+    name = f"crashed-{kind}"
+    letters.add(entry_id=name, reason="r", **CRASHED_LETTERS[kind])
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_QUEUEING, name],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert letters.get(name) is not None  # its job queued, the letter still there
+    engine().redis.delete(keys.dead_letter_replay(name))  # its hold lapsed meanwhile
+    again = tasks.replay(name)
+    assert letters.get(name) is None
+    with in_thread_worker():
+        wait_for(lambda: (engine().jobs.get(again) or {}).get("status") == "delivered")
+        wait_for(lambda: engine().redis.zcard(keys.OPEN_DELIVERIES) == 0)
+    sent = api.messages() if kind in ("email", "intake") else api.events()
+    assert len(sent) == 1, sent
+    api.close()
+
+
 def test_dlq_remove_deletes_only_the_letters_named(service_env: SandboxServer) -> None:
     """A letter not to be sent was to be purged, and purge deletes every letter."""
     letters = engine().dead_letters
@@ -341,3 +424,75 @@ def test_dead_letter_ids_piped_from_dlq_list_are_replayed_and_removed(
     assert not_text.returncode == 2
     assert b"stdin: not UTF-8 text" in not_text.stderr
     assert [e["id"] for e in letters.list()] == ["d-pagerduty"]
+
+
+def test_a_dead_letter_over_a_mebibyte_replays_and_is_delivered(
+    service_env: SandboxServer,
+) -> None:
+    """A job's letter holds its whole delivery payload, larger than 1 MiB when its body is
+    at the limit: it replays like any other."""
+    api = SandboxClient(service_env)
+    body = "x" * 1_048_576  # the most a body may hold
+    engine().dead_letters.add(
+        entry_id="big-email",
+        job_id="big",
+        channel="email",
+        reason="550",
+        payload={"notification": {"recipient": "a@example.com", "subject": "big", "body": body}},
+    )
+    assert len(engine().redis.hget(keys.DEAD_LETTERS, "big-email") or b"") > 1_048_576
+    replayed = run("dlq", "replay", "big-email")
+    assert replayed.exit_code == 0, replayed.output
+    with in_thread_worker():
+        [message] = wait_for(api.messages, timeout=30)
+    assert message["subject"] == "big"
+    assert engine().dead_letters.count() == 0
+    api.close()
+
+
+def test_a_refused_notify_of_a_large_body_is_kept_whole_and_replays_once_its_route_is_mended(
+    service_env: SandboxServer, monkeypatch: Any
+) -> None:
+    """A notification refused for its route (a component's name as an email recipient),
+    its body 200,000 characters (well within the 1 MiB a body may hold): once a rule
+    gives it recipients, its replay sends it whole."""
+    from config.settings import get_settings
+
+    api = SandboxClient(service_env)
+    body = "y" * 200_000
+    with in_thread_worker():
+        sent = app.send_task("notify", args=[{"recipient": "db-1", "subject": "big", "body": body}])
+        [letter] = wait_for(engine().dead_letters.list)
+        assert letter["id"] == sent.id
+        monkeypatch.setenv(
+            "ROUTING_RULES",
+            '[{"priority": "normal", "channels": ["email"], "email_to": "ops@example.com"}]',
+        )
+        get_settings.cache_clear()
+        replayed = run("dlq", "replay", sent.id)
+        assert replayed.exit_code == 0, replayed.output
+        [message] = wait_for(api.messages, timeout=30)
+    assert message["subject"] == "big"
+    assert engine().dead_letters.count() == 0
+    api.close()
+
+
+def test_a_refused_notify_too_large_to_keep_whole_says_so_when_replayed(
+    service_env: SandboxServer,
+) -> None:
+    """Past the most a job may hold, only the start of a refused payload is kept (it may be
+    hostile): `dlq show` has it, and its replay says why it cannot send it."""
+    with in_thread_worker():
+        sent = app.send_task(
+            "notify", args=[{"recipient": "a@example.com", "subject": "s", "body": "z" * 3_000_000}]
+        )
+        [letter] = wait_for(engine().dead_letters.list)
+    assert "body: must be at most 1048576 characters" in letter["reason"]
+    shown = run("dlq", "show", sent.id)
+    assert shown.exit_code == 0
+    assert '"truncated"' in shown.output
+    replayed = run("dlq", "replay", sent.id)
+    assert replayed.exit_code == 1
+    assert "only the first" in replayed.output, replayed.output
+    assert "cannot be replayed" in replayed.output
+    assert engine().dead_letters.count() == 1

@@ -41,7 +41,6 @@ app = Celery(
         "tasks.intake",
         "tasks.delivery",
         "tasks.heartbeats",
-        "tasks.poison",
         "tasks.recovery",
         "tasks.watchdog",
     ],

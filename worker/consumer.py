@@ -1,7 +1,11 @@
 """The worker's message consumer and its event dispatcher: Celery's own, except that
 
-- a message whose body cannot be decoded is dead-lettered (with the decoder's complaint)
-  before Celery drops it, and shown in Flower as a failed task with that reason;
+- a message whose body cannot be decoded, that names no registered task, or that Celery
+  rejects (wrong content type, a body that is not JSON) is dead-lettered, with the reason,
+  before Celery drops it, and shown in Flower as a failed task with that reason (Celery
+  itself announces an unknown task as failed, with ``NotRegistered``); a message whose
+  letter Redis would not keep at that moment is put back instead of dropped, to be
+  dead-lettered when it is taken again;
 - a task message of a shape Celery cannot take (worker/task_message_check.py), or one
   that Celery fails to take in for any other reason, is dead-lettered the same way and
   acknowledged, instead of stopping the worker (and, put back, every worker after it);
@@ -62,19 +66,51 @@ def announce_failure(consumer: Any, message: Any, reason: str) -> None:
         logger.exception("could not announce the failed message %r", task_id[:_HEADER_CHARS])
 
 
+def _undecodable(exc: BaseException | None) -> str:
+    detail = f"{type(exc).__name__}: {exc}" if exc else "rejected by the consumer"
+    return f"undecodable message: {detail}"
+
+
 class Consumer(CeleryConsumer):  # type: ignore[misc]
-    """Celery's consumer, dead-lettering undecodable messages and flushing events safely."""
+    """Celery's consumer, dead-lettering what no task can run and flushing events safely."""
 
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
-        reason = f"undecodable message: {type(exc).__name__}: {exc}"
-        quarantine(
-            engine().dead_letters,
-            reason,
-            message_copy(message),
-            carried_id(getattr(message, "headers", None)),
-        )
-        announce_failure(self, message, reason)
-        super().on_decode_error(message, exc)
+        reason = _undecodable(exc)
+        if self._kept(message, reason):
+            announce_failure(self, message, reason)
+            super().on_decode_error(message, exc)  # acknowledges it
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        if self._kept(message, _undecodable(None)):
+            announce_failure(self, message, _undecodable(None))
+            super().on_unknown_message(body, message)  # acknowledges it
+
+    def on_unknown_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        headers = getattr(message, "headers", None)
+        name = headers.get("task") if isinstance(headers, dict) else None
+        if name is None and isinstance(body, dict):  # Celery's first message protocol
+            name = body.get("task")
+        reason = f"unknown task {name!r}: no worker task has this name"
+        if self._kept(message, reason):
+            super().on_unknown_task(body, message, exc)  # acknowledges it, announces it
+
+    def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        if self._kept(message, _undecodable(exc)):
+            announce_failure(self, message, _undecodable(exc))
+            super().on_invalid_task(body, message, exc)  # acknowledges it
+
+    def _kept(self, message: Any, reason: str) -> bool:
+        """Dead-letter ``message`` (Celery acknowledges it next). When Redis would not keep
+        the letter, the message is put back instead, and False: acknowledged, it would be
+        gone with no letter; taken again, it is dead-lettered then. (With Redis
+        unreachable the put-back fails too, and the message returns from the unacked
+        set after the visibility timeout.)"""
+        headers = getattr(message, "headers", None)
+        if quarantine(engine().dead_letters, reason, message_copy(message), carried_id(headers)):
+            return True
+        if not message.acknowledged:
+            message.reject_log_error(logger, self.connection_errors, requeue=True)
+        return False
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         take = super().create_task_handler(*args, **kwargs)
@@ -100,12 +136,8 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         if problem.startswith(EXPIRED) and self._kept_expired(message, problem):
             return
         reason = f"unrunnable task message: {problem}"
-        quarantine(
-            engine().dead_letters,
-            reason,
-            message_copy(message),
-            carried_id(getattr(message, "headers", None)),
-        )
+        if not self._kept(message, reason):
+            return
         announce_failure(self, message, reason)
         if not message.acknowledged:
             message.reject_log_error(logger, self.connection_errors, requeue=False)

@@ -13,7 +13,7 @@ dead-lettered too, its notification kept for a replay: Celery would drop it with
 line.
 
 Messages Celery already handles (no task name at all, an unknown task, a body that does not
-decode) pass here: its own paths dead-letter them (tasks/poison.py).
+decode) pass here: the consumer dead-letters them on those paths (worker/consumer.py).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def task_message_problem(app: Any, message: Any, horizon: float) -> str | None:
         return problem
     task = app.tasks.get(headers["task"])
     if task is None:
-        return None  # unknown: Celery's task_unknown, dead-lettered (tasks/poison.py)
+        return None  # unknown: Celery says so, the consumer dead-letters it (consumer.py)
     problem = _timing_problem(headers, horizon, time.time())
     if problem is not None:
         return problem

@@ -26,6 +26,7 @@ from celery.worker import state
 from celery.worker.request import Request
 
 from config.queues import NOTIFY_TASK
+from worker.engine.dead_letters import KEEP_WHOLE_CHARS
 from worker.engine.quarantine import message_copy, quarantine
 from worker.engine.runtime import engine
 
@@ -38,22 +39,27 @@ class TaskRequest(Request):  # type: ignore[misc]
     def _announce_revoked(self, reason: str, terminated: bool, signum: Any, expired: bool) -> None:
         if expired and self.task.name == NOTIFY_TASK:
             try:
-                self._keep_expired()
+                kept = self._keep_expired()
             except Exception:
-                logger.exception("notify %s expired and could not be kept: put back", self.id)
+                logger.exception("notify %s expired and could not be kept", self.id)
+                kept = False
+            if not kept:
+                logger.warning("notify %s expired and was not kept: put back", self.id)
                 self._put_back()
                 return
         super()._announce_revoked(reason, terminated, signum, expired)
 
-    def _keep_expired(self) -> None:
+    def _keep_expired(self) -> bool:
+        """Keep the expired notify; False when its letter could not be written."""
         why = (
             f"expired ('headers.expires' {self._message.headers.get('expires')}) before a "
             "worker ran it (it waited for its ETA or its task's rate limit)"
         )
-        if not keep_expired(self.id, self.args, self.kwargs, why):
-            # Not one notification of a size to keep whole: kept as the message it was.
-            reason = f"unrunnable task message: {why}"
-            quarantine(engine().dead_letters, reason, message_copy(self._message), self.id)
+        if keep_expired(self.id, self.args, self.kwargs, why):
+            return True
+        # Not one notification of a size to keep whole: kept as the message it was.
+        reason = f"unrunnable task message: {why}"
+        return quarantine(engine().dead_letters, reason, message_copy(self._message), self.id)
 
     def _put_back(self) -> None:
         state.task_ready(self)
@@ -67,20 +73,16 @@ class TaskRequest(Request):  # type: ignore[misc]
             logger.exception("notify %s: could not put it back either", self.id)
 
 
-#: The largest notification an expired ``notify`` is kept whole for (a replay sends it);
-#: past it only the start of the message is kept. The API takes no larger body either.
-KEEP_WHOLE_BYTES = 1_048_576
-
-
 def keep_expired(task_id: str, args: Any, kwargs: Any, why: str) -> bool:
     """Dead-letter an expired ``notify`` under its task id, its notification whole, as
     intake does one it refuses: ``dlq replay`` sends it after all. Nothing is kept for one
     whose job exists (it was accepted before, and its message came back after its ack was
     lost). False, keeping nothing, when it is not one notification of at most
-    ``KEEP_WHOLE_BYTES``. Raises what Redis does."""
+    ``KEEP_WHOLE_CHARS`` (as intake keeps a refused one whole; past it only the start of
+    the message is kept). Raises what Redis does."""
     if not (isinstance(args, list | tuple) and len(args) == 1 and not kwargs):
         return False
-    if len(json.dumps(args[0], default=str)) > KEEP_WHOLE_BYTES:
+    if len(json.dumps(args[0], default=str)) > KEEP_WHOLE_CHARS:
         return False
     eng = engine()
     if eng.jobs.get(task_id) is not None:

@@ -17,6 +17,7 @@ def resolve(
     dedup_key: str,
     source: str,
     resolution: str | None = None,
+    job_id: str | None = None,
 ) -> list[intake.Accepted]:
     """Queue what ``firing`` (the notification the alert was while it fired) resolving
     means, by the routing rules: a resolve of ``dedup_key`` where it paged, a
@@ -25,7 +26,8 @@ def resolve(
     id is given up, so the alert firing again from the same start (a Prometheus that was
     silent past Alertmanager's resolve_timeout, then back with its ``for`` state) pages
     again rather than being taken for a repeat. Raises :class:`InvalidJobError` as intake
-    does. A replay (no ``resolution``) gives nothing up."""
+    does. A replay (no ``resolution``) gives nothing up; it names its ``job_id``, from
+    which the email's is derived, so replaying it again queues nothing new."""
     rule = route(
         engine.settings.routing_rules, firing.priority, firing.team, firing.alert_name, None
     )
@@ -33,7 +35,9 @@ def resolve(
     done = []
     if Channel.PAGERDUTY in rule.channels:
         claim = f"{once}/resolve" if once else None
-        done.append(intake.lifecycle_once(engine, "resolve", dedup_key, firing.team, source, claim))
+        done.append(
+            intake.lifecycle_once(engine, "resolve", dedup_key, firing.team, source, claim, job_id)
+        )
     if Channel.EMAIL in rule.channels:
         resolved = firing.model_copy(
             update={
@@ -45,8 +49,8 @@ def resolve(
         # Where the alert also paged, its resolve is queued already: the email is not
         # refused at the door for its own sake, but dead-lettered with the reason.
         paged = Channel.PAGERDUTY in rule.channels
-        job_id = intake.new_job_id()
-        done.append(intake.accept(engine, resolved, job_id, source, check_email=not paged))
+        email_id = intake.derived_job_id(job_id, "resolved") if job_id else intake.new_job_id()
+        done.append(intake.accept(engine, resolved, email_id, source, check_email=not paged))
     if once is not None and not all(d.duplicate for d in done):
         # Only for a resolution seen for the first time: a copy of an old one, arriving
         # after the alert fired again from the same start, must not free that firing's id.

@@ -27,6 +27,31 @@ _READ_AT_ONCE = 1000
 #: Transactions tried before a letter that could not be kept is an outage of Redis.
 WRITE_ATTEMPTS = 50
 
+#: The largest payload refused at intake that its letter keeps whole, so that a replay can
+#: send it once what refused it is mended (as much as the API takes in one request).
+KEEP_WHOLE_CHARS = 1_048_576
+
+#: How much is kept of a larger one: it may be hostile, and a letter stays until replayed.
+KEEP_START_CHARS = 65_536
+
+
+def bounded(payload: Any) -> Any:
+    """``payload`` whole when its text is at most ``KEEP_WHOLE_CHARS``, else its start, in
+    a form :func:`cut_short` recognises."""
+    text = repr(payload)
+    if len(text) <= KEEP_WHOLE_CHARS:
+        return payload
+    return {"truncated": text[:KEEP_START_CHARS], "size": len(text)}
+
+
+def cut_short(payload: Any) -> int | None:
+    """How long the payload was whose letter kept only its start (:func:`bounded`), else
+    None."""
+    if isinstance(payload, dict) and set(payload) == {"truncated", "size"}:
+        size = payload["size"]
+        return size if isinstance(size, int) else None
+    return None
+
 
 class DeadLetterNotKeptError(redis.RedisError):
     """A dead letter could not be written: callers treat it as Redis failing (a task puts

@@ -48,6 +48,18 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+#: The namespace of job ids derived from what they do (:func:`derived_job_id`).
+_DERIVED = uuid.UUID("6f1c3b0e-0d5a-5f8e-9c41-2a7d9b6e4f10")
+
+
+def derived_job_id(*parts: str) -> str:
+    """A job id that is the same whenever it is derived from the same ``parts``: accepting
+    under it again finds the job's record and queues nothing (:meth:`JobStore.create`), so
+    a step that may be run twice (a replay whose process died before it removed its letter)
+    sends its job once."""
+    return uuid.uuid5(_DERIVED, "\x1f".join(parts)).hex
+
+
 def accept(
     engine: Engine,
     request: JobRequest,
@@ -235,10 +247,12 @@ def lifecycle(
     dedup_key: str,
     team: str | None,
     source: str,
+    job_id: str | None = None,
 ) -> str:
     """Queue an acknowledge or resolve for ``dedup_key``, which came in through ``source``
-    (the door: ``enqueue``, ``api``, ...); returns the job id."""
-    return lifecycle_once(engine, action, dedup_key, team, source, None).job_id
+    (the door: ``enqueue``, ``api``, ...); returns the job id (``job_id`` when given: one
+    accepted already under it is not queued again)."""
+    return lifecycle_once(engine, action, dedup_key, team, source, None, job_id).job_id
 
 
 def lifecycle_once(
@@ -248,6 +262,7 @@ def lifecycle_once(
     team: str | None,
     source: str,
     idempotency_id: str | None,
+    job_id: str | None = None,
 ) -> Accepted:
     """As :func:`lifecycle`, and when ``idempotency_id`` is given, a copy of it accepted
     within the TTL queues nothing: the answer names the first job (a producer that sends
@@ -259,7 +274,7 @@ def lifecycle_once(
             check_team(team)
         except ValueError as exc:
             raise InvalidJobError([{"field": "team", "message": str(exc)}]) from None
-    job_id = new_job_id()
+    job_id = job_id or new_job_id()
     payload = DeliveryJob(
         job_id=job_id,
         channel=Channel.PAGERDUTY,

@@ -3,8 +3,9 @@ letters, with the reason, so nothing vanishes and the consumer carries on.
 
 Used at three depths of the Celery layer: the broker transport (worker/broker_transport.py)
 for raw queue items that are not messages at all, the consumer (worker/consumer.py) for
-messages whose body cannot be decoded, and Celery's signals (tasks/poison.py) for messages
-that name no task or that Celery rejects.
+messages no task can run (a body that cannot be decoded, no such task, a shape Celery
+rejects or cannot take), and the task request (worker/task_request.py) for a ``notify``
+that expired after a worker took it.
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ def carried_id(headers: Any) -> Any:
 
 def quarantine(
     dead_letters: DeadLetters, reason: str, payload: Any, message_id: Any = None
-) -> None:
+) -> bool:
     """Dead-letter an unrunnable message; never raises (the consumer must survive it).
+    True when it is kept (now, or before: the same message again); False when it could
+    not be written (Redis failing): the caller puts the message back rather than
+    acknowledging it, so it is dead-lettered when it is taken again, never lost.
 
     The letter is kept under the task id the message carries, the one Flower shows with
     its failure, so ``dlq show`` and ``status`` find it by that id; under a fresh
@@ -69,7 +73,7 @@ def quarantine(
             # The same message again: its worker died between keeping it and acknowledging
             # it, and the broker handed it back.
             logger.warning("poison message %s seen again: kept once", message_id)
-            return
+            return True
         for entry_id in [*ids, f"poison-{uuid.uuid4().hex}"]:
             kept = dead_letters.add(
                 entry_id=entry_id,
@@ -83,8 +87,9 @@ def quarantine(
                 break
     except Exception:
         logger.exception("could not dead-letter a poison message (%s)", reason)
-        return
+        return False
     logger.warning("poison message dead-lettered: %s", reason[:1000])
+    return True
 
 
 def _kept_already(dead_letters: DeadLetters, entry_id: str, payload: Any) -> bool:

@@ -12,7 +12,8 @@ import redis
 from worker.channels import Channel
 from worker.engine import alert_resolution, keys
 from worker.engine.alert_groups import as_incident
-from worker.engine.intake import accept, lifecycle, new_job_id, resend
+from worker.engine.dead_letters import KEEP_START_CHARS, KEEP_WHOLE_CHARS, cut_short
+from worker.engine.intake import accept, derived_job_id, lifecycle, resend
 from worker.engine.quarantine import BROKER_CHANNEL
 from worker.engine.runtime import Engine
 from worker.job_request import InvalidJobError, JobRequest, parse_request
@@ -39,9 +40,13 @@ def replay(engine: Engine, entry_id: str) -> str:
     """Send a dead-lettered job through intake again; returns the new job id (for a
     resolved alert, the first of the resolve and its email).
 
-    The dead letter is removed once the new job is queued. A job that is still invalid
-    raises :class:`InvalidJobError` and stays dead-lettered; an unknown id (or one replayed
-    meanwhile), KeyError; one another process is replaying now, ReplayInProgressError.
+    The dead letter is removed once the new job is queued. The new job's id is derived
+    from the letter (its id and when it died), so a replay whose process died after it
+    queued the job and before it removed the letter, replayed again, finds that job and
+    queues nothing more (while the job's record is kept, JOB_TTL_SECONDS). A job that is
+    still invalid raises :class:`InvalidJobError` and stays dead-lettered; an unknown id
+    (or one replayed meanwhile), KeyError; one another process is replaying now,
+    ReplayInProgressError.
     Two operators replaying the same letters at once send each job once: the letter is held
     from reading it until it is removed.
     """
@@ -87,6 +92,10 @@ def _holding(engine: Engine, entry_id: str) -> Iterator[None]:
 
 def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
     payload = entry["payload"]
+    # The same letter always gives the same job: replaying it again after a replay that
+    # died before it removed the letter finds that job's record instead of sending twice.
+    # A letter written again under this id (it died again) is another letter: another job.
+    job_id = derived_job_id("replay", str(entry["id"]), repr(entry.get("dead_at")))
     # When it was first accepted (a letter older than the field: when it first died).
     first_seen = _epoch(entry.get("first_seen")) or _epoch(entry.get("dead_at"))
     if entry["channel"] == BROKER_CHANNEL:
@@ -99,6 +108,15 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
                 }
             ]
         )
+    size = cut_short(payload)
+    if size is not None:
+        kept = (
+            f"only the first {KEEP_START_CHARS:,} of its {size:,} characters were kept (a "
+            f"refused payload is kept whole up to {KEEP_WHOLE_CHARS:,}): it cannot be "
+            "replayed; `dlq show` has what was kept: send it again from its producer, then "
+            "`dlq remove` it"
+        )
+        raise InvalidJobError([{"field": "payload", "message": kept}])
     if entry["channel"] == "intake":
         args = payload.get("args") if isinstance(payload, dict) else None
         if not isinstance(args, list) or len(args) != 1:
@@ -107,16 +125,18 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
             )
         request = parse_request(args[0])
         if isinstance(payload.get("group"), dict):
-            return _group_firing(engine, request, payload["group"], first_seen)
+            return _group_firing(engine, request, payload["group"], first_seen, job_id)
         if isinstance(payload.get("resolves"), str):
             # A resolved alert: what its resolving means (a resolve, a [RESOLVED] email),
             # never the trigger its fields would make.
-            done = alert_resolution.resolve(engine, request, payload["resolves"], "replay")
+            done = alert_resolution.resolve(
+                engine, request, payload["resolves"], "replay", job_id=job_id
+            )
             return done[0].job_id
         return accept(
             engine,
             request,
-            new_job_id(),
+            job_id,
             "replay",
             replay_of=entry["id"],
             first_accepted_at=first_seen,
@@ -129,7 +149,8 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
             raise InvalidJobError(
                 [{"field": "payload.dedup_key", "message": f"{CANNOT}: an {action} needs one"}]
             )
-        return lifecycle(engine, action, payload["dedup_key"], payload.get("team"), "replay")
+        team = payload.get("team")
+        return lifecycle(engine, action, payload["dedup_key"], team, "replay", job_id)
     if not isinstance(payload.get("notification"), dict):
         raise InvalidJobError(
             [{"field": "payload.notification", "message": f"{CANNOT}: it holds none to send"}]
@@ -141,15 +162,13 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
         # Recipients a server refused: to them alone, past the routing rules.
         request = parse_request(fields)
         to = payload["email_to"]
-        return resend(
-            engine, request, to, new_job_id(), "replay", entry["job_id"], first_seen
-        ).job_id
+        return resend(engine, request, to, job_id, "replay", entry["job_id"], first_seen).job_id
     # An email sent again carries its first job's Message-ID (the answer to it may have been
     # lost after the server took it); intake keeps it for the email alone.
     return accept(
         engine,
         parse_request(fields),
-        new_job_id(),
+        job_id,
         "replay",
         replay_of=entry["job_id"],
         message_of=payload.get("message_of") or entry["job_id"],
@@ -158,7 +177,11 @@ def _requeue(engine: Engine, entry: dict[str, Any]) -> str:
 
 
 def _group_firing(
-    engine: Engine, request: JobRequest, group: dict[str, Any], first_seen: float | None
+    engine: Engine,
+    request: JobRequest,
+    group: dict[str, Any],
+    first_seen: float | None,
+    job_id: str,
 ) -> str:
     """An Alertmanager group's firing, replayed: only while the group still fires with the
     same alerts, as the job its webhooks name (a repeat Alertmanager sent meanwhile and
@@ -175,9 +198,7 @@ def _group_firing(
         raise InvalidJobError([{"field": "payload.group", "message": problem}])
     # No replay_of: that would take the firing's id over from a repeat Alertmanager sent
     # meanwhile (as a job's replay takes over the dead job's), and page twice.
-    done = accept(
-        engine, as_incident(request, now), new_job_id(), "replay", first_accepted_at=first_seen
-    )
+    done = accept(engine, as_incident(request, now), job_id, "replay", first_accepted_at=first_seen)
     engine.alert_groups.went(group_id, engine.jobs, done.job_id)
     return done.job_id
 

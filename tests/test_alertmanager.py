@@ -910,3 +910,26 @@ def _jobs_from(source: str) -> list[dict[str, Any]]:
     return [
         r for r in records if r is not None and r["source"] == source and r["action"] != "resolve"
     ]
+
+
+def test_the_resolved_emails_of_firings_without_an_idempotency_id_are_each_sent(
+    service_env: Any,
+) -> None:
+    """A letter kept before firings carried an id, replayed: each [RESOLVED] email is its
+    own (they shared the id "None/resolved", and all but the first were copies)."""
+    from worker.engine import alert_resolution
+    from worker.job_request import parse_request
+
+    eng = engine()
+    done = [
+        alert_resolution.resolve(
+            eng,
+            parse_request({"recipient": "ops@example.com", "subject": f"Queue slow on {name}"}),
+            f"alertmanager-{name}",
+            "replay",
+        )
+        for name in ("a", "b")
+    ]
+    [first], [second] = done
+    assert (first.duplicate, second.duplicate) == (False, False)
+    assert first.job_id != second.job_id

@@ -42,7 +42,13 @@ def resolve(
         resolved = firing.model_copy(
             update={
                 "subject": f"[RESOLVED] {firing.subject}",
-                "idempotency_id": f"{once or firing.idempotency_id}/resolved",
+                # A firing without an id gives its email none: "None/resolved" made every
+                # such email a copy of the first within the TTL, and it was never sent.
+                "idempotency_id": (
+                    f"{once or firing.idempotency_id}/resolved"
+                    if once or firing.idempotency_id
+                    else None
+                ),
                 "channel": Channel.EMAIL,
             }
         )

@@ -161,6 +161,37 @@ def test_a_page_the_broker_lost_is_published_again_at_its_pickup_look_and_delive
     r.close()
 
 
+def test_a_sweeper_killed_mid_sweep_holds_recovery_up_for_two_intervals_at_most(
+    service_env: SandboxServer,
+) -> None:
+    """Its lock lapsed after a stall period (300 s): a page-pool worker killed while it
+    ran the sweep stopped every recovery for five minutes."""
+    import subprocess
+    import sys
+
+    killed = (
+        "import os\n"
+        "from worker.engine.recovery import recover\n"
+        "from worker.engine.runtime import engine\n"
+        "eng = engine()\n"
+        "eng.jobs.progress = lambda deliveries: os._exit(9)  # killed, the lock held\n"
+        "recover(eng)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", killed], cwd=Path(__file__).parent.parent)
+    assert done.returncode == 9
+    held = engine().locks.remaining(keys.RECOVERY_LOCK)
+    interval = get_settings().job_recovery_interval
+    assert 0 < held <= 2 * interval < get_settings().job_stall_seconds
+    assert sweep(engine()) == []  # the next sweep, meanwhile, stands aside
+    engine().redis.pexpire(keys.RECOVERY_LOCK, 1)  # two intervals later
+    time.sleep(0.05)
+    job_id = tasks.enqueue(page(2))
+    with broker() as r:
+        r.delete("pagerduty")  # lost by the broker: for the sweep to find
+    [found] = sweep_at_pickup(job_id)
+    assert found.job_id == job_id
+
+
 def test_with_the_default_settings_a_lost_page_arrives_by_beats_sweep_in_seconds(
     service_env: SandboxServer, api: SandboxClient, tmp_path: Path
 ) -> None:

@@ -96,8 +96,12 @@ def recover(engine: Engine, now: float | None = None) -> list[Stalled]:
     worker made progress with meanwhile is left to it. Returns what was published."""
     store, r = engine.jobs, engine.redis
     stall = engine.settings.job_stall_seconds
-    # One sweeper at a time across the pool (beat may run twice during a handover).
-    with engine.locks.held(keys.RECOVERY_LOCK, max(5.0, stall)) as lock:
+    # One sweeper at a time across the pool (beat may run twice during a handover). A
+    # sweeper killed mid-sweep leaves the lock behind: it lapses after two intervals, not
+    # a stall period, which would hold every recovery up for five minutes. A sweep that
+    # outlasts it overlaps the next harmlessly (each re-queue is a compare-and-set).
+    ttl = max(5.0, min(stall, 2 * engine.settings.job_recovery_interval))
+    with engine.locks.held(keys.RECOVERY_LOCK, ttl) as lock:
         if lock is None:
             return []
         now = time.time() if now is None else now

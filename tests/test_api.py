@@ -179,6 +179,13 @@ def test_links_and_images_pagerduty_would_refuse_are_422_at_the_door(
         images = http.post(
             "/v1/notifications", json=page | {"metadata": {"images": [{"src": "http://x/a.png"}]}}
         )
+        # The emulator, as PagerDuty, refuses the whole event for a blank href.
+        blank = http.post(
+            "/v1/notifications", json=page | {"metadata": {"links": [{"href": " \t"}]}}
+        )
+        no_host = http.post(
+            "/v1/notifications", json=page | {"metadata": {"images": [{"src": "https://"}]}}
+        )
         good = http.post(
             "/v1/notifications",
             json=page
@@ -189,12 +196,17 @@ def test_links_and_images_pagerduty_would_refuse_are_422_at_the_door(
                 }
             },
         )
-    assert [a.status_code for a in (links, no_href, images)] == [422] * 3
-    messages = [a.json()["errors"][0] for a in (links, no_href, images)]
+    assert [a.status_code for a in (links, no_href, images, blank, no_host)] == [422] * 5
+    messages = [a.json()["errors"][0] for a in (links, no_href, images, blank, no_host)]
     assert messages[0]["field"] == "metadata"
     assert messages[0]["message"] == "metadata.links: Input should be a valid list"
     assert messages[1]["message"] == "metadata.links.0.href: Field required"
-    assert messages[2]["message"].startswith("metadata.images.0.src: String should match")
+    https = "must be an https:// URL with a host: PagerDuty shows no other"
+    assert messages[2]["message"] == f"metadata.images.0.src: {https}"
+    assert messages[3]["message"] == (
+        "metadata.links.0.href: must not be blank: PagerDuty refuses the whole event"
+    )
+    assert messages[4]["message"] == f"metadata.images.0.src: {https}"
     assert good.status_code == 202
     # To an email they are any metadata: not refused.
     with api_server.client() as http:

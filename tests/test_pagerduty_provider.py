@@ -249,6 +249,19 @@ def test_oversized_event_sheds_custom_details_with_a_note(
     assert "512000-byte limit" in details["note"]
 
 
+def test_a_huge_client_is_cut_and_a_client_url_too_long_to_follow_left_out(
+    provider: PagerDutyProvider, sandbox_api: SandboxClient
+) -> None:
+    """Unbounded, they kept the event over 512 KB after every shedding: refused, and the
+    page dead-lettered."""
+    huge = {"client": "c" * 600_000, "client_url": "https://ci.example/" + "u" * 9000}
+    assert provider.trigger(page(metadata=huge)).is_success()
+    [event] = sandbox_api.events()
+    assert event["status"] == 202
+    assert event["body"]["client"] == "c" * 1023 + "…"
+    assert "client_url" not in event["body"]
+
+
 def test_long_dedup_key_becomes_a_stable_hash(
     provider: PagerDutyProvider, sandbox_api: SandboxClient
 ) -> None:
@@ -302,6 +315,16 @@ def test_accepted_without_dedup_key_is_retryable(
 ) -> None:
     sandbox_api.faults({"status": 202, "body": '{"status": "success"}'})
     with pytest.raises(NotificationDeliveryError, match="without a dedup_key") as caught:
+        provider.trigger(page())
+    assert caught.value.retryable
+
+
+def test_accepted_with_a_status_other_than_success_is_retryable(
+    provider: PagerDutyProvider, sandbox_api: SandboxClient
+) -> None:
+    """The Events API's schema: ``status`` is "success", or a short error message."""
+    sandbox_api.faults({"status": 202, "body": '{"status": "throttled", "dedup_key": "k"}'})
+    with pytest.raises(NotificationDeliveryError, match="status 'throttled'") as caught:
         provider.trigger(page())
     assert caught.value.retryable
 

@@ -200,17 +200,31 @@ class EventLink(BaseModel):
     """One of ``metadata.links``: a link PagerDuty shows on the incident."""
 
     model_config = ConfigDict(extra="forbid")
-    href: str = Field(min_length=1)
+    href: str
     text: str | None = None
+
+    @field_validator("href")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank: PagerDuty refuses the whole event")
+        return value
 
 
 class EventImage(BaseModel):
     """One of ``metadata.images``: an image PagerDuty shows on the incident."""
 
     model_config = ConfigDict(extra="forbid")
-    src: str = Field(pattern=r"^https://", description="PagerDuty shows only https images")
+    src: str = Field(description="PagerDuty shows only https images")
     href: str | None = None
     alt: str | None = None
+
+    @field_validator("src")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not re.match(r"https://[^\s/]", value):
+            raise ValueError("must be an https:// URL with a host: PagerDuty shows no other")
+        return value
 
 
 EVENT_LINKS = TypeAdapter(list[EventLink])

@@ -326,6 +326,17 @@ class PagerDutyProvider(BaseNotificationProvider):
                     retryable=True,
                     provider=self.name,
                 )
+            said = body.get("status", "success")
+            if said != "success":
+                # The Events API's answer names its outcome: "success", else "a short error
+                # message in case of a failure" (its schema), whatever the HTTP status.
+                raise NotificationDeliveryError(
+                    f"PagerDuty answered {status} with status {str(said)[:200]!r}, not "
+                    "'success'; treating it as a server error",
+                    status,
+                    retryable=True,
+                    provider=self.name,
+                )
             return body
         if status == 429:
             wait = parse_retry_after(response.headers)

@@ -34,6 +34,8 @@ MAX_DEDUP_KEY_CHARS = 255
 MAX_EVENT_BYTES = 512_000
 #: Fields other than the summary that can carry user text; capped so shedding always works.
 MAX_FIELD_CHARS = 1024
+#: The longest ``client_url`` sent (as browsers and proxies commonly take).
+MAX_URL_CHARS = 8192
 
 #: Metadata keys that are PagerDuty event fields rather than custom details.
 EVENT_METADATA_KEYS = frozenset(
@@ -182,9 +184,12 @@ def build_trigger(
         except ValidationError as exc:
             raise _invalid("metadata.images", exc) from None
         event["images"] = [image.model_dump(exclude_none=True) for image in images]
-    for key in ("client", "client_url"):
-        if isinstance(meta.get(key), str):
-            event[key] = meta[key]
+    client, client_url = meta.get("client"), meta.get("client_url")
+    if isinstance(client, str):
+        event["client"] = truncate(client, MAX_FIELD_CHARS)
+    # A URL cut short would lead nowhere: one too long to keep is left out.
+    if isinstance(client_url, str) and len(client_url) <= MAX_URL_CHARS:
+        event["client_url"] = client_url
     return fit_event_size(event)
 
 

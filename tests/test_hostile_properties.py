@@ -251,7 +251,8 @@ def test_pagerduty_builder_makes_events_pagerduty_accepts(n: Notification) -> No
     assert len(body) <= MAX_EVENT_BYTES
     decoded = json.loads(body, parse_constant=_no_constants)  # standard JSON: no NaN
     payload = decoded["payload"]
-    assert len(payload["summary"]) <= MAX_SUMMARY_CHARS
+    # Within the limit however PagerDuty counts a character (in UTF-16 units, the most).
+    assert len(payload["summary"].encode("utf-16-le")) // 2 <= MAX_SUMMARY_CHARS
     assert len(decoded["dedup_key"]) <= MAX_DEDUP_KEY_CHARS
     for field in ("summary", "source", "component", "class", "group"):
         if field in payload:

@@ -238,6 +238,20 @@ def test_long_summary_is_cut_to_1024_ending_in_ellipsis(
     assert summary.endswith("…")
 
 
+def test_a_summary_of_emoji_fits_1024_however_pagerduty_counts_characters(
+    provider: PagerDutyProvider, sandbox_api: SandboxClient
+) -> None:
+    """PagerDuty documents its limits in characters without saying which: in UTF-16 units
+    (a JVM's, JavaScript's count) an emoji is two, and 1,024 of them are 2,048."""
+    assert provider.trigger(page(subject="🔥" * 2000, metadata={"source": "📟" * 600})).is_success()
+    [event] = sandbox_api.events()
+    payload = event["body"]["payload"]
+    for field in ("summary", "source"):
+        assert len(payload[field].encode("utf-16-le")) // 2 <= 1024
+        assert payload[field].endswith("…")
+    assert payload["summary"] == "🔥" * 511 + "…"
+
+
 def test_oversized_event_sheds_custom_details_with_a_note(
     provider: PagerDutyProvider, sandbox_api: SandboxClient
 ) -> None:

@@ -25,7 +25,6 @@ from worker.notification import (
     NotificationPriority,
     PagerDutySeverity,
     content_key,
-    truncate,
 )
 from worker.validation import described
 
@@ -150,19 +149,19 @@ def build_trigger(
         details["replay_of"] = replay_of
     severity = meta.get("severity") or severity_for(notification, default_severity).value
     payload: dict[str, Any] = {
-        "summary": truncate(notification.subject, MAX_SUMMARY_CHARS),
+        "summary": cut(notification.subject, MAX_SUMMARY_CHARS),
         "severity": severity,
-        "source": truncate(_text(meta, "source", source), MAX_FIELD_CHARS),
-        "component": truncate(_text(meta, "component", notification.recipient), MAX_FIELD_CHARS),
+        "source": cut(_text(meta, "source", source), MAX_FIELD_CHARS),
+        "component": cut(_text(meta, "component", notification.recipient), MAX_FIELD_CHARS),
         "timestamp": (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="milliseconds"),
         "custom_details": details,
     }
     group = meta.get("group") or meta.get("team")
     if isinstance(group, str) and group:
-        payload["group"] = truncate(group, MAX_FIELD_CHARS)
+        payload["group"] = cut(group, MAX_FIELD_CHARS)
     event_class = _text(meta, "class", notification.alert_name or "")
     if event_class:
-        payload["class"] = truncate(event_class, MAX_FIELD_CHARS)
+        payload["class"] = cut(event_class, MAX_FIELD_CHARS)
 
     event: dict[str, Any] = {
         "routing_key": routing_key,
@@ -186,11 +185,30 @@ def build_trigger(
         event["images"] = [image.model_dump(exclude_none=True) for image in images]
     client, client_url = meta.get("client"), meta.get("client_url")
     if isinstance(client, str):
-        event["client"] = truncate(client, MAX_FIELD_CHARS)
+        event["client"] = cut(client, MAX_FIELD_CHARS)
     # A URL cut short would lead nowhere: one too long to keep is left out.
     if isinstance(client_url, str) and len(client_url) <= MAX_URL_CHARS:
         event["client_url"] = client_url
     return fit_event_size(event)
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters as PagerDuty may count them, ending in "…" when
+    cut. Its limits are documented in characters, not which: counted in UTF-16 units (as
+    a JVM or JavaScript counts), an emoji is two, and a summary Python counts as 1,024 can
+    be 2,047. Cut in UTF-16 units, it fits either count."""
+    if 2 * len(text) <= limit:  # fits however it is counted: the usual case, at once
+        return text
+    units = len(text.encode("utf-16-le")) // 2
+    if units <= limit:
+        return text
+    kept, count = [], 0
+    for ch in text:
+        count += 2 if ord(ch) > 0xFFFF else 1
+        if count > limit - 1:
+            break
+        kept.append(ch)
+    return "".join(kept) + "…"
 
 
 def _text(meta: dict[str, Any], key: str, default: str) -> str:
@@ -239,7 +257,7 @@ def build_change(
 ) -> dict[str, Any]:
     """A change event (a deploy, a config change): shown on the service, opens no incident."""
     payload: dict[str, Any] = {
-        "summary": truncate(summary, MAX_SUMMARY_CHARS),
+        "summary": cut(summary, MAX_SUMMARY_CHARS),
         "timestamp": (timestamp or datetime.now(UTC)).astimezone(UTC).isoformat(),
     }
     if source:

@@ -45,7 +45,7 @@ from config.queues import (
     QUEUE_OF,
     QUEUE_ORDER,
 )
-from config.redis_address import RedisAddress
+from config.redis_address import RedisAddress, host_port
 from config.settings import Settings
 
 
@@ -74,7 +74,7 @@ def broker(settings: Settings) -> tuple[str, dict[str, Any]]:
     auth = ""
     if address.password is not None:
         auth = f"{quote(address.username or '', safe='')}:{quote(address.password, safe='')}@"
-    url = ";".join(f"sentinel://{auth}{h}:{p}/{address.db}" for h, p in address.sentinels)
+    url = ";".join(f"sentinel://{auth}{host_port(h, p)}/{address.db}" for h, p in address.sentinels)
     sentinel_kwargs: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2}
     if address.tls:
         sentinel_kwargs |= {"ssl": True, **(broker_ssl(address) or {})}
@@ -125,7 +125,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 10,
         "socket_keepalive": True,
         "socket_connect_timeout": 5,
-        "socket_timeout": 30,
+        # A master that hangs rather than dies (a frozen process, a paused VM, a host gone
+        # without a reset) answers nothing: every call on a connection to it waits this
+        # long, one pooled connection after another, before the worker asks the
+        # Sentinels again. At 30 s no page went out for about 100 s after a failover.
+        "socket_timeout": 5,
         "retry_on_timeout": True,
     }
     tls = broker_ssl(settings.redis_address)

@@ -55,14 +55,17 @@ class RedisAddress:
             credentials, at, host = parts.netloc.rpartition("@")
             given = "…@" if at and credentials else ""
             return f"{parts.scheme}://{given}{host}{parts.path}"
-        hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+        hosts = ",".join(host_port(h, p) for h, p in self.sentinels)
         scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
         return f"{scheme}://{hosts}/{self.master_name}/{self.db}"
 
 
 def parse_redis_url(url: str) -> RedisAddress:
     """``url`` as a :class:`RedisAddress`; ValueError saying what a valid one looks like."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": a bracket left open
+        raise ValueError(f"is not a URL ({exc}): write an IPv6 host as [::1]:6379") from None
     scheme = parts.scheme
     if scheme == "sentinel":
         raise ValueError(
@@ -116,9 +119,20 @@ def parse_redis_url(url: str) -> RedisAddress:
 
 
 def _host(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    if text.startswith("["):  # an IPv6 address, bracketed as in any URL: [::1]:26379
+        host, bracket, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} is not a Sentinel's host:port")
+    else:
+        host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
     if not host:
         raise ValueError(f"{text!r} is not a Sentinel's host:port")
     if port and not port.isdigit():
         raise ValueError(f"{text!r} is not a Sentinel's host:port")
     return host, int(port) if port else SENTINEL_PORT
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -143,6 +144,7 @@ class LocalRedis:
     def stop(self) -> None:
         """Stop the server (cleanly, so an append-only file is complete)."""
         if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)  # a frozen one could not stop
             self._proc.terminate()
             try:
                 self._proc.wait(10)
@@ -157,6 +159,12 @@ class LocalRedis:
         self.stop()
         if self._owned_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def freeze(self) -> None:
+        """SIGSTOP, as a hung host or a paused VM would: its connections stay open and it
+        answers nothing (until :meth:`stop`)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGSTOP)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

@@ -38,7 +38,7 @@ class LocalSentinel:
         self.config = self.directory / "sentinel.conf"
         self.config.write_text(
             f"port {self.port}\n"
-            "bind 127.0.0.1\n"
+            "bind 127.0.0.1 -::1\n"  # IPv6 too where loopback has it ('-': if it has)
             f"dir {self.directory}\n"
             f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}\n"
             f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
@@ -165,6 +165,12 @@ class LocalSentinelCluster:
         """SIGKILL the current master, as a crash would; returns it."""
         victim = self.current_master()
         victim.kill()
+        return victim
+
+    def freeze_master(self) -> LocalRedis:
+        """SIGSTOP the current master, as a hung host would; returns it."""
+        victim = self.current_master()
+        victim.freeze()
         return victim
 
     def wait_for_failover(self, old: LocalRedis, timeout: float = 30.0) -> LocalRedis:

@@ -128,7 +128,10 @@ def run_drill(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     min_replicas: int,
+    freeze: bool = False,
 ) -> dict[str, Any]:
+    """The drill; ``freeze``: the master stops answering (SIGSTOP, a hung host) instead of
+    dying, and stays so until the end."""
     for name, value in {
         "REDIS_MIN_REPLICAS": str(min_replicas),
         "JOB_STALL_SECONDS": "10",
@@ -157,7 +160,7 @@ def run_drill(
                 producers.thread.start()
                 time.sleep(SECONDS / 3)
                 killed_at = time.time()
-                old = cluster.kill_master()
+                old = cluster.freeze_master() if freeze else cluster.kill_master()
                 cluster.wait_for_failover(old)
                 failover = time.time() - killed_at
                 producers.thread.join(120)
@@ -257,3 +260,28 @@ def test_the_same_failover_without_replica_confirmation_is_reported(
     result = run_drill(cluster, service_env, catalogue, monkeypatch, tmp_path, min_replicas=0)
     report(result, tmp_path)
     assert result["accepted"] + len(result["refused"]) == PAGES  # nothing asserted beyond
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_master_that_hangs_instead_of_dying_loses_no_accepted_page(
+    cluster: LocalSentinelCluster,
+    service_env: SandboxServer,
+    catalogue: WriteCatalogue,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A frozen master keeps its connections open and answers nothing: every client must
+    give up on it by its own timeouts. The broker's waited 30 s a call, one pooled
+    connection after another, and no page went out for about 100 s (here: none before the
+    drill's end, while the old master stayed frozen)."""
+    result = run_drill(
+        cluster, service_env, catalogue, monkeypatch, tmp_path, min_replicas=1, freeze=True
+    )
+    report(result, tmp_path)
+    assert result["accepted"] + len(result["refused"]) == PAGES
+    assert result["accepted"] >= PAGES * 0.8, result["refused"]
+    assert all(result["refused"].values())
+    assert result["lost"] == []
+    assert result["duplicate_incidents"] == []
+    assert result["dead_letters"] == 0

@@ -2,10 +2,13 @@
 replicas and three Sentinels on loopback, ``REDIS_URL=redis+sentinel://...``. Every test of
 tests/test_queue_e2e.py runs here as written; only the Redis under them changed (the broker
 through kombu's Sentinel transport, hardened as ours; job state through redis-py's Sentinel
-client)."""
+client). The Sentinels are named by IPv6 addresses (``[::1]:port``) where loopback has one:
+every client must find them so (a client that misread the address tries the next
+Sentinel, so all are named so)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -23,9 +26,23 @@ def redis_url() -> Iterator[str]:
     except RedisUnavailableError as exc:
         pytest.skip(f"no Sentinel cluster: {exc}")
     try:
-        yield cluster.url
+        yield _over_ipv6(cluster) if _has_ipv6() else cluster.url
     finally:
         cluster.cleanup()
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def _over_ipv6(cluster: LocalSentinelCluster) -> str:
+    hosts = ",".join(f"[::1]:{s.port}" for s in cluster.sentinels)
+    return f"redis+sentinel://{hosts}/{cluster.master_name}/0"
 
 
 def test_every_client_here_goes_through_the_sentinels(service_env: object) -> None:

@@ -194,6 +194,9 @@ def test_sentinel_urls_name_the_sentinels_and_the_master() -> None:
         False,
     )
     assert found.shown() == "redis+sentinel://s1:26380,s2:26379,10.0.0.3:26381/gds-main/2"
+    v6 = load_settings(redis_url="redis+sentinel://[::1]:26380,[fd00::3]/gds/0").redis_address
+    assert v6.sentinels == (("::1", 26380), ("fd00::3", 26379))
+    assert v6.shown() == "redis+sentinel://[::1]:26380,[fd00::3]:26379/gds/0"
     with_password = load_settings(redis_url="rediss://:s3cret@cache.example:6380/4")
     assert with_password.redis_address.shown() == "rediss://…@cache.example:6380/4"
     assert load_settings(redis_url="redis://h:1/0").redis_address.shown() == "redis://h:1/0"
@@ -207,6 +210,8 @@ def test_sentinel_urls_name_the_sentinels_and_the_master() -> None:
         ("redis+sentinel://s1:26379", "names the Sentinels and the master"),
         ("redis+sentinel://s1:26379/gds/zero", "only a database number"),
         ("redis+sentinel://s1:port/gds", "is not a Sentinel's host:port"),
+        ("redis+sentinel://[::1/gds", "write an IPv6 host as [::1]:6379"),
+        ("redis+sentinel://[::1]26379/gds", "is not a Sentinel's host:port"),
         ("http://redis:6379", "must be a redis://"),
         # redis-py failed on these with a traceback, at the first connection.
         ("redis://:pw@redis:99999/0", "has a port that is not a number from 1 to 65535"),

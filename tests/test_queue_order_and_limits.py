@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from celery.contrib.testing.worker import start_worker
 
@@ -102,3 +104,34 @@ def test_a_429_pauses_the_key_for_every_worker(service_env: SandboxServer) -> No
         or record["channels"]["pagerduty"]["attempts"] == 1
     )
     api.close()
+
+
+def test_429s_naming_no_wait_pause_the_key_longer_each_time_they_keep_coming(
+    service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PagerDuty throttles dynamically and asks for a backoff: a pause of RETRY_BASE_SECONDS
+    after every 429 kept hitting it. Each 429 that comes while they keep coming doubles
+    the pause, for every job to the key (one worker thread: three pages, in turns)."""
+    monkeypatch.setenv("RETRY_BASE_SECONDS", "0.5")
+    get_settings.cache_clear()
+    reconfigure()
+    api = SandboxClient(service_env)
+    api.faults({"status": 429}, {"status": 429}, {"status": 429})
+    with start_worker(app, pool="threads", concurrency=1, perform_ping_check=False):
+        jobs = [
+            tasks.enqueue(
+                Notification(
+                    recipient="db", subject=f"t{i}", priority="critical", idempotency_id=f"bk-{i}"
+                )
+            )
+            for i in range(3)
+        ]
+        wait_for(lambda: all(status(j) == "delivered" for j in jobs), timeout=30)
+    events = api.events()
+    api.close()
+    assert [e["status"] for e in events] == [429, 429, 429, 202, 202, 202]
+    gaps = [later["at"] - earlier["at"] for earlier, later in itertools.pairwise(events[:4])]
+    for gap, pause in zip(gaps, (0.5, 1.0, 2.0), strict=True):
+        assert gap >= pause - 0.05, (gaps, pause)
+    # Once they stop, a 429 pauses from the first backoff again.
+    assert engine().limiter.pause("a-key-never-throttled", None, backoff=0.5) == 0.5

@@ -400,7 +400,9 @@ def _page(engine: Engine, job: DeliveryJob, clock: ProviderCall) -> Notification
         raise _malformed(job, f"action {job.action!r} is not a PagerDuty event")
     except NotificationRateLimitError as exc:
         # One worker was told to slow down: every worker slows down for this key.
-        engine.limiter.pause(raw_key, exc.retry_after_seconds or engine.settings.retry_base_seconds)
+        engine.limiter.pause(
+            raw_key, exc.retry_after_seconds or None, backoff=engine.settings.retry_base_seconds
+        )
         raise
 
 

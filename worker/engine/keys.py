@@ -98,6 +98,11 @@ def rate_pause(namespace: str, key_id: str) -> str:
     return f"{namespace}:pause:{key_id}"
 
 
+def rate_strikes(namespace: str, key_id: str) -> str:
+    """429s without a named wait while they keep coming: how far the pause has doubled."""
+    return f"{namespace}:strikes:{key_id}"
+
+
 # Heartbeats (worker/engine/heartbeats/). Slugs are validated by the catalogue before use.
 HEARTBEAT_LAST = f"{PREFIX}hb:last"  # hash: slug -> {"at", "status"} of the newest heartbeat
 HEARTBEAT_STATE = f"{PREFIX}hb:state"  # hash: slug -> ServiceState JSON

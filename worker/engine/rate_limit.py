@@ -109,11 +109,16 @@ class SharedRateLimiter:
             return float(result[1])  # paused after a 429: exactly the rest of the pause
         return max(0.001, float(result[1])) + self.margin
 
-    def pause(self, key: str, seconds: float) -> None:
-        """Stop every worker from sending to this key for ``seconds`` (after a 429)."""
-        seconds = max(0.05, seconds)
-        until = time.time() + seconds
-        self._pause(
-            keys=[keys.rate_pause(self.namespace, key_id(key))],
-            args=[repr(until), int(seconds * 1000) + 1],
+    def pause(
+        self, key: str, seconds: float | None, backoff: float = 1.0, longest: float = 30.0
+    ) -> float:
+        """Stop every worker from sending to this key (after a 429) for ``seconds``, or,
+        when PagerDuty named no wait, for ``backoff`` seconds doubled with each further 429
+        that comes while they keep coming, up to ``longest`` (PagerDuty asks for a backoff:
+        a pause of a second each time would keep the key throttled). Returns the pause."""
+        kid = key_id(key)
+        answer = self._pause(
+            keys=[keys.rate_pause(self.namespace, kid), keys.rate_strikes(self.namespace, kid)],
+            args=["" if seconds is None else repr(seconds), repr(time.time()), backoff, longest],
         )
+        return float(answer)

@@ -63,6 +63,32 @@ POISON = {
 }
 
 
+def test_a_poison_message_whose_letter_fails_for_itself_is_kept_as_text_not_put_back(
+    service_env: SandboxServer, celery_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A letter that fails for what it holds, not for Redis, would fail again each time the
+    message came back: put back, it would go round for ever. Its text is kept instead."""
+    letters = engine().dead_letters
+    real: Callable[..., Any] = letters.add
+    refused: list[str] = []
+
+    def add(**letter: Any) -> Any:
+        if "unkeepable" not in letter["payload"]:
+            refused.append(letter["entry_id"])
+            raise ValueError("injected: this payload cannot be written")
+        return real(**letter)
+
+    monkeypatch.setattr(letters, "add", add)
+    queue, message = POISON["an unknown task"]
+    engine().redis.lpush(queue, message)
+    [letter] = wait_for(lambda: engine().dead_letters.list(), timeout=20)
+    wait_for(lambda: engine().redis.hlen("unacked") == 0 and engine().redis.llen(queue) == 0)
+    assert len(refused) == 1  # taken once: not put back
+    assert letter["id"].startswith("poison-")
+    assert letter["reason"] == "unknown task 'no.such.task': no worker task has this name"
+    assert "no.such.task" in letter["payload"]["unkeepable"]
+
+
 @pytest.mark.parametrize("kind", sorted(POISON))
 def test_a_poison_message_whose_dead_letter_cannot_be_written_is_put_back_and_kept_later(
     kind: str, service_env: SandboxServer, celery_worker: Any, monkeypatch: pytest.MonkeyPatch

@@ -16,6 +16,8 @@ import re
 import uuid
 from typing import Any
 
+import redis
+
 from worker.engine.dead_letters import DeadLetters
 
 logger = logging.getLogger(__name__)
@@ -85,10 +87,35 @@ def quarantine(
             )
             if kept is not None:
                 break
-    except Exception:
+    except redis.RedisError:
         logger.exception("could not dead-letter a poison message (%s)", reason)
         return False
+    except Exception:
+        # Not Redis but the letter itself: it would fail the same way each time the message
+        # came back, and putting it back would go round for ever. Its text is kept instead.
+        logger.exception("could not dead-letter a poison message as it is (%s)", reason)
+        return _kept_as_text(dead_letters, reason, payload)
     logger.warning("poison message dead-lettered: %s", reason[:1000])
+    return True
+
+
+def _kept_as_text(dead_letters: DeadLetters, reason: str, payload: Any) -> bool:
+    """The letter of a message whose own letter could not be written, holding the start of
+    its text; False only when Redis failed (the caller puts the message back)."""
+    try:
+        dead_letters.add(
+            entry_id=f"poison-{uuid.uuid4().hex}",
+            job_id=None,
+            channel=BROKER_CHANNEL,
+            reason=reason[:1000],
+            payload={"unkeepable": excerpt(payload)},
+            only_new=True,
+        )
+    except redis.RedisError:
+        logger.exception("could not dead-letter a poison message (%s)", reason)
+        return False
+    except Exception:
+        logger.exception("could not keep even the text of a poison message: dropped (%s)", reason)
     return True
 
 

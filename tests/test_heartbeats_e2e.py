@@ -207,6 +207,37 @@ def test_a_failure_then_a_success_before_the_check_pages_once_and_resolves(
     assert state("still-failing").status == "down"
 
 
+def test_a_failure_an_earlier_checker_paged_or_one_dated_long_before_the_last_check_is_no_news(
+    catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
+) -> None:
+    """A checker of an earlier version (a rolling upgrade) pages a failure from the newest
+    heartbeat and leaves it kept: the next check of this version must not page it again.
+    A failure dated well before the last check (reported late, or back-dated) is not paged
+    for having been kept either; the newest heartbeat still pages it if it is the state."""
+    import tasks
+    from worker.engine import keys
+    from worker.engine.runtime import engine
+
+    catalogue(service("etl", window=60) + service("late", window=60))
+    tasks.heartbeat("etl")
+    tasks.heartbeat("late")
+    check()
+    quiet_early_checks()
+    tasks.heartbeat("etl", status="fail")
+    kept = engine().redis.hget(keys.HEARTBEAT_FAILED, "etl")
+    tasks.heartbeat("etl")
+    check()  # pages it (and takes it in)
+    check_until(lambda: pages.incidents(dedup_key="medic-heartbeat-etl", status="resolved"))
+    engine().redis.hset(keys.HEARTBEAT_FAILED, "etl", kept)  # as the earlier checker left it
+    tasks.heartbeat("late", status="fail", at=time.time() - 3600)
+    tasks.heartbeat("late")
+    keep_checking(0.5, beating=("etl", "late"))
+    assert unseen_failures() == {}  # taken in, and paged no more
+    triggers = [e for e in pages.events() if e["body"]["event_action"] == "trigger"]
+    assert [e["body"]["dedup_key"] for e in triggers] == ["medic-heartbeat-etl"]
+    assert state("late").status == "up"
+
+
 def test_a_failure_seen_by_two_overlapping_checks_pages_once_and_one_reported_meanwhile_waits(
     catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
 ) -> None:

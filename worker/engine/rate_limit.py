@@ -114,11 +114,18 @@ class SharedRateLimiter:
     ) -> float:
         """Stop every worker from sending to this key (after a 429) for ``seconds``, or,
         when PagerDuty named no wait, for ``backoff`` seconds doubled with each further 429
-        that comes while they keep coming, up to ``longest`` (PagerDuty asks for a backoff:
-        a pause of a second each time would keep the key throttled). Returns the pause."""
+        that comes while they keep coming, up to ``longest`` (or ``backoff``, if longer:
+        PagerDuty asks for a backoff, and a pause of a second each time would keep the key
+        throttled); a 429 during a pause (sent before it began) adds nothing. Returns the
+        pause."""
         kid = key_id(key)
         answer = self._pause(
             keys=[keys.rate_pause(self.namespace, kid), keys.rate_strikes(self.namespace, kid)],
-            args=["" if seconds is None else repr(seconds), repr(time.time()), backoff, longest],
+            args=[
+                "" if seconds is None else repr(seconds),
+                repr(time.time()),
+                backoff,
+                max(longest, backoff),
+            ],
         )
         return float(answer)

@@ -28,6 +28,7 @@ from worker.engine import keys, scripts
 from worker.engine.heartbeats.evaluation import (
     Action,
     Observation,
+    ReportedFailure,
     ServiceState,
     removed,
     starts_hold,
@@ -132,28 +133,31 @@ class HeartbeatChecker:
         write: dict[str, ServiceState] = {}
         taken: dict[str, str] = {}
         tally: Counter[str] = Counter()
+        previous = None if raw_last_check is None else float(raw_last_check)
         for spec in specs:
             raw = states.get(spec.slug)
             old = ServiceState.model_validate_json(raw) if raw else None
             last = lasts.get(spec.slug)
             window_end = spec.maintenance_until(at) if spec.maintenance else None
+            failure = failures.get(spec.slug)
             obs = Observation(
                 count=counts[spec.slug],
                 last_at=last.at if last else None,
                 last_status=last.status if last else None,
                 maintenance_until=window_end.timestamp() if window_end else None,
                 running_since=running.get(spec.slug),
-                reported=failures.get(spec.slug),
+                reported=None if failure is None or not news(failure, old, previous) else failure,
             )
             new = step(spec, old, obs, now, gap, self.check_interval, since_held)
             tally[new.status] += 1
             # A failure seen is taken in by this write, even one that changed nothing (the
-            # service already down, or inactive): left, the next check would see it again.
-            if old is None or new != old or new.outbox or obs.reported is not None:
+            # service already down, or inactive), or that is no news: left, the next check
+            # would see it again.
+            if old is None or new != old or new.outbox or failure is not None:
                 read[spec.slug] = raw
                 write[spec.slug] = new
-                if obs.reported is not None:
-                    taken[spec.slug] = obs.reported.id
+                if failure is not None:
+                    taken[spec.slug] = failure.id
         forget: list[str] = []
         for slug in sorted(states.keys() - catalogue.services.keys() if complete else ()):
             old = ServiceState.model_validate_json(states[slug])
@@ -257,6 +261,21 @@ class HeartbeatChecker:
             args=[slug, read, new, taken or ""],
             client=client,
         )
+
+
+#: How far the clocks of a reporter and the checker may disagree.
+CLOCK_SLACK_SECONDS = 60.0
+
+
+def news(failure: ReportedFailure, state: ServiceState | None, previous: float | None) -> bool:
+    """Whether a failure no check has taken in is still to be paged: not when an incident
+    was opened after it (a checker of an earlier version, during a rolling upgrade, paged
+    it and left it kept), nor when it is dated before the previous check by more than
+    clocks disagree (reported late, or back-dated: the newest report still pages it if it
+    is the service's state now)."""
+    if state is not None and state.opened and failure.at <= max(state.opened):
+        return False
+    return previous is None or failure.at >= previous - CLOCK_SLACK_SECONDS
 
 
 def read_states(client: redis.Redis) -> dict[str, ServiceState]:

@@ -477,6 +477,23 @@ def test_a_refused_notify_of_a_large_body_is_kept_whole_and_replays_once_its_rou
     api.close()
 
 
+def test_whole_means_as_json_for_every_refused_or_expired_notify() -> None:
+    """One measure, the size of the JSON a body carries: Python's repr (separators) and
+    ASCII-escaped JSON (six characters for each non-ASCII one) cut payloads well within
+    1 MiB, which then could not be replayed."""
+    from worker.engine.dead_letters import KEEP_WHOLE_CHARS, bounded, cut_short
+    from worker.task_request import keep_expired
+
+    listed = {"args": [{"metadata": {"n": [0] * 400_000}}]}  # repr 1.2 MB, JSON 0.8 MB
+    assert len(repr(listed)) > KEEP_WHOLE_CHARS
+    assert bounded(listed) is listed
+    snow = {"subject": "s", "body": "雪" * 300_000}  # escaped 1.8 MB, as sent 0.3 MB
+    assert bounded({"args": [snow]})["args"] == [snow]
+    assert cut_short(bounded({"args": ["z" * 2_000_000]})) is not None
+    # An expired notify is measured the same way (False: not kept as a notification).
+    assert keep_expired("t-1", [{"body": "z" * 2_000_000}], {}, "expired") is False
+
+
 def test_a_refused_notify_too_large_to_keep_whole_says_so_when_replayed(
     service_env: SandboxServer,
 ) -> None:

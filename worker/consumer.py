@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery.app.events import Events as CeleryEvents
 from celery.events.dispatcher import EventDispatcher as CeleryEventDispatcher
 from celery.worker.consumer import Consumer as CeleryConsumer
@@ -153,10 +154,15 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         try:
             if not keep_expired(message.headers["id"], args, kwargs, problem):
                 return False
-        except Exception:
+        except redis.RedisError:
             logger.exception("an expired notify could not be kept: put back")
             message.reject_log_error(logger, self.connection_errors, requeue=True)
             return True
+        except Exception:
+            # Not Redis but the notification: it would fail so each time it came back, and
+            # go round for ever. Kept as the message it is instead.
+            logger.exception("an expired notify could not be kept as its notification")
+            return False
         announce_failure(self, message, f"unrunnable task message: {problem}")
         message.ack_log_error(logger, self.connection_errors)
         return True

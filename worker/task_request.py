@@ -18,7 +18,6 @@ decision and stay Celery's: only expiry is kept.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -26,7 +25,7 @@ from celery.worker import state
 from celery.worker.request import Request
 
 from config.queues import NOTIFY_TASK
-from worker.engine.dead_letters import KEEP_WHOLE_CHARS
+from worker.engine.dead_letters import KEEP_WHOLE_CHARS, json_size
 from worker.engine.quarantine import message_copy, quarantine
 from worker.engine.runtime import engine
 
@@ -82,7 +81,7 @@ def keep_expired(task_id: str, args: Any, kwargs: Any, why: str) -> bool:
     the message is kept). Raises what Redis does."""
     if not (isinstance(args, list | tuple) and len(args) == 1 and not kwargs):
         return False
-    if len(json.dumps(args[0], default=str)) > KEEP_WHOLE_CHARS:
+    if json_size(args[0]) > KEEP_WHOLE_CHARS:
         return False
     eng = engine()
     if eng.jobs.get(task_id) is not None:

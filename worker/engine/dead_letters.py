@@ -35,13 +35,18 @@ KEEP_WHOLE_CHARS = 1_048_576
 KEEP_START_CHARS = 65_536
 
 
+def json_size(value: Any) -> int:
+    """How many characters ``value`` is as compact JSON (as an API body carries it)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str))
+
+
 def bounded(payload: Any) -> Any:
-    """``payload`` whole when its text is at most ``KEEP_WHOLE_CHARS``, else its start, in
-    a form :func:`cut_short` recognises."""
-    text = repr(payload)
-    if len(text) <= KEEP_WHOLE_CHARS:
+    """``payload`` whole when it is at most ``KEEP_WHOLE_CHARS`` as JSON, else the start of
+    its text, in a form :func:`cut_short` recognises."""
+    size = json_size(payload)
+    if size <= KEEP_WHOLE_CHARS:
         return payload
-    return {"truncated": text[:KEEP_START_CHARS], "size": len(text)}
+    return {"truncated": repr(payload)[:KEEP_START_CHARS], "size": size}
 
 
 def cut_short(payload: Any) -> int | None:

@@ -282,6 +282,37 @@ def test_a_replay_killed_before_removing_its_letter_sends_once_when_replayed_aga
     api.close()
 
 
+def test_a_letter_replayed_already_as_something_else_says_so_when_replayed_again(
+    service_env: SandboxServer,
+) -> None:
+    """A replay killed before it removed the letter queued what the letter meant then; if
+    it means something else now (an Alertmanager group's state moved on), replaying it
+    again cannot queue it under the same job: the operator is told why, not "a message id
+    sent twice"."""
+    letters = engine().dead_letters
+    letters.add(entry_id="moved-on", reason="r", **CRASHED_LETTERS["email"])
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_QUEUEING, "moved-on"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    engine().redis.delete(keys.dead_letter_replay("moved-on"))
+    letter = letters.get("moved-on")
+    assert letter is not None
+    letter["payload"]["notification"]["subject"] = "Disk full, and more"
+    engine().redis.hset(keys.DEAD_LETTERS, "moved-on", json.dumps(letter))
+    again = run("dlq", "replay", "moved-on")
+    assert again.exit_code != 0
+    assert "replayed already (by a replay that stopped before it removed the letter)" in (
+        again.output
+    )
+    assert "sent twice" not in again.output
+    assert letters.get("moved-on") is not None
+
+
 def test_dlq_remove_deletes_only_the_letters_named(service_env: SandboxServer) -> None:
     """A letter not to be sent was to be purged, and purge deletes every letter."""
     letters = engine().dead_letters

@@ -54,7 +54,19 @@ def replay(engine: Engine, entry_id: str) -> str:
         entry = engine.dead_letters.get(entry_id)
         if entry is None:
             raise KeyError(f"no dead letter {entry_id!r} (replayed or purged meanwhile?)")
-        job_id = _requeue(engine, entry)
+        try:
+            job_id = _requeue(engine, entry)
+        except InvalidJobError as exc:
+            if not any(e.get("field") == "id" for e in exc.errors):
+                raise
+            # Its job id is derived from the letter: a job under it is this letter's
+            # replay, queued by a replay that stopped before it removed the letter, though
+            # what it would send now differs (an Alertmanager group's state moved on).
+            problem = (
+                "replayed already (by a replay that stopped before it removed the letter), "
+                "as what it held then: `dlq remove` it"
+            )
+            raise InvalidJobError([{"field": "id", "message": problem}]) from None
         engine.dead_letters.remove(entry_id)
     if entry.get("job_id") and entry.get("channel") in tuple(Channel):
         try:  # the job is queued: a note that cannot be written must not say otherwise

@@ -672,7 +672,7 @@ class _Session(aiosmtplib.SMTP):
         /,
         timeout: float | Literal[Default.token] | None = Default.token,
     ) -> aiosmtplib.SMTPResponse:
-        """aiosmtplib's login (each AUTH method the server offers, in its order), ending at
+        """aiosmtplib's login (each AUTH method both sides know, in aiosmtplib's order), ending at
         a refusal that closed the session: after a 421, which aiosmtplib hangs up on,
         it tried the next method on the closed connection, and "Server not connected"
         replaced the server's own words. Called once the server's list is known."""

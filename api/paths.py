@@ -10,8 +10,10 @@ from config.api_tokens import TOKEN_PREFIX
 
 #: A key in a path: the segment after ``ping`` or ``medic``, as the routes read it, and as
 #: a client may mistype it (``//ping/KEY``, a base URL with a trailing slash; ``/PING/``):
-#: those reach no route, but the access log still writes the path.
-KEY_IN_PATH = re.compile(r"(/+(?:ping|medic)/+)([^/?#]+)", re.IGNORECASE)
+#: those reach no route, but the access log still writes the path. A slash written
+#: ``%2F`` before the key separates it too: the server decodes it before routing
+#: (``/ping%2FUUID`` is answered as ``/ping/UUID``), while the log writes it as sent.
+KEY_IN_PATH = re.compile(r"((?:/|%2F)+(?:ping|medic)(?:/|%2F)+)([^/?#]+)", re.IGNORECASE)
 #: A token as ``gds-notify api token`` makes them, wherever else it stands in a path.
 TOKEN = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{4,}")
 

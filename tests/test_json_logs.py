@@ -175,8 +175,13 @@ def test_the_api_logs_every_line_as_json_with_keys_in_paths_masked(
         httpx.get(f"{base}/x/{encoded}/y%0Az", timeout=10)
         # A slash escaped inside a key: decoded, it would end the masked segment early.
         httpx.get(f"{base}/ping/{key[:12]}%2F{key[12:]}/z", timeout=10)
+        # The slash before the key escaped: the server routes it as /ping/{key}/...
+        uuid = "5cca24d4-9979-4a51-a68f-e6493e6e10bf"
+        httpx.get(f"{base}/ping%2F{uuid}", timeout=10)
+        httpx.get(f"{base}/medic%2f{key}/service", timeout=10)
         wait_for(lambda: b"/v1/notifications" in log.read_bytes())
         wait_for(lambda: b"/x/" in log.read_bytes())
+        wait_for(lambda: b"/medic%2f" in log.read_bytes())
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(15)
@@ -185,6 +190,7 @@ def test_the_api_logs_every_line_as_json_with_keys_in_paths_masked(
         assert_base_fields(entry)
     assert key not in log.read_text()
     assert key[5:] not in log.read_text()  # nor its secret part, however spelled
+    assert uuid[:-4] not in log.read_text()  # a Healthchecks UUID is a key too
     assert any(e["logger"] == "uvicorn.error" for e in found)  # uvicorn's own log too
     access = [e for e in found if e["logger"] == "uvicorn.access"]
     [ping] = [e for e in access if e["path"].endswith("/nightly-backup")]

@@ -210,7 +210,7 @@ def install(app: FastAPI, refused_notifier: Callable[[Request], ApiError | None]
         return invalid(exc.errors)
 
     async def outage(request: Request, exc: Exception) -> JSONResponse:
-        where = paths.masked(request.url.path)
+        where = paths.shown(request)
         logger.warning("%s %s: redis unavailable: %s", request.method, where, exc)
         said = "Redis is unreachable: nothing was stored; retry later"
         if isinstance(exc, redis.TimeoutError) and request.method not in ("GET", "HEAD"):
@@ -225,7 +225,7 @@ def install(app: FastAPI, refused_notifier: Callable[[Request], ApiError | None]
 
     @app.exception_handler(NotReplicatedError)
     async def not_durable(request: Request, exc: NotReplicatedError) -> JSONResponse:
-        logger.warning("%s %s: %s", request.method, paths.masked(request.url.path), exc)
+        logger.warning("%s %s: %s", request.method, paths.shown(request), exc)
         body: dict[str, Any] = {"error": str(exc)}
         if exc.job_id is not None:
             # The job is on the master and may well go out: the producer was told no id,

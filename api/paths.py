@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 import string
 
+from starlette.requests import Request
+
 from config.api_tokens import TOKEN_PREFIX
+from worker.validation import inert
 
 #: A key in a path: the segment after ``ping`` or ``medic``, as the routes read it, and as
 #: a client may mistype it (``//ping/KEY``, a base URL with a trailing slash; ``/PING/``):
@@ -38,3 +41,11 @@ def masked(path: str) -> str:
         path = _ESCAPE.sub(_unreserved, path)
     path = KEY_IN_PATH.sub(lambda m: m.group(1) + "…" + m.group(2)[-4:], path)
     return TOKEN.sub(lambda m: "…" + m.group(0)[-4:], path)
+
+
+def shown(request: Request) -> str:
+    """The request's path for a log line of ours: as sent (what the access log writes, so
+    the two can be matched), keys masked. Decoded, it could carry control characters into
+    the log (an ESC sequence clears an operator's terminal)."""
+    sent = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
+    return inert(masked(sent))

@@ -293,7 +293,7 @@ class Catalogue(_Strict):
         if isinstance(data, dict) and isinstance(data.get("services"), dict):
             services = {}
             for slug, entry in data["services"].items():
-                if not SLUG_PATTERN.match(slug):
+                if not SLUG_PATTERN.fullmatch(slug):
                     raise ValueError(
                         f"services.{slug}: a slug is 1-100 letters, digits, '.', '_' or '-', "
                         "starting with a letter or digit"

@@ -568,6 +568,12 @@ def test_redis_unreachable_is_503_with_retry_after_never_202(
         ping = http.get(f"/ping/{HEARTBEAT_TOKEN}/billing-api")
         beat = {"heartbeat_name": "billing-api", "status": "UP"}
         medic = http.post(f"/medic/{HEARTBEAT_TOKEN}/heartbeat", json=beat)
+        # What a path carries is logged as sent: decoded, an ESC sequence reached the log.
+        http.get(f"/ping/{HEARTBEAT_TOKEN}/zz%1B%5B2Jcleared")
+        http.post(
+            "/v1/incidents/a%1B%5B31mRED%C2%85NEL/resolve",
+            headers={"Authorization": f"Bearer {NOTIFY_TOKEN}"},
+        )
     assert answer.status_code == 503
     assert answer.headers["Retry-After"] == "5"
     assert "nothing was stored" in answer.json()["error"]
@@ -583,6 +589,9 @@ def test_redis_unreachable_is_503_with_retry_after_never_202(
     assert any(f"/ping/…{HEARTBEAT_TOKEN[-4:]}/billing-api" in line for line in logged), logged
     assert any(f"/medic/…{HEARTBEAT_TOKEN[-4:]}/heartbeat" in line for line in logged), logged
     assert not any(HEARTBEAT_TOKEN in line for line in logged), logged
+    assert any("/zz%1B%5B2Jcleared" in line for line in logged), logged
+    assert any("/v1/incidents/a%1B%5B31mRED%C2%85NEL/resolve" in line for line in logged), logged
+    assert not any("\x1b" in line or "\x85" in line for line in logged), logged
 
 
 def test_acknowledge_and_resolve_over_http(

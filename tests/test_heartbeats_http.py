@@ -6,6 +6,7 @@ long, and the limits that keep a flood of pings harmless."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -687,6 +688,30 @@ def test_a_log_still_trickling_in_at_the_read_timeout_is_cut_there_and_recorded(
         assert (failed["kind"], failed["body"]) == ("fail", "disk full\n")
 
 
+def test_a_ping_whose_client_leaves_mid_body_is_not_a_server_error(
+    hb_api: ApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone could make the API answer 500, with a traceback each, and fire the API-errors
+    alert: a ping POST reads its body before its key is checked, and the client leaving
+    mid-body went uncaught. It is the client's doing: a 400, and no traceback."""
+    from tests.test_metrics import scrape
+
+    def counted(code: str) -> float:
+        key = ("gds_notify_http_responses_total", (("code", code), ("route", "/ping/{key}/{slug}")))
+        return scrape(f"{hb_api.url}/metrics").get(key, 0.0)
+
+    errors_before, refused_before = counted("500"), counted("400")
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", hb_api.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /ping/anything/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+                + b"y" * 10
+            )
+    wait_for(lambda: counted("400") - refused_before == 3)
+    assert counted("500") == errors_before
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_a_flood_of_pings_is_limited_per_key_and_starves_nobody(
     catalogue: WriteCatalogue,
     monkeypatch: pytest.MonkeyPatch,
@@ -792,6 +817,25 @@ def test_a_team_token_registers_a_service_for_its_own_team_when_it_names_none(
         409,
         "heartbeat_name: registered by another team; choose another",
     )
+
+
+def test_a_name_or_rid_ending_in_a_line_break_is_refused(hb_api: ApiServer) -> None:
+    """Python's ``$`` matches before a final line break: ``evil\n`` registered, and its
+    page, refused at intake for its one-line id, was dead-lettered; nobody was paged, ever.
+    A ping creating ``trail\n`` was a 500; a rid kept its line break."""
+    catalogue_key = f"{hb_api.url}/medic/{HEARTBEAT_TOKEN}/service"
+    with httpx.Client() as http:
+        medic = http.post(
+            catalogue_key,
+            json={"heartbeat_name": "evil\n", "service_name": "Evil", "alert_interval": 1},
+        )
+        created = http.get(ping_url(hb_api, "trail%0A", key=TEAM_PING_KEY) + "?create=1")
+        rid = http.get(ping_url(hb_api, "anything") + "?rid=abc%0A")
+    assert medic.status_code == 400
+    assert medic.json()["message"].startswith("heartbeat_name: 1-100 letters")
+    assert (created.status_code, created.text) == (400, "invalid slug")
+    assert (rid.status_code, rid.text) == (400, "invalid rid")
+    assert engine().registry.all() == {}
 
 
 def test_registration_stops_at_the_registry_limit(

@@ -368,7 +368,7 @@ def build_router() -> APIRouter:
             if wanted.environment
             else wanted.heartbeat_name
         )
-        if not SLUG_PATTERN.match(slug):
+        if not SLUG_PATTERN.fullmatch(slug):
             return refused(
                 400,
                 "heartbeat_name: 1-100 letters, digits, '.', '_' or '-', starting with a "

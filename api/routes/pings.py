@@ -26,7 +26,7 @@ import re
 
 import redis
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -76,7 +76,7 @@ def ping(request: Request) -> Response:
     slug = request.path_params.get("slug")
     suffix = request.path_params.get("suffix")
     rid = request.query_params.get("rid")
-    if rid is not None and not _RID.match(rid):
+    if rid is not None and not _RID.fullmatch(rid):
         return _text(400, "invalid rid")
     if PING_UUID_PATTERN.fullmatch(key):
         # Healthchecks' own URL: /ping/{uuid}[/{suffix}], the UUID its credential. (A key
@@ -104,7 +104,7 @@ def ping(request: Request) -> Response:
     if spec is None and request.query_params.get("create") == "1":
         if not token.allows("heartbeat"):
             return _text(403, "forbidden: creating a check takes the heartbeat scope")
-        if not SLUG_PATTERN.match(slug):
+        if not SLUG_PATTERN.fullmatch(slug):
             return _text(400, "invalid slug")
         try:
             spec, created = _create(slug, token)
@@ -156,16 +156,21 @@ async def endpoint(request: Request) -> Response:
     """The ping, read and answered; the Redis work runs in the thread pool. (The body is
     cut at ``API_MAX_BODY_BYTES``; the log keeps its first ``BODY_LIMIT`` characters.)"""
     if request.method == "POST":
-        request.state.body = (await request.body()).decode("utf-8", "replace")
+        try:
+            request.state.body = (await request.body()).decode("utf-8", "replace")
+        except ClientDisconnect:
+            # The client left mid-body: nobody to answer, and no fault of ours (uncaught, a
+            # 500 with a traceback, and the API-errors alert, for anyone who hangs up).
+            return _text(400, "the client left before its body arrived")
     try:
         answer: Response = await run_in_threadpool(ping, request)
     except redis.RedisError as exc:  # NotReplicatedError too: the ping may not be kept
-        logger.warning("%s %s: %s", request.method, paths.masked(request.url.path), exc)
+        logger.warning("%s %s: %s", request.method, paths.shown(request), exc)
         return _text(503, "redis unavailable", {"Retry-After": str(OUTAGE_RETRY_AFTER)})
     except NotificationConfigError as exc:
         # The services file cannot be read at all (not TOML, gone before this process
         # first read it): no service is known, but the ping is worth sending again.
-        logger.error("%s: %s", paths.masked(request.url.path), exc)
+        logger.error("%s: %s", paths.shown(request), exc)
         return _text(503, "heartbeat catalogue unavailable", {"Retry-After": "60"})
     return answer
 

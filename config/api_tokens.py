@@ -28,7 +28,15 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from worker.exceptions import NotificationConfigError
 from worker.validation import path, problem
@@ -54,6 +62,17 @@ class ApiToken(BaseModel):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _team_limits_heartbeats_only(self) -> ApiToken:
+        if self.team is not None and not set(self.scopes) <= {"ping", "heartbeat"}:
+            # A notify or admin token acts for every team: the entry would promise a limit
+            # the API does not keep (as `gds-notify api token --team` refuses to make one).
+            raise ValueError(
+                "a team limits a token to one team's heartbeat services: give it to a token "
+                "whose scopes are ping or heartbeat alone"
+            )
+        return self
 
     def allows(self, scope: Scope) -> bool:
         if "admin" in self.scopes or scope in self.scopes:

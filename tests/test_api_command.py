@@ -131,6 +131,19 @@ def test_a_bad_token_setting_stops_the_api_at_start_naming_it(tmp_path: Path) ->
     assert done.returncode == 2
     assert "API_TOKENS: 0.sha256" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    # A hand-written entry giving a notify token a team: a limit the API would not keep.
+    teamed = [{"name": "pay", "sha256": "a" * 64, "scopes": ["notify"], "team": "payments"}]
+    done = subprocess.run(
+        [GDS_NOTIFY, "api", "--port", str(free_port())],
+        env={**os.environ, "API_TOKENS": json.dumps(teamed)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "API_TOKENS: 0: a team limits a token to one team's heartbeat services" in line
 
 
 def test_a_taken_port_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 @app.task(bind=True, name=NOTIFY_TASK, max_retries=None, acks_late=True)  # type: ignore[untyped-decorator,unused-ignore]
 def notify(self: NotifierTask, *args: Any, **kwargs: Any) -> str:
     """Intake for producers in any language: one argument, the job as a JSON object."""
-    job_id = self.request.id or intake.new_job_id()
+    job_id = intake.job_id_for_task(self.request.id) if self.request.id else intake.new_job_id()
     dead_letters = engine().dead_letters
     if len(args) != 1 or kwargs:
         reason = (

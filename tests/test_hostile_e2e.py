@@ -232,6 +232,33 @@ def test_the_worker_serves_normal_jobs_after_hostile_ones(
     assert api.messages(to="ops@example.com")
 
 
+def test_a_task_id_a_job_key_cannot_hold_gets_a_job_id_of_its_own(
+    secure_worker: Any, api: SandboxClient
+) -> None:
+    """A Celery producer chooses its task ids, and a notify's job took it: ``X:attempts``
+    was job X's attempt list (and another job's record could be overwritten, or a lookup
+    hit the wrong kind of key and read as Redis down). Such an id gets a job id derived
+    from it, the same each time; the first job is untouched."""
+    from worker import app
+    from worker.engine.intake import job_id_for_task
+
+    first = tasks.enqueue(Notification(recipient="ops@example.com", subject="first"))
+    wait_for(lambda: (engine().jobs.get(first) or {}).get("status") == "delivered", timeout=30)
+    hostile = f"{first}:attempts"
+    app.send_task(
+        "notify", args=[{"recipient": "ops@example.com", "subject": "second"}], task_id=hostile
+    )
+    job_id = job_id_for_task(hostile)
+    assert job_id != hostile
+    assert job_id == job_id_for_task(hostile)  # a redelivered message: the same job
+    wait_for(lambda: (engine().jobs.get(job_id) or {}).get("status") == "delivered", timeout=30)
+    kept = engine().jobs.get(first)
+    assert kept is not None
+    assert [a["outcome"] for a in kept["attempts"]][-1].startswith("delivered")
+    assert engine().jobs.get(hostile) is None  # looked up by it: no job, not an outage
+    assert len(api.messages(to="ops@example.com")) == 2
+
+
 # -- header injection on the wire --------------------------------------------------------
 
 

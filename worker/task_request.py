@@ -26,6 +26,7 @@ from celery.worker.request import Request
 
 from config.queues import NOTIFY_TASK
 from worker.engine.dead_letters import KEEP_WHOLE_CHARS, json_size
+from worker.engine.intake import job_id_for_task
 from worker.engine.quarantine import message_copy, quarantine
 from worker.engine.runtime import engine
 
@@ -84,7 +85,7 @@ def keep_expired(task_id: str, args: Any, kwargs: Any, why: str) -> bool:
     if json_size(args[0]) > KEEP_WHOLE_CHARS:
         return False
     eng = engine()
-    if eng.jobs.get(task_id) is not None:
+    if eng.jobs.get(job_id_for_task(task_id)) is not None:
         logger.info("notify %s expired, but its job was accepted already: nothing kept", task_id)
         return True
     reason = f"{why}: replay it to send it after all"

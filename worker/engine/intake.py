@@ -10,6 +10,7 @@ delivery messages on their queues, or none of them.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -58,6 +59,19 @@ def derived_job_id(*parts: str) -> str:
     a step that may be run twice (a replay whose process died before it removed its letter)
     sends its job once."""
     return uuid.uuid5(_DERIVED, "\x1f".join(parts)).hex
+
+
+#: A job id as Redis keys can hold it: no ``:``, which separates a job's key from the keys
+#: beside it (``gds:job:{id}:attempts``), and nothing a person could not type.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,199}")
+
+
+def job_id_for_task(task_id: str) -> str:
+    """The job id of a ``notify`` message: its Celery task id (so a message delivered
+    twice is one job, and Flower's id finds it), or, for a task id a Redis key cannot
+    hold as a job's (a producer's own: ``X:attempts`` would be another job's attempt
+    list), one derived from it, the same each time."""
+    return task_id if JOB_ID.fullmatch(task_id) else derived_job_id("celery task", task_id)
 
 
 def accept(

@@ -636,6 +636,8 @@ class JobStore:
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job's record and attempt history, or None when unknown or expired."""
+        if ":" in job_id:  # no job's id: its key would be another job's attempts, or such
+            return None
         pipe = self.redis.pipeline()
         pipe.hgetall(keys.job(job_id))
         pipe.lrange(keys.job_attempts(job_id), 0, -1)

@@ -311,6 +311,18 @@ def test_a_letter_replayed_already_as_something_else_says_so_when_replayed_again
     )
     assert "sent twice" not in again.output
     assert letters.get("moved-on") is not None
+    # A letter refused for a field named id is not one replayed already: told what it is.
+    letters.add(
+        entry_id="with-an-id",
+        job_id=None,
+        channel="intake",
+        reason="r",
+        payload={"args": [{"recipient": "a@example.com", "subject": "s", "id": "x"}]},
+    )
+    refused = run("dlq", "replay", "with-an-id")
+    assert refused.exit_code != 0
+    assert "replayed already" not in refused.output
+    assert "id: Extra inputs are not permitted" in refused.output
 
 
 def test_dlq_remove_deletes_only_the_letters_named(service_env: SandboxServer) -> None:

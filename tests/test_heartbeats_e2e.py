@@ -207,13 +207,14 @@ def test_a_failure_then_a_success_before_the_check_pages_once_and_resolves(
     assert state("still-failing").status == "down"
 
 
-def test_a_failure_an_earlier_checker_paged_or_one_dated_long_before_the_last_check_is_no_news(
+def test_a_failure_an_earlier_checker_paged_is_no_news_and_a_late_one_pages_once(
     catalogue: WriteCatalogue, pages: SandboxClient, celery_worker: Any
 ) -> None:
     """A checker of an earlier version (a rolling upgrade) pages a failure from the newest
     heartbeat and leaves it kept: the next check of this version must not page it again.
-    A failure dated well before the last check (reported late, or back-dated) is not paged
-    for having been kept either; the newest heartbeat still pages it if it is the state."""
+    A failure reported late (a Celery producer's ``at``, behind a backlog) is news: it
+    pages once, saying when it was; and a later report dated before it does not replace
+    it."""
     import tasks
     from worker.engine import keys
     from worker.engine.runtime import engine
@@ -229,13 +230,21 @@ def test_a_failure_an_earlier_checker_paged_or_one_dated_long_before_the_last_ch
     check()  # pages it (and takes it in)
     check_until(lambda: pages.incidents(dedup_key="medic-heartbeat-etl", status="resolved"))
     engine().redis.hset(keys.HEARTBEAT_FAILED, "etl", kept)  # as the earlier checker left it
-    tasks.heartbeat("late", status="fail", at=time.time() - 3600)
+    late = time.time() - 120
+    tasks.heartbeat("late", status="fail", at=late)
+    tasks.heartbeat("late", status="fail", at=late - 600)  # older still: it replaces nothing
     tasks.heartbeat("late")
     keep_checking(0.5, beating=("etl", "late"))
-    assert unseen_failures() == {}  # taken in, and paged no more
+    assert unseen_failures() == {}  # taken in
     triggers = [e for e in pages.events() if e["body"]["event_action"] == "trigger"]
-    assert [e["body"]["dedup_key"] for e in triggers] == ["medic-heartbeat-etl"]
-    assert state("late").status == "up"
+    assert sorted(e["body"]["dedup_key"] for e in triggers) == [
+        "medic-heartbeat-etl",
+        "medic-heartbeat-late",
+    ]
+    [paged] = [e for e in triggers if e["body"]["dedup_key"] == "medic-heartbeat-late"]
+    details = paged["body"]["payload"]["custom_details"]
+    assert details["reported_at"] == datetime.fromtimestamp(late, UTC).isoformat("T", "seconds")
+    assert "recovered_at" in details
 
 
 def test_a_failure_seen_by_two_overlapping_checks_pages_once_and_one_reported_meanwhile_waits(

@@ -883,6 +883,9 @@ def test_a_registration_that_no_longer_reads_leaves_every_other_service_watched(
     stored = json.loads(str(engine().redis.hget(keys.HEARTBEAT_SERVICES, "a")))
     stored["spec"] |= {"slug": "b", "name": "B\u2028C"}
     engine().redis.hset(keys.HEARTBEAT_SERVICES, "b", json.dumps(stored))
+    # And one registered under a name ending in a line break, which Python's `$` let pass.
+    stored["spec"] |= {"slug": "evil\n", "name": "Evil"}
+    engine().redis.hset(keys.HEARTBEAT_SERVICES, "evil\n", json.dumps(stored))
     with caplog.at_level("ERROR", logger="worker.engine.heartbeats.registry"):
         assert set(engine().registry.all()) == {"a"}
         assert run_check(engine()) is not None

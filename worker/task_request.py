@@ -90,7 +90,11 @@ def keep_expired(task_id: str, args: Any, kwargs: Any, why: str) -> bool:
         return True
     reason = f"{why}: replay it to send it after all"
     eng.dead_letters.add(
-        entry_id=task_id, job_id=None, channel="intake", reason=reason, payload={"args": [args[0]]}
+        entry_id=job_id_for_task(task_id),
+        job_id=None,
+        channel="intake",
+        reason=reason,
+        payload={"args": [args[0]]},
     )
     logger.warning("notify %s dead-lettered: %s", task_id, reason)
     return True

@@ -10,7 +10,6 @@ delivery messages on their queues, or none of them.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -61,17 +60,23 @@ def derived_job_id(*parts: str) -> str:
     return uuid.uuid5(_DERIVED, "\x1f".join(parts)).hex
 
 
-#: A job id as Redis keys can hold it: no ``:``, which separates a job's key from the keys
-#: beside it (``gds:job:{id}:attempts``), and nothing a person could not type.
-JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,199}")
+#: The longest task id a job takes as its own id.
+JOB_ID_CHARS = 255
 
 
 def job_id_for_task(task_id: str) -> str:
     """The job id of a ``notify`` message: its Celery task id (so a message delivered
-    twice is one job, and Flower's id finds it), or, for a task id a Redis key cannot
-    hold as a job's (a producer's own: ``X:attempts`` would be another job's attempt
-    list), one derived from it, the same each time."""
-    return task_id if JOB_ID.fullmatch(task_id) else derived_job_id("celery task", task_id)
+    twice is one job, and Flower's id finds it), or, for one a job's keys cannot hold, one
+    derived from it, the same each time: a ``:`` separates a job's key from the keys beside
+    it (a producer's ``X:attempts`` would be job X's attempt list), a control character
+    would reach logs and terminals, and a very long one every key."""
+    if ":" in task_id or not task_id.isprintable() or len(task_id) > JOB_ID_CHARS:
+        return derived_job_id("celery task", task_id)
+    return task_id
+
+
+class JobIdReusedError(InvalidJobError):
+    """A job id accepted already for a different notification."""
 
 
 def accept(
@@ -232,7 +237,7 @@ def _queue(
             f"job {job_id} was accepted already with a different notification (a message id "
             "sent twice): send each notification under a message id of its own"
         )
-        raise InvalidJobError([{"field": "id", "message": problem}]) from None
+        raise JobIdReusedError([{"field": "id", "message": problem}]) from None
     if first is not None:
         # What the first job was queued for: this copy, whatever it asked, sends nothing.
         return _dropped(engine, job_id, first, engine.jobs.channels(first))

@@ -13,7 +13,7 @@ from worker.channels import Channel
 from worker.engine import alert_resolution, keys
 from worker.engine.alert_groups import as_incident
 from worker.engine.dead_letters import KEEP_START_CHARS, KEEP_WHOLE_CHARS, cut_short
-from worker.engine.intake import accept, derived_job_id, lifecycle, resend
+from worker.engine.intake import JobIdReusedError, accept, derived_job_id, lifecycle, resend
 from worker.engine.quarantine import BROKER_CHANNEL
 from worker.engine.runtime import Engine
 from worker.job_request import InvalidJobError, JobRequest, parse_request
@@ -56,9 +56,7 @@ def replay(engine: Engine, entry_id: str) -> str:
             raise KeyError(f"no dead letter {entry_id!r} (replayed or purged meanwhile?)")
         try:
             job_id = _requeue(engine, entry)
-        except InvalidJobError as exc:
-            if not any(e.get("field") == "id" for e in exc.errors):
-                raise
+        except JobIdReusedError:
             # Its job id is derived from the letter: a job under it is this letter's
             # replay, queued by a replay that stopped before it removed the letter, though
             # what it would send now differs (an Alertmanager group's state moved on).

@@ -133,7 +133,6 @@ class HeartbeatChecker:
         write: dict[str, ServiceState] = {}
         taken: dict[str, str] = {}
         tally: Counter[str] = Counter()
-        previous = None if raw_last_check is None else float(raw_last_check)
         for spec in specs:
             raw = states.get(spec.slug)
             old = ServiceState.model_validate_json(raw) if raw else None
@@ -146,7 +145,7 @@ class HeartbeatChecker:
                 last_status=last.status if last else None,
                 maintenance_until=window_end.timestamp() if window_end else None,
                 running_since=running.get(spec.slug),
-                reported=None if failure is None or not news(failure, old, previous) else failure,
+                reported=None if failure is None or not news(failure, old) else failure,
             )
             new = step(spec, old, obs, now, gap, self.check_interval, since_held)
             tally[new.status] += 1
@@ -263,19 +262,12 @@ class HeartbeatChecker:
         )
 
 
-#: How far the clocks of a reporter and the checker may disagree.
-CLOCK_SLACK_SECONDS = 60.0
-
-
-def news(failure: ReportedFailure, state: ServiceState | None, previous: float | None) -> bool:
+def news(failure: ReportedFailure, state: ServiceState | None) -> bool:
     """Whether a failure no check has taken in is still to be paged: not when an incident
     was opened after it (a checker of an earlier version, during a rolling upgrade, paged
-    it and left it kept), nor when it is dated before the previous check by more than
-    clocks disagree (reported late, or back-dated: the newest report still pages it if it
-    is the service's state now)."""
-    if state is not None and state.opened and failure.at <= max(state.opened):
-        return False
-    return previous is None or failure.at >= previous - CLOCK_SLACK_SECONDS
+    it and left it kept). One reported late (a Celery producer's ``at`` behind a backlog)
+    is news: it pages once, saying when it was."""
+    return state is None or not state.opened or failure.at > max(state.opened)
 
 
 def read_states(client: redis.Redis) -> dict[str, ServiceState]:

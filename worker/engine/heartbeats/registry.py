@@ -15,7 +15,7 @@ from typing import cast
 import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from config.catalogue import ServiceSpec
+from config.catalogue import SLUG_PATTERN, ServiceSpec
 from worker.engine import keys
 
 logger = logging.getLogger(__name__)
@@ -104,6 +104,10 @@ class ServiceRegistry:
 
     def _read(self, slug: str, value: str) -> Registration | None:
         try:
+            if not SLUG_PATTERN.fullmatch(slug):
+                # Taken once (a name ending in a line break passed Python's `$`): kept in
+                # the catalogue, it would stop the checker for every service.
+                raise ValueError(f"its name {slug!r} is not a slug")
             return Registration.model_validate(json.loads(value))
         except (ValueError, ValidationError) as exc:
             with self._lock:

@@ -41,12 +41,16 @@ if kind == 'up' or kind == 'fail' then
   if kind == 'fail' then
     -- Kept until a check takes it in (checker_compare_and_set.lua deletes it then, if it is
     -- still this one): the newest heartbeat alone lost a failure followed by a success
-    -- before the check, and nobody was paged. Each failure replaces the last (a new id), so
+    -- before the check, and nobody was paged. Each newer failure replaces the last (a new id), so
     -- one that arrives while a check is running is left for the next.
-    local failure = {id = string.format('%.6f', at) .. ':' .. ARGV[6], at = at}
-    if ARGV[8] ~= '' then failure['via'] = ARGV[8] end
-    if ARGV[15] ~= '' then failure['body'] = ARGV[15] end
-    redis.call('HSET', KEYS[7], ARGV[1], cjson.encode(failure))
+    -- An older one (a late report, dated before it) never replaces it.
+    local kept = redis.call('HGET', KEYS[7], ARGV[1])
+    if (not kept) or cjson.decode(kept)['at'] <= at then
+      local failure = {id = string.format('%.6f', at) .. ':' .. ARGV[6], at = at}
+      if ARGV[8] ~= '' then failure['via'] = ARGV[8] end
+      if ARGV[15] ~= '' then failure['body'] = ARGV[15] end
+      redis.call('HSET', KEYS[7], ARGV[1], cjson.encode(failure))
+    end
   end
   -- The run it finishes, if one was started; and any run started before that one, which
   -- crashed without a word (as Healthchecks, where a new start replaces the last): left,

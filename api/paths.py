@@ -47,5 +47,6 @@ def shown(request: Request) -> str:
     """The request's path for a log line of ours: as sent (what the access log writes, so
     the two can be matched), keys masked. Decoded, it could carry control characters into
     the log (an ESC sequence clears an operator's terminal)."""
-    sent = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
+    # ASGI servers may give no raw path (None): then the decoded one, made inert below.
+    sent = (request.scope.get("raw_path") or b"").decode("latin-1") or request.url.path
     return inert(masked(sent))

@@ -22,6 +22,24 @@ def status(job_id: str) -> str:
     return str(record["status"])
 
 
+def pages_delivered(prefix: str, count: int, concurrency: int) -> None:
+    """Queue ``count`` pages for one routing key and deliver them all with an in-thread
+    worker of ``concurrency`` threads."""
+    with start_worker(app, pool="threads", concurrency=concurrency, perform_ping_check=False):
+        jobs = [
+            tasks.enqueue(
+                Notification(
+                    recipient="db",
+                    subject=f"{prefix} {i}",
+                    priority="critical",
+                    idempotency_id=f"{prefix}-{i}",
+                )
+            )
+            for i in range(count)
+        ]
+        wait_for(lambda: all(status(j) == "delivered" for j in jobs), timeout=30)
+
+
 def delivered_at(job_id: str, channel: str) -> float:
     record = engine().jobs.get(job_id)
     assert record is not None
@@ -55,16 +73,7 @@ def throttled(service_env: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> Sa
 def test_shared_rate_limit_defers_instead_of_collecting_429s(throttled: SandboxServer) -> None:
     api = SandboxClient(throttled)
     api.settings(rate_limit=4, rate_window=1.0)  # PagerDuty's limit, scaled down
-    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False):
-        jobs = [
-            tasks.enqueue(
-                Notification(
-                    recipient="db", subject=f"p{i}", priority="critical", idempotency_id=f"rl-{i}"
-                )
-            )
-            for i in range(16)
-        ]
-        wait_for(lambda: all(status(j) == "delivered" for j in jobs), timeout=30)
+    pages_delivered("rl", 16, concurrency=4)
     events = api.events()
     assert [e["status"] for e in events].count(429) == 0
     assert len(events) == 16
@@ -117,16 +126,7 @@ def test_429s_naming_no_wait_pause_the_key_longer_each_time_they_keep_coming(
     reconfigure()
     api = SandboxClient(service_env)
     api.faults({"status": 429}, {"status": 429}, {"status": 429})
-    with start_worker(app, pool="threads", concurrency=1, perform_ping_check=False):
-        jobs = [
-            tasks.enqueue(
-                Notification(
-                    recipient="db", subject=f"t{i}", priority="critical", idempotency_id=f"bk-{i}"
-                )
-            )
-            for i in range(3)
-        ]
-        wait_for(lambda: all(status(j) == "delivered" for j in jobs), timeout=30)
+    pages_delivered("bk", 3, concurrency=1)
     events = api.events()
     api.close()
     assert [e["status"] for e in events] == [429, 429, 429, 202, 202, 202]

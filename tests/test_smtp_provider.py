@@ -1131,6 +1131,30 @@ def test_authentication_failure_is_a_config_error_without_the_password(
         assert encoded not in text
 
 
+def refused_at_auth(ca: trustme.CA, authenticator: Any) -> NotificationError:
+    """What sending one message raises through a STARTTLS server whose ``authenticator``
+    (aiosmtpd's) answers the login."""
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    controller = Controller(
+        Recorder(),
+        hostname="127.0.0.1",
+        port=free_port(),
+        tls_context=server_tls,
+        require_starttls=True,
+        authenticator=authenticator,
+    )
+    controller.start()
+    smtp = logged_in(controller.port, ca, timeout=5)
+    try:
+        with pytest.raises(NotificationError) as caught:
+            smtp.send(mail())
+    finally:
+        smtp.close()
+        controller.stop()
+    return caught.value
+
+
 @pytest.mark.parametrize(
     ("answer", "retried"),
     [
@@ -1151,30 +1175,11 @@ def test_an_auth_refusal_is_retried_when_temporary_and_never_shows_the_password(
     def refuse(*_: Any) -> AuthResult:
         return AuthResult(success=False, handled=False, message=answer.format(blob=blob))
 
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
-    controller = Controller(
-        Recorder(),
-        hostname="127.0.0.1",
-        port=free_port(),
-        tls_context=server_tls,
-        require_starttls=True,
-        authenticator=refuse,
-    )
-    controller.start()
-    smtp = logged_in(controller.port, ca, timeout=5)
-    try:
-        with pytest.raises(NotificationError) as caught:
-            smtp.send(mail())
-    finally:
-        smtp.close()
-        controller.stop()
-    assert caught.value.retryable is retried
-    assert isinstance(
-        caught.value, NotificationDeliveryError if retried else NotificationConfigError
-    )
-    assert answer.split()[0] in str(caught.value)
-    for text in (str(caught.value), repr(caught.value), caplog.text):
+    error = refused_at_auth(ca, refuse)
+    assert error.retryable is retried
+    assert isinstance(error, NotificationDeliveryError if retried else NotificationConfigError)
+    assert answer.split()[0] in str(error)
+    for text in (str(error), repr(error), caplog.text):
         assert SMTP_PASSWORD not in text
         assert blob not in text
 
@@ -1190,28 +1195,11 @@ def test_a_421_to_auth_is_retried_in_the_servers_words(ca: trustme.CA) -> None:
         tried.append(mechanism)
         return AuthResult(success=False, handled=False, message="421 4.3.2 Directory restarting")
 
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
-    controller = Controller(
-        Recorder(),
-        hostname="127.0.0.1",
-        port=free_port(),
-        tls_context=server_tls,
-        require_starttls=True,
-        authenticator=closing,
-    )
-    controller.start()
-    smtp = logged_in(controller.port, ca, timeout=5)
-    try:
-        with pytest.raises(NotificationError) as caught:
-            smtp.send(mail())
-    finally:
-        smtp.close()
-        controller.stop()
-    assert type(caught.value) is NotificationDeliveryError
-    assert caught.value.retryable
-    assert caught.value.status_code == 421
-    assert str(caught.value).endswith("closed the session at AUTH: 421 4.3.2 Directory restarting")
+    error = refused_at_auth(ca, closing)
+    assert type(error) is NotificationDeliveryError
+    assert error.retryable
+    assert error.status_code == 421
+    assert str(error).endswith("closed the session at AUTH: 421 4.3.2 Directory restarting")
     assert len(tried) == 1  # no second method on a session the server closed
 
 

@@ -406,7 +406,7 @@ def trigger_request(
         details["reported_at"] = iso(report.at)
         details["reported_via"] = report.via or "fail"
         if isinstance(spec, CatalogueEntry) and spec.page_output and report.body:
-            details["reported_output"] = quoted(report.body)
+            details["reported_output"] = report.body  # quoted as it was kept (store.py)
         recovered = obs.recovered_at()
         if recovered is not None:
             details["recovered_at"] = iso(recovered)
